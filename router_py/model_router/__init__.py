@@ -1,0 +1,3 @@
+"""model-router: routes AI agents' model calls."""
+
+__version__ = "0.1.0"
