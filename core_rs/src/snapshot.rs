@@ -123,7 +123,8 @@ pub struct Rule {
     pub enabled: bool,
     #[serde(default)]
     pub sticky: bool,
-    pub created_at: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

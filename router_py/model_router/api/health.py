@@ -1,0 +1,82 @@
+"""Liveness, readiness and the deep health check: open, no key needed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .. import __version__
+from .. import types as t
+from ..catalog import utcnow
+from ..http import Request, Response, Route, json_response
+from ..telemetry.logging import SERVICE
+
+
+async def health(req: Request) -> Response:
+    return json_response(
+        t.HealthSummary(status="healthy", timestamp=utcnow(), service=SERVICE, version=__version__)
+    )
+
+
+async def _store_check(req: Request) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await req.service.store.ping()
+    except Exception as exc:
+        return {"status": "down", "backend": req.service.backend, "error": f"{type(exc).__name__}: {exc}"}
+    latency = (time.perf_counter() - started) * 1000
+    return {"status": "up", "backend": req.service.backend, "latencyMs": round(latency, 3)}
+
+
+def _config_check(req: Request) -> dict[str, Any]:
+    live = req.service.live
+    snapshot = live.snapshot
+    if snapshot is None:
+        return {"status": "down", "error": live.last_error or "config not loaded"}
+    return {
+        "status": "up" if live.last_error is None else "stale",
+        "version": snapshot.version,
+        "models": snapshot.model_count,
+        "endpoints": snapshot.endpoint_count,
+        "rules": snapshot.rule_count,
+        "ageSeconds": round(time.time() - (live.loaded_at or time.time()), 3),
+        "lastError": live.last_error,
+    }
+
+
+async def ready(req: Request) -> Response:
+    checks = {"store": await _store_check(req), "config": _config_check(req)}
+    is_ready = checks["store"]["status"] == "up" and checks["config"]["status"] != "down"
+    body = t.ReadinessCheck(
+        status="ready" if is_ready else "not_ready", timestamp=utcnow(), checks=checks
+    )
+    return json_response(body, 200 if is_ready else 503)
+
+
+async def detailed(req: Request) -> Response:
+    store, config = await _store_check(req), _config_check(req)
+    if store["status"] == "down" or config["status"] == "down":
+        status = "unhealthy"
+    elif config["status"] == "stale":
+        status = "degraded"
+    else:
+        status = "healthy"
+    body = t.DetailedHealth(
+        status=status,
+        timestamp=utcnow(),
+        service=SERVICE,
+        version=__version__,
+        uptime_seconds=round(time.time() - req.service.started_at, 3),
+        worker_pid=req.service.pid,
+        components={"store": store, "config": config},
+    )
+    return json_response(body, 503 if status == "unhealthy" else 200)
+
+
+ROUTES = [
+    Route("GET", "/health", health, "Liveness", "health", response=t.HealthSummary),
+    Route("GET", "/health/ready", ready, "Readiness: store reachable and config loaded", "health",
+          response=t.ReadinessCheck),
+    Route("GET", "/health/detailed", detailed, "Deep health of every component", "health",
+          response=t.DetailedHealth),
+]

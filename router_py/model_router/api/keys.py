@@ -1,0 +1,62 @@
+"""API keys: an admin creates, lists and revokes them. The secret is returned
+once, at creation; only its hash is stored."""
+
+from __future__ import annotations
+
+from .. import auth
+from .. import types as t
+from ..catalog import KEYS, utcnow
+from ..http import Request, Response, Route, json_response, not_found
+from ..store import Delete, ExpectPresent, PreconditionFailed
+
+
+def key_info(record: t.ApiKey) -> t.KeyInfo:
+    return t.KeyInfo(
+        id=record.id,
+        role=record.role,
+        workspace_id=record.workspace_id,
+        name=record.name,
+        created_at=record.created_at,
+    )
+
+
+async def create_key(req: Request) -> Response:
+    body: t.KeyCreate = req.body
+    key, record = auth.mint_key(body.role, body.workspace_id, body.name, utcnow())
+    await req.service.catalog.apply([KEYS.put(record.id, record)])
+    info = key_info(record)
+    return json_response(
+        t.KeyCreated(
+            id=info.id,
+            role=info.role,
+            workspace_id=info.workspace_id,
+            name=info.name,
+            created_at=info.created_at,
+            key=key,
+        ),
+        201,
+    )
+
+
+async def list_keys(req: Request) -> Response:
+    keys = sorted(await req.service.catalog.all(KEYS), key=lambda k: (k.created_at or "", k.id))
+    return json_response(t.Page(data=[key_info(k) for k in keys], total=len(keys)))
+
+
+async def revoke_key(req: Request) -> Response:
+    key_id = req.path_params["keyId"]
+    try:
+        await req.service.catalog.apply([ExpectPresent(KEYS.name, key_id), Delete(KEYS.name, key_id)])
+    except PreconditionFailed:
+        raise not_found("key", key_id) from None
+    return json_response(t.Deleted(id=key_id))
+
+
+ROUTES = [
+    Route("POST", "/api/keys", create_key, "Create an API key (the secret is shown once)", "keys",
+          "manage_keys", body=t.KeyCreate, response=t.KeyCreated, status=201),
+    Route("GET", "/api/keys", list_keys, "List API keys (never their secrets)", "keys",
+          "manage_keys", response=t.Page),
+    Route("DELETE", "/api/keys/{keyId}", revoke_key, "Revoke an API key", "keys", "manage_keys",
+          response=t.Deleted),
+]

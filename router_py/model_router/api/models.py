@@ -1,0 +1,172 @@
+"""Model management: registry, status, health and endpoints."""
+
+from __future__ import annotations
+
+import secrets
+
+import msgspec
+
+from .. import types as t
+from ..catalog import ENDPOINTS, HEALTH, MODELS, utcnow
+from ..http import ApiError, Request, Response, Route, json_response, not_found
+from ..store import ExpectAbsent, ExpectPresent, PreconditionFailed
+
+
+async def register_model(req: Request) -> Response:
+    body: t.ModelCreate = req.body
+    now = utcnow()
+    fields = msgspec.structs.asdict(body)
+    model = t.Model(**{**fields, "id": body.id or body.version, "created_at": now, "updated_at": now})
+    try:
+        await req.service.catalog.apply([ExpectAbsent(MODELS.name, model.id), MODELS.put(model.id, model)])
+    except PreconditionFailed:
+        raise ApiError(
+            409, "conflict", f"model {model.id!r} already exists", {"modelId": model.id}
+        ) from None
+    return json_response(model, 201)
+
+
+async def get_model(req: Request) -> Response:
+    model_id = req.path_params["modelId"]
+    model = await req.service.catalog.get(MODELS, model_id)
+    if model is None:
+        raise not_found("model", model_id)
+    return json_response(model)
+
+
+async def list_models(req: Request) -> Response:
+    q: t.ModelListQuery = req.query
+    models = [
+        m
+        for m in await req.service.catalog.all(MODELS)
+        if (q.provider is None or m.provider == q.provider)
+        and (q.status is None or m.status == q.status)
+        and (q.model_type is None or m.model_type == q.model_type)
+        and (q.tag is None or q.tag in m.tags)
+    ]
+    models.sort(key=lambda m: (m.created_at or "", m.id))
+    return json_response(t.Page(data=models[q.offset : q.offset + q.limit], total=len(models)))
+
+
+def _with_status(status: t.ModelStatus):  # type: ignore[no-untyped-def]
+    def change(model: t.Model) -> t.Model:
+        return msgspec.structs.replace(model, status=status, updated_at=utcnow())
+
+    return change
+
+
+async def update_status(req: Request) -> Response:
+    model_id = req.path_params["modelId"]
+    result = await req.service.catalog.update(MODELS, [model_id], _with_status(req.body.status))
+    if isinstance(result, str):
+        raise not_found("model", model_id)
+    return json_response(result[0])
+
+
+async def batch_update_status(req: Request) -> Response:
+    body: t.BatchStatusUpdate = req.body
+    ids = [u.model_id for u in body.updates]
+    duplicates = sorted({id for id in ids if ids.count(id) > 1})
+    if duplicates:
+        raise ApiError(
+            400, "validation_error", "a model may appear once per batch", {"duplicates": duplicates}
+        )
+    status_of = {u.model_id: u.status for u in body.updates}
+    now = utcnow()
+    result = await req.service.catalog.update(
+        MODELS,
+        ids,
+        lambda m: msgspec.structs.replace(m, status=status_of[m.id], updated_at=now),
+    )
+    if isinstance(result, str):
+        raise ApiError(
+            404,
+            "not_found",
+            f"model {result!r} not found; no status was changed",
+            {"modelId": result},
+        )
+    return json_response(t.BatchStatusResult(updated=body.updates))
+
+
+async def set_health(req: Request) -> Response:
+    model_id = req.path_params["modelId"]
+    body: t.HealthUpdate = req.body
+    health = t.ModelHealth(model_id=model_id, last_checked=utcnow(), **msgspec.structs.asdict(body))
+    try:
+        await req.service.catalog.apply(
+            [ExpectPresent(MODELS.name, model_id), HEALTH.put(model_id, health)]
+        )
+    except PreconditionFailed:
+        raise not_found("model", model_id) from None
+    return json_response(health)
+
+
+async def get_health(req: Request) -> Response:
+    model_id = req.path_params["modelId"]
+    catalog = req.service.catalog
+    if await catalog.get(MODELS, model_id) is None:
+        raise not_found("model", model_id)
+    health = await catalog.get(HEALTH, model_id)
+    return json_response(health or t.ModelHealth(model_id=model_id, status="unknown"))
+
+
+async def add_endpoint(req: Request) -> Response:
+    model_id = req.path_params["modelId"]
+    body: t.EndpointCreate = req.body
+    fields = msgspec.structs.asdict(body)
+    endpoint = t.Endpoint(
+        **{
+            **fields,
+            "id": body.id or f"ep-{secrets.token_hex(6)}",
+            "model_id": model_id,
+            "created_at": utcnow(),
+        }
+    )
+    try:
+        await req.service.catalog.apply(
+            [
+                ExpectPresent(MODELS.name, model_id),
+                ExpectAbsent(ENDPOINTS.name, endpoint.id),
+                ENDPOINTS.put(endpoint.id, endpoint),
+            ]
+        )
+    except PreconditionFailed as failed:
+        if failed.op.kind == MODELS.name:
+            raise not_found("model", model_id) from None
+        raise ApiError(
+            409, "conflict", f"endpoint {endpoint.id!r} already exists", {"endpointId": endpoint.id}
+        ) from None
+    return json_response(endpoint, 201)
+
+
+async def list_endpoints(req: Request) -> Response:
+    model_id = req.path_params["modelId"]
+    catalog = req.service.catalog
+    if await catalog.get(MODELS, model_id) is None:
+        raise not_found("model", model_id)
+    endpoints = [e for e in await catalog.all(ENDPOINTS) if e.model_id == model_id]
+    endpoints.sort(key=lambda e: (e.created_at or "", e.id))
+    return json_response(t.Page(data=endpoints, total=len(endpoints)))
+
+
+TAG = "models"
+ROUTES = [
+    Route("POST", "/api/models", register_model, "Register a model", TAG, "configure",
+          body=t.ModelCreate, response=t.Model, status=201),
+    Route("GET", "/api/models", list_models, "List models (filters, limit/offset)", TAG, "read",
+          query=t.ModelListQuery, response=t.Page),
+    Route("PATCH", "/api/models/batch/status", batch_update_status,
+          "Update many models' status at once (all or nothing)", TAG, "operate",
+          body=t.BatchStatusUpdate, response=t.BatchStatusResult),
+    Route("GET", "/api/models/{modelId}", get_model, "Get a model", TAG, "read", response=t.Model),
+    Route("PATCH", "/api/models/{modelId}/status", update_status, "Update a model's status", TAG,
+          "operate", body=t.StatusUpdate, response=t.Model),
+    Route("POST", "/api/models/{modelId}/health", set_health, "Report a model's health", TAG,
+          "operate", body=t.HealthUpdate, response=t.ModelHealth),
+    Route("GET", "/api/models/{modelId}/health", get_health, "Get a model's health", TAG, "read",
+          response=t.ModelHealth),
+    Route("POST", "/api/models/{modelId}/endpoints", add_endpoint, "Register an endpoint", TAG,
+          "configure", body=t.EndpointCreate, response=t.Endpoint, status=201),
+    Route("GET", "/api/models/{modelId}/endpoints", list_endpoints, "List a model's endpoints",
+          TAG, "read", response=t.Page),
+]

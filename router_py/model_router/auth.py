@@ -1,0 +1,128 @@
+"""API keys: minting, hashing and the per-request check.
+
+A key reads ``mr_<id>_<secret>``. Only the SHA-256 of the whole key is stored;
+the id in it finds the stored record without a scan, and the hashes are then
+compared in constant time. The check is an in-process lookup in the worker's
+live config; only a key created in the last moment on another worker costs
+one store read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from . import types as t
+from .http import ApiError, Permission
+
+PERMISSIONS: dict[str, frozenset[Permission]] = {
+    "admin": frozenset(
+        {"read", "operate", "configure", "configure_workspace", "manage_keys", "route"}
+    ),
+    "operator": frozenset({"read", "operate", "route"}),
+    "agent": frozenset({"read", "route"}),
+    "viewer": frozenset({"read"}),
+}
+
+# What a key scoped to one workspace may still do: these act inside a workspace.
+SCOPED_PERMISSIONS: frozenset[Permission] = frozenset({"read", "route", "configure_workspace"})
+
+BOOTSTRAP_KEY_ID = "bootstrap-admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    role: t.Role
+    workspace_id: str | None = None
+
+    def authorize(self, permission: Permission, workspace_id: str | None) -> None:
+        if permission not in PERMISSIONS[self.role]:
+            raise ApiError(
+                403, "forbidden", f"role {self.role!r} may not {permission.replace('_', ' ')}"
+            )
+        if self.workspace_id is None:
+            return
+        if permission not in SCOPED_PERMISSIONS:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"a key scoped to workspace {self.workspace_id!r} may not "
+                f"{permission.replace('_', ' ')}",
+            )
+        if workspace_id is not None and workspace_id != self.workspace_id:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this key is scoped to workspace {self.workspace_id!r}",
+                {"workspaceId": workspace_id},
+            )
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def mint_key(role: t.Role, workspace_id: str | None, name: str | None, now: str) -> tuple[str, t.ApiKey]:
+    key_id = secrets.token_hex(6)
+    key = f"mr_{key_id}_{secrets.token_urlsafe(32)}"
+    record = t.ApiKey(
+        id=key_id,
+        role=role,
+        secret_hash=hash_key(key),
+        workspace_id=workspace_id,
+        name=name,
+        created_at=now,
+    )
+    return key, record
+
+
+def key_id_of(key: str) -> str | None:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "mr" or not parts[1]:
+        return None
+    return parts[1]
+
+
+def bearer_token(authorization: bytes | None) -> str:
+    if not authorization:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing Authorization header; send 'Authorization: Bearer <key>'",
+            headers=[(b"www-authenticate", b"Bearer")],
+        )
+    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "Authorization must be 'Bearer <key>'",
+            headers=[(b"www-authenticate", b"Bearer")],
+        )
+    return token
+
+
+def invalid_key() -> ApiError:
+    return ApiError(
+        401, "unauthorized", "invalid or revoked API key", headers=[(b"www-authenticate", b"Bearer")]
+    )
+
+
+def verify(key: str, record: t.ApiKey | None) -> Principal:
+    # Hash even when there is no record, so a miss costs what a hit does.
+    presented = hash_key(key)
+    expected = record.secret_hash if record is not None else "0" * 64
+    if not hmac.compare_digest(presented, expected) or record is None:
+        raise invalid_key()
+    return Principal(record.id, record.role, record.workspace_id)
+
+
+def bootstrap_principal(key: str, admin_key_hash: str | None) -> Principal | None:
+    """The admin key from MODEL_ROUTER_ADMIN_KEY, which lives in no store."""
+    if admin_key_hash is not None and hmac.compare_digest(hash_key(key), admin_key_hash):
+        return Principal(BOOTSTRAP_KEY_ID, "admin")
+    return None

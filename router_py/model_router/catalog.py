@@ -1,0 +1,82 @@
+"""Typed documents over the Store: which Struct lives under which kind, and the
+read-modify-write loop that keeps concurrent updates from losing each other."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import msgspec
+
+from . import types as t
+from .store import ExpectBody, Op, PreconditionFailed, Put, Store
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+@dataclass(frozen=True)
+class Kind(Generic[T]):
+    name: str
+    type: type[T]
+
+    def encode(self, doc: T) -> bytes:
+        return msgspec.json.encode(doc)
+
+    def decode(self, raw: bytes) -> T:
+        return msgspec.json.decode(raw, type=self.type)
+
+    def put(self, id: str, doc: T) -> Put:
+        return Put(self.name, id, self.encode(doc))
+
+
+MODELS = Kind("models", t.Model)
+ENDPOINTS = Kind("endpoints", t.Endpoint)
+RULES = Kind("rules", t.RoutingRule)
+AGENTS = Kind("agents", t.AgentPreferences)
+WORKSPACES = Kind("workspaces", t.WorkspaceConfig)
+HEALTH = Kind("health", t.ModelHealth)
+KEYS = Kind("keys", t.ApiKey)
+
+CONFIG_KINDS = (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Catalog:
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def get(self, kind: Kind[T], id: str) -> T | None:
+        raw = await self.store.get(kind.name, id)
+        return None if raw is None else kind.decode(raw)
+
+    async def all(self, kind: Kind[T]) -> list[T]:
+        return [kind.decode(raw) for raw in (await self.store.get_all(kind.name)).values()]
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        return await self.store.apply(ops)
+
+    async def update(
+        self, kind: Kind[T], ids: Sequence[str], change: Callable[[T], T], attempts: int = 8
+    ) -> list[T] | str:
+        """Apply ``change`` to each document, all at once, as a compare-and-set
+        that retries when another writer got there first. Returns the new
+        documents, or the first id that does not exist (nothing changed then)."""
+        for _ in range(attempts):
+            raws = [await self.store.get(kind.name, id) for id in ids]
+            missing = next((id for id, raw in zip(ids, raws, strict=True) if raw is None), None)
+            if missing is not None:
+                return missing
+            new = [change(kind.decode(raw)) for raw in raws if raw is not None]
+            ops: list[Op] = [ExpectBody(kind.name, id, raw) for id, raw in zip(ids, raws, strict=True) if raw]
+            ops += [kind.put(id, doc) for id, doc in zip(ids, new, strict=True)]
+            try:
+                await self.store.apply(ops)
+            except PreconditionFailed:
+                continue
+            return new
+        raise RuntimeError(f"{kind.name}: gave up after {attempts} concurrent updates")

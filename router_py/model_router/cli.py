@@ -1,0 +1,157 @@
+"""`model-router serve | config export/import | keys create`.
+
+The config and keys commands work on the store directly (the same one the
+service uses, chosen by the same environment), so they need no running server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from . import auth
+from . import types as t
+from .catalog import KEYS, Catalog, utcnow
+from .config_io import export_config, import_config
+from .http import ApiError
+from .settings import Settings, SettingsError
+from .store import open_store
+
+T = TypeVar("T")
+
+
+def _with_catalog(settings: Settings, work: Callable[[Catalog], Awaitable[T]]) -> T:
+    async def run() -> T:
+        store = open_store(settings)
+        try:
+            return await work(Catalog(store))
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _print_json(obj: object) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(obj)).decode() + "\n")
+
+
+async def ensure_admin_key(catalog: Catalog, settings: Settings) -> str | None:
+    """Never silently open: with no MODEL_ROUTER_ADMIN_KEY and no admin key in
+    the store yet, mint one and return it (the caller prints it once)."""
+    if settings.admin_key:
+        return None
+    if any(k.role == "admin" and k.workspace_id is None for k in await catalog.all(KEYS)):
+        return None
+    key, record = auth.mint_key("admin", None, "bootstrap admin (generated at start)", utcnow())
+    await catalog.apply([KEYS.put(record.id, record)])
+    return key
+
+
+def serve(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    generated = _with_catalog(settings, lambda c: ensure_admin_key(c, settings))
+    if generated:
+        print(
+            "\n  No MODEL_ROUTER_ADMIN_KEY was set and the store had no admin key, so one was\n"
+            "  generated. It is shown this once; keep it:\n\n"
+            f"    {generated}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    Granian(
+        "model_router.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        log_level=settings.log_level if settings.log_level != "critical" else "error",  # type: ignore[arg-type]
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def config_export(settings: Settings, file: Path | None) -> None:
+    exported = _with_catalog(settings, export_config)
+    data = msgspec.json.format(msgspec.json.encode(exported)) + b"\n"
+    if file is None:
+        sys.stdout.buffer.write(data)
+    else:
+        file.write_bytes(data)
+
+
+def config_import(settings: Settings, file: Path, mode: str, dry_run: bool) -> int:
+    try:
+        document = msgspec.json.decode(file.read_bytes(), type=t.ConfigImport)
+    except (OSError, msgspec.MsgspecError) as exc:
+        print(f"cannot import {file}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = _with_catalog(
+            settings,
+            lambda c: import_config(c, document.config, mode, dry_run),  # type: ignore[arg-type]
+        )
+    except ApiError as err:
+        _print_json({"error": {"type": err.type, "message": err.message, "details": err.details}})
+        return 1
+    _print_json(result)
+    return 0
+
+
+def keys_create(settings: Settings, role: str, workspace: str | None, name: str | None) -> None:
+    key, record = auth.mint_key(role, workspace, name, utcnow())  # type: ignore[arg-type]
+    _with_catalog(settings, lambda c: c.apply([KEYS.put(record.id, record)]))
+    _print_json({"id": record.id, "role": role, "workspaceId": workspace, "key": key})
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="model-router", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the service (Granian, MODEL_ROUTER_WORKERS workers)")
+    config = sub.add_parser("config", help="export or import the config").add_subparsers(
+        dest="action", required=True
+    )
+    export = config.add_parser("export", help="write the config as JSON (stdout or FILE)")
+    export.add_argument("file", nargs="?", type=Path)
+    imp = config.add_parser("import", help="import a config file, all or nothing")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--dry-run", action="store_true", help="report what would change")
+    imp.add_argument("--mode", choices=("merge", "replace"), default="merge")
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--role", required=True, choices=("admin", "operator", "agent", "viewer"))
+    create.add_argument("--workspace", help="scope the key to one workspace")
+    create.add_argument("--name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"model-router: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "config" and args.action == "export":
+        config_export(settings, args.file)
+    elif args.command == "config":
+        return config_import(settings, args.file, args.mode, args.dry_run)
+    elif args.command == "keys":
+        if args.workspace is not None:
+            args.workspace = msgspec.convert(args.workspace, t.Id)
+        keys_create(settings, args.role, args.workspace, args.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

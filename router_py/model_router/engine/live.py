@@ -1,0 +1,89 @@
+"""Each worker's live view of the config: the Rust snapshot plus the API keys.
+
+The store's config version is polled (a single cheap read); when it moves, the
+whole config is read once, compiled into a snapshot document, loaded by the
+Rust core and swapped in with one assignment, so a request always sees one
+consistent version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+import msgspec
+
+from .. import types as t
+from .._core import Snapshot
+from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
+
+log = logging.getLogger("model_router.engine")
+
+
+class LiveConfig:
+    def __init__(self, catalog: Catalog, poll_ms: int):
+        self.catalog = catalog
+        self.poll_ms = poll_ms
+        self.snapshot: Snapshot | None = None
+        self.keys: dict[str, t.ApiKey] = {}
+        self.loaded_at: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def version(self) -> int:
+        return -1 if self.snapshot is None else self.snapshot.version
+
+    async def refresh(self) -> bool:
+        """Reload when the stored version differs from ours; True if it did."""
+        version = await self.catalog.store.version()
+        if version == self.version:
+            return False
+        # Read the version first: a write racing this read only makes the next
+        # poll reload once more, never leaves us believing stale data is new.
+        document = await self._snapshot_document(version)
+        self.snapshot = Snapshot.load(msgspec.json.encode(document))
+        self.keys = {k.id: k for k in await self.catalog.all(KEYS)}
+        self.loaded_at = time.time()
+        self.last_error = None
+        log.info("config version %d loaded", version, extra={"configVersion": version})
+        return True
+
+    async def _snapshot_document(self, version: int) -> t.ConfigSnapshot:
+        c = self.catalog
+        endpoints: dict[str, list[t.Endpoint]] = defaultdict(list)
+        for endpoint in await c.all(ENDPOINTS):
+            endpoints[endpoint.model_id].append(endpoint)
+        health = {h.model_id: h for h in await c.all(HEALTH)}
+        models = [
+            t.SnapshotModel(
+                id=m.id,
+                provider=m.provider,
+                model_type=m.model_type,
+                status=m.status,
+                capabilities=m.capabilities,
+                compliance=m.compliance,
+                pricing=m.pricing,
+                tags=m.tags,
+                health=health.get(m.id),
+                endpoints=sorted(endpoints[m.id], key=lambda e: e.id),
+            )
+            for m in sorted(await c.all(MODELS), key=lambda m: m.id)
+        ]
+        return t.ConfigSnapshot(
+            version=version,
+            models=models,
+            rules=await c.all(RULES),
+            agent_preferences={a.agent_type: a for a in await c.all(AGENTS)},
+            workspace_configs={w.workspace_id: w for w in await c.all(WORKSPACES)},
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_ms / 1000)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("config reload failed; keeping version %d", self.version)

@@ -1,0 +1,162 @@
+"""HTTP primitives: the route table entry, the request a handler sees, its
+response, the API error, and the matcher that maps a path to a route.
+
+A Route says everything about an endpoint once: its handler, who may call it,
+the Struct its body and query decode into and the Struct it answers with. The
+app uses that to validate and authorize, the OpenAPI document to describe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+if TYPE_CHECKING:
+    from .auth import Principal
+    from .service import Service
+
+Permission = Literal[
+    "read",  # look at models, rules, health, config
+    "operate",  # change a model's status or health
+    "configure",  # write models, endpoints, rules, agent preferences, import/export
+    "configure_workspace",  # write the config of the key's own workspace
+    "manage_keys",  # create, list and revoke API keys
+    "route",  # ask for routing decisions and model calls
+]
+
+JSON = b"application/json"
+
+
+class ApiError(Exception):
+    """An error the client caused or must know of; rendered as
+    ``{"error": {"type", "message", "details"}}`` with its status."""
+
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        message: str,
+        details: Any = None,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ):
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.details = details
+        self.headers = list(headers)
+
+
+def not_found(what: str, id: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} {id!r} not found", {what: id})
+
+
+@dataclass
+class Response:
+    body: bytes
+    status: int = 200
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(obj), status)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    path_params: dict[str, str]
+    headers: dict[bytes, bytes]
+    service: Service
+    query: Any = None
+    body: Any = None
+    principal: Principal | None = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    permission: Permission | None = None  # None: open to anyone
+    body: type | None = None
+    query: type | None = None
+    response: Any = None
+    status: int = 200
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path.strip("/").split("/"))
+
+    @property
+    def path_params(self) -> list[str]:
+        return [s[1:-1] for s in self.segments if s.startswith("{")]
+
+
+class RouteTable:
+    """Maps (method, path) to a route. Literal segments win over parameters, so
+    ``/api/models/batch/status`` is never read as a model called ``batch``."""
+
+    def __init__(self, routes: Sequence[Route]):
+        self.routes = list(routes)
+        self._static: dict[tuple[str, str], Route] = {}
+        self._dynamic: list[Route] = []
+        for route in self.routes:
+            if route.path_params:
+                self._dynamic.append(route)
+            else:
+                self._static[(route.method, route.path)] = route
+        self._dynamic.sort(key=lambda r: [s.startswith("{") for s in r.segments])
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        route = self._static.get((method, path))
+        if route is not None:
+            return route, {}
+        parts = path.strip("/").split("/")
+        allowed: list[str] = []
+        for route in self._static.values():
+            if route.path == path:
+                allowed.append(route.method)
+        for route in self._dynamic:
+            params = _bind(route.segments, parts)
+            if params is None:
+                continue
+            if route.method == method:
+                return route, params
+            allowed.append(route.method)
+        if allowed:
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed on {path}",
+                {"allowed": sorted(set(allowed))},
+                [(b"allow", ", ".join(sorted(set(allowed))).encode())],
+            )
+        raise ApiError(404, "not_found", f"no route for {method} {path}")
+
+
+def _bind(segments: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+    if len(segments) != len(parts):
+        return None
+    params = {}
+    for segment, part in zip(segments, parts, strict=True):
+        if segment.startswith("{"):
+            if not part:
+                return None
+            params[segment[1:-1]] = part
+        elif segment != part:
+            return None
+    return params

@@ -1,0 +1,80 @@
+"""One worker's running service: its settings, store, live config and limiter,
+and the background tasks that keep them current."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+from . import auth
+from . import types as t
+from .catalog import KEYS, Catalog
+from .engine.live import LiveConfig
+from .http import ApiError
+from .ratelimit import RateLimiter
+from .settings import Settings
+from .store import open_store
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = open_store(settings)
+        self.catalog = Catalog(self.store)
+        self.live = LiveConfig(self.catalog, settings.config_poll_ms)
+        self.limiter = RateLimiter(
+            self.store, settings.rate_limit_max, settings.rate_limit_window_ms
+        )
+        self.started_at = time.time()
+        self.pid = os.getpid()
+        self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.settings.redis_url else "sqlite"
+
+    async def start(self) -> None:
+        await self.live.refresh()
+        self._tasks = [
+            asyncio.create_task(self.live.run(), name="config-poll"),
+            asyncio.create_task(self.limiter.run(), name="rate-limit-sync"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self.limiter.sync()  # counts admitted so far are not lost
+        await self.store.close()
+
+    async def authenticate(self, authorization: bytes | None) -> auth.Principal:
+        key = auth.bearer_token(authorization)
+        principal = auth.bootstrap_principal(key, self._admin_key_hash)
+        if principal is not None:
+            return principal
+        key_id = auth.key_id_of(key)
+        if key_id is None:
+            raise auth.invalid_key()
+        record: t.ApiKey | None = self.live.keys.get(key_id)
+        if record is None:
+            # Created moments ago through another worker: not yet in our view.
+            record = await self.catalog.get(KEYS, key_id)
+        return auth.verify(key, record)
+
+    def check_rate(self, principal: auth.Principal) -> None:
+        retry_after = self.limiter.hit(principal.key_id)
+        if retry_after is not None:
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit of {self.settings.rate_limit_max} requests per "
+                f"{self.settings.rate_limit_window_ms} ms exceeded",
+                {"retryAfterSeconds": retry_after},
+                [(b"retry-after", str(int(retry_after)).encode())],
+            )

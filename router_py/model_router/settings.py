@@ -1,0 +1,110 @@
+"""Configuration from the environment, checked once at start.
+
+A bad value stops the service with a message that names the variable, rather
+than surfacing later as a strange runtime failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+ENVIRONMENTS = ("development", "production")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    port: int = 3003
+    host: str = "0.0.0.0"
+    redis_url: str | None = None
+    data_dir: Path = Path("./data")
+    env: str = "development"
+    log_level: str = "info"
+    rate_limit_max: int = 1000
+    rate_limit_window_ms: int = 900_000
+    workers: int = os.cpu_count() or 1
+    admin_key: str | None = None
+    max_body_bytes: int = 1_048_576
+    config_poll_ms: int = 250
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "model-router.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def read(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{name}={raw!r}: {exc}") from None
+
+        return cls(
+            port=read("PORT", _int_in(1, 65535), d.port),
+            host=read("HOST", str, d.host),
+            redis_url=read("REDIS_URL", _redis_url, None),
+            data_dir=read("MODEL_ROUTER_DATA_DIR", Path, d.data_dir),
+            env=read("MODEL_ROUTER_ENV", _one_of(ENVIRONMENTS), d.env),
+            log_level=read("LOG_LEVEL", _one_of(LOG_LEVELS), d.log_level),
+            rate_limit_max=read("RATE_LIMIT_MAX", _int_in(1, 10**9), d.rate_limit_max),
+            rate_limit_window_ms=read(
+                "RATE_LIMIT_WINDOW_MS", _int_in(1000, 31 * 86_400_000), d.rate_limit_window_ms
+            ),
+            workers=read("MODEL_ROUTER_WORKERS", _int_in(1, 256), d.workers),
+            admin_key=read("MODEL_ROUTER_ADMIN_KEY", _admin_key, None),
+            max_body_bytes=read(
+                "MODEL_ROUTER_MAX_BODY_BYTES", _int_in(1024, 64 * 1_048_576), d.max_body_bytes
+            ),
+            config_poll_ms=read("MODEL_ROUTER_CONFIG_POLL_MS", _int_in(10, 1000), d.config_poll_ms),
+        )
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _admin_key(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
+    return raw

@@ -1,0 +1,88 @@
+"""The Store protocol: everything the API writes, behind one small interface.
+
+Documents are JSON bytes filed under a kind (``models``, ``rules``…) and an id.
+Writes go through ``apply``: a list of operations carried out atomically, all or
+nothing, after their preconditions hold, and each successful ``apply`` bumps the
+config version that every worker polls to reload its engine. Counters are the
+other half: atomic increments with an expiry, for rate limits and spend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Put:
+    kind: str
+    id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Clear:
+    """Delete every document of a kind."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class ExpectAbsent:
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True)
+class ExpectPresent:
+    kind: str
+    id: str
+
+
+@dataclass(frozen=True)
+class ExpectBody:
+    """The document still holds exactly these bytes (compare-and-set)."""
+
+    kind: str
+    id: str
+    body: bytes
+
+
+Op = Put | Delete | Clear | ExpectAbsent | ExpectPresent | ExpectBody
+
+
+class PreconditionFailed(Exception):
+    """An ``Expect*`` operation did not hold; nothing was written."""
+
+    def __init__(self, op: ExpectAbsent | ExpectPresent | ExpectBody):
+        super().__init__(f"{type(op).__name__} {op.kind}/{op.id}")
+        self.op = op
+
+
+class Store(Protocol):
+    async def get(self, kind: str, id: str) -> bytes | None: ...
+
+    async def get_all(self, kind: str) -> dict[str, bytes]: ...
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        """Check every Expect*, then carry out every write, atomically; return
+        the new config version. Raises PreconditionFailed and writes nothing."""
+        ...
+
+    async def version(self) -> int: ...
+
+    async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        """Add each delta to its counter (creating it with this time to live) and
+        return the new totals, atomically per counter."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

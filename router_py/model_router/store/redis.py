@@ -1,0 +1,125 @@
+"""RedisStore: shared state for many workers and replicas (``REDIS_URL``).
+
+All keys share the hash tag ``{mr}`` so the Lua script that applies a write
+touches one slot and works unchanged on Redis Cluster. Each kind is a hash of
+id -> JSON document; the config version is a counter that the same script
+bumps and publishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import redis.asyncio as aioredis
+
+from .base import (
+    Clear,
+    Delete,
+    ExpectAbsent,
+    ExpectBody,
+    ExpectPresent,
+    Op,
+    PreconditionFailed,
+    Put,
+)
+
+PREFIX = "{mr}"
+VERSION_KEY = f"{PREFIX}:config_version"
+CONFIG_CHANNEL = f"{PREFIX}:config"
+
+# KEYS[1] is the version key, KEYS[2..] the document hashes. ARGV[1] is the
+# channel, then four slots per operation: name, index into KEYS, id, body.
+APPLY = """
+local function check(op, key, id, body)
+  if op == 'absent' then return redis.call('HEXISTS', key, id) == 0 end
+  if op == 'present' then return redis.call('HEXISTS', key, id) == 1 end
+  if op == 'body' then return redis.call('HGET', key, id) == body end
+  return true
+end
+for i = 2, #ARGV, 4 do
+  if not check(ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3]) then
+    return {0, (i - 2) / 4}
+  end
+end
+for i = 2, #ARGV, 4 do
+  local op, key, id = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
+  if op == 'put' then redis.call('HSET', key, id, ARGV[i + 3])
+  elseif op == 'delete' then redis.call('HDEL', key, id)
+  elseif op == 'clear' then redis.call('DEL', key) end
+end
+local version = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], version)
+return {1, version}
+"""
+
+ADD_COUNTERS = """
+local totals = {}
+for i = 1, #KEYS do
+  local total = redis.call('INCRBY', KEYS[i], ARGV[i + 1])
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  totals[i] = total
+end
+return totals
+"""
+
+OP_NAMES = {
+    Put: "put",
+    Delete: "delete",
+    Clear: "clear",
+    ExpectAbsent: "absent",
+    ExpectPresent: "present",
+    ExpectBody: "body",
+}
+
+
+def _doc_key(kind: str) -> str:
+    return f"{PREFIX}:doc:{kind}"
+
+
+class RedisStore:
+    def __init__(self, url: str):
+        self._redis = aioredis.Redis.from_url(url, decode_responses=False)
+        self._apply = self._redis.register_script(APPLY)
+        self._add_counters = self._redis.register_script(ADD_COUNTERS)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._redis
+
+    async def get(self, kind: str, id: str) -> bytes | None:
+        return await self._redis.hget(_doc_key(kind), id)
+
+    async def get_all(self, kind: str) -> dict[str, bytes]:
+        raw = await self._redis.hgetall(_doc_key(kind))
+        return {k.decode(): v for k, v in raw.items()}
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        keys = [VERSION_KEY]
+        args: list[str | bytes | int] = [CONFIG_CHANNEL]
+        for op in ops:
+            key = _doc_key(op.kind)
+            if key not in keys:
+                keys.append(key)
+            body = getattr(op, "body", b"")
+            args += [OP_NAMES[type(op)], keys.index(key) + 1, getattr(op, "id", ""), body]
+        ok, value = await self._apply(keys=keys, args=args)
+        if not ok:
+            failed = ops[int(value)]
+            assert isinstance(failed, ExpectAbsent | ExpectPresent | ExpectBody)
+            raise PreconditionFailed(failed)
+        return int(value)
+
+    async def version(self) -> int:
+        return int(await self._redis.get(VERSION_KEY) or 0)
+
+    async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        names = list(deltas)
+        keys = [f"{PREFIX}:counter:{name}" for name in names]
+        totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
+        return dict(zip(names, map(int, totals), strict=True))
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,152 @@
+"""SQLiteStore: the embedded default, one WAL file under the data directory.
+
+sqlite3 is synchronous, so every call runs on one private thread per process:
+the event loop never waits on a disk or a lock held by another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from .base import (
+    Clear,
+    Delete,
+    ExpectAbsent,
+    ExpectBody,
+    ExpectPresent,
+    Op,
+    PreconditionFailed,
+    Put,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('config_version', 0);
+CREATE TABLE IF NOT EXISTS counters (
+    name       TEXT PRIMARY KEY,
+    value      INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)  # idempotent; each statement commits itself
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        # IMMEDIATE takes the write lock up front, so checks and writes see one state.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(self._db)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return result
+
+    async def get(self, kind: str, id: str) -> bytes | None:
+        def read() -> bytes | None:
+            row = self._db.execute(
+                "SELECT body FROM documents WHERE kind = ? AND id = ?", (kind, id)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(read)
+
+    async def get_all(self, kind: str) -> dict[str, bytes]:
+        def read() -> dict[str, bytes]:
+            rows = self._db.execute("SELECT id, body FROM documents WHERE kind = ?", (kind,))
+            return {id: bytes(body) for id, body in rows}
+
+        return await self._run(read)
+
+    async def apply(self, ops: Sequence[Op]) -> int:
+        return await self._run(lambda: self._transaction(lambda db: _apply(db, ops)))
+
+    async def version(self) -> int:
+        return await self._run(_read_version_of(self._db))
+
+    async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        def add(db: sqlite3.Connection) -> dict[str, int]:
+            now = int(time.time() * 1000)
+            db.execute("DELETE FROM counters WHERE expires_ms <= ?", (now,))
+            totals = {}
+            for name, delta in deltas.items():
+                (totals[name],) = db.execute(
+                    "INSERT INTO counters (name, value, expires_ms) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value "
+                    "RETURNING value",
+                    (name, delta, now + ttl_ms),
+                ).fetchone()
+            return totals
+
+        return await self._run(lambda: self._transaction(add))
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._run(self._db.close)
+        self._executor.shutdown(wait=True)
+
+
+def _read_version_of(db: sqlite3.Connection) -> Callable[[], int]:
+    def read() -> int:
+        (value,) = db.execute("SELECT value FROM meta WHERE key = 'config_version'").fetchone()
+        return int(value)
+
+    return read
+
+
+def _apply(db: sqlite3.Connection, ops: Sequence[Op]) -> int:
+    def current(kind: str, id: str) -> bytes | None:
+        row = db.execute(
+            "SELECT body FROM documents WHERE kind = ? AND id = ?", (kind, id)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    for op in ops:
+        if isinstance(op, ExpectAbsent) and current(op.kind, op.id) is not None:
+            raise PreconditionFailed(op)
+        if isinstance(op, ExpectPresent) and current(op.kind, op.id) is None:
+            raise PreconditionFailed(op)
+        if isinstance(op, ExpectBody) and current(op.kind, op.id) != op.body:
+            raise PreconditionFailed(op)
+    for op in ops:
+        if isinstance(op, Put):
+            db.execute(
+                "INSERT INTO documents (kind, id, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body",
+                (op.kind, op.id, op.body),
+            )
+        elif isinstance(op, Delete):
+            db.execute("DELETE FROM documents WHERE kind = ? AND id = ?", (op.kind, op.id))
+        elif isinstance(op, Clear):
+            db.execute("DELETE FROM documents WHERE kind = ?", (op.kind,))
+    db.execute("UPDATE meta SET value = value + 1 WHERE key = 'config_version'")
+    return _read_version_of(db)()

@@ -1,0 +1,1 @@
+"""Telemetry: structured logs (and, with the request path, metrics)."""

@@ -1,0 +1,448 @@
+"""Every request and response body: one msgspec Struct each, camelCase on the wire.
+
+The same Structs validate input (once, at decode), describe the API in
+/openapi.json and build the config snapshot handed to the Rust core.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+# --- constrained scalars -------------------------------------------------------
+
+Id = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$",
+        description="1-128 characters: letters, digits and . _ : @ -, starting alphanumeric",
+    ),
+]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Tag = Annotated[str, Meta(min_length=1, max_length=64)]
+Url = Annotated[str, Meta(pattern=r"^https?://[^\s/$.?#][^\s]*$", max_length=2048)]
+EnvVarName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Timestamp = Annotated[str, Meta(description="RFC 3339 UTC timestamp")]
+NonNegative = Annotated[float, Meta(ge=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Milliseconds = Annotated[float, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1, le=10_000_000)]
+
+ModelStatus = Literal["active", "inactive", "deprecated", "maintenance"]
+Provider = Literal["openai", "azure", "anthropic", "custom"]
+ModelType = Literal["chat", "completion", "embedding", "image", "audio", "multimodal"]
+HealthStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
+EndpointType = Literal["primary", "secondary", "backup"]
+TargetRole = Literal["primary", "canary"]
+Role = Literal["admin", "operator", "agent", "viewer"]
+
+
+class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Base of every body: camelCase on the wire, unknown fields rejected."""
+
+
+# --- models ------------------------------------------------------------------
+
+
+class Capability(Body):
+    type: Tag
+    max_tokens: PositiveInt | None = None
+
+
+class Pricing(Body):
+    """USD per 1,000 tokens."""
+
+    input_per1k: NonNegative
+    output_per1k: NonNegative
+
+
+class ModelCreate(Body):
+    name: Name
+    version: Id
+    provider: Provider
+    model_type: ModelType
+    id: Id | None = None
+    capabilities: list[Capability] = []
+    parameters: dict[str, Any] = {}
+    status: ModelStatus = "active"
+    tags: list[Tag] = []
+    compliance: list[Tag] = []
+    pricing: Pricing | None = None
+    description: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class Model(Body):
+    id: Id
+    name: Name
+    version: Id
+    provider: Provider
+    model_type: ModelType
+    capabilities: list[Capability] = []
+    parameters: dict[str, Any] = {}
+    status: ModelStatus = "active"
+    tags: list[Tag] = []
+    compliance: list[Tag] = []
+    pricing: Pricing | None = None
+    description: str | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+
+class StatusUpdate(Body):
+    status: ModelStatus
+
+
+class BatchStatusItem(Body):
+    model_id: Id
+    status: ModelStatus
+
+
+class BatchStatusUpdate(Body):
+    updates: Annotated[list[BatchStatusItem], Meta(min_length=1, max_length=1000)]
+
+
+class BatchStatusResult(Body):
+    updated: list[BatchStatusItem]
+
+
+class HealthUpdate(Body):
+    status: HealthStatus
+    response_time: Milliseconds | None = None
+    error_rate: Fraction | None = None
+    availability: Percent | None = None
+
+
+class ModelHealth(Body):
+    model_id: Id
+    status: HealthStatus
+    response_time: float | None = None
+    error_rate: float | None = None
+    availability: float | None = None
+    last_checked: Timestamp | None = None
+
+
+# --- endpoints ---------------------------------------------------------------
+
+
+class EndpointCreate(Body):
+    url: Url
+    type: EndpointType = "primary"
+    weight: NonNegative = 1.0
+    id: Id | None = None
+    health_check_url: Url | None = None
+    api_key_env: EnvVarName | None = None
+    timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+
+
+class Endpoint(Body):
+    id: Id
+    model_id: Id
+    url: Url
+    type: EndpointType = "primary"
+    weight: NonNegative = 1.0
+    health_check_url: Url | None = None
+    api_key_env: EnvVarName | None = None
+    timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    created_at: Timestamp | None = None
+
+
+# --- routing rules -----------------------------------------------------------
+
+
+class LengthRange(Body):
+    min: Annotated[int, Meta(ge=0)] | None = None
+    max: Annotated[int, Meta(ge=0)] | None = None
+
+
+MetadataValue = str | int | float | bool
+
+
+class RuleCondition(Body):
+    agent_type: list[Tag] | None = None
+    request_type: list[Tag] | None = None
+    content_length: LengthRange | None = None
+    workspace_id: list[Id] | None = None
+    user_id: list[Annotated[str, Meta(min_length=1, max_length=256)]] | None = None
+    metadata: dict[Tag, MetadataValue] | None = None
+
+
+class TargetModel(Body):
+    model_id: Id
+    weight: NonNegative = 1.0
+    fallback_order: Annotated[int, Meta(ge=0)] | None = None
+    role: TargetRole = "primary"
+
+
+class TrafficSplit(Body):
+    """Percent of traffic to the primary and the canary targets; sums to 100."""
+
+    primary: Percent
+    canary: Percent
+
+
+Targets = Annotated[list[TargetModel], Meta(min_length=1, max_length=100)]
+Priority = Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
+
+
+class RuleCreate(Body):
+    name: Name
+    target_models: Targets
+    condition: RuleCondition = msgspec.field(default_factory=RuleCondition)
+    traffic_split: TrafficSplit | None = None
+    priority: Priority = 0
+    enabled: bool = True
+    sticky: bool = False
+    id: Id | None = None
+    description: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class RulePatch(Body):
+    """Partial update: only the fields present change."""
+
+    name: Name | UnsetType = UNSET
+    target_models: Targets | UnsetType = UNSET
+    condition: RuleCondition | UnsetType = UNSET
+    traffic_split: TrafficSplit | None | UnsetType = UNSET
+    priority: Priority | UnsetType = UNSET
+    enabled: bool | UnsetType = UNSET
+    sticky: bool | UnsetType = UNSET
+    description: Annotated[str, Meta(max_length=2000)] | None | UnsetType = UNSET
+
+
+class RoutingRule(Body):
+    id: Id
+    name: Name
+    target_models: Targets
+    condition: RuleCondition = msgspec.field(default_factory=RuleCondition)
+    traffic_split: TrafficSplit | None = None
+    priority: Priority = 0
+    enabled: bool = True
+    sticky: bool = False
+    description: str | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+
+
+# --- agents and workspaces ---------------------------------------------------
+
+
+class PerformanceRequirements(Body):
+    max_latency: Annotated[float, Meta(gt=0)] | None = None
+    min_success_rate: Fraction | None = None
+    max_cost_per_token: NonNegative | None = None
+
+
+class AgentPreferencesBody(Body):
+    preferred_models: list[Id] = []
+    fallback_models: list[Id] = []
+    required_capabilities: list[Tag] = []
+    performance_requirements: PerformanceRequirements | None = None
+
+
+class AgentPreferences(Body):
+    agent_type: Tag
+    preferred_models: list[Id] = []
+    fallback_models: list[Id] = []
+    required_capabilities: list[Tag] = []
+    performance_requirements: PerformanceRequirements | None = None
+    updated_at: Timestamp | None = None
+
+
+class BudgetLimits(Body):
+    """USD per calendar day, ISO week and month (UTC)."""
+
+    daily: NonNegative | None = None
+    weekly: NonNegative | None = None
+    monthly: NonNegative | None = None
+
+
+class QualityRequirements(Body):
+    min_success_rate: Fraction | None = None
+    max_latency: Annotated[float, Meta(gt=0)] | None = None
+
+
+class WorkspaceConfigBody(Body):
+    model_restrictions: list[Id] | None = None
+    budget_limits: BudgetLimits | None = None
+    quality_requirements: QualityRequirements | None = None
+    compliance_requirements: list[Tag] = []
+
+
+class WorkspaceConfig(Body):
+    workspace_id: Id
+    model_restrictions: list[Id] | None = None
+    budget_limits: BudgetLimits | None = None
+    quality_requirements: QualityRequirements | None = None
+    compliance_requirements: list[Tag] = []
+    updated_at: Timestamp | None = None
+
+
+# --- API keys ----------------------------------------------------------------
+
+
+class KeyCreate(Body):
+    role: Role
+    workspace_id: Id | None = None
+    name: Name | None = None
+
+
+class ApiKey(Body):
+    """A stored key: only the SHA-256 of the secret is kept."""
+
+    id: Id
+    role: Role
+    secret_hash: str
+    workspace_id: Id | None = None
+    name: str | None = None
+    created_at: Timestamp | None = None
+
+
+class KeyInfo(Body):
+    id: Id
+    role: Role
+    workspace_id: Id | None
+    name: str | None
+    created_at: Timestamp | None
+
+
+class KeyCreated(Body):
+    id: Id
+    role: Role
+    workspace_id: Id | None
+    name: str | None
+    created_at: Timestamp | None
+    key: Annotated[str, Meta(description="The secret: shown this once, never again")]
+
+
+# --- config export / import --------------------------------------------------
+
+
+class ConfigDocument(Body):
+    models: list[Model] = []
+    endpoints: list[Endpoint] = []
+    routing_rules: list[RoutingRule] = []
+    agent_preferences: dict[Tag, AgentPreferencesBody] = {}
+    workspace_configs: dict[Id, WorkspaceConfigBody] = {}
+
+
+class ConfigExport(Body):
+    config: ConfigDocument
+    config_version: int
+    exported_at: Timestamp
+
+
+class ConfigImport(Body):
+    config: ConfigDocument
+    config_version: int | None = None
+    exported_at: Timestamp | None = None
+
+
+class KindChanges(Body):
+    created: list[str] = []
+    updated: list[str] = []
+    deleted: list[str] = []
+    unchanged: int = 0
+
+
+class ImportResult(Body):
+    dry_run: bool
+    mode: Literal["merge", "replace"]
+    applied: bool
+    config_version: int
+    changes: dict[str, KindChanges]
+
+
+# --- generic envelopes -------------------------------------------------------
+
+
+class ErrorDetail(Body):
+    type: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(Body):
+    error: ErrorDetail
+
+
+class Page(Body):
+    data: list[Any]
+    total: int
+
+
+class Deleted(Body):
+    id: str
+    deleted: bool = True
+
+
+class HealthSummary(Body):
+    status: Literal["healthy", "unhealthy"]
+    timestamp: Timestamp
+    service: str
+    version: str
+
+
+class ReadinessCheck(Body):
+    status: Literal["ready", "not_ready"]
+    timestamp: Timestamp
+    checks: dict[str, Any]
+
+
+class DetailedHealth(Body):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    timestamp: Timestamp
+    service: str
+    version: str
+    uptime_seconds: float
+    worker_pid: int
+    components: dict[str, Any]
+
+
+# --- the snapshot handed to Rust ---------------------------------------------
+
+
+class SnapshotModel(Body):
+    """A model as the Rust core sees it: with its health and endpoints inlined."""
+
+    id: str
+    provider: str
+    model_type: str
+    status: str
+    capabilities: list[Capability]
+    compliance: list[str]
+    pricing: Pricing | None
+    tags: list[str]
+    health: ModelHealth | None
+    endpoints: list[Endpoint]
+
+
+class ConfigSnapshot(Body):
+    version: int
+    models: list[SnapshotModel]
+    rules: list[RoutingRule]
+    agent_preferences: dict[str, AgentPreferences]
+    workspace_configs: dict[str, WorkspaceConfig]
+
+
+# --- query strings -----------------------------------------------------------
+
+
+class Query(msgspec.Struct, rename="camel"):
+    """Base of query-string Structs: decoded leniently ("10" -> 10)."""
+
+
+class ModelListQuery(Query):
+    provider: Provider | None = None
+    status: ModelStatus | None = None
+    model_type: ModelType | None = None
+    tag: Tag | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    offset: Annotated[int, Meta(ge=0)] = 0
+
+
+class ImportQuery(Query):
+    mode: Literal["merge", "replace"] = "merge"
+    dry_run: bool = False

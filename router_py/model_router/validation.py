@@ -1,0 +1,101 @@
+"""Checks that span more than one field or document: what a Struct alone
+cannot say. Each returns problems (field, message) so that an import can
+report all of them at once; the API raises the first as a 400."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from . import types as t
+from .http import ApiError
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    message: str
+
+
+def rule_problems(
+    target_models: list[t.TargetModel],
+    traffic_split: t.TrafficSplit | None,
+    condition: t.RuleCondition,
+    model_ids: Collection[str],
+    prefix: str = "",
+) -> list[Problem]:
+    problems = [
+        Problem(f"{prefix}targetModels[{i}].modelId", f"unknown model {target.model_id!r}")
+        for i, target in enumerate(target_models)
+        if target.model_id not in model_ids
+    ]
+    seen: set[str] = set()
+    for i, target in enumerate(target_models):
+        if target.model_id in seen:
+            problems.append(
+                Problem(f"{prefix}targetModels[{i}].modelId", f"model {target.model_id!r} twice")
+            )
+        seen.add(target.model_id)
+    if traffic_split is not None and abs(traffic_split.primary + traffic_split.canary - 100) > 1e-9:
+        problems.append(
+            Problem(
+                f"{prefix}trafficSplit",
+                f"primary + canary must be 100, not {traffic_split.primary + traffic_split.canary:g}",
+            )
+        )
+    length = condition.content_length
+    if length is not None and None not in (length.min, length.max):
+        assert length.min is not None and length.max is not None
+        if length.min > length.max:
+            problems.append(
+                Problem(f"{prefix}condition.contentLength", "min must not exceed max")
+            )
+    return problems
+
+
+def reference_problems(
+    ids: Iterable[str], model_ids: Collection[str], field: str
+) -> list[Problem]:
+    return [
+        Problem(f"{field}[{i}]", f"unknown model {id!r}")
+        for i, id in enumerate(ids)
+        if id not in model_ids
+    ]
+
+
+def preference_problems(
+    prefs: t.AgentPreferencesBody | t.AgentPreferences, model_ids: Collection[str], prefix: str = ""
+) -> list[Problem]:
+    return reference_problems(
+        prefs.preferred_models, model_ids, f"{prefix}preferredModels"
+    ) + reference_problems(prefs.fallback_models, model_ids, f"{prefix}fallbackModels")
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    if problems:
+        first = problems[0]
+        raise ApiError(
+            400,
+            "validation_error",
+            f"invalid body: {first.message} - at `$.{first.field}`",
+            {
+                "in": "body",
+                "field": first.field,
+                "problems": [{"field": p.field, "message": p.message} for p in problems],
+            },
+        )
+
+
+def path_id(value: str, field: str) -> str:
+    """A path segment that names something to create must be a valid id."""
+    try:
+        return msgspec.convert(value, t.Id)
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            400,
+            "validation_error",
+            f"invalid path: {field} {exc}",
+            {"in": "path", "field": field},
+        ) from None
