@@ -24,7 +24,8 @@ from .telemetry.logging import configure_logging
 
 log = logging.getLogger("model_router.app")
 
-_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+_AT = re.compile(r"at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
 
 
@@ -37,10 +38,13 @@ def error_response(err: ApiError, request_id: str) -> Response:
 
 def invalid_input(exc: msgspec.MsgspecError, where: str) -> ApiError:
     message = str(exc)
-    match = _FIELD.search(message)
+    at, missing = _AT.search(message), _MISSING.search(message)
+    base = at.group(1) if at else ""
     details: dict[str, Any] = {"in": where}
-    if match:
-        details["field"] = match.group(1) or "$"
+    if missing:
+        details["field"] = f"{base}.{missing.group(1)}" if base else missing.group(1)
+    elif at:
+        details["field"] = base or "$"
     # ValidationError subclasses DecodeError: test for it first.
     kind = "validation_error" if isinstance(exc, msgspec.ValidationError) else "invalid_json"
     return ApiError(400, kind, f"invalid {where}: {message}", details)

@@ -7,6 +7,7 @@ than surfacing later as a strange runtime failure.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ class Settings:
     port: int = 3003
     host: str = "0.0.0.0"
     redis_url: str | None = None
+    redis_namespace: str = "mr"
     data_dir: Path = Path("./data")
     env: str = "development"
     log_level: str = "info"
@@ -59,6 +61,7 @@ class Settings:
             port=read("PORT", _int_in(1, 65535), d.port),
             host=read("HOST", str, d.host),
             redis_url=read("REDIS_URL", _redis_url, None),
+            redis_namespace=read("MODEL_ROUTER_REDIS_NAMESPACE", _namespace, d.redis_namespace),
             data_dir=read("MODEL_ROUTER_DATA_DIR", Path, d.data_dir),
             env=read("MODEL_ROUTER_ENV", _one_of(ENVIRONMENTS), d.env),
             log_level=read("LOG_LEVEL", _one_of(LOG_LEVELS), d.log_level),
@@ -107,4 +110,10 @@ def _redis_url(raw: str) -> str:
 def _admin_key(raw: str) -> str:
     if len(raw) < 16:
         raise ValueError("must be at least 16 characters")
+    return raw
+
+
+def _namespace(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw):
+        raise ValueError("1-64 letters, digits, '_', '.' or '-'")
     return raw

@@ -1,7 +1,8 @@
 """RedisStore: shared state for many workers and replicas (``REDIS_URL``).
 
-All keys share the hash tag ``{mr}`` so the Lua script that applies a write
-touches one slot and works unchanged on Redis Cluster. Each kind is a hash of
+All keys share one hash tag, ``{<namespace>}`` (default ``{mr}``), so the Lua
+script that applies a write touches one slot and works unchanged on Redis
+Cluster, and several deployments can share one Redis under different namespaces. Each kind is a hash of
 id -> JSON document; the config version is a counter that the same script
 bumps and publishes.
 """
@@ -22,10 +23,6 @@ from .base import (
     PreconditionFailed,
     Put,
 )
-
-PREFIX = "{mr}"
-VERSION_KEY = f"{PREFIX}:config_version"
-CONFIG_CHANNEL = f"{PREFIX}:config"
 
 # KEYS[1] is the version key, KEYS[2..] the document hashes. ARGV[1] is the
 # channel, then four slots per operation: name, index into KEYS, id, body.
@@ -72,32 +69,34 @@ OP_NAMES = {
 }
 
 
-def _doc_key(kind: str) -> str:
-    return f"{PREFIX}:doc:{kind}"
-
-
 class RedisStore:
-    def __init__(self, url: str):
+    def __init__(self, url: str, namespace: str = "mr"):
+        self._prefix = "{" + namespace + "}"
+        self._version_key = f"{self._prefix}:config_version"
+        self._channel = f"{self._prefix}:config"
         self._redis = aioredis.Redis.from_url(url, decode_responses=False)
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
+
+    def _doc_key(self, kind: str) -> str:
+        return f"{self._prefix}:doc:{kind}"
 
     @property
     def client(self) -> aioredis.Redis:
         return self._redis
 
     async def get(self, kind: str, id: str) -> bytes | None:
-        return await self._redis.hget(_doc_key(kind), id)
+        return await self._redis.hget(self._doc_key(kind), id)
 
     async def get_all(self, kind: str) -> dict[str, bytes]:
-        raw = await self._redis.hgetall(_doc_key(kind))
+        raw = await self._redis.hgetall(self._doc_key(kind))
         return {k.decode(): v for k, v in raw.items()}
 
     async def apply(self, ops: Sequence[Op]) -> int:
-        keys = [VERSION_KEY]
-        args: list[str | bytes | int] = [CONFIG_CHANNEL]
+        keys = [self._version_key]
+        args: list[str | bytes | int] = [self._channel]
         for op in ops:
-            key = _doc_key(op.kind)
+            key = self._doc_key(op.kind)
             if key not in keys:
                 keys.append(key)
             body = getattr(op, "body", b"")
@@ -110,11 +109,11 @@ class RedisStore:
         return int(value)
 
     async def version(self) -> int:
-        return int(await self._redis.get(VERSION_KEY) or 0)
+        return int(await self._redis.get(self._version_key) or 0)
 
     async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
         names = list(deltas)
-        keys = [f"{PREFIX}:counter:{name}" for name in names]
+        keys = [f"{self._prefix}:counter:{name}" for name in names]
         totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
         return dict(zip(names, map(int, totals), strict=True))
 

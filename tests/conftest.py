@@ -1,0 +1,194 @@
+"""Test harness: real servers on loopback, real stores.
+
+Every API test drives a real `model-router serve` process over HTTP. Store
+tests and servers run once on SQLite and once on a real Redis: the private one
+`make test` starts (MODEL_ROUTER_TEST_REDIS_URL), or one this file starts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROUTER = Path(sys.executable).parent / "model-router"
+BACKENDS = ["sqlite", "redis"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("MODEL_ROUTER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("no redis-server: run `make test`, which installs and starts one")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="mr-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def store_env(backend: str, redis_url: str, data_dir: Path) -> dict[str, str]:
+    """The environment that points a process at a fresh, private store."""
+    if backend == "redis":
+        return {"REDIS_URL": redis_url, "MODEL_ROUTER_REDIS_NAMESPACE": f"t-{secrets.token_hex(6)}"}
+    return {"MODEL_ROUTER_DATA_DIR": str(data_dir)}
+
+
+class Server:
+    """A `model-router serve` process on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], workdir: Path):
+        self.port = free_port()
+        self.admin_key = "test-admin-" + secrets.token_hex(16)
+        self.workdir = workdir
+        self.log_path = workdir / f"server-{self.port}.log"
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "MODEL_ROUTER_ADMIN_KEY": self.admin_key,
+            "MODEL_ROUTER_WORKERS": "1",
+            "LOG_LEVEL": "warning",
+            **env,
+        }
+        self.env.pop("MODEL_ROUTER_TEST_REDIS_URL", None)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, headers=self.auth(self.admin_key), timeout=10)
+
+    @staticmethod
+    def auth(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    def start(self) -> Server:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(ROUTER), "serve"], env=self.env, stdout=log, stderr=log, start_new_session=True
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not become ready:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        self.client.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_server(redis_url: str, tmp_path: Path, backend: str) -> Iterator:
+    """Start servers on a private store of the test's backend."""
+    servers: list[Server] = []
+    data_dir = tmp_path / "data"
+
+    def make(workers: int = 1, store: dict[str, str] | None = None, **env: str) -> Server:
+        env = {**(store or store_env(backend, redis_url, data_dir)), **env}
+        env["MODEL_ROUTER_WORKERS"] = str(workers)
+        server = Server(env, tmp_path)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def server(make_server) -> Server:
+    return make_server()
+
+
+# --- bodies from the spec ----------------------------------------------------
+
+
+def model_body(model_id: str, **overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "name": f"Model {model_id}",
+        "version": model_id,
+        "provider": "openai",
+        "modelType": "chat",
+        "capabilities": [{"type": "text-generation", "maxTokens": 4096}],
+        "parameters": {"temperature": 0.7, "maxTokens": 4096},
+        "status": "active",
+        "tags": ["gpt-4", "high-quality"],
+    }
+    body.update(overrides)
+    return body
+
+
+def rule_body(*model_ids: str, **overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "name": "Creative Agent Claude Preference",
+        "condition": {
+            "agentType": ["creative"],
+            "requestType": ["completion", "chat"],
+            "contentLength": {"min": 100, "max": 2000},
+        },
+        "targetModels": [
+            {"modelId": m, "weight": 0.5, "fallbackOrder": i + 1} for i, m in enumerate(model_ids)
+        ],
+        "trafficSplit": {"primary": 80, "canary": 20},
+        "priority": 100,
+        "enabled": True,
+    }
+    body.update(overrides)
+    return body
