@@ -136,12 +136,12 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_server(redis_url: str, tmp_path: Path, backend: str) -> Iterator:
-    """Start servers on a private store of the test's backend."""
+    """Start servers, each on a private store of the test's backend."""
     servers: list[Server] = []
-    data_dir = tmp_path / "data"
 
-    def make(workers: int = 1, store: dict[str, str] | None = None, **env: str) -> Server:
-        env = {**(store or store_env(backend, redis_url, data_dir)), **env}
+    def make(workers: int = 1, **env: str) -> Server:
+        data_dir = tmp_path / f"data-{len(servers)}"
+        env = {**store_env(backend, redis_url, data_dir), **env}
         env["MODEL_ROUTER_WORKERS"] = str(workers)
         server = Server(env, tmp_path)
         servers.append(server)

@@ -71,11 +71,11 @@ def _sections(doc: t.ConfigDocument, now: str) -> list[_Section]:
         return msgspec.structs.replace(struct, **fields)
 
     return [
-        _Section(MODELS, {m.id: stamp(m, created_at=m.created_at or now, updated_at=now) for m in doc.models}),
+        _Section(MODELS, {m.id: stamp(m, created_at=m.created_at or now, updated_at=m.updated_at or now) for m in doc.models}),
         _Section(ENDPOINTS, {e.id: stamp(e, created_at=e.created_at or now) for e in doc.endpoints}),
         _Section(
             RULES,
-            {r.id: stamp(r, created_at=r.created_at or now, updated_at=now) for r in doc.routing_rules},
+            {r.id: stamp(r, created_at=r.created_at or now, updated_at=r.updated_at or now) for r in doc.routing_rules},
         ),
         _Section(
             AGENTS,

@@ -1,0 +1,65 @@
+"""Restarts, several workers, the bootstrap admin key."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from conftest import model_body, rule_body
+
+
+def test_everything_survives_a_restart(make_server):
+    server = make_server()
+    c = server.client
+    c.post("/api/models", json=model_body("m1"))
+    c.post("/api/models/m1/endpoints", json={"url": "http://127.0.0.1:9/v1/chat/completions"})
+    c.post("/api/models/m1/health", json={"status": "degraded", "errorRate": 0.2})
+    c.post("/api/routing/rules", json=rule_body("m1", id="r1"))
+    c.post("/api/agents/creative/preferences", json={"preferredModels": ["m1"]})
+    c.post("/api/workspaces/ws-1/config", json={"complianceRequirements": ["gdpr"]})
+    key = c.post("/api/keys", json={"role": "viewer"}).json()["key"]
+    before = c.get("/api/config/export").json()
+
+    server.restart()
+
+    after = c.get("/api/config/export").json()
+    assert after["config"] == before["config"] and after["configVersion"] == before["configVersion"]
+    assert c.get("/api/models/m1/health").json()["status"] == "degraded"
+    assert c.get("/api/models", headers=server.auth(key)).status_code == 200
+    detailed = httpx.get(f"{server.url}/health/detailed").json()
+    assert detailed["components"]["config"]["models"] == 1
+    assert detailed["components"]["config"]["rules"] == 1
+
+
+def _versions_seen(server, want_pids: int, seconds: float = 5.0) -> dict[int, int]:
+    """Config version per worker pid, over fresh connections (they spread)."""
+    seen: dict[int, int] = {}
+    deadline = time.time() + seconds
+    while len(seen) < want_pids and time.time() < deadline:
+        body = httpx.get(f"{server.url}/health/detailed", headers={"Connection": "close"}).json()
+        seen[body["workerPid"]] = body["components"]["config"]["version"]
+    return seen
+
+
+def test_a_write_reaches_every_worker_within_a_second(make_server):
+    server = make_server(workers=2)
+    assert len(_versions_seen(server, 2)) == 2, "requests never reached the second worker"
+    for round in range(3):
+        r = server.client.post("/api/models", json=model_body(f"m{round}"))
+        assert r.status_code == 201
+        version = server.client.get("/api/config/export").json()["configVersion"]
+        time.sleep(1.0)
+        seen = _versions_seen(server, 2)
+        assert len(seen) == 2 and all(v >= version for v in seen.values()), (version, seen)
+
+
+def test_a_generated_admin_key_is_printed_once(make_server):
+    server = make_server(MODEL_ROUTER_ADMIN_KEY="")
+    printed = re.findall(r"mr_[0-9a-f]+_[\w-]+", server.log_path.read_text())
+    assert len(printed) == 1
+    assert server.client.get("/api/keys", headers=server.auth(printed[0])).status_code == 200
+    server.restart()
+    assert re.findall(r"mr_[0-9a-f]+_[\w-]+", server.log_path.read_text()) == printed
+    assert httpx.get(f"{server.url}/api/models").status_code == 401  # never open

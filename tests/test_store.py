@@ -1,0 +1,132 @@
+"""The Store protocol, run against both implementations."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import store_env
+from model_router.settings import Settings
+from model_router.store import (
+    Clear,
+    Delete,
+    ExpectAbsent,
+    ExpectBody,
+    ExpectPresent,
+    PreconditionFailed,
+    Put,
+    open_store,
+)
+
+
+@pytest.fixture
+def store(backend, redis_url, tmp_path):
+    env = store_env(backend, redis_url, tmp_path)
+    settings = Settings.from_env(env)
+    return lambda: open_store(settings)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_put_get_delete_and_version(store):
+    async def scenario():
+        s = store()
+        assert await s.version() == 0
+        assert await s.get("models", "m1") is None
+        v1 = await s.apply([Put("models", "m1", b'{"a":1}'), Put("models", "m2", b"{}")])
+        assert v1 == 1 and await s.version() == 1
+        assert await s.get("models", "m1") == b'{"a":1}'
+        assert await s.get_all("models") == {"m1": b'{"a":1}', "m2": b"{}"}
+        assert await s.get_all("rules") == {}
+        assert await s.apply([Delete("models", "m1")]) == 2
+        assert await s.get_all("models") == {"m2": b"{}"}
+        await s.apply([Clear("models"), Put("models", "m3", b"[]")])
+        assert await s.get_all("models") == {"m3": b"[]"}
+        await s.close()
+
+    run(scenario())
+
+
+def test_preconditions_fail_whole_and_change_nothing(store):
+    async def scenario():
+        s = store()
+        await s.apply([Put("models", "m1", b"1")])
+        for failing in (
+            ExpectAbsent("models", "m1"),
+            ExpectPresent("models", "nope"),
+            ExpectBody("models", "m1", b"2"),
+            ExpectBody("models", "nope", b"1"),
+        ):
+            with pytest.raises(PreconditionFailed) as err:
+                await s.apply([Put("models", "m2", b"x"), failing, Delete("models", "m1")])
+            assert err.value.op == failing
+        assert await s.get_all("models") == {"m1": b"1"}
+        assert await s.version() == 1
+        await s.apply([ExpectBody("models", "m1", b"1"), ExpectPresent("models", "m1"),
+                       ExpectAbsent("models", "m2"), Put("models", "m1", b"2")])
+        assert await s.get("models", "m1") == b"2"
+        await s.close()
+
+    run(scenario())
+
+
+def test_state_survives_reopening(store):
+    async def write():
+        s = store()
+        await s.apply([Put("rules", "r1", b"{}")])
+        await s.close()
+
+    async def read():
+        s = store()
+        try:
+            return await s.get("rules", "r1"), await s.version()
+        finally:
+            await s.close()
+
+    run(write())
+    assert run(read()) == (b"{}", 1)
+
+
+def test_compare_and_set_never_loses_a_concurrent_increment(store):
+    """Many writers incrementing one document through CAS: every one counts."""
+
+    async def writer(s, n):
+        for _ in range(n):
+            while True:
+                raw = await s.get("counter", "c")
+                value = int(raw or b"0")
+                guard = ExpectBody("counter", "c", raw) if raw else ExpectAbsent("counter", "c")
+                try:
+                    await s.apply([guard, Put("counter", "c", str(value + 1).encode())])
+                    break
+                except PreconditionFailed:
+                    continue
+
+    async def scenario():
+        stores = [store() for _ in range(4)]
+        await asyncio.gather(*(writer(s, 10) for s in stores))
+        assert await stores[0].get("counter", "c") == b"40"
+        for s in stores:
+            await s.close()
+
+    run(scenario())
+
+
+def test_counters_add_atomically_and_expire(store):
+    async def scenario():
+        stores = [store(), store()]
+        results = await asyncio.gather(
+            *(s.add_counters({"a": 1, "b": 2}, ttl_ms=60_000) for s in stores for _ in range(5))
+        )
+        assert sorted(r["a"] for r in results) == list(range(1, 11))
+        assert max(r["b"] for r in results) == 20
+        assert (await stores[0].add_counters({"short": 5}, ttl_ms=50))["short"] == 5
+        await asyncio.sleep(0.2)
+        assert (await stores[0].add_counters({"short": 1}, ttl_ms=50))["short"] == 1
+        for s in stores:
+            await s.close()
+
+    run(scenario())
