@@ -82,6 +82,7 @@ class Server:
             "MODEL_ROUTER_ADMIN_KEY": self.admin_key,
             "MODEL_ROUTER_WORKERS": "1",
             "LOG_LEVEL": "warning",
+            "RATE_LIMIT_MAX": "100000000",  # tests that mean to hit it set their own
             **env,
         }
         self.env.pop("MODEL_ROUTER_TEST_REDIS_URL", None)
