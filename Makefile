@@ -37,7 +37,7 @@ bench: build
 
 lint: build
 	cargo fmt --check
-	cargo clippy --quiet --all-targets -- -D warnings
+	cargo clippy --quiet --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check router_py tests bench
 	$(VENV)/bin/ruff format --check router_py tests bench
 

@@ -14,9 +14,14 @@ from conftest import BACKENDS, Server, model_body, rule_body, store_env
 from model_router.api import ROUTES
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-    | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -33,14 +38,22 @@ VALID = {
     "/api/config/import": {"config": {"models": [model_body("m1", id="m1")]}},
     "/api/keys": {"role": "viewer"},
 }
-PATH_VALUES = {"modelId": "m1", "ruleId": "r1", "agentType": "creative", "workspaceId": "ws-1", "keyId": "k"}
+PATH_VALUES = {
+    "modelId": "m1",
+    "ruleId": "r1",
+    "agentType": "creative",
+    "workspaceId": "ws-1",
+    "keyId": "k",
+}
 WRITE_ROUTES = [r for r in ROUTES if r.body is not None]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def seeded(request, redis_url, tmp_path_factory):
-    server = Server(store_env(request.param, redis_url, tmp_path_factory.mktemp("data")),
-                    tmp_path_factory.mktemp("logs")).start()
+    server = Server(
+        store_env(request.param, redis_url, tmp_path_factory.mktemp("data")),
+        tmp_path_factory.mktemp("logs"),
+    ).start()
     c = server.client
     assert c.post("/api/models", json=model_body("m1", id="m1")).status_code == 201
     assert c.post("/api/routing/rules", json=rule_body("m1", id="r1")).status_code == 201
@@ -59,12 +72,16 @@ def mutations(valid: dict) -> st.SearchStrategy[object]:
         json_values,
         st.sampled_from(keys).map(lambda k: {x: v for x, v in valid.items() if x != k}),
         st.tuples(st.sampled_from(keys), json_values).map(lambda kv: {**valid, kv[0]: kv[1]}),
-        st.tuples(st.text(min_size=1, max_size=8), json_values).map(lambda kv: {**valid, kv[0]: kv[1]}),
+        st.tuples(st.text(min_size=1, max_size=8), json_values).map(
+            lambda kv: {**valid, kv[0]: kv[1]}
+        ),
     )
 
 
 @pytest.mark.parametrize("route", WRITE_ROUTES, ids=lambda r: f"{r.method} {r.path}")
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_bad_bodies_are_4xx_and_change_nothing(seeded, route, data):
     path = route.path.format(**PATH_VALUES)
@@ -77,8 +94,9 @@ def test_bad_bodies_are_4xx_and_change_nothing(seeded, route, data):
         )
     )
     before = state(seeded)
-    r = seeded.client.request(route.method, path, content=payload,
-                              headers={"content-type": "application/json"})
+    r = seeded.client.request(
+        route.method, path, content=payload, headers={"content-type": "application/json"}
+    )
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         error = r.json()["error"]
@@ -86,12 +104,22 @@ def test_bad_bodies_are_4xx_and_change_nothing(seeded, route, data):
         assert state(seeded) == before, (payload, r.text)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     method=st.sampled_from(["GET", "POST", "PATCH", "DELETE", "PUT"]),
-    segments=st.lists(st.text(st.characters(exclude_categories=["Cc", "Cs"], exclude_characters="/?#%\\"), max_size=12), max_size=5),
-    query=st.dictionaries(st.sampled_from(["limit", "offset", "status", "mode", "dryRun", "x"]),
-                          st.text(max_size=10), max_size=3),
+    segments=st.lists(
+        st.text(
+            st.characters(exclude_categories=["Cc", "Cs"], exclude_characters="/?#%\\"), max_size=12
+        ),
+        max_size=5,
+    ),
+    query=st.dictionaries(
+        st.sampled_from(["limit", "offset", "status", "mode", "dryRun", "x"]),
+        st.text(max_size=10),
+        max_size=3,
+    ),
 )
 def test_any_path_and_query_is_never_a_5xx(seeded, method, segments, query):
     before = state(seeded)

@@ -12,7 +12,10 @@ from conftest import ROUTER, model_body, rule_body
 def _populate(c) -> None:
     for m in ("gpt-4", "claude-3-sonnet"):
         assert c.post("/api/models", json=model_body(m)).status_code == 201
-    c.post("/api/models/gpt-4/endpoints", json={"url": "https://api.openai.com/v1/chat/completions", "id": "ep-1"})
+    c.post(
+        "/api/models/gpt-4/endpoints",
+        json={"url": "https://api.openai.com/v1/chat/completions", "id": "ep-1"},
+    )
     c.post("/api/routing/rules", json=rule_body("gpt-4", "claude-3-sonnet", id="r1"))
     c.post("/api/agents/creative/preferences", json={"preferredModels": ["gpt-4"]})
     c.post("/api/workspaces/ws-1/config", json={"budgetLimits": {"daily": 100}})
@@ -101,15 +104,23 @@ def test_cli_export_import_and_keys(make_server, tmp_path):
     exported = json.loads(exported_file.read_text())
     assert [m["id"] for m in exported["config"]["models"]] == ["claude-3-sonnet", "gpt-4"]
 
-    empty_env = {**env, "MODEL_ROUTER_DATA_DIR": str(tmp_path / "other"),
-                 "MODEL_ROUTER_REDIS_NAMESPACE": env.get("MODEL_ROUTER_REDIS_NAMESPACE", "x") + "-other"}
+    empty_env = {
+        **env,
+        "MODEL_ROUTER_DATA_DIR": str(tmp_path / "other"),
+        "MODEL_ROUTER_REDIS_NAMESPACE": env.get("MODEL_ROUTER_REDIS_NAMESPACE", "x") + "-other",
+    }
     dry = subprocess.run(
         [ROUTER, "config", "import", str(exported_file), "--dry-run"],
-        env=empty_env, check=True, capture_output=True,
+        env=empty_env,
+        check=True,
+        capture_output=True,
     )
     assert json.loads(dry.stdout)["changes"]["models"]["created"] == ["claude-3-sonnet", "gpt-4"]
     done = subprocess.run(
-        [ROUTER, "config", "import", str(exported_file)], env=empty_env, check=True, capture_output=True
+        [ROUTER, "config", "import", str(exported_file)],
+        env=empty_env,
+        check=True,
+        capture_output=True,
     )
     assert json.loads(done.stdout)["applied"] is True
     second = subprocess.run(
@@ -118,13 +129,16 @@ def test_cli_export_import_and_keys(make_server, tmp_path):
     assert json.loads(second.stdout)["config"] == exported["config"]
 
     (tmp_path / "bad.json").write_text('{"config": {"models": [{"id": 1}]}}')
-    bad = subprocess.run([ROUTER, "config", "import", str(tmp_path / "bad.json")], env=env,
-                         capture_output=True)
+    bad = subprocess.run(
+        [ROUTER, "config", "import", str(tmp_path / "bad.json")], env=env, capture_output=True
+    )
     assert bad.returncode != 0 and b"models" in bad.stderr
 
     created = subprocess.run(
         [ROUTER, "keys", "create", "--role", "operator", "--workspace", "ws-9"],
-        env=env, check=True, capture_output=True,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     key = json.loads(created.stdout)["key"]
     r = server.client.get("/api/workspaces/ws-9/config", headers=server.auth(key))

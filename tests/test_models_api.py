@@ -72,7 +72,12 @@ def test_status_update_and_batch_are_all_or_nothing(server):
 
     batch = c.patch(
         "/api/models/batch/status",
-        json={"updates": [{"modelId": "m1", "status": "active"}, {"modelId": "m2", "status": "deprecated"}]},
+        json={
+            "updates": [
+                {"modelId": "m1", "status": "active"},
+                {"modelId": "m2", "status": "deprecated"},
+            ]
+        },
     )
     assert batch.status_code == 200
     assert [c.get(f"/api/models/{m}").json()["status"] for m in ("m1", "m2")] == [
@@ -81,14 +86,24 @@ def test_status_update_and_batch_are_all_or_nothing(server):
     ]
     partial = c.patch(
         "/api/models/batch/status",
-        json={"updates": [{"modelId": "m1", "status": "inactive"}, {"modelId": "ghost", "status": "active"}]},
+        json={
+            "updates": [
+                {"modelId": "m1", "status": "inactive"},
+                {"modelId": "ghost", "status": "active"},
+            ]
+        },
     )
     assert partial.status_code == 404
     assert partial.json()["error"]["details"] == {"modelId": "ghost"}
     assert c.get("/api/models/m1").json()["status"] == "active"  # nothing changed
     dup = c.patch(
         "/api/models/batch/status",
-        json={"updates": [{"modelId": "m1", "status": "inactive"}, {"modelId": "m1", "status": "active"}]},
+        json={
+            "updates": [
+                {"modelId": "m1", "status": "inactive"},
+                {"modelId": "m1", "status": "active"},
+            ]
+        },
     )
     assert dup.status_code == 400
 
@@ -129,10 +144,18 @@ def test_endpoints_register_and_list(server):
     assert second.status_code == 201
     assert c.post("/api/models/m1/endpoints", json={**body, "id": "backup-1"}).status_code == 409
     listed = c.get("/api/models/m1/endpoints").json()
-    assert listed["total"] == 2 and [e["id"] for e in listed["data"]] == [endpoint["id"], "backup-1"]
+    assert listed["total"] == 2 and [e["id"] for e in listed["data"]] == [
+        endpoint["id"],
+        "backup-1",
+    ]
     assert c.post("/api/models/ghost/endpoints", json=body).status_code == 404
     assert c.get("/api/models/ghost/endpoints").status_code == 404
-    for field, value in (("weight", -1), ("url", "ftp://x"), ("type", "tertiary"), ("timeoutMs", 0)):
+    for field, value in (
+        ("weight", -1),
+        ("url", "ftp://x"),
+        ("type", "tertiary"),
+        ("timeoutMs", 0),
+    ):
         r = c.post("/api/models/m1/endpoints", json={**body, field: value})
         assert r.status_code == 400 and r.json()["error"]["details"]["field"] == field
     assert c.get("/api/models/m1/endpoints").json()["total"] == 2

@@ -24,9 +24,21 @@ def test_document_is_valid_openapi_31_and_covers_every_route(server):
             assert ref.split("/")[-1] in doc["components"]["schemas"]
     model = doc["components"]["schemas"]["ModelCreate"]
     assert set(model["required"]) == {"name", "version", "provider", "modelType"}
-    assert set(model["properties"]["status"]["enum"]) == {"active", "inactive", "deprecated", "maintenance"}
+    assert set(model["properties"]["status"]["enum"]) == {
+        "active",
+        "inactive",
+        "deprecated",
+        "maintenance",
+    }
     listing = doc["paths"]["/api/models"]["get"]["parameters"]
-    assert {p["name"] for p in listing} == {"provider", "status", "modelType", "tag", "limit", "offset"}
+    assert {p["name"] for p in listing} == {
+        "provider",
+        "status",
+        "modelType",
+        "tag",
+        "limit",
+        "offset",
+    }
 
 
 def test_docs_page_needs_no_network(server):

@@ -18,7 +18,10 @@ def test_rule_crud_as_the_spec_shows(server):
     rule = created.json()
     assert rule["id"].startswith("rule-") and rule["priority"] == 100 and rule["enabled"]
     assert rule["targetModels"][0] == {
-        "modelId": "claude-3-sonnet", "weight": 0.5, "fallbackOrder": 1, "role": "primary"
+        "modelId": "claude-3-sonnet",
+        "weight": 0.5,
+        "fallbackOrder": 1,
+        "role": "primary",
     }
     assert c.get(f"/api/routing/rules/{rule['id']}").json() == rule
 
@@ -67,7 +70,9 @@ def test_rule_validation(server):
     bad = c.patch(f"/api/routing/rules/{rule['id']}", json={"targetModels": [{"modelId": "nope"}]})
     assert bad.status_code == 400
     assert c.get(f"/api/routing/rules/{rule['id']}").json() == rule
-    assert c.post("/api/routing/rules", json={**rule_body("m"), "id": rule["id"]}).status_code == 409
+    assert (
+        c.post("/api/routing/rules", json={**rule_body("m"), "id": rule["id"]}).status_code == 409
+    )
 
 
 def test_agent_preferences_set_and_get(server):
@@ -77,7 +82,11 @@ def test_agent_preferences_set_and_get(server):
         "preferredModels": ["gpt-4", "claude-3-sonnet"],
         "fallbackModels": ["gpt-3.5-turbo"],
         "requiredCapabilities": ["text-generation"],
-        "performanceRequirements": {"maxLatency": 5000, "minSuccessRate": 0.95, "maxCostPerToken": 0.01},
+        "performanceRequirements": {
+            "maxLatency": 5000,
+            "minSuccessRate": 0.95,
+            "maxCostPerToken": 0.01,
+        },
     }
     first = c.post("/api/agents/creative/preferences", json=body)
     assert first.status_code == 201
@@ -110,5 +119,7 @@ def test_workspace_config_set_and_get(server):
     assert c.post("/api/workspaces/ws-marketing-001/config", json=body).status_code == 200
     assert c.get("/api/workspaces/ws-unknown/config").status_code == 404
     bad = c.post("/api/workspaces/ws-1/config", json={"budgetLimits": {"daily": -5}})
-    assert bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "budgetLimits.daily"
+    assert (
+        bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "budgetLimits.daily"
+    )
     assert c.post("/api/workspaces/bad%20id/config", json=body).status_code == 400

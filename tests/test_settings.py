@@ -59,8 +59,10 @@ def test_a_bad_value_names_the_variable(name, value):
 
 def test_serve_refuses_to_start_on_a_bad_value():
     done = subprocess.run(
-        [ROUTER, "serve"], env={"PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
-        capture_output=True, timeout=30,
+        [ROUTER, "serve"],
+        env={"PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=30,
     )
     assert done.returncode == 2
     assert b"PORT='not-a-port'" in done.stderr

@@ -65,8 +65,14 @@ def test_preconditions_fail_whole_and_change_nothing(store):
             assert err.value.op == failing
         assert await s.get_all("models") == {"m1": b"1"}
         assert await s.version() == 1
-        await s.apply([ExpectBody("models", "m1", b"1"), ExpectPresent("models", "m1"),
-                       ExpectAbsent("models", "m2"), Put("models", "m1", b"2")])
+        await s.apply(
+            [
+                ExpectBody("models", "m1", b"1"),
+                ExpectPresent("models", "m1"),
+                ExpectAbsent("models", "m2"),
+                Put("models", "m1", b"2"),
+            ]
+        )
         assert await s.get("models", "m1") == b"2"
         await s.close()
 

@@ -53,7 +53,10 @@ impl Snapshot {
 
     /// Ids of the enabled rules that may apply, in evaluation order.
     fn rules_for(&self, agent_type: &str, request_type: &str) -> Vec<String> {
-        self.inner.rules_for(agent_type, request_type).map(|r| r.id.clone()).collect()
+        self.inner
+            .rules_for(agent_type, request_type)
+            .map(|r| r.id.clone())
+            .collect()
     }
 
     fn __repr__(&self) -> String {

@@ -217,7 +217,10 @@ impl std::fmt::Display for LoadError {
             LoadError::Json(e) => write!(f, "invalid snapshot: {e}"),
             LoadError::DuplicateModel(id) => write!(f, "invalid snapshot: model {id} twice"),
             LoadError::UnknownTarget { rule, model } => {
-                write!(f, "invalid snapshot: rule {rule} targets unknown model {model}")
+                write!(
+                    f,
+                    "invalid snapshot: rule {rule} targets unknown model {model}"
+                )
             }
         }
     }
@@ -246,12 +249,23 @@ impl Snapshot {
         }
         let mut rules = doc.rules;
         for r in &rules {
-            if let Some(t) = r.target_models.iter().find(|t| !model_index.contains_key(&t.model_id)) {
-                return Err(LoadError::UnknownTarget { rule: r.id.clone(), model: t.model_id.clone() });
+            if let Some(t) = r
+                .target_models
+                .iter()
+                .find(|t| !model_index.contains_key(&t.model_id))
+            {
+                return Err(LoadError::UnknownTarget {
+                    rule: r.id.clone(),
+                    model: t.model_id.clone(),
+                });
             }
         }
         // Evaluation order: highest priority first, ties to the older rule.
-        rules.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.created_at.cmp(&b.created_at)));
+        rules.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.created_at.cmp(&b.created_at))
+        });
         let rule_index = index_rules(&rules);
         Ok(Snapshot {
             version: doc.version,
@@ -281,16 +295,26 @@ impl Snapshot {
             .get(&Some(agent_type.to_owned()))
             .or_else(|| self.rule_index.get(&None));
         let positions = by_request.and_then(|m| {
-            m.get(&Some(request_type.to_owned())).or_else(|| m.get(&None))
+            m.get(&Some(request_type.to_owned()))
+                .or_else(|| m.get(&None))
         });
-        positions.into_iter().flatten().map(move |&i| &self.rules[i as usize])
+        positions
+            .into_iter()
+            .flatten()
+            .map(move |&i| &self.rules[i as usize])
     }
 }
 
 fn index_rules(rules: &[Rule]) -> RuleIndex {
     let named = |pick: fn(&Condition) -> &Option<Vec<String>>| -> Vec<Option<String>> {
-        let names: BTreeSet<&String> = rules.iter().filter_map(|r| pick(&r.condition).as_ref()).flatten().collect();
-        std::iter::once(None).chain(names.into_iter().map(|n| Some(n.clone()))).collect()
+        let names: BTreeSet<&String> = rules
+            .iter()
+            .filter_map(|r| pick(&r.condition).as_ref())
+            .flatten()
+            .collect();
+        std::iter::once(None)
+            .chain(names.into_iter().map(|n| Some(n.clone())))
+            .collect()
     };
     let agents = named(|c| &c.agent_type);
     let requests = named(|c| &c.request_type);
@@ -327,7 +351,12 @@ mod tests {
                               "type": "primary", "weight": 1.0}]})
     }
 
-    fn rule(id: &str, priority: i64, created: &str, condition: serde_json::Value) -> serde_json::Value {
+    fn rule(
+        id: &str,
+        priority: i64,
+        created: &str,
+        condition: serde_json::Value,
+    ) -> serde_json::Value {
         json!({"id": id, "name": id, "condition": condition, "priority": priority, "enabled": true,
                "createdAt": created, "targetModels": [{"modelId": "m1", "weight": 1.0}]})
     }
@@ -347,7 +376,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_json_duplicates_and_dangling_targets() {
-        assert!(matches!(Snapshot::load(b"{not json"), Err(LoadError::Json(_))));
+        assert!(matches!(
+            Snapshot::load(b"{not json"),
+            Err(LoadError::Json(_))
+        ));
         assert!(matches!(Snapshot::load(b"{}"), Err(LoadError::Json(_))));
         assert_eq!(
             load(json!({"version": 1, "models": [model("m1"), model("m1")]})).unwrap_err(),
@@ -357,7 +389,10 @@ mod tests {
         r["targetModels"][0]["modelId"] = json!("ghost");
         assert_eq!(
             load(json!({"version": 1, "models": [model("m1")], "rules": [r]})).unwrap_err(),
-            LoadError::UnknownTarget { rule: "r1".into(), model: "ghost".into() }
+            LoadError::UnknownTarget {
+                rule: "r1".into(),
+                model: "ghost".into()
+            }
         );
     }
 
@@ -383,9 +418,15 @@ mod tests {
         ]}))
         .unwrap();
         let ids = |a, r| s.rules_for(a, r).map(|r| r.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids("creative", "chat"), ["creative", "creative-chat", "all"]);
+        assert_eq!(
+            ids("creative", "chat"),
+            ["creative", "creative-chat", "all"]
+        );
         assert_eq!(ids("creative", "completion"), ["creative", "all"]);
-        assert_eq!(ids("creative", "embedding"), ["creative", "any-embedding", "all"]);
+        assert_eq!(
+            ids("creative", "embedding"),
+            ["creative", "any-embedding", "all"]
+        );
         assert_eq!(ids("research", "embedding"), ["any-embedding", "all"]);
         assert_eq!(ids("research", "chat"), ["all"]);
     }

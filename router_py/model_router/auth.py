@@ -65,7 +65,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def mint_key(role: t.Role, workspace_id: str | None, name: str | None, now: str) -> tuple[str, t.ApiKey]:
+def mint_key(
+    role: t.Role, workspace_id: str | None, name: str | None, now: str
+) -> tuple[str, t.ApiKey]:
     key_id = secrets.token_hex(6)
     key = f"mr_{key_id}_{secrets.token_urlsafe(32)}"
     record = t.ApiKey(
@@ -108,7 +110,10 @@ def bearer_token(authorization: bytes | None) -> str:
 
 def invalid_key() -> ApiError:
     return ApiError(
-        401, "unauthorized", "invalid or revoked API key", headers=[(b"www-authenticate", b"Bearer")]
+        401,
+        "unauthorized",
+        "invalid or revoked API key",
+        headers=[(b"www-authenticate", b"Bearer")],
     )
 
 

@@ -72,7 +72,9 @@ class Catalog:
             if missing is not None:
                 return missing
             new = [change(kind.decode(raw)) for raw in raws if raw is not None]
-            ops: list[Op] = [ExpectBody(kind.name, id, raw) for id, raw in zip(ids, raws, strict=True) if raw]
+            ops: list[Op] = [
+                ExpectBody(kind.name, id, raw) for id, raw in zip(ids, raws, strict=True) if raw
+            ]
             ops += [kind.put(id, doc) for id, doc in zip(ids, new, strict=True)]
             try:
                 await self.store.apply(ops)

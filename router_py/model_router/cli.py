@@ -125,7 +125,9 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path)
     imp.add_argument("--dry-run", action="store_true", help="report what would change")
     imp.add_argument("--mode", choices=("merge", "replace"), default="merge")
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="action", required=True
+    )
     create = keys.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--role", required=True, choices=("admin", "operator", "agent", "viewer"))
     create.add_argument("--workspace", help="scope the key to one workspace")

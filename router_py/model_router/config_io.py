@@ -15,7 +15,18 @@ from typing import Any, Literal
 import msgspec
 
 from . import types as t
-from .catalog import AGENTS, CONFIG_KINDS, ENDPOINTS, HEALTH, MODELS, RULES, WORKSPACES, Catalog, Kind, utcnow
+from .catalog import (
+    AGENTS,
+    CONFIG_KINDS,
+    ENDPOINTS,
+    HEALTH,
+    MODELS,
+    RULES,
+    WORKSPACES,
+    Catalog,
+    Kind,
+    utcnow,
+)
 from .store import Clear, Delete, Op, Put
 from .validation import Problem, preference_problems, raise_problems, rule_problems
 
@@ -71,11 +82,22 @@ def _sections(doc: t.ConfigDocument, now: str) -> list[_Section]:
         return msgspec.structs.replace(struct, **fields)
 
     return [
-        _Section(MODELS, {m.id: stamp(m, created_at=m.created_at or now, updated_at=m.updated_at or now) for m in doc.models}),
-        _Section(ENDPOINTS, {e.id: stamp(e, created_at=e.created_at or now) for e in doc.endpoints}),
+        _Section(
+            MODELS,
+            {
+                m.id: stamp(m, created_at=m.created_at or now, updated_at=m.updated_at or now)
+                for m in doc.models
+            },
+        ),
+        _Section(
+            ENDPOINTS, {e.id: stamp(e, created_at=e.created_at or now) for e in doc.endpoints}
+        ),
         _Section(
             RULES,
-            {r.id: stamp(r, created_at=r.created_at or now, updated_at=r.updated_at or now) for r in doc.routing_rules},
+            {
+                r.id: stamp(r, created_at=r.created_at or now, updated_at=r.updated_at or now)
+                for r in doc.routing_rules
+            },
         ),
         _Section(
             AGENTS,
@@ -89,7 +111,9 @@ def _sections(doc: t.ConfigDocument, now: str) -> list[_Section]:
         _Section(
             WORKSPACES,
             {
-                ws: t.WorkspaceConfig(workspace_id=ws, updated_at=now, **msgspec.structs.asdict(cfg))
+                ws: t.WorkspaceConfig(
+                    workspace_id=ws, updated_at=now, **msgspec.structs.asdict(cfg)
+                )
                 for ws, cfg in doc.workspace_configs.items()
             },
         ),
@@ -134,7 +158,10 @@ async def import_config(
             )
     for i, rule in enumerate(doc.routing_rules):
         problems += rule_problems(
-            rule.target_models, rule.traffic_split, rule.condition, model_ids,
+            rule.target_models,
+            rule.traffic_split,
+            rule.condition,
+            model_ids,
             f"config.routingRules[{i}].",
         )
     for agent, prefs in doc.agent_preferences.items():
@@ -169,4 +196,3 @@ async def import_config(
     return t.ImportResult(
         dry_run=dry_run, mode=mode, applied=applied, config_version=version, changes=changes
     )
-

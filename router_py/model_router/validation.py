@@ -38,26 +38,20 @@ def rule_problems(
                 Problem(f"{prefix}targetModels[{i}].modelId", f"model {target.model_id!r} twice")
             )
         seen.add(target.model_id)
-    if traffic_split is not None and abs(traffic_split.primary + traffic_split.canary - 100) > 1e-9:
+    split = traffic_split and traffic_split.primary + traffic_split.canary
+    if split is not None and abs(split - 100) > 1e-9:
         problems.append(
-            Problem(
-                f"{prefix}trafficSplit",
-                f"primary + canary must be 100, not {traffic_split.primary + traffic_split.canary:g}",
-            )
+            Problem(f"{prefix}trafficSplit", f"primary + canary must be 100, not {split:g}")
         )
     length = condition.content_length
     if length is not None and None not in (length.min, length.max):
         assert length.min is not None and length.max is not None
         if length.min > length.max:
-            problems.append(
-                Problem(f"{prefix}condition.contentLength", "min must not exceed max")
-            )
+            problems.append(Problem(f"{prefix}condition.contentLength", "min must not exceed max"))
     return problems
 
 
-def reference_problems(
-    ids: Iterable[str], model_ids: Collection[str], field: str
-) -> list[Problem]:
+def reference_problems(ids: Iterable[str], model_ids: Collection[str], field: str) -> list[Problem]:
     return [
         Problem(f"{field}[{i}]", f"unknown model {id!r}")
         for i, id in enumerate(ids)

@@ -19,10 +19,24 @@ async def import_(req: Request) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/api/config/export", export,
-          "Export every model, endpoint, rule, preference and workspace config (no secrets)",
-          "config", "configure", response=t.ConfigExport),
-    Route("POST", "/api/config/import", import_,
-          "Import a config, all or nothing (?mode=merge|replace, ?dryRun=true)", "config",
-          "configure", body=t.ConfigImport, query=t.ImportQuery, response=t.ImportResult),
+    Route(
+        "GET",
+        "/api/config/export",
+        export,
+        "Export every model, endpoint, rule, preference and workspace config (no secrets)",
+        "config",
+        "configure",
+        response=t.ConfigExport,
+    ),
+    Route(
+        "POST",
+        "/api/config/import",
+        import_,
+        "Import a config, all or nothing (?mode=merge|replace, ?dryRun=true)",
+        "config",
+        "configure",
+        body=t.ConfigImport,
+        query=t.ImportQuery,
+        response=t.ImportResult,
+    ),
 ]

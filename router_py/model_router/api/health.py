@@ -23,7 +23,11 @@ async def _store_check(req: Request) -> dict[str, Any]:
     try:
         await req.service.store.ping()
     except Exception as exc:
-        return {"status": "down", "backend": req.service.backend, "error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "status": "down",
+            "backend": req.service.backend,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
     latency = (time.perf_counter() - started) * 1000
     return {"status": "up", "backend": req.service.backend, "latencyMs": round(latency, 3)}
 
@@ -75,8 +79,20 @@ async def detailed(req: Request) -> Response:
 
 ROUTES = [
     Route("GET", "/health", health, "Liveness", "health", response=t.HealthSummary),
-    Route("GET", "/health/ready", ready, "Readiness: store reachable and config loaded", "health",
-          response=t.ReadinessCheck),
-    Route("GET", "/health/detailed", detailed, "Deep health of every component", "health",
-          response=t.DetailedHealth),
+    Route(
+        "GET",
+        "/health/ready",
+        ready,
+        "Readiness: store reachable and config loaded",
+        "health",
+        response=t.ReadinessCheck,
+    ),
+    Route(
+        "GET",
+        "/health/detailed",
+        detailed,
+        "Deep health of every component",
+        "health",
+        response=t.DetailedHealth,
+    ),
 ]

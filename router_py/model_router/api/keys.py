@@ -46,17 +46,42 @@ async def list_keys(req: Request) -> Response:
 async def revoke_key(req: Request) -> Response:
     key_id = req.path_params["keyId"]
     try:
-        await req.service.catalog.apply([ExpectPresent(KEYS.name, key_id), Delete(KEYS.name, key_id)])
+        await req.service.catalog.apply(
+            [ExpectPresent(KEYS.name, key_id), Delete(KEYS.name, key_id)]
+        )
     except PreconditionFailed:
         raise not_found("key", key_id) from None
     return json_response(t.Deleted(id=key_id))
 
 
 ROUTES = [
-    Route("POST", "/api/keys", create_key, "Create an API key (the secret is shown once)", "keys",
-          "manage_keys", body=t.KeyCreate, response=t.KeyCreated, status=201),
-    Route("GET", "/api/keys", list_keys, "List API keys (never their secrets)", "keys",
-          "manage_keys", response=t.Page),
-    Route("DELETE", "/api/keys/{keyId}", revoke_key, "Revoke an API key", "keys", "manage_keys",
-          response=t.Deleted),
+    Route(
+        "POST",
+        "/api/keys",
+        create_key,
+        "Create an API key (the secret is shown once)",
+        "keys",
+        "manage_keys",
+        body=t.KeyCreate,
+        response=t.KeyCreated,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/api/keys",
+        list_keys,
+        "List API keys (never their secrets)",
+        "keys",
+        "manage_keys",
+        response=t.Page,
+    ),
+    Route(
+        "DELETE",
+        "/api/keys/{keyId}",
+        revoke_key,
+        "Revoke an API key",
+        "keys",
+        "manage_keys",
+        response=t.Deleted,
+    ),
 ]

@@ -16,9 +16,13 @@ async def register_model(req: Request) -> Response:
     body: t.ModelCreate = req.body
     now = utcnow()
     fields = msgspec.structs.asdict(body)
-    model = t.Model(**{**fields, "id": body.id or body.version, "created_at": now, "updated_at": now})
+    model = t.Model(
+        **{**fields, "id": body.id or body.version, "created_at": now, "updated_at": now}
+    )
     try:
-        await req.service.catalog.apply([ExpectAbsent(MODELS.name, model.id), MODELS.put(model.id, model)])
+        await req.service.catalog.apply(
+            [ExpectAbsent(MODELS.name, model.id), MODELS.put(model.id, model)]
+        )
     except PreconditionFailed:
         raise ApiError(
             409, "conflict", f"model {model.id!r} already exists", {"modelId": model.id}
@@ -151,22 +155,85 @@ async def list_endpoints(req: Request) -> Response:
 
 TAG = "models"
 ROUTES = [
-    Route("POST", "/api/models", register_model, "Register a model", TAG, "configure",
-          body=t.ModelCreate, response=t.Model, status=201),
-    Route("GET", "/api/models", list_models, "List models (filters, limit/offset)", TAG, "read",
-          query=t.ModelListQuery, response=t.Page),
-    Route("PATCH", "/api/models/batch/status", batch_update_status,
-          "Update many models' status at once (all or nothing)", TAG, "operate",
-          body=t.BatchStatusUpdate, response=t.BatchStatusResult),
+    Route(
+        "POST",
+        "/api/models",
+        register_model,
+        "Register a model",
+        TAG,
+        "configure",
+        body=t.ModelCreate,
+        response=t.Model,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/api/models",
+        list_models,
+        "List models (filters, limit/offset)",
+        TAG,
+        "read",
+        query=t.ModelListQuery,
+        response=t.Page,
+    ),
+    Route(
+        "PATCH",
+        "/api/models/batch/status",
+        batch_update_status,
+        "Update many models' status at once (all or nothing)",
+        TAG,
+        "operate",
+        body=t.BatchStatusUpdate,
+        response=t.BatchStatusResult,
+    ),
     Route("GET", "/api/models/{modelId}", get_model, "Get a model", TAG, "read", response=t.Model),
-    Route("PATCH", "/api/models/{modelId}/status", update_status, "Update a model's status", TAG,
-          "operate", body=t.StatusUpdate, response=t.Model),
-    Route("POST", "/api/models/{modelId}/health", set_health, "Report a model's health", TAG,
-          "operate", body=t.HealthUpdate, response=t.ModelHealth),
-    Route("GET", "/api/models/{modelId}/health", get_health, "Get a model's health", TAG, "read",
-          response=t.ModelHealth),
-    Route("POST", "/api/models/{modelId}/endpoints", add_endpoint, "Register an endpoint", TAG,
-          "configure", body=t.EndpointCreate, response=t.Endpoint, status=201),
-    Route("GET", "/api/models/{modelId}/endpoints", list_endpoints, "List a model's endpoints",
-          TAG, "read", response=t.Page),
+    Route(
+        "PATCH",
+        "/api/models/{modelId}/status",
+        update_status,
+        "Update a model's status",
+        TAG,
+        "operate",
+        body=t.StatusUpdate,
+        response=t.Model,
+    ),
+    Route(
+        "POST",
+        "/api/models/{modelId}/health",
+        set_health,
+        "Report a model's health",
+        TAG,
+        "operate",
+        body=t.HealthUpdate,
+        response=t.ModelHealth,
+    ),
+    Route(
+        "GET",
+        "/api/models/{modelId}/health",
+        get_health,
+        "Get a model's health",
+        TAG,
+        "read",
+        response=t.ModelHealth,
+    ),
+    Route(
+        "POST",
+        "/api/models/{modelId}/endpoints",
+        add_endpoint,
+        "Register an endpoint",
+        TAG,
+        "configure",
+        body=t.EndpointCreate,
+        response=t.Endpoint,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/api/models/{modelId}/endpoints",
+        list_endpoints,
+        "List a model's endpoints",
+        TAG,
+        "read",
+        response=t.Page,
+    ),
 ]

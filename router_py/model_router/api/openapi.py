@@ -10,7 +10,7 @@ import msgspec
 
 from .. import __version__
 from .. import types as t
-from ..http import Request, Response, Route, json_response
+from ..http import Request, Response, Route
 
 REF = "#/components/schemas/{name}"
 ERRORS = {

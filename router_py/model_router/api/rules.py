@@ -39,9 +39,13 @@ async def add_rule(req: Request) -> Response:
         }
     )
     try:
-        await req.service.catalog.apply([ExpectAbsent(RULES.name, rule.id), RULES.put(rule.id, rule)])
+        await req.service.catalog.apply(
+            [ExpectAbsent(RULES.name, rule.id), RULES.put(rule.id, rule)]
+        )
     except PreconditionFailed:
-        raise ApiError(409, "conflict", f"rule {rule.id!r} already exists", {"ruleId": rule.id}) from None
+        raise ApiError(
+            409, "conflict", f"rule {rule.id!r} already exists", {"ruleId": rule.id}
+        ) from None
     return json_response(rule, 201)
 
 
@@ -94,15 +98,52 @@ async def delete_rule(req: Request) -> Response:
 
 TAG = "routing"
 ROUTES = [
-    Route("POST", "/api/routing/rules", add_rule, "Add a routing rule", TAG, "configure",
-          body=t.RuleCreate, response=t.RoutingRule, status=201),
-    Route("GET", "/api/routing/rules", list_rules, "List routing rules in evaluation order", TAG,
-          "read", response=t.Page),
-    Route("GET", "/api/routing/rules/{ruleId}", get_rule, "Get a routing rule", TAG, "read",
-          response=t.RoutingRule),
-    Route("PATCH", "/api/routing/rules/{ruleId}", update_rule,
-          "Update a routing rule (only the fields sent)", TAG, "configure", body=t.RulePatch,
-          response=t.RoutingRule),
-    Route("DELETE", "/api/routing/rules/{ruleId}", delete_rule, "Delete a routing rule", TAG,
-          "configure", response=t.Deleted),
+    Route(
+        "POST",
+        "/api/routing/rules",
+        add_rule,
+        "Add a routing rule",
+        TAG,
+        "configure",
+        body=t.RuleCreate,
+        response=t.RoutingRule,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/api/routing/rules",
+        list_rules,
+        "List routing rules in evaluation order",
+        TAG,
+        "read",
+        response=t.Page,
+    ),
+    Route(
+        "GET",
+        "/api/routing/rules/{ruleId}",
+        get_rule,
+        "Get a routing rule",
+        TAG,
+        "read",
+        response=t.RoutingRule,
+    ),
+    Route(
+        "PATCH",
+        "/api/routing/rules/{ruleId}",
+        update_rule,
+        "Update a routing rule (only the fields sent)",
+        TAG,
+        "configure",
+        body=t.RulePatch,
+        response=t.RoutingRule,
+    ),
+    Route(
+        "DELETE",
+        "/api/routing/rules/{ruleId}",
+        delete_rule,
+        "Delete a routing rule",
+        TAG,
+        "configure",
+        response=t.Deleted,
+    ),
 ]

@@ -2,9 +2,9 @@
 
 All keys share one hash tag, ``{<namespace>}`` (default ``{mr}``), so the Lua
 script that applies a write touches one slot and works unchanged on Redis
-Cluster, and several deployments can share one Redis under different namespaces. Each kind is a hash of
-id -> JSON document; the config version is a counter that the same script
-bumps and publishes.
+Cluster, and several deployments can share one Redis under different
+namespaces. Each kind is a hash of id -> JSON document; the config version is
+a counter that the same script bumps and publishes.
 """
 
 from __future__ import annotations
