@@ -5,10 +5,12 @@
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 
+/// USD per 1,000 tokens.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Pricing {
+    #[serde(rename = "inputPer1k")]
     pub input_per1k: f64,
+    #[serde(rename = "outputPer1k")]
     pub output_per1k: f64,
 }
 

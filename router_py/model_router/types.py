@@ -55,8 +55,8 @@ class Capability(Body):
 class Pricing(Body):
     """USD per 1,000 tokens."""
 
-    input_per1k: NonNegative
-    output_per1k: NonNegative
+    input_per1k: NonNegative = msgspec.field(name="inputPer1k")
+    output_per1k: NonNegative = msgspec.field(name="outputPer1k")
 
 
 class ModelCreate(Body):
