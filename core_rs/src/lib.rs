@@ -1,6 +1,12 @@
 //! model-router's hot path. Pure Rust below `py`; only `py.rs` knows Python.
 
+pub mod breaker;
+pub mod cost;
+pub mod engine;
+pub mod rules;
+pub mod select;
 pub mod snapshot;
+pub mod stats;
 
 #[cfg(feature = "python")]
 mod py;

@@ -2,6 +2,7 @@
 //! JSON bytes whenever the config version changes, deserialized and indexed once so
 //! that a routing decision never scans what it can look up.
 
+use crate::breaker::BreakerOverrides;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 
@@ -45,12 +46,16 @@ pub struct Endpoint {
     pub weight: f64,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub breaker: Option<BreakerOverrides>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Model {
     pub id: String,
+    #[serde(default)]
+    pub version: String,
     pub provider: String,
     pub model_type: String,
     pub status: String,
@@ -66,6 +71,8 @@ pub struct Model {
     pub health: Option<Health>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub breaker: Option<BreakerOverrides>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -91,7 +98,32 @@ pub struct Condition {
     #[serde(default)]
     pub user_id: Option<Vec<String>>,
     #[serde(default)]
-    pub metadata: Option<HashMap<String, serde_json::Value>>,
+    pub metadata: Option<HashMap<String, MetaValue>>,
+}
+
+/// A metadata value a rule can match on. Numbers compare by value, so a rule's
+/// `1` matches a request's `1.0`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum MetaValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl PartialEq for MetaValue {
+    fn eq(&self, other: &Self) -> bool {
+        use MetaValue::*;
+        match (self, other) {
+            (Bool(a), Bool(b)) => a == b,
+            (Str(a), Str(b)) => a == b,
+            (Int(a), Int(b)) => a == b,
+            (Int(a), Float(b)) | (Float(b), Int(a)) => (*a as f64) == *b,
+            (Float(a), Float(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,11 +208,38 @@ pub struct WorkspaceConfig {
     pub compliance_requirements: Vec<String>,
 }
 
+/// Engine-wide settings, from the service's environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineSettings {
+    /// When every endpoint of every eligible model is open, route anyway.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Observed figures count for eligibility only past this many samples.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u32,
+}
+
+fn default_min_samples() -> u32 {
+    20
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            fail_open: false,
+            min_samples: default_min_samples(),
+        }
+    }
+}
+
 /// The document Python serializes: `types.ConfigSnapshot` on the Python side.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SnapshotDoc {
     version: u64,
+    #[serde(default)]
+    settings: EngineSettings,
     #[serde(default)]
     models: Vec<Model>,
     #[serde(default)]
@@ -191,25 +250,40 @@ struct SnapshotDoc {
     workspace_configs: HashMap<String, WorkspaceConfig>,
 }
 
-/// Rule positions (into `Snapshot::rules`, already in evaluation order) for every
-/// combination of a named agent type / request type and the wildcard `None`.
-type RuleIndex = HashMap<Option<String>, HashMap<Option<String>, Vec<u32>>>;
+/// Rule positions (into `Snapshot::rules`, already in evaluation order) for
+/// every agent type and request type some rule names, and for any other.
+#[derive(Debug, Default)]
+struct RuleIndex {
+    by_agent: HashMap<String, ByRequest>,
+    any_agent: ByRequest,
+}
+
+#[derive(Debug, Default)]
+struct ByRequest {
+    by_request: HashMap<String, Vec<u32>>,
+    any_request: Vec<u32>,
+}
 
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
+    pub settings: EngineSettings,
     pub models: Vec<Model>,
     pub rules: Vec<Rule>,
     pub agent_preferences: HashMap<String, AgentPreferences>,
     pub workspace_configs: HashMap<String, WorkspaceConfig>,
     model_index: HashMap<String, usize>,
+    endpoint_index: HashMap<String, (usize, usize)>,
     rule_index: RuleIndex,
+    /// Every metadata key some rule matches on: all a request needs to pass in.
+    pub metadata_keys: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoadError {
     Json(String),
     DuplicateModel(String),
+    DuplicateEndpoint(String),
     UnknownTarget { rule: String, model: String },
 }
 
@@ -218,6 +292,7 @@ impl std::fmt::Display for LoadError {
         match self {
             LoadError::Json(e) => write!(f, "invalid snapshot: {e}"),
             LoadError::DuplicateModel(id) => write!(f, "invalid snapshot: model {id} twice"),
+            LoadError::DuplicateEndpoint(id) => write!(f, "invalid snapshot: endpoint {id} twice"),
             LoadError::UnknownTarget { rule, model } => {
                 write!(
                     f,
@@ -269,19 +344,45 @@ impl Snapshot {
                 .then_with(|| a.created_at.cmp(&b.created_at))
         });
         let rule_index = index_rules(&rules);
+        let mut endpoint_index = HashMap::new();
+        for (mi, m) in doc.models.iter().enumerate() {
+            for (ei, e) in m.endpoints.iter().enumerate() {
+                if endpoint_index.insert(e.id.clone(), (mi, ei)).is_some() {
+                    return Err(LoadError::DuplicateEndpoint(e.id.clone()));
+                }
+            }
+        }
+        let metadata_keys: BTreeSet<&String> = rules
+            .iter()
+            .filter_map(|r| r.condition.metadata.as_ref())
+            .flat_map(|m| m.keys())
+            .collect();
+        let metadata_keys = metadata_keys.into_iter().cloned().collect();
         Ok(Snapshot {
             version: doc.version,
+            settings: doc.settings,
             models: doc.models,
             rules,
             agent_preferences: doc.agent_preferences,
             workspace_configs: doc.workspace_configs,
             model_index,
+            endpoint_index,
             rule_index,
+            metadata_keys,
         })
     }
 
     pub fn model(&self, id: &str) -> Option<&Model> {
         self.model_index.get(id).map(|&i| &self.models[i])
+    }
+
+    pub fn model_position(&self, id: &str) -> Option<usize> {
+        self.model_index.get(id).copied()
+    }
+
+    /// (model position, endpoint position) of an endpoint id.
+    pub fn endpoint_position(&self, id: &str) -> Option<(usize, usize)> {
+        self.endpoint_index.get(id).copied()
     }
 
     pub fn endpoint_count(&self) -> usize {
@@ -292,53 +393,61 @@ impl Snapshot {
     /// order. The other conditions (content length, workspace, user, metadata) are
     /// per request and left to the matcher.
     pub fn rules_for(&self, agent_type: &str, request_type: &str) -> impl Iterator<Item = &Rule> {
+        self.rule_positions(agent_type, request_type)
+            .iter()
+            .map(move |&i| &self.rules[i as usize])
+    }
+
+    /// Positions (into `rules`) of the rules `rules_for` yields.
+    pub fn rule_positions(&self, agent_type: &str, request_type: &str) -> &[u32] {
         let by_request = self
             .rule_index
-            .get(&Some(agent_type.to_owned()))
-            .or_else(|| self.rule_index.get(&None));
-        let positions = by_request.and_then(|m| {
-            m.get(&Some(request_type.to_owned()))
-                .or_else(|| m.get(&None))
-        });
-        positions
-            .into_iter()
-            .flatten()
-            .map(move |&i| &self.rules[i as usize])
+            .by_agent
+            .get(agent_type)
+            .unwrap_or(&self.rule_index.any_agent);
+        by_request
+            .by_request
+            .get(request_type)
+            .unwrap_or(&by_request.any_request)
     }
 }
 
 fn index_rules(rules: &[Rule]) -> RuleIndex {
-    let named = |pick: fn(&Condition) -> &Option<Vec<String>>| -> Vec<Option<String>> {
-        let names: BTreeSet<&String> = rules
+    let names = |pick: fn(&Condition) -> &Option<Vec<String>>| -> BTreeSet<&String> {
+        rules
             .iter()
             .filter_map(|r| pick(&r.condition).as_ref())
             .flatten()
-            .collect();
-        std::iter::once(None)
-            .chain(names.into_iter().map(|n| Some(n.clone())))
             .collect()
     };
-    let agents = named(|c| &c.agent_type);
-    let requests = named(|c| &c.request_type);
-    let mut index = RuleIndex::with_capacity(agents.len());
-    for agent in &agents {
-        let mut by_request = HashMap::with_capacity(requests.len());
-        for request in &requests {
-            let positions: Vec<u32> = rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| {
-                    r.enabled
-                        && admits(&r.condition.agent_type, agent.as_deref())
-                        && admits(&r.condition.request_type, request.as_deref())
-                })
-                .map(|(i, _)| i as u32)
-                .collect();
-            by_request.insert(request.clone(), positions);
-        }
-        index.insert(agent.clone(), by_request);
+    let agents = names(|c| &c.agent_type);
+    let requests = names(|c| &c.request_type);
+    let positions = |agent: Option<&str>, request: Option<&str>| -> Vec<u32> {
+        rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.enabled
+                    && admits(&r.condition.agent_type, agent)
+                    && admits(&r.condition.request_type, request)
+            })
+            .map(|(i, _)| i as u32)
+            .collect()
+    };
+    let by_request = |agent: Option<&str>| ByRequest {
+        by_request: requests
+            .iter()
+            .map(|r| ((*r).clone(), positions(agent, Some(r))))
+            .collect(),
+        any_request: positions(agent, None),
+    };
+    RuleIndex {
+        by_agent: agents
+            .iter()
+            .map(|a| ((*a).clone(), by_request(Some(a))))
+            .collect(),
+        any_agent: by_request(None),
     }
-    index
 }
 
 #[cfg(test)]
