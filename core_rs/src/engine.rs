@@ -545,7 +545,7 @@ impl Engine {
         }
         if let Some((ws, cfg)) = ctx.workspace {
             if let Some(allowed) = cfg.model_restrictions.as_ref().filter(|a| !a.is_empty()) {
-                if !allowed.iter().any(|a| *a == m.id) {
+                if !allowed.contains(&m.id) {
                     return Err(Exclusion::Restricted(ws.to_owned()));
                 }
             }
