@@ -37,6 +37,13 @@ VALID = {
     "/api/workspaces/{workspaceId}/config": {"budgetLimits": {"daily": 5}},
     "/api/config/import": {"config": {"models": [model_body("m1", id="m1")]}},
     "/api/keys": {"role": "viewer"},
+    "/api/routing/test": {
+        "agentType": "creative",
+        "workspaceId": "ws-1",
+        "requestType": "completion",
+        "prompt": "Test prompt",
+        "metadata": {"priority": "normal"},
+    },
 }
 PATH_VALUES = {
     "modelId": "m1",

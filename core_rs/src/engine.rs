@@ -21,7 +21,8 @@ pub struct DecideInput<'a> {
     pub capabilities: &'a [String],
     /// A model id or version the caller asked for; None (or "auto") to let the router choose.
     pub model: Option<&'a str>,
-    /// Say why every other model was left out.
+    /// Say why every other model was left out. An explained decision is a dry
+    /// run: it counts no rule match and takes no half-open probe slot.
     pub explain: bool,
 }
 
@@ -314,10 +315,12 @@ impl Engine {
             decision = self.select(&snap, input, &ctx, now_ms);
             decision.failed_open = true;
         }
+        let take_probes = !input.explain;
         for c in &mut decision.candidates {
-            c.endpoints = self.order_endpoints(&snap, c.model, now_ms, ctx.ignore_breakers);
+            c.endpoints =
+                self.order_endpoints(&snap, c.model, now_ms, ctx.ignore_breakers, take_probes);
         }
-        if let Source::Rule(ri) = decision.source {
+        if let (Source::Rule(ri), false) = (decision.source, input.explain) {
             self.rule_matches[ri] += 1;
         }
         decision
@@ -722,6 +725,7 @@ impl Engine {
         mi: usize,
         now_ms: u64,
         ignore_breakers: bool,
+        take_probes: bool,
     ) -> Vec<usize> {
         let endpoints = &snap.models[mi].endpoints;
         let mut admitted: Vec<usize> = Vec::with_capacity(endpoints.len());
@@ -729,7 +733,7 @@ impl Engine {
             let b = &mut self.breakers[mi][ei];
             let ok = match b.peek(now_ms) {
                 Admission::Admit => true,
-                Admission::Probe => b.take_probe(now_ms),
+                Admission::Probe => !take_probes || b.take_probe(now_ms),
                 Admission::Refuse { .. } => false,
             };
             if ok || ignore_breakers {

@@ -205,10 +205,32 @@ fn rules_win_in_priority_order_and_count_matches() {
         },
     );
     assert_eq!(ids(&e, &short), ["c"]);
-    let counts: HashMap<String, u64> = e.rule_matches().map(|(r, n)| (r.id.clone(), n)).collect();
+    let counts = |e: &Engine| -> HashMap<String, u64> {
+        e.rule_matches().map(|(r, n)| (r.id.clone(), n)).collect()
+    };
     assert_eq!(
-        counts,
-        HashMap::from([("high".into(), 1), ("low".into(), 1)])
+        counts(&e),
+        HashMap::from([("high".into(), 0), ("low".into(), 0)]),
+        "explained: a dry run"
+    );
+    for length in [150, 150, 10] {
+        let facts = RequestFacts {
+            content_length: length,
+            ..facts()
+        };
+        e.decide(
+            &DecideInput {
+                facts,
+                capabilities: &[],
+                model: None,
+                explain: false,
+            },
+            0,
+        );
+    }
+    assert_eq!(
+        counts(&e),
+        HashMap::from([("high".into(), 2), ("low".into(), 1)])
     );
 }
 

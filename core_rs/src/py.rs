@@ -1,78 +1,331 @@
 //! The PyO3 layer: the only file that knows Python. Thin on purpose; the logic and
 //! its tests live in the pure-Rust modules.
 
-use crate::snapshot;
+use crate::engine::{self, DecideInput, Outcome, Source};
+use crate::rules::RequestFacts;
+use crate::snapshot::{MetaValue, Snapshot};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use std::sync::Arc;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// An immutable, indexed config snapshot. Built once per config version.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Python strings for the snapshot's ids, made once per load so a decision
+/// hands out references instead of building strings.
+#[derive(Default)]
+struct Ids {
+    models: Vec<Py<PyString>>,
+    endpoints: Vec<Vec<Py<PyString>>>,
+}
+
+struct State {
+    engine: engine::Engine,
+    ids: Ids,
+}
+
+/// The routing engine of one worker: load a snapshot per config version, then
+/// `decide` before and `record` after each upstream attempt.
 #[pyclass(frozen, module = "model_router._core")]
-struct Snapshot {
-    inner: Arc<snapshot::Snapshot>,
+struct Engine {
+    state: Mutex<State>,
+}
+
+impl Engine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the engine half-updated
+        // in a way later calls trip over, so recover the guard.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn meta_value(v: &Bound<'_, PyAny>) -> Option<MetaValue> {
+    if v.is_instance_of::<PyBool>() {
+        v.extract().ok().map(MetaValue::Bool)
+    } else if v.is_instance_of::<PyInt>() {
+        v.extract().ok().map(MetaValue::Int)
+    } else if v.is_instance_of::<PyFloat>() {
+        v.extract().ok().map(MetaValue::Float)
+    } else if v.is_instance_of::<PyString>() {
+        v.extract().ok().map(MetaValue::Str)
+    } else {
+        None
+    }
 }
 
 #[pymethods]
-impl Snapshot {
-    /// Deserialize and index a snapshot document (JSON bytes), without the GIL.
-    #[staticmethod]
-    fn load(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
-        let loaded = py.detach(|| snapshot::Snapshot::load(data));
-        loaded
-            .map(|s| Snapshot { inner: Arc::new(s) })
-            .map_err(|e| PyValueError::new_err(e.to_string()))
+impl Engine {
+    #[new]
+    #[pyo3(signature = (seed=None))]
+    fn new(seed: Option<u64>) -> Self {
+        let seed = seed.unwrap_or_else(|| now_ms() ^ (std::process::id() as u64) << 32);
+        Engine {
+            state: Mutex::new(State {
+                engine: engine::Engine::new(seed),
+                ids: Ids::default(),
+            }),
+        }
+    }
+
+    /// Deserialize and index a snapshot document (JSON) without the GIL, then
+    /// swap it in. Raises ValueError, keeping the current one, if it is invalid.
+    fn load(&self, py: Python<'_>, data: &[u8]) -> PyResult<u64> {
+        let snapshot = py
+            .detach(|| Snapshot::load(data))
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let ids = Ids {
+            models: snapshot
+                .models
+                .iter()
+                .map(|m| PyString::new(py, &m.id).unbind())
+                .collect(),
+            endpoints: snapshot
+                .models
+                .iter()
+                .map(|m| {
+                    m.endpoints
+                        .iter()
+                        .map(|e| PyString::new(py, &e.id).unbind())
+                        .collect()
+                })
+                .collect(),
+        };
+        let version = snapshot.version;
+        let mut state = self.lock();
+        state.engine.load(snapshot);
+        state.ids = ids;
+        Ok(version)
     }
 
     #[getter]
     fn version(&self) -> u64 {
-        self.inner.version
+        self.lock().engine.snapshot().version
     }
 
     #[getter]
     fn model_count(&self) -> usize {
-        self.inner.models.len()
+        self.lock().engine.snapshot().models.len()
     }
 
     #[getter]
     fn endpoint_count(&self) -> usize {
-        self.inner.endpoint_count()
+        self.lock().engine.snapshot().endpoint_count()
     }
 
     #[getter]
     fn rule_count(&self) -> usize {
-        self.inner.rules.len()
+        self.lock().engine.snapshot().rules.len()
     }
 
-    fn model_ids(&self) -> Vec<String> {
-        self.inner.models.iter().map(|m| m.id.clone()).collect()
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (agent_type, workspace_id=None, user_id=None, request_type="chat",
+                        content_length=0, capabilities=None, model=None, metadata=None, explain=false))]
+    fn decide(
+        &self,
+        py: Python<'_>,
+        agent_type: &str,
+        workspace_id: Option<&str>,
+        user_id: Option<&str>,
+        request_type: &str,
+        content_length: u64,
+        capabilities: Option<Vec<String>>,
+        model: Option<&str>,
+        metadata: Option<&Bound<'_, PyDict>>,
+        explain: bool,
+    ) -> PyResult<Decision> {
+        let mut state = self.lock();
+        let mut facts = RequestFacts {
+            agent_type,
+            request_type,
+            workspace_id,
+            user_id,
+            content_length,
+            ..Default::default()
+        };
+        if let Some(meta) = metadata {
+            for key in &state.engine.snapshot().metadata_keys {
+                if let Some(value) = meta.get_item(key)?.as_ref().and_then(meta_value) {
+                    facts.metadata.insert(key.clone(), value);
+                }
+            }
+        }
+        let caps = capabilities.unwrap_or_default();
+        let d = state.engine.decide(
+            &DecideInput {
+                facts,
+                capabilities: &caps,
+                model,
+                explain,
+            },
+            now_ms(),
+        );
+        let snap = state.engine.snapshot();
+        let ids = &state.ids;
+        let candidates = PyList::empty(py);
+        for c in &d.candidates {
+            let endpoints = PyList::new(
+                py,
+                c.endpoints
+                    .iter()
+                    .map(|&ei| ids.endpoints[c.model][ei].clone_ref(py)),
+            )?;
+            candidates.append(PyTuple::new(
+                py,
+                [
+                    ids.models[c.model].clone_ref(py).into_any(),
+                    endpoints.into_any().unbind(),
+                ],
+            )?)?;
+        }
+        let rule = match d.source {
+            Source::Rule(ri) => Some((snap.rules[ri].id.clone(), snap.rules[ri].name.clone())),
+            _ => None,
+        };
+        Ok(Decision {
+            source: match d.source {
+                Source::Requested => "requested",
+                Source::Rule(_) => "rule",
+                Source::Preferences => "preferences",
+                Source::Default => "default",
+            },
+            rule_id: rule.as_ref().map(|r| r.0.clone()),
+            rule_name: rule.map(|r| r.1),
+            candidates: candidates.unbind(),
+            reasons: if explain {
+                d.candidates.iter().map(|c| c.why.to_string()).collect()
+            } else {
+                Vec::new()
+            },
+            excluded: d
+                .excluded
+                .iter()
+                .map(|(mi, why)| (snap.models[*mi].id.clone(), why.to_string()))
+                .collect(),
+            error: d.error.as_ref().map(|e| (e.kind(), e.to_string())),
+            budget: match &d.error {
+                Some(engine::DecisionError::OverBudget(b)) => {
+                    Some((b.period, b.limit_usd, b.spent_usd))
+                }
+                _ => None,
+            },
+            failed_open: d.failed_open,
+        })
     }
 
-    fn has_model(&self, model_id: &str) -> bool {
-        self.inner.model(model_id).is_some()
+    /// Account one upstream attempt; returns its cost in nano-dollars, or
+    /// None when the model is no longer configured.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (model_id, endpoint_id, success, latency_ms, prompt_tokens=0,
+                        completion_tokens=0, workspace_id=None, retry_after_ms=None))]
+    fn record(
+        &self,
+        model_id: &str,
+        endpoint_id: Option<&str>,
+        success: bool,
+        latency_ms: f64,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        workspace_id: Option<&str>,
+        retry_after_ms: Option<u64>,
+    ) -> Option<i64> {
+        let outcome = Outcome {
+            model_id,
+            endpoint_id,
+            workspace_id,
+            success,
+            latency_ms,
+            prompt_tokens,
+            completion_tokens,
+            retry_after_ms,
+        };
+        self.lock().engine.record(&outcome, now_ms())
     }
 
-    /// Ids of the enabled rules that may apply, in evaluation order.
-    fn rules_for(&self, agent_type: &str, request_type: &str) -> Vec<String> {
-        self.inner
-            .rules_for(agent_type, request_type)
-            .map(|r| r.id.clone())
+    /// Spend (nano-dollars) recorded since the last flush, per workspace and
+    /// per model; it stays counted as in flight until end_ or abort_flush.
+    fn begin_flush(&self) -> (HashMap<String, i64>, HashMap<String, i64>) {
+        self.lock().engine.ledger.begin_flush()
+    }
+
+    /// The store's totals per workspace: (daily, weekly, monthly) nano-dollars.
+    fn end_flush(&self, totals: HashMap<String, (i64, i64, i64)>) {
+        let totals = totals
+            .into_iter()
+            .map(|(ws, (d, w, m))| (ws, [d, w, m]))
+            .collect();
+        self.lock().engine.ledger.end_flush(totals);
+    }
+
+    fn abort_flush(&self) {
+        self.lock().engine.ledger.abort_flush();
+    }
+
+    /// This worker's view of a workspace's spend: (daily, weekly, monthly) nano-dollars.
+    fn spent(&self, workspace_id: &str) -> (i64, i64, i64) {
+        let [d, w, m] = self.lock().engine.ledger.spent(workspace_id);
+        (d, w, m)
+    }
+
+    /// (rule id, rule name, decisions it has matched) for every rule.
+    fn rule_matches(&self) -> Vec<(String, String, u64)> {
+        self.lock()
+            .engine
+            .rule_matches()
+            .map(|(r, n)| (r.id.clone(), r.name.clone(), n))
             .collect()
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "Snapshot(version={}, models={}, endpoints={}, rules={})",
-            self.inner.version,
-            self.inner.models.len(),
-            self.inner.endpoint_count(),
-            self.inner.rules.len()
-        )
+    /// Rolling figures of a model: (samples, success rate, p50, p95, p99 ms).
+    fn model_stats(&self, model_id: &str) -> Option<(u32, f64, f64, f64, f64)> {
+        let mut state = self.lock();
+        let mi = state.engine.snapshot().model_position(model_id)?;
+        let s = state.engine.model_summary(mi, now_ms());
+        Some((s.samples, s.success_rate, s.p50_ms, s.p95_ms, s.p99_ms))
     }
+
+    /// An endpoint's breaker: ("closed" | "open" | "half_open", open until ms or None).
+    fn breaker_state(&self, endpoint_id: &str) -> Option<(&'static str, Option<u64>)> {
+        use crate::breaker::State;
+        let state = self.lock();
+        let (mi, ei) = state.engine.snapshot().endpoint_position(endpoint_id)?;
+        Some(match state.engine.breaker(mi, ei).state(now_ms()) {
+            State::Closed => ("closed", None),
+            State::Open { until_ms } => ("open", Some(until_ms)),
+            State::HalfOpen => ("half_open", None),
+        })
+    }
+}
+
+/// The outcome of one `decide`.
+#[pyclass(frozen, get_all, module = "model_router._core")]
+struct Decision {
+    /// "requested", "rule", "preferences" or "default".
+    source: &'static str,
+    rule_id: Option<String>,
+    rule_name: Option<String>,
+    /// Ranked [(model id, [endpoint id, ...]), ...].
+    candidates: Py<PyList>,
+    /// Why each candidate holds its place (with explain).
+    reasons: Vec<String>,
+    /// [(model id, why it is not a candidate), ...] (with explain).
+    excluded: Vec<(String, String)>,
+    /// (kind, message) when there is no candidate.
+    error: Option<(&'static str, String)>,
+    /// (period, limit USD, spent USD) when a budget stopped the request.
+    budget: Option<(&'static str, f64, f64)>,
+    failed_open: bool,
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Snapshot>()?;
+    m.add_class::<Engine>()?;
+    m.add_class::<Decision>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,13 +1,35 @@
 """Type stubs for the Rust extension (core_rs/src/py.rs)."""
 
+from typing import Literal
+
 __version__: str
 
-class Snapshot:
-    """An immutable, indexed config snapshot, built once per config version."""
+class Decision:
+    """The outcome of one Engine.decide."""
 
-    @staticmethod
-    def load(data: bytes) -> Snapshot:
-        """Deserialize and index a snapshot document (JSON). ValueError if invalid."""
+    source: Literal["requested", "rule", "preferences", "default"]
+    rule_id: str | None
+    rule_name: str | None
+    candidates: list[tuple[str, list[str]]]
+    """Ranked (model id, [endpoint id, ...])."""
+    reasons: list[str]
+    """Why each candidate holds its place (with explain)."""
+    excluded: list[tuple[str, str]]
+    """(model id, why it is not a candidate), with explain."""
+    error: tuple[str, str] | None
+    """(kind, message) when there is no candidate: budget_exceeded,
+    unknown_model, no_eligible_model or breakers_open."""
+    budget: tuple[str, float, float] | None
+    """(period, limit USD, spent USD) when a budget stopped the request."""
+    failed_open: bool
+
+class Engine:
+    """One worker's routing engine (see docs/routing.md)."""
+
+    def __init__(self, seed: int | None = None) -> None: ...
+    def load(self, data: bytes) -> int:
+        """Swap in a snapshot document (JSON); returns its version.
+        ValueError, keeping the current one, if it is invalid."""
     @property
     def version(self) -> int: ...
     @property
@@ -16,7 +38,37 @@ class Snapshot:
     def endpoint_count(self) -> int: ...
     @property
     def rule_count(self) -> int: ...
-    def model_ids(self) -> list[str]: ...
-    def has_model(self, model_id: str) -> bool: ...
-    def rules_for(self, agent_type: str, request_type: str) -> list[str]:
-        """Ids of the enabled rules that may apply, in evaluation order."""
+    def decide(
+        self,
+        agent_type: str,
+        workspace_id: str | None = None,
+        user_id: str | None = None,
+        request_type: str = "chat",
+        content_length: int = 0,
+        capabilities: list[str] | None = None,
+        model: str | None = None,
+        metadata: dict[str, object] | None = None,
+        explain: bool = False,
+    ) -> Decision:
+        """Rank candidates. With explain: reasons for everything, and a dry run."""
+    def record(
+        self,
+        model_id: str,
+        endpoint_id: str | None,
+        success: bool,
+        latency_ms: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        workspace_id: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> int | None:
+        """Account one attempt; its cost in nano-dollars (None: model unknown)."""
+    def begin_flush(self) -> tuple[dict[str, int], dict[str, int]]: ...
+    def end_flush(self, totals: dict[str, tuple[int, int, int]]) -> None: ...
+    def abort_flush(self) -> None: ...
+    def spent(self, workspace_id: str) -> tuple[int, int, int]: ...
+    def rule_matches(self) -> list[tuple[str, str, int]]: ...
+    def model_stats(self, model_id: str) -> tuple[int, float, float, float, float] | None: ...
+    def breaker_state(
+        self, endpoint_id: str
+    ) -> tuple[Literal["closed", "open", "half_open"], int | None] | None: ...

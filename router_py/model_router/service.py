@@ -12,6 +12,7 @@ from . import auth
 from . import types as t
 from .catalog import KEYS, Catalog
 from .engine.live import LiveConfig
+from .engine.spend import SpendSync
 from .http import ApiError
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -23,7 +24,16 @@ class Service:
         self.settings = settings
         self.store = open_store(settings)
         self.catalog = Catalog(self.store)
-        self.live = LiveConfig(self.catalog, settings.config_poll_ms)
+        self.live = LiveConfig(
+            self.catalog,
+            t.EngineSettings(fail_open=settings.fail_open, min_samples=settings.min_samples),
+            settings.config_poll_ms,
+        )
+        self.spend = SpendSync(
+            self.live.engine,
+            self.store,
+            lambda: [ws for ws, cfg in self.live.workspaces.items() if cfg.budget_limits],
+        )
         self.limiter = RateLimiter(
             self.store, settings.rate_limit_max, settings.rate_limit_window_ms
         )
@@ -41,6 +51,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self.live.run(), name="config-poll"),
             asyncio.create_task(self.limiter.run(), name="rate-limit-sync"),
+            asyncio.create_task(self.spend.run(), name="spend-sync"),
         ]
 
     async def stop(self) -> None:
@@ -49,8 +60,11 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Counts and spend since the last sync are not lost on a clean stop.
         with contextlib.suppress(Exception):
-            await self.limiter.sync()  # counts admitted so far are not lost
+            await self.limiter.sync()
+        with contextlib.suppress(Exception):
+            await self.spend.flush()
         await self.store.close()
 
     async def authenticate(self, authorization: bytes | None) -> auth.Principal:

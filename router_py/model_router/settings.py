@@ -38,6 +38,8 @@ class Settings:
     admin_key: str | None = None
     max_body_bytes: int = 1_048_576
     config_poll_ms: int = 250
+    fail_open: bool = False
+    min_samples: int = 20
 
     @property
     def sqlite_path(self) -> Path:
@@ -75,6 +77,8 @@ class Settings:
                 "MODEL_ROUTER_MAX_BODY_BYTES", _int_in(1024, 64 * 1_048_576), d.max_body_bytes
             ),
             config_poll_ms=read("MODEL_ROUTER_CONFIG_POLL_MS", _int_in(10, 1000), d.config_poll_ms),
+            fail_open=read("MODEL_ROUTER_FAIL_OPEN", _bool, d.fail_open),
+            min_samples=read("MODEL_ROUTER_MIN_SAMPLES", _int_in(1, 100_000), d.min_samples),
         )
 
 
@@ -117,3 +121,12 @@ def _namespace(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", raw):
         raise ValueError("1-64 letters, digits, '_', '.' or '-'")
     return raw
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")

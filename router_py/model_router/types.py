@@ -59,6 +59,18 @@ class Pricing(Body):
     output_per1k: NonNegative = msgspec.field(name="outputPer1k")
 
 
+class BreakerSettings(Body):
+    """Circuit-breaker overrides for a model or an endpoint (docs/routing.md)."""
+
+    failure_threshold: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    error_rate_threshold: Fraction | None = None
+    window_size: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    min_requests: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    cooldown_ms: Annotated[int, Meta(ge=0, le=86_400_000)] | None = None
+    max_cooldown_ms: Annotated[int, Meta(ge=0, le=86_400_000)] | None = None
+    half_open_probes: Annotated[int, Meta(ge=1, le=1000)] | None = None
+
+
 class ModelCreate(Body):
     name: Name
     version: Id
@@ -72,6 +84,7 @@ class ModelCreate(Body):
     compliance: list[Tag] = []
     pricing: Pricing | None = None
     description: Annotated[str, Meta(max_length=2000)] | None = None
+    breaker: BreakerSettings | None = None
 
 
 class Model(Body):
@@ -87,6 +100,7 @@ class Model(Body):
     compliance: list[Tag] = []
     pricing: Pricing | None = None
     description: str | None = None
+    breaker: BreakerSettings | None = None
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
 
@@ -135,6 +149,7 @@ class EndpointCreate(Body):
     health_check_url: Url | None = None
     api_key_env: EnvVarName | None = None
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    breaker: BreakerSettings | None = None
 
 
 class Endpoint(Body):
@@ -146,6 +161,7 @@ class Endpoint(Body):
     health_check_url: Url | None = None
     api_key_env: EnvVarName | None = None
     timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    breaker: BreakerSettings | None = None
     created_at: Timestamp | None = None
 
 
@@ -408,6 +424,7 @@ class SnapshotModel(Body):
     """A model as the Rust core sees it: with its health and endpoints inlined."""
 
     id: str
+    version: str
     provider: str
     model_type: str
     status: str
@@ -417,10 +434,17 @@ class SnapshotModel(Body):
     tags: list[str]
     health: ModelHealth | None
     endpoints: list[Endpoint]
+    breaker: BreakerSettings | None
+
+
+class EngineSettings(Body):
+    fail_open: bool
+    min_samples: int
 
 
 class ConfigSnapshot(Body):
     version: int
+    settings: EngineSettings
     models: list[SnapshotModel]
     rules: list[RoutingRule]
     agent_preferences: dict[str, AgentPreferences]
@@ -446,3 +470,68 @@ class ModelListQuery(Query):
 class ImportQuery(Query):
     mode: Literal["merge", "replace"] = "merge"
     dry_run: bool = False
+
+
+# --- routing -----------------------------------------------------------------
+
+RequestType = Annotated[str, Meta(min_length=1, max_length=64)]
+Messages = Annotated[list[dict[str, Any]], Meta(min_length=1, max_length=10_000)]
+
+
+class RoutingTestRequest(Body):
+    """What /api/route would receive, minus the call: the decision only."""
+
+    agent_type: Tag
+    workspace_id: Id | None = None
+    user_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    request_type: RequestType | None = None
+    prompt: str | None = None
+    messages: Messages | None = None
+    content_length: Annotated[int, Meta(ge=0)] | None = None
+    capabilities: list[Tag] = []
+    model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    metadata: dict[Tag, MetadataValue] = {}
+
+
+class RuleRef(Body):
+    id: str
+    name: str
+
+
+class RankedCandidate(Body):
+    rank: int
+    model_id: str
+    endpoints: list[str]
+    reason: str
+
+
+class ExcludedModel(Body):
+    model_id: str
+    reason: str
+
+
+class DecisionOutcome(Body):
+    """What /api/route would answer before calling anything: 200 when there
+    are candidates, else the error status and why."""
+
+    status: int
+    type: str | None = None
+    message: str | None = None
+    details: dict[str, Any] | None = None
+
+
+class RoutingDecision(Body):
+    source: Literal["requested", "rule", "preferences", "default"]
+    rule: RuleRef | None
+    candidates: list[RankedCandidate]
+    excluded: list[ExcludedModel]
+    outcome: DecisionOutcome
+    failed_open: bool
+    request_type: str
+    content_length: int
+    config_version: int
+
+
+class AgentModelsQuery(Query):
+    workspace_id: Id | None = None
+    request_type: RequestType = "chat"

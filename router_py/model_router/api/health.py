@@ -34,15 +34,15 @@ async def _store_check(req: Request) -> dict[str, Any]:
 
 def _config_check(req: Request) -> dict[str, Any]:
     live = req.service.live
-    snapshot = live.snapshot
-    if snapshot is None:
+    engine = live.engine
+    if live.version < 0:
         return {"status": "down", "error": live.last_error or "config not loaded"}
     return {
         "status": "up" if live.last_error is None else "stale",
-        "version": snapshot.version,
-        "models": snapshot.model_count,
-        "endpoints": snapshot.endpoint_count,
-        "rules": snapshot.rule_count,
+        "version": live.version,
+        "models": engine.model_count,
+        "endpoints": engine.endpoint_count,
+        "rules": engine.rule_count,
         "ageSeconds": round(time.time() - (live.loaded_at or time.time()), 3),
         "lastError": live.last_error,
     }

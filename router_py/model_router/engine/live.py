@@ -1,9 +1,10 @@
-"""Each worker's live view of the config: the Rust snapshot plus the API keys.
+"""Each worker's live view of the config: the Rust engine's snapshot, the
+endpoints and workspace configs the executor needs, and the API keys.
 
 The store's config version is polled (a single cheap read); when it moves, the
-whole config is read once, compiled into a snapshot document, loaded by the
-Rust core and swapped in with one assignment, so a request always sees one
-consistent version.
+whole config is read once, compiled into a snapshot document and loaded by the
+Rust engine, which swaps it in atomically (breakers, stats and spend carry
+over), so a request always sees one consistent version.
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ from collections import defaultdict
 import msgspec
 
 from .. import types as t
-from .._core import Snapshot
+from .._core import Engine
 from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
 
 log = logging.getLogger("model_router.engine")
 
 
 class LiveConfig:
-    def __init__(self, catalog: Catalog, poll_ms: int):
+    def __init__(self, catalog: Catalog, settings: t.EngineSettings, poll_ms: int):
         self.catalog = catalog
+        self.settings = settings
         self.poll_ms = poll_ms
-        self.snapshot: Snapshot | None = None
+        self.engine = Engine()
+        self.version = -1  # nothing loaded yet
         self.keys: dict[str, t.ApiKey] = {}
+        self.endpoints: dict[str, t.Endpoint] = {}
+        self.workspaces: dict[str, t.WorkspaceConfig] = {}
         self.loaded_at: float | None = None
         self.last_error: str | None = None
-
-    @property
-    def version(self) -> int:
-        return -1 if self.snapshot is None else self.snapshot.version
 
     async def refresh(self) -> bool:
         """Reload when the stored version differs from ours; True if it did."""
@@ -43,7 +44,10 @@ class LiveConfig:
         # Read the version first: a write racing this read only makes the next
         # poll reload once more, never leaves us believing stale data is new.
         document = await self._snapshot_document(version)
-        self.snapshot = Snapshot.load(msgspec.json.encode(document))
+        self.engine.load(msgspec.json.encode(document))
+        self.version = version
+        self.endpoints = {e.id: e for m in document.models for e in m.endpoints}
+        self.workspaces = document.workspace_configs
         self.keys = {k.id: k for k in await self.catalog.all(KEYS)}
         self.loaded_at = time.time()
         self.last_error = None
@@ -59,6 +63,7 @@ class LiveConfig:
         models = [
             t.SnapshotModel(
                 id=m.id,
+                version=m.version,
                 provider=m.provider,
                 model_type=m.model_type,
                 status=m.status,
@@ -68,11 +73,13 @@ class LiveConfig:
                 tags=m.tags,
                 health=health.get(m.id),
                 endpoints=sorted(endpoints[m.id], key=lambda e: e.id),
+                breaker=m.breaker,
             )
             for m in sorted(await c.all(MODELS), key=lambda m: m.id)
         ]
         return t.ConfigSnapshot(
             version=version,
+            settings=self.settings,
             models=models,
             rules=await c.all(RULES),
             agent_preferences={a.agent_type: a for a in await c.all(AGENTS)},

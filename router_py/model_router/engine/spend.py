@@ -1,0 +1,87 @@
+"""Spend counters: what each workspace and model spent, shared by every worker.
+
+The engine accounts each call's cost locally (no network on the request
+path). Once a second this loop adds what the worker spent to the store's
+counters, one per workspace or model and per UTC day, ISO week and month, and
+reads back the totals of all workers, which the engine's budget check then
+uses. A budget can therefore be overshot by at most what the other workers
+spend within one flush interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from .._core import Engine
+from ..store import Store
+
+log = logging.getLogger("model_router.spend")
+
+DAY_MS = 86_400_000
+# How long each period's counter outlives its period, for late readers.
+TTL_MS = {"d": 3 * DAY_MS, "w": 15 * DAY_MS, "m": 62 * DAY_MS}
+
+
+def period_keys(now: datetime) -> dict[str, str]:
+    """The current day, ISO week and month, in UTC."""
+    year, week, _ = now.isocalendar()
+    return {"d": now.strftime("%Y-%m-%d"), "w": f"{year}-W{week:02d}", "m": now.strftime("%Y-%m")}
+
+
+def counter_name(scope: str, id: str, period: str, key: str) -> str:
+    return f"spend:{scope}:{id}:{period}:{key}"
+
+
+class SpendSync:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        budgeted: Callable[[], Iterable[str]],
+        interval_ms: int = 1000,
+    ):
+        self.engine = engine
+        self.store = store
+        self.budgeted = budgeted  # the workspaces whose totals the budget check needs
+        self.interval_ms = interval_ms
+
+    async def flush(self, now: datetime | None = None) -> None:
+        keys = period_keys(now or datetime.now(UTC))
+        workspaces, models = self.engine.begin_flush()
+        watched = set(workspaces) | set(self.budgeted())
+        try:
+            by_period: dict[str, dict[str, int]] = {p: {} for p in TTL_MS}
+            for ws in watched:
+                for period, key in keys.items():
+                    by_period[period][counter_name("ws", ws, period, key)] = workspaces.get(ws, 0)
+            for model, nanos in models.items():
+                for period, key in keys.items():
+                    by_period[period][counter_name("model", model, period, key)] = nanos
+            totals: dict[str, int] = {}
+            for period, deltas in by_period.items():
+                if deltas:
+                    totals |= await self.store.add_counters(deltas, TTL_MS[period])
+        except BaseException:
+            self.engine.abort_flush()
+            raise
+        self.engine.end_flush(
+            {
+                ws: (
+                    totals[counter_name("ws", ws, "d", keys["d"])],
+                    totals[counter_name("ws", ws, "w", keys["w"])],
+                    totals[counter_name("ws", ws, "m", keys["m"])],
+                )
+                for ws in watched
+            }
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_ms / 1000)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("spend flush failed; will retry")
