@@ -9,7 +9,9 @@ use crate::breaker::{Admission, BreakerConfig, CircuitBreaker};
 use crate::cost::{nanos_to_usd, usd_to_nanos, Nanos, Price, SpendLedger, PERIODS};
 use crate::rules::{self, RequestFacts};
 use crate::select::{self, Rng};
-use crate::snapshot::{Model, PerformanceRequirements, Rule, Snapshot};
+use crate::snapshot::{
+    AgentPreferences, Model, PerformanceRequirements, Rule, Snapshot, WorkspaceConfig,
+};
 use crate::stats::{RollingStats, Summary};
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +23,8 @@ pub struct DecideInput<'a> {
     pub capabilities: &'a [String],
     /// A model id or version the caller asked for; None (or "auto") to let the router choose.
     pub model: Option<&'a str>,
+    /// Keep at most this many candidates (the executor's attempt budget).
+    pub limit: Option<usize>,
     /// Say why every other model was left out. An explained decision is a dry
     /// run: it counts no rule match and takes no half-open probe slot.
     pub explain: bool,
@@ -132,6 +136,7 @@ struct ModelFacts {
 
 pub struct Engine {
     snapshot: Arc<Snapshot>,
+    gates: Arc<Gates>,
     facts: Vec<ModelFacts>,
     breakers: Vec<Vec<CircuitBreaker>>,
     endpoint_stats: Vec<Vec<RollingStats>>,
@@ -141,12 +146,90 @@ pub struct Engine {
     rng: Rng,
 }
 
+/// Per workspace and per agent type, one byte per model (by position) saying
+/// whether the model passes the checks that depend only on the config, so a
+/// decision reads a byte instead of comparing lists of strings.
+#[derive(Default)]
+struct Gates {
+    /// 0 pass, 1 restricted, 2 + k missing compliance requirement k.
+    workspaces: HashMap<String, Vec<u8>>,
+    /// 0 pass, 1 + k missing required capability k.
+    agents: HashMap<String, Vec<u8>>,
+}
+
+fn gates(snap: &Snapshot) -> Gates {
+    let code = |k: usize, base: usize| (base + k).min(u8::MAX as usize) as u8;
+    let workspaces = snap
+        .workspace_configs
+        .iter()
+        .map(|(id, cfg)| {
+            let allowed = cfg.model_restrictions.as_ref().filter(|a| !a.is_empty());
+            let gate = snap
+                .models
+                .iter()
+                .map(|m| {
+                    if allowed.is_some_and(|a| !a.contains(&m.id)) {
+                        return 1;
+                    }
+                    let missing = cfg
+                        .compliance_requirements
+                        .iter()
+                        .position(|c| !m.compliance.contains(c));
+                    missing.map_or(0, |k| code(k, 2))
+                })
+                .collect();
+            (id.clone(), gate)
+        })
+        .collect();
+    let agents = snap
+        .agent_preferences
+        .iter()
+        .map(|(agent, prefs)| {
+            let gate = snap
+                .models
+                .iter()
+                .map(|m| {
+                    let missing = prefs
+                        .required_capabilities
+                        .iter()
+                        .position(|c| !m.capabilities.iter().any(|k| k.kind == *c));
+                    missing.map_or(0, |k| code(k, 1))
+                })
+                .collect();
+            (agent.clone(), gate)
+        })
+        .collect();
+    Gates { workspaces, agents }
+}
+
 /// Everything eligibility looks at besides the model itself.
 struct Context<'s> {
-    workspace: Option<(&'s str, &'s crate::snapshot::WorkspaceConfig)>,
-    requirements: Vec<&'s PerformanceRequirements>,
-    capabilities: Vec<&'s str>,
+    workspace: Option<(&'s str, &'s WorkspaceConfig, &'s [u8])>,
+    agent: Option<(&'s AgentPreferences, &'s [u8])>,
+    extra_capabilities: &'s [String],
+    requirements: [Option<&'s PerformanceRequirements>; 2],
     ignore_breakers: bool,
+    explain: bool,
+}
+
+impl Context<'_> {
+    /// A reason's text, copied only when it will be shown: the hot path
+    /// (no explain) allocates nothing for the models it leaves out.
+    fn text(&self, s: &str) -> String {
+        if self.explain {
+            s.to_owned()
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Keep an exclusion when it will be shown, or when it may decide the error
+/// (an open breaker), and drop it otherwise.
+fn exclude(excluded: &mut Vec<(usize, Exclusion)>, ctx: &Context<'_>, mi: usize, why: Exclusion) {
+    if ctx.explain || matches!(why, Exclusion::BreakersOpen { .. }) {
+        excluded.push((mi, why));
+    }
 }
 
 impl Engine {
@@ -154,6 +237,7 @@ impl Engine {
         let empty = Snapshot::load(br#"{"version": 0}"#).expect("the empty snapshot loads");
         Engine {
             snapshot: Arc::new(empty),
+            gates: Arc::default(),
             facts: Vec::new(),
             breakers: Vec::new(),
             endpoint_stats: Vec::new(),
@@ -189,6 +273,7 @@ impl Engine {
             .collect();
 
         let snap = self.snapshot.clone();
+        self.gates = Arc::new(gates(&snap));
         self.facts = snap
             .models
             .iter()
@@ -287,25 +372,17 @@ impl Engine {
             };
         }
 
+        let gates = self.gates.clone();
         let mut ctx = Context {
-            workspace,
-            requirements: workspace
-                .and_then(|(_, w)| w.quality_requirements.as_ref())
-                .into_iter()
-                .chain(agent.and_then(|a| a.performance_requirements.as_ref()))
-                .collect(),
-            capabilities: agent
-                .map(|a| {
-                    a.required_capabilities
-                        .iter()
-                        .map(String::as_str)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-                .into_iter()
-                .chain(input.capabilities.iter().map(String::as_str))
-                .collect(),
+            workspace: workspace.map(|(id, cfg)| (id, cfg, gates.workspaces[id].as_slice())),
+            agent: agent.map(|a| (a, gates.agents[facts.agent_type].as_slice())),
+            extra_capabilities: input.capabilities,
+            requirements: [
+                workspace.and_then(|(_, w)| w.quality_requirements.as_ref()),
+                agent.and_then(|a| a.performance_requirements.as_ref()),
+            ],
             ignore_breakers: false,
+            explain: input.explain,
         };
         let mut decision = self.select(&snap, input, &ctx, now_ms);
         let all_open = decision.candidates.is_empty()
@@ -314,6 +391,9 @@ impl Engine {
             ctx.ignore_breakers = true;
             decision = self.select(&snap, input, &ctx, now_ms);
             decision.failed_open = true;
+        }
+        if let Some(limit) = input.limit {
+            decision.candidates.truncate(limit);
         }
         let take_probes = !input.explain;
         for c in &mut decision.candidates {
@@ -405,7 +485,7 @@ impl Engine {
                     .expect("snapshot checked rule targets");
                 match self.eligibility(snap, mi, ctx, now_ms) {
                     Ok(()) => eligible.push((ti, mi)),
-                    Err(why) => excluded.push((mi, why)),
+                    Err(why) => exclude(&mut excluded, ctx, mi, why),
                 }
             }
             let candidates = self.rank_rule_targets(rule, &eligible, facts.user_id);
@@ -446,7 +526,7 @@ impl Engine {
                         endpoints: Vec::new(),
                         why,
                     }),
-                    Err(e) => excluded.push((mi, e)),
+                    Err(why) => exclude(&mut excluded, ctx, mi, why),
                 }
             }
             if !candidates.is_empty() {
@@ -477,7 +557,7 @@ impl Engine {
             }
             match self.eligibility(snap, mi, ctx, now_ms) {
                 Ok(()) => scored.push((mi, self.score(snap, mi, now_ms))),
-                Err(why) => excluded.push((mi, why)),
+                Err(why) => exclude(&mut excluded, ctx, mi, why),
             }
         }
         scored.sort_by(|a, b| {
@@ -541,33 +621,35 @@ impl Engine {
     ) -> Result<(), Exclusion> {
         let m: &Model = &snap.models[mi];
         if m.status != "active" {
-            return Err(Exclusion::Status(m.status.clone()));
+            return Err(Exclusion::Status(ctx.text(&m.status)));
         }
         if m.health.as_ref().is_some_and(|h| h.status == "unhealthy") {
             return Err(Exclusion::Unhealthy);
         }
-        if let Some((ws, cfg)) = ctx.workspace {
-            if let Some(allowed) = cfg.model_restrictions.as_ref().filter(|a| !a.is_empty()) {
-                if !allowed.contains(&m.id) {
-                    return Err(Exclusion::Restricted(ws.to_owned()));
+        if let Some((ws, cfg, gate)) = ctx.workspace {
+            match gate[mi] {
+                0 => {}
+                1 => return Err(Exclusion::Restricted(ctx.text(ws))),
+                k => {
+                    let requirement = &cfg.compliance_requirements[k as usize - 2];
+                    return Err(Exclusion::MissingCompliance(ctx.text(requirement)));
                 }
             }
-            if let Some(missing) = cfg
-                .compliance_requirements
-                .iter()
-                .find(|c| !m.compliance.contains(c))
-            {
-                return Err(Exclusion::MissingCompliance(missing.clone()));
+        }
+        if let Some((prefs, gate)) = ctx.agent {
+            if let k @ 1.. = gate[mi] {
+                let capability = &prefs.required_capabilities[k as usize - 1];
+                return Err(Exclusion::MissingCapability(ctx.text(capability)));
             }
         }
         if let Some(missing) = ctx
-            .capabilities
+            .extra_capabilities
             .iter()
             .find(|c| !m.capabilities.iter().any(|k| k.kind == **c))
         {
-            return Err(Exclusion::MissingCapability((*missing).to_owned()));
+            return Err(Exclusion::MissingCapability(ctx.text(missing)));
         }
-        for req in &ctx.requirements {
+        for req in ctx.requirements.iter().flatten() {
             if let (Some(max), Some(price)) = (req.max_cost_per_token, self.facts[mi].price) {
                 let cost = price.max_per_token_usd();
                 if cost > max {

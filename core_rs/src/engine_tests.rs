@@ -34,6 +34,7 @@ fn decide(e: &mut Engine, facts: RequestFacts<'_>) -> Decision {
             facts,
             capabilities: &[],
             model: None,
+            limit: None,
             explain: true,
         },
         1_000,
@@ -223,6 +224,7 @@ fn rules_win_in_priority_order_and_count_matches() {
                 facts,
                 capabilities: &[],
                 model: None,
+                limit: None,
                 explain: false,
             },
             0,
@@ -280,6 +282,7 @@ fn requested_model_by_id_or_version() {
                 facts: facts(),
                 capabilities: &[],
                 model: Some(wanted),
+                limit: None,
                 explain: false,
             },
             0,
@@ -292,6 +295,7 @@ fn requested_model_by_id_or_version() {
             facts: facts(),
             capabilities: &[],
             model: Some("nope"),
+            limit: None,
             explain: false,
         },
         0,
@@ -302,6 +306,7 @@ fn requested_model_by_id_or_version() {
             facts: facts(),
             capabilities: &[],
             model: Some("auto"),
+            limit: None,
             explain: false,
         },
         0,
@@ -489,6 +494,7 @@ fn canary_split_and_weights_converge_over_100k_decisions() {
                 facts: facts(),
                 capabilities: &[],
                 model: None,
+                limit: None,
                 explain: false,
             },
             0,
@@ -512,6 +518,7 @@ fn endpoint_weights_converge() {
                 facts: facts(),
                 capabilities: &[],
                 model: None,
+                limit: None,
                 explain: false,
             },
             0,
@@ -624,4 +631,21 @@ proptest! {
         prop_assert_eq!(d.candidates.len(), eligible);
         prop_assert_eq!(d.error.is_some(), eligible == 0);
     }
+}
+
+#[test]
+fn limit_keeps_the_best_candidates() {
+    let mut e = engine(
+        json!({"version": 1, "models": [model("a"), model("b"), model("c")],
+        "agentPreferences": {"creative": {"preferredModels": ["c", "a", "b"]}}}),
+    );
+    let input = DecideInput {
+        facts: facts(),
+        capabilities: &[],
+        model: None,
+        limit: Some(2),
+        explain: false,
+    };
+    let d = e.decide(&input, 0);
+    assert_eq!(ids(&e, &d), ["c", "a"]);
 }

@@ -125,7 +125,8 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (agent_type, workspace_id=None, user_id=None, request_type="chat",
-                        content_length=0, capabilities=None, model=None, metadata=None, explain=false))]
+                        content_length=0, capabilities=None, model=None, metadata=None, limit=None,
+                        explain=false))]
     fn decide(
         &self,
         py: Python<'_>,
@@ -137,6 +138,7 @@ impl Engine {
         capabilities: Option<Vec<String>>,
         model: Option<&str>,
         metadata: Option<&Bound<'_, PyDict>>,
+        limit: Option<usize>,
         explain: bool,
     ) -> PyResult<Decision> {
         let mut state = self.lock();
@@ -161,6 +163,7 @@ impl Engine {
                 facts,
                 capabilities: &caps,
                 model,
+                limit,
                 explain,
             },
             now_ms(),

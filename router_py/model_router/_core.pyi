@@ -48,9 +48,11 @@ class Engine:
         capabilities: list[str] | None = None,
         model: str | None = None,
         metadata: dict[str, object] | None = None,
+        limit: int | None = None,
         explain: bool = False,
     ) -> Decision:
-        """Rank candidates. With explain: reasons for everything, and a dry run."""
+        """Rank candidates, at most `limit` of them. With explain: reasons for
+        everything, and a dry run (no rule match counted, no probe taken)."""
     def record(
         self,
         model_id: str,

@@ -1,0 +1,1 @@
+"""Benchmarks print their figures; `make bench` runs them all."""
