@@ -466,7 +466,7 @@ impl Engine {
                 }
             };
             let mut d = decision(Source::Requested, candidates, excluded);
-            self.finish(snap, input, &mut d, || Exclusion::NotRequested);
+            self.finish(snap, ctx, &mut d, || Exclusion::NotRequested, now_ms);
             return d;
         }
 
@@ -490,9 +490,15 @@ impl Engine {
             }
             let candidates = self.rank_rule_targets(rule, &eligible, facts.user_id);
             let mut d = decision(Source::Rule(ri), candidates, excluded);
-            self.finish(snap, input, &mut d, || Exclusion::NotTargeted {
-                by: format!("rule {}", rule.id),
-            });
+            self.finish(
+                snap,
+                ctx,
+                &mut d,
+                || Exclusion::NotTargeted {
+                    by: format!("rule {}", rule.id),
+                },
+                now_ms,
+            );
             return d;
         }
 
@@ -532,9 +538,15 @@ impl Engine {
             if !candidates.is_empty() {
                 let mut d = decision(Source::Preferences, candidates, excluded);
                 let agent = facts.agent_type;
-                self.finish(snap, input, &mut d, || Exclusion::NotTargeted {
-                    by: format!("the preferences of agent {agent}"),
-                });
+                self.finish(
+                    snap,
+                    ctx,
+                    &mut d,
+                    || Exclusion::NotTargeted {
+                        by: format!("the preferences of agent {agent}"),
+                    },
+                    now_ms,
+                );
                 return d;
             }
             excluded.clear(); // the default ranking reconsiders every model
@@ -573,18 +585,20 @@ impl Engine {
             })
             .collect();
         let mut d = decision(Source::Default, candidates, excluded);
-        self.finish(snap, input, &mut d, || Exclusion::NotRequested);
+        self.finish(snap, ctx, &mut d, || Exclusion::NotRequested, now_ms);
         d
     }
 
     /// Set the error of an empty decision, and with `explain` give every model
-    /// neither chosen nor already excluded the source's reason.
+    /// neither chosen nor already excluded a reason: the check it fails, else
+    /// that the source did not name it.
     fn finish(
-        &self,
+        &mut self,
         snap: &Snapshot,
-        input: &DecideInput<'_>,
+        ctx: &Context<'_>,
         d: &mut Decision,
         unlisted: impl Fn() -> Exclusion,
+        now_ms: u64,
     ) {
         if d.candidates.is_empty() && d.error.is_none() {
             let until = d
@@ -600,12 +614,16 @@ impl Engine {
                 None => DecisionError::NoEligibleModel,
             });
         }
-        if input.explain {
+        if ctx.explain {
             let mut seen = vec![false; snap.models.len()];
             d.candidates.iter().for_each(|c| seen[c.model] = true);
             d.excluded.iter().for_each(|(mi, _)| seen[*mi] = true);
-            for (mi, _) in seen.iter().enumerate().filter(|(_, s)| !**s) {
-                d.excluded.push((mi, unlisted()));
+            for mi in (0..snap.models.len()).filter(|mi| !seen[*mi]) {
+                let why = self
+                    .eligibility(snap, mi, ctx, now_ms)
+                    .err()
+                    .unwrap_or_else(&unlisted);
+                d.excluded.push((mi, why));
             }
             d.excluded
                 .sort_by(|a, b| snap.models[a.0].id.cmp(&snap.models[b.0].id));
