@@ -37,6 +37,15 @@ VALID = {
     "/api/workspaces/{workspaceId}/config": {"budgetLimits": {"daily": 5}},
     "/api/config/import": {"config": {"models": [model_body("m1", id="m1")]}},
     "/api/keys": {"role": "viewer"},
+    "/api/route": {
+        "id": "req-12345",
+        "agentType": "creative",
+        "workspaceId": "ws-1",
+        "prompt": "Generate a creative marketing message",
+        "parameters": {"temperature": 0.8, "maxTokens": 500},
+        "metadata": {"requestType": "completion", "priority": "normal"},
+    },
+    "/v1/chat/completions": {"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
     "/api/routing/test": {
         "agentType": "creative",
         "workspaceId": "ws-1",
@@ -53,6 +62,9 @@ PATH_VALUES = {
     "keyId": "k",
 }
 WRITE_ROUTES = [r for r in ROUTES if r.body is not None]
+# Routes that call models may answer 502/503/504 for a valid request (nothing
+# eligible, the provider down); never 500.
+CALL_ROUTES = {"/api/route", "/v1/chat/completions"}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -104,7 +116,8 @@ def test_bad_bodies_are_4xx_and_change_nothing(seeded, route, data):
     r = seeded.client.request(
         route.method, path, content=payload, headers={"content-type": "application/json"}
     )
-    assert r.status_code < 500, r.text
+    assert r.status_code != 500, r.text
+    assert r.status_code < 500 or route.path in CALL_ROUTES, r.text
     if r.status_code >= 400:
         error = r.json()["error"]
         assert error["type"] and error["message"]

@@ -710,12 +710,27 @@ impl Engine {
         Ok(())
     }
 
-    /// The default ranking's score, in (0, 1]: health x success rate x latency x price.
+    /// The default ranking's score, in (0, 1]: health score x price factor.
     fn score(&mut self, snap: &Snapshot, mi: usize, now_ms: u64) -> f64 {
+        let price = self.facts[mi].price.map_or(0.0, |p| {
+            nanos_to_usd(p.input_per_1k + p.output_per_1k) / 2.0
+        });
+        self.model_health(snap, mi, now_ms) * (0.01 / (0.01 + price))
+    }
+
+    /// A model's health score, in [0, 1]: reported health x success rate x
+    /// latency factor, from observed figures once there are enough samples.
+    pub fn health_score(&mut self, mi: usize, now_ms: u64) -> f64 {
+        let snap = self.snapshot.clone();
+        self.model_health(&snap, mi, now_ms)
+    }
+
+    fn model_health(&mut self, snap: &Snapshot, mi: usize, now_ms: u64) -> f64 {
         let m = &snap.models[mi];
         let health = match m.health.as_ref().map(|h| h.status.as_str()) {
             Some("healthy") => 1.0,
             Some("degraded") => 0.5,
+            Some("unhealthy") => 0.0,
             _ => 0.8,
         };
         let s = self.model_stats[mi].summary(now_ms);
@@ -733,10 +748,7 @@ impl Engine {
                 .and_then(|h| h.response_time)
                 .unwrap_or(1000.0)
         };
-        let price = self.facts[mi].price.map_or(0.0, |p| {
-            nanos_to_usd(p.input_per_1k + p.output_per_1k) / 2.0
-        });
-        health * success * (1000.0 / (1000.0 + latency_ms)) * (0.01 / (0.01 + price))
+        health * success * (1000.0 / (1000.0 + latency_ms))
     }
 
     fn rank_rule_targets(

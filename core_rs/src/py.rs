@@ -292,6 +292,23 @@ impl Engine {
         Some((s.samples, s.success_rate, s.p50_ms, s.p95_ms, s.p99_ms))
     }
 
+    /// (model id, health score 0..1) for every model (docs/routing.md).
+    fn health_scores(&self) -> Vec<(String, f64)> {
+        let mut state = self.lock();
+        let now = now_ms();
+        let ids: Vec<String> = state
+            .engine
+            .snapshot()
+            .models
+            .iter()
+            .map(|m| m.id.clone())
+            .collect();
+        ids.into_iter()
+            .enumerate()
+            .map(|(mi, id)| (id, state.engine.health_score(mi, now)))
+            .collect()
+    }
+
     /// An endpoint's breaker: ("closed" | "open" | "half_open", open until ms or None).
     fn breaker_state(&self, endpoint_id: &str) -> Option<(&'static str, Option<u64>)> {
         use crate::breaker::State;

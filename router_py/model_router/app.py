@@ -8,8 +8,11 @@ be a 500, and those are logged with the request id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,8 +32,16 @@ _MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
 
 
-def error_response(err: ApiError, request_id: str) -> Response:
-    body = {"error": {"type": err.type, "message": err.message, "details": err.details}}
+def error_response(err: ApiError, openai: bool) -> Response:
+    """Our error shape, or OpenAI's on the OpenAI-compatible routes."""
+    if openai:
+        body: dict[str, Any] = {
+            "error": {"message": err.message, "type": err.type, "param": None, "code": err.type}
+        }
+        if err.details is not None:
+            body["error"]["details"] = err.details
+    else:
+        body = {"error": {"type": err.type, "message": err.message, "details": err.details}}
     response = Response(_ERROR_ENCODER.encode(body), err.status)
     response.headers.extend(err.headers)
     return response
@@ -87,18 +98,23 @@ class App:
             await self.service.stop()
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
         headers = dict(scope["headers"])
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        openai = scope["path"].startswith("/v1/")
         try:
-            response = await self._handle(scope, headers, receive)
+            response = await self._handle(scope, headers, receive, request_id, started)
         except ApiError as err:
-            response = error_response(err, request_id)
+            response = error_response(err, openai)
         except Exception:
             log.exception("unhandled error", extra={"requestId": request_id})
             response = error_response(
                 ApiError(500, "internal_error", "internal error", {"requestId": request_id}),
-                request_id,
+                openai,
             )
+        if response.stream is not None:
+            await self._send_stream(response, request_id, receive, send)
+            return
         response_headers = [
             (b"content-type", response.content_type),
             (b"content-length", str(len(response.body)).encode()),
@@ -110,15 +126,63 @@ class App:
         )
         await send({"type": "http.response.body", "body": response.body})
 
+    async def _send_stream(
+        self, response: Response, request_id: str, receive: Any, send: Any
+    ) -> None:
+        """Send each chunk as it comes; if the client disconnects first, stop
+        and close the body's iterator, which cancels the upstream call."""
+        assert response.stream is not None
+        body = response.stream
+
+        async def pump() -> None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [
+                        (b"content-type", response.content_type),
+                        (b"cache-control", b"no-cache"),
+                        (b"x-request-id", request_id.encode("latin-1")),
+                        *response.headers,
+                    ],
+                }
+            )
+            async for chunk in body:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        sending = asyncio.ensure_future(pump())
+        watching = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sending, watching):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await sending
+            with contextlib.suppress(BaseException):
+                await watching
+            await body.aclose()  # type: ignore[attr-defined]
+
     async def _handle(
-        self, scope: dict[str, Any], headers: dict[bytes, bytes], receive: Any
+        self,
+        scope: dict[str, Any],
+        headers: dict[bytes, bytes],
+        receive: Any,
+        request_id: str,
+        started: float,
     ) -> Response:
         service = self.service
         if service is None:
             raise ApiError(503, "unavailable", "service is starting")
         method, path = scope["method"], scope["path"]
         route, params = self.routes.match(method, path)
-        request = Request(method, path, params, headers, service)
+        request = Request(method, path, params, headers, service, started=started)
+        request.request_id = request_id
         if route.permission is not None:
             principal = await service.authenticate(headers.get(b"authorization"))
             principal.authorize(route.permission, params.get("workspaceId"))
@@ -131,7 +195,8 @@ class App:
             except msgspec.ValidationError as exc:
                 raise invalid_input(exc, "query") from None
         raw = await self._read_body(headers, receive)
-        if route.body is not None:
+        request.raw_body = raw
+        if route.body is not None and not route.raw_body:
             if not raw.strip():
                 raise ApiError(400, "invalid_json", "a JSON request body is required")
             try:

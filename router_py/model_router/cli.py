@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -53,10 +55,26 @@ async def ensure_admin_key(catalog: Catalog, settings: Settings) -> str | None:
     return key
 
 
-def serve(settings: Settings) -> None:
+def _granian(target: str, host: str, port: int, workers: int, log_level: str) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
+    Granian(
+        target,
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        log_level=log_level if log_level != "critical" else "error",  # type: ignore[arg-type]
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def serve(settings: Settings) -> None:
+    # Every worker writes its Prometheus samples here; /metrics merges them.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-router-metrics-")
     generated = _with_catalog(settings, lambda c: ensure_admin_key(c, settings))
     if generated:
         print(
@@ -66,17 +84,24 @@ def serve(settings: Settings) -> None:
             file=sys.stderr,
             flush=True,
         )
-    Granian(
+    _granian(
         "model_router.app:create_app",
-        factory=True,
-        address=settings.host,
-        port=settings.port,
-        interface=Interfaces.ASGI,
-        workers=settings.workers,
-        loop=Loops.uvloop,
-        log_level=settings.log_level if settings.log_level != "critical" else "error",  # type: ignore[arg-type]
-        respawn_failed_workers=True,
-    ).serve()
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.log_level,
+    )
+
+
+def mock_provider(args: argparse.Namespace) -> None:
+    os.environ.update(
+        MOCK_FLAVOR=args.flavor,
+        MOCK_LATENCY_MS=str(args.latency_ms),
+        MOCK_JITTER_MS=str(args.jitter_ms),
+        MOCK_ERROR_RATE=str(args.error_rate),
+        MOCK_STREAM_CHUNKS=str(args.stream_chunks),
+    )
+    _granian("model_router.mock_provider:create_app", args.host, args.port, args.workers, "warning")
 
 
 def config_export(settings: Settings, file: Path | None) -> None:
@@ -125,6 +150,19 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("file", type=Path)
     imp.add_argument("--dry-run", action="store_true", help="report what would change")
     imp.add_argument("--mode", choices=("merge", "replace"), default="merge")
+    mock = sub.add_parser(
+        "mock-provider", help="a model provider on loopback, for trials and tests"
+    )
+    mock.add_argument("--port", type=int, required=True)
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--flavor", choices=("openai", "anthropic", "azure"), default="openai")
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--jitter-ms", type=float, default=0.0)
+    mock.add_argument(
+        "--error-rate", type=float, default=0.0, help="share of requests that get a 500"
+    )
+    mock.add_argument("--stream-chunks", type=int, default=8)
+    mock.add_argument("--workers", type=int, default=1)
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
     )
@@ -137,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "mock-provider":
+        mock_provider(args)
+        return 0
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

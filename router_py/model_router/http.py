@@ -8,7 +8,7 @@ app uses that to validate and authorize, the OpenAPI document to describe.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,6 +60,9 @@ class Response:
     status: int = 200
     content_type: bytes = JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # A streamed body: sent chunk by chunk as it is produced; closed early if
+    # the client goes away.
+    stream: AsyncIterator[bytes] | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -78,7 +81,10 @@ class Request:
     service: Service
     query: Any = None
     body: Any = None
+    raw_body: bytes = b""
     principal: Principal | None = None
+    started: float = 0.0  # time.perf_counter() when the request arrived
+    request_id: str = ""
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -96,6 +102,9 @@ class Route:
     query: type | None = None
     response: Any = None
     status: int = 200
+    # The handler decodes the body itself (to keep fields it passes on);
+    # `body` then only describes it in the OpenAPI document.
+    raw_body: bool = False
 
     @property
     def segments(self) -> tuple[str, ...]:

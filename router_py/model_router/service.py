@@ -11,12 +11,15 @@ import time
 from . import auth
 from . import types as t
 from .catalog import KEYS, Catalog
+from .engine.executor import Executor
 from .engine.live import LiveConfig
 from .engine.spend import SpendSync
+from .engine.upstream import UpstreamClient
 from .http import ApiError
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import open_store
+from .telemetry.requests import RequestObserver
 
 
 class Service:
@@ -37,6 +40,11 @@ class Service:
         self.limiter = RateLimiter(
             self.store, settings.rate_limit_max, settings.rate_limit_window_ms
         )
+        self.client = UpstreamClient(pool_size=settings.upstream_pool)
+        self.executor = Executor(
+            self.live, self.client, settings.max_attempts, settings.upstream_timeout_ms
+        )
+        self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
@@ -52,6 +60,7 @@ class Service:
             asyncio.create_task(self.live.run(), name="config-poll"),
             asyncio.create_task(self.limiter.run(), name="rate-limit-sync"),
             asyncio.create_task(self.spend.run(), name="spend-sync"),
+            asyncio.create_task(self.observer.run(), name="request-flush"),
         ]
 
     async def stop(self) -> None:
@@ -65,6 +74,9 @@ class Service:
             await self.limiter.sync()
         with contextlib.suppress(Exception):
             await self.spend.flush()
+        with contextlib.suppress(Exception):
+            await self.observer.flush()
+        await self.client.close()
         await self.store.close()
 
     async def authenticate(self, authorization: bytes | None) -> auth.Principal:

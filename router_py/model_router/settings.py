@@ -40,6 +40,11 @@ class Settings:
     config_poll_ms: int = 250
     fail_open: bool = False
     min_samples: int = 20
+    max_attempts: int = 4
+    upstream_timeout_ms: int = 30_000
+    request_timeout_ms: int = 60_000
+    upstream_pool: int = 512
+    recent_requests: int = 1000
 
     @property
     def sqlite_path(self) -> Path:
@@ -79,6 +84,17 @@ class Settings:
             config_poll_ms=read("MODEL_ROUTER_CONFIG_POLL_MS", _int_in(10, 1000), d.config_poll_ms),
             fail_open=read("MODEL_ROUTER_FAIL_OPEN", _bool, d.fail_open),
             min_samples=read("MODEL_ROUTER_MIN_SAMPLES", _int_in(1, 100_000), d.min_samples),
+            max_attempts=read("MODEL_ROUTER_MAX_ATTEMPTS", _int_in(1, 20), d.max_attempts),
+            upstream_timeout_ms=read(
+                "MODEL_ROUTER_UPSTREAM_TIMEOUT_MS", _int_in(1, 600_000), d.upstream_timeout_ms
+            ),
+            request_timeout_ms=read(
+                "MODEL_ROUTER_REQUEST_TIMEOUT_MS", _int_in(1, 600_000), d.request_timeout_ms
+            ),
+            upstream_pool=read("MODEL_ROUTER_UPSTREAM_POOL", _int_in(1, 100_000), d.upstream_pool),
+            recent_requests=read(
+                "MODEL_ROUTER_RECENT_REQUESTS", _int_in(1, 1_000_000), d.recent_requests
+            ),
         )
 
 

@@ -535,3 +535,99 @@ class RoutingDecision(Body):
 class AgentModelsQuery(Query):
     workspace_id: Id | None = None
     request_type: RequestType = "chat"
+
+
+# --- calling models ----------------------------------------------------------
+
+
+class RouteParameters(Body):
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    top_p: Fraction | None = None
+    stop: str | Annotated[list[str], Meta(max_length=16)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+
+
+class RouteRequest(Body):
+    """POST /api/route: the spec's request; `prompt` or OpenAI `messages`."""
+
+    agent_type: Tag
+    id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    workspace_id: Id | None = None
+    user_id: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    prompt: Annotated[str, Meta(max_length=4_000_000)] | None = None
+    messages: Messages | None = None
+    parameters: RouteParameters = msgspec.field(default_factory=RouteParameters)
+    metadata: dict[Tag, MetadataValue] = {}
+    model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
+    capabilities: list[Tag] = []
+    timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+
+
+class AttemptReport(Body):
+    model_id: str
+    endpoint_id: str
+    outcome: str
+    status: int | None
+    latency_ms: float
+    error: str | None = None
+
+
+class RouteUsage(Body):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    estimated: bool = False
+
+
+class RouteResponse(Body):
+    id: str
+    request_id: str
+    model_id: str
+    endpoint_id: str
+    response: str
+    usage: RouteUsage
+    latency: int
+    status: Literal["success"]
+    timestamp: Timestamp
+    attempts: list[AttemptReport]
+    finish_reason: str | None = None
+
+
+class ChatCompletionRequest(msgspec.Struct):
+    """OpenAI's request, as far as the router reads it; every other field is
+    passed to the provider untouched."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    messages: Messages
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+
+
+class RecentRequest(Body):
+    id: str
+    request_id: str
+    timestamp: Timestamp
+    route: str
+    workspace_id: str | None
+    agent_type: str
+    model_id: str | None
+    endpoint_id: str | None
+    status: int
+    outcome: str
+    latency_ms: float
+    upstream_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    estimated: bool
+    attempts: int
+    stream: bool
+
+
+class RecentQuery(Query):
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from ..http import Route
-from . import agents, config, health, keys, models, openapi, routing, rules
+from . import agents, calls, config, health, keys, models, monitoring, openapi, routing, rules
 
 ROUTES: list[Route] = [
     *health.ROUTES,
     *models.ROUTES,
     *rules.ROUTES,
     *routing.ROUTES,
+    *calls.ROUTES,
+    *monitoring.ROUTES,
     *agents.ROUTES,
     *config.ROUTES,
     *keys.ROUTES,

@@ -31,6 +31,8 @@ class LiveConfig:
         self.engine = Engine()
         self.version = -1  # nothing loaded yet
         self.keys: dict[str, t.ApiKey] = {}
+        self.models: dict[str, t.SnapshotModel] = {}
+        self.model_names: set[str] = set()  # ids and versions: what a caller may name
         self.endpoints: dict[str, t.Endpoint] = {}
         self.workspaces: dict[str, t.WorkspaceConfig] = {}
         self.loaded_at: float | None = None
@@ -46,6 +48,8 @@ class LiveConfig:
         document = await self._snapshot_document(version)
         self.engine.load(msgspec.json.encode(document))
         self.version = version
+        self.models = {m.id: m for m in document.models}
+        self.model_names = {m.id for m in document.models} | {m.version for m in document.models}
         self.endpoints = {e.id: e for m in document.models for e in m.endpoints}
         self.workspaces = document.workspace_configs
         self.keys = {k.id: k for k in await self.catalog.all(KEYS)}

@@ -117,6 +117,16 @@ class RedisStore:
         totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
         return dict(zip(names, map(int, totals), strict=True))
 
+    async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
+        key = f"{self._prefix}:recent"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, *items)  # pushed oldest first, so the newest ends at the head
+            pipe.ltrim(key, 0, keep - 1)
+            await pipe.execute()
+
+    async def recent(self, limit: int) -> list[bytes]:
+        return await self._redis.lrange(f"{self._prefix}:recent", 0, limit - 1)
+
     async def ping(self) -> None:
         await self._redis.ping()
 

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS documents (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('config_version', 0);
+CREATE TABLE IF NOT EXISTS recent (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
     name       TEXT PRIMARY KEY,
     value      INTEGER NOT NULL,
@@ -106,6 +107,20 @@ class SQLiteStore:
             return totals
 
         return await self._run(lambda: self._transaction(add))
+
+    async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
+        def push(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO recent (body) VALUES (?)", [(item,) for item in items])
+            db.execute("DELETE FROM recent WHERE seq <= (SELECT MAX(seq) FROM recent) - ?", (keep,))
+
+        await self._run(lambda: self._transaction(push))
+
+    async def recent(self, limit: int) -> list[bytes]:
+        def read() -> list[bytes]:
+            rows = self._db.execute("SELECT body FROM recent ORDER BY seq DESC LIMIT ?", (limit,))
+            return [bytes(body) for (body,) in rows]
+
+        return await self._run(read)
 
     async def ping(self) -> None:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())

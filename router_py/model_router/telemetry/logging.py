@@ -1,4 +1,5 @@
-"""Structured JSON logs, one object per line, as the spec shows them."""
+"""Structured JSON logs, one object per line, as the spec shows them, with
+personal data and secrets masked in every line at every level."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 
 import msgspec
+
+from .pii import mask
 
 SERVICE = "model-router"
 
@@ -30,7 +33,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return msgspec.json.encode(entry, enc_hook=str).decode()
+        return mask(msgspec.json.encode(entry, enc_hook=str).decode())
 
 
 def configure_logging(level: str) -> None:

@@ -1,0 +1,39 @@
+"""Prometheus /metrics (open, like the health checks) and the recent requests."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .. import types as t
+from ..http import Request, Response, Route, json_response
+from ..telemetry import metrics
+
+
+async def prometheus(req: Request) -> Response:
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type.encode())
+
+
+async def recent_requests(req: Request) -> Response:
+    q: t.RecentQuery = req.query
+    raw = await req.service.store.recent(q.limit)
+    items = [msgspec.json.decode(item, type=t.RecentRequest) for item in raw]
+    principal = req.principal
+    if principal is not None and principal.workspace_id is not None:
+        items = [i for i in items if i.workspace_id == principal.workspace_id]
+    return json_response(t.Page(data=items, total=len(items)))
+
+
+ROUTES = [
+    Route("GET", "/metrics", prometheus, "Prometheus metrics of every worker", "monitoring"),
+    Route(
+        "GET",
+        "/api/metrics/requests",
+        recent_requests,
+        "The latest routed requests, across all workers (?limit=N, at most 1000)",
+        "monitoring",
+        "read",
+        query=t.RecentQuery,
+        response=t.Page,
+    ),
+]

@@ -1,0 +1,74 @@
+"""Prometheus metrics, correct under several Granian workers.
+
+`model-router serve` points PROMETHEUS_MULTIPROC_DIR at a fresh directory
+before the workers start; each worker then writes its samples there and
+/metrics (served by any worker) merges them all. Without the variable (one
+process, as in tests of the app object) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+REQUESTS = Counter(
+    "model_router_requests", "Routed requests by model and HTTP status", ["model", "status"]
+)
+REQUEST_DURATION = Histogram(
+    "model_router_request_duration_seconds",
+    "Time to answer a routed request",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "model_router_upstream_duration_seconds",
+    "Time spent waiting on model providers",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "model_router_overhead_seconds",
+    "The router's own time per request: total minus upstream",
+    buckets=OVERHEAD_BUCKETS,
+)
+ATTEMPTS = Counter(
+    "model_router_upstream_attempts",
+    "Upstream attempts by model, endpoint and outcome",
+    ["model", "endpoint", "outcome"],
+)
+TOKENS = Counter(
+    "model_router_tokens", "Tokens by model and kind (prompt, completion)", ["model", "kind"]
+)
+COST = Counter("model_router_cost_usd", "Spend in USD by model", ["model"])
+HEALTH_SCORE = Gauge(
+    "model_router_model_health_score",
+    "Health x success rate x latency factor, 0..1",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
+RULE_MATCHES = Gauge(
+    "model_router_routing_rule_matches",
+    "Decisions each routing rule has matched",
+    ["rule", "name"],
+    multiprocess_mode="sum",
+)
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
