@@ -121,6 +121,23 @@ class Server:
                 self.proc.wait(5)
         self.proc = None
 
+    def wait_for_config(self, timeout: float = 3.0) -> None:
+        """Until every worker runs the stored config version (writes go live
+        within the poll interval; fresh connections reach every worker)."""
+        want = self.client.get("/api/config/export").json()["configVersion"]
+        workers = int(self.env["MODEL_ROUTER_WORKERS"])
+        current: set[int] = set()
+        deadline = time.time() + timeout
+        while len(current) < workers:
+            assert time.time() < deadline, "config did not reach every worker"
+            health = httpx.get(
+                f"{self.url}/health/detailed", headers={"Connection": "close"}
+            ).json()
+            if health["components"]["config"]["version"] >= want:
+                current.add(health["workerPid"])
+            else:
+                time.sleep(0.02)
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -193,3 +210,66 @@ def rule_body(*model_ids: str, **overrides: object) -> dict[str, object]:
     }
     body.update(overrides)
     return body
+
+
+class MockProvider:
+    """A `model-router mock-provider` process on a free loopback port."""
+
+    def __init__(self, flavor: str, workdir: Path, **flags: object):
+        self.flavor = flavor
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [str(ROUTER), "mock-provider", "--port", str(self.port), "--flavor", flavor]
+        for name, value in flags.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        self.args = args
+        self.log_path = workdir / f"mock-{flavor}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def operation_url(self) -> str:
+        """The full operation URL an endpoint of this flavor registers."""
+        return {
+            "openai": f"{self.url}/v1/chat/completions",
+            "anthropic": f"{self.url}/v1/messages",
+            "azure": f"{self.url}/openai/deployments/gpt-4o/chat/completions"
+            "?api-version=2024-06-01",
+        }[self.flavor]
+
+    def start(self) -> MockProvider:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{self.url}/__mock/stats", timeout=1)
+                return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mock did not start: {self.log_path.read_text()}")
+
+    def behave(self, **changes: object) -> None:
+        httpx.post(f"{self.url}/__mock/behavior", json=changes, timeout=5).raise_for_status()
+
+    def requests(self) -> int:
+        return httpx.get(f"{self.url}/__mock/stats", timeout=5).json()["requests"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def make_mock(tmp_path: Path) -> Iterator:
+    mocks: list[MockProvider] = []
+
+    def make(flavor: str = "openai", **flags: object) -> MockProvider:
+        mock = MockProvider(flavor, tmp_path, **flags)
+        mocks.append(mock)
+        return mock.start()
+
+    yield make
+    for mock in mocks:
+        mock.stop()

@@ -37,20 +37,6 @@ def _setup(c) -> None:
         )
 
 
-def _wait_for_version(server) -> None:
-    """Writes go live within the poll interval; wait for this worker to catch up."""
-    want = server.client.get("/api/config/export").json()["configVersion"]
-    deadline = time.time() + 2
-    while time.time() < deadline:
-        if (
-            httpx.get(f"{server.url}/health/detailed").json()["components"]["config"]["version"]
-            >= want
-        ):
-            return
-        time.sleep(0.02)
-    raise AssertionError("config did not propagate")
-
-
 def test_the_spec_example_follows_the_matching_rule(server):
     c = server.client
     _setup(c)
@@ -62,7 +48,7 @@ def test_the_spec_example_follows_the_matching_rule(server):
             condition={"agentType": ["creative"], "requestType": ["completion", "chat"]},
         ),
     ).json()
-    _wait_for_version(server)
+    server.wait_for_config()
     r = c.post("/api/routing/test", json=SPEC_TEST)
     assert r.status_code == 200, r.text
     d = r.json()
@@ -78,7 +64,7 @@ def test_the_spec_example_follows_the_matching_rule(server):
 
     # Too long for the rule's contentLength: no rule, so the default ranking.
     c.patch(f"/api/routing/rules/{rule['id']}", json={"condition": {"contentLength": {"max": 5}}})
-    _wait_for_version(server)
+    server.wait_for_config()
     d = c.post("/api/routing/test", json=SPEC_TEST).json()
     assert d["source"] == "default" and len(d["candidates"]) == 3
 
@@ -93,7 +79,7 @@ def test_workspace_restrictions_and_compliance_are_explained(server):
             "complianceRequirements": ["hipaa"],
         },
     )
-    _wait_for_version(server)
+    server.wait_for_config()
     d = c.post("/api/routing/test", json={**SPEC_TEST, "workspaceId": "ws-1"}).json()
     assert [x["modelId"] for x in d["candidates"]] == ["claude-3-sonnet"]
     reasons = {x["modelId"]: x["reason"] for x in d["excluded"]}
@@ -110,7 +96,7 @@ def test_preferences_and_agent_models(server):
         "/api/agents/research/preferences",
         json={"preferredModels": ["gpt-4"], "fallbackModels": ["gpt-3.5-turbo"]},
     )
-    _wait_for_version(server)
+    server.wait_for_config()
     r = c.get("/api/agents/research/models")
     assert r.status_code == 200
     d = r.json()
@@ -120,7 +106,7 @@ def test_preferences_and_agent_models(server):
         ("gpt-3.5-turbo", "fallback model #1"),
     ]
     c.patch("/api/models/gpt-4/status", json={"status": "maintenance"})
-    _wait_for_version(server)
+    server.wait_for_config()
     d = c.get("/api/agents/research/models").json()
     assert [x["modelId"] for x in d["candidates"]] == ["gpt-3.5-turbo"]
     assert {"modelId": "gpt-4", "reason": "status maintenance"} in d["excluded"]
@@ -129,7 +115,7 @@ def test_preferences_and_agent_models(server):
 def test_requested_model_and_unknown_model(server):
     c = server.client
     _setup(c)
-    _wait_for_version(server)
+    server.wait_for_config()
     d = c.post("/api/routing/test", json={**SPEC_TEST, "model": "gpt-4"}).json()
     assert d["source"] == "requested" and [x["modelId"] for x in d["candidates"]] == ["gpt-4"]
     d = c.post("/api/routing/test", json={**SPEC_TEST, "model": "gpt-5"}).json()
@@ -141,7 +127,7 @@ def test_a_spent_budget_stops_the_workspace_across_workers(make_server, backend)
     c = server.client
     _setup(c)
     c.post("/api/workspaces/ws-1/config", json={"budgetLimits": {"daily": 100, "monthly": 2000}})
-    _wait_for_version(server)
+    server.wait_for_config()
     assert (
         c.post("/api/routing/test", json={**SPEC_TEST, "workspaceId": "ws-1"}).json()["outcome"][
             "status"

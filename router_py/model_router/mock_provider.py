@@ -125,7 +125,8 @@ class MockProvider:
             return
         b = self.behavior
         delay = b.latency_ms + (self.rng.uniform(-b.jitter_ms, b.jitter_ms) if b.jitter_ms else 0)
-        if delay > 0:
+        streaming = bool(request.get("stream")) and b.status is None and not b.malformed
+        if delay > 0 and not streaming:  # a stream spreads its latency over its events
             await asyncio.sleep(delay / 1000)
         if b.status is not None or (b.error_rate and self.rng.random() < b.error_rate):
             status = b.status or 500
@@ -137,14 +138,14 @@ class MockProvider:
         if b.malformed:
             await _raw(send, 200, b'{"id": "broken", "choices": [', b"application/json")
             return
-        if request.get("stream"):
-            await self._stream(request, send)
+        if streaming:
+            await self._stream(request, send, delay)
         else:
             await _respond(send, 200, self._completion(request))
 
     def _auth_problem(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, Any] | None:
         if self.flavor == "anthropic":
-            if not headers.get(b"x-api-key"):
+            if not headers.get(b"x-api-key") and not headers.get(b"authorization"):
                 return 401, self._error("authentication_error", "x-api-key header is required")
             if not headers.get(b"anthropic-version"):
                 return 400, self._error(
@@ -204,7 +205,7 @@ class MockProvider:
             },
         }
 
-    async def _stream(self, request: dict[str, Any], send: Any) -> None:
+    async def _stream(self, request: dict[str, Any], send: Any, latency_ms: float) -> None:
         messages, read = self._messages(request)
         text = reply_for(messages)
         model = request.get("model") or "mock-model"
