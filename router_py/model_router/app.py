@@ -1,9 +1,14 @@
-"""The ASGI application: route table -> handlers, with the body decoded once.
+"""The application: route table -> handlers, with the body decoded once.
 
 Every request goes: match route -> authenticate and authorize -> rate limit ->
 read body (bounded) -> decode query and body into their Structs -> handler.
 Anything the client got wrong becomes a 4xx JSON error; only our own bugs can
 be a 500, and those are logged with the request id.
+
+The core (`App.respond`) knows no server interface. Two thin front ends speak
+to servers: ASGI (`__call__`, any ASGI server) and RSGI (`__rsgi__`, Granian's
+native interface, which `model-router serve` uses: it hands the request over
+with fewer hops between Granian's Rust threads and the event loop).
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import contextlib
 import logging
 import re
 import time
-import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from .api import ROUTES
-from .http import ApiError, Request, Response, RouteTable
+from .http import ApiError, Request, Response, RouteTable, new_id
 from .service import Service
 from .settings import Settings
 from .telemetry.logging import configure_logging
@@ -30,6 +35,9 @@ log = logging.getLogger("model_router.app")
 _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
+
+# Reads the request body, given the most bytes it may have.
+BodyReader = Callable[[int], Awaitable[bytes]]
 
 
 def error_response(err: ApiError, openai: bool) -> Response:
@@ -61,19 +69,121 @@ def invalid_input(exc: msgspec.MsgspecError, where: str) -> ApiError:
     return ApiError(400, kind, f"invalid {where}: {message}", details)
 
 
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body over {limit} bytes", {"limit": limit})
+
+
+def declared_too_large(headers: Mapping[str, str], limit: int) -> bool:
+    declared = headers.get("content-length")
+    return declared is not None and declared.isdigit() and int(declared) > limit
+
+
 class App:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.routes = RouteTable(ROUTES)
         self.service: Service | None = None
 
+    async def startup(self) -> None:
+        self.service = Service(self.settings)
+        await self.service.start()
+
+    async def shutdown(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+
+    # --- the core ----------------------------------------------------------
+
+    async def respond(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: Mapping[str, str],
+        read_body: BodyReader,
+        started: float,
+    ) -> tuple[Response, str]:
+        """The response to one request, and the request's id."""
+        request_id = headers.get("x-request-id", "")[:128] or new_id()
+        try:
+            response = await self._handle(
+                method, path, query_string, headers, read_body, request_id, started
+            )
+        except ApiError as err:
+            response = error_response(err, path.startswith("/v1/"))
+        except Exception:
+            log.exception("unhandled error", extra={"requestId": request_id})
+            err = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
+            response = error_response(err, path.startswith("/v1/"))
+        return response, request_id
+
+    async def _handle(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: Mapping[str, str],
+        read_body: BodyReader,
+        request_id: str,
+        started: float,
+    ) -> Response:
+        service = self.service
+        if service is None:
+            raise ApiError(503, "unavailable", "service is starting")
+        route, params = self.routes.match(method, path)
+        request = Request(method, path, params, headers, service, started=started)
+        request.request_id = request_id
+        if route.permission is not None:
+            principal = await service.authenticate(headers.get("authorization"))
+            principal.authorize(route.permission, params.get("workspaceId"))
+            service.check_rate(principal)
+            request.principal = principal
+        if route.query is not None:
+            query = dict(parse_qsl(query_string))
+            try:
+                request.query = msgspec.convert(query, route.query, strict=False)
+            except msgspec.ValidationError as exc:
+                raise invalid_input(exc, "query") from None
+        raw = await read_body(self.settings.max_body_bytes)
+        request.raw_body = raw
+        if route.body is not None and not route.raw_body:
+            if not raw.strip():
+                raise ApiError(400, "invalid_json", "a JSON request body is required")
+            try:
+                request.body = msgspec.json.decode(raw, type=route.body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise invalid_input(exc, "body") from None
+        return await route.handler(request)
+
+    @staticmethod
+    async def _stream_until_disconnect(
+        body: AsyncIterator[bytes],
+        send: Callable[[bytes], Awaitable[None]],
+        disconnected: Awaitable[Any],
+    ) -> None:
+        """Send each chunk as it comes; if the client disconnects first, stop
+        and close the body's iterator, which cancels the upstream call."""
+        sending = asyncio.ensure_future(_drain(body, send))
+        watching = asyncio.ensure_future(disconnected)
+        try:
+            await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sending, watching):
+                task.cancel()
+            for task in (sending, watching):
+                with contextlib.suppress(BaseException):
+                    await task
+            await body.aclose()  # type: ignore[attr-defined]
+
+    # --- ASGI ----------------------------------------------------------------
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            await self._asgi_http(scope, receive, send)
         elif scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await self._asgi_lifespan(receive, send)
 
-    async def _lifespan(self, receive: Any, send: Any) -> None:
+    async def _asgi_lifespan(self, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -89,148 +199,114 @@ class App:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def startup(self) -> None:
-        self.service = Service(self.settings)
-        await self.service.start()
-
-    async def shutdown(self) -> None:
-        if self.service is not None:
-            await self.service.stop()
-
-    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def _asgi_http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
-        openai = scope["path"].startswith("/v1/")
-        try:
-            response = await self._handle(scope, headers, receive, request_id, started)
-        except ApiError as err:
-            response = error_response(err, openai)
-        except Exception:
-            log.exception("unhandled error", extra={"requestId": request_id})
-            response = error_response(
-                ApiError(500, "internal_error", "internal error", {"requestId": request_id}),
-                openai,
-            )
-        if response.stream is not None:
-            await self._send_stream(response, request_id, receive, send)
-            return
-        response_headers = [
-            (b"content-type", response.content_type),
-            (b"content-length", str(len(response.body)).encode()),
-            (b"x-request-id", request_id.encode("latin-1")),
-            *response.headers,
-        ]
-        await send(
-            {"type": "http.response.start", "status": response.status, "headers": response_headers}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+        async def read_body(limit: int) -> bytes:
+            if declared_too_large(headers, limit):
+                raise too_large(limit)
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            return b"".join(chunks)
+
+        response, request_id = await self.respond(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b"").decode("latin-1"),
+            headers,
+            read_body,
+            started,
         )
-        await send({"type": "http.response.body", "body": response.body})
+        head = [
+            (b"content-type", response.content_type.encode()),
+            (b"x-request-id", request_id.encode("latin-1")),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers),
+        ]
+        if response.stream is None:
+            head.append((b"content-length", str(len(response.body)).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": head})
+            await send({"type": "http.response.body", "body": response.body})
+            return
+        head.append((b"cache-control", b"no-cache"))
+        await send({"type": "http.response.start", "status": response.status, "headers": head})
 
-    async def _send_stream(
-        self, response: Response, request_id: str, receive: Any, send: Any
-    ) -> None:
-        """Send each chunk as it comes; if the client disconnects first, stop
-        and close the body's iterator, which cancels the upstream call."""
-        assert response.stream is not None
-        body = response.stream
-
-        async def pump() -> None:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": [
-                        (b"content-type", response.content_type),
-                        (b"cache-control", b"no-cache"),
-                        (b"x-request-id", request_id.encode("latin-1")),
-                        *response.headers,
-                    ],
-                }
-            )
-            async for chunk in body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        async def send_chunk(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        sending = asyncio.ensure_future(pump())
-        watching = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sending, watching):
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await sending
-            with contextlib.suppress(BaseException):
-                await watching
-            await body.aclose()  # type: ignore[attr-defined]
+        await self._stream_until_disconnect(response.stream, send_chunk, disconnected())
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _handle(
-        self,
-        scope: dict[str, Any],
-        headers: dict[bytes, bytes],
-        receive: Any,
-        request_id: str,
-        started: float,
-    ) -> Response:
-        service = self.service
-        if service is None:
-            raise ApiError(503, "unavailable", "service is starting")
-        method, path = scope["method"], scope["path"]
-        route, params = self.routes.match(method, path)
-        request = Request(method, path, params, headers, service, started=started)
-        request.request_id = request_id
-        if route.permission is not None:
-            principal = await service.authenticate(headers.get(b"authorization"))
-            principal.authorize(route.permission, params.get("workspaceId"))
-            service.check_rate(principal)
-            request.principal = principal
-        if route.query is not None:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            try:
-                request.query = msgspec.convert(query, route.query, strict=False)
-            except msgspec.ValidationError as exc:
-                raise invalid_input(exc, "query") from None
-        raw = await self._read_body(headers, receive)
-        request.raw_body = raw
-        if route.body is not None and not route.raw_body:
-            if not raw.strip():
-                raise ApiError(400, "invalid_json", "a JSON request body is required")
-            try:
-                request.body = msgspec.json.decode(raw, type=route.body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise invalid_input(exc, "body") from None
-        return await route.handler(request)
+    # --- RSGI (Granian) ------------------------------------------------------
 
-    async def _read_body(self, headers: dict[bytes, bytes], receive: Any) -> bytes:
-        limit = self.settings.max_body_bytes
-        too_large = ApiError(
-            413, "payload_too_large", f"request body over {limit} bytes", {"limit": limit}
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.startup())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.shutdown())
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        started = time.perf_counter()
+        headers = scope.headers
+
+        async def read_body(limit: int) -> bytes:
+            if declared_too_large(headers, limit):
+                raise too_large(limit)
+            if headers.get("content-length") is not None:
+                body: bytes = await proto()
+                if len(body) > limit:
+                    raise too_large(limit)
+                return body
+            chunks, size = [], 0
+            async for chunk in proto:  # no declared length: count as it comes
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        response, request_id = await self.respond(
+            scope.method, scope.path, scope.query_string, headers, read_body, started
         )
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
+        head = [
+            ("content-type", response.content_type),
+            ("x-request-id", request_id),
+            *response.headers,
+        ]
+        if response.stream is None:
+            proto.response_bytes(response.status, head, response.body)
+            return
+        head.append(("cache-control", "no-cache"))
+        transport = proto.response_stream(response.status, head)
+        await self._stream_until_disconnect(
+            response.stream, transport.send_bytes, proto.client_disconnect()
+        )
+
+
+async def _drain(body: AsyncIterator[bytes], send: Callable[[bytes], Awaitable[None]]) -> None:
+    async for chunk in body:
+        await send(chunk)
 
 
 def create_app() -> App:
-    """The entry point Granian calls in each worker (``factory=True``)."""
+    """The entry point each server worker calls (Granian: ``factory=True``)."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     return App(settings)

@@ -88,22 +88,22 @@ def key_id_of(key: str) -> str | None:
     return parts[1]
 
 
-def bearer_token(authorization: bytes | None) -> str:
+def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise ApiError(
             401,
             "unauthorized",
             "missing Authorization header; send 'Authorization: Bearer <key>'",
-            headers=[(b"www-authenticate", b"Bearer")],
+            headers=[("www-authenticate", "Bearer")],
         )
-    scheme, _, token = authorization.decode("latin-1").partition(" ")
+    scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(
             401,
             "unauthorized",
             "Authorization must be 'Bearer <key>'",
-            headers=[(b"www-authenticate", b"Bearer")],
+            headers=[("www-authenticate", "Bearer")],
         )
     return token
 
@@ -113,7 +113,7 @@ def invalid_key() -> ApiError:
         401,
         "unauthorized",
         "invalid or revoked API key",
-        headers=[(b"www-authenticate", b"Bearer")],
+        headers=[("www-authenticate", "Bearer")],
     )
 
 

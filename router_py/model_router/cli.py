@@ -55,7 +55,9 @@ async def ensure_admin_key(catalog: Catalog, settings: Settings) -> str | None:
     return key
 
 
-def _granian(target: str, host: str, port: int, workers: int, log_level: str) -> None:
+def _granian(
+    target: str, interface: str, host: str, port: int, workers: int, log_level: str
+) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
@@ -64,7 +66,7 @@ def _granian(target: str, host: str, port: int, workers: int, log_level: str) ->
         factory=True,
         address=host,
         port=port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces(interface),
         workers=workers,
         loop=Loops.uvloop,
         log_level=log_level if log_level != "critical" else "error",  # type: ignore[arg-type]
@@ -86,6 +88,7 @@ def serve(settings: Settings) -> None:
         )
     _granian(
         "model_router.app:create_app",
+        settings.interface,
         settings.host,
         settings.port,
         settings.workers,
@@ -101,7 +104,14 @@ def mock_provider(args: argparse.Namespace) -> None:
         MOCK_ERROR_RATE=str(args.error_rate),
         MOCK_STREAM_CHUNKS=str(args.stream_chunks),
     )
-    _granian("model_router.mock_provider:create_app", args.host, args.port, args.workers, "warning")
+    _granian(
+        "model_router.mock_provider:create_app",
+        "asgi",
+        args.host,
+        args.port,
+        args.workers,
+        "warning",
+    )
 
 
 def config_export(settings: Settings, file: Path | None) -> None:

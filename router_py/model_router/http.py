@@ -8,7 +8,9 @@ app uses that to validate and authorize, the OpenAPI document to describe.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import itertools
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,7 +29,16 @@ Permission = Literal[
     "route",  # ask for routing decisions and model calls
 ]
 
-JSON = b"application/json"
+JSON = "application/json"
+
+# Ids unique across workers and restarts without a syscall each: a random
+# prefix per process, then a counter.
+_ID_PREFIX = secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
+def new_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):010x}"
 
 
 class ApiError(Exception):
@@ -40,7 +51,7 @@ class ApiError(Exception):
         type: str,
         message: str,
         details: Any = None,
-        headers: Sequence[tuple[bytes, bytes]] = (),
+        headers: Sequence[tuple[str, str]] = (),
     ):
         super().__init__(message)
         self.status = status
@@ -58,8 +69,8 @@ def not_found(what: str, id: str) -> ApiError:
 class Response:
     body: bytes
     status: int = 200
-    content_type: bytes = JSON
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: str = JSON
+    headers: list[tuple[str, str]] = field(default_factory=list)
     # A streamed body: sent chunk by chunk as it is produced; closed early if
     # the client goes away.
     stream: AsyncIterator[bytes] | None = None
@@ -77,7 +88,7 @@ class Request:
     method: str
     path: str
     path_params: dict[str, str]
-    headers: dict[bytes, bytes]
+    headers: Mapping[str, str]  # lower-case names
     service: Service
     query: Any = None
     body: Any = None
@@ -152,7 +163,7 @@ class RouteTable:
                 "method_not_allowed",
                 f"{method} is not allowed on {path}",
                 {"allowed": sorted(set(allowed))},
-                [(b"allow", ", ".join(sorted(set(allowed))).encode())],
+                [("allow", ", ".join(sorted(set(allowed))))],
             )
         raise ApiError(404, "not_found", f"no route for {method} {path}")
 

@@ -79,7 +79,7 @@ class Service:
         await self.client.close()
         await self.store.close()
 
-    async def authenticate(self, authorization: bytes | None) -> auth.Principal:
+    async def authenticate(self, authorization: str | None) -> auth.Principal:
         key = auth.bearer_token(authorization)
         principal = auth.bootstrap_principal(key, self._admin_key_hash)
         if principal is not None:
@@ -102,5 +102,5 @@ class Service:
                 f"rate limit of {self.settings.rate_limit_max} requests per "
                 f"{self.settings.rate_limit_window_ms} ms exceeded",
                 {"retryAfterSeconds": retry_after},
-                [(b"retry-after", str(int(retry_after)).encode())],
+                [("retry-after", str(int(retry_after)))],
             )

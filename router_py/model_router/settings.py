@@ -45,6 +45,7 @@ class Settings:
     request_timeout_ms: int = 60_000
     upstream_pool: int = 512
     recent_requests: int = 1000
+    interface: str = "rsgi"
 
     @property
     def sqlite_path(self) -> Path:
@@ -92,6 +93,7 @@ class Settings:
                 "MODEL_ROUTER_REQUEST_TIMEOUT_MS", _int_in(1, 600_000), d.request_timeout_ms
             ),
             upstream_pool=read("MODEL_ROUTER_UPSTREAM_POOL", _int_in(1, 100_000), d.upstream_pool),
+            interface=read("MODEL_ROUTER_INTERFACE", _one_of(("rsgi", "asgi")), d.interface),
             recent_requests=read(
                 "MODEL_ROUTER_RECENT_REQUESTS", _int_in(1, 1_000_000), d.recent_requests
             ),

@@ -4,7 +4,6 @@ POST /v1/chat/completions and GET /v1/models."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from .. import types as t
 from ..catalog import utcnow
 from ..engine.executor import Call, CallFailed, Result
 from ..engine.inputs import content_length, request_type
-from ..http import ApiError, Request, Response, Route, json_response
+from ..http import ApiError, Request, Response, Route, json_response, new_id
 
 _decode = msgspec.json.Decoder().decode
 
@@ -44,7 +43,7 @@ def _summary(
 ) -> t.RecentRequest:
     usage = result.usage if result else None
     return t.RecentRequest(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         request_id=call.request_id,
         timestamp=utcnow(),
         route=route,
@@ -81,13 +80,13 @@ def _observe_failure(req: Request, call: Call, route: str, failed: CallFailed) -
     return ApiError(failed.status, failed.type, failed.message, details or None)
 
 
-def _router_headers(req: Request, result: Result) -> list[tuple[bytes, bytes]]:
+def _router_headers(req: Request, result: Result) -> list[tuple[str, str]]:
     overhead = (time.perf_counter() - req.started) * 1000 - result.upstream_ms
     return [
-        (b"x-model-router-model", result.model_id.encode()),
-        (b"x-model-router-endpoint", result.endpoint_id.encode()),
-        (b"x-model-router-attempts", str(len(result.attempts)).encode()),
-        (b"x-model-router-overhead-ms", f"{max(0.0, overhead):.3f}".encode()),
+        ("x-model-router-model", result.model_id),
+        ("x-model-router-endpoint", result.endpoint_id),
+        ("x-model-router-attempts", str(len(result.attempts))),
+        ("x-model-router-overhead-ms", f"{max(0.0, overhead):.3f}"),
     ]
 
 
@@ -136,7 +135,7 @@ async def route_request(req: Request) -> Response:
     choice = result.completion.body["choices"][0]
     response = json_response(
         t.RouteResponse(
-            id=f"response-{uuid.uuid4().hex[:12]}",
+            id=f"response-{new_id()}",
             request_id=call.request_id,
             model_id=result.model_id,
             endpoint_id=result.endpoint_id,
@@ -168,7 +167,7 @@ def _chat_call(req: Request) -> tuple[Call, dict[str, Any], t.ChatCompletionRequ
     headers = req.headers
     live = req.service.live
     named = checked.model
-    agent = headers.get(b"x-agent-type", b"").decode("latin-1") or "default"
+    agent = headers.get("x-agent-type", "") or "default"
     requested = named if named in live.model_names else None
     if requested is None and named != "auto":
         agent = named  # neither a model nor auto: an agent type
@@ -176,8 +175,8 @@ def _chat_call(req: Request) -> tuple[Call, dict[str, Any], t.ChatCompletionRequ
     call = Call(
         request_id=req.request_id,
         agent_type=agent,
-        workspace_id=_workspace(req, headers.get(b"x-workspace-id", b"").decode("latin-1") or None),
-        user_id=headers.get(b"x-user-id", b"").decode("latin-1") or raw.get("user") or None,
+        workspace_id=_workspace(req, headers.get("x-workspace-id", "") or None),
+        user_id=headers.get("x-user-id", "") or raw.get("user") or None,
         request_type="chat",
         chat={k: v for k, v in raw.items() if k != "model"},
         content_length=content_length(None, checked.messages),
@@ -197,7 +196,7 @@ async def chat_completions(req: Request) -> Response:
             result, chunks = await executor.stream(call)
         except CallFailed as failed:
             raise _observe_failure(req, call, route, failed) from None
-        response = Response(b"", 200, b"text/event-stream", _router_headers(req, result))
+        response = Response(b"", 200, "text/event-stream", _router_headers(req, result))
         response.stream = _observed_stream(req, call, route, result, chunks)
         return response
     try:

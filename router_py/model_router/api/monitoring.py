@@ -11,7 +11,7 @@ from ..telemetry import metrics
 
 async def prometheus(req: Request) -> Response:
     body, content_type = metrics.render()
-    return Response(body, content_type=content_type.encode())
+    return Response(body, content_type=content_type)
 
 
 async def recent_requests(req: Request) -> Response:

@@ -110,7 +110,7 @@ async def openapi(req: Request) -> Response:
 
 async def docs(req: Request) -> Response:
     page = resources.files("model_router").joinpath("static/docs.html").read_bytes()
-    return Response(page, content_type=b"text/html; charset=utf-8")
+    return Response(page, content_type="text/html; charset=utf-8")
 
 
 ROUTES = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -19,21 +20,33 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "service": SERVICE,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": mask(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _masked(value)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return mask(msgspec.json.encode(entry, enc_hook=str).decode())
+            entry["exception"] = mask(self.formatException(record.exc_info))
+        return msgspec.json.encode(entry, enc_hook=str).decode()
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return mask(str(value))
 
 
 def configure_logging(level: str) -> None:

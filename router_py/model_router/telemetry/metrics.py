@@ -9,6 +9,7 @@ process, as in tests of the app object) the default registry is used.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -72,3 +73,38 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+class MetricBatch:
+    """Samples gathered on the request path and written to the Prometheus
+    metrics once per flush: a multiprocess sample write costs microseconds,
+    an entry here a dict update."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
+        self._observed: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+
+    def inc(self, counter: Counter, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        key = (counter, labels)
+        self._counts[key] = self._counts.get(key, 0.0) + amount
+
+    def observe(self, histogram: Histogram, labels: tuple[str, ...], value: float) -> None:
+        key = (histogram, labels)
+        slots = self._observed.get(key)
+        if slots is None:
+            # One count per bucket (not cumulative, as Histogram keeps them), then the sum.
+            slots = self._observed[key] = [0.0] * (len(histogram._upper_bounds) + 1)
+        slots[bisect_left(histogram._upper_bounds, value)] += 1
+        slots[-1] += value
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, {}
+        observed, self._observed = self._observed, {}
+        for (counter, labels), amount in counts.items():
+            (counter.labels(*labels) if labels else counter).inc(amount)
+        for (histogram, labels), slots in observed.items():
+            child = histogram.labels(*labels) if labels else histogram
+            for bucket, n in zip(child._buckets, slots, strict=False):
+                if n:
+                    bucket.inc(n)
+            child._sum.inc(slots[-1])

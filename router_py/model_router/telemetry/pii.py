@@ -1,39 +1,49 @@
 """Masking personal data and secrets in log lines, at every level.
 
-Applied to the whole formatted line, so nothing that reaches a log (a
-message, an extra field, an exception) escapes it.
+Applied to every string of a log entry (the message, each extra field, an
+exception), so nothing that reaches a log escapes it. Each pattern runs only
+when a cheap test says it could match, which keeps masking the line of a
+routed request to a few microseconds.
 """
 
 from __future__ import annotations
 
 import re
 
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    # Bearer tokens and our own keys before the generic secrets below.
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [REDACTED]"),
-    (re.compile(r"\bmr_[0-9a-f]+_[A-Za-z0-9_-]{8,}"), "[API_KEY]"),
-    (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}"), "[API_KEY]"),
-    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "[API_KEY]"),
-    (
-        re.compile(
-            r"(?i)\b(api[-_]?key|x-api-key|authorization|password|secret|token)([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"
-        ),
-        r"\1\2[REDACTED]",
-    ),
-    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[EMAIL]"),
-    # Card numbers: 13-19 digits, optionally grouped by spaces or dashes.
-    (re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), "[CARD]"),
-    # Phone numbers: an optional +country code, then 9+ digits with separators.
-    (
-        re.compile(
-            r"(?<![\w.])\+?\d{1,3}[\s.-]?\(?\d{2,4}\)?[\s.-]?\d{3,4}[\s.-]?\d{3,4}(?![\w.])"
-        ),
-        "[PHONE]",
-    ),
-]
+# Nine or more digits with at most one separator between them: what a card
+# or phone number needs at the least.
+_DIGIT_RUN = re.compile(r"\d(?:[\s().-]?\d){8}")
+_SECRET_WORDS = ("key", "authorization", "password", "secret", "token")
+
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+_OUR_KEY = re.compile(r"\bmr_[0-9a-f]+_[A-Za-z0-9_-]{8,}")
+_VENDOR_KEY = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}|\bAKIA[0-9A-Z]{16}\b")
+_SECRET_VALUE = re.compile(
+    r"(?i)\b(api[-_]?key|x-api-key|authorization|password|secret|token)"
+    r"([\"']?\s*[:=]\s*[\"']?)[^\s\"',}]{6,}"
+)
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# Card numbers: 13-19 digits, optionally grouped by spaces or dashes.
+_CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+# Phone numbers: an optional +country code, then 9+ digits with separators.
+_PHONE = re.compile(
+    r"(?<![\w.])\+?\d{1,3}[\s.-]?\(?\d{2,4}\)?[\s.-]?\d{3,4}[\s.-]?\d{3,4}(?![\w.])"
+)
 
 
 def mask(text: str) -> str:
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    """The text with personal data and secrets replaced by placeholders."""
+    lower = text.lower()
+    if "bearer" in lower:
+        text = _BEARER.sub(r"\1 [REDACTED]", text)
+    if "mr_" in text:
+        text = _OUR_KEY.sub("[API_KEY]", text)
+    if "k-" in text or "AKIA" in text:
+        text = _VENDOR_KEY.sub("[API_KEY]", text)
+    if any(word in lower for word in _SECRET_WORDS):
+        text = _SECRET_VALUE.sub(r"\1\2[REDACTED]", text)
+    if "@" in text:
+        text = _EMAIL.sub("[EMAIL]", text)
+    if _DIGIT_RUN.search(text):
+        text = _PHONE.sub("[PHONE]", _CARD.sub("[CARD]", text))
     return text

@@ -1,14 +1,16 @@
 """What happens after each routed request: one JSON log line, the Prometheus
 samples, and an entry in the shared list of recent requests.
 
-Nothing here waits on the network: recent requests are buffered and pushed to
-the store once a second, with the engine's rule match counts and health scores
-copied into their gauges on the same beat.
+None of it is done on the request path beyond queueing: log lines are written
+every 100 ms, metric samples and recent requests go out once a second (the
+latter to the store), with the engine's rule match counts and health scores
+copied into their gauges on the same beat. A clean stop flushes everything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 
@@ -20,6 +22,7 @@ from ..store import Store
 from . import metrics
 
 log = logging.getLogger("model_router.requests")
+LOG_INTERVAL_MS = 100
 
 
 class RequestObserver:
@@ -29,6 +32,8 @@ class RequestObserver:
         self.keep = keep
         self.interval_ms = interval_ms
         self._pending: deque[bytes] = deque(maxlen=keep)
+        self._metrics = metrics.MetricBatch()
+        self._lines: list[tuple[str, dict[str, object]]] = []
 
     def observe(
         self,
@@ -38,16 +43,17 @@ class RequestObserver:
         reply: str | None = None,
     ) -> None:
         model = summary.model_id or "none"
+        m = self._metrics
         for a in attempts:
-            metrics.ATTEMPTS.labels(a.model_id, a.endpoint_id, a.outcome).inc()
-        metrics.REQUESTS.labels(model, str(summary.status)).inc()
-        metrics.REQUEST_DURATION.labels(summary.route).observe(summary.latency_ms / 1000)
-        metrics.OVERHEAD.observe(max(0.0, summary.latency_ms - summary.upstream_ms) / 1000)
+            m.inc(metrics.ATTEMPTS, (a.model_id, a.endpoint_id, a.outcome))
+        m.inc(metrics.REQUESTS, (model, str(summary.status)))
+        m.observe(metrics.REQUEST_DURATION, (summary.route,), summary.latency_ms / 1000)
+        m.observe(metrics.OVERHEAD, (), max(0.0, summary.latency_ms - summary.upstream_ms) / 1000)
         if summary.model_id:
-            metrics.UPSTREAM_DURATION.labels(model).observe(summary.upstream_ms / 1000)
-            metrics.TOKENS.labels(model, "prompt").inc(summary.prompt_tokens)
-            metrics.TOKENS.labels(model, "completion").inc(summary.completion_tokens)
-            metrics.COST.labels(model).inc(summary.cost)
+            m.observe(metrics.UPSTREAM_DURATION, (model,), summary.upstream_ms / 1000)
+            m.inc(metrics.TOKENS, (model, "prompt"), summary.prompt_tokens)
+            m.inc(metrics.TOKENS, (model, "completion"), summary.completion_tokens)
+            m.inc(metrics.COST, (model,), summary.cost)
         self._pending.append(msgspec.json.encode(summary))
         if log.isEnabledFor(logging.INFO):
             extra = {
@@ -67,9 +73,16 @@ class RequestObserver:
             if log.isEnabledFor(logging.DEBUG):
                 extra |= {"prompt": prompt, "response": reply}
             message = "Request routed successfully" if summary.status == 200 else "Request failed"
+            self._lines.append((message, extra))
+
+    def write_log(self) -> None:
+        lines, self._lines = self._lines, []
+        for message, extra in lines:
             log.info(message, extra=extra)
 
     async def flush(self) -> None:
+        self.write_log()
+        self._metrics.flush()
         for rule_id, name, count in self.engine.rule_matches():
             metrics.RULE_MATCHES.labels(rule_id, name).set(count)
         for model, score in self.engine.health_scores():
@@ -84,8 +97,12 @@ class RequestObserver:
             raise
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_ms / 1000)
+        ticks_per_flush = max(1, self.interval_ms // LOG_INTERVAL_MS)
+        for tick in itertools.count(1):
+            await asyncio.sleep(LOG_INTERVAL_MS / 1000)
+            self.write_log()
+            if tick % ticks_per_flush:
+                continue
             try:
                 await self.flush()
             except Exception:
