@@ -32,8 +32,12 @@ run: build
 test: build
 	scripts/with-private-redis.sh bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q'
 
+# Engine micro-benchmarks (pytest-benchmark), then the load test: the router
+# (2 workers) in front of the mock provider, against the mock alone, with wrk.
 bench: build
-	scripts/with-private-redis.sh $(VENV)/bin/pytest -q bench --benchmark-only
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/pytest -q -s bench --benchmark-only --benchmark-columns=min,median,mean,max,rounds
+	$(VENV)/bin/python bench/load.py --seconds 10
 
 lint: build
 	cargo fmt --check
