@@ -1,16 +1,17 @@
 """What happens after each routed request: one JSON log line, the Prometheus
 samples, and an entry in the shared list of recent requests.
 
-None of it is done on the request path beyond queueing: log lines are written
-every 100 ms, metric samples and recent requests go out once a second (the
-latter to the store), with the engine's rule match counts and health scores
-copied into their gauges on the same beat. A clean stop flushes everything.
+Little of it is done on the request path: the log line is written just after
+the response has been handed to the server (`call_soon`), metric samples and
+recent requests are gathered and go out once a second (the latter to the
+store), with the engine's rule match counts and health scores copied into
+their gauges on the same beat. A clean stop flushes everything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import logging
 from collections import deque
 
@@ -22,7 +23,6 @@ from ..store import Store
 from . import metrics
 
 log = logging.getLogger("model_router.requests")
-LOG_INTERVAL_MS = 100
 
 
 class RequestObserver:
@@ -33,7 +33,6 @@ class RequestObserver:
         self.interval_ms = interval_ms
         self._pending: deque[bytes] = deque(maxlen=keep)
         self._metrics = metrics.MetricBatch()
-        self._lines: list[tuple[str, dict[str, object]]] = []
 
     def observe(
         self,
@@ -73,15 +72,9 @@ class RequestObserver:
             if log.isEnabledFor(logging.DEBUG):
                 extra |= {"prompt": prompt, "response": reply}
             message = "Request routed successfully" if summary.status == 200 else "Request failed"
-            self._lines.append((message, extra))
-
-    def write_log(self) -> None:
-        lines, self._lines = self._lines, []
-        for message, extra in lines:
-            log.info(message, extra=extra)
+            asyncio.get_running_loop().call_soon(functools.partial(log.info, message, extra=extra))
 
     async def flush(self) -> None:
-        self.write_log()
         self._metrics.flush()
         for rule_id, name, count in self.engine.rule_matches():
             metrics.RULE_MATCHES.labels(rule_id, name).set(count)
@@ -97,12 +90,8 @@ class RequestObserver:
             raise
 
     async def run(self) -> None:
-        ticks_per_flush = max(1, self.interval_ms // LOG_INTERVAL_MS)
-        for tick in itertools.count(1):
-            await asyncio.sleep(LOG_INTERVAL_MS / 1000)
-            self.write_log()
-            if tick % ticks_per_flush:
-                continue
+        while True:
+            await asyncio.sleep(self.interval_ms / 1000)
             try:
                 await self.flush()
             except Exception:
