@@ -20,6 +20,7 @@ T = TypeVar("T", bound=msgspec.Struct)
 class Kind(Generic[T]):
     name: str
     type: type[T]
+    label: str  # what one is called in messages: "model", "rule"
 
     def encode(self, doc: T) -> bytes:
         return msgspec.json.encode(doc)
@@ -31,13 +32,14 @@ class Kind(Generic[T]):
         return Put(self.name, id, self.encode(doc))
 
 
-MODELS = Kind("models", t.Model)
-ENDPOINTS = Kind("endpoints", t.Endpoint)
-RULES = Kind("rules", t.RoutingRule)
-AGENTS = Kind("agents", t.AgentPreferences)
-WORKSPACES = Kind("workspaces", t.WorkspaceConfig)
-HEALTH = Kind("health", t.ModelHealth)
-KEYS = Kind("keys", t.ApiKey)
+MODELS = Kind("models", t.Model, "model")
+ENDPOINTS = Kind("endpoints", t.Endpoint, "endpoint")
+RULES = Kind("rules", t.RoutingRule, "rule")
+AGENTS = Kind("agents", t.AgentPreferences, "agentType")
+WORKSPACES = Kind("workspaces", t.WorkspaceConfig, "workspace")
+HEALTH = Kind("health", t.ModelHealth, "health")
+KEYS = Kind("keys", t.ApiKey, "key")
+LABELS = {k.name: k.label for k in (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES, HEALTH, KEYS)}
 
 CONFIG_KINDS = (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES)
 

@@ -10,7 +10,6 @@ workers admit within one sync interval.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -22,11 +21,10 @@ log = logging.getLogger("model_router.ratelimit")
 
 
 class RateLimiter:
-    def __init__(self, store: Store, limit: int, window_ms: int, sync_ms: int = 1000):
+    def __init__(self, store: Store, limit: int, window_ms: int):
         self.store = store
         self.limit = limit
         self.window_ms = window_ms
-        self.sync_ms = sync_ms
         self._pending: dict[tuple[str, int], int] = defaultdict(int)
         self._known: dict[tuple[str, int], int] = {}
 
@@ -58,11 +56,3 @@ class RateLimiter:
             raise
         for name, total in totals.items():
             self._known[names[name]] = total
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.sync_ms / 1000)
-            try:
-                await self.sync()
-            except Exception:
-                log.exception("rate-limit sync failed; will retry")

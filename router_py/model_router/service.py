@@ -16,6 +16,7 @@ from .engine.live import LiveConfig
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
 from .http import ApiError
+from .periodic import every, log_failure
 from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import open_store
@@ -30,7 +31,6 @@ class Service:
         self.live = LiveConfig(
             self.catalog,
             t.EngineSettings(fail_open=settings.fail_open, min_samples=settings.min_samples),
-            settings.config_poll_ms,
         )
         self.spend = SpendSync(
             self.live.engine,
@@ -56,11 +56,15 @@ class Service:
 
     async def start(self) -> None:
         await self.live.refresh()
+        beats = [
+            ("config-poll", self.settings.config_poll_ms, self.live.refresh, self.live.failed),
+            ("rate-limit-sync", 1000, self.limiter.sync, log_failure("rate-limit sync")),
+            ("spend-sync", 1000, self.spend.flush, log_failure("spend flush")),
+            ("telemetry-flush", 1000, self.observer.flush, log_failure("telemetry flush")),
+        ]
         self._tasks = [
-            asyncio.create_task(self.live.run(), name="config-poll"),
-            asyncio.create_task(self.limiter.run(), name="rate-limit-sync"),
-            asyncio.create_task(self.spend.run(), name="spend-sync"),
-            asyncio.create_task(self.observer.run(), name="request-flush"),
+            asyncio.create_task(every(interval, work, on_error), name=name)
+            for name, interval, work, on_error in beats
         ]
 
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ from .. import types as t
 from ..catalog import AGENTS, MODELS, WORKSPACES, utcnow
 from ..http import Request, Response, Route, json_response, not_found
 from ..validation import path_id, preference_problems, raise_problems
+from .writes import put_whole
 
 
 async def set_preferences(req: Request) -> Response:
@@ -19,9 +20,7 @@ async def set_preferences(req: Request) -> Response:
     prefs = t.AgentPreferences(
         agent_type=agent_type, updated_at=utcnow(), **msgspec.structs.asdict(body)
     )
-    existed = await req.service.store.get(AGENTS.name, agent_type) is not None
-    await req.service.catalog.apply([AGENTS.put(agent_type, prefs)])
-    return json_response(prefs, 200 if existed else 201)
+    return await put_whole(req, AGENTS, agent_type, prefs)
 
 
 async def get_preferences(req: Request) -> Response:
@@ -38,9 +37,7 @@ async def set_workspace_config(req: Request) -> Response:
     config = t.WorkspaceConfig(
         workspace_id=workspace_id, updated_at=utcnow(), **msgspec.structs.asdict(body)
     )
-    existed = await req.service.store.get(WORKSPACES.name, workspace_id) is not None
-    await req.service.catalog.apply([WORKSPACES.put(workspace_id, config)])
-    return json_response(config, 200 if existed else 201)
+    return await put_whole(req, WORKSPACES, workspace_id, config)
 
 
 async def get_workspace_config(req: Request) -> Response:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from .. import auth
 from .. import types as t
 from ..catalog import KEYS, utcnow
-from ..http import Request, Response, Route, json_response, not_found
-from ..store import Delete, ExpectPresent, PreconditionFailed
+from ..http import Request, Response, Route, json_response
+from ..store import Delete, ExpectPresent
+from .writes import apply
 
 
 def key_info(record: t.ApiKey) -> t.KeyInfo:
@@ -45,12 +46,7 @@ async def list_keys(req: Request) -> Response:
 
 async def revoke_key(req: Request) -> Response:
     key_id = req.path_params["keyId"]
-    try:
-        await req.service.catalog.apply(
-            [ExpectPresent(KEYS.name, key_id), Delete(KEYS.name, key_id)]
-        )
-    except PreconditionFailed:
-        raise not_found("key", key_id) from None
+    await apply(req, [ExpectPresent(KEYS.name, key_id), Delete(KEYS.name, key_id)])
     return json_response(t.Deleted(id=key_id))
 
 

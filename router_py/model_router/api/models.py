@@ -9,7 +9,8 @@ import msgspec
 from .. import types as t
 from ..catalog import ENDPOINTS, HEALTH, MODELS, utcnow
 from ..http import ApiError, Request, Response, Route, json_response, not_found
-from ..store import ExpectAbsent, ExpectPresent, PreconditionFailed
+from ..store import ExpectAbsent, ExpectPresent
+from .writes import apply
 
 
 async def register_model(req: Request) -> Response:
@@ -19,14 +20,7 @@ async def register_model(req: Request) -> Response:
     model = t.Model(
         **{**fields, "id": body.id or body.version, "created_at": now, "updated_at": now}
     )
-    try:
-        await req.service.catalog.apply(
-            [ExpectAbsent(MODELS.name, model.id), MODELS.put(model.id, model)]
-        )
-    except PreconditionFailed:
-        raise ApiError(
-            409, "conflict", f"model {model.id!r} already exists", {"modelId": model.id}
-        ) from None
+    await apply(req, [ExpectAbsent(MODELS.name, model.id), MODELS.put(model.id, model)])
     return json_response(model, 201)
 
 
@@ -96,12 +90,7 @@ async def set_health(req: Request) -> Response:
     model_id = req.path_params["modelId"]
     body: t.HealthUpdate = req.body
     health = t.ModelHealth(model_id=model_id, last_checked=utcnow(), **msgspec.structs.asdict(body))
-    try:
-        await req.service.catalog.apply(
-            [ExpectPresent(MODELS.name, model_id), HEALTH.put(model_id, health)]
-        )
-    except PreconditionFailed:
-        raise not_found("model", model_id) from None
+    await apply(req, [ExpectPresent(MODELS.name, model_id), HEALTH.put(model_id, health)])
     return json_response(health)
 
 
@@ -126,20 +115,14 @@ async def add_endpoint(req: Request) -> Response:
             "created_at": utcnow(),
         }
     )
-    try:
-        await req.service.catalog.apply(
-            [
-                ExpectPresent(MODELS.name, model_id),
-                ExpectAbsent(ENDPOINTS.name, endpoint.id),
-                ENDPOINTS.put(endpoint.id, endpoint),
-            ]
-        )
-    except PreconditionFailed as failed:
-        if failed.op.kind == MODELS.name:
-            raise not_found("model", model_id) from None
-        raise ApiError(
-            409, "conflict", f"endpoint {endpoint.id!r} already exists", {"endpointId": endpoint.id}
-        ) from None
+    await apply(
+        req,
+        [
+            ExpectPresent(MODELS.name, model_id),
+            ExpectAbsent(ENDPOINTS.name, endpoint.id),
+            ENDPOINTS.put(endpoint.id, endpoint),
+        ],
+    )
     return json_response(endpoint, 201)
 
 

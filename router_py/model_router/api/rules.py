@@ -9,9 +9,10 @@ import msgspec
 
 from .. import types as t
 from ..catalog import MODELS, RULES, utcnow
-from ..http import ApiError, Request, Response, Route, json_response, not_found
-from ..store import Delete, ExpectAbsent, ExpectPresent, PreconditionFailed
+from ..http import Request, Response, Route, json_response, not_found
+from ..store import Delete, ExpectAbsent, ExpectPresent
 from ..validation import raise_problems, rule_problems
+from .writes import apply
 
 
 def evaluation_order(rule: t.RoutingRule) -> tuple[int, str, str]:
@@ -38,14 +39,7 @@ async def add_rule(req: Request) -> Response:
             "updated_at": now,
         }
     )
-    try:
-        await req.service.catalog.apply(
-            [ExpectAbsent(RULES.name, rule.id), RULES.put(rule.id, rule)]
-        )
-    except PreconditionFailed:
-        raise ApiError(
-            409, "conflict", f"rule {rule.id!r} already exists", {"ruleId": rule.id}
-        ) from None
+    await apply(req, [ExpectAbsent(RULES.name, rule.id), RULES.put(rule.id, rule)])
     return json_response(rule, 201)
 
 
@@ -87,12 +81,7 @@ async def update_rule(req: Request) -> Response:
 
 async def delete_rule(req: Request) -> Response:
     rule_id = req.path_params["ruleId"]
-    try:
-        await req.service.catalog.apply(
-            [ExpectPresent(RULES.name, rule_id), Delete(RULES.name, rule_id)]
-        )
-    except PreconditionFailed:
-        raise not_found("rule", rule_id) from None
+    await apply(req, [ExpectPresent(RULES.name, rule_id), Delete(RULES.name, rule_id)])
     return json_response(t.Deleted(id=rule_id))
 
 

@@ -9,7 +9,6 @@ over), so a request always sees one consistent version.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -24,10 +23,9 @@ log = logging.getLogger("model_router.engine")
 
 
 class LiveConfig:
-    def __init__(self, catalog: Catalog, settings: t.EngineSettings, poll_ms: int):
+    def __init__(self, catalog: Catalog, settings: t.EngineSettings):
         self.catalog = catalog
         self.settings = settings
-        self.poll_ms = poll_ms
         self.engine = Engine()
         self.version = -1  # nothing loaded yet
         self.keys: dict[str, t.ApiKey] = {}
@@ -90,11 +88,7 @@ class LiveConfig:
             workspace_configs={w.workspace_id: w for w in await c.all(WORKSPACES)},
         )
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_ms / 1000)
-            try:
-                await self.refresh()
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("config reload failed; keeping version %d", self.version)
+    def failed(self, exc: Exception) -> None:
+        """A reload failed: keep serving the version we have, and say so in health."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("config reload failed; keeping version %d", self.version, exc_info=exc)

@@ -10,7 +10,6 @@ spend within one flush interval.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -41,12 +40,10 @@ class SpendSync:
         engine: Engine,
         store: Store,
         budgeted: Callable[[], Iterable[str]],
-        interval_ms: int = 1000,
     ):
         self.engine = engine
         self.store = store
         self.budgeted = budgeted  # the workspaces whose totals the budget check needs
-        self.interval_ms = interval_ms
 
     async def flush(self, now: datetime | None = None) -> None:
         keys = period_keys(now or datetime.now(UTC))
@@ -77,11 +74,3 @@ class SpendSync:
                 for ws in watched
             }
         )
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_ms / 1000)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("spend flush failed; will retry")

@@ -26,11 +26,10 @@ log = logging.getLogger("model_router.requests")
 
 
 class RequestObserver:
-    def __init__(self, store: Store, engine: Engine, keep: int, interval_ms: int = 1000):
+    def __init__(self, store: Store, engine: Engine, keep: int):
         self.store = store
         self.engine = engine
         self.keep = keep
-        self.interval_ms = interval_ms
         self._pending: deque[bytes] = deque(maxlen=keep)
         self._metrics = metrics.MetricBatch()
 
@@ -88,11 +87,3 @@ class RequestObserver:
         except BaseException:
             self._pending.extendleft(reversed(items))  # try again next time
             raise
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_ms / 1000)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("recent-request flush failed; will retry")
