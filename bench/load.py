@@ -27,7 +27,10 @@ from pathlib import Path
 import httpx
 
 BIN = Path(sys.executable).parent
-BODY = {"model": "auto", "messages": [{"role": "user", "content": "Write a tagline for a coffee shop"}]}
+BODY = {
+    "model": "auto",
+    "messages": [{"role": "user", "content": "Write a tagline for a coffee shop"}],
+}
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.body = [[{body}]]
@@ -69,12 +72,26 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def wrk(url: str, script: Path, seconds: int, connections: int, threads: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 30, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
     ).stdout
+
     def millis(label: str) -> float:
         value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -85,7 +102,9 @@ def wrk(url: str, script: Path, seconds: int, connections: int, threads: int) ->
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -99,22 +118,46 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mr-bench-"))
     mock_port, router_port = free_port(), free_port()
     admin = "bench-admin-" + secrets.token_hex(8)
-    env = {**os.environ, "PORT": str(router_port), "HOST": "127.0.0.1", "MODEL_ROUTER_DATA_DIR": str(work),
-           "MODEL_ROUTER_ADMIN_KEY": admin, "MODEL_ROUTER_WORKERS": str(args.workers),
-           "LOG_LEVEL": args.log_level, "RATE_LIMIT_MAX": "1000000000", "MOCK_KEY": "mock-secret"}
+    env = {
+        **os.environ,
+        "PORT": str(router_port),
+        "HOST": "127.0.0.1",
+        "MODEL_ROUTER_DATA_DIR": str(work),
+        "MODEL_ROUTER_ADMIN_KEY": admin,
+        "MODEL_ROUTER_WORKERS": str(args.workers),
+        "LOG_LEVEL": args.log_level,
+        "RATE_LIMIT_MAX": "1000000000",
+        "MOCK_KEY": "mock-secret",
+    }
     env.pop("REDIS_URL", None)
-    mock = start([str(BIN / "model-router"), "mock-provider", "--port", str(mock_port)], env, work / "mock.log")
+    mock = start(
+        [str(BIN / "model-router"), "mock-provider", "--port", str(mock_port)],
+        env,
+        work / "mock.log",
+    )
     router = start([str(BIN / "model-router"), "serve"], env, work / "router.log")
     try:
         wait_up(f"http://127.0.0.1:{mock_port}/__mock/stats")
         wait_up(f"http://127.0.0.1:{router_port}/health")
-        admin_client = httpx.Client(base_url=f"http://127.0.0.1:{router_port}",
-                                    headers={"Authorization": f"Bearer {admin}"})
-        admin_client.post("/api/models", json={
-            "name": "Bench", "version": "bench-model", "provider": "openai", "modelType": "chat",
-            "pricing": {"inputPer1k": 0.001, "outputPer1k": 0.002}}).raise_for_status()
-        admin_client.post("/api/models/bench-model/endpoints", json={
-            "url": f"http://127.0.0.1:{mock_port}/v1/chat/completions", "apiKeyEnv": "MOCK_KEY"},
+        admin_client = httpx.Client(
+            base_url=f"http://127.0.0.1:{router_port}", headers={"Authorization": f"Bearer {admin}"}
+        )
+        admin_client.post(
+            "/api/models",
+            json={
+                "name": "Bench",
+                "version": "bench-model",
+                "provider": "openai",
+                "modelType": "chat",
+                "pricing": {"inputPer1k": 0.001, "outputPer1k": 0.002},
+            },
+        ).raise_for_status()
+        admin_client.post(
+            "/api/models/bench-model/endpoints",
+            json={
+                "url": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+                "apiKeyEnv": "MOCK_KEY",
+            },
         ).raise_for_status()
         time.sleep(1.0)  # every worker picks the config up
         check = admin_client.post("/v1/chat/completions", json=BODY)
@@ -124,7 +167,9 @@ def main() -> int:
         direct = work / "direct.lua"
         direct.write_text(WRK_SCRIPT.format(body=body, auth=""))
         routed = work / "routed.lua"
-        routed.write_text(WRK_SCRIPT.format(body=body, auth=f'wrk.headers["Authorization"] = "Bearer {admin}"'))
+        routed.write_text(
+            WRK_SCRIPT.format(body=body, auth=f'wrk.headers["Authorization"] = "Bearer {admin}"')
+        )
         mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
         router_url = f"http://127.0.0.1:{router_port}/v1/chat/completions"
 
@@ -140,8 +185,11 @@ def main() -> int:
     finally:
         stop(router)
         stop(mock)
-    print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s, router with {args.workers} "
-          f"workers, LOG_LEVEL={args.log_level}, POST /v1/chat/completions")
+    print(
+        f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
+        f"router with {args.workers} workers, LOG_LEVEL={args.log_level}, "
+        "POST /v1/chat/completions"
+    )
     print(f"{'target':<16}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
     for name, r in results.items():
         print(f"{name:<16}{r['rps']:>12.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['errors']:>10.0f}")
