@@ -291,7 +291,7 @@ def test_an_error_event_inside_a_stream_is_a_failure_and_fails_over_before_the_f
     router.wait_for_config()
     client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=router.admin_key)
     messages = [{"role": "user", "content": "hi"}]
-    for failure in ({"status": 500}, {"streamError": True}):
+    for failure in ({"status": 500}, {"streamError": True, "streamErrorAt": 0}):
         bad.behave(reset=True)
         bad.behave(**failure)
         chunks = list(client.chat.completions.create(model="auto", messages=messages, stream=True))

@@ -8,7 +8,8 @@ message) and its token counts are chars/4 of what it read and wrote.
 
 Control, for tests: `POST /__mock/behavior` with any of `status` (answer with
 this HTTP status), `retryAfter` (seconds, with 429/503), `malformed` (a 200
-whose body is not JSON), `streamError` (an error event inside a 200 stream),
+whose body is not JSON), `streamError` (an error event inside a 200 stream, as its event number
+`streamErrorAt`, default 2),
 `latencyMs`, `errorRate`; `GET /__mock/stats` counts the requests seen.
 """
 
@@ -38,6 +39,7 @@ class Behavior:
     retry_after: float | None = None
     malformed: bool = False
     stream_error: bool = False
+    stream_error_at: int = 2
 
 
 @dataclass
@@ -229,7 +231,7 @@ class MockProvider:
             self.behavior.latency_ms / 1000 / max(1, len(pieces)) if self.behavior.latency_ms else 0
         )
         for i, event in enumerate(events):
-            if self.behavior.stream_error and i == 2:
+            if self.behavior.stream_error and i == self.behavior.stream_error_at:
                 error = self._error("api_error", "mock failure inside the stream")
                 name = b"event: error\n" if self.flavor == "anthropic" else b""
                 await send(
@@ -340,6 +342,7 @@ class MockProvider:
             b.retry_after = changes.get("retryAfter", b.retry_after)
             b.malformed = changes.get("malformed", b.malformed)
             b.stream_error = changes.get("streamError", b.stream_error)
+            b.stream_error_at = changes.get("streamErrorAt", b.stream_error_at)
             b.latency_ms = changes.get("latencyMs", b.latency_ms)
             b.error_rate = changes.get("errorRate", b.error_rate)
             if changes.get("reset"):

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from .. import types as t
@@ -264,7 +263,7 @@ class Executor:
             except TimeoutError:
                 upstream_ms += self._record(call, attempt, attempts, "timeout", None, "timed out")
                 continue
-            except (aiohttp.ClientError, OSError) as exc:
+            except OSError as exc:
                 upstream_ms += self._record(
                     call, attempt, attempts, "connect_error", None, str(exc)[:200]
                 )
@@ -318,7 +317,7 @@ class Executor:
                 await opened.__aexit__(None, None, None)
                 upstream_ms += self._record(call, attempt, attempts, "timeout", None, "timed out")
                 continue
-            except (aiohttp.ClientError, OSError) as exc:
+            except OSError as exc:
                 await opened.__aexit__(None, None, None)
                 upstream_ms += self._record(
                     call, attempt, attempts, "connect_error", None, str(exc)[:200]
@@ -381,7 +380,7 @@ class Executor:
             finished = state.error is None
             if not state.done and finished:
                 state.error, finished = "stream ended without its final event", False
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             state.error = f"{type(exc).__name__}: {exc}"[:200]
         finally:
             usage = self._usage(

@@ -1,17 +1,31 @@
 """The pooled HTTP client that carries every upstream call of a worker.
 
-One small interface (`post`, `stream`) over aiohttp's client: keep-alive, a
-bounded connection pool and a DNS cache, so the executor neither knows nor
-cares which client is underneath and a faster one can be swapped in.
+One small interface (`post`, `stream`) so the executor neither knows nor
+cares what is underneath. Underneath is a lean HTTP/1.1 client: asyncio
+protocols with httptools' C parser, kept-alive connections pooled per
+origin, TLS through the standard `ssl` module (system trust store;
+SSL_CERT_FILE is honoured). It replaced aiohttp's client after measuring
+both behind Granian: at concurrency 1 the router's added latency went from
+0.45 ms to 0.23 ms for a bare proxy (bench/load.py holds the figures).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
+import httptools
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+class UpstreamError(ConnectionError):
+    """The connection failed or closed, or the answer was not HTTP."""
 
 
 @dataclass(frozen=True)
@@ -36,57 +50,218 @@ class UpstreamStream:
     body: bytes = b""  # the whole body, when the status is not 200
 
 
-class UpstreamClient:
-    def __init__(self, pool_size: int = 512, per_host: int = 0):
-        self._pool_size = pool_size
-        self._per_host = per_host
-        self._session: aiohttp.ClientSession | None = None
+_END = object()  # marks the end of a response body in a connection's queue
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._pool_size,
-                limit_per_host=self._per_host,
-                ttl_dns_cache=300,
-                keepalive_timeout=60,
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection; one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self._head: asyncio.Future[None] | None = None
+        self._queue: deque[object] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._headers: dict[str, str] = {}
+        self.complete = False
+        self.keep_alive = False  # read while parsing: llhttp forgets it after the message
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"not an HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.complete or self._head is None:
+            return
+        if exc is None and self._head.done() and not self.keep_alive:
+            self.on_message_complete()  # a body delimited by the connection's end
+            return
+        self._fail(UpstreamError(f"connection closed by the upstream{f': {exc}' if exc else ''}"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._queue.append(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._queue.append(_END)
+        self._wake()
+
+    # the client's side
+    def send(self, head: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpResponseParser(self)
+        self.complete = False
+        self.keep_alive = False
+        self._headers = {}
+        self._queue.clear()
+        self._head = loop.create_future()
+        self.transport.write(head + body)
+
+    async def head(self) -> tuple[int, dict[str, str]]:
+        assert self._head is not None
+        await self._head
+        return self.parser.get_status_code(), self._headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            while self._queue:
+                chunk = self._queue.popleft()
+                if chunk is _END:
+                    return
+                if isinstance(chunk, Exception):
+                    raise chunk
+                assert isinstance(chunk, bytes)
+                yield chunk
+            self._wakeup = asyncio.get_running_loop().create_future()
+            await self._wakeup
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def reusable(self) -> bool:
+        return self.complete and not self.closed and self.keep_alive
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _fail(self, exc: Exception) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(exc)
+        self._queue.append(exc)
+        self._wake()
+
+
+def _head(method: str, target: str, host: str, headers: dict[str, str], length: int) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"host: {host}", f"content-length: {length}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class UpstreamClient:
+    def __init__(self, pool_size: int = 512):
+        self._slots = asyncio.Semaphore(pool_size)
+        self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
+        self._ssl: ssl.SSLContext | None = None
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        idle = self._idle[origin]
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        scheme, host, port = origin
+        tls = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(
+                _Connection, host, port, ssl=tls, server_hostname=host if tls else None
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
-            )
-        return self._session
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return conn
+
+    def _release(self, origin: Origin, conn: _Connection) -> None:
+        if conn.reusable():
+            self._idle[origin].append(conn)
+        else:
+            conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, request: UpstreamRequest
+    ) -> AsyncIterator[tuple[Origin, _Connection]]:
+        url = urlsplit(request.url)
+        scheme = url.scheme or "http"
+        host = url.hostname or ""
+        port = url.port or (443 if scheme == "https" else 80)
+        origin = (scheme, host, port)
+        target = url.path or "/"
+        if url.query:
+            target += "?" + url.query
+        async with self._slots:
+            conn = await self._connect(origin)
+            try:
+                authority = host if url.port is None else f"{host}:{port}"
+                conn.send(
+                    _head("POST", target, authority, request.headers, len(request.body)),
+                    request.body,
+                )
+                yield origin, conn
+            except BaseException:
+                conn.close()  # cancelled or failed mid-exchange: the connection is not reusable
+                raise
+            self._release(origin, conn)
 
     async def post(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse:
-        async with self._client().post(
-            request.url,
-            data=request.body,
-            headers=request.headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as response:
-            body = await response.read()
-            return UpstreamResponse(response.status, dict(response.headers), body)
+        async with asyncio.timeout(timeout_s), self._exchange(request) as (_, conn):
+            status, headers = await conn.head()
+            body = await conn.read()
+        return UpstreamResponse(status, headers, body)
 
     @contextlib.asynccontextmanager
     async def stream(
         self, request: UpstreamRequest, timeout_s: float
     ) -> AsyncIterator[UpstreamStream]:
-        """Open a streaming call. `timeout_s` bounds the connection and each
-        wait for the next bytes, not the whole stream."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
-        async with self._client().post(
-            request.url, data=request.body, headers=request.headers, timeout=timeout
-        ) as response:
-            headers = dict(response.headers)
-            if response.status != 200:
-                yield UpstreamStream(response.status, headers, _empty(), await response.read())
+        """Open a streaming call. `timeout_s` bounds the connection and the
+        head, and each wait for the next bytes, not the whole stream."""
+        async with self._exchange(request) as (_, conn):
+            async with asyncio.timeout(timeout_s):
+                status, headers = await conn.head()
+            if status != 200:
+                async with asyncio.timeout(timeout_s):
+                    body = await conn.read()
+                yield UpstreamStream(status, headers, _nothing(), body)
                 return
-            yield UpstreamStream(response.status, headers, response.content.iter_any())
+            yield UpstreamStream(status, headers, _paced(conn.chunks(), timeout_s))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
 
 
-async def _empty() -> AsyncIterator[bytes]:
+async def _paced(chunks: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """The chunks, each within `timeout_s` of the one before."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        yield chunk
+
+
+async def _nothing() -> AsyncIterator[bytes]:
     return
     yield b""  # pragma: no cover - makes this an async generator

@@ -1,0 +1,181 @@
+"""The upstream HTTP client against real sockets on loopback: a tiny HTTP/1.1
+server whose answers each test scripts, counting the connections it accepts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from model_router.engine.upstream import UpstreamClient, UpstreamError, UpstreamRequest
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    return head + await reader.readexactly(length)
+
+
+class Server:
+    def __init__(self, answer: Answer):
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                self.requests.append(await read_request(reader))
+                if not await self.answer(reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1/chat/completions?api-version=1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+
+def request(url: str) -> UpstreamRequest:
+    return UpstreamRequest(url, {"content-type": "application/json", "x-api-key": "k"}, b'{"a":1}')
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_keeps_connections_alive_and_sends_a_proper_request():
+    async def answer(reader, writer):
+        writer.write(OK)
+        return True
+
+    async def scenario():
+        server, client = Server(answer), UpstreamClient()
+        async with server as url:
+            for _ in range(5):
+                response = await client.post(request(url), 5)
+                assert (response.status, response.body) == (200, b'{"ok":true}')
+                assert response.headers["content-type"] == "application/json"
+            await asyncio.gather(*(client.post(request(url), 5) for _ in range(4)))
+        await client.close()
+        assert server.connections <= 4
+        first = server.requests[0]
+        assert first.startswith(b"POST /v1/chat/completions?api-version=1 HTTP/1.1\r\n")
+        assert b"\r\nx-api-key: k\r\n" in first and first.endswith(b'{"a":1}')
+        assert b"host: 127.0.0.1:" in first
+
+    run(scenario())
+
+
+def test_chunked_and_connection_delimited_bodies():
+    chunked = (
+        b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{"a"\r\n4\r\n:12}\r\n0\r\n\r\n'
+    )
+
+    async def answer_chunked(reader, writer):
+        writer.write(chunked)
+        return True
+
+    async def answer_until_close(reader, writer):
+        writer.write(b'HTTP/1.0 200 OK\r\n\r\n{"until":"close"}')
+        await writer.drain()
+        return False
+
+    async def scenario():
+        client = UpstreamClient()
+        async with Server(answer_chunked) as url:
+            assert (await client.post(request(url), 5)).body == b'{"a":12}'
+        async with Server(answer_until_close) as url:
+            assert (await client.post(request(url), 5)).body == b'{"until":"close"}'
+            assert (await client.post(request(url), 5)).body == b'{"until":"close"}'
+        await client.close()
+
+    run(scenario())
+
+
+def test_streams_chunk_by_chunk():
+    async def answer(reader, writer):
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for i in range(3):
+            event = f"data: {i}\n\n".encode()
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def scenario():
+        client = UpstreamClient()
+        async with Server(answer) as url:
+            async with client.stream(request(url), 5) as stream:
+                assert stream.status == 200
+                got = [chunk async for chunk in stream.chunks]
+        assert b"".join(got) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and len(got) == 3
+        await client.close()
+
+    run(scenario())
+
+
+def test_failures_are_errors_not_hangs():
+    async def garbage(reader, writer):
+        writer.write(b"this is not http\r\n\r\n")
+        return True
+
+    async def hang_up(reader, writer):
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"trunc')
+        await writer.drain()
+        return False
+
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+        return False
+
+    async def scenario():
+        client = UpstreamClient()
+        for answer in (garbage, hang_up):
+            async with Server(answer) as url:
+                with pytest.raises(UpstreamError):
+                    await client.post(request(url), 5)
+        async with Server(silent) as url:
+            with pytest.raises(TimeoutError):
+                await client.post(request(url), 0.2)
+        with pytest.raises(UpstreamError):
+            await client.post(request("http://127.0.0.1:9/nothing-listens"), 5)
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused():
+    async def answer_once(reader, writer):
+        writer.write(OK)
+        await writer.drain()
+        return False  # close after each response, though HTTP/1.1 said keep-alive
+
+    async def scenario():
+        server, client = Server(answer_once), UpstreamClient()
+        async with server as url:
+            for _ in range(3):
+                assert (await client.post(request(url), 5)).status == 200
+                await asyncio.sleep(0.05)
+        assert server.connections == 3
+        await client.close()
+
+    run(scenario())
