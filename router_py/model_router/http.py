@@ -8,6 +8,7 @@ app uses that to validate and authorize, the OpenAPI document to describe.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -117,7 +118,7 @@ class Route:
     # `body` then only describes it in the OpenAPI document.
     raw_body: bool = False
 
-    @property
+    @functools.cached_property
     def segments(self) -> tuple[str, ...]:
         return tuple(self.path.strip("/").split("/"))
 
