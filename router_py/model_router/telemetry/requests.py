@@ -1,17 +1,16 @@
 """What happens after each routed request: one JSON log line, the Prometheus
 samples, and an entry in the shared list of recent requests.
 
-Little of it is done on the request path: the log line is written just after
-the response has been handed to the server (`call_soon`), metric samples and
-recent requests are gathered and go out once a second (the latter to the
-store), with the engine's rule match counts and health scores copied into
-their gauges on the same beat. A clean stop flushes everything.
+None of it is done on the request path: it runs just after the response has
+been handed to the server (`call_soon`). The log line is written then; metric
+samples and recent requests are gathered and go out once a second (the latter
+to the store), with the engine's rule match counts and health scores copied
+into their gauges on the same beat. A clean stop flushes everything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import deque
 
@@ -39,6 +38,16 @@ class RequestObserver:
         attempts: list[t.AttemptReport] = (),  # type: ignore[assignment]
         prompt: str | None = None,
         reply: str | None = None,
+    ) -> None:
+        """Account a finished request, just after its response is handed over."""
+        asyncio.get_running_loop().call_soon(self._account, summary, attempts, prompt, reply)
+
+    def _account(
+        self,
+        summary: t.RecentRequest,
+        attempts: list[t.AttemptReport],
+        prompt: str | None,
+        reply: str | None,
     ) -> None:
         model = summary.model_id or "none"
         m = self._metrics
@@ -71,7 +80,7 @@ class RequestObserver:
             if log.isEnabledFor(logging.DEBUG):
                 extra |= {"prompt": prompt, "response": reply}
             message = "Request routed successfully" if summary.status == 200 else "Request failed"
-            asyncio.get_running_loop().call_soon(functools.partial(log.info, message, extra=extra))
+            log.info(message, extra=extra)
 
     async def flush(self) -> None:
         self._metrics.flush()
