@@ -4,6 +4,8 @@ server whose answers each test scripts, counting the connections it accepts."""
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -179,3 +181,57 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
         await client.close()
 
     run(scenario())
+
+
+def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    async def answer(reader, writer):
+        writer.write(OK)
+        return True
+
+    async def scenario(trusted: bool):
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        server = Server(answer)
+        server.server = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=tls)
+        port = server.server.sockets[0].getsockname()[1]
+        client = UpstreamClient()
+        url = f"https://localhost:{port}/v1/messages"
+        try:
+            if trusted:
+                assert (await client.post(request(url), 5)).body == b'{"ok":true}'
+                assert (await client.post(request(url), 5)).status == 200
+                assert server.connections == 1
+            else:
+                with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await client.post(request(url), 5)
+        finally:
+            server.server.close()
+            await client.close()
+
+    run(scenario(trusted=False))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    run(scenario(trusted=True))
