@@ -44,6 +44,10 @@ LABELS = {k.name: k.label for k in (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES
 CONFIG_KINDS = (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES)
 
 
+class ConcurrentUpdate(Exception):
+    """Other writers kept changing a document while an update tried to land."""
+
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -83,4 +87,4 @@ class Catalog:
             except PreconditionFailed:
                 continue
             return new
-        raise RuntimeError(f"{kind.name}: gave up after {attempts} concurrent updates")
+        raise ConcurrentUpdate(f"{kind.label} changed {attempts} times while being updated; retry")

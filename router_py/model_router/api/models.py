@@ -10,7 +10,7 @@ from .. import types as t
 from ..catalog import ENDPOINTS, HEALTH, MODELS, utcnow
 from ..http import ApiError, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent, ExpectPresent
-from .writes import apply
+from .writes import apply, update
 
 
 async def register_model(req: Request) -> Response:
@@ -55,7 +55,7 @@ def _with_status(status: t.ModelStatus):  # type: ignore[no-untyped-def]
 
 async def update_status(req: Request) -> Response:
     model_id = req.path_params["modelId"]
-    result = await req.service.catalog.update(MODELS, [model_id], _with_status(req.body.status))
+    result = await update(req, MODELS, [model_id], _with_status(req.body.status))
     if isinstance(result, str):
         raise not_found("model", model_id)
     return json_response(result[0])
@@ -71,7 +71,8 @@ async def batch_update_status(req: Request) -> Response:
         )
     status_of = {u.model_id: u.status for u in body.updates}
     now = utcnow()
-    result = await req.service.catalog.update(
+    result = await update(
+        req,
         MODELS,
         ids,
         lambda m: msgspec.structs.replace(m, status=status_of[m.id], updated_at=now),

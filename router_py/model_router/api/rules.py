@@ -12,7 +12,7 @@ from ..catalog import MODELS, RULES, utcnow
 from ..http import Request, Response, Route, json_response, not_found
 from ..store import Delete, ExpectAbsent, ExpectPresent
 from ..validation import raise_problems, rule_problems
-from .writes import apply
+from .writes import apply, update
 
 
 def evaluation_order(rule: t.RoutingRule) -> tuple[int, str, str]:
@@ -73,7 +73,7 @@ async def update_rule(req: Request) -> Response:
         )
         return new
 
-    result = await req.service.catalog.update(RULES, [rule_id], change)
+    result = await update(req, RULES, [rule_id], change)
     if isinstance(result, str):
         raise not_found("rule", rule_id)
     return json_response(result[0])

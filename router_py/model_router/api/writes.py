@@ -1,13 +1,16 @@
 """Writes from handlers: a store precondition that fails becomes the API's
-answer (an id that is taken is 409, one that is missing is 404), and a
-document set whole answers 201 when new, 200 when replaced."""
+answer (an id that is taken is 409, one that is missing is 404), an update
+that loses to other writers every time is 409, and a document set whole
+answers 201 when new, 200 when replaced."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from ..catalog import LABELS, Kind
+import msgspec
+
+from ..catalog import LABELS, ConcurrentUpdate, Kind
 from ..http import ApiError, Request, Response, json_response, not_found
 from ..store import ExpectAbsent, Op, PreconditionFailed
 
@@ -23,6 +26,19 @@ async def apply(req: Request, ops: Sequence[Op]) -> None:
                 409, "conflict", f"{label} {op.id!r} already exists", {f"{label}Id": op.id}
             ) from None
         raise not_found(label, op.id) from None
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+async def update(
+    req: Request, kind: Kind[T], ids: Sequence[str], change: Callable[[T], T]
+) -> list[T] | str:
+    """Catalog.update, with losing every race answered as 409."""
+    try:
+        return await req.service.catalog.update(kind, ids, change)
+    except ConcurrentUpdate as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
 
 
 async def put_whole(req: Request, kind: Kind[Any], id: str, doc: Any) -> Response:
