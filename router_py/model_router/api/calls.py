@@ -132,7 +132,6 @@ async def route_request(req: Request) -> Response:
     assert result.completion is not None
     summary = _summary(req, call, "/api/route", 200, "success", result)
     req.service.observer.observe(summary, result.attempts, body.prompt, result.completion.text)
-    choice = result.completion.body["choices"][0]
     response = json_response(
         t.RouteResponse(
             id=f"response-{new_id()}",
@@ -151,7 +150,7 @@ async def route_request(req: Request) -> Response:
             status="success",
             timestamp=summary.timestamp,
             attempts=result.attempts,
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=result.completion.finish_reason,
         )
     )
     response.headers += _router_headers(req, result)
@@ -211,7 +210,7 @@ async def chat_completions(req: Request) -> Response:
         prompt,
         result.completion.text,
     )
-    response = json_response(result.completion.body)
+    response = Response(result.completion.body)
     response.headers += _router_headers(req, result)
     return response
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import msgspec
 
@@ -40,12 +40,38 @@ class MalformedUpstream(Exception):
 
 @dataclass
 class Completion:
-    """A whole answer, in OpenAI's chat.completion shape."""
+    """A whole answer: OpenAI's chat.completion JSON, and what the router reads of it."""
 
-    body: dict[str, Any]
+    body: bytes
     text: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    finish_reason: str | None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _ChatCompletion(msgspec.Struct):
+    """The parts of an OpenAI chat.completion the router reads; the body
+    itself is passed on as the provider sent it."""
+
+    choices: Annotated[list[_Choice], msgspec.Meta(min_length=1)]
+    usage: _Usage | None = None
+
+
+_read_completion = msgspec.json.Decoder(_ChatCompletion).decode
 
 
 @dataclass
@@ -106,22 +132,17 @@ class OpenAIAdapter:
 
     def completion(self, body: bytes, model_id: str) -> Completion:
         try:
-            doc = _decode(body)
-            message = doc["choices"][0]["message"]
-            text = message.get("content") or ""
-            assert isinstance(text, str)
-        except (
-            msgspec.DecodeError,
-            KeyError,
-            IndexError,
-            TypeError,
-            AssertionError,
-            AttributeError,
-        ):
+            doc = _read_completion(body)
+        except msgspec.DecodeError:  # ValidationError included
             raise MalformedUpstream(f"not a chat completion: {body[:200]!r}") from None
-        doc["model"] = model_id
-        prompt, completion = _usage(doc)
-        return Completion(doc, text, prompt, completion)
+        choice, usage = doc.choices[0], doc.usage or _Usage()
+        return Completion(
+            body,
+            choice.message.content or "",
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            choice.finish_reason,
+        )
 
     def translate(self, event: Event, state: StreamState, model_id: str) -> list[bytes]:
         if event.data == b"[DONE]":
@@ -244,7 +265,8 @@ class AnthropicAdapter:
                 "total_tokens": (prompt or 0) + (completion or 0),
             },
         }
-        return Completion(openai, text, prompt, completion)
+        finish = openai["choices"][0]["finish_reason"]
+        return Completion(_encode(openai), text, prompt, completion, finish)
 
     def translate(self, event: Event, state: StreamState, model_id: str) -> list[bytes]:
         try:
