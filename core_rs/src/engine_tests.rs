@@ -28,17 +28,23 @@ fn facts<'a>() -> RequestFacts<'a> {
     }
 }
 
+fn input<'a>(
+    facts: RequestFacts<'a>,
+    model: Option<&'a str>,
+    limit: Option<usize>,
+    explain: bool,
+) -> DecideInput<'a> {
+    DecideInput {
+        facts,
+        capabilities: &[],
+        model,
+        limit,
+        explain,
+    }
+}
+
 fn decide(e: &mut Engine, facts: RequestFacts<'_>) -> Decision {
-    e.decide(
-        &DecideInput {
-            facts,
-            capabilities: &[],
-            model: None,
-            limit: None,
-            explain: true,
-        },
-        1_000,
-    )
+    e.decide(&input(facts, None, None, true), 1_000)
 }
 
 fn ids(e: &Engine, d: &Decision) -> Vec<String> {
@@ -219,16 +225,7 @@ fn rules_win_in_priority_order_and_count_matches() {
             content_length: length,
             ..facts()
         };
-        e.decide(
-            &DecideInput {
-                facts,
-                capabilities: &[],
-                model: None,
-                limit: None,
-                explain: false,
-            },
-            0,
-        );
+        e.decide(&input(facts, None, None, false), 0);
     }
     assert_eq!(
         counts(&e),
@@ -277,40 +274,13 @@ fn requested_model_by_id_or_version() {
     m["version"] = json!("gpt-4-0613");
     let mut e = engine(json!({"version": 1, "models": [m, model("other")]}));
     for wanted in ["gpt-4", "gpt-4-0613"] {
-        let d = e.decide(
-            &DecideInput {
-                facts: facts(),
-                capabilities: &[],
-                model: Some(wanted),
-                limit: None,
-                explain: false,
-            },
-            0,
-        );
+        let d = e.decide(&input(facts(), Some(wanted), None, false), 0);
         assert_eq!(ids(&e, &d), ["gpt-4"]);
         assert_eq!(d.source, Source::Requested);
     }
-    let d = e.decide(
-        &DecideInput {
-            facts: facts(),
-            capabilities: &[],
-            model: Some("nope"),
-            limit: None,
-            explain: false,
-        },
-        0,
-    );
+    let d = e.decide(&input(facts(), Some("nope"), None, false), 0);
     assert_eq!(d.error, Some(DecisionError::UnknownModel("nope".into())));
-    let auto = e.decide(
-        &DecideInput {
-            facts: facts(),
-            capabilities: &[],
-            model: Some("auto"),
-            limit: None,
-            explain: false,
-        },
-        0,
-    );
+    let auto = e.decide(&input(facts(), Some("auto"), None, false), 0);
     assert_eq!(auto.source, Source::Default);
 }
 
@@ -489,16 +459,7 @@ fn canary_split_and_weights_converge_over_100k_decisions() {
     );
     let mut counts = [0u64; 3];
     for _ in 0..100_000 {
-        let d = e.decide(
-            &DecideInput {
-                facts: facts(),
-                capabilities: &[],
-                model: None,
-                limit: None,
-                explain: false,
-            },
-            0,
-        );
+        let d = e.decide(&input(facts(), None, None, false), 0);
         counts[d.candidates[0].model] += 1;
     }
     let stat = chi_square(&counts, &[0.8 * 0.7, 0.8 * 0.3, 0.2]);
@@ -513,16 +474,7 @@ fn endpoint_weights_converge() {
     let mut e = engine(json!({"version": 1, "models": [m]}));
     let mut counts = [0u64; 2];
     for _ in 0..100_000 {
-        let d = e.decide(
-            &DecideInput {
-                facts: facts(),
-                capabilities: &[],
-                model: None,
-                limit: None,
-                explain: false,
-            },
-            0,
-        );
+        let d = e.decide(&input(facts(), None, None, false), 0);
         counts[d.candidates[0].endpoints[0]] += 1;
     }
     let stat = chi_square(&counts, &[0.25, 0.75]);
@@ -639,13 +591,7 @@ fn limit_keeps_the_best_candidates() {
         json!({"version": 1, "models": [model("a"), model("b"), model("c")],
         "agentPreferences": {"creative": {"preferredModels": ["c", "a", "b"]}}}),
     );
-    let input = DecideInput {
-        facts: facts(),
-        capabilities: &[],
-        model: None,
-        limit: Some(2),
-        explain: false,
-    };
+    let input = input(facts(), None, Some(2), false);
     let d = e.decide(&input, 0);
     assert_eq!(ids(&e, &d), ["c", "a"]);
 }
