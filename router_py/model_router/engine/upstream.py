@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -61,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self._head: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None
         self._queue: deque[object] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._headers: dict[str, str] = {}
@@ -103,6 +105,8 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self._queue.append(_END)
         self._wake()
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     # the client's side
     def send(self, head: bytes, body: bytes) -> None:
@@ -114,7 +118,19 @@ class _Connection(asyncio.Protocol):
         self._headers = {}
         self._queue.clear()
         self._head = loop.create_future()
+        self._done = loop.create_future()
         self.transport.write(head + body)
+
+    async def whole(self) -> tuple[int, dict[str, str], bytes]:
+        """Wait for the complete response: status, headers, body."""
+        assert self._done is not None
+        await self._done
+        body = b"".join(c for c in self._queue if isinstance(c, bytes))
+        return self.parser.get_status_code(), self._headers, body
+
+    def time_out(self) -> None:
+        self._fail(TimeoutError("the upstream did not answer in time"))
+        self.close()
 
     async def head(self) -> tuple[int, dict[str, str]]:
         assert self._head is not None
@@ -150,10 +166,23 @@ class _Connection(asyncio.Protocol):
             self._wakeup.set_result(None)
 
     def _fail(self, exc: Exception) -> None:
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(exc)
+        for waiter in (self._head, self._done):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
         self._queue.append(exc)
         self._wake()
+
+
+@functools.lru_cache(maxsize=1024)
+def _locate(url: str) -> tuple[Origin, str, str]:
+    """(origin, request target, Host header) of a URL; endpoints repeat, so cached."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    host = parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    authority = host if parts.port is None else f"{host}:{port}"
+    return (scheme, host, port), target, authority
 
 
 def _head(method: str, target: str, host: str, headers: dict[str, str], length: int) -> bytes:
@@ -168,7 +197,7 @@ class UpstreamClient:
         self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
         self._ssl: ssl.SSLContext | None = None
 
-    async def _connect(self, origin: Origin) -> _Connection:
+    async def _connect(self, origin: Origin, timeout_s: float) -> _Connection:
         idle = self._idle[origin]
         while idle:
             conn = idle.pop()
@@ -182,9 +211,12 @@ class UpstreamClient:
             tls = self._ssl
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                _Connection, host, port, ssl=tls, server_hostname=host if tls else None
-            )
+            async with asyncio.timeout(timeout_s):
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except TimeoutError:
+            raise
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
         return conn
@@ -197,34 +229,40 @@ class UpstreamClient:
 
     @contextlib.asynccontextmanager
     async def _exchange(
-        self, request: UpstreamRequest
-    ) -> AsyncIterator[tuple[Origin, _Connection]]:
-        url = urlsplit(request.url)
-        scheme = url.scheme or "http"
-        host = url.hostname or ""
-        port = url.port or (443 if scheme == "https" else 80)
-        origin = (scheme, host, port)
-        target = url.path or "/"
-        if url.query:
-            target += "?" + url.query
+        self, request: UpstreamRequest, timeout_s: float
+    ) -> AsyncIterator[_Connection]:
+        origin, target, authority = _locate(request.url)
         async with self._slots:
-            conn = await self._connect(origin)
+            conn = await self._connect(origin, timeout_s)
             try:
-                authority = host if url.port is None else f"{host}:{port}"
-                conn.send(
-                    _head("POST", target, authority, request.headers, len(request.body)),
-                    request.body,
-                )
-                yield origin, conn
+                head = _head("POST", target, authority, request.headers, len(request.body))
+                conn.send(head, request.body)
+                yield conn
             except BaseException:
                 conn.close()  # cancelled or failed mid-exchange: the connection is not reusable
                 raise
             self._release(origin, conn)
 
     async def post(self, request: UpstreamRequest, timeout_s: float) -> UpstreamResponse:
-        async with asyncio.timeout(timeout_s), self._exchange(request) as (_, conn):
-            status, headers = await conn.head()
-            body = await conn.read()
+        # The hot path: one future per call and a plain timer, no task
+        # cancellation machinery (a timeout aborts the connection instead).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        origin, target, authority = _locate(request.url)
+        async with self._slots:
+            conn = await self._connect(origin, timeout_s)
+            conn.send(
+                _head("POST", target, authority, request.headers, len(request.body)), request.body
+            )
+            timer = loop.call_at(deadline, conn.time_out)
+            try:
+                status, headers, body = await conn.whole()
+            except BaseException:
+                conn.close()
+                raise
+            finally:
+                timer.cancel()
+            self._release(origin, conn)
         return UpstreamResponse(status, headers, body)
 
     @contextlib.asynccontextmanager
@@ -233,7 +271,7 @@ class UpstreamClient:
     ) -> AsyncIterator[UpstreamStream]:
         """Open a streaming call. `timeout_s` bounds the connection and the
         head, and each wait for the next bytes, not the whole stream."""
-        async with self._exchange(request) as (_, conn):
+        async with self._exchange(request, timeout_s) as conn:
             async with asyncio.timeout(timeout_s):
                 status, headers = await conn.head()
             if status != 200:
