@@ -44,6 +44,7 @@ lint: build
 	cargo clippy --quiet --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check router_py tests bench
 	$(VENV)/bin/ruff format --check router_py tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) target data

@@ -1,5 +1,6 @@
 """Type stubs for the Rust extension (core_rs/src/py.rs)."""
 
+from collections.abc import Mapping
 from typing import Literal
 
 __version__: str
@@ -47,7 +48,7 @@ class Engine:
         content_length: int = 0,
         capabilities: list[str] | None = None,
         model: str | None = None,
-        metadata: dict[str, object] | None = None,
+        metadata: Mapping[str, object] | None = None,
         limit: int | None = None,
         explain: bool = False,
     ) -> Decision:

@@ -113,8 +113,8 @@ class App:
             response = error_response(err, path.startswith("/v1/"))
         except Exception:
             log.exception("unhandled error", extra={"requestId": request_id})
-            err = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
-            response = error_response(err, path.startswith("/v1/"))
+            internal = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
+            response = error_response(internal, path.startswith("/v1/"))
         return response, request_id
 
     async def _handle(

@@ -293,7 +293,7 @@ class MockProvider:
                 f"event: {name}\ndata: ".encode() + _json.encode({"type": name, **body}) + b"\n\n"
             )
 
-        message = {
+        message: dict[str, Any] = {
             "id": f"msg_{uuid.uuid4().hex[:24]}",
             "type": "message",
             "role": "assistant",

@@ -38,7 +38,7 @@ def rule_problems(
                 Problem(f"{prefix}targetModels[{i}].modelId", f"model {target.model_id!r} twice")
             )
         seen.add(target.model_id)
-    split = traffic_split and traffic_split.primary + traffic_split.canary
+    split = None if traffic_split is None else traffic_split.primary + traffic_split.canary
     if split is not None and abs(split - 100) > 1e-9:
         problems.append(
             Problem(f"{prefix}trafficSplit", f"primary + canary must be 100, not {split:g}")

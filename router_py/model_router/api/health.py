@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from .. import __version__
 from .. import types as t
@@ -59,6 +59,7 @@ async def ready(req: Request) -> Response:
 
 async def detailed(req: Request) -> Response:
     store, config = await _store_check(req), _config_check(req)
+    status: Literal["healthy", "degraded", "unhealthy"]
     if store["status"] == "down" or config["status"] == "down":
         status = "unhealthy"
     elif config["status"] == "stale":

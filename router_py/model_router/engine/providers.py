@@ -246,7 +246,7 @@ class AnthropicAdapter:
             message_id, stop = doc.get("id", ""), doc.get("stop_reason")
         except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
             raise MalformedUpstream(f"not an Anthropic message: {body[:200]!r}") from None
-        openai = {
+        openai: dict[str, Any] = {
             "id": f"chatcmpl-{message_id}",
             "object": "chat.completion",
             "created": int(time.time()),

@@ -19,7 +19,7 @@ class EventReader:
 
     def feed(self, chunk: bytes) -> list[Event]:
         self._buffer += chunk.replace(b"\r\n", b"\n")
-        events = []
+        events: list[Event] = []
         while True:
             end = self._buffer.find(b"\n\n")
             if end < 0:

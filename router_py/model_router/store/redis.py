@@ -10,6 +10,7 @@ a counter that the same script bumps and publishes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -86,10 +87,10 @@ class RedisStore:
         return self._redis
 
     async def get(self, kind: str, id: str) -> bytes | None:
-        return await self._redis.hget(self._doc_key(kind), id)
+        return cast(bytes | None, await self._redis.hget(self._doc_key(kind), id))
 
     async def get_all(self, kind: str) -> dict[str, bytes]:
-        raw = await self._redis.hgetall(self._doc_key(kind))
+        raw = cast(dict[bytes, bytes], await self._redis.hgetall(self._doc_key(kind)))
         return {k.decode(): v for k, v in raw.items()}
 
     async def apply(self, ops: Sequence[Op]) -> int:
@@ -125,7 +126,7 @@ class RedisStore:
             await pipe.execute()
 
     async def recent(self, limit: int) -> list[bytes]:
-        return await self._redis.lrange(f"{self._prefix}:recent", 0, limit - 1)
+        return cast(list[bytes], await self._redis.lrange(f"{self._prefix}:recent", 0, limit - 1))
 
     async def ping(self) -> None:
         await self._redis.ping()
