@@ -145,20 +145,20 @@ class Executor:
             raise CallFailed(ERROR_STATUS[kind], kind, message, details=error_details(decision))
         return decision
 
-    def _plan(self, decision: Decision) -> Iterator[tuple[str, t.Endpoint]]:
+    def _plan(self, call: Call, decision: Decision) -> Iterator[tuple[str, t.Endpoint, float]]:
+        """(model, endpoint, timeout in seconds) of each attempt to make: at
+        most max_attempts, and none once the request's deadline has passed
+        (an endpoint never tried is not charged with a failure)."""
         tried = 0
         for model_id, endpoint_ids in decision.candidates:
             for endpoint_id in endpoint_ids:
-                if tried == self.max_attempts:
+                remaining = call.deadline - time.monotonic()
+                if tried == self.max_attempts or remaining <= 0:
                     return
                 tried += 1
-                yield model_id, self.live.endpoints[endpoint_id]
-
-    def _timeout_s(self, call: Call, endpoint: t.Endpoint) -> float:
-        remaining = call.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        return min((endpoint.timeout_ms or self.upstream_timeout_ms) / 1000, remaining)
+                endpoint = self.live.endpoints[endpoint_id]
+                timeout = (endpoint.timeout_ms or self.upstream_timeout_ms) / 1000
+                yield model_id, endpoint, min(timeout, remaining)
 
     def _record(
         self,
@@ -254,12 +254,12 @@ class Executor:
         decision = self.decide(call)
         attempts: list[t.AttemptReport] = []
         upstream_ms = 0.0
-        for model_id, endpoint in self._plan(decision):
+        for model_id, endpoint, timeout in self._plan(call, decision):
             attempt = _Attempt(model_id, endpoint)
             adapter = ADAPTERS[self.live.models[model_id].provider]
             request = adapter.request(endpoint, self.live.models[model_id].version, call.chat)
             try:
-                response = await self.client.post(request, self._timeout_s(call, endpoint))
+                response = await self.client.post(request, timeout)
             except TimeoutError:
                 upstream_ms += self._record(call, attempt, attempts, "timeout", None, "timed out")
                 continue
@@ -297,11 +297,11 @@ class Executor:
         attempts: list[t.AttemptReport] = []
         upstream_ms = 0.0
         include_usage = bool((call.chat.get("stream_options") or {}).get("include_usage"))
-        for model_id, endpoint in self._plan(decision):
+        for model_id, endpoint, timeout in self._plan(call, decision):
             attempt = _Attempt(model_id, endpoint)
             adapter = ADAPTERS[self.live.models[model_id].provider]
             request = adapter.request(endpoint, self.live.models[model_id].version, call.chat)
-            opened = self.client.stream(request, self._timeout_s(call, endpoint))
+            opened = self.client.stream(request, timeout)
             state = StreamState(extra={"include_usage": include_usage})
             reader = EventReader()
             first: list[bytes] = []
