@@ -169,6 +169,9 @@ class _Connection(asyncio.Protocol):
         for waiter in (self._head, self._done):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
+                # A plain call awaits only _done, a stream only _head: mark the
+                # exception retrieved so the unawaited one does not warn.
+                waiter.exception()
         self._queue.append(exc)
         self._wake()
 
