@@ -324,12 +324,7 @@ class KeyInfo(Body):
     created_at: Timestamp | None
 
 
-class KeyCreated(Body):
-    id: Id
-    role: Role
-    workspace_id: Id | None
-    name: str | None
-    created_at: Timestamp | None
+class KeyCreated(KeyInfo):
     key: Annotated[str, Meta(description="The secret: shown this once, never again")]
 
 

@@ -3,6 +3,8 @@ once, at creation; only its hash is stored."""
 
 from __future__ import annotations
 
+import msgspec
+
 from .. import auth
 from .. import types as t
 from ..catalog import KEYS, utcnow
@@ -27,14 +29,7 @@ async def create_key(req: Request) -> Response:
     await req.service.catalog.apply([KEYS.put(record.id, record)])
     info = key_info(record)
     return json_response(
-        t.KeyCreated(
-            id=info.id,
-            role=info.role,
-            workspace_id=info.workspace_id,
-            name=info.name,
-            created_at=info.created_at,
-            key=key,
-        ),
+        t.KeyCreated(**msgspec.structs.asdict(info), key=key),
         201,
     )
 
