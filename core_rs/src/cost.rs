@@ -20,32 +20,71 @@ pub fn nanos_to_usd(n: Nanos) -> f64 {
     n as f64 / NANOS_PER_USD
 }
 
-/// Prices in nano-dollars per 1,000 tokens.
+/// Prices in nano-dollars per 1,000 tokens. Prompt tokens read from or
+/// written to a provider's prompt cache have prices of their own; a price
+/// that names none charges them as ordinary input.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Price {
     pub input_per_1k: Nanos,
     pub output_per_1k: Nanos,
+    pub cache_read_per_1k: Nanos,
+    pub cache_write_per_1k: Nanos,
+}
+
+/// The tokens of one call. `prompt` counts every prompt token, cached ones
+/// included (OpenAI's meaning); `cache_read` and `cache_write` are the parts
+/// of it that the provider's prompt cache served or stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
 }
 
 impl Price {
     pub fn from_usd(input_per_1k: f64, output_per_1k: f64) -> Price {
+        let input = usd_to_nanos(input_per_1k);
         Price {
-            input_per_1k: usd_to_nanos(input_per_1k),
+            input_per_1k: input,
             output_per_1k: usd_to_nanos(output_per_1k),
+            cache_read_per_1k: input,
+            cache_write_per_1k: input,
         }
     }
 
-    /// tokens x price / 1000, rounded half away from zero to a whole nano-dollar.
-    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Nanos {
-        let thousandths = prompt_tokens as i128 * self.input_per_1k as i128
-            + completion_tokens as i128 * self.output_per_1k as i128;
-        ((thousandths + 500) / 1000) as Nanos
+    pub fn with_cache(mut self, read_per_1k: Option<f64>, write_per_1k: Option<f64>) -> Price {
+        self.cache_read_per_1k = read_per_1k.map_or(self.input_per_1k, usd_to_nanos);
+        self.cache_write_per_1k = write_per_1k.map_or(self.input_per_1k, usd_to_nanos);
+        self
+    }
+
+    /// tokens x price / 1000, rounded half away from zero to a whole
+    /// nano-dollar; a total past i64 saturates rather than wrapping.
+    pub fn cost(&self, t: &Tokens) -> Nanos {
+        let cached = t.cache_read.saturating_add(t.cache_write).min(t.prompt);
+        let parts = [
+            (t.prompt - cached, self.input_per_1k),
+            (t.cache_read.min(t.prompt), self.cache_read_per_1k),
+            (cached - t.cache_read.min(t.prompt), self.cache_write_per_1k),
+            (t.completion, self.output_per_1k),
+        ];
+        let thousandths = parts.iter().fold(0i128, |sum, &(n, price)| {
+            sum.saturating_add((n as i128).saturating_mul(price as i128))
+        });
+        Nanos::try_from(thousandths.saturating_add(500) / 1000).unwrap_or(Nanos::MAX)
     }
 
     /// The dearer of the two per-token prices, in USD: what `maxCostPerToken` is held to.
     pub fn max_per_token_usd(&self) -> f64 {
         self.input_per_1k.max(self.output_per_1k) as f64 / (NANOS_PER_USD * 1000.0)
     }
+}
+
+/// Amounts add up saturating: an absurd price stops at the largest amount,
+/// it never wraps round to a credit.
+fn add_to(total: &mut Nanos, amount: Nanos) {
+    *total = total.saturating_add(amount);
 }
 
 /// Budget periods, in the order of `BudgetLimits`' fields.
@@ -69,26 +108,33 @@ impl SpendLedger {
             return;
         }
         if let Some(ws) = workspace {
-            *self.pending.entry(ws.to_owned()).or_default() += cost;
+            add_to(self.pending.entry(ws.to_owned()).or_default(), cost);
         }
-        *self.pending_models.entry(model.to_owned()).or_default() += cost;
+        add_to(
+            self.pending_models.entry(model.to_owned()).or_default(),
+            cost,
+        );
     }
 
     pub fn spent(&self, workspace: &str) -> [Nanos; 3] {
-        let local = self.in_flight.get(workspace).copied().unwrap_or(0)
-            + self.pending.get(workspace).copied().unwrap_or(0);
+        let local = self
+            .in_flight
+            .get(workspace)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(self.pending.get(workspace).copied().unwrap_or(0));
         let base = self.base.get(workspace).copied().unwrap_or([0; 3]);
-        base.map(|b| b + local)
+        base.map(|b| b.saturating_add(local))
     }
 
     /// Start a flush: what was pending is now in flight. Returns it (per
     /// workspace, per model) for the caller to add to the store's counters.
     pub fn begin_flush(&mut self) -> (HashMap<String, Nanos>, HashMap<String, Nanos>) {
         for (ws, n) in self.pending.drain() {
-            *self.in_flight.entry(ws).or_default() += n;
+            add_to(self.in_flight.entry(ws).or_default(), n);
         }
         for (m, n) in self.pending_models.drain() {
-            *self.in_flight_models.entry(m).or_default() += n;
+            add_to(self.in_flight_models.entry(m).or_default(), n);
         }
         (self.in_flight.clone(), self.in_flight_models.clone())
     }
@@ -104,10 +150,10 @@ impl SpendLedger {
     /// The flush failed: keep the amounts for the next one.
     pub fn abort_flush(&mut self) {
         for (ws, n) in self.in_flight.drain() {
-            *self.pending.entry(ws).or_default() += n;
+            add_to(self.pending.entry(ws).or_default(), n);
         }
         for (m, n) in self.in_flight_models.drain() {
-            *self.pending_models.entry(m).or_default() += n;
+            add_to(self.pending_models.entry(m).or_default(), n);
         }
     }
 }
@@ -117,14 +163,59 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn tokens(prompt: u64, completion: u64) -> Tokens {
+        Tokens {
+            prompt,
+            completion,
+            ..Tokens::default()
+        }
+    }
+
+    #[test]
+    fn cached_prompt_tokens_have_their_own_prices() {
+        // 1000 prompt tokens of which 600 read from and 300 written to the cache.
+        let t = Tokens {
+            prompt: 1000,
+            completion: 100,
+            cache_read: 600,
+            cache_write: 300,
+        };
+        let price = Price::from_usd(0.003, 0.015).with_cache(Some(0.0003), Some(0.00375));
+        // 100 x 0.003 + 600 x 0.0003 + 300 x 0.00375 + 100 x 0.015, per 1k.
+        assert_eq!(price.cost(&t), 300_000 + 180_000 + 1_125_000 + 1_500_000);
+        // No cache prices: cached tokens are ordinary input.
+        let plain = Price::from_usd(0.003, 0.015);
+        assert_eq!(plain.cost(&t), plain.cost(&tokens(1000, 100)));
+        // Cache counts larger than the prompt cannot make a cost negative.
+        let odd = Tokens {
+            cache_read: 5000,
+            ..t
+        };
+        assert!(price.cost(&odd) > 0);
+    }
+
+    #[test]
+    fn absurd_prices_and_counts_saturate_instead_of_wrapping() {
+        let price = Price::from_usd(1e308, 1e308);
+        assert_eq!(price.cost(&tokens(u64::MAX, u64::MAX)), Nanos::MAX);
+        assert_eq!(
+            Price::from_usd(0.01, 0.03).cost(&tokens(u64::MAX, 0)),
+            Nanos::MAX
+        );
+        let mut l = SpendLedger::default();
+        l.add(Some("ws"), "m", Nanos::MAX);
+        l.add(Some("ws"), "m", Nanos::MAX);
+        assert_eq!(l.spent("ws"), [Nanos::MAX; 3]);
+    }
+
     #[test]
     fn cost_of_the_spec_example() {
         // 25 prompt + 100 completion tokens at $0.03 / $0.03 per 1k = $0.00375.
         let price = Price::from_usd(0.03, 0.03);
-        assert_eq!(price.cost(25, 100), 3_750_000);
-        assert_eq!(nanos_to_usd(price.cost(25, 100)), 0.00375);
+        assert_eq!(price.cost(&tokens(25, 100)), 3_750_000);
+        assert_eq!(nanos_to_usd(price.cost(&tokens(25, 100))), 0.00375);
         // Cheap models keep their fractions of a cent.
-        assert_eq!(Price::from_usd(0.0005, 0.0015).cost(25, 0), 12_500);
+        assert_eq!(Price::from_usd(0.0005, 0.0015).cost(&tokens(25, 0)), 12_500);
         assert_eq!(Price::from_usd(0.01, 0.03).max_per_token_usd(), 0.00003);
     }
 
@@ -155,7 +246,7 @@ mod tests {
             let mut ledger = SpendLedger::default();
             let mut sum: Nanos = 0;
             for (p, c) in &calls {
-                let cost = price.cost(*p, *c);
+                let cost = price.cost(&tokens(*p, *c));
                 ledger.add(Some("ws"), "m", cost);
                 sum += cost;
             }

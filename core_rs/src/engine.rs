@@ -6,7 +6,7 @@
 //! The semantics are documented, with a worked example, in docs/routing.md.
 
 use crate::breaker::{Admission, BreakerConfig, CircuitBreaker};
-use crate::cost::{nanos_to_usd, usd_to_nanos, Nanos, Price, SpendLedger, PERIODS};
+use crate::cost::{nanos_to_usd, usd_to_nanos, Nanos, Price, SpendLedger, Tokens, PERIODS};
 use crate::rules::{self, RequestFacts};
 use crate::select::{self, Rng};
 use crate::snapshot::{
@@ -123,8 +123,7 @@ pub struct Outcome<'a> {
     pub workspace_id: Option<&'a str>,
     pub success: bool,
     pub latency_ms: f64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    pub tokens: Tokens,
     pub retry_after_ms: Option<u64>,
 }
 
@@ -278,10 +277,10 @@ impl Engine {
             .models
             .iter()
             .map(|m| ModelFacts {
-                price: m
-                    .pricing
-                    .as_ref()
-                    .map(|p| Price::from_usd(p.input_per1k, p.output_per1k)),
+                price: m.pricing.as_ref().map(|p| {
+                    Price::from_usd(p.input_per1k, p.output_per1k)
+                        .with_cache(p.cache_read_per1k, p.cache_write_per1k)
+                }),
                 breaker: m.breaker.as_ref().map_or(BreakerConfig::default(), |o| {
                     BreakerConfig::default().with(o)
                 }),
@@ -885,9 +884,7 @@ impl Engine {
             }
         }
         self.model_stats[mi].record(o.success, o.latency_ms, now_ms);
-        let cost = self.facts[mi]
-            .price
-            .map_or(0, |p| p.cost(o.prompt_tokens, o.completion_tokens));
+        let cost = self.facts[mi].price.map_or(0, |p| p.cost(&o.tokens));
         self.ledger.add(o.workspace_id, o.model_id, cost);
         Some(cost)
     }

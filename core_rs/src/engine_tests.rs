@@ -73,8 +73,7 @@ fn fail(e: &mut Engine, endpoint: &str, times: usize) {
                 workspace_id: None,
                 success: false,
                 latency_ms: 5.0,
-                prompt_tokens: 0,
-                completion_tokens: 0,
+                tokens: Tokens::default(),
                 retry_after_ms: None,
             },
             1_000,
@@ -147,8 +146,7 @@ fn observed_latency_and_success_count_only_past_min_samples() {
         workspace_id: None,
         success: true,
         latency_ms: latency,
-        prompt_tokens: 0,
-        completion_tokens: 0,
+        tokens: Tokens::default(),
         retry_after_ms: None,
     };
     for _ in 0..4 {
@@ -296,8 +294,10 @@ fn budgets_stop_a_workspace_and_name_limit_and_spend() {
                 workspace_id: Some("ws-1"),
                 success: true,
                 latency_ms: 1.0,
-                prompt_tokens: 0,
-                completion_tokens: tokens,
+                tokens: Tokens {
+                    completion: tokens,
+                    ..Tokens::default()
+                },
                 retry_after_ms: None,
             },
             0,

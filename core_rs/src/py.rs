@@ -1,6 +1,7 @@
 //! The PyO3 layer: the only file that knows Python. Thin on purpose; the logic and
 //! its tests live in the pure-Rust modules.
 
+use crate::cost::Tokens;
 use crate::engine::{self, DecideInput, Outcome, Source};
 use crate::rules::RequestFacts;
 use crate::snapshot::{MetaValue, Snapshot};
@@ -225,7 +226,8 @@ impl Engine {
     /// None when the model is no longer configured.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (model_id, endpoint_id, success, latency_ms, prompt_tokens=0,
-                        completion_tokens=0, workspace_id=None, retry_after_ms=None))]
+                        completion_tokens=0, workspace_id=None, retry_after_ms=None,
+                        cache_read_tokens=0, cache_write_tokens=0))]
     fn record(
         &self,
         model_id: &str,
@@ -236,6 +238,8 @@ impl Engine {
         completion_tokens: u64,
         workspace_id: Option<&str>,
         retry_after_ms: Option<u64>,
+        cache_read_tokens: u64,
+        cache_write_tokens: u64,
     ) -> Option<i64> {
         let outcome = Outcome {
             model_id,
@@ -243,8 +247,12 @@ impl Engine {
             workspace_id,
             success,
             latency_ms,
-            prompt_tokens,
-            completion_tokens,
+            tokens: Tokens {
+                prompt: prompt_tokens,
+                completion: completion_tokens,
+                cache_read: cache_read_tokens,
+                cache_write: cache_write_tokens,
+            },
             retry_after_ms,
         };
         self.lock().engine.record(&outcome, now_ms())

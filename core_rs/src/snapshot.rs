@@ -13,6 +13,10 @@ pub struct Pricing {
     pub input_per1k: f64,
     #[serde(rename = "outputPer1k")]
     pub output_per1k: f64,
+    #[serde(rename = "cacheReadPer1k", default)]
+    pub cache_read_per1k: Option<f64>,
+    #[serde(rename = "cacheWritePer1k", default)]
+    pub cache_write_per1k: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

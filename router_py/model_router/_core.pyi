@@ -64,8 +64,12 @@ class Engine:
         completion_tokens: int = 0,
         workspace_id: str | None = None,
         retry_after_ms: int | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
     ) -> int | None:
-        """Account one attempt; its cost in nano-dollars (None: model unknown)."""
+        """Account one attempt; its cost in nano-dollars (None: model unknown).
+        `prompt_tokens` counts cached ones too; cache reads and writes are
+        priced at the model's cache prices."""
     def begin_flush(self) -> tuple[dict[str, int], dict[str, int]]: ...
     def end_flush(self, totals: dict[str, tuple[int, int, int]]) -> None: ...
     def abort_flush(self) -> None: ...
