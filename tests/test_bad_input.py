@@ -46,6 +46,18 @@ VALID = {
         "metadata": {"requestType": "completion", "priority": "normal"},
     },
     "/v1/chat/completions": {"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/completions": {"model": "auto", "prompt": "Say hi"},
+    "/v1/embeddings": {"model": "auto", "input": ["hello"]},
+    "/v1/responses": {"model": "auto", "input": "hi"},
+    "/v1/messages": {
+        "model": "auto",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+    "/v1/messages/count_tokens": {
+        "model": "auto",
+        "messages": [{"role": "user", "content": "hi"}],
+    },
     "/api/routing/test": {
         "agentType": "creative",
         "workspaceId": "ws-1",
@@ -64,7 +76,9 @@ PATH_VALUES = {
 WRITE_ROUTES = [r for r in ROUTES if r.body is not None]
 # Routes that call models may answer 502/503/504 for a valid request (nothing
 # eligible, the provider down); never 500.
-CALL_ROUTES = {"/api/route", "/v1/chat/completions"}
+CALL_ROUTES = {
+    r.path for r in ROUTES if r.permission == "route" and r.path.startswith(("/v1/", "/api/route"))
+}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -40,19 +40,58 @@ _ERROR_ENCODER = msgspec.json.Encoder()
 BodyReader = Callable[[int], Awaitable[bytes]]
 
 
-def error_response(err: ApiError, openai: bool) -> Response:
-    """Our error shape, or OpenAI's on the OpenAI-compatible routes."""
-    if openai:
-        body: dict[str, Any] = {
-            "error": {"message": err.message, "type": err.type, "param": None, "code": err.type}
+# Anthropic's error types, by status.
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def error_shape(path: str, headers: Mapping[str, str]) -> str:
+    """Which API's error shape a caller expects: Anthropic's on /v1/messages
+    (and on /v1 from Anthropic's SDK), OpenAI's on /v1, else the router's."""
+    if path.startswith("/v1/messages") or (
+        path.startswith("/v1/") and "anthropic-version" in headers
+    ):
+        return "anthropic"
+    return "openai" if path.startswith("/v1/") else "router"
+
+
+def error_response(err: ApiError, shape: str) -> Response:
+    body: dict[str, Any]
+    if shape == "openai":
+        error = {
+            "message": err.message,
+            "type": err.type,
+            "param": err.param,
+            "code": err.code or err.type,
         }
-        if err.details is not None:
-            body["error"]["details"] = err.details
+        body = {"error": error}
+    elif shape == "anthropic":
+        kind = ANTHROPIC_ERROR_TYPES.get(err.status, "api_error")
+        body = {"type": "error", "error": {"type": kind, "message": err.message}}
     else:
         body = {"error": {"type": err.type, "message": err.message, "details": err.details}}
+    if err.details is not None and shape != "router":
+        body["error"]["details"] = err.details
     response = Response(_ERROR_ENCODER.encode(body), err.status)
     response.headers.extend(err.headers)
     return response
+
+
+def credentials(headers: Mapping[str, str]) -> str | None:
+    """The Authorization header, or Anthropic's x-api-key as a bearer token."""
+    authorization = headers.get("authorization")
+    if authorization is None and "x-api-key" in headers:
+        return f"Bearer {headers['x-api-key']}"
+    return authorization
 
 
 def invalid_input(exc: msgspec.MsgspecError, where: str) -> ApiError:
@@ -110,11 +149,11 @@ class App:
                 method, path, query_string, headers, read_body, request_id, started
             )
         except ApiError as err:
-            response = error_response(err, path.startswith("/v1/"))
+            response = error_response(err, error_shape(path, headers))
         except Exception:
             log.exception("unhandled error", extra={"requestId": request_id})
             internal = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
-            response = error_response(internal, path.startswith("/v1/"))
+            response = error_response(internal, error_shape(path, headers))
         return response, request_id
 
     async def _handle(
@@ -134,7 +173,7 @@ class App:
         request = Request(method, path, params, headers, service, started=started)
         request.request_id = request_id
         if route.permission is not None:
-            principal = await service.authenticate(headers.get("authorization"))
+            principal = await service.authenticate(credentials(headers))
             principal.authorize(route.permission, params.get("workspaceId"))
             service.check_rate(principal)
             request.principal = principal

@@ -53,6 +53,8 @@ class ApiError(Exception):
         message: str,
         details: Any = None,
         headers: Sequence[tuple[str, str]] = (),
+        param: str | None = None,
+        code: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -60,6 +62,8 @@ class ApiError(Exception):
         self.message = message
         self.details = details
         self.headers = list(headers)
+        self.param = param  # the request parameter at fault, when one is
+        self.code = code  # a finer kind than `type` (OpenAI's `code`)
 
 
 def not_found(what: str, id: str) -> ApiError:

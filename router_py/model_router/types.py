@@ -30,6 +30,9 @@ Fraction = Annotated[float, Meta(ge=0, le=1)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Milliseconds = Annotated[float, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1, le=10_000_000)]
+# Request parameters the model's provider cannot honour that are dropped
+# without a word instead of refused with a 400 (docs/providers.md).
+DropParams = Annotated[list[Annotated[str, Meta(pattern=r"^[a-z_]{1,64}$")]], Meta(max_length=100)]
 
 ModelStatus = Literal["active", "inactive", "deprecated", "maintenance"]
 Provider = Literal["openai", "azure", "anthropic", "custom"]
@@ -52,11 +55,17 @@ class Capability(Body):
     max_tokens: PositiveInt | None = None
 
 
-class Pricing(Body):
-    """USD per 1,000 tokens."""
+Price = Annotated[float, Meta(ge=0, le=1000)]  # USD per 1,000 tokens; more is a typo
 
-    input_per1k: NonNegative = msgspec.field(name="inputPer1k")
-    output_per1k: NonNegative = msgspec.field(name="outputPer1k")
+
+class Pricing(Body):
+    """USD per 1,000 tokens. Prompt tokens a provider's prompt cache served
+    (read) or stored (write) cost `inputPer1k` unless their own price is set."""
+
+    input_per1k: Price = msgspec.field(name="inputPer1k")
+    output_per1k: Price = msgspec.field(name="outputPer1k")
+    cache_read_per1k: Price | None = msgspec.field(default=None, name="cacheReadPer1k")
+    cache_write_per1k: Price | None = msgspec.field(default=None, name="cacheWritePer1k")
 
 
 class BreakerSettings(Body):
@@ -85,6 +94,7 @@ class ModelCreate(Body):
     pricing: Pricing | None = None
     description: Annotated[str, Meta(max_length=2000)] | None = None
     breaker: BreakerSettings | None = None
+    drop_params: DropParams = []
 
 
 class Model(Body):
@@ -101,6 +111,7 @@ class Model(Body):
     pricing: Pricing | None = None
     description: str | None = None
     breaker: BreakerSettings | None = None
+    drop_params: DropParams = []
     created_at: Timestamp | None = None
     updated_at: Timestamp | None = None
 
@@ -430,6 +441,8 @@ class SnapshotModel(Body):
     health: ModelHealth | None
     endpoints: list[Endpoint]
     breaker: BreakerSettings | None
+    parameters: dict[str, Any] = {}
+    drop_params: list[str] = []
 
 
 class EngineSettings(Body):
@@ -567,6 +580,7 @@ class AttemptReport(Body):
     status: int | None
     latency_ms: float
     error: str | None = None
+    retry_after_ms: int | None = None
 
 
 class RouteUsage(Body):
@@ -591,16 +605,60 @@ class RouteResponse(Body):
     finish_reason: str | None = None
 
 
-class ChatCompletionRequest(msgspec.Struct):
-    """OpenAI's request, as far as the router reads it; every other field is
-    passed to the provider untouched."""
+ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
 
-    model: Annotated[str, Meta(min_length=1, max_length=256)]
+
+class ChatCompletionRequest(msgspec.Struct):
+    """OpenAI's chat request, as far as the router reads it; every other field
+    goes to the provider as sent (or translated, docs/providers.md)."""
+
+    model: ModelName
     messages: Messages
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Fraction | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=16)] | None = None
+    user: Annotated[str, Meta(max_length=256)] | None = None
+
+
+class TextCompletionRequest(msgspec.Struct):
+    """OpenAI's legacy completions request, as far as the router reads it."""
+
+    model: ModelName
+    prompt: str | list[Any]
+    stream: bool = False
+
+
+class EmbeddingRequest(msgspec.Struct):
+    model: ModelName
+    input: str | Annotated[list[Any], Meta(min_length=1)]
+
+
+class ResponsesRequest(msgspec.Struct):
+    """OpenAI's Responses API request, as far as the router reads it."""
+
+    model: ModelName
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    stream: bool = False
+
+
+class MessagesRequest(msgspec.Struct):
+    """Anthropic's Messages request, as far as the router reads it."""
+
+    model: ModelName
+    messages: Messages
+    max_tokens: Annotated[int, Meta(ge=1)]
+    system: str | list[Any] | None = None
+    stream: bool = False
+
+
+class CountTokensRequest(msgspec.Struct):
+    model: ModelName
+    messages: Messages
 
 
 class RecentRequest(Body):

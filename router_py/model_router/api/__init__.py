@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from ..http import Route
-from . import agents, calls, config, health, keys, models, monitoring, openapi, routing, rules
+from . import (
+    agents,
+    anthropic_api,
+    calls,
+    config,
+    health,
+    keys,
+    models,
+    monitoring,
+    openai_api,
+    openapi,
+    routing,
+    rules,
+)
 
 ROUTES: list[Route] = [
     *health.ROUTES,
@@ -11,6 +24,8 @@ ROUTES: list[Route] = [
     *rules.ROUTES,
     *routing.ROUTES,
     *calls.ROUTES,
+    *openai_api.ROUTES,
+    *anthropic_api.ROUTES,
     *monitoring.ROUTES,
     *agents.ROUTES,
     *config.ROUTES,

@@ -1,24 +1,31 @@
-"""Calling models: POST /api/route (the spec's shape) and the OpenAI-compatible
-POST /v1/chat/completions and GET /v1/models."""
+"""Calling models: what every front door shares — routing inputs from the
+request, the call itself (whole or streamed), the router's headers and the
+accounting of each request — and POST /api/route, the spec's own shape.
+
+The OpenAI-compatible front doors live in openai_api.py, Anthropic's in
+anthropic_api.py; all of them build a `Call` and hand it to `answer`.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 
 from .. import types as t
 from ..catalog import utcnow
+from ..engine.exchanges import Operation
 from ..engine.executor import Call, CallFailed, Result
 from ..engine.inputs import content_length, request_type
 from ..http import ApiError, Request, Response, Route, json_response, new_id
 
 _decode = msgspec.json.Decoder().decode
+STREAM_CONTENT_TYPE = "text/event-stream"
 
 
-def _workspace(req: Request, asked: str | None) -> str | None:
+def workspace(req: Request, asked: str | None) -> str | None:
     """A workspace-scoped key routes for its own workspace, and no other."""
     assert req.principal is not None
     workspace = asked or req.principal.workspace_id
@@ -26,12 +33,12 @@ def _workspace(req: Request, asked: str | None) -> str | None:
     return workspace
 
 
-def _deadline(req: Request, timeout_ms: int | None) -> float:
+def deadline(req: Request, timeout_ms: int | None) -> float:
     settings = req.service.settings
     return time.monotonic() + (timeout_ms or settings.request_timeout_ms) / 1000
 
 
-def _summary(
+def summary(
     req: Request,
     call: Call,
     route: str,
@@ -64,9 +71,9 @@ def _summary(
     )
 
 
-def _observe_failure(req: Request, call: Call, route: str, failed: CallFailed) -> ApiError:
+def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) -> ApiError:
     req.service.observer.observe(
-        _summary(req, call, route, failed.status, failed.type, attempts=len(failed.attempts)),
+        summary(req, call, route, failed.status, failed.type, attempts=len(failed.attempts)),
         failed.attempts,
     )
     details: dict[str, Any] = dict(failed.details or {})
@@ -77,17 +84,96 @@ def _observe_failure(req: Request, call: Call, route: str, failed: CallFailed) -
             details["upstream"] = _decode(failed.upstream_body)
         except msgspec.DecodeError:
             details["upstream"] = failed.upstream_body[:500].decode("utf-8", "replace")
-    return ApiError(failed.status, failed.type, failed.message, details or None)
+    return ApiError(
+        failed.status,
+        failed.type,
+        failed.message,
+        details or None,
+        failed.headers,
+        param=failed.param,
+        code=failed.code,
+    )
 
 
-def _router_headers(req: Request, result: Result) -> list[tuple[str, str]]:
+def router_headers(req: Request, result: Result, attempts: int) -> list[tuple[str, str]]:
     overhead = (time.perf_counter() - req.started) * 1000 - result.upstream_ms
     return [
         ("x-model-router-model", result.model_id),
         ("x-model-router-endpoint", result.endpoint_id),
-        ("x-model-router-attempts", str(len(result.attempts))),
+        ("x-model-router-attempts", str(attempts)),
         ("x-model-router-overhead-ms", f"{max(0.0, overhead):.3f}"),
     ]
+
+
+def named_model(req: Request, named: str, not_found: Callable[[str], ApiError]) -> str | None:
+    """A request's `model`: a model id or version (-> the model's id), `auto`
+    (-> None), or an agent type the router knows (-> None, the agent type
+    routes); anything else is not found, never quietly some other model."""
+    live = req.service.live
+    model_id = live.model_names.get(named)
+    if model_id is not None or named == "auto" or named in live.agent_types:
+        return model_id
+    raise not_found(named)
+
+
+def routing_headers(req: Request) -> tuple[str, str | None, str | None]:
+    """(agent type, workspace, user) from the X-Agent-Type, X-Workspace-Id and
+    X-User-Id headers."""
+    h = req.headers
+    return (
+        h.get("x-agent-type", "") or "default",
+        workspace(req, h.get("x-workspace-id", "") or None),
+        h.get("x-user-id", "") or None,
+    )
+
+
+async def answer(
+    req: Request, call: Call, route: str, stream: bool, prompt: str | None = None
+) -> Response:
+    """Call the model and answer with its reply, whole or streamed, in the
+    front door's format (the exchange translated it); account the request."""
+    executor = req.service.executor
+    if stream:
+        try:
+            result, chunks = await executor.stream(call)
+        except CallFailed as failed:
+            raise observe_failure(req, call, route, failed) from None
+        # The attempt that streams is recorded when the stream ends.
+        headers = router_headers(req, result, len(result.attempts) + 1)
+        response = Response(b"", 200, STREAM_CONTENT_TYPE, headers)
+        response.stream = _observed_stream(req, call, route, result, chunks)
+        return response
+    try:
+        result = await executor.complete(call)
+    except CallFailed as failed:
+        raise observe_failure(req, call, route, failed) from None
+    assert result.answer is not None
+    req.service.observer.observe(
+        summary(req, call, route, 200, "success", result),
+        result.attempts,
+        prompt,
+        result.answer.text,
+    )
+    response = Response(result.answer.body)
+    response.headers += router_headers(req, result, len(result.attempts))
+    return response
+
+
+async def _observed_stream(
+    req: Request, call: Call, route: str, result: Result, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        outcome = result.attempts[-1].outcome if result.attempts else "success"
+        req.service.observer.observe(
+            summary(req, call, route, 200, outcome, result, stream=True), result.attempts
+        )
+
+
+# --- POST /api/route -------------------------------------------------------------
 
 
 async def route_request(req: Request) -> Response:
@@ -115,12 +201,13 @@ async def route_request(req: Request) -> Response:
     call = Call(
         request_id=body.id or req.request_id,
         agent_type=body.agent_type,
-        workspace_id=_workspace(req, body.workspace_id),
+        workspace_id=workspace(req, body.workspace_id),
         user_id=body.user_id,
         request_type=request_type(None, body.metadata),
-        chat=chat,
+        operation=Operation.CHAT,
+        body=chat,
         content_length=content_length(body.prompt, body.messages),
-        deadline=_deadline(req, body.timeout_ms),
+        deadline=deadline(req, body.timeout_ms),
         model=body.model,
         capabilities=body.capabilities or None,
         metadata=body.metadata,
@@ -128,17 +215,17 @@ async def route_request(req: Request) -> Response:
     try:
         result = await req.service.executor.complete(call)
     except CallFailed as failed:
-        raise _observe_failure(req, call, "/api/route", failed) from None
-    assert result.completion is not None
-    summary = _summary(req, call, "/api/route", 200, "success", result)
-    req.service.observer.observe(summary, result.attempts, body.prompt, result.completion.text)
+        raise observe_failure(req, call, "/api/route", failed) from None
+    assert result.answer is not None
+    done = summary(req, call, "/api/route", 200, "success", result)
+    req.service.observer.observe(done, result.attempts, body.prompt, result.answer.text)
     response = json_response(
         t.RouteResponse(
             id=f"response-{new_id()}",
             request_id=call.request_id,
             model_id=result.model_id,
             endpoint_id=result.endpoint_id,
-            response=result.completion.text,
+            response=result.answer.text,
             usage=t.RouteUsage(
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.completion_tokens,
@@ -146,99 +233,15 @@ async def route_request(req: Request) -> Response:
                 cost=result.usage.cost_nanos / 1e9,
                 estimated=result.usage.estimated,
             ),
-            latency=round(summary.latency_ms),
+            latency=round(done.latency_ms),
             status="success",
-            timestamp=summary.timestamp,
+            timestamp=done.timestamp,
             attempts=result.attempts,
-            finish_reason=result.completion.finish_reason,
+            finish_reason=result.answer.finish_reason,
         )
     )
-    response.headers += _router_headers(req, result)
+    response.headers += router_headers(req, result, len(result.attempts))
     return response
-
-
-def _chat_call(req: Request) -> tuple[Call, dict[str, Any], t.ChatCompletionRequest]:
-    try:
-        raw = _decode(req.raw_body)
-        checked = msgspec.convert(raw, t.ChatCompletionRequest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, "invalid_request_error", f"invalid body: {exc}") from None
-    headers = req.headers
-    live = req.service.live
-    named = checked.model
-    agent = headers.get("x-agent-type", "") or "default"
-    requested = named if named in live.model_names else None
-    if requested is None and named != "auto":
-        agent = named  # neither a model nor auto: an agent type
-    metadata: dict[str, Any] = {}
-    call = Call(
-        request_id=req.request_id,
-        agent_type=agent,
-        workspace_id=_workspace(req, headers.get("x-workspace-id", "") or None),
-        user_id=headers.get("x-user-id", "") or raw.get("user") or None,
-        request_type="chat",
-        chat={k: v for k, v in raw.items() if k != "model"},
-        content_length=content_length(None, checked.messages),
-        deadline=_deadline(req, None),
-        model=requested,
-        metadata=metadata,
-    )
-    return call, raw, checked
-
-
-async def chat_completions(req: Request) -> Response:
-    call, raw, checked = _chat_call(req)
-    route = "/v1/chat/completions"
-    executor = req.service.executor
-    if checked.stream:
-        try:
-            result, chunks = await executor.stream(call)
-        except CallFailed as failed:
-            raise _observe_failure(req, call, route, failed) from None
-        response = Response(b"", 200, "text/event-stream", _router_headers(req, result))
-        response.stream = _observed_stream(req, call, route, result, chunks)
-        return response
-    try:
-        result = await executor.complete(call)
-    except CallFailed as failed:
-        raise _observe_failure(req, call, route, failed) from None
-    assert result.completion is not None
-    prompt = " ".join(str(m.get("content")) for m in checked.messages) if checked.messages else None
-    req.service.observer.observe(
-        _summary(req, call, route, 200, "success", result),
-        result.attempts,
-        prompt,
-        result.completion.text,
-    )
-    response = Response(result.completion.body)
-    response.headers += _router_headers(req, result)
-    return response
-
-
-async def _observed_stream(
-    req: Request, call: Call, route: str, result: Result, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        outcome = result.attempts[-1].outcome if result.attempts else "success"
-        req.service.observer.observe(
-            _summary(req, call, route, 200, outcome, result, stream=True), result.attempts
-        )
-
-
-async def openai_models(req: Request) -> Response:
-    live = req.service.live
-    created = int(time.time())
-    data = [{"id": "auto", "object": "model", "created": created, "owned_by": "model-router"}]
-    data += [
-        {"id": m.id, "object": "model", "created": created, "owned_by": m.provider}
-        for m in sorted(live.models.values(), key=lambda m: m.id)
-        if m.status == "active"
-    ]
-    return json_response({"object": "list", "data": data})
 
 
 ROUTES = [
@@ -251,23 +254,5 @@ ROUTES = [
         "route",
         body=t.RouteRequest,
         response=t.RouteResponse,
-    ),
-    Route(
-        "POST",
-        "/v1/chat/completions",
-        chat_completions,
-        "OpenAI-compatible chat completions; model: a model id, 'auto' or an agent type",
-        "openai",
-        "route",
-        body=t.ChatCompletionRequest,
-        raw_body=True,
-    ),
-    Route(
-        "GET",
-        "/v1/models",
-        openai_models,
-        "OpenAI-compatible list of the active models",
-        "openai",
-        "read",
     ),
 ]

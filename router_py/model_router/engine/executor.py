@@ -3,16 +3,20 @@
 Attempts go through each candidate model's endpoints in the engine's order,
 then on to the next model, up to `max_attempts`, within the request's deadline.
 A connect error, a timeout, a 5xx, a 408/409/429, a 401/403 (the provider
-rejected *our* key) or a body we cannot read fails over; any other 4xx is the
+rejected *our* key) or an answer we cannot read — anything at all going
+wrong while reading or translating it — fails over; any other 4xx is the
 caller's and goes back without failover. Every attempt is recorded in the
 engine (breaker, stats, cost). A stream fails over only until its first byte
-is sent to the client.
+is sent to the client. A candidate that cannot take the request (a parameter
+its provider lacks, an operation it does not serve) is skipped without being
+charged; when no candidate could, the caller gets a 400 naming the parameter.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,38 +25,51 @@ import msgspec
 
 from .. import types as t
 from .._core import Decision
+from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
 from .live import LiveConfig
-from .providers import ADAPTERS, Completion, MalformedUpstream, StreamState
+from .providers import ADAPTERS
 from .sse import EventReader
-from .upstream import UpstreamClient, UpstreamStream
+from .translate import Refused, Tokens
+from .upstream import UpstreamClient, UpstreamRequest, UpstreamStream
 
 FAILOVER_4XX = {401, 403, 408, 409, 429}
+MAX_RETRY_AFTER_MS = 86_400_000  # a provider asking for more than a day is not believed
 
 
 @dataclass
 class Call:
-    """One request to route, in OpenAI's chat shape plus the routing inputs."""
+    """One request to route: the front door's body, as sent, plus the
+    routing inputs."""
 
     request_id: str
     agent_type: str
     workspace_id: str | None
     user_id: str | None
     request_type: str
-    chat: dict[str, Any]
+    operation: Operation
+    body: dict[str, Any]
     content_length: int
     deadline: float  # time.monotonic()
     model: str | None = None
     capabilities: list[str] | None = None
     metadata: dict[str, Any] | None = None
+    forwarded: Mapping[str, str] = field(default_factory=dict)  # caller headers for providers
 
 
 @dataclass
 class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    tokens: Tokens = field(default_factory=Tokens)
     cost_nanos: int = 0
     estimated: bool = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.tokens.prompt or 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.tokens.completion or 0
 
 
 @dataclass
@@ -63,7 +80,7 @@ class Result:
     usage: Usage
     upstream_ms: float
     rule_id: str | None
-    completion: Completion | None = None
+    answer: Answer | None = None
 
 
 class CallFailed(Exception):
@@ -77,6 +94,9 @@ class CallFailed(Exception):
         attempts: list[t.AttemptReport] | None = None,
         details: dict[str, Any] | None = None,
         upstream_body: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        param: str | None = None,
+        code: str | None = None,
     ):
         super().__init__(message)
         self.status = status
@@ -85,20 +105,29 @@ class CallFailed(Exception):
         self.attempts = attempts or []
         self.details = details
         self.upstream_body = upstream_body
+        self.headers = headers or []
+        self.param = param
+        self.code = code
 
 
 def retry_after_ms(headers: dict[str, str]) -> int | None:
-    value = headers.get("Retry-After") or headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0, int(float(value) * 1000))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0, int((parsedate_to_datetime(value).timestamp() - time.time()) * 1000))
-    except (TypeError, ValueError):
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
         return None
+    return int(min(max(0.0, seconds * 1000), MAX_RETRY_AFTER_MS))
+
+
+def retry_after_header(ms: int) -> tuple[str, str]:
+    return ("retry-after", str(max(1, math.ceil(ms / 1000))))
 
 
 def estimate_tokens(chars: int) -> int:
@@ -113,6 +142,20 @@ class _Attempt:
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
+
+
+@dataclass
+class _Tries:
+    """What the attempts of one request came to, for the answer when all fail."""
+
+    attempts: list[t.AttemptReport] = field(default_factory=list)
+    refused: Refused | None = None  # why the first skipped candidate could not take it
+    upstream_ms: float = 0.0
+    retry_after: list[int] = field(default_factory=list)
+
+
+def _malformed(exc: Exception) -> str:
+    return f"unreadable answer ({type(exc).__name__}: {exc})"[:300]
 
 
 class Executor:
@@ -142,51 +185,85 @@ class Executor:
         )
         if decision.error is not None:
             kind, message = decision.error
-            raise CallFailed(ERROR_STATUS[kind], kind, message, details=error_details(decision))
+            headers = []
+            if kind == "breakers_open":
+                reopens = self._soonest_reopen_ms()
+                headers = [retry_after_header(reopens)] if reopens is not None else []
+            raise CallFailed(
+                ERROR_STATUS[kind], kind, message, details=error_details(decision), headers=headers
+            )
         return decision
 
-    def _plan(self, call: Call, decision: Decision) -> Iterator[tuple[str, t.Endpoint, float]]:
-        """(model, endpoint, timeout in seconds) of each attempt to make: at
-        most max_attempts, and none once the request's deadline has passed
-        (an endpoint never tried is not charged with a failure)."""
+    def _soonest_reopen_ms(self) -> int | None:
+        """How long until the first open breaker lets a request through."""
+        now_ms = time.time() * 1000
+        waits = []
+        for endpoint_id in self.live.endpoints:
+            state = self.live.engine.breaker_state(endpoint_id)
+            if state is not None and state[0] == "open" and state[1] is not None:
+                waits.append(max(0, int(state[1] - now_ms)))
+        return min(waits) if waits else None
+
+    def _plan(
+        self, call: Call, decision: Decision, tries: _Tries
+    ) -> Iterator[tuple[_Attempt, Exchange, UpstreamRequest, float]]:
+        """Each attempt to make, prepared: at most max_attempts, and none once
+        the request's deadline has passed (an endpoint never tried is not
+        charged with a failure). Candidates that cannot take the request are
+        skipped."""
         tried = 0
         for model_id, endpoint_ids in decision.candidates:
+            model = self.live.models[model_id]
+            adapter = ADAPTERS[model.provider]
             for endpoint_id in endpoint_ids:
                 remaining = call.deadline - time.monotonic()
                 if tried == self.max_attempts or remaining <= 0:
                     return
-                tried += 1
                 endpoint = self.live.endpoints[endpoint_id]
+                try:
+                    exchange, request = adapter.prepare(
+                        call.operation, model, endpoint, call.body, call.forwarded
+                    )
+                except Refused as refused:
+                    tries.refused = tries.refused or refused
+                    break  # the model's other endpoints would refuse it too
+                tried += 1
                 timeout = (endpoint.timeout_ms or self.upstream_timeout_ms) / 1000
-                yield model_id, endpoint, min(timeout, remaining)
+                yield _Attempt(model_id, endpoint), exchange, request, min(timeout, remaining)
 
     def _record(
         self,
         call: Call,
         attempt: _Attempt,
-        attempts: list[t.AttemptReport],
+        tries: _Tries,
         outcome: str,
         status: int | None,
         error: str | None = None,
         usage: Usage | None = None,
         retry_after: int | None = None,
-    ) -> float:
+    ) -> None:
         latency = attempt.elapsed_ms()
         # The endpoint did its job even when the caller erred or left.
         healthy = outcome in ("success", "client_error", "cancelled")
+        tokens = usage.tokens if usage else Tokens()
         cost = self.live.engine.record(
             attempt.model_id,
             attempt.endpoint.id,
             healthy,
             latency,
-            usage.prompt_tokens if usage else 0,
-            usage.completion_tokens if usage else 0,
+            tokens.prompt or 0,
+            tokens.completion or 0,
             call.workspace_id,
             retry_after,
+            tokens.cache_read,
+            tokens.cache_write,
         )
         if usage is not None:
             usage.cost_nanos = cost or 0
-        attempts.append(
+        if retry_after is not None:
+            tries.retry_after.append(retry_after)
+        tries.upstream_ms += latency
+        tries.attempts.append(
             t.AttemptReport(
                 model_id=attempt.model_id,
                 endpoint_id=attempt.endpoint.id,
@@ -194,54 +271,69 @@ class Executor:
                 status=status,
                 latency_ms=round(latency, 3),
                 error=error,
+                retry_after_ms=retry_after,
             )
         )
-        return latency
 
     def _rejected(
         self,
         call: Call,
         attempt: _Attempt,
-        attempts: list[t.AttemptReport],
+        tries: _Tries,
         status: int,
         headers: dict[str, str],
         body: bytes,
-    ) -> float:
-        """Account a non-200 answer: the latency when it fails over, else
-        CallFailed carrying the provider's answer back to the caller."""
+    ) -> None:
+        """Account a non-200 answer: fail over, or raise CallFailed carrying
+        the provider's answer back to the caller."""
         if status in FAILOVER_4XX or status >= 500:
             outcome = "rate_limited" if status == 429 else "upstream_error"
-            return self._record(
-                call,
-                attempt,
-                attempts,
-                outcome,
-                status,
-                body[:200].decode("utf-8", "replace"),
-                retry_after=retry_after_ms(headers),
+            error = body[:200].decode("utf-8", "replace")
+            self._record(
+                call, attempt, tries, outcome, status, error, retry_after=retry_after_ms(headers)
             )
-        self._record(call, attempt, attempts, "client_error", status)
+            return
+        self._record(call, attempt, tries, "client_error", status)
         raise CallFailed(
             status,
             "upstream_client_error",
             f"the model's provider rejected the request ({status})",
-            attempts,
+            tries.attempts,
             upstream_body=body,
         )
 
-    def _usage(
-        self, call: Call, prompt: int | None, completion: int | None, text_chars: int
-    ) -> Usage:
-        if prompt is not None and completion is not None:
-            return Usage(prompt, completion)
-        return Usage(
-            prompt if prompt is not None else estimate_tokens(call.content_length),
-            completion if completion is not None else estimate_tokens(text_chars),
-            estimated=True,
+    def _usage(self, call: Call, tokens: Tokens, text_chars: int) -> Usage:
+        if tokens.prompt is not None and tokens.completion is not None:
+            return Usage(tokens)
+        estimate = Tokens(
+            tokens.prompt if tokens.prompt is not None else estimate_tokens(call.content_length),
+            tokens.completion if tokens.completion is not None else estimate_tokens(text_chars),
+            tokens.cache_read,
+            tokens.cache_write,
         )
+        return Usage(estimate, estimated=True)
 
-    def _failed(self, call: Call, attempts: list[t.AttemptReport]) -> CallFailed:
-        if time.monotonic() >= call.deadline:
+    def _failed(self, call: Call, tries: _Tries) -> CallFailed:
+        attempts = tries.attempts
+        if not attempts and tries.refused is not None:
+            refused = tries.refused
+            return CallFailed(
+                400,
+                "invalid_request_error",
+                refused.message,
+                param=refused.param,
+                code=refused.code,
+            )
+        if attempts and all(a.outcome == "rate_limited" for a in attempts):
+            wait = min(tries.retry_after) if tries.retry_after else None
+            return CallFailed(
+                429,
+                "rate_limited",
+                "every eligible endpoint is rate limited by its provider",
+                attempts,
+                headers=[retry_after_header(wait)] if wait is not None else [],
+            )
+        if attempts and time.monotonic() >= call.deadline:
             return CallFailed(504, "deadline_exceeded", "the request's deadline passed", attempts)
         return CallFailed(
             502,
@@ -252,145 +344,154 @@ class Executor:
 
     async def complete(self, call: Call) -> Result:
         decision = self.decide(call)
-        attempts: list[t.AttemptReport] = []
-        upstream_ms = 0.0
-        for model_id, endpoint, timeout in self._plan(call, decision):
-            attempt = _Attempt(model_id, endpoint)
-            adapter = ADAPTERS[self.live.models[model_id].provider]
-            request = adapter.request(endpoint, self.live.models[model_id].version, call.chat)
+        tries = _Tries()
+        for attempt, exchange, request, timeout in self._plan(call, decision, tries):
             try:
                 response = await self.client.post(request, timeout)
             except TimeoutError:
-                upstream_ms += self._record(call, attempt, attempts, "timeout", None, "timed out")
+                self._record(call, attempt, tries, "timeout", None, "timed out")
                 continue
             except OSError as exc:
-                upstream_ms += self._record(
-                    call, attempt, attempts, "connect_error", None, str(exc)[:200]
-                )
+                self._record(call, attempt, tries, "connect_error", None, str(exc)[:200])
                 continue
             if response.status != 200:
-                upstream_ms += self._rejected(
-                    call, attempt, attempts, response.status, response.headers, response.body
+                self._rejected(
+                    call, attempt, tries, response.status, response.headers, response.body
                 )
                 continue
             try:
-                completion = adapter.completion(response.body, model_id)
-            except MalformedUpstream as exc:
-                upstream_ms += self._record(
-                    call, attempt, attempts, "malformed", 200, str(exc)[:200]
-                )
+                answer = exchange.answer(response.body, call.body, attempt.model_id)
+            except Exception as exc:  # anything unreadable is the provider's failure
+                self._record(call, attempt, tries, "malformed", 200, _malformed(exc))
                 continue
-            usage = self._usage(
-                call, completion.prompt_tokens, completion.completion_tokens, len(completion.text)
-            )
-            upstream_ms += self._record(call, attempt, attempts, "success", 200, usage=usage)
+            usage = self._usage(call, answer.tokens, len(answer.text))
+            self._record(call, attempt, tries, "success", 200, usage=usage)
             return Result(
-                model_id, endpoint.id, attempts, usage, upstream_ms, decision.rule_id, completion
+                attempt.model_id,
+                attempt.endpoint.id,
+                tries.attempts,
+                usage,
+                tries.upstream_ms,
+                decision.rule_id,
+                answer,
             )
-        raise self._failed(call, attempts)
+        raise self._failed(call, tries)
 
     async def stream(self, call: Call) -> tuple[Result, AsyncIterator[bytes]]:
         """Open the stream on the first candidate that yields a first event.
         Returns the result so far (finished when the iterator ends) and the
-        OpenAI SSE bytes to send, the first of them already read."""
+        bytes to send, the first of them already read."""
         decision = self.decide(call)
-        attempts: list[t.AttemptReport] = []
-        upstream_ms = 0.0
-        include_usage = bool((call.chat.get("stream_options") or {}).get("include_usage"))
-        for model_id, endpoint, timeout in self._plan(call, decision):
-            attempt = _Attempt(model_id, endpoint)
-            adapter = ADAPTERS[self.live.models[model_id].provider]
-            request = adapter.request(endpoint, self.live.models[model_id].version, call.chat)
+        tries = _Tries()
+        for attempt, exchange, request, timeout in self._plan(call, decision, tries):
+            try:
+                reader = exchange.stream(call.body, attempt.model_id)
+            except Refused as refused:
+                tries.refused = tries.refused or refused
+                continue
             opened = self.client.stream(request, timeout)
-            state = StreamState(extra={"include_usage": include_usage})
-            reader = EventReader()
+            events = EventReader()
             first: list[bytes] = []
+            failure: tuple[str, int | None, str] | None = None
             try:
                 stream: UpstreamStream = await opened.__aenter__()
                 if stream.status == 200:
                     async for chunk in stream.chunks:
-                        for event in reader.feed(chunk):
-                            first += adapter.translate(event, state, model_id)
-                        if first or state.error:
+                        for event in events.feed(chunk):
+                            first += reader.feed(event)
+                        if reader.state.started or reader.state.error:
                             break
             except TimeoutError:
-                await opened.__aexit__(None, None, None)
-                upstream_ms += self._record(call, attempt, attempts, "timeout", None, "timed out")
-                continue
+                failure = ("timeout", None, "timed out")
             except OSError as exc:
+                failure = ("connect_error", None, str(exc)[:200])
+            except Exception as exc:  # an event we cannot read or translate
+                failure = ("malformed", 200, _malformed(exc))
+            if failure is None and stream.status != 200:
                 await opened.__aexit__(None, None, None)
-                upstream_ms += self._record(
-                    call, attempt, attempts, "connect_error", None, str(exc)[:200]
-                )
+                self._rejected(call, attempt, tries, stream.status, stream.headers, stream.body)
                 continue
-            if stream.status != 200:
-                await opened.__aexit__(None, None, None)
-                upstream_ms += self._rejected(
-                    call, attempt, attempts, stream.status, stream.headers, stream.body
-                )
-                continue
-            if state.error or not first:
-                await opened.__aexit__(None, None, None)
-                upstream_ms += self._record(
-                    call,
-                    attempt,
-                    attempts,
+            if failure is None and (reader.state.error or not reader.state.started):
+                failure = (
                     "stream_error",
                     200,
-                    state.error or "stream ended before any event",
+                    reader.state.error or "stream ended before any content",
                 )
+            if failure is not None:
+                await opened.__aexit__(None, None, None)
+                self._record(call, attempt, tries, *failure)
                 continue
-            result = Result(model_id, endpoint.id, attempts, Usage(), upstream_ms, decision.rule_id)
+            result = Result(
+                attempt.model_id,
+                attempt.endpoint.id,
+                tries.attempts,
+                Usage(),
+                tries.upstream_ms,
+                decision.rule_id,
+            )
             body = self._forward(
-                call, result, attempt, adapter, opened, stream, reader, state, first
+                call, result, attempt, tries, opened, stream, events, reader, first
             )
             return result, body
-        raise self._failed(call, attempts)
+        raise self._failed(call, tries)
 
     async def _forward(
         self,
         call: Call,
         result: Result,
         attempt: _Attempt,
-        adapter: Any,
+        tries: _Tries,
         opened: Any,
         stream: UpstreamStream,
-        reader: EventReader,
-        state: StreamState,
+        events: EventReader,
+        reader: StreamReader,
         first: list[bytes],
     ) -> AsyncIterator[bytes]:
         """Forward the stream chunk by chunk as it arrives, then account it.
-        Closing this iterator early (the client left) closes the upstream call."""
+        Closing this iterator early (the client left) closes the upstream call.
+        A failure after the first byte ends the stream with an error event."""
+        state = reader.state
         finished = False
         try:
-            for piece in first:
-                yield piece
-            async for chunk in stream.chunks:
-                for event in reader.feed(chunk):
-                    for piece in adapter.translate(event, state, attempt.model_id):
-                        yield piece
+            try:
+                for piece in first:
+                    yield piece
+                async for chunk in stream.chunks:
+                    for event in events.feed(chunk):
+                        try:
+                            pieces = reader.feed(event)
+                        except Exception as exc:
+                            state.error = _malformed(exc)
+                            break
+                        for piece in pieces:
+                            yield piece
+                        if state.error:
+                            break
                     if state.error:
                         break
-                if state.error:
-                    error = {
-                        "error": {"message": "the model's stream failed", "type": "upstream_error"}
-                    }
-                    yield b"data: " + msgspec.json.encode(error) + b"\n\n"
-                    break
-            finished = state.error is None
-            if not state.done and finished:
-                state.error, finished = "stream ended without its final event", False
-        except OSError as exc:
-            state.error = f"{type(exc).__name__}: {exc}"[:200]
+                finished = state.error is None
+                if not state.done and finished:
+                    state.error, finished = "stream ended without its final event", False
+            except OSError as exc:
+                state.error = f"{type(exc).__name__}: {exc}"[:200]
+            if state.error is not None:
+                yield self._error_event(call)
         finally:
-            usage = self._usage(
-                call, state.prompt_tokens, state.completion_tokens, state.text_chars
-            )
+            usage = self._usage(call, state.tokens, state.text_chars)
             outcome = (
                 "success" if finished else ("cancelled" if state.error is None else "stream_error")
             )
-            result.upstream_ms += self._record(
-                call, attempt, result.attempts, outcome, 200, state.error, usage=usage
-            )
+            self._record(call, attempt, tries, outcome, 200, state.error, usage=usage)
+            result.upstream_ms = tries.upstream_ms
             result.usage = usage
             await opened.__aexit__(None, None, None)
+
+    @staticmethod
+    def _error_event(call: Call) -> bytes:
+        """The event that tells the caller's client the stream failed."""
+        message = "the model's stream failed"
+        if call.operation is Operation.MESSAGES:
+            error = {"type": "error", "error": {"type": "api_error", "message": message}}
+            return b"event: error\ndata: " + msgspec.json.encode(error) + b"\n\n"
+        error = {"error": {"message": message, "type": "upstream_error"}}
+        return b"data: " + msgspec.json.encode(error) + b"\n\n"

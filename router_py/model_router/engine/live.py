@@ -30,7 +30,8 @@ class LiveConfig:
         self.version = -1  # nothing loaded yet
         self.keys: dict[str, t.ApiKey] = {}
         self.models: dict[str, t.SnapshotModel] = {}
-        self.model_names: set[str] = set()  # ids and versions: what a caller may name
+        self.model_names: dict[str, str] = {}  # id or version -> model id
+        self.agent_types: set[str] = set()  # those with preferences or named by a rule
         self.endpoints: dict[str, t.Endpoint] = {}
         self.workspaces: dict[str, t.WorkspaceConfig] = {}
         self.loaded_at: float | None = None
@@ -47,7 +48,11 @@ class LiveConfig:
         self.engine.load(msgspec.json.encode(document))
         self.version = version
         self.models = {m.id: m for m in document.models}
-        self.model_names = {m.id for m in document.models} | {m.version for m in document.models}
+        self.model_names = {m.version: m.id for m in document.models}
+        self.model_names.update((m.id, m.id) for m in document.models)
+        self.agent_types = set(document.agent_preferences).union(
+            *(r.condition.agent_type or () for r in document.rules)
+        )
         self.endpoints = {e.id: e for m in document.models for e in m.endpoints}
         self.workspaces = document.workspace_configs
         self.keys = {k.id: k for k in await self.catalog.all(KEYS)}
@@ -76,6 +81,8 @@ class LiveConfig:
                 health=health.get(m.id),
                 endpoints=sorted(endpoints[m.id], key=lambda e: e.id),
                 breaker=m.breaker,
+                parameters=m.parameters,
+                drop_params=m.drop_params,
             )
             for m in sorted(await c.all(MODELS), key=lambda m: m.id)
         ]
