@@ -23,17 +23,33 @@ from .wire import AnthropicUsage, OpenAIUsage
 
 class Refused(Exception):
     """The request asks for something the chosen provider cannot do, or is
-    not what the API accepts: a 400 naming `param`."""
+    not what the API accepts: a 400 naming `param`.
 
-    def __init__(self, param: str, message: str, code: str = "unsupported_parameter"):
-        super().__init__(message)
+    Translators name parameters relative to what they are looking at and
+    prefix the path on the way out (`within`), so the happy path builds no
+    names at all; `{param}` in the reason stands for the full name."""
+
+    def __init__(self, param: str, reason: str, code: str = "unsupported_parameter"):
+        super().__init__(reason)
         self.param = param
-        self.message = message
+        self.reason = reason
         self.code = code
 
+    @property
+    def message(self) -> str:
+        return self.reason.replace("{param}", self.param)
 
-def invalid(param: str, message: str) -> Refused:
-    return Refused(param, message, "invalid_parameter")
+    def __str__(self) -> str:
+        return self.message
+
+    def within(self, prefix: str) -> Refused:
+        joint = "" if not self.param or self.param.startswith("[") else "."
+        self.param = prefix + joint + self.param
+        return self
+
+
+def invalid(param: str, reason: str) -> Refused:
+    return Refused(param, reason, "invalid_parameter")
 
 
 @dataclass(slots=True)
@@ -107,9 +123,11 @@ def refuse_unknown(
 def number(params: Mapping[str, Any], name: str, low: float, high: float, provider: str) -> Any:
     value = params[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise invalid(name, f"'{name}' must be a number")
+        raise invalid(name, "'{param}' must be a number")
     if not low <= value <= high:
-        raise Refused(name, f"'{name}' must be between {low:g} and {high:g} for {provider} models")
+        raise Refused(
+            name, f"'{{param}}' must be between {low:g} and {high:g} for {provider} models"
+        )
     return value
 
 
@@ -121,15 +139,15 @@ def text_of(content: Any, param: str) -> str:
         texts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise Refused(f"{param}[{j}]", f"{param} may only hold text here")
+                raise Refused(f"{param}[{j}]", "{param} may only be text here")
             texts.append(string(part.get("text"), f"{param}[{j}].text"))
         return "\n\n".join(texts)
-    raise invalid(param, f"'{param}' must be a string or a list of text parts")
+    raise invalid(param, "'{param}' must be a string or a list of text parts")
 
 
 def string(value: Any, param: str) -> str:
     if not isinstance(value, str):
-        raise invalid(param, f"'{param}' must be a string")
+        raise invalid(param, "'{param}' must be a string")
     return value
 
 
@@ -141,5 +159,5 @@ def parse_data_url(url: str, param: str) -> tuple[str, str]:
     """(media type, base64 data) of a `data:` URL."""
     head, sep, data = url.partition(",")
     if not sep or not head.startswith("data:") or not head.endswith(";base64") or not data:
-        raise invalid(param, f"'{param}' must be an http(s) URL or a base64 data URL")
+        raise invalid(param, "'{param}' must be an http(s) URL or a base64 data URL")
     return head[5:-7], data

@@ -6,7 +6,6 @@ Anthropic's event sequence (an Anthropic client routed to an OpenAI model).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
@@ -19,6 +18,7 @@ PROVIDER = "Anthropic"
 JSON_OBJECT_TOOL = "json_response"  # the forced tool that carries a json_object answer
 
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 # OpenAI parameters this translation carries over; any other is refused.
 HANDLED = frozenset(
@@ -114,33 +114,16 @@ def _messages(messages: Any) -> tuple[list[str], list[dict[str, Any]]]:
     merged into one, as Anthropic requires: parallel tool results become one
     user turn."""
     if not isinstance(messages, list) or not messages:
-        raise invalid("messages", "'messages' must be a non-empty list")
+        raise invalid("messages", "'{param}' must be a non-empty list")
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
-        at = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise invalid(at, f"'{at}' must be an object")
-        role, content = m.get("role"), m.get("content")
-        if role in ("system", "developer"):
-            system.append(_text_of(content, f"{at}.content"))
+        try:
+            role, blocks = _turn(m, system)
+        except Refused as refused:
+            raise refused.within(f"messages[{i}]") from None
+        if role is None:
             continue
-        if role == "user":
-            blocks: str | list[dict[str, Any]] = _user_content(content, f"{at}.content")
-        elif role == "assistant":
-            blocks = _assistant_content(m, at)
-            role = "assistant"
-        elif role == "tool":
-            role = "user"
-            blocks = [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": string(m.get("tool_call_id"), f"{at}.tool_call_id"),
-                    "content": _tool_result(content, f"{at}.content"),
-                }
-            ]
-        else:
-            raise Refused(f"{at}.role", f"role {role!r} is not supported by {PROVIDER} models")
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"] = _as_blocks(turns[-1]["content"]) + _as_blocks(blocks)
         else:
@@ -148,75 +131,107 @@ def _messages(messages: Any) -> tuple[list[str], list[dict[str, Any]]]:
     return system, turns
 
 
+def _turn(m: Any, system: list[str]) -> tuple[str | None, str | list[dict[str, Any]]]:
+    """One OpenAI message as (Anthropic role, content); system and developer
+    messages go to `system` (role None)."""
+    if not isinstance(m, dict):
+        raise invalid("", "each message must be an object")
+    role, content = m.get("role"), m.get("content")
+    if role == "user":
+        return "user", _user_content(content)
+    if role == "assistant":
+        return "assistant", _assistant_content(m)
+    if role == "tool":
+        tool_use_id = m.get("tool_call_id")
+        if not isinstance(tool_use_id, str):
+            raise invalid("tool_call_id", "'{param}' must be a string")
+        result = content if isinstance(content, str) else _text_of(content, "content")
+        return "user", [{"type": "tool_result", "tool_use_id": tool_use_id, "content": result}]
+    if role in ("system", "developer"):
+        system.append(_text_of(content, "content"))
+        return None, ""
+    raise Refused("role", f"role {role!r} is not supported by {PROVIDER} models")
+
+
 def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
-def _user_content(content: Any, at: str) -> str | list[dict[str, Any]]:
+def _user_content(content: Any) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise invalid(at, f"'{at}' must be a string or a list of parts")
+        raise invalid("content", "'{param}' must be a string or a list of parts")
     blocks = []
     for j, part in enumerate(content):
-        where = f"{at}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            block: dict[str, Any] = {"type": "text", "text": string(part.get("text"), where)}
-        elif kind == "image_url":
-            block = {"type": "image", "source": _image_source(part.get("image_url"), where)}
-        else:
-            raise Refused(f"{where}.type", f"{kind!r} parts are not supported by {PROVIDER}")
-        if isinstance(part.get("cache_control"), dict):
-            block["cache_control"] = part["cache_control"]
-        blocks.append(block)
+        try:
+            blocks.append(_user_part(part))
+        except Refused as refused:
+            raise refused.within(f"content[{j}]") from None
     return blocks
 
 
-def _image_source(image: Any, at: str) -> dict[str, Any]:
+def _user_part(part: Any) -> dict[str, Any]:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid("text", "'{param}' must be a string")
+        block: dict[str, Any] = {"type": "text", "text": text}
+    elif kind == "image_url":
+        block = {"type": "image", "source": _image_source(part.get("image_url"))}
+    else:
+        raise Refused("type", f"{kind!r} parts are not supported by {PROVIDER} models")
+    cache_control = part.get("cache_control")
+    if cache_control is not None:
+        block["cache_control"] = cache_control
+    return block
+
+
+def _image_source(image: Any) -> dict[str, Any]:
     url = image.get("url") if isinstance(image, dict) else None
     if not isinstance(url, str):
-        raise invalid(f"{at}.image_url.url", "an image_url part needs image_url.url")
+        raise invalid("image_url.url", "an image_url part needs '{param}'")
     if url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
-    media_type, data = parse_data_url(url, f"{at}.image_url.url")
+    media_type, data = parse_data_url(url, "image_url.url")
     return {"type": "base64", "media_type": media_type, "data": data}
 
 
-def _assistant_content(m: dict[str, Any], at: str) -> str | list[dict[str, Any]]:
+def _assistant_content(m: dict[str, Any]) -> str | list[dict[str, Any]]:
     content = m.get("content")
-    text = "" if content is None else _text_of(content, f"{at}.content")
+    text = "" if content is None else _text_of(content, "content")
     calls = m.get("tool_calls")
     if not calls:
         return text
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     if not isinstance(calls, list):
-        raise invalid(f"{at}.tool_calls", "'tool_calls' must be a list")
+        raise invalid("tool_calls", "'{param}' must be a list")
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
     for j, call in enumerate(calls):
-        where = f"{at}.tool_calls[{j}]"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            raise invalid(where, f"'{where}' needs a function")
-        arguments = function.get("arguments") or "{}"
         try:
-            args = json.loads(string(arguments, f"{where}.function.arguments"))
-        except ValueError:
-            raise invalid(f"{where}.function.arguments", "arguments are not valid JSON") from None
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": string(call.get("id"), f"{where}.id"),
-                "name": string(function.get("name"), f"{where}.function.name"),
-                "input": args,
-            }
-        )
+            blocks.append(_tool_use(call))
+        except Refused as refused:
+            raise refused.within(f"tool_calls[{j}]") from None
     return blocks
 
 
-def _tool_result(content: Any, at: str) -> str | list[dict[str, Any]]:
-    if isinstance(content, str):
-        return content
-    return [{"type": "text", "text": _text_of(content, at)}]
+def _tool_use(call: Any) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise invalid("function", "each tool call needs a '{param}' object")
+    call_id, name = call.get("id"), function.get("name")
+    if not isinstance(call_id, str):
+        raise invalid("id", "'{param}' must be a string")
+    if not isinstance(name, str):
+        raise invalid("function.name", "'{param}' must be a string")
+    arguments = function.get("arguments") or "{}"
+    try:
+        args = _decode(arguments) if isinstance(arguments, str) else None
+    except msgspec.DecodeError:
+        args = None
+    if args is None:
+        raise invalid("function.arguments", "'{param}' must be a JSON string")
+    return {"type": "tool_use", "id": call_id, "name": name, "input": args}
 
 
 def _tools(params: dict[str, Any], body: dict[str, Any]) -> None:
@@ -301,7 +316,7 @@ def response(completion: OpenAICompletion, tokens: Tokens, model_id: str) -> dic
                 "type": "tool_use",
                 "id": call.id or "",
                 "name": name or "",
-                "input": json.loads((function.arguments if function else None) or "{}"),
+                "input": _decode((function.arguments if function else None) or "{}"),
             }
         )
     return {

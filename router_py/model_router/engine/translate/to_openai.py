@@ -58,7 +58,10 @@ def request(body: dict[str, Any], model: str, drop: frozenset[str]) -> dict[str,
     if not isinstance(turns, list) or not turns:
         raise invalid("messages", "'messages' must be a non-empty list")
     for i, turn in enumerate(turns):
-        messages += _turn(turn, f"messages[{i}]")
+        try:
+            messages += _turn(turn)
+        except Refused as refused:
+            raise refused.within(f"messages[{i}]") from None
     chat: dict[str, Any] = {"model": model, "messages": messages}
     if "max_tokens" in params:
         chat["max_tokens"] = params["max_tokens"]
@@ -82,93 +85,98 @@ def request(body: dict[str, Any], model: str, drop: frozenset[str]) -> dict[str,
     return chat
 
 
-def _turn(turn: Any, at: str) -> list[dict[str, Any]]:
+def _turn(turn: Any) -> list[dict[str, Any]]:
     """One Anthropic turn as OpenAI messages: a user turn's tool results
     become `tool` messages (first, as they answer the previous turn)."""
-    if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
-        raise invalid(f"{at}.role", "each message's role must be user or assistant")
-    content = turn.get("content")
+    role = turn.get("role") if isinstance(turn, dict) else None
+    if role not in ("user", "assistant"):
+        raise invalid("role", "each message's role must be user or assistant")
+    content = turn["content"] if "content" in turn else None
     if isinstance(content, str):
-        return [{"role": turn["role"], "content": content}]
+        return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise invalid(f"{at}.content", "content must be a string or a list of blocks")
-    if turn["role"] == "assistant":
-        return [_assistant(content, f"{at}.content")]
+        raise invalid("content", "'{param}' must be a string or a list of blocks")
+    if role == "assistant":
+        return [_assistant(content)]
     results, parts = [], []
     for j, block in enumerate(content):
-        where = f"{at}.content[{j}]"
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "tool_result":
-            results.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": string(block.get("tool_use_id"), f"{where}.tool_use_id"),
-                    "content": _tool_result(block.get("content", ""), f"{where}.content"),
-                }
-            )
-        else:
-            parts.append(_part(block, kind, where))
+        try:
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "tool_result":
+                results.append(_tool_message(block))
+            else:
+                parts.append(_part(block, kind))
+        except Refused as refused:
+            raise refused.within(f"content[{j}]") from None
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
 
-def _part(block: Any, kind: str | None, at: str) -> dict[str, Any]:
+def _tool_message(block: dict[str, Any]) -> dict[str, Any]:
+    tool_call_id = block.get("tool_use_id")
+    if not isinstance(tool_call_id, str):
+        raise invalid("tool_use_id", "'{param}' must be a string")
+    content = block.get("content", "")
+    if not isinstance(content, str):
+        content = _text_of(content, "content")
+    return {"role": "tool", "tool_call_id": tool_call_id, "content": content}
+
+
+def _part(block: Any, kind: str | None) -> dict[str, Any]:
     if kind == "text":
-        return {"type": "text", "text": string(block.get("text"), f"{at}.text")}
+        return {"type": "text", "text": string(block.get("text"), "text")}
     if kind == "image":
-        return {"type": "image_url", "image_url": {"url": _source_url(block, at)}}
+        return {"type": "image_url", "image_url": {"url": _source_url(block)}}
     if kind == "document":
         source = block.get("source") or {}
         if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
             filename = block.get("title") or "document.pdf"
             file = {"filename": filename, "file_data": data_url("application/pdf", source["data"])}
             return {"type": "file", "file": file}
-        raise Refused(f"{at}.source", f"{PROVIDER} models take documents as base64 PDF only")
-    raise Refused(f"{at}.type", f"{kind!r} blocks are not supported by {PROVIDER} models")
+        raise Refused("source", f"{PROVIDER} models take documents as base64 PDF only")
+    raise Refused("type", f"{kind!r} blocks are not supported by {PROVIDER} models")
 
 
-def _source_url(block: dict[str, Any], at: str) -> str:
+def _source_url(block: dict[str, Any]) -> str:
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "url":
-        return string(source.get("url"), f"{at}.source.url")
+        return string(source.get("url"), "source.url")
     if isinstance(source, dict) and source.get("type") == "base64":
-        media_type = string(source.get("media_type"), f"{at}.source.media_type")
-        return data_url(media_type, string(source.get("data"), f"{at}.source.data"))
-    raise Refused(f"{at}.source.type", f"{PROVIDER} models take images by URL or base64 only")
+        media_type = string(source.get("media_type"), "source.media_type")
+        return data_url(media_type, string(source.get("data"), "source.data"))
+    raise Refused("source.type", f"{PROVIDER} models take images by URL or base64 only")
 
 
-def _assistant(blocks: list[Any], at: str) -> dict[str, Any]:
+def _assistant(blocks: list[Any]) -> dict[str, Any]:
     """Text blocks become the content, tool_use blocks the tool calls.
     Thinking blocks are the model's own earlier reasoning, which an
     OpenAI-style model cannot take back: they are left out."""
     texts, calls = [], []
     for j, block in enumerate(blocks):
-        where = f"{at}[{j}]"
         kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "text":
-            texts.append(string(block.get("text"), f"{where}.text"))
-        elif kind == "tool_use":
-            calls.append(
-                {
-                    "id": string(block.get("id"), f"{where}.id"),
-                    "type": "function",
-                    "function": {
-                        "name": string(block.get("name"), f"{where}.name"),
-                        "arguments": _encode(block.get("input") or {}).decode(),
-                    },
-                }
-            )
-        elif kind not in ("thinking", "redacted_thinking"):
-            raise Refused(f"{where}.type", f"{kind!r} blocks are not supported by {PROVIDER}")
+        try:
+            if kind == "text":
+                texts.append(string(block.get("text"), "text"))
+            elif kind == "tool_use":
+                calls.append(_tool_call_of(block))
+            elif kind not in ("thinking", "redacted_thinking"):
+                raise Refused("type", f"{kind!r} blocks are not supported by {PROVIDER} models")
+        except Refused as refused:
+            raise refused.within(f"content[{j}]") from None
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls
     return message
 
 
-def _tool_result(content: Any, at: str) -> str | list[dict[str, Any]]:
-    if isinstance(content, str):
-        return content
-    return [{"type": "text", "text": _text_of(content, at)}]
+def _tool_call_of(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": string(block.get("id"), "id"),
+        "type": "function",
+        "function": {
+            "name": string(block.get("name"), "name"),
+            "arguments": _encode(block.get("input") or {}).decode(),
+        },
+    }
 
 
 def _tools(params: dict[str, Any], chat: dict[str, Any]) -> None:
