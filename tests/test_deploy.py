@@ -349,9 +349,10 @@ def test_chart_with_existing_secrets_external_redis_and_every_option():
     )
 
 
-def test_chart_refuses_replicas_without_a_shared_store():
-    with pytest.raises(helm_python.HelmError, match="several replicas share one store"):
-        helm_template("router", ["redis.enabled=false"])
+@pytest.mark.parametrize("replicas", ["1", "3"])
+def test_chart_refuses_to_run_without_a_shared_persistent_store(replicas):
+    with pytest.raises(helm_python.HelmError, match="need a shared, persistent store"):
+        helm_template("router", ["redis.enabled=false", f"replicaCount={replicas}"])
 
 
 def test_compose_file_two_routers_behind_one_port_on_a_persistent_redis():

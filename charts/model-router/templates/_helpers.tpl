@@ -53,7 +53,8 @@ the admin key, the bundled Redis' password, redis.url (it may carry one). */}}
 {{- if gt $stores 1 -}}
 {{- fail "set only one of redis.enabled, redis.url and redis.existingSecret" -}}
 {{- end -}}
-{{- if and (eq $stores 0) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) -}}
-{{- fail "several replicas share one store: set redis.enabled=true, redis.url or redis.existingSecret" -}}
+{{- /* SQLite on a pod's emptyDir would be lost with the pod, and not shared. */ -}}
+{{- if eq $stores 0 -}}
+{{- fail "the routers need a shared, persistent store: set redis.enabled=true, redis.url or redis.existingSecret" -}}
 {{- end -}}
 {{- end -}}
