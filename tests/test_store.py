@@ -136,3 +136,17 @@ def test_counters_add_atomically_and_expire(store):
             await s.close()
 
     run(scenario())
+
+
+def test_shared_state_is_set_per_entry_and_leaves_the_config_version_alone(store):
+    async def scenario():
+        s, other = store(), store()
+        await s.put_state("breakers", {"e1": b'{"a":1}', "e2": b"x"})
+        await other.put_state("breakers", {"e1": b'{"a":2}'})
+        assert await s.get_state("breakers") == {"e1": b'{"a":2}', "e2": b"x"}
+        assert await s.get_state("nothing") == {}
+        assert await s.version() == 0
+        await s.close()
+        await other.close()
+
+    run(scenario())

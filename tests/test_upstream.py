@@ -10,7 +10,12 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from model_router.engine.upstream import UpstreamClient, UpstreamError, UpstreamRequest
+from model_router.engine.upstream import (
+    Deadlines,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamRequest,
+)
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
@@ -69,10 +74,12 @@ def test_keeps_connections_alive_and_sends_a_proper_request():
         server, client = Server(answer), UpstreamClient()
         async with server as url:
             for _ in range(5):
-                response = await client.post(request(url), 5)
+                response = await client.send(request(url), Deadlines.within(5))
                 assert (response.status, response.body) == (200, b'{"ok":true}')
                 assert response.headers["content-type"] == "application/json"
-            await asyncio.gather(*(client.post(request(url), 5) for _ in range(4)))
+            await asyncio.gather(
+                *(client.send(request(url), Deadlines.within(5)) for _ in range(4))
+            )
         await client.close()
         assert server.connections <= 4
         first = server.requests[0]
@@ -100,10 +107,14 @@ def test_chunked_and_connection_delimited_bodies():
     async def scenario():
         client = UpstreamClient()
         async with Server(answer_chunked) as url:
-            assert (await client.post(request(url), 5)).body == b'{"a":12}'
+            assert (await client.send(request(url), Deadlines.within(5))).body == b'{"a":12}'
         async with Server(answer_until_close) as url:
-            assert (await client.post(request(url), 5)).body == b'{"until":"close"}'
-            assert (await client.post(request(url), 5)).body == b'{"until":"close"}'
+            assert (
+                await client.send(request(url), Deadlines.within(5))
+            ).body == b'{"until":"close"}'
+            assert (
+                await client.send(request(url), Deadlines.within(5))
+            ).body == b'{"until":"close"}'
         await client.close()
 
     run(scenario())
@@ -126,7 +137,7 @@ def test_streams_chunk_by_chunk():
     async def scenario():
         client = UpstreamClient()
         async with Server(answer) as url:
-            async with client.stream(request(url), 5) as stream:
+            async with client.stream(request(url), Deadlines.within(5)) as stream:
                 assert stream.status == 200
                 got = [chunk async for chunk in stream.chunks]
         assert b"".join(got) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and len(got) == 3
@@ -154,12 +165,12 @@ def test_failures_are_errors_not_hangs():
         for answer in (garbage, hang_up):
             async with Server(answer) as url:
                 with pytest.raises(UpstreamError):
-                    await client.post(request(url), 5)
+                    await client.send(request(url), Deadlines.within(5))
         async with Server(silent) as url:
             with pytest.raises(TimeoutError):
-                await client.post(request(url), 0.2)
+                await client.send(request(url), Deadlines.within(0.2))
         with pytest.raises(UpstreamError):
-            await client.post(request("http://127.0.0.1:9/nothing-listens"), 5)
+            await client.send(request("http://127.0.0.1:9/nothing-listens"), Deadlines.within(5))
         await client.close()
 
     run(scenario())
@@ -175,7 +186,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused():
         server, client = Server(answer_once), UpstreamClient()
         async with server as url:
             for _ in range(3):
-                assert (await client.post(request(url), 5)).status == 200
+                assert (await client.send(request(url), Deadlines.within(5))).status == 200
                 await asyncio.sleep(0.05)
         assert server.connections == 3
         await client.close()
@@ -222,12 +233,12 @@ def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
         url = f"https://localhost:{port}/v1/messages"
         try:
             if trusted:
-                assert (await client.post(request(url), 5)).body == b'{"ok":true}'
-                assert (await client.post(request(url), 5)).status == 200
+                assert (await client.send(request(url), Deadlines.within(5))).body == b'{"ok":true}'
+                assert (await client.send(request(url), Deadlines.within(5))).status == 200
                 assert server.connections == 1
             else:
                 with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
-                    await client.post(request(url), 5)
+                    await client.send(request(url), Deadlines.within(5))
         finally:
             server.server.close()
             await client.close()
@@ -235,3 +246,73 @@ def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
     run(scenario(trusted=False))
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     run(scenario(trusted=True))
+
+
+def test_a_hung_origin_holds_only_its_own_pool_and_waits_are_bounded():
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+        return False
+
+    async def ok(reader, writer):
+        writer.write(OK)
+        return True
+
+    async def scenario():
+        client = UpstreamClient(pool_size=1)
+        async with Server(silent) as hung, Server(ok) as healthy:
+            loop = asyncio.get_running_loop()
+            stuck = asyncio.ensure_future(client.send(request(hung), Deadlines.within(2)))
+            await asyncio.sleep(0.05)
+            # Its one connection is taken: the next call to it waits no longer
+            # than its own deadline, and says why.
+            started = loop.time()
+            with pytest.raises(TimeoutError, match="no free connection"):
+                await client.send(request(hung), Deadlines.within(0.2))
+            assert loop.time() - started < 0.5
+            # Another origin is served at once.
+            started = loop.time()
+            assert (await client.send(request(healthy), Deadlines.within(1))).status == 200
+            assert loop.time() - started < 0.1
+            with pytest.raises(TimeoutError, match="no head"):
+                await stuck
+        await client.close()
+
+    run(scenario())
+
+
+def test_the_head_deadline_is_shorter_than_the_whole_answers():
+    async def slow_body(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(b'"ok":true}')
+        return True
+
+    async def scenario():
+        client = UpstreamClient()
+        async with Server(slow_body) as url:
+            # The head comes at once (within 0.1 s), the body in 0.3 s (within 1 s).
+            response = await client.send(request(url), Deadlines.within(1, head_s=0.1))
+            assert response.body == b'{"ok":true}'
+            with pytest.raises(TimeoutError, match="no answer"):
+                await client.send(request(url), Deadlines.within(0.15, head_s=0.1))
+        await client.close()
+
+    run(scenario())
+
+
+def test_an_answer_over_the_cap_is_refused_not_buffered():
+    big = b"x" * 100_000
+
+    async def huge(reader, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+        return True
+
+    async def scenario():
+        client = UpstreamClient(max_body=10_000)
+        async with Server(huge) as url:
+            with pytest.raises(UpstreamError, match="over 10000 bytes"):
+                await client.send(request(url), Deadlines.within(5))
+        await client.close()
+
+    run(scenario())

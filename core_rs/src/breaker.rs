@@ -8,6 +8,11 @@
 //! up to `half_open_probes` decisions may include the endpoint; the first
 //! success closes the breaker, a failure opens it again. A probe that never
 //! reports back frees its slot after `probe_timeout_ms`.
+//!
+//! An outcome of a request that started before the breaker's last change
+//! moves nothing: a hung provider's late timeouts must not re-open a breaker
+//! that a probe has just closed. Opens and closes are reported as
+//! `Transition`s, so other workers and replicas can adopt them.
 
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -81,6 +86,13 @@ pub enum State {
     HalfOpen,
 }
 
+/// A change of state worth telling other workers: opened until, or closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Opened { until_ms: u64 },
+    Closed,
+}
+
 /// What a decision may do with an endpoint now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -101,6 +113,7 @@ pub struct CircuitBreaker {
     recent_failures: u32,
     consecutive_opens: u32,
     probes: Vec<u64>,
+    changed_ms: u64,
 }
 
 impl CircuitBreaker {
@@ -113,6 +126,7 @@ impl CircuitBreaker {
             recent_failures: 0,
             consecutive_opens: 0,
             probes: Vec::new(),
+            changed_ms: 0,
         }
     }
 
@@ -155,18 +169,48 @@ impl CircuitBreaker {
         true
     }
 
-    pub fn record(&mut self, success: bool, now_ms: u64, retry_after_ms: Option<u64>) {
+    /// Account one outcome of a request that started at `started_ms`.
+    pub fn record(
+        &mut self,
+        success: bool,
+        now_ms: u64,
+        started_ms: u64,
+        retry_after_ms: Option<u64>,
+    ) -> Option<Transition> {
+        if started_ms < self.changed_ms {
+            return None; // sent before the last change: says nothing about now
+        }
         self.push_outcome(success);
         match (self.state(now_ms), success) {
-            (State::HalfOpen, true) => self.close(),
-            (State::HalfOpen, false) => self.open(now_ms, retry_after_ms),
-            (State::Open { .. }, _) => {} // a late answer from before it opened
-            (State::Closed, true) => self.consecutive_failures = 0,
+            (State::HalfOpen, true) => Some(self.close(now_ms)),
+            (State::HalfOpen, false) => Some(self.open(now_ms, retry_after_ms)),
+            (State::Open { .. }, _) => None,
+            (State::Closed, true) => {
+                self.consecutive_failures = 0;
+                None
+            }
             (State::Closed, false) => {
                 self.consecutive_failures += 1;
-                if retry_after_ms.is_some() || self.tripped() {
-                    self.open(now_ms, retry_after_ms);
-                }
+                (retry_after_ms.is_some() || self.tripped())
+                    .then(|| self.open(now_ms, retry_after_ms))
+            }
+        }
+    }
+
+    /// Take on a transition another worker or replica made.
+    pub fn adopt(&mut self, transition: Transition, now_ms: u64) {
+        match (transition, self.state) {
+            (Transition::Opened { until_ms }, State::Open { until_ms: ours })
+                if ours >= until_ms => {}
+            (Transition::Opened { until_ms }, _) => {
+                self.state = State::Open { until_ms };
+                self.consecutive_opens += 1;
+                self.probes.clear();
+                self.changed_ms = now_ms;
+            }
+            (Transition::Closed, State::Closed) => {}
+            (Transition::Closed, _) => {
+                self.close(now_ms);
             }
         }
     }
@@ -193,7 +237,7 @@ impl CircuitBreaker {
             && (self.recent_failures as f64 / n as f64) > c.error_rate_threshold
     }
 
-    fn open(&mut self, now_ms: u64, retry_after_ms: Option<u64>) {
+    fn open(&mut self, now_ms: u64, retry_after_ms: Option<u64>) -> Transition {
         let c = &self.config;
         let grown = c
             .cooldown_ms
@@ -201,20 +245,23 @@ impl CircuitBreaker {
         let cooldown = grown
             .min(c.max_cooldown_ms)
             .max(retry_after_ms.unwrap_or(0));
-        self.state = State::Open {
-            until_ms: now_ms + cooldown,
-        };
+        let until_ms = now_ms + cooldown;
+        self.state = State::Open { until_ms };
         self.consecutive_opens += 1;
         self.probes.clear();
+        self.changed_ms = now_ms;
+        Transition::Opened { until_ms }
     }
 
-    fn close(&mut self) {
+    fn close(&mut self, now_ms: u64) -> Transition {
         self.state = State::Closed;
         self.consecutive_failures = 0;
         self.consecutive_opens = 0;
         self.recent.clear();
         self.recent_failures = 0;
         self.probes.clear();
+        self.changed_ms = now_ms;
+        Transition::Closed
     }
 }
 
@@ -230,16 +277,16 @@ mod tests {
     fn opens_after_consecutive_failures_and_recovers_through_a_probe() {
         let mut b = breaker();
         for _ in 0..4 {
-            b.record(false, 0, None);
+            b.record(false, 0, 0, None);
         }
         assert_eq!(b.peek(0), Admission::Admit);
-        b.record(false, 100, None);
+        b.record(false, 100, 100, None);
         assert_eq!(b.peek(100), Admission::Refuse { until_ms: 10_100 });
         assert_eq!(b.peek(10_099), Admission::Refuse { until_ms: 10_100 });
         assert_eq!(b.peek(10_100), Admission::Probe);
         assert!(b.take_probe(10_100));
         assert!(!b.take_probe(10_101), "one probe at a time");
-        b.record(true, 10_200, None);
+        b.record(true, 10_200, 10_200, None);
         assert_eq!(b.state(10_200), State::Closed);
     }
 
@@ -250,13 +297,13 @@ mod tests {
             max_cooldown_ms: 35_000,
             ..Default::default()
         });
-        b.record(false, 0, None);
+        b.record(false, 0, 0, None);
         assert_eq!(b.state(0), State::Open { until_ms: 10_000 });
         assert!(b.take_probe(10_000));
-        b.record(false, 10_000, None);
+        b.record(false, 10_000, 10_000, None);
         assert_eq!(b.state(10_000), State::Open { until_ms: 30_000 });
         assert!(b.take_probe(30_000));
-        b.record(false, 30_000, None);
+        b.record(false, 30_000, 30_000, None);
         assert_eq!(
             b.state(30_000),
             State::Open { until_ms: 65_000 },
@@ -269,11 +316,11 @@ mod tests {
         let mut b = breaker();
         // Alternate: never 5 in a row, but 50% errors; needs > 50%.
         for i in 0..10 {
-            b.record(i % 2 == 0, i, None);
+            b.record(i % 2 == 0, i, i, None);
         }
         assert_eq!(b.peek(10), Admission::Admit);
-        b.record(false, 11, None);
-        b.record(false, 12, None);
+        b.record(false, 11, 11, None);
+        b.record(false, 12, 12, None);
         assert!(matches!(b.peek(12), Admission::Refuse { .. }));
     }
 
@@ -285,17 +332,17 @@ mod tests {
             ..Default::default()
         });
         for i in 0..9 {
-            b.record(false, i, None);
+            b.record(false, i, i, None);
         }
         assert_eq!(b.peek(9), Admission::Admit);
-        b.record(false, 9, None);
+        b.record(false, 9, 9, None);
         assert!(matches!(b.peek(9), Admission::Refuse { .. }));
     }
 
     #[test]
     fn retry_after_opens_at_once_for_at_least_that_long() {
         let mut b = breaker();
-        b.record(false, 0, Some(60_000));
+        b.record(false, 0, 0, Some(60_000));
         assert_eq!(b.state(0), State::Open { until_ms: 60_000 });
     }
 
@@ -305,10 +352,44 @@ mod tests {
             failure_threshold: 1,
             ..Default::default()
         });
-        b.record(false, 0, None);
+        b.record(false, 0, 0, None);
         assert!(b.take_probe(10_000));
         assert!(!b.take_probe(20_000));
         assert!(b.take_probe(40_001));
+    }
+
+    #[test]
+    fn late_outcomes_of_requests_sent_before_a_change_move_nothing() {
+        let mut b = CircuitBreaker::new(BreakerConfig {
+            failure_threshold: 1,
+            ..Default::default()
+        });
+        // Sent at 0, fails at 100: opens. A probe at 10_100 closes it.
+        assert_eq!(
+            b.record(false, 100, 0, None),
+            Some(Transition::Opened { until_ms: 10_100 })
+        );
+        assert!(b.take_probe(10_100));
+        assert_eq!(
+            b.record(true, 10_200, 10_100, None),
+            Some(Transition::Closed)
+        );
+        // A request sent at 50 times out only now: it says nothing about now.
+        assert_eq!(b.record(false, 30_050, 50, None), None);
+        assert_eq!(b.state(30_050), State::Closed);
+    }
+
+    #[test]
+    fn transitions_from_elsewhere_are_adopted() {
+        let mut b = breaker();
+        b.adopt(Transition::Opened { until_ms: 5_000 }, 1_000);
+        assert_eq!(b.peek(1_000), Admission::Refuse { until_ms: 5_000 });
+        b.adopt(Transition::Opened { until_ms: 4_000 }, 1_100); // older news
+        assert_eq!(b.peek(1_100), Admission::Refuse { until_ms: 5_000 });
+        // Outcomes of requests sent before the adopted change are ignored.
+        assert_eq!(b.record(false, 1_200, 900, None), None);
+        b.adopt(Transition::Closed, 2_000);
+        assert_eq!(b.state(2_000), State::Closed);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! The semantics are documented, with a worked example, in docs/routing.md.
 
-use crate::breaker::{Admission, BreakerConfig, CircuitBreaker};
+use crate::breaker::{Admission, BreakerConfig, CircuitBreaker, Transition};
 use crate::cost::{nanos_to_usd, usd_to_nanos, Nanos, Price, SpendLedger, Tokens, PERIODS};
 use crate::rules::{self, RequestFacts};
 use crate::select::{self, Rng};
@@ -125,6 +125,8 @@ pub struct Outcome<'a> {
     pub latency_ms: f64,
     pub tokens: Tokens,
     pub retry_after_ms: Option<u64>,
+    /// When the attempt was sent (ms since the epoch).
+    pub started_ms: u64,
 }
 
 /// Per-model facts derived once per snapshot.
@@ -143,6 +145,8 @@ pub struct Engine {
     rule_matches: Vec<u64>,
     pub ledger: SpendLedger,
     rng: Rng,
+    /// Breaker opens and closes since the last `take_transitions`, by endpoint id.
+    transitions: Vec<(String, Transition)>,
 }
 
 /// Per workspace and per agent type, one byte per model (by position) saying
@@ -244,6 +248,7 @@ impl Engine {
             rule_matches: Vec::new(),
             ledger: SpendLedger::default(),
             rng: Rng::new(seed),
+            transitions: Vec::new(),
         }
     }
 
@@ -343,6 +348,35 @@ impl Engine {
 
     pub fn breaker(&self, model: usize, endpoint: usize) -> &CircuitBreaker {
         &self.breakers[model][endpoint]
+    }
+
+    /// The breaker transitions recorded since the last call.
+    pub fn take_transitions(&mut self) -> Vec<(String, Transition)> {
+        std::mem::take(&mut self.transitions)
+    }
+
+    /// Adopt a transition made by another worker or replica.
+    pub fn adopt_transition(&mut self, endpoint_id: &str, t: Transition, now_ms: u64) -> bool {
+        let Some((mi, ei)) = self.snapshot.endpoint_position(endpoint_id) else {
+            return false;
+        };
+        self.breakers[mi][ei].adopt(t, now_ms);
+        true
+    }
+
+    /// With active probes: the half-open endpoints due for a probe, as
+    /// (model id, endpoint id), each with its probe slot taken.
+    pub fn due_probes(&mut self, now_ms: u64) -> Vec<(String, String)> {
+        let snap = self.snapshot.clone();
+        let mut due = Vec::new();
+        for (mi, model) in snap.models.iter().enumerate() {
+            for (ei, endpoint) in model.endpoints.iter().enumerate() {
+                if self.breakers[mi][ei].take_probe(now_ms) {
+                    due.push((model.id.clone(), endpoint.id.clone()));
+                }
+            }
+        }
+        due
     }
 
     pub fn decide(&mut self, input: &DecideInput<'_>, now_ms: u64) -> Decision {
@@ -700,7 +734,9 @@ impl Engine {
             let mut until = u64::MAX;
             for b in &self.breakers[mi] {
                 match b.peek(now_ms) {
-                    Admission::Admit | Admission::Probe => return Ok(()),
+                    Admission::Admit => return Ok(()),
+                    Admission::Probe if !snap.settings.active_probes => return Ok(()),
+                    Admission::Probe => until = until.min(now_ms),
                     Admission::Refuse { until_ms } => until = until.min(until_ms),
                 }
             }
@@ -844,6 +880,7 @@ impl Engine {
             let b = &mut self.breakers[mi][ei];
             let ok = match b.peek(now_ms) {
                 Admission::Admit => true,
+                Admission::Probe if snap.settings.active_probes => false,
                 Admission::Probe => !take_probes || b.take_probe(now_ms),
                 Admission::Refuse { .. } => false,
             };
@@ -879,7 +916,11 @@ impl Engine {
         let mi = snap.model_position(o.model_id)?;
         if let Some((emi, ei)) = o.endpoint_id.and_then(|id| snap.endpoint_position(id)) {
             if emi == mi {
-                self.breakers[mi][ei].record(o.success, now_ms, o.retry_after_ms);
+                let breaker = &mut self.breakers[mi][ei];
+                if let Some(t) = breaker.record(o.success, now_ms, o.started_ms, o.retry_after_ms) {
+                    self.transitions
+                        .push((snap.models[mi].endpoints[ei].id.clone(), t));
+                }
                 self.endpoint_stats[mi][ei].record(o.success, o.latency_ms, now_ms);
             }
         }

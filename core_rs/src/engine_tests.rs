@@ -75,6 +75,7 @@ fn fail(e: &mut Engine, endpoint: &str, times: usize) {
                 latency_ms: 5.0,
                 tokens: Tokens::default(),
                 retry_after_ms: None,
+                started_ms: 1_000,
             },
             1_000,
         );
@@ -148,6 +149,7 @@ fn observed_latency_and_success_count_only_past_min_samples() {
         latency_ms: latency,
         tokens: Tokens::default(),
         retry_after_ms: None,
+        started_ms: 1_000,
     };
     for _ in 0..4 {
         e.record(&ok(6200.0), 1_000);
@@ -299,6 +301,7 @@ fn budgets_stop_a_workspace_and_name_limit_and_spend() {
                     ..Tokens::default()
                 },
                 retry_after_ms: None,
+                started_ms: 0,
             },
             0,
         )
@@ -365,6 +368,37 @@ fn open_breakers_move_traffic_and_say_until_when() {
     assert_eq!(
         d.error,
         Some(DecisionError::BreakersOpen { until_ms: 11_000 })
+    );
+}
+
+#[test]
+fn with_active_probes_no_caller_is_sent_to_a_half_open_endpoint() {
+    let mut e = engine(json!({"version": 1, "models": [model("a")],
+                              "settings": {"activeProbes": true}}));
+    fail(&mut e, "a-a", 5); // open until 11_000
+    let at = |e: &mut Engine, now| e.decide(&input(facts(), None, None, false), now);
+    assert_eq!(at(&mut e, 11_000).candidates[0].endpoints, [1]);
+    // Half-open now, but only the router's probe may test it, once.
+    assert_eq!(e.due_probes(11_000), [("a".to_owned(), "a-a".to_owned())]);
+    assert!(e.due_probes(11_001).is_empty());
+    let outcome = |started_ms| Outcome {
+        model_id: "a",
+        endpoint_id: Some("a-a"),
+        workspace_id: None,
+        success: true,
+        latency_ms: 1.0,
+        tokens: Tokens::default(),
+        retry_after_ms: None,
+        started_ms,
+    };
+    e.record(&outcome(11_000), 11_050);
+    assert_eq!(at(&mut e, 11_100).candidates[0].endpoints, [0, 1]);
+    assert_eq!(
+        e.take_transitions(),
+        [
+            ("a-a".to_owned(), Transition::Opened { until_ms: 11_000 }),
+            ("a-a".to_owned(), Transition::Closed)
+        ]
     );
 }
 

@@ -1,6 +1,7 @@
 //! The PyO3 layer: the only file that knows Python. Thin on purpose; the logic and
 //! its tests live in the pure-Rust modules.
 
+use crate::breaker::Transition;
 use crate::cost::Tokens;
 use crate::engine::{self, DecideInput, Outcome, Source};
 use crate::rules::RequestFacts;
@@ -227,7 +228,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (model_id, endpoint_id, success, latency_ms, prompt_tokens=0,
                         completion_tokens=0, workspace_id=None, retry_after_ms=None,
-                        cache_read_tokens=0, cache_write_tokens=0))]
+                        cache_read_tokens=0, cache_write_tokens=0, started_ms=None))]
     fn record(
         &self,
         model_id: &str,
@@ -240,7 +241,9 @@ impl Engine {
         retry_after_ms: Option<u64>,
         cache_read_tokens: u64,
         cache_write_tokens: u64,
+        started_ms: Option<u64>,
     ) -> Option<i64> {
+        let now = now_ms();
         let outcome = Outcome {
             model_id,
             endpoint_id,
@@ -254,8 +257,9 @@ impl Engine {
                 cache_write: cache_write_tokens,
             },
             retry_after_ms,
+            started_ms: started_ms.unwrap_or(now),
         };
-        self.lock().engine.record(&outcome, now_ms())
+        self.lock().engine.record(&outcome, now)
     }
 
     /// Spend (nano-dollars) recorded since the last flush, per workspace and
@@ -318,6 +322,36 @@ impl Engine {
     }
 
     /// An endpoint's breaker: ("closed" | "open" | "half_open", open until ms or None).
+    /// Breaker opens and closes recorded since the last call: (endpoint id,
+    /// open until in ms since the epoch, or None for closed).
+    fn take_breaker_transitions(&self) -> Vec<(String, Option<u64>)> {
+        let mut state = self.lock();
+        state
+            .engine
+            .take_transitions()
+            .into_iter()
+            .map(|(id, t)| (id, open_until(t)))
+            .collect()
+    }
+
+    /// Adopt a transition another worker or replica made; False if the
+    /// endpoint is unknown here.
+    #[pyo3(signature = (endpoint_id, open_until_ms))]
+    fn adopt_breaker_transition(&self, endpoint_id: &str, open_until_ms: Option<u64>) -> bool {
+        let t = match open_until_ms {
+            Some(until_ms) => Transition::Opened { until_ms },
+            None => Transition::Closed,
+        };
+        self.lock()
+            .engine
+            .adopt_transition(endpoint_id, t, now_ms())
+    }
+
+    /// Half-open endpoints due for the router's own probe: (model id, endpoint id).
+    fn due_probes(&self) -> Vec<(String, String)> {
+        self.lock().engine.due_probes(now_ms())
+    }
+
     fn breaker_state(&self, endpoint_id: &str) -> Option<(&'static str, Option<u64>)> {
         use crate::breaker::State;
         let state = self.lock();
@@ -327,6 +361,13 @@ impl Engine {
             State::Open { until_ms } => ("open", Some(until_ms)),
             State::HalfOpen => ("half_open", None),
         })
+    }
+}
+
+fn open_until(t: Transition) -> Option<u64> {
+    match t {
+        Transition::Opened { until_ms } => Some(until_ms),
+        Transition::Closed => None,
     }
 }
 

@@ -222,6 +222,10 @@ pub struct EngineSettings {
     /// Observed figures count for eligibility only past this many samples.
     #[serde(default = "default_min_samples")]
     pub min_samples: u32,
+    /// Half-open endpoints are tested by the router's own probes
+    /// (`Engine::due_probes`), never with a caller's request.
+    #[serde(default)]
+    pub active_probes: bool,
 }
 
 fn default_min_samples() -> u32 {
@@ -233,6 +237,7 @@ impl Default for EngineSettings {
         EngineSettings {
             fail_open: false,
             min_samples: default_min_samples(),
+            active_probes: false,
         }
     }
 }

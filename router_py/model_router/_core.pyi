@@ -66,10 +66,21 @@ class Engine:
         retry_after_ms: int | None = None,
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
+        started_ms: int | None = None,
     ) -> int | None:
         """Account one attempt; its cost in nano-dollars (None: model unknown).
         `prompt_tokens` counts cached ones too; cache reads and writes are
-        priced at the model's cache prices."""
+        priced at the model's cache prices. `started_ms` (when the attempt was
+        sent; default now): outcomes of attempts sent before the breaker's last
+        change do not move it."""
+    def take_breaker_transitions(self) -> list[tuple[str, int | None]]:
+        """Breaker changes since the last call: (endpoint id, open until ms
+        since the epoch, or None for closed)."""
+    def adopt_breaker_transition(self, endpoint_id: str, open_until_ms: int | None) -> bool:
+        """Take on a change another worker or replica made."""
+    def due_probes(self) -> list[tuple[str, str]]:
+        """Half-open endpoints due for the router's own probe (active probes):
+        (model id, endpoint id), each probe slot taken."""
     def begin_flush(self) -> tuple[dict[str, int], dict[str, int]]: ...
     def end_flush(self, totals: dict[str, tuple[int, int, int]]) -> None: ...
     def abort_flush(self) -> None: ...

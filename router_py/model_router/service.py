@@ -11,7 +11,8 @@ import time
 from . import auth
 from . import types as t
 from .catalog import KEYS, Catalog
-from .engine.executor import Executor
+from .engine.breakers import BreakerSync, Prober
+from .engine.executor import Executor, Timeouts
 from .engine.live import LiveConfig
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
@@ -21,6 +22,10 @@ from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import open_store
 from .telemetry.requests import RequestObserver
+
+# How often breaker transitions are shared and half-open endpoints probed: a
+# hung provider found by one worker is skipped by all within this.
+BREAKER_SYNC_MS = 100
 
 
 class Service:
@@ -40,10 +45,21 @@ class Service:
         self.limiter = RateLimiter(
             self.store, settings.rate_limit_max, settings.rate_limit_window_ms
         )
-        self.client = UpstreamClient(pool_size=settings.upstream_pool)
+        self.client = UpstreamClient(settings.upstream_pool, settings.max_upstream_body_bytes)
         self.executor = Executor(
-            self.live, self.client, settings.max_attempts, settings.upstream_timeout_ms
+            self.live,
+            self.client,
+            settings.max_attempts,
+            Timeouts(
+                connect_ms=settings.connect_timeout_ms,
+                first_byte_ms=settings.first_byte_timeout_ms,
+                attempt_ms=settings.upstream_timeout_ms,
+                first_token_ms=settings.first_token_timeout_ms,
+                stream_idle_ms=settings.stream_idle_timeout_ms,
+            ),
         )
+        self.breakers = BreakerSync(self.live, self.store)
+        self.prober = Prober(self.live, self.client, self.executor.timeouts)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.started_at = time.time()
         self.pid = os.getpid()
@@ -58,6 +74,8 @@ class Service:
         await self.live.refresh()
         beats = [
             ("config-poll", self.settings.config_poll_ms, self.live.refresh, self.live.failed),
+            ("breaker-sync", BREAKER_SYNC_MS, self.breakers.sync, log_failure("breaker sync")),
+            ("probes", BREAKER_SYNC_MS, self.prober.probe_due, log_failure("probes")),
             ("rate-limit-sync", 1000, self.limiter.sync, log_failure("rate-limit sync")),
             ("spend-sync", 1000, self.spend.flush, log_failure("spend flush")),
             ("telemetry-flush", 1000, self.observer.flush, log_failure("telemetry flush")),
@@ -68,6 +86,7 @@ class Service:
         ]
 
     async def stop(self) -> None:
+        await self.prober.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

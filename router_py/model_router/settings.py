@@ -43,6 +43,11 @@ class Settings:
     max_attempts: int = 4
     upstream_timeout_ms: int = 30_000
     request_timeout_ms: int = 60_000
+    connect_timeout_ms: int = 5_000
+    first_byte_timeout_ms: int = 30_000
+    first_token_timeout_ms: int = 30_000
+    stream_idle_timeout_ms: int = 30_000
+    max_upstream_body_bytes: int = 16 * 1024 * 1024
     upstream_pool: int = 512
     recent_requests: int = 1000
     interface: str = "rsgi"
@@ -91,6 +96,23 @@ class Settings:
             ),
             request_timeout_ms=read(
                 "MODEL_ROUTER_REQUEST_TIMEOUT_MS", _int_in(1, 600_000), d.request_timeout_ms
+            ),
+            connect_timeout_ms=read(
+                "MODEL_ROUTER_CONNECT_TIMEOUT_MS", _int_in(1, 600_000), d.connect_timeout_ms
+            ),
+            first_byte_timeout_ms=read(
+                "MODEL_ROUTER_FIRST_BYTE_TIMEOUT_MS", _int_in(1, 600_000), d.first_byte_timeout_ms
+            ),
+            first_token_timeout_ms=read(
+                "MODEL_ROUTER_FIRST_TOKEN_TIMEOUT_MS", _int_in(1, 600_000), d.first_token_timeout_ms
+            ),
+            stream_idle_timeout_ms=read(
+                "MODEL_ROUTER_STREAM_IDLE_TIMEOUT_MS", _int_in(1, 600_000), d.stream_idle_timeout_ms
+            ),
+            max_upstream_body_bytes=read(
+                "MODEL_ROUTER_MAX_UPSTREAM_BODY_BYTES",
+                _int_in(1024, 1 << 30),
+                d.max_upstream_body_bytes,
             ),
             upstream_pool=read("MODEL_ROUTER_UPSTREAM_POOL", _int_in(1, 100_000), d.upstream_pool),
             interface=read("MODEL_ROUTER_INTERFACE", _one_of(("rsgi", "asgi")), d.interface),

@@ -30,6 +30,7 @@ Fraction = Annotated[float, Meta(ge=0, le=1)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Milliseconds = Annotated[float, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1, le=10_000_000)]
+WaitMs = Annotated[int, Meta(ge=1, le=600_000)]
 # Request parameters the model's provider cannot honour that are dropped
 # without a word instead of refused with a 400 (docs/providers.md).
 DropParams = Annotated[list[Annotated[str, Meta(pattern=r"^[a-z_]{1,64}$")]], Meta(max_length=100)]
@@ -159,7 +160,11 @@ class EndpointCreate(Body):
     id: Id | None = None
     health_check_url: Url | None = None
     api_key_env: EnvVarName | None = None
-    timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    timeout_ms: WaitMs | None = None
+    connect_timeout_ms: WaitMs | None = None
+    first_byte_timeout_ms: WaitMs | None = None
+    first_token_timeout_ms: WaitMs | None = None
+    stream_idle_timeout_ms: WaitMs | None = None
     breaker: BreakerSettings | None = None
 
 
@@ -171,7 +176,11 @@ class Endpoint(Body):
     weight: NonNegative = 1.0
     health_check_url: Url | None = None
     api_key_env: EnvVarName | None = None
-    timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] | None = None
+    timeout_ms: WaitMs | None = None
+    connect_timeout_ms: WaitMs | None = None
+    first_byte_timeout_ms: WaitMs | None = None
+    first_token_timeout_ms: WaitMs | None = None
+    stream_idle_timeout_ms: WaitMs | None = None
     breaker: BreakerSettings | None = None
     created_at: Timestamp | None = None
 
@@ -448,6 +457,7 @@ class SnapshotModel(Body):
 class EngineSettings(Body):
     fail_open: bool
     min_samples: int
+    active_probes: bool = True  # half-open endpoints: the router's probes, not callers
 
 
 class ConfigSnapshot(Body):

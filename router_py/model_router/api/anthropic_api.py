@@ -20,7 +20,7 @@ from ..engine.executor import Call, CallFailed
 from ..engine.inputs import content_length
 from ..engine.providers import ADAPTERS, ANTHROPIC_HEADERS
 from ..engine.translate import Refused, text_of
-from ..engine.upstream import UpstreamRequest
+from ..engine.upstream import Deadlines, UpstreamRequest
 from ..http import ApiError, Request, Response, Route
 from .calls import answer, deadline, named_model, observe_failure, routing_headers
 from .openai_api import decode_body
@@ -90,7 +90,8 @@ async def count_tokens(req: Request) -> Response:
         headers = adapter.headers(endpoint, call.forwarded)
         request = UpstreamRequest(url, headers, msgspec.json.encode(body))
         try:
-            upstream = await executor.client.post(request, call.deadline - time.monotonic())
+            deadlines = Deadlines.within(call.deadline - time.monotonic())
+            upstream = await executor.client.send(request, deadlines)
         except (OSError, TimeoutError) as exc:
             raise ApiError(502, "api_error", f"count_tokens failed upstream: {exc}") from None
         return Response(upstream.body, upstream.status)

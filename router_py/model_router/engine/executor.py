@@ -14,6 +14,7 @@ charged; when no candidate could, the caller gets a 400 naming the parameter.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -31,7 +32,7 @@ from .live import LiveConfig
 from .providers import ADAPTERS
 from .sse import EventReader
 from .translate import Refused, Tokens
-from .upstream import UpstreamClient, UpstreamRequest, UpstreamStream
+from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream, UpstreamTimeout
 
 FAILOVER_4XX = {401, 403, 408, 409, 429}
 MAX_RETRY_AFTER_MS = 86_400_000  # a provider asking for more than a day is not believed
@@ -139,6 +140,7 @@ class _Attempt:
     model_id: str
     endpoint: t.Endpoint
     started: float = field(default_factory=time.perf_counter)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -154,6 +156,45 @@ class _Tries:
     retry_after: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """How long each wait of an attempt may last (ms): an endpoint's own
+    setting wins, and every one is capped by the request's deadline."""
+
+    connect_ms: int = 5_000
+    first_byte_ms: int = 30_000  # until the answer's head
+    attempt_ms: int = 30_000  # a whole answer (not streamed)
+    first_token_ms: int = 30_000  # a stream, until its first content
+    stream_idle_ms: int = 30_000  # a stream, between two chunks
+
+    def of(self, endpoint: t.Endpoint) -> Timeouts:
+        return Timeouts(
+            endpoint.connect_timeout_ms or self.connect_ms,
+            endpoint.first_byte_timeout_ms or self.first_byte_ms,
+            endpoint.timeout_ms or self.attempt_ms,
+            endpoint.first_token_timeout_ms or self.first_token_ms,
+            endpoint.stream_idle_timeout_ms or self.stream_idle_ms,
+        )
+
+
+async def _paced(
+    chunks: AsyncIterator[bytes], idle_s: float, deadline: float
+) -> AsyncIterator[bytes]:
+    """The chunks, each within `idle_s` of the one before and all before the
+    request's deadline (time.monotonic())."""
+    iterator = aiter(chunks)
+    while True:
+        wait = min(idle_s, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(max(0.0, wait)):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UpstreamTimeout(f"the stream stalled (no data for {wait:.3g} s)") from None
+        yield chunk
+
+
 def _malformed(exc: Exception) -> str:
     return f"unreadable answer ({type(exc).__name__}: {exc})"[:300]
 
@@ -164,12 +205,12 @@ class Executor:
         live: LiveConfig,
         client: UpstreamClient,
         max_attempts: int,
-        upstream_timeout_ms: int,
+        timeouts: Timeouts,
     ):
         self.live = live
         self.client = client
         self.max_attempts = max_attempts
-        self.upstream_timeout_ms = upstream_timeout_ms
+        self.timeouts = timeouts
 
     def decide(self, call: Call) -> Decision:
         decision = self.live.engine.decide(
@@ -206,7 +247,7 @@ class Executor:
 
     def _plan(
         self, call: Call, decision: Decision, tries: _Tries
-    ) -> Iterator[tuple[_Attempt, Exchange, UpstreamRequest, float]]:
+    ) -> Iterator[tuple[_Attempt, Exchange, UpstreamRequest, Timeouts]]:
         """Each attempt to make, prepared: at most max_attempts, and none once
         the request's deadline has passed (an endpoint never tried is not
         charged with a failure). Candidates that cannot take the request are
@@ -228,8 +269,7 @@ class Executor:
                     tries.refused = tries.refused or refused
                     break  # the model's other endpoints would refuse it too
                 tried += 1
-                timeout = (endpoint.timeout_ms or self.upstream_timeout_ms) / 1000
-                yield _Attempt(model_id, endpoint), exchange, request, min(timeout, remaining)
+                yield _Attempt(model_id, endpoint), exchange, request, self.timeouts.of(endpoint)
 
     def _record(
         self,
@@ -257,6 +297,7 @@ class Executor:
             retry_after,
             tokens.cache_read,
             tokens.cache_write,
+            attempt.started_ms,
         )
         if usage is not None:
             usage.cost_nanos = cost or 0
@@ -345,11 +386,17 @@ class Executor:
     async def complete(self, call: Call) -> Result:
         decision = self.decide(call)
         tries = _Tries()
-        for attempt, exchange, request, timeout in self._plan(call, decision, tries):
+        for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
+            remaining = call.deadline - time.monotonic()
+            deadlines = Deadlines.within(
+                min(timeouts.attempt_ms / 1000, remaining),
+                timeouts.connect_ms / 1000,
+                timeouts.first_byte_ms / 1000,
+            )
             try:
-                response = await self.client.post(request, timeout)
-            except TimeoutError:
-                self._record(call, attempt, tries, "timeout", None, "timed out")
+                response = await self.client.send(request, deadlines)
+            except TimeoutError as exc:
+                self._record(call, attempt, tries, "timeout", None, str(exc))
                 continue
             except OSError as exc:
                 self._record(call, attempt, tries, "connect_error", None, str(exc)[:200])
@@ -383,26 +430,32 @@ class Executor:
         bytes to send, the first of them already read."""
         decision = self.decide(call)
         tries = _Tries()
-        for attempt, exchange, request, timeout in self._plan(call, decision, tries):
+        for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
             try:
                 reader = exchange.stream(call.body, attempt.model_id)
             except Refused as refused:
                 tries.refused = tries.refused or refused
                 continue
-            opened = self.client.stream(request, timeout)
-            events = EventReader()
+            first_token = min(timeouts.first_token_ms / 1000, call.deadline - time.monotonic())
+            deadlines = Deadlines.within(
+                first_token, timeouts.connect_ms / 1000, timeouts.first_byte_ms / 1000
+            )
+            opened = self.client.stream(request, deadlines)
+            events = EventReader(self.client.max_body)
             first: list[bytes] = []
             failure: tuple[str, int | None, str] | None = None
             try:
                 stream: UpstreamStream = await opened.__aenter__()
                 if stream.status == 200:
-                    async for chunk in stream.chunks:
+                    # Until the first content: the first-token deadline.
+                    first_token_by = time.monotonic() + first_token
+                    async for chunk in _paced(stream.chunks, first_token, first_token_by):
                         for event in events.feed(chunk):
                             first += reader.feed(event)
                         if reader.state.started or reader.state.error:
                             break
-            except TimeoutError:
-                failure = ("timeout", None, "timed out")
+            except TimeoutError as exc:
+                failure = ("timeout", None, str(exc) or "timed out")
             except OSError as exc:
                 failure = ("connect_error", None, str(exc)[:200])
             except Exception as exc:  # an event we cannot read or translate
@@ -429,8 +482,9 @@ class Executor:
                 tries.upstream_ms,
                 decision.rule_id,
             )
+            idle_s = timeouts.stream_idle_ms / 1000
             body = self._forward(
-                call, result, attempt, tries, opened, stream, events, reader, first
+                call, result, attempt, tries, opened, stream, events, reader, first, idle_s
             )
             return result, body
         raise self._failed(call, tries)
@@ -446,6 +500,7 @@ class Executor:
         events: EventReader,
         reader: StreamReader,
         first: list[bytes],
+        idle_s: float,
     ) -> AsyncIterator[bytes]:
         """Forward the stream chunk by chunk as it arrives, then account it.
         Closing this iterator early (the client left) closes the upstream call.
@@ -456,7 +511,7 @@ class Executor:
             try:
                 for piece in first:
                     yield piece
-                async for chunk in stream.chunks:
+                async for chunk in _paced(stream.chunks, idle_s, call.deadline):
                     for event in events.feed(chunk):
                         try:
                             pieces = reader.feed(event)
@@ -472,8 +527,8 @@ class Executor:
                 finished = state.error is None
                 if not state.done and finished:
                     state.error, finished = "stream ended without its final event", False
-            except OSError as exc:
-                state.error = f"{type(exc).__name__}: {exc}"[:200]
+            except Exception as exc:  # the connection, a stall, an oversized event
+                state.error = f"{type(exc).__name__}: {exc}"[:300]
             if state.error is not None:
                 yield self._error_event(call)
         finally:

@@ -13,12 +13,19 @@ class Event:
     raw: bytes
 
 
+class EventTooLarge(ValueError):
+    """An event grew past the reader's limit without ending."""
+
+
 class EventReader:
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = 16 * 1024 * 1024) -> None:
         self._buffer = b""
+        self.max_event = max_event
 
     def feed(self, chunk: bytes) -> list[Event]:
         self._buffer += chunk.replace(b"\r\n", b"\n")
+        if len(self._buffer) > self.max_event and b"\n\n" not in self._buffer:
+            raise EventTooLarge(f"a stream event over {self.max_event} bytes")
         events: list[Event] = []
         while True:
             end = self._buffer.find(b"\n\n")

@@ -128,6 +128,13 @@ class RedisStore:
     async def recent(self, limit: int) -> list[bytes]:
         return cast(list[bytes], await self._redis.lrange(f"{self._prefix}:recent", 0, limit - 1))
 
+    async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
+        await self._redis.hset(f"{self._prefix}:state:{kind}", mapping=dict(items))  # type: ignore[arg-type]
+
+    async def get_state(self, kind: str) -> dict[str, bytes]:
+        raw = cast(dict[bytes, bytes], await self._redis.hgetall(f"{self._prefix}:state:{kind}"))
+        return {k.decode(): v for k, v in raw.items()}
+
     async def ping(self) -> None:
         await self._redis.ping()
 

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('config_version', 0);
 CREATE TABLE IF NOT EXISTS recent (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (
+    kind TEXT NOT NULL,
+    id   TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
     name       TEXT PRIMARY KEY,
     value      INTEGER NOT NULL,
@@ -119,6 +125,22 @@ class SQLiteStore:
         def read() -> list[bytes]:
             rows = self._db.execute("SELECT body FROM recent ORDER BY seq DESC LIMIT ?", (limit,))
             return [bytes(body) for (body,) in rows]
+
+        return await self._run(read)
+
+    async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
+        def put(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR REPLACE INTO state (kind, id, body) VALUES (?, ?, ?)",
+                [(kind, id, body) for id, body in items.items()],
+            )
+
+        await self._run(lambda: self._transaction(put))
+
+    async def get_state(self, kind: str) -> dict[str, bytes]:
+        def read() -> dict[str, bytes]:
+            rows = self._db.execute("SELECT id, body FROM state WHERE kind = ?", (kind,))
+            return {id: bytes(body) for id, body in rows}
 
         return await self._run(read)
 
