@@ -16,6 +16,7 @@ from model_router.store import (
     ExpectPresent,
     PreconditionFailed,
     Put,
+    Reservation,
     open_store,
 )
 
@@ -146,6 +147,27 @@ def test_shared_state_is_set_per_entry_and_leaves_the_config_version_alone(store
         assert await s.get_state("breakers") == {"e1": b'{"a":2}', "e2": b"x"}
         assert await s.get_state("nothing") == {}
         assert await s.version() == 0
+        await s.close()
+        await other.close()
+
+    run(scenario())
+
+
+def test_reservations_never_let_spent_and_reserved_pass_a_limit(store):
+    async def scenario():
+        s, other = store(), store()
+        day = Reservation("spent:d", "reserved:d", 100)
+        month = Reservation("spent:m", "reserved:m", 1000)
+        await s.add_counters({"spent:d": 60}, 60_000)
+        assert await s.reserve([day, month], 30, 60_000)
+        assert not await other.reserve([day, month], 11, 60_000), "60 + 30 + 11 > 100"
+        assert await other.reserve([day, month], 10, 60_000)
+        # A refused reservation changed nothing; granted ones add up per period.
+        totals = await s.add_counters({"reserved:d": 0, "reserved:m": 0}, 60_000)
+        assert totals == {"reserved:d": 40, "reserved:m": 40}
+        # Settling moves amounts from reserved to spent; the room comes back.
+        await s.add_counters({"spent:d": 5, "reserved:d": -40}, 60_000)
+        assert await s.reserve([day], 35, 60_000)
         await s.close()
         await other.close()
 

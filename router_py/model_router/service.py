@@ -12,6 +12,7 @@ from . import auth
 from . import types as t
 from .catalog import KEYS, Catalog
 from .engine.breakers import BreakerSync, Prober
+from .engine.budgets import BudgetLeases
 from .engine.executor import Executor, Timeouts
 from .engine.live import LiveConfig
 from .engine.spend import SpendSync
@@ -37,10 +38,12 @@ class Service:
             self.catalog,
             t.EngineSettings(fail_open=settings.fail_open, min_samples=settings.min_samples),
         )
+        self.budgets = BudgetLeases(self.live, self.store)
         self.spend = SpendSync(
             self.live.engine,
             self.store,
             lambda: [ws for ws, cfg in self.live.workspaces.items() if cfg.budget_limits],
+            self.budgets,
         )
         self.limiter = RateLimiter(
             self.store, settings.rate_limit_max, settings.rate_limit_window_ms
@@ -57,6 +60,7 @@ class Service:
                 first_token_ms=settings.first_token_timeout_ms,
                 stream_idle_ms=settings.stream_idle_timeout_ms,
             ),
+            self.budgets,
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)

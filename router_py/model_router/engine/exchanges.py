@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,6 +338,16 @@ def exchange_for(operation: Operation, model: t.SnapshotModel, fmt: Format) -> E
             "model", f"model {model.id!r} ({model.provider}) has no {operation.label} API"
         )
     return exchange
+
+
+def max_output_tokens(model: t.SnapshotModel, body: Mapping[str, Any]) -> int:
+    """The most output tokens a request can get from this model: what it
+    asks for (in any front door's words), else the model's own limit."""
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        asked = body.get(name)
+        if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            return asked
+    return _max_tokens(model)
 
 
 def _max_tokens(model: t.SnapshotModel) -> int:

@@ -15,6 +15,7 @@ charged; when no candidate could, the caller gets a 400 naming the parameter.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -26,6 +27,7 @@ import msgspec
 
 from .. import types as t
 from .._core import Decision
+from .budgets import BudgetLeases, Hold
 from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
 from .live import LiveConfig
@@ -33,6 +35,8 @@ from .providers import ADAPTERS
 from .sse import EventReader
 from .translate import Refused, Tokens
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream, UpstreamTimeout
+
+log = logging.getLogger("model_router.executor")
 
 FAILOVER_4XX = {401, 403, 408, 409, 429}
 MAX_RETRY_AFTER_MS = 86_400_000  # a provider asking for more than a day is not believed
@@ -206,11 +210,13 @@ class Executor:
         client: UpstreamClient,
         max_attempts: int,
         timeouts: Timeouts,
+        budgets: BudgetLeases,
     ):
         self.live = live
         self.client = client
         self.max_attempts = max_attempts
         self.timeouts = timeouts
+        self.budgets = budgets
 
     def decide(self, call: Call) -> Decision:
         decision = self.live.engine.decide(
@@ -383,8 +389,36 @@ class Executor:
             attempts,
         )
 
+    async def _hold(self, call: Call, decision: Decision) -> Hold:
+        """Reserve the request's worst-case cost against its workspace's budget."""
+        models = [model_id for model_id, _ in decision.candidates]
+        worst = self.budgets.worst_case(models, call.content_length, call.body)
+        try:
+            hold = await self.budgets.hold(call.workspace_id, worst)
+        except Exception as exc:  # the store is away: the engine's local check stands
+            log.warning("budget reservation skipped: %s", exc)
+            return Hold(call.workspace_id or "", 0)
+        if hold is None:
+            raise CallFailed(
+                402,
+                "budget_exceeded",
+                f"the workspace's budget cannot cover this request's worst-case cost "
+                f"(${worst / 1e9:.6f}); lower max_tokens or raise the budget",
+                details={"worstCase": worst / 1e9},
+            )
+        return hold
+
     async def complete(self, call: Call) -> Result:
         decision = self.decide(call)
+        hold = await self._hold(call, decision)
+        result: Result | None = None
+        try:
+            result = await self._complete(call, decision)
+            return result
+        finally:
+            self.budgets.settle(hold, result.usage.cost_nanos if result else 0)
+
+    async def _complete(self, call: Call, decision: Decision) -> Result:
         tries = _Tries()
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
             remaining = call.deadline - time.monotonic()
@@ -429,6 +463,16 @@ class Executor:
         Returns the result so far (finished when the iterator ends) and the
         bytes to send, the first of them already read."""
         decision = self.decide(call)
+        hold = await self._hold(call, decision)
+        try:
+            return await self._stream(call, decision, hold)
+        except BaseException:
+            self.budgets.settle(hold, 0)
+            raise
+
+    async def _stream(
+        self, call: Call, decision: Decision, hold: Hold
+    ) -> tuple[Result, AsyncIterator[bytes]]:
         tries = _Tries()
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
             try:
@@ -484,7 +528,7 @@ class Executor:
             )
             idle_s = timeouts.stream_idle_ms / 1000
             body = self._forward(
-                call, result, attempt, tries, opened, stream, events, reader, first, idle_s
+                call, result, attempt, tries, opened, stream, events, reader, first, idle_s, hold
             )
             return result, body
         raise self._failed(call, tries)
@@ -501,6 +545,7 @@ class Executor:
         reader: StreamReader,
         first: list[bytes],
         idle_s: float,
+        hold: Hold,
     ) -> AsyncIterator[bytes]:
         """Forward the stream chunk by chunk as it arrives, then account it.
         Closing this iterator early (the client left) closes the upstream call.
@@ -539,6 +584,7 @@ class Executor:
             self._record(call, attempt, tries, outcome, 200, state.error, usage=usage)
             result.upstream_ms = tries.upstream_ms
             result.usage = usage
+            self.budgets.settle(hold, usage.cost_nanos)
             await opened.__aexit__(None, None, None)
 
     @staticmethod

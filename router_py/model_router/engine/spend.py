@@ -1,11 +1,11 @@
 """Spend counters: what each workspace and model spent, shared by every worker.
 
 The engine accounts each call's cost locally (no network on the request
-path). Once a second this loop adds what the worker spent to the store's
+path). On a short beat this loop adds what the worker spent to the store's
 counters, one per workspace or model and per UTC day, ISO week and month, and
 reads back the totals of all workers, which the engine's budget check then
-uses. A budget can therefore be overshot by at most what the other workers
-spend within one flush interval.
+uses. Budgets are held exactly by reservations (budgets.py): the same write
+moves settled costs out of the reserved counters and hands back unused leases.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from .._core import Engine
 from ..store import Store
+
+if TYPE_CHECKING:
+    from .budgets import BudgetLeases
 
 log = logging.getLogger("model_router.spend")
 
@@ -40,14 +44,17 @@ class SpendSync:
         engine: Engine,
         store: Store,
         budgeted: Callable[[], Iterable[str]],
+        leases: BudgetLeases,
     ):
         self.engine = engine
         self.store = store
         self.budgeted = budgeted  # the workspaces whose totals the budget check needs
+        self.leases = leases
 
     async def flush(self, now: datetime | None = None) -> None:
         keys = period_keys(now or datetime.now(UTC))
         workspaces, models = self.engine.begin_flush()
+        released = self.leases.begin_release()
         watched = set(workspaces) | set(self.budgeted())
         try:
             by_period: dict[str, dict[str, int]] = {p: {} for p in TTL_MS}
@@ -57,12 +64,17 @@ class SpendSync:
             for model, nanos in models.items():
                 for period, key in keys.items():
                     by_period[period][counter_name("model", model, period, key)] = nanos
+            for ws, (settled, lease) in released.items():
+                for period in self.leases.limited_periods(ws):
+                    name = counter_name("reserved", ws, period, keys[period])
+                    by_period[period][name] = -(settled + lease)
             totals: dict[str, int] = {}
             for period, deltas in by_period.items():
                 if deltas:
                     totals |= await self.store.add_counters(deltas, TTL_MS[period])
         except BaseException:
             self.engine.abort_flush()
+            self.leases.abort_release(released)
             raise
         self.engine.end_flush(
             {

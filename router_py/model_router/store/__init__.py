@@ -12,6 +12,7 @@ from .base import (
     Op,
     PreconditionFailed,
     Put,
+    Reservation,
     Store,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "Op",
     "PreconditionFailed",
     "Put",
+    "Reservation",
     "Store",
     "open_store",
 ]

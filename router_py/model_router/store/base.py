@@ -58,6 +58,16 @@ class ExpectBody:
 Op = Put | Delete | Clear | ExpectAbsent | ExpectPresent | ExpectBody
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A budget check: the spent and reserved counters of one period must
+    stay within `limit` (all three in the same unit)."""
+
+    spent: str
+    reserved: str
+    limit: int
+
+
 class PreconditionFailed(Exception):
     """An ``Expect*`` operation did not hold; nothing was written."""
 
@@ -89,6 +99,12 @@ class Store(Protocol):
 
     async def recent(self, limit: int) -> list[bytes]:
         """The newest `limit` recent requests, newest first."""
+        ...
+
+    async def reserve(self, checks: Sequence[Reservation], amount: int, ttl_ms: int) -> bool:
+        """Atomically: if every counter pair leaves room for `amount` under its
+        limit, add `amount` to each reserved counter (created with this time to
+        live) and return True; else change nothing and return False."""
         ...
 
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:

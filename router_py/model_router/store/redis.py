@@ -23,6 +23,7 @@ from .base import (
     Op,
     PreconditionFailed,
     Put,
+    Reservation,
 )
 
 # KEYS[1] is the version key, KEYS[2..] the document hashes. ARGV[1] is the
@@ -60,6 +61,22 @@ end
 return totals
 """
 
+# KEYS: spent and reserved counter of each check, in pairs. ARGV[1] is the
+# amount, ARGV[2] the time to live, then the limit of each check.
+RESERVE = """
+local amount = tonumber(ARGV[1])
+for i = 1, #KEYS, 2 do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+    + tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if used + amount > tonumber(ARGV[2 + (i + 1) / 2]) then return 0 end
+end
+for i = 2, #KEYS, 2 do
+  redis.call('INCRBY', KEYS[i], amount)
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+return 1
+"""
+
 OP_NAMES = {
     Put: "put",
     Delete: "delete",
@@ -78,6 +95,7 @@ class RedisStore:
         self._redis = aioredis.Redis.from_url(url, decode_responses=False)
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
+        self._reserve = self._redis.register_script(RESERVE)
 
     def _doc_key(self, kind: str) -> str:
         return f"{self._prefix}:doc:{kind}"
@@ -114,7 +132,7 @@ class RedisStore:
 
     async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
         names = list(deltas)
-        keys = [f"{self._prefix}:counter:{name}" for name in names]
+        keys = [self._counter_key(name) for name in names]
         totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
         return dict(zip(names, map(int, totals), strict=True))
 
@@ -127,6 +145,14 @@ class RedisStore:
 
     async def recent(self, limit: int) -> list[bytes]:
         return cast(list[bytes], await self._redis.lrange(f"{self._prefix}:recent", 0, limit - 1))
+
+    def _counter_key(self, name: str) -> str:
+        return f"{self._prefix}:counter:{name}"
+
+    async def reserve(self, checks: Sequence[Reservation], amount: int, ttl_ms: int) -> bool:
+        keys = [self._counter_key(n) for c in checks for n in (c.spent, c.reserved)]
+        limits = [c.limit for c in checks]
+        return bool(await self._reserve(keys=keys, args=[amount, ttl_ms, *limits]))
 
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
         await self._redis.hset(f"{self._prefix}:state:{kind}", mapping=dict(items))  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from .base import (
     Op,
     PreconditionFailed,
     Put,
+    Reservation,
 )
 
 T = TypeVar("T")
@@ -127,6 +128,27 @@ class SQLiteStore:
             return [bytes(body) for (body,) in rows]
 
         return await self._run(read)
+
+    async def reserve(self, checks: Sequence[Reservation], amount: int, ttl_ms: int) -> bool:
+        def reserve(db: sqlite3.Connection) -> bool:
+            now = int(time.time() * 1000)
+
+            def value(name: str) -> int:
+                row = db.execute(
+                    "SELECT value FROM counters WHERE name = ? AND expires_ms > ?", (name, now)
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+            if any(value(c.spent) + value(c.reserved) + amount > c.limit for c in checks):
+                return False
+            db.executemany(
+                "INSERT INTO counters (name, value, expires_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                [(c.reserved, amount, now + ttl_ms) for c in checks],
+            )
+            return True
+
+        return await self._run(lambda: self._transaction(reserve))
 
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
         def put(db: sqlite3.Connection) -> None:
