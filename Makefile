@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 EXT_STAMP := $(VENV)/.extension
 
-.PHONY: run test bench lint clean install build
+.PHONY: run test bench bench-gate bench-baseline sla lint clean install build
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,12 +32,33 @@ run: build
 test: build
 	scripts/with-private-redis.sh bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q'
 
-# Engine micro-benchmarks (pytest-benchmark), then the load test: the router
-# (2 workers) in front of the mock provider, against the mock alone, with wrk.
+# Engine micro-benchmarks (pytest-benchmark), then bench/load.py: the mock, nginx
+# as a plain reverse proxy and the router side by side in one run, each figure
+# against its target; exits non-zero when one is missed. LOAD_ARGS=--only=latency
+# picks phases (see bench/load.py --help).
 bench: build
-	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pytest -q -s bench --benchmark-only --benchmark-columns=min,median,mean,max,rounds
-	$(VENV)/bin/python bench/load.py --seconds 10
+	$(VENV)/bin/python bench/load.py $(LOAD_ARGS)
+
+# The regression gate: the engine benchmarks against the committed baseline,
+# both scaled to the machine's speed (bench/conftest.py). 40% on the median:
+# rerun noise stays under ~20% after scaling, a 2x regression is +100%.
+BENCH_BASELINE := bench/baseline/engine.json
+BENCH_RUN := $(VENV)/bin/pytest -q -p no:cacheprovider bench --benchmark-only \
+	--benchmark-min-rounds=20 --benchmark-columns=min,median,mean,rounds
+bench-gate: build
+	$(BENCH_RUN) --benchmark-compare=$(BENCH_BASELINE) --benchmark-compare-fail=median:40%
+
+# A new baseline, after a deliberate change (commit it with the change).
+bench-baseline: build
+	$(BENCH_RUN) --benchmark-json=$(BENCH_BASELINE)
+
+# The locust SLA run (bench/sla.py): the router and mock providers on loopback,
+# bounded time, non-zero on a breach. SLA_HOST=https://... SLA_KEY=... points it
+# at a deployed router instead.
+SLA_SECONDS ?= 25
+sla: build
+	$(VENV)/bin/python bench/sla.py --seconds $(SLA_SECONDS) $(if $(SLA_HOST),--host $(SLA_HOST))
 
 lint: build
 	cargo fmt --check
