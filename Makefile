@@ -41,13 +41,16 @@ bench: build
 	$(VENV)/bin/python bench/load.py $(LOAD_ARGS)
 
 # The regression gate: the engine benchmarks against the committed baseline,
-# both scaled to the machine's speed (bench/conftest.py). 40% on the median:
-# rerun noise stays under ~20% after scaling, a 2x regression is +100%.
+# the baseline scaled to the machine's speed now (bench/conftest.py). Fails on
+# a median over 50% slower, twice in a row: after scaling, reruns differ by up
+# to ~40% on this shared machine (docs/performance.md), a 2x regression is +100%.
 BENCH_BASELINE := bench/baseline/engine.json
 BENCH_RUN := $(VENV)/bin/pytest -q -p no:cacheprovider bench --benchmark-only \
-	--benchmark-min-rounds=20 --benchmark-columns=min,median,mean,rounds
+	--benchmark-columns=min,median,mean,rounds
+BENCH_COMPARE := $(BENCH_RUN) --benchmark-compare=$(BENCH_BASELINE) --benchmark-compare-fail=median:50%
 bench-gate: build
-	$(BENCH_RUN) --benchmark-compare=$(BENCH_BASELINE) --benchmark-compare-fail=median:40%
+	$(BENCH_COMPARE) || { echo "== slower than the baseline: once more, to tell noise from a regression"; \
+		$(BENCH_COMPARE); }
 
 # A new baseline, after a deliberate change (commit it with the change).
 bench-baseline: build

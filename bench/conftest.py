@@ -7,9 +7,9 @@ gate picks it up once the baseline is saved again (`make bench-baseline`).
 Two things wrap every benchmarked call here, not in the router's code:
 
 - Machine speed. On a shared 2-core machine the same code runs up to ~1.8x
-  slower for minutes at a time (the other tenants' load), on every benchmark
-  alike. So each benchmark is bracketed by a fixed reference workload, timed
-  just before and just after it, and the gate scales the baseline by how fast
+  slower for seconds to minutes at a time (the other tenants' load). So a
+  fixed reference slice is timed between the benchmark's rounds (pedantic
+  mode, in the untimed setup), and the gate scales the baseline by how fast
   the reference ran then and now: it compares the code, not the neighbours.
 - BENCH_SLOWDOWN=N runs each benchmarked call N times: an injected N-fold
   regression, to show that the gate catches one.
@@ -17,7 +17,7 @@ Two things wrap every benchmarked call here, not in the router's code:
 
 from __future__ import annotations
 
-import math
+import itertools
 import os
 import statistics
 import time
@@ -29,35 +29,47 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 SLOWDOWN = int(os.environ.get("BENCH_SLOWDOWN", "1"))
 TIME_FIELDS = ("min", "max", "mean", "median", "stddev", "iqr", "q1", "q3", "ld15iqr", "hd15iqr")
-
-
-def _reference_work() -> list[str]:
-    """Interpreter, allocator and C calls: what the benchmarks lean on too."""
-    table = {str(i): (i, i * 7 % 13) for i in range(2000)}
-    return sorted(table, key=lambda k: table[k][1])
+SECONDS = 0.3  # of timed calls per benchmark
+REFERENCE_SHARE = 0.5  # reference time per benchmarked time
 
 
 def reference_ns() -> float:
-    samples = []
-    for _ in range(15):
-        start = time.perf_counter_ns()
-        for _ in range(3):
-            _reference_work()
-        samples.append((time.perf_counter_ns() - start) / 3)
-    return statistics.median(samples)
+    """A fixed slice (~40 us) of interpreter, allocator and C calls."""
+    start = time.perf_counter_ns()
+    table = {str(i): (i, i * 7 % 13) for i in range(100)}
+    sorted(table, key=lambda k: table[k][1])
+    return time.perf_counter_ns() - start
 
 
 class Bracketed(BenchmarkFixture):
-    """pytest-benchmark's fixture, with the reference timed around the run."""
+    """pytest-benchmark's fixture, with the reference timed between its rounds:
+    the machine's speed at the very moments the benchmark ran."""
 
     def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if SLOWDOWN > 1:
             fn = _repeated(fn, SLOWDOWN)
-        before = reference_ns()
-        result = super().__call__(fn, *args, **kwargs)
-        after = reference_ns()
-        self.extra_info["reference_ns"] = math.sqrt(before * after)
+        once = min(_time_ns(fn, args, kwargs) for _ in range(5))
+        rounds = int(min(max(SECONDS * 1e9 / once, 20), 200_000))
+        every = max(1, int(reference_ns() / (once * REFERENCE_SHARE)))
+        counter = itertools.count()
+        reference: list[float] = []
+
+        def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if next(counter) % every == 0:
+                reference.append(reference_ns())
+            return args, kwargs
+
+        result = self.pedantic(
+            fn, setup=setup, rounds=rounds, warmup_rounds=min(rounds // 10, 1000)
+        )
+        self.extra_info["reference_ns"] = statistics.median(reference)
         return result
+
+
+def _time_ns(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    start = time.perf_counter_ns()
+    fn(*args, **kwargs)
+    return max(time.perf_counter_ns() - start, 1)
 
 
 def _repeated(fn: Callable[..., Any], times: int) -> Callable[..., Any]:

@@ -48,6 +48,13 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
+def wrk_script(path: Path, key: str | None = None) -> Path:
+    """A wrk script posting BODY, with the router's key when given."""
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
+    path.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), auth=auth))
+    return path
+
+
 def wrk(url: str, script: Path, seconds: int, connections: int, threads: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
@@ -104,16 +111,8 @@ class Bench:
         self.router.add_model("bench", self.mock.url)
         self.router.add_model("stamped", self.stamped_url)
         self.router.wait_for_config()
-        body = json.dumps(BODY)
-        self.plain = work / "plain.lua"
-        self.plain.write_text(WRK_SCRIPT.format(body=body, auth=""))
-        self.routed = work / "routed.lua"
-        self.routed.write_text(
-            WRK_SCRIPT.format(
-                body=body,
-                auth=f'wrk.headers["Authorization"] = "Bearer {self.router.admin_key}"',
-            )
-        )
+        self.plain = wrk_script(work / "plain.lua")
+        self.routed = wrk_script(work / "routed.lua", self.router.admin_key)
         self.targets = {
             "mock": (f"http://127.0.0.1:{self.mock.port}/v1/chat/completions", self.plain),
             "nginx": (f"http://127.0.0.1:{self.nginx.port}/v1/chat/completions", self.plain),
