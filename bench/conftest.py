@@ -81,6 +81,14 @@ def _repeated(fn: Callable[..., Any], times: int) -> Callable[..., Any]:
     return repeated
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "gate_on_min: the gate compares this benchmark's minimum, not its median "
+        "(its median swings with the neighbours' memory traffic, which the reference misses)",
+    )
+
+
 @pytest.fixture
 def benchmark(benchmark: BenchmarkFixture) -> BenchmarkFixture:
     # pytest-benchmark insists on its own class: this one only adds a method.
