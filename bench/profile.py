@@ -4,12 +4,13 @@ the request path.
 
     .venv/bin/python bench/profile.py [--seconds 15] [--rate 200] [--raw out.txt]
 
-Each sample is charged to the stage of its innermost frame that names one
-(see STAGES), so time in C or Rust called from Python counts for the Python
-frame that called it. Granian's own threads (HTTP parsing, the hand-over) run
-no Python and are not sampled: they show up as the gap between the worker's
-busy share and 100%. Microseconds per request are the stage's CPU time over the
-requests this worker served (half of wrk's, the two workers share the load).
+Only samples that hold the GIL count (py-spy --gil): the worker's one
+interpreter is what the request path queues for. Each sample is charged to the
+stage of its innermost frame that names one (see STAGES), so time in C or Rust
+called from Python counts for the Python frame that called it; Granian's Rust
+threads show up only while they hold the GIL, with no Python frame.
+Microseconds per request are the stage's GIL time over the requests this
+worker served (half of wrk's: the two workers share the load).
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ STAGES = [
     ("body decode, validation, the call", ("_chat_call", "msgspec", "_decode")),
     ("auth and rate limit", ("auth.py", "ratelimit.py", "_principal", "authorize")),
     ("response: headers, encoding", ("_router_headers", "json_response", "error_response")),
-    ("request handler (routing, the rest)", ("calls.py", "executor.py", "app.py", "http.py")),
     ("Granian hand-over (RSGI entry, body read)", ("__rsgi__", "read_body")),
+    ("request handler (routing, the rest)", ("calls.py", "executor.py", "app.py", "http.py")),
+    ("store writes (background thread)", ("concurrent/futures/thread.py", "model_router/store/")),
+    ("event loop, Granian's callbacks (C, Rust)", ("_spawn_rsgi_worker", "granian/_futures.py")),
 ]
 
 
@@ -50,7 +53,7 @@ def stage_of(stack: str) -> str:
         for stage, marks in STAGES:
             if any(mark in frame for mark in marks):
                 return stage
-    return "event loop and other"
+    return "Granian's threads (no Python frame)" if not stack else "other"
 
 
 def fold(raw: str) -> Counter[str]:
@@ -86,7 +89,8 @@ def main() -> int:
             raw = args.raw or work / "raw.txt"
             spy = subprocess.Popen(
                 [str(BIN / "py-spy"), "record", "-p", str(router.worker_pids()[0])]
-                + ["-r", str(args.rate), "-d", str(args.seconds), "-f", "raw", "-o", str(raw)],
+                + ["-r", str(args.rate), "-d", str(args.seconds), "-f", "raw", "-o", str(raw)]
+                + ["--gil", "--nonblocking"],
                 stdout=subprocess.DEVNULL,
             )
             load = wrk(url, script, args.seconds + 1, args.connections, 2)
@@ -98,7 +102,8 @@ def main() -> int:
     samples = sum(counts.values())
     served = load["rps"] * args.seconds / 2
     print(f"\nwrk c={args.connections}: {load['rps']:.0f} req/s with the profiler attached")
-    print(f"the worker ran Python {100 * samples / (args.rate * args.seconds):.0f}% of the time")
+    held = 100 * samples / (args.rate * args.seconds)
+    print(f"the worker's threads held the GIL {held:.0f}% of the time")
     print(f"{'stage':<44}{'share of samples':>18}{'us per request':>16}")
     for stage, n in counts.most_common():
         print(f"{stage:<44}{100 * n / samples:>17.1f}%{n / args.rate / served * 1e6:>16.1f}")
