@@ -41,7 +41,7 @@ def reference_ns() -> float:
     return time.perf_counter_ns() - start
 
 
-class Bracketed(BenchmarkFixture):
+class Calibrated(BenchmarkFixture):
     """pytest-benchmark's fixture, with the reference timed between its rounds:
     the machine's speed at the very moments the benchmark ran."""
 
@@ -92,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def benchmark(benchmark: BenchmarkFixture) -> BenchmarkFixture:
     # pytest-benchmark insists on its own class: this one only adds a method.
-    benchmark.__class__ = Bracketed
+    benchmark.__class__ = Calibrated
     return benchmark
 
 

@@ -91,14 +91,30 @@ def at_most(name: str, value: float, limit: float, unit: str, what: str = "") ->
     return Figure(name, value, unit, f"<= {limit:g} {unit} {what}".rstrip(), value <= limit)
 
 
-def median_of(rounds: list[dict[str, dict[str, float]]], target: str, key: str) -> float:
+def at_least(name: str, value: float, limit: float, unit: str) -> Figure:
+    return Figure(name, value, unit, f">= {limit:g} {unit}", value >= limit)
+
+
+Rounds = list[dict[str, dict[str, float]]]
+
+
+def median_of(rounds: Rounds, target: str, key: str) -> float:
     return statistics.median(r[target][key] for r in rounds)
+
+
+def print_wrk_rounds(rounds: Rounds, digits: int) -> None:
+    print(f"{'target':<10}{'req/s':>16}{'p50 ms':>10}{'p99 ms':>10}   (medians)")
+    for name in rounds[0]:
+        print(
+            f"{name:<10}{median_of(rounds, name, 'rps'):>16.0f}"
+            f"{median_of(rounds, name, 'p50'):>10.{digits}f}"
+            f"{median_of(rounds, name, 'p99'):>10.{digits}f}"
+        )
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path):
         self.args = args
-        self.work = work
         self.mock = Mock(work)
         self.nginx = Nginx(work, self.mock.port, args.workers)
         self.stamped = Process(
@@ -123,7 +139,7 @@ class Bench:
         for p in (self.router, self.stamped, self.nginx, self.mock):
             p.stop()
 
-    def rounds(self, connections: int, threads: int) -> list[dict[str, dict[str, float]]]:
+    def rounds(self, connections: int, threads: int) -> Rounds:
         a = self.args
         return [
             {
@@ -144,34 +160,18 @@ class Bench:
         a = self.args
         rounds = self.rounds(a.connections, a.threads)
         print(f"\nwrk -t{a.threads} -c{a.connections} -d{a.seconds}s, {a.rounds} rounds")
-        print(f"{'target':<10}{'req/s (median)':>16}{'p50 ms':>10}{'p99 ms':>10}")
-        for name in self.targets:
-            print(
-                f"{name:<10}{median_of(rounds, name, 'rps'):>16.0f}"
-                f"{median_of(rounds, name, 'p50'):>10.2f}{median_of(rounds, name, 'p99'):>10.2f}"
-            )
+        print_wrk_rounds(rounds, 2)
         ratio = statistics.median(r["router"]["rps"] / r["nginx"]["rps"] for r in rounds)
         errors = sum(r["router"]["errors"] for r in rounds)
         return [
             at_most("routed non-2xx responses", errors, 0, ""),
-            Figure(
-                f"routed req/s / nginx's (c={a.connections})",
-                100 * ratio,
-                "%",
-                ">= 70 %",
-                ratio >= 0.70,
-            ),
+            at_least(f"routed req/s / nginx's (c={a.connections})", 100 * ratio, 70, "%"),
         ]
 
     def latency(self) -> list[Figure]:
         rounds = self.rounds(1, 1)
-        print(f"\nwrk -t1 -c1 -d{self.args.seconds}s, {self.args.rounds} rounds (medians)")
-        print(f"{'target':<10}{'req/s':>16}{'p50 ms':>10}{'p99 ms':>10}")
-        for name in self.targets:
-            print(
-                f"{name:<10}{median_of(rounds, name, 'rps'):>16.0f}"
-                f"{median_of(rounds, name, 'p50'):>10.3f}{median_of(rounds, name, 'p99'):>10.3f}"
-            )
+        print(f"\nwrk -t1 -c1 -d{self.args.seconds}s, {self.args.rounds} rounds")
+        print_wrk_rounds(rounds, 3)
 
         def added(target: str, key: str) -> float:
             return statistics.median(r[target][key] - r["mock"][key] for r in rounds)

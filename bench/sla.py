@@ -32,6 +32,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from stack import BIN, Mock, Router  # noqa: E402
 
 HERE = Path(__file__).parent
+PHASES = {  # agent type: mock latency and jitter (ms), what to assert
+    "sla-realistic": (200, 100, "overhead"),
+    "sla-20ms": (20, 0, "overhead,e2e"),
+}
 
 
 def locust(host: str, key: str, agent: str, checks: str, args: argparse.Namespace) -> int:
@@ -55,8 +59,7 @@ def local(args: argparse.Namespace, work: Path) -> int:
     router = Router(work, 2, **env)
     mocks: list[Mock] = []
     try:
-        phases = {"sla-realistic": (200, 100, "overhead"), "sla-20ms": (20, 0, "overhead,e2e")}
-        for agent, (latency, jitter, _) in phases.items():
+        for agent, (latency, jitter, _) in PHASES.items():
             pair = []
             for n in (1, 2):
                 mocks.append(Mock(work, latency_ms=latency, jitter_ms=jitter, error_rate=0.01))
@@ -66,7 +69,7 @@ def local(args: argparse.Namespace, work: Path) -> int:
         router.wait_for_config()
         codes = [
             locust(router.url, router.admin_key, agent, checks, args)
-            for agent, (_, _, checks) in phases.items()
+            for agent, (_, _, checks) in PHASES.items()
         ]
     finally:
         router.close()

@@ -63,17 +63,9 @@ class Process:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
-    def descendants(self) -> list[int]:
-        found, todo = [], [self.proc.pid]
-        while todo:
-            pid = todo.pop()
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                continue
-            found += map(int, children)
-            todo += map(int, children)
-        return found
+    def children(self) -> list[int]:
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()]
 
 
 def rss_mib(pid: int) -> float:
@@ -175,23 +167,12 @@ class Router(Process):
                 time.sleep(0.02)
 
     def worker_pids(self) -> list[int]:
-        """Granian's worker processes: the descendants that serve (not helpers)."""
-        return [
-            pid
-            for pid in self.descendants()
-            if "multiprocessing.resource_tracker" not in _cmdline(pid)
-        ]
+        """Granian forks its workers from the serving process."""
+        return self.children()
 
     def close(self) -> None:
         self.admin.close()
         self.stop()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 NGINX_CONF = """worker_processes {workers}; daemon off; pid {work}/nginx.pid;
