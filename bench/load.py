@@ -1,34 +1,43 @@
-"""Load test: the router (2 workers) in front of the mock provider, against
-the mock called directly, side by side in one run, with wrk.
+"""The service against its targets, side by side in one run on loopback: the
+mock provider called directly, nginx as a plain reverse proxy in front of it,
+and the router (2 workers, LOG_LEVEL=info, the full path) in front of it.
 
-    .venv/bin/python bench/load.py [--seconds 10] [--connections 64]
+    .venv/bin/python bench/load.py [--seconds 5] [--rounds 3] [--only latency,streaming]
 
-Prints requests/s and p50/p99 for both at the given concurrency, and the
-latency the router adds at concurrency 1 (router minus mock, p50 and p99).
-Everything runs on loopback and stops by itself.
+Phases (all by default; --only picks some):
+  throughput  wrk -c64 POST /v1/chat/completions; routed req/s >= 70% of nginx's
+  latency     wrk -c1; added p50 <= 0.25 ms and p99 <= 1 ms (router minus mock)
+  streaming   a timestamping client against a stamped upstream; added time to
+              first token <= 0.5 ms, per-chunk delivery p99 <= upstream's + 0.1 ms
+  memory      RSS of each router worker <= 45 MiB, and flat: after the run it
+              is at most 10% above what it was after the warm-up
+  startup     from `model-router serve` to the first 200 of /health/ready <= 1.5 s
+
+Rounds alternate the targets so that the machine's noise falls on all of
+them alike; each figure is the median over rounds. Prints each figure with its
+target and exits 1 when one is missed. Everything stops by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+sys.path.insert(0, str(Path(__file__).parent))
 
-BIN = Path(sys.executable).parent
+import streaming  # noqa: E402
+from stack import Mock, Nginx, Process, Router, ensure_tool, free_port, rss_mib  # noqa: E402
+
+PHASES = ("throughput", "latency", "streaming", "memory", "startup")
 BODY = {
-    "model": "auto",
+    "model": "bench",
     "messages": [{"role": "user", "content": "Write a tagline for a coffee shop"}],
 }
 WRK_SCRIPT = """
@@ -39,49 +48,17 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, seconds: float = 30) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    return subprocess.Popen(args, env=env, stdout=out, stderr=out, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def wrk_script(path: Path, key: str | None = None) -> Path:
+    """A wrk script posting BODY, with the router's key when given."""
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
+    path.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), auth=auth))
+    return path
 
 
 def wrk(url: str, script: Path, seconds: int, connections: int, threads: int) -> dict[str, float]:
     out = subprocess.run(
-        [
-            "wrk",
-            f"-t{threads}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+        + ["-s", str(script), url],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
@@ -94,114 +71,205 @@ def wrk(url: str, script: Path, seconds: int, connections: int, threads: int) ->
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "errors": float(errors.group(1)) if errors else 0.0,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50": millis("50%"),
         "p99": millis("99%"),
-        "errors": float(errors.group(1)) if errors else 0.0,
     }
+
+
+class Figure:
+    def __init__(self, name: str, value: float, unit: str, target: str, met: bool):
+        self.name, self.value, self.unit, self.target, self.met = name, value, unit, target, met
+
+    def line(self) -> str:
+        verdict = "ok" if self.met else "MISSED"
+        return f"{self.name:<44}{self.value:>10.3f} {self.unit:<6}{self.target:<34}{verdict}"
+
+
+def at_most(name: str, value: float, limit: float, unit: str, what: str = "") -> Figure:
+    return Figure(name, value, unit, f"<= {limit:g} {unit} {what}".rstrip(), value <= limit)
+
+
+def at_least(name: str, value: float, limit: float, unit: str) -> Figure:
+    return Figure(name, value, unit, f">= {limit:g} {unit}", value >= limit)
+
+
+Rounds = list[dict[str, dict[str, float]]]
+
+
+def median_of(rounds: Rounds, target: str, key: str) -> float:
+    return statistics.median(r[target][key] for r in rounds)
+
+
+def print_wrk_rounds(rounds: Rounds, digits: int) -> None:
+    print(f"{'target':<10}{'req/s':>16}{'p50 ms':>10}{'p99 ms':>10}   (medians)")
+    for name in rounds[0]:
+        print(
+            f"{name:<10}{median_of(rounds, name, 'rps'):>16.0f}"
+            f"{median_of(rounds, name, 'p50'):>10.{digits}f}"
+            f"{median_of(rounds, name, 'p99'):>10.{digits}f}"
+        )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path):
+        self.args = args
+        self.mock = Mock(work)
+        self.nginx = Nginx(work, self.mock.port, args.workers)
+        self.stamped = Process(
+            [sys.executable, str(Path(__file__).parent / "stamped_upstream.py")]
+            + ["--port", str(port := free_port()), "--gap-ms", str(args.chunk_gap_ms)],
+            work / "stamped.log",
+        )
+        self.stamped_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        self.router = Router(work, args.workers)
+        self.router.add_model("bench", self.mock.url)
+        self.router.add_model("stamped", self.stamped_url)
+        self.router.wait_for_config()
+        self.plain = wrk_script(work / "plain.lua")
+        self.routed = wrk_script(work / "routed.lua", self.router.admin_key)
+        self.targets = {
+            "mock": (f"http://127.0.0.1:{self.mock.port}/v1/chat/completions", self.plain),
+            "nginx": (f"http://127.0.0.1:{self.nginx.port}/v1/chat/completions", self.plain),
+            "router": (f"{self.router.url}/v1/chat/completions", self.routed),
+        }
+
+    def close(self) -> None:
+        for p in (self.router, self.stamped, self.nginx, self.mock):
+            p.stop()
+
+    def rounds(self, connections: int, threads: int) -> Rounds:
+        a = self.args
+        return [
+            {
+                name: wrk(url, script, a.seconds, connections, threads)
+                for name, (url, script) in self.targets.items()
+            }
+            for _ in range(a.rounds)
+        ]
+
+    def warm_up(self) -> None:
+        url, script = self.targets["router"]
+        wrk(url, script, 2, self.args.connections, self.args.threads)
+
+    def rss(self) -> list[float]:
+        return [rss_mib(pid) for pid in self.router.worker_pids()]
+
+    def throughput(self) -> list[Figure]:
+        a = self.args
+        rounds = self.rounds(a.connections, a.threads)
+        print(f"\nwrk -t{a.threads} -c{a.connections} -d{a.seconds}s, {a.rounds} rounds")
+        print_wrk_rounds(rounds, 2)
+        ratio = statistics.median(r["router"]["rps"] / r["nginx"]["rps"] for r in rounds)
+        errors = sum(r["router"]["errors"] for r in rounds)
+        return [
+            at_most("routed non-2xx responses", errors, 0, ""),
+            at_least(f"routed req/s / nginx's (c={a.connections})", 100 * ratio, 70, "%"),
+        ]
+
+    def latency(self) -> list[Figure]:
+        rounds = self.rounds(1, 1)
+        print(f"\nwrk -t1 -c1 -d{self.args.seconds}s, {self.args.rounds} rounds")
+        print_wrk_rounds(rounds, 3)
+
+        def added(target: str, key: str) -> float:
+            return statistics.median(r[target][key] - r["mock"][key] for r in rounds)
+
+        print(f"nginx adds p50 {added('nginx', 'p50'):.3f} ms, p99 {added('nginx', 'p99'):.3f} ms")
+        return [
+            at_most("added latency p50 (c=1)", added("router", "p50"), 0.25, "ms"),
+            at_most("added latency p99 (c=1)", added("router", "p99"), 1.0, "ms"),
+        ]
+
+    def streaming(self) -> list[Figure]:
+        n = self.args.stream_requests
+        auth = {"Authorization": f"Bearer {self.router.admin_key}"}
+        routed_url = f"{self.router.url}/v1/chat/completions"
+        streaming.measure(routed_url, auth, 20, "stamped")  # warm up
+        rounds = [
+            {
+                "upstream": streaming.measure(self.stamped_url, {}, n, "stamped"),
+                "router": streaming.measure(routed_url, auth, n, "stamped"),
+            }
+            for _ in range(self.args.rounds)
+        ]
+        print(f"\nstreams at c=1: {n} per target and round, {self.args.rounds} rounds (medians)")
+        print(f"{'target':<10}{'TTFT p50 ms':>14}{'chunk p50 ms':>14}{'chunk p99 ms':>14}")
+        for name in ("upstream", "router"):
+            print(
+                f"{name:<10}{median_of(rounds, name, 'ttft_p50'):>14.3f}"
+                f"{median_of(rounds, name, 'chunk_p50'):>14.3f}"
+                f"{median_of(rounds, name, 'chunk_p99'):>14.3f}"
+            )
+
+        def added(key: str) -> float:
+            return statistics.median(r["router"][key] - r["upstream"][key] for r in rounds)
+
+        return [
+            at_most("added time to first token p50 (c=1)", added("ttft_p50"), 0.5, "ms"),
+            at_most("added per-chunk delivery p99 (c=1)", added("chunk_p99"), 0.1, "ms", "over"),
+        ]
+
+    def memory(self, before: list[float], load: Callable[[], None] | None) -> list[Figure]:
+        if load:
+            load()
+        after = self.rss()
+        print(f"\nRSS per worker, MiB: after warm-up {before}, after the run {after}")
+        growth = max(100 * (b - a) / a for a, b in zip(before, after, strict=True))
+        return [
+            at_most("RSS per worker, largest", max(after), 45, "MiB"),
+            at_most("RSS growth over the run, largest", growth, 10, "%"),
+        ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--stream-requests", type=int, default=100)
+    parser.add_argument("--chunk-gap-ms", type=float, default=2.0)
+    parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
-        return 2
+    only = args.only.split(",")
+    if unknown := set(only) - set(PHASES):
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {PHASES}")
+    ensure_tool("wrk", "wrk")
 
-    work = Path(tempfile.mkdtemp(prefix="mr-bench-"))
-    mock_port, router_port = free_port(), free_port()
-    admin = "bench-admin-" + secrets.token_hex(8)
-    env = {
-        **os.environ,
-        "PORT": str(router_port),
-        "HOST": "127.0.0.1",
-        "MODEL_ROUTER_DATA_DIR": str(work),
-        "MODEL_ROUTER_ADMIN_KEY": admin,
-        "MODEL_ROUTER_WORKERS": str(args.workers),
-        "LOG_LEVEL": args.log_level,
-        "RATE_LIMIT_MAX": "1000000000",
-        "MOCK_KEY": "mock-secret",
-    }
-    env.pop("REDIS_URL", None)
-    mock = start(
-        [str(BIN / "model-router"), "mock-provider", "--port", str(mock_port)],
-        env,
-        work / "mock.log",
-    )
-    router = start([str(BIN / "model-router"), "serve"], env, work / "router.log")
-    try:
-        wait_up(f"http://127.0.0.1:{mock_port}/__mock/stats")
-        wait_up(f"http://127.0.0.1:{router_port}/health")
-        admin_client = httpx.Client(
-            base_url=f"http://127.0.0.1:{router_port}", headers={"Authorization": f"Bearer {admin}"}
-        )
-        admin_client.post(
-            "/api/models",
-            json={
-                "name": "Bench",
-                "version": "bench-model",
-                "provider": "openai",
-                "modelType": "chat",
-                "pricing": {"inputPer1k": 0.001, "outputPer1k": 0.002},
-            },
-        ).raise_for_status()
-        admin_client.post(
-            "/api/models/bench-model/endpoints",
-            json={
-                "url": f"http://127.0.0.1:{mock_port}/v1/chat/completions",
-                "apiKeyEnv": "MOCK_KEY",
-            },
-        ).raise_for_status()
-        time.sleep(1.0)  # every worker picks the config up
-        check = admin_client.post("/v1/chat/completions", json=BODY)
-        assert check.status_code == 200, check.text
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="mr-bench-") as work:
+        bench = Bench(args, Path(work))
+        try:
+            if "startup" in only:
+                figures.append(
+                    at_most("ready to serve after start", bench.router.ready_s, 1.5, "s")
+                )
+            bench.warm_up()
+            before = bench.rss()
+            for phase in ("throughput", "latency", "streaming"):
+                if phase in only:
+                    figures += getattr(bench, phase)()
+            if "memory" in only:
+                loaded = {"throughput", "latency", "streaming"} & set(only)
+                figures += bench.memory(before, None if loaded else bench.throughput)
+        finally:
+            bench.close()
 
-        body = json.dumps(BODY)
-        direct = work / "direct.lua"
-        direct.write_text(WRK_SCRIPT.format(body=body, auth=""))
-        routed = work / "routed.lua"
-        routed.write_text(
-            WRK_SCRIPT.format(body=body, auth=f'wrk.headers["Authorization"] = "Bearer {admin}"')
-        )
-        mock_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-        router_url = f"http://127.0.0.1:{router_port}/v1/chat/completions"
-
-        wrk(router_url, routed, 2, args.connections, args.threads)  # warm up
-        results = {
-            "mock, direct": wrk(mock_url, direct, args.seconds, args.connections, args.threads),
-            "router -> mock": wrk(router_url, routed, args.seconds, args.connections, args.threads),
-        }
-        single = {
-            "mock": wrk(mock_url, direct, args.seconds, 1, 1),
-            "router": wrk(router_url, routed, args.seconds, 1, 1),
-        }
-    finally:
-        stop(router)
-        stop(mock)
     print(
-        f"\nwrk -t{args.threads} -c{args.connections} -d{args.seconds}s, "
-        f"router with {args.workers} workers, LOG_LEVEL={args.log_level}, "
-        "POST /v1/chat/completions"
+        f"\nrouter: {args.workers} workers, LOG_LEVEL=info; mock provider and nginx "
+        f"({args.workers} workers) on the same machine; POST /v1/chat/completions"
     )
-    print(f"{'target':<16}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    for name, r in results.items():
-        print(f"{name:<16}{r['rps']:>12.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['errors']:>10.0f}")
-    print(f"\nconcurrency 1 (wrk -t1 -c1 -d{args.seconds}s)")
-    print(f"{'target':<16}{'requests/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, r in single.items():
-        print(f"{name:<16}{r['rps']:>12.0f}{r['p50']:>10.3f}{r['p99']:>10.3f}")
-    added_p50 = single["router"]["p50"] - single["mock"]["p50"]
-    added_p99 = single["router"]["p99"] - single["mock"]["p99"]
-    print(f"added by the router: p50 {added_p50:.3f} ms, p99 {added_p99:.3f} ms")
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
+    print(f"{'figure':<44}{'measured':>10} {'unit':<6}{'target':<34}verdict")
+    for figure in figures:
+        print(figure.line())
+    missed = [f.name for f in figures if not f.met]
+    print(f"\n{len(figures) - len(missed)} targets met, {len(missed)} missed")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
