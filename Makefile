@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 EXT_STAMP := $(VENV)/.extension
 
-.PHONY: run test bench bench-gate bench-baseline sla lint clean install build
+.PHONY: run test bench bench-gate bench-baseline sla soak lint clean install build
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -67,6 +67,13 @@ bench-baseline: build
 SLA_SECONDS ?= 25
 sla: build
 	$(VENV)/bin/python bench/sla.py --seconds $(SLA_SECONDS) $(if $(SLA_HOST),--host $(SLA_HOST))
+
+# The soak (bench/soak.py): 300,000 requests, the primary provider killed
+# halfway, each worker's RSS sampled; non-zero when a figure is missed.
+SOAK_REQUESTS ?= 300000
+soak: build
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/python bench/soak.py --requests $(SOAK_REQUESTS)
 
 lint: build
 	cargo fmt --check

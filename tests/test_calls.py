@@ -345,9 +345,11 @@ def test_costs_are_exact_and_spent_budgets_stop_a_workspace_across_workers(make_
     add_model(router, "m1", mock)
     prefer(router, "m1")
     # Each call: 15 prompt + 18 completion tokens = $0.00069; a $0.002 daily budget.
+    # Its worst case (max 20 tokens out) is reserved before it is sent, so two
+    # calls fit and a third would not, whatever the timing.
     router.client.post("/api/workspaces/ws-b/config", json={"budgetLimits": {"daily": 0.002}})
     router.wait_for_config()
-    request = {**SPEC_ROUTE, "workspaceId": "ws-b"}
+    request = {**SPEC_ROUTE, "workspaceId": "ws-b", "parameters": {"maxTokens": 20}}
     one = router.client.post("/api/route", json=request).json()
     assert one["usage"]["cost"] == cost(
         one["usage"]["promptTokens"], one["usage"]["completionTokens"]
@@ -364,7 +366,8 @@ def test_costs_are_exact_and_spent_budgets_stop_a_workspace_across_workers(make_
         if r.status_code == 200:
             spent += r.json()["usage"]["cost"]
         time.sleep(0.4)
-    assert 402 in statuses
+    assert statuses.count(200) == 1 and spent <= 0.002
+    time.sleep(1.2)  # the spend flush: what was spent is in the store, leases handed back
     stopped = httpx.post(
         f"{router.url}/api/route", json=request, headers=router.auth(router.admin_key)
     )

@@ -159,15 +159,16 @@ def test_reservations_never_let_spent_and_reserved_pass_a_limit(store):
         day = Reservation("spent:d", "reserved:d", 100)
         month = Reservation("spent:m", "reserved:m", 1000)
         await s.add_counters({"spent:d": 60}, 60_000)
-        assert await s.reserve([day, month], 30, 60_000)
-        assert not await other.reserve([day, month], 11, 60_000), "60 + 30 + 11 > 100"
-        assert await other.reserve([day, month], 10, 60_000)
+        assert await s.reserve([day, month], 30, 60_000) is None
+        # 60 + 30 + 11 > 100: the day has no room (spent 60, reserved 30).
+        assert await other.reserve([day, month], 11, 60_000) == (0, 60, 30)
+        assert await other.reserve([day, month], 10, 60_000) is None
         # A refused reservation changed nothing; granted ones add up per period.
         totals = await s.add_counters({"reserved:d": 0, "reserved:m": 0}, 60_000)
         assert totals == {"reserved:d": 40, "reserved:m": 40}
         # Settling moves amounts from reserved to spent; the room comes back.
         await s.add_counters({"spent:d": 5, "reserved:d": -40}, 60_000)
-        assert await s.reserve([day], 35, 60_000)
+        assert await s.reserve([day], 35, 60_000) is None
         await s.close()
         await other.close()
 

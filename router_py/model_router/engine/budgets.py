@@ -39,6 +39,21 @@ def usd_to_nanos(usd: float) -> int:
     return math.ceil(usd * 1e9)
 
 
+class BudgetRefused(Exception):
+    """The budget has no room for this request's worst case: a 402 with
+    what the store holds for the period that ran out (nano-dollars)."""
+
+    def __init__(self, period: str, limit: int, spent: int, reserved: int, worst: int):
+        super().__init__(f"the {period} budget cannot cover this request's worst-case cost")
+        self.details = {
+            "period": period,
+            "limit": limit / 1e9,
+            "spent": spent / 1e9,
+            "reserved": reserved / 1e9,  # held by requests in flight
+            "worstCase": worst / 1e9,
+        }
+
+
 @dataclass(frozen=True)
 class Hold:
     """One request's reservation (0 when its workspace has no budget)."""
@@ -81,23 +96,22 @@ class BudgetLeases:
             if (limit := getattr(limits, name)) is not None
         }
 
-    async def hold(self, workspace_id: str | None, worst: int) -> Hold | None:
-        """Reserve a request's worst case; None when the budget cannot cover it."""
+    async def hold(self, workspace_id: str | None, worst: int) -> Hold:
+        """Reserve a request's worst case; BudgetRefused when the budget cannot
+        cover it."""
         limits = self.limited_periods(workspace_id) if workspace_id else {}
         if workspace_id is None or not limits or worst <= 0:
             return Hold(workspace_id or "", 0)
         if self._lease[workspace_id] < worst:
             async with self._taking[workspace_id]:
-                if self._lease[workspace_id] < worst and not await self._take(
-                    workspace_id, limits, worst
-                ):
-                    return None
+                if self._lease[workspace_id] < worst:
+                    await self._take(workspace_id, limits, worst)
         self._lease[workspace_id] -= worst
         return Hold(workspace_id, worst)
 
-    async def _take(self, workspace_id: str, limits: dict[str, int], worst: int) -> bool:
+    async def _take(self, workspace_id: str, limits: dict[str, int], worst: int) -> None:
         """Add to the lease from the store: a few requests' worth, else just
-        what this one lacks. False when the budget has no room for it."""
+        what this one lacks; BudgetRefused when the budget has no room for it."""
         keys = period_keys(datetime.now(UTC))
         checks = [
             Reservation(
@@ -108,11 +122,16 @@ class BudgetLeases:
             for p, limit in limits.items()
         ]
         need = worst - self._lease[workspace_id]
+        refused = None
         for amount in (need + worst * (LEASE_REQUESTS - 1), need):
-            if await self.store.reserve(checks, amount, TTL_MS["m"]):
+            refused = await self.store.reserve(checks, amount, TTL_MS["m"])
+            if refused is None:
                 self._lease[workspace_id] += amount
-                return True
-        return False
+                return
+        assert refused is not None
+        index, spent, reserved = refused
+        period = list(limits)[index]
+        raise BudgetRefused(PERIODS[period], limits[period], spent, reserved, worst)
 
     def settle(self, hold: Hold, cost: int) -> None:
         """The request is over: its worst case back to the lease, its cost settled."""

@@ -27,7 +27,7 @@ import msgspec
 
 from .. import types as t
 from .._core import Decision
-from .budgets import BudgetLeases, Hold
+from .budgets import BudgetLeases, BudgetRefused, Hold
 from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
 from .live import LiveConfig
@@ -394,19 +394,13 @@ class Executor:
         models = [model_id for model_id, _ in decision.candidates]
         worst = self.budgets.worst_case(models, call.content_length, call.body)
         try:
-            hold = await self.budgets.hold(call.workspace_id, worst)
+            return await self.budgets.hold(call.workspace_id, worst)
+        except BudgetRefused as refused:
+            message = f"{refused} (${worst / 1e9:.6f}): lower max_tokens or raise the budget"
+            raise CallFailed(402, "budget_exceeded", message, details=refused.details) from None
         except Exception as exc:  # the store is away: the engine's local check stands
             log.warning("budget reservation skipped: %s", exc)
             return Hold(call.workspace_id or "", 0)
-        if hold is None:
-            raise CallFailed(
-                402,
-                "budget_exceeded",
-                f"the workspace's budget cannot cover this request's worst-case cost "
-                f"(${worst / 1e9:.6f}); lower max_tokens or raise the budget",
-                details={"worstCase": worst / 1e9},
-            )
-        return hold
 
     async def complete(self, call: Call) -> Result:
         decision = self.decide(call)

@@ -101,10 +101,13 @@ class Store(Protocol):
         """The newest `limit` recent requests, newest first."""
         ...
 
-    async def reserve(self, checks: Sequence[Reservation], amount: int, ttl_ms: int) -> bool:
+    async def reserve(
+        self, checks: Sequence[Reservation], amount: int, ttl_ms: int
+    ) -> tuple[int, int, int] | None:
         """Atomically: if every counter pair leaves room for `amount` under its
         limit, add `amount` to each reserved counter (created with this time to
-        live) and return True; else change nothing and return False."""
+        live) and return None; else change nothing and return (index of the
+        first check without room, its spent, its reserved)."""
         ...
 
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:

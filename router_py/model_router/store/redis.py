@@ -66,15 +66,17 @@ return totals
 RESERVE = """
 local amount = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do
-  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
-    + tonumber(redis.call('GET', KEYS[i + 1]) or '0')
-  if used + amount > tonumber(ARGV[2 + (i + 1) / 2]) then return 0 end
+  local spent = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local reserved = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if spent + reserved + amount > tonumber(ARGV[2 + (i + 1) / 2]) then
+    return {(i - 1) / 2, spent, reserved}
+  end
 end
 for i = 2, #KEYS, 2 do
   redis.call('INCRBY', KEYS[i], amount)
   if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 end
-return 1
+return false
 """
 
 OP_NAMES = {
@@ -149,10 +151,13 @@ class RedisStore:
     def _counter_key(self, name: str) -> str:
         return f"{self._prefix}:counter:{name}"
 
-    async def reserve(self, checks: Sequence[Reservation], amount: int, ttl_ms: int) -> bool:
+    async def reserve(
+        self, checks: Sequence[Reservation], amount: int, ttl_ms: int
+    ) -> tuple[int, int, int] | None:
         keys = [self._counter_key(n) for c in checks for n in (c.spent, c.reserved)]
         limits = [c.limit for c in checks]
-        return bool(await self._reserve(keys=keys, args=[amount, ttl_ms, *limits]))
+        refused = await self._reserve(keys=keys, args=[amount, ttl_ms, *limits])
+        return None if refused is None else (int(refused[0]), int(refused[1]), int(refused[2]))
 
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
         await self._redis.hset(f"{self._prefix}:state:{kind}", mapping=dict(items))  # type: ignore[arg-type]

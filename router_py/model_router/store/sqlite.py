@@ -129,8 +129,10 @@ class SQLiteStore:
 
         return await self._run(read)
 
-    async def reserve(self, checks: Sequence[Reservation], amount: int, ttl_ms: int) -> bool:
-        def reserve(db: sqlite3.Connection) -> bool:
+    async def reserve(
+        self, checks: Sequence[Reservation], amount: int, ttl_ms: int
+    ) -> tuple[int, int, int] | None:
+        def reserve(db: sqlite3.Connection) -> tuple[int, int, int] | None:
             now = int(time.time() * 1000)
 
             def value(name: str) -> int:
@@ -139,14 +141,16 @@ class SQLiteStore:
                 ).fetchone()
                 return int(row[0]) if row else 0
 
-            if any(value(c.spent) + value(c.reserved) + amount > c.limit for c in checks):
-                return False
+            for i, c in enumerate(checks):
+                spent, reserved = value(c.spent), value(c.reserved)
+                if spent + reserved + amount > c.limit:
+                    return i, spent, reserved
             db.executemany(
                 "INSERT INTO counters (name, value, expires_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 [(c.reserved, amount, now + ttl_ms) for c in checks],
             )
-            return True
+            return None
 
         return await self._run(lambda: self._transaction(reserve))
 
