@@ -15,6 +15,7 @@ from .engine.breakers import BreakerSync, Prober
 from .engine.budgets import BudgetLeases
 from .engine.executor import Executor, Timeouts
 from .engine.live import LiveConfig
+from .engine.secrets import Redactor
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
 from .http import ApiError
@@ -65,6 +66,7 @@ class Service:
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
+        self.redactor = Redactor(self.live, settings.admin_key, settings.redis_url)
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None

@@ -94,7 +94,8 @@ async def count_tokens(req: Request) -> Response:
             upstream = await executor.client.send(request, deadlines)
         except (OSError, TimeoutError) as exc:
             raise ApiError(502, "api_error", f"count_tokens failed upstream: {exc}") from None
-        return Response(upstream.body, upstream.status)
+        relayed = req.service.redactor.redact(upstream.body.decode("utf-8", "replace"))
+        return Response(relayed.encode(), upstream.status)
     raise ApiError(
         404,
         "not_found_error",

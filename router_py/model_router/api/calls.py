@@ -19,6 +19,7 @@ from ..catalog import utcnow
 from ..engine.exchanges import Operation
 from ..engine.executor import Call, CallFailed, Result
 from ..engine.inputs import content_length, request_type
+from ..engine.secrets import provider_error
 from ..http import ApiError, Request, Response, Route, json_response, new_id
 
 _decode = msgspec.json.Decoder().decode
@@ -72,6 +73,9 @@ def summary(
 
 
 def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) -> ApiError:
+    """Account a failed call; the error for the caller. Nothing secret leaves:
+    every secret the router holds is redacted, and a non-admin caller sees
+    only the type and message of a provider's error."""
     req.service.observer.observe(
         summary(req, call, route, failed.status, failed.type, attempts=len(failed.attempts)),
         failed.attempts,
@@ -81,14 +85,17 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
         details["attempts"] = msgspec.to_builtins(failed.attempts)
     if failed.upstream_body:
         try:
-            details["upstream"] = _decode(failed.upstream_body)
+            upstream = _decode(failed.upstream_body)
         except msgspec.DecodeError:
-            details["upstream"] = failed.upstream_body[:500].decode("utf-8", "replace")
+            upstream = failed.upstream_body[:500].decode("utf-8", "replace")
+        admin = req.principal is not None and req.principal.role == "admin"
+        details["upstream"] = upstream if admin else provider_error(upstream)
+    redactor = req.service.redactor
     return ApiError(
         failed.status,
         failed.type,
-        failed.message,
-        details or None,
+        redactor.redact(failed.message),
+        redactor.redact_json(details) if details else None,
         failed.headers,
         param=failed.param,
         code=failed.code,
