@@ -1,0 +1,47 @@
+"""Masking in process: every form of personal data and secret that a log line
+might carry, and ordinary text that must stay as it is."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_router.telemetry.pii import mask
+
+
+@pytest.mark.parametrize(
+    ("text", "gone", "placeholder"),
+    [
+        ("mail jane.doe@example.com", "jane.doe@example.com", "[EMAIL]"),
+        ("call +1 415-555-0132", "415-555-0132", "[PHONE]"),
+        ("call (555) 123-4567 now", "123-4567", "[PHONE]"),
+        ("Paris: +33 1 42 68 53 00", "42 68 53", "[PHONE]"),
+        ("card 4111 1111 1111 1111", "4111 1111", "[CARD]"),
+        ("card 4111.1111.1111.1111", "4111.1111", "[CARD]"),
+        ("card 4111-1111-1111-1111", "4111-1111", "[CARD]"),
+        ("key sk-abcdefghijklmnopqrstuv", "sk-abcdefghij", "[API_KEY]"),
+        ("stripe sk_live_abcdefghij1234", "sk_live_", "[API_KEY]"),
+        ("github ghp_abcdefghijklmnopqrstuvwxyz123456", "ghp_", "[API_KEY]"),
+        ("google AIzaSyA1234567890abcdefghijklmnopqrstuv", "AIzaSy", "[API_KEY]"),
+        ("aws AKIAABCDEFGHIJKLMNOP", "AKIAABCD", "[API_KEY]"),
+        ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_abcdef", "eyJhbGci", "[API_KEY]"),
+        ("Authorization: Bearer abcdefghijklmnop", "abcdefghijklmnop", "[REDACTED]"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpw", "[REDACTED]"),
+        ('{"password": "hunter2hunter2"}', "hunter2", "[REDACTED]"),
+        ("ours mr_0123abcd_s3cr3tS3cr3tS3cr3t", "s3cr3t", "[API_KEY]"),
+    ],
+)
+def test_each_form_is_masked(text, gone, placeholder):
+    masked = mask(text)
+    assert gone not in masked and placeholder in masked, masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version 1.2.3 at 12:30 on 2026-11-29, order 12345, took 250 ms",
+        "model gpt-4-1106-preview routed to endpoint ep-1 in 412.5 ms",
+        "basic routing rule for the creative agent",
+    ],
+)
+def test_ordinary_text_is_left_alone(text):
+    assert mask(text) == text
