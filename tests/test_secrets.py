@@ -4,6 +4,8 @@ only the type and message of its error."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import scripted_upstream
@@ -60,3 +62,23 @@ def test_a_provider_echoing_our_key_never_shows_it(make_server, scripted):
         elif status == 400:
             assert upstream["echo"] == {"authorization": "Bearer [REDACTED]"}
     assert scripted.received[0][1]["authorization"] == f"Bearer {PROVIDER_KEY}"
+
+
+def test_a_provider_key_comes_from_a_file_and_a_rotation_is_read(make_server, scripted, tmp_path):
+    key_file = tmp_path / "providers" / "OPENAI_API_KEY"
+    key_file.parent.mkdir()
+    key_file.write_text("first-key-0123456789\n")
+    router = make_server()
+    c = router.client
+    assert c.post("/api/models", json=model_body("m1")).status_code == 201
+    endpoint = {"url": scripted.url + "/v1/chat/completions", "apiKeyFile": str(key_file)}
+    assert c.post("/api/models/m1/endpoints", json=endpoint).status_code == 201
+    router.wait_for_config()
+    for expected in ("first-key-0123456789", "second-key-0123456789"):
+        scripted.queue("/v1/chat/completions", echo(400))
+        c.post("/v1/chat/completions", json=CHAT)
+        assert scripted.received[-1][1]["authorization"] == f"Bearer {expected}"
+        key_file.write_text("second-key-0123456789")
+        time.sleep(1.1)  # looked at no more than once a second
+    bad = c.post("/api/models/m1/endpoints", json={**endpoint, "apiKeyFile": "relative/path"})
+    assert bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "apiKeyFile"

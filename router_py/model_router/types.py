@@ -24,6 +24,13 @@ Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Tag = Annotated[str, Meta(min_length=1, max_length=64)]
 Url = Annotated[str, Meta(pattern=r"^https?://[^\s/$.?#][^\s]*$", max_length=2048)]
 EnvVarName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+KeyFilePath = Annotated[
+    str,
+    Meta(
+        pattern=r"^/[A-Za-z0-9._/-]{1,1023}$",
+        description="absolute path of a file holding the provider key (a mounted Secret)",
+    ),
+]
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC timestamp")]
 NonNegative = Annotated[float, Meta(ge=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
@@ -160,6 +167,7 @@ class EndpointCreate(Body):
     id: Id | None = None
     health_check_url: Url | None = None
     api_key_env: EnvVarName | None = None
+    api_key_file: KeyFilePath | None = None
     timeout_ms: WaitMs | None = None
     connect_timeout_ms: WaitMs | None = None
     first_byte_timeout_ms: WaitMs | None = None
@@ -176,6 +184,7 @@ class Endpoint(Body):
     weight: NonNegative = 1.0
     health_check_url: Url | None = None
     api_key_env: EnvVarName | None = None
+    api_key_file: KeyFilePath | None = None
     timeout_ms: WaitMs | None = None
     connect_timeout_ms: WaitMs | None = None
     first_byte_timeout_ms: WaitMs | None = None

@@ -10,13 +10,13 @@ type and message, capped.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from .live import LiveConfig
+from .providers import api_key
 
 REDACTED = "[REDACTED]"
 MIN_SECRET = 6  # shorter values would redact ordinary words
@@ -28,21 +28,13 @@ class Redactor:
         self.live = live
         password = urlsplit(redis_url).password if redis_url else None
         self._fixed = [s for s in (admin_key, password) if s]
-        self._version = -1
-        self._secrets: list[str] = []
 
     def secrets(self) -> list[str]:
-        """Every secret, longest first (a key that contains another goes whole)."""
-        if self._version != self.live.version:
-            keys = {
-                os.environ.get(e.api_key_env, "")
-                for e in self.live.endpoints.values()
-                if e.api_key_env
-            }
-            found = [s for s in (*keys, *self._fixed) if len(s) >= MIN_SECRET]
-            self._secrets = sorted(set(found), key=len, reverse=True)
-            self._version = self.live.version
-        return self._secrets
+        """Every secret, longest first (a key that contains another goes whole).
+        Read each time (failures only): a rotated key file counts at once."""
+        keys = {api_key(e) or "" for e in self.live.endpoints.values()}
+        found = {s for s in (*keys, *self._fixed) if len(s) >= MIN_SECRET}
+        return sorted(found, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         for secret in self.secrets():
