@@ -204,10 +204,11 @@ def rule_body(*model_ids: str, **overrides: object) -> dict[str, object]:
         "targetModels": [
             {"modelId": m, "weight": 0.5, "fallbackOrder": i + 1} for i, m in enumerate(model_ids)
         ],
-        "trafficSplit": {"primary": 80, "canary": 20},
         "priority": 100,
         "enabled": True,
     }
+    if len(model_ids) > 1:  # a split needs a primary and a canary side
+        body["trafficSplit"] = {"primary": 80, "canary": 20}
     body.update(overrides)
     return body
 

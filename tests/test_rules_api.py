@@ -123,3 +123,31 @@ def test_workspace_config_set_and_get(server):
         bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "budgetLimits.daily"
     )
     assert c.post("/api/workspaces/bad%20id/config", json=body).status_code == 400
+
+
+def test_a_split_that_cannot_apply_is_refused_by_name(server):
+    c = server.client
+    _models(c, "a", "b")
+    one_target = rule_body("a", trafficSplit={"primary": 80, "canary": 20})
+    all_canary = rule_body(
+        "a",
+        "b",
+        targetModels=[
+            {"modelId": "a", "role": "canary"},
+            {"modelId": "b", "role": "canary"},
+        ],
+    )
+    canary_without_split = rule_body(
+        "a", "b", targetModels=[{"modelId": "a"}, {"modelId": "b", "role": "canary"}]
+    )
+    del canary_without_split["trafficSplit"]
+    for field, body in (
+        ("trafficSplit", one_target),
+        ("targetModels", all_canary),
+        ("trafficSplit", canary_without_split),
+    ):
+        r = c.post("/api/routing/rules", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["details"]["field"] == field, r.text
+    # The spec's rule as written (no roles) is accepted: its split applies by fallbackOrder.
+    assert c.post("/api/routing/rules", json=rule_body("a", "b")).status_code == 201

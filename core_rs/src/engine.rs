@@ -795,7 +795,7 @@ impl Engine {
         if eligible.is_empty() {
             return Vec::new();
         }
-        let is_canary = |ti: usize| rule.target_models[ti].role.as_deref() == Some("canary");
+        let is_canary = |ti: usize| rule.canary[ti];
         let (canary, primary): (Vec<_>, Vec<_>) =
             eligible.iter().copied().partition(|(ti, _)| is_canary(*ti));
         let sticky_user = user.filter(|_| rule.sticky);

@@ -501,6 +501,26 @@ fn canary_split_and_weights_converge_over_100k_decisions() {
 }
 
 #[test]
+fn the_specs_rule_splits_by_fallback_order_when_it_names_no_roles() {
+    // As the spec writes it: no roles, trafficSplit 80/20. The first target by
+    // fallbackOrder is the primary; the rest share the canary's 20%.
+    let mut e = engine(
+        json!({"version": 1, "models": [model("claude-3-sonnet"), model("gpt-4")],
+        "rules": [{"id": "r", "name": "r", "priority": 100, "enabled": true,
+                   "trafficSplit": {"primary": 80, "canary": 20},
+                   "targetModels": [{"modelId": "gpt-4", "weight": 0.3, "fallbackOrder": 2},
+                                    {"modelId": "claude-3-sonnet", "weight": 0.7, "fallbackOrder": 1}]}]}),
+    );
+    let mut counts = [0u64; 2];
+    for _ in 0..100_000 {
+        let d = e.decide(&input(facts(), None, None, false), 0);
+        counts[d.candidates[0].model] += 1;
+    }
+    let stat = chi_square(&counts, &[0.8, 0.2]);
+    assert!(stat < 10.828, "chi2 {stat}, counts {counts:?}");
+}
+
+#[test]
 fn endpoint_weights_converge() {
     let mut m = model("a");
     m["endpoints"][1]["type"] = json!("primary");

@@ -163,6 +163,34 @@ pub struct Rule {
     pub sticky: bool,
     #[serde(default)]
     pub created_at: Option<String>,
+    /// Per target: on the canary side of `traffic_split` (set at load).
+    #[serde(skip)]
+    pub canary: Vec<bool>,
+}
+
+impl Rule {
+    /// Which targets a traffic split sends its canary share to: those with
+    /// `role: "canary"` when any has it; else (the spec's rule, which names no
+    /// roles) every target but the first by fallback order, the primary.
+    fn canary_targets(&self) -> Vec<bool> {
+        let by_role: Vec<bool> = self
+            .target_models
+            .iter()
+            .map(|t| t.role.as_deref() == Some("canary"))
+            .collect();
+        if by_role.contains(&true) || self.traffic_split.is_none() {
+            return by_role;
+        }
+        let primary = (0..self.target_models.len()).min_by_key(|&ti| {
+            (
+                self.target_models[ti].fallback_order.unwrap_or(i64::MAX),
+                ti,
+            )
+        });
+        (0..self.target_models.len())
+            .map(|ti| Some(ti) != primary)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -334,6 +362,9 @@ impl Snapshot {
             }
         }
         let mut rules = doc.rules;
+        for r in &mut rules {
+            r.canary = r.canary_targets();
+        }
         for r in &rules {
             if let Some(t) = r
                 .target_models

@@ -43,12 +43,33 @@ def rule_problems(
         problems.append(
             Problem(f"{prefix}trafficSplit", f"primary + canary must be 100, not {split:g}")
         )
+    problems += _split_problems(target_models, traffic_split, prefix)
     length = condition.content_length
     if length is not None and None not in (length.min, length.max):
         assert length.min is not None and length.max is not None
         if length.min > length.max:
             problems.append(Problem(f"{prefix}condition.contentLength", "min must not exceed max"))
     return problems
+
+
+def _split_problems(
+    targets: list[t.TargetModel], split: t.TrafficSplit | None, prefix: str
+) -> list[Problem]:
+    """A traffic split that could not apply is refused, never ignored: it
+    needs a primary and a canary side (by role, or the first target by
+    fallbackOrder against the rest), and canary roles need a split."""
+    canaries = sum(target.role == "canary" for target in targets)
+    if split is None:
+        if canaries:
+            return [
+                Problem(f"{prefix}trafficSplit", "targets with role canary need a trafficSplit")
+            ]
+        return []
+    if len(targets) < 2:
+        return [Problem(f"{prefix}trafficSplit", "a traffic split needs two targets at least")]
+    if canaries == len(targets):
+        return [Problem(f"{prefix}targetModels", "a traffic split needs a primary target as well")]
+    return []
 
 
 def reference_problems(ids: Iterable[str], model_ids: Collection[str], field: str) -> list[Problem]:
