@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..settings import Settings
 from .base import (
     Clear,
+    ConfigStamp,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -12,7 +13,10 @@ from .base import (
     Op,
     PreconditionFailed,
     Put,
+    SetEpoch,
     Store,
+    StoreUnavailable,
+    new_epoch,
 )
 
 
@@ -21,14 +25,17 @@ def open_store(settings: Settings) -> Store:
     if settings.redis_url:
         from .redis import RedisStore
 
-        return RedisStore(settings.redis_url, settings.redis_namespace)
+        return RedisStore(
+            settings.redis_url, settings.redis_namespace, settings.store_timeout_ms / 1000
+        )
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(settings.sqlite_path)
+    return SQLiteStore(settings.sqlite_path, settings.store_timeout_ms / 1000)
 
 
 __all__ = [
     "Clear",
+    "ConfigStamp",
     "Delete",
     "ExpectAbsent",
     "ExpectBody",
@@ -36,6 +43,9 @@ __all__ = [
     "Op",
     "PreconditionFailed",
     "Put",
+    "SetEpoch",
     "Store",
+    "StoreUnavailable",
+    "new_epoch",
     "open_store",
 ]
