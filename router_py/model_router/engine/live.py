@@ -18,6 +18,7 @@ for an operator's import (see docs/operations.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -27,7 +28,7 @@ import msgspec
 from .. import types as t
 from .._core import Engine
 from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
-from ..store import ConfigStamp
+from ..store import ConfigStamp, ExpectAbsent, Op, PreconditionFailed
 from ..telemetry import metrics
 from .write_counter import WriteCounter
 
@@ -127,6 +128,8 @@ class LiveConfig:
         version = stamp.version
         document = await self._snapshot_document(version)
         keys = {k.id: k for k in await self.catalog.all(KEYS)}
+        if self.reset is not None:
+            keys |= await self._restore_lost_keys(keys)
         self.engine.load(msgspec.json.encode(document))
         self.epoch, self.version = stamp.epoch, version
         self.models = {m.id: m for m in document.models}
@@ -142,6 +145,18 @@ class LiveConfig:
         self.reset = None
         metrics.STORE_RESET.set(0)
         log.info("config version %d loaded", version, extra={"configVersion": version})
+
+    async def _restore_lost_keys(self, stored: dict[str, t.ApiKey]) -> dict[str, t.ApiKey]:
+        """After a reset, the keys we kept authenticating with but the store lost
+        go back into it (keys are no part of a config import). Returns them."""
+        lost = {id: key for id, key in self.keys.items() if id not in stored}
+        if lost:
+            ops: list[Op] = [ExpectAbsent(KEYS.name, id) for id in lost]
+            ops += [KEYS.put(id, key) for id, key in lost.items()]
+            with contextlib.suppress(PreconditionFailed):  # another worker restored them
+                await self.catalog.apply(ops)
+            log.warning("restored %d API keys the store reset lost", len(lost))
+        return lost
 
     async def _snapshot_document(self, version: int) -> t.ConfigSnapshot:
         c = self.catalog
