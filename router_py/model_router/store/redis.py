@@ -112,7 +112,7 @@ RESUBSCRIBE_S = 0.5
 
 
 class RedisStore:
-    def __init__(self, url: str, namespace: str = "mr", timeout_s: float = 2.0):
+    def __init__(self, url: str, namespace: str = "mr", timeout_s: float = 1.0):
         self._prefix = "{" + namespace + "}"
         self._version_key = f"{self._prefix}:config_version"
         self._epoch_key = f"{self._prefix}:config_epoch"

@@ -62,7 +62,7 @@ _OUTAGE = re.compile(r"locked|busy|unable to open|disk I/O|readonly|full", re.IG
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, timeout_s: float = 2.0):
+    def __init__(self, path: Path, timeout_s: float = 1.0):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
