@@ -22,8 +22,9 @@ _SIZE = 8  # one signed 64-bit count
 
 
 def counter_path(port: int) -> Path:
+    """In /dev/shm (memory) where it can be written, else the temp directory."""
     shm = Path("/dev/shm")
-    directory = shm if shm.is_dir() else Path(tempfile.gettempdir())
+    directory = shm if os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return directory / f"model-router-{port}.writes"
 
 
