@@ -219,6 +219,9 @@ def test_a_redis_that_comes_back_empty_is_not_adopted_until_an_import(
         reset = config["storeReset"]
         assert reset["storeEpoch"] is None and reset["servedEpoch"] == served["epoch"]
     assert "model_router_store_reset 1.0" in httpx.get(f"{server.url}/metrics").text
+    for _ in range(2):  # a write would answer 2xx and never be routed under: refused
+        refused = server.client.post("/api/models", json=model_body("m2"))
+        assert refused.status_code == 409 and refused.json()["error"]["type"] == "store_reset"
 
     env = {**server.env, "MODEL_ROUTER_ADMIN_KEY": ""}
     imported = subprocess.run(
@@ -237,6 +240,7 @@ def test_a_redis_that_comes_back_empty_is_not_adopted_until_an_import(
     assert "model_router_store_reset 0.0" in httpx.get(f"{server.url}/metrics").text
     answers = [routed(server, key) for _ in range(20)]
     assert [a.status_code for a in answers] == [200] * 20
+    assert server.client.post("/api/models", json=model_body("m2")).status_code == 201
     # The keys the wipe lost were written back from the workers' caches.
     assert json.loads(r.client().hget("{faults}:doc:keys", key.split("_")[1]) or b"null")
 

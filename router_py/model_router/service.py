@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 
 from . import auth
 from . import types as t
@@ -26,7 +27,7 @@ from .http import ApiError
 from .periodic import every, report_failure
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .store import StoreUnavailable, open_store
+from .store import Op, SetEpoch, StoreUnavailable, open_store
 from .telemetry.requests import RECORDS_FLUSH_MS, RequestObserver
 
 # Spend goes to the store this often: the most a `kill -9` of a worker loses.
@@ -38,7 +39,9 @@ class Service:
         self.settings = settings
         self.store = open_store(settings)
         writes = WriteCounter(counter_path(settings.port))
-        self.catalog = Catalog(self.store, on_write=writes.bump)
+        self.catalog = Catalog(
+            self.store, on_write=writes.bump, check_write=self._refuse_writes_to_a_reset_store
+        )
         self.live = LiveConfig(
             self.catalog,
             t.EngineSettings(fail_open=settings.fail_open, min_samples=settings.min_samples),
@@ -110,6 +113,25 @@ class Service:
         await self.client.close()
         await self.store.close()
         self.live.writes.close()
+
+    def _refuse_writes_to_a_reset_store(self, ops: Sequence[Op]) -> None:
+        """A write to a reset store would answer 2xx and never be routed under:
+        only the import that recovers the store may write to it."""
+        reset = self.live.reset
+        if reset is not None and not any(isinstance(op, SetEpoch) for op in ops):
+            raise ApiError(
+                409,
+                "store_reset",
+                "the state store was reset and the router keeps serving its last config; "
+                "import the config first (POST /api/config/import or `model-router config "
+                "import`, see docs/operations.md)",
+                {
+                    "storeEpoch": reset.epoch,
+                    "storeVersion": reset.version,
+                    "servedEpoch": self.live.epoch,
+                    "servedVersion": self.live.version,
+                },
+            )
 
     async def authenticate(self, authorization: str | None) -> auth.Principal:
         key = auth.bearer_token(authorization)
