@@ -161,20 +161,23 @@ def test_routing_continues_while_redis_is_down_and_counts_reach_it_after(own_red
 
     r.start()
     deadline = time.time() + 5
-    recorded: set[str] = set()
-    while time.time() < deadline and not ids <= recorded:
+    records: list[dict] = []
+    while time.time() < deadline and not ids <= {x["requestId"] for x in records}:
         time.sleep(0.2)
         listed = server.client.get("/api/metrics/requests", params={"limit": 1000})
         if listed.status_code == 200:
-            recorded = {x["requestId"] for x in listed.json()["data"]}
-    assert ids <= recorded, f"{len(ids - recorded)} records of the outage never reached Redis"
+            records = listed.json()["data"]
+    lost = ids - {x["requestId"] for x in records}
+    assert not lost, f"{len(lost)} records of the outage never reached Redis"
 
-    store = r.client()
     time.sleep(1.5)  # one rate-limit sync
-    counted = sum(int(store.get(k)) for k in store.scan_iter("{faults}:counter:rl:*"))
-    assert counted >= 20 + 60  # the warm-up and every request of the outage
-    spend_keys = list(store.scan_iter("{faults}:counter:spend:model:m1:d:*"))
-    assert spend_keys and int(store.get(spend_keys[0])) > 0
+    store = r.client()
+    key_id = key.split("_")[1]
+    counted = sum(int(store.get(k)) for k in store.scan_iter(f"{{faults}}:counter:rl:{key_id}:*"))
+    assert counted == 20 + 60  # the warm-up and every request of the outage, exactly
+    spend = sum(int(store.get(k)) for k in store.scan_iter("{faults}:counter:spend:model:m1:d:*"))
+    routed_cost = sum(round(x["cost"] * 1e9) for x in records if x["modelId"] == "m1")
+    assert len(records) == 80 and abs(spend - routed_cost) <= 80  # nano-dollar rounding
     assert health(server, "/health/detailed").json()["status"] == "healthy"
 
 
