@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
-from conftest import store_env
+from conftest import free_port, store_env
 from model_router.settings import Settings
 from model_router.store import (
     Clear,
+    ConfigStamp,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -17,6 +19,8 @@ from model_router.store import (
     PreconditionFailed,
     Put,
     Reservation,
+    SetEpoch,
+    StoreUnavailable,
     open_store,
 )
 
@@ -153,6 +157,21 @@ def test_shared_state_is_set_per_entry_and_leaves_the_config_version_alone(store
     run(scenario())
 
 
+def test_the_config_epoch_is_created_once_and_replaced_by_an_import(store):
+    async def scenario():
+        s = store()
+        assert await s.stamp() == ConfigStamp(None, 0)
+        created = await s.start_epoch()
+        assert created.startswith("created-") and await store().start_epoch() == created
+        assert not (await s.stamp()).imported
+        version = await s.apply([Put("models", "m1", b"{}"), SetEpoch("imported-1")])
+        assert await s.stamp() == ConfigStamp("imported-1", version)
+        assert (await s.stamp()).imported and await s.start_epoch() == "imported-1"
+        await s.close()
+
+    run(scenario())
+
+
 def test_reservations_never_let_spent_and_reserved_pass_a_limit(store):
     async def scenario():
         s, other = store(), store()
@@ -173,3 +192,26 @@ def test_reservations_never_let_spent_and_reserved_pass_a_limit(store):
         await other.close()
 
     run(scenario())
+
+
+def test_a_store_out_of_reach_raises_store_unavailable(backend, tmp_path):
+    """Redis refusing connections; a SQLite file locked past the timeout (for
+    writes: in WAL mode readers are never blocked)."""
+    env = {"MODEL_ROUTER_STORE_TIMEOUT_MS": "100", "MODEL_ROUTER_DATA_DIR": str(tmp_path)}
+    if backend == "redis":
+        env["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    s = open_store(Settings.from_env(env))
+    lock = sqlite3.connect(tmp_path / "model-router.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+
+    async def scenario():
+        with pytest.raises(StoreUnavailable):
+            await s.apply([Put("models", "m1", b"{}")])
+        with pytest.raises(StoreUnavailable):
+            await s.add_counters({"c": 1}, ttl_ms=1000)
+
+    try:
+        run(scenario())
+    finally:
+        lock.execute("ROLLBACK")
+        run(s.close())

@@ -2,8 +2,11 @@
 
 Every request goes: match route -> authenticate and authorize -> rate limit ->
 read body (bounded) -> decode query and body into their Structs -> handler.
-Anything the client got wrong becomes a 4xx JSON error; only our own bugs can
-be a 500, and those are logged with the request id.
+Anything the client got wrong becomes a 4xx JSON error; a store that cannot
+be reached is a 503 `store_unavailable` (a warning in the log, no traceback);
+only our own bugs can be a 500, and those are logged with the request id.
+Before anything else a request checks the instance's write counter, so it
+never routes under a config older than a write that has already answered.
 
 The core (`App.respond`) knows no server interface. Two thin front ends speak
 to servers: ASGI (`__call__`, any ASGI server) and RSGI (`__rsgi__`, Granian's
@@ -28,6 +31,7 @@ from .api import ROUTES
 from .http import ApiError, Request, Response, RouteTable, new_id
 from .service import Service
 from .settings import Settings
+from .store import StoreUnavailable
 from .telemetry.logging import configure_logging
 
 log = logging.getLogger("model_router.app")
@@ -108,6 +112,16 @@ def invalid_input(exc: msgspec.MsgspecError, where: str) -> ApiError:
     return ApiError(400, kind, f"invalid {where}: {message}", details)
 
 
+def store_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "store_unavailable",
+        "the state store is unreachable; routing continues on the last loaded config, "
+        "but this call needs the store: retry later",
+        headers=[("retry-after", "1")],
+    )
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"request body over {limit} bytes", {"limit": limit})
 
@@ -150,6 +164,15 @@ class App:
             )
         except ApiError as err:
             response = error_response(err, error_shape(path, headers))
+        except StoreUnavailable as exc:
+            log.warning(
+                "store unavailable: %s %s answered 503 (%s)",
+                method,
+                path,
+                exc,
+                extra={"requestId": request_id},
+            )
+            response = error_response(store_unavailable(), error_shape(path, headers))
         except Exception:
             log.exception("unhandled error", extra={"requestId": request_id})
             internal = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
@@ -169,6 +192,8 @@ class App:
         service = self.service
         if service is None:
             raise ApiError(503, "unavailable", "service is starting")
+        if service.live.behind():
+            await service.live.catch_up()
         route, params = self.routes.match(method, path)
         request = Request(method, path, params, headers, service, started=started)
         request.request_id = request_id

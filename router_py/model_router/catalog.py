@@ -1,5 +1,8 @@
 """Typed documents over the Store: which Struct lives under which kind, and the
-read-modify-write loop that keeps concurrent updates from losing each other."""
+read-modify-write loop that keeps concurrent updates from losing each other.
+Every write is first shown to `check_write` (which may refuse it) and, once
+it lands, reported to `on_write` (the service bumps the instance's write
+counter there, so the next request routes under it)."""
 
 from __future__ import annotations
 
@@ -53,8 +56,15 @@ def utcnow() -> str:
 
 
 class Catalog:
-    def __init__(self, store: Store):
+    def __init__(
+        self,
+        store: Store,
+        on_write: Callable[[], object] = lambda: None,
+        check_write: Callable[[Sequence[Op]], object] = lambda ops: None,
+    ):
         self.store = store
+        self.on_write = on_write
+        self.check_write = check_write
 
     async def get(self, kind: Kind[T], id: str) -> T | None:
         raw = await self.store.get(kind.name, id)
@@ -64,7 +74,10 @@ class Catalog:
         return [kind.decode(raw) for raw in (await self.store.get_all(kind.name)).values()]
 
     async def apply(self, ops: Sequence[Op]) -> int:
-        return await self.store.apply(ops)
+        self.check_write(ops)
+        version = await self.store.apply(ops)
+        self.on_write()
+        return version
 
     async def update(
         self, kind: Kind[T], ids: Sequence[str], change: Callable[[T], T], attempts: int = 8
@@ -83,7 +96,7 @@ class Catalog:
             ]
             ops += [kind.put(id, doc) for id, doc in zip(ids, new, strict=True)]
             try:
-                await self.store.apply(ops)
+                await self.apply(ops)
             except PreconditionFailed:
                 continue
             return new

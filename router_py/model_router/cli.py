@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -21,9 +22,10 @@ from . import auth
 from . import types as t
 from .catalog import KEYS, Catalog, utcnow
 from .config_io import export_config, import_config
+from .engine.write_counter import WriteCounter, counter_path
 from .http import ApiError
 from .settings import Settings, SettingsError
-from .store import open_store
+from .store import StoreUnavailable, open_store
 
 T = TypeVar("T")
 
@@ -31,10 +33,16 @@ T = TypeVar("T")
 def _with_catalog(settings: Settings, work: Callable[[Catalog], Awaitable[T]]) -> T:
     async def run() -> T:
         store = open_store(settings)
+        # An instance running on this machine and port routes under our writes
+        # from its next request (a SQLite store publishes nothing).
+        path = counter_path(settings.port)
+        writes = WriteCounter(path) if path.exists() else None
         try:
-            return await work(Catalog(store))
+            return await work(Catalog(store, on_write=writes.bump if writes else lambda: None))
         finally:
             await store.close()
+            if writes is not None:
+                writes.close()
 
     return asyncio.run(run())
 
@@ -56,7 +64,13 @@ async def ensure_admin_key(catalog: Catalog, settings: Settings) -> str | None:
 
 
 def _granian(
-    target: str, interface: str, host: str, port: int, workers: int, log_level: str
+    target: str,
+    interface: str,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    shutdown_grace_s: int | None = None,
 ) -> None:
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -71,13 +85,44 @@ def _granian(
         loop=Loops.uvloop,
         log_level=log_level if log_level != "critical" else "error",  # type: ignore[arg-type]
         respawn_failed_workers=True,
+        # On SIGTERM a worker stops accepting and finishes what it serves
+        # (streams included); past the grace period it is killed.
+        workers_kill_timeout=shutdown_grace_s,
     ).serve()
 
 
-def serve(settings: Settings) -> None:
+def port_taken(host: str, port: int) -> OSError | None:
+    """Whether another process listens on the port. Granian binds with
+    SO_REUSEPORT, so a second instance would start and silently share the
+    traffic; this probe binds without it (SO_REUSEADDR only lets it past
+    connections of a previous run in TIME_WAIT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def serve(settings: Settings) -> int:
+    taken = port_taken(settings.host, settings.port)
+    if taken is not None:
+        print(
+            f"model-router: cannot listen on {settings.host}:{settings.port}: {taken.strerror} "
+            "(another model-router or another program holds it); not starting",
+            file=sys.stderr,
+        )
+        return 1
     # Every worker writes its Prometheus samples here; /metrics merges them.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-router-metrics-")
-    generated = _with_catalog(settings, lambda c: ensure_admin_key(c, settings))
+    try:
+        generated = _with_catalog(settings, lambda c: ensure_admin_key(c, settings))
+    except StoreUnavailable as exc:
+        # Serve anyway: alive, and ready once the store answers and a config loads.
+        print(f"model-router: the state store is unreachable ({exc})", file=sys.stderr)
+        generated = None
     if generated:
         print(
             "\n  No MODEL_ROUTER_ADMIN_KEY was set and the store had no admin key, so one was\n"
@@ -93,7 +138,9 @@ def serve(settings: Settings) -> None:
         settings.port,
         settings.workers,
         settings.log_level,
+        settings.shutdown_grace_s,
     )
+    return 0
 
 
 def mock_provider(args: argparse.Namespace) -> None:
@@ -194,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model-router: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        serve(settings)
-    elif args.command == "config" and args.action == "export":
+        return serve(settings)
+    if args.command == "config" and args.action == "export":
         config_export(settings, args.file)
     elif args.command == "config":
         return config_import(settings, args.file, args.mode, args.dry_run)

@@ -4,7 +4,9 @@ Export holds every model, endpoint, rule, agent preference and workspace
 config, and no secret (keys are not config). Import validates the whole
 document against the state it would produce, then writes it in one atomic
 store operation: all or nothing. ``merge`` upserts what the document holds;
-``replace`` makes the stored config exactly the document.
+``replace`` makes the stored config exactly the document. An applied import
+starts a new config epoch: it is how an operator hands a reset store back to
+the routers, which adopt an imported epoch and no other new one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .catalog import (
     Kind,
     utcnow,
 )
-from .store import Clear, Delete, Op, Put
+from .store import Clear, Delete, Op, Put, SetEpoch, new_epoch
 from .validation import Problem, preference_problems, raise_problems, rule_problems
 
 Mode = Literal["merge", "replace"]
@@ -192,7 +194,10 @@ async def import_config(
     if mode == "replace":
         ops += [Delete(HEALTH.name, id) for id in changes["models"].deleted]
     applied = not dry_run and bool(ops)
-    version = await catalog.apply(ops) if applied else await catalog.store.version()
+    if applied:
+        version = await catalog.apply([*ops, SetEpoch(new_epoch("imported"))])
+    else:
+        version = await catalog.store.version()
     return t.ImportResult(
         dry_run=dry_run, mode=mode, applied=applied, config_version=version, changes=changes
     )

@@ -1,5 +1,9 @@
 """Background work on a beat: each worker's config poll, rate-limit sync,
-spend flush and telemetry flush."""
+spend flush and telemetry flush.
+
+A failing beat logs once when it starts failing and once when it recovers,
+not on every round: a store outage is a warning without a traceback (it is
+expected, and routing goes on), anything else an error with one."""
 
 from __future__ import annotations
 
@@ -7,24 +11,37 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from .store import StoreUnavailable
+
 log = logging.getLogger("model_router.periodic")
 
 
-def log_failure(what: str) -> Callable[[Exception], None]:
-    def report(exc: Exception) -> None:
+def report_failure(what: str, exc: Exception) -> None:
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s: the state store is unreachable (%s); retrying until it answers", what, exc)
+    else:
         log.error("%s failed; will retry", what, exc_info=exc)
-
-    return report
 
 
 async def every(
-    interval_ms: int, work: Callable[[], Awaitable[object]], on_error: Callable[[Exception], None]
+    interval_ms: int,
+    what: str,
+    work: Callable[[], Awaitable[object]],
+    on_error: Callable[[Exception], None] = lambda exc: None,
 ) -> None:
     """Run `work` every interval until cancelled; a failure is reported and
     the next round tries again."""
+    failing = False
     while True:
         await asyncio.sleep(interval_ms / 1000)
         try:
             await work()
         except Exception as exc:
             on_error(exc)
+            if not failing:
+                report_failure(what, exc)
+            failing = True
+        else:
+            if failing:
+                log.info("%s: working again", what)
+            failing = False

@@ -5,7 +5,8 @@ Each worker counts locally and, once a second, adds its counts to the store's
 counter for the window and reads back the total of all workers. A request is
 admitted while the last known total plus this worker's unsynced count stays
 within the limit, so the limit can be overshot by at most what the other
-workers admit within one sync interval.
+workers admit within one sync interval. While the store is away each worker
+goes on counting on its own, and adds its counts when the store answers.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ class RateLimiter:
                 {name: pending[slot] for name, slot in names.items()}, ttl_ms=2 * self.window_ms
             )
         except Exception:
-            # Keep the counts for the next attempt rather than forget traffic.
+            # Keep the counts for the next attempt rather than forget traffic;
+            # those of windows that have ended no longer matter (this bounds
+            # what an outage piles up).
             for slot, n in pending.items():
-                self._pending[slot] += n
+                if slot[1] >= current:
+                    self._pending[slot] += n
             raise
         for name, total in totals.items():
             self._known[names[name]] = total

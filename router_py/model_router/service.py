@@ -1,5 +1,11 @@
 """One worker's running service: its settings, store, live config and limiter,
-and the background tasks that keep them current."""
+and the background tasks that keep them current.
+
+The store can go away: nothing on the routing path waits for it. Config,
+keys, rate-limit counts and spend are local and synced on beats; while the
+store is unreachable the beats keep what they could not send (bounded) and
+send it when the store answers again.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 
 from . import auth
 from . import types as t
@@ -18,12 +25,16 @@ from .engine.live import LiveConfig
 from .engine.secrets import Redactor
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
+from .engine.write_counter import WriteCounter, counter_path
 from .http import ApiError
-from .periodic import every, log_failure
+from .periodic import every, report_failure
 from .ratelimit import RateLimiter
 from .settings import Settings
-from .store import open_store
-from .telemetry.requests import RequestObserver
+from .store import Op, SetEpoch, StoreUnavailable, open_store
+from .telemetry.requests import RECORDS_FLUSH_MS, RequestObserver
+
+# Spend goes to the store this often: the most a `kill -9` of a worker loses.
+SPEND_FLUSH_MS = 100
 
 # How often breaker transitions are shared and half-open endpoints probed: a
 # hung provider found by one worker is skipped by all within this.
@@ -34,10 +45,14 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = open_store(settings)
-        self.catalog = Catalog(self.store)
+        writes = WriteCounter(counter_path(settings.port))
+        self.catalog = Catalog(
+            self.store, on_write=writes.bump, check_write=self._refuse_writes_to_a_reset_store
+        )
         self.live = LiveConfig(
             self.catalog,
             t.EngineSettings(fail_open=settings.fail_open, min_samples=settings.min_samples),
+            writes,
         )
         self.budgets = BudgetLeases(self.live, self.store)
         self.spend = SpendSync(
@@ -71,25 +86,39 @@ class Service:
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
         self._tasks: list[asyncio.Task[None]] = []
+        self._store_changed = asyncio.Event()
 
     @property
     def backend(self) -> str:
         return "redis" if self.settings.redis_url else "sqlite"
 
     async def start(self) -> None:
-        await self.live.refresh()
+        try:
+            await self.live.refresh()
+        except StoreUnavailable as exc:
+            # Start anyway (alive, not ready): the config poll loads it when the store answers.
+            self.live.failed(exc)
+            report_failure("first config load", exc)
+        s = self.settings
         beats = [
-            ("config-poll", self.settings.config_poll_ms, self.live.refresh, self.live.failed),
-            ("breaker-sync", BREAKER_SYNC_MS, self.breakers.sync, log_failure("breaker sync")),
-            ("probes", BREAKER_SYNC_MS, self.prober.probe_due, log_failure("probes")),
-            ("rate-limit-sync", 1000, self.limiter.sync, log_failure("rate-limit sync")),
-            ("spend-sync", 1000, self.spend.flush, log_failure("spend flush")),
-            ("telemetry-flush", 1000, self.observer.flush, log_failure("telemetry flush")),
+            every(s.config_poll_ms, "config poll", self.live.refresh, self.live.failed),
+            every(1000, "rate-limit sync", self.limiter.sync),
+            every(SPEND_FLUSH_MS, "spend flush", self.spend.flush),
+            every(RECORDS_FLUSH_MS, "request records flush", self.observer.flush_records),
+            every(1000, "metrics flush", self.observer.flush_metrics),
+            every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
+            every(BREAKER_SYNC_MS, "probes", self.prober.probe_due),
         ]
-        self._tasks = [
-            asyncio.create_task(every(interval, work, on_error), name=name)
-            for name, interval, work, on_error in beats
-        ]
+        self._tasks = [asyncio.create_task(beat) for beat in beats]
+        self._tasks.append(asyncio.create_task(self.store.watch_config(self._store_changed.set)))
+        self._tasks.append(asyncio.create_task(self._reload_on_change()))
+
+    async def _reload_on_change(self) -> None:
+        """Reload when the store says another process wrote the config (pub/sub)."""
+        while True:
+            await self._store_changed.wait()
+            self._store_changed.clear()
+            await self.live.refresh_quietly()
 
     async def stop(self) -> None:
         await self.prober.stop()
@@ -104,9 +133,30 @@ class Service:
         with contextlib.suppress(Exception):
             await self.spend.flush()
         with contextlib.suppress(Exception):
-            await self.observer.flush()
+            await self.observer.flush_records()
+        await self.observer.flush_metrics()
         await self.client.close()
         await self.store.close()
+        self.live.writes.close()
+
+    def _refuse_writes_to_a_reset_store(self, ops: Sequence[Op]) -> None:
+        """A write to a reset store would answer 2xx and never be routed under:
+        only the import that recovers the store may write to it."""
+        reset = self.live.reset
+        if reset is not None and not any(isinstance(op, SetEpoch) for op in ops):
+            raise ApiError(
+                409,
+                "store_reset",
+                "the state store was reset and the router keeps serving its last config; "
+                "import the config first (POST /api/config/import or `model-router config "
+                "import`, see docs/operations.md)",
+                {
+                    "storeEpoch": reset.epoch,
+                    "storeVersion": reset.version,
+                    "servedEpoch": self.live.epoch,
+                    "servedVersion": self.live.version,
+                },
+            )
 
     async def authenticate(self, authorization: str | None) -> auth.Principal:
         key = auth.bearer_token(authorization)
@@ -119,6 +169,7 @@ class Service:
         record: t.ApiKey | None = self.live.keys.get(key_id)
         if record is None:
             # Created moments ago through another worker: not yet in our view.
+            # With the store away this is StoreUnavailable (503): we cannot tell.
             record = await self.catalog.get(KEYS, key_id)
         return auth.verify(key, record)
 

@@ -51,6 +51,9 @@ class Settings:
     upstream_pool: int = 512
     recent_requests: int = 1000
     interface: str = "rsgi"
+    # Store faults and shutdown (issue 8).
+    store_timeout_ms: int = 1000
+    shutdown_grace_s: int = 30
 
     @property
     def sqlite_path(self) -> Path:
@@ -118,6 +121,12 @@ class Settings:
             interface=read("MODEL_ROUTER_INTERFACE", _one_of(("rsgi", "asgi")), d.interface),
             recent_requests=read(
                 "MODEL_ROUTER_RECENT_REQUESTS", _int_in(1, 1_000_000), d.recent_requests
+            ),
+            store_timeout_ms=read(
+                "MODEL_ROUTER_STORE_TIMEOUT_MS", _int_in(10, 60_000), d.store_timeout_ms
+            ),
+            shutdown_grace_s=read(
+                "MODEL_ROUTER_SHUTDOWN_GRACE_S", _int_in(1, 3600), d.shutdown_grace_s
             ),
         )
 

@@ -1,7 +1,13 @@
-"""Liveness, readiness and the deep health check: open, no key needed."""
+"""Liveness, readiness and the deep health check: open, no key needed.
+
+Liveness is the process answering. Readiness means "can route": a config is
+loaded. A store that is down or reset does not take a replica out of its
+Service (routing goes on from the loaded config); it makes the deep check
+`degraded` and says why."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Literal
 
@@ -18,10 +24,14 @@ async def health(req: Request) -> Response:
     )
 
 
-async def _store_check(req: Request) -> dict[str, Any]:
+# Readiness probes have short timeouts of their own; the store's is not ours to wait.
+READY_STORE_WAIT_S = 0.25
+
+
+async def _store_check(req: Request, wait_s: float | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        await req.service.store.ping()
+        await asyncio.wait_for(req.service.store.ping(), wait_s)
     except Exception as exc:
         return {
             "status": "down",
@@ -37,20 +47,31 @@ def _config_check(req: Request) -> dict[str, Any]:
     engine = live.engine
     if live.version < 0:
         return {"status": "down", "error": live.last_error or "config not loaded"}
-    return {
-        "status": "up" if live.last_error is None else "stale",
+    check: dict[str, Any] = {
+        "status": "up" if live.last_error is None and live.reset is None else "stale",
         "version": live.version,
+        "epoch": live.epoch,
         "models": engine.model_count,
         "endpoints": engine.endpoint_count,
         "rules": engine.rule_count,
         "ageSeconds": round(time.time() - (live.loaded_at or time.time()), 3),
         "lastError": live.last_error,
     }
+    if live.reset is not None:
+        check["storeReset"] = {
+            "message": "store reset detected: the store holds an older or foreign config; "
+            "serving the last loaded one until the config is imported again",
+            "storeEpoch": live.reset.epoch,
+            "storeVersion": live.reset.version,
+            "servedEpoch": live.epoch,
+            "servedVersion": live.version,
+        }
+    return check
 
 
 async def ready(req: Request) -> Response:
-    checks = {"store": await _store_check(req), "config": _config_check(req)}
-    is_ready = checks["store"]["status"] == "up" and checks["config"]["status"] != "down"
+    checks = {"store": await _store_check(req, READY_STORE_WAIT_S), "config": _config_check(req)}
+    is_ready = checks["config"]["status"] != "down"
     body = t.ReadinessCheck(
         status="ready" if is_ready else "not_ready", timestamp=utcnow(), checks=checks
     )
@@ -60,9 +81,9 @@ async def ready(req: Request) -> Response:
 async def detailed(req: Request) -> Response:
     store, config = await _store_check(req), _config_check(req)
     status: Literal["healthy", "degraded", "unhealthy"]
-    if store["status"] == "down" or config["status"] == "down":
+    if config["status"] == "down":
         status = "unhealthy"
-    elif config["status"] == "stale":
+    elif config["status"] == "stale" or store["status"] == "down":
         status = "degraded"
     else:
         status = "healthy"
@@ -84,7 +105,7 @@ ROUTES = [
         "GET",
         "/health/ready",
         ready,
-        "Readiness: store reachable and config loaded",
+        "Readiness: a config is loaded (routing works without the store)",
         "health",
         response=t.ReadinessCheck,
     ),

@@ -1,14 +1,24 @@
 """Each worker's live view of the config: the Rust engine's snapshot, the
 endpoints and workspace configs the executor needs, and the API keys.
 
-The store's config version is polled (a single cheap read); when it moves, the
-whole config is read once, compiled into a snapshot document and loaded by the
-Rust engine, which swaps it in atomically (breakers, stats and spend carry
-over), so a request always sees one consistent version.
+The store's config stamp (epoch and version) is read on a beat, on a pub/sub
+message, and before any request that follows a write made on this instance
+(the shared write counter); when it moved, the whole config is read once,
+compiled into a snapshot document and loaded by the Rust engine, which swaps
+it in atomically (breakers, stats and spend carry over), so a request always
+sees one consistent version. Reloads are serialized: concurrent requests
+waiting for one share it.
+
+What is never loaded: a store whose version went backwards or whose epoch
+changed to one no import wrote. That is a store reset (a wiped or restored
+Redis): the worker keeps its config and keys, reports the reset, and waits
+for an operator's import (see docs/operations.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -18,16 +28,23 @@ import msgspec
 from .. import types as t
 from .._core import Engine
 from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
+from ..store import ConfigStamp, ExpectAbsent, Op, PreconditionFailed
+from ..telemetry import metrics
+from .write_counter import WriteCounter
 
 log = logging.getLogger("model_router.engine")
 
 
 class LiveConfig:
-    def __init__(self, catalog: Catalog, settings: t.EngineSettings):
+    def __init__(self, catalog: Catalog, settings: t.EngineSettings, writes: WriteCounter):
         self.catalog = catalog
         self.settings = settings
+        self.writes = writes
+        self.writes_seen = -1  # the write count read before the last reload
         self.engine = Engine()
+        self.epoch: str | None = None
         self.version = -1  # nothing loaded yet
+        self.reset: ConfigStamp | None = None  # the store's stamp, while it is a reset
         self.keys: dict[str, t.ApiKey] = {}
         self.models: dict[str, t.SnapshotModel] = {}
         self.model_names: dict[str, str] = {}  # id or version -> model id
@@ -36,17 +53,85 @@ class LiveConfig:
         self.workspaces: dict[str, t.WorkspaceConfig] = {}
         self.loaded_at: float | None = None
         self.last_error: str | None = None
+        self._reloading = asyncio.Lock()
+
+    def behind(self) -> bool:
+        """A write was made on this instance since our last reload (per request)."""
+        return self.writes.read() > self.writes_seen
+
+    async def catch_up(self) -> None:
+        """Reload before routing, after a write on this instance. Never raises:
+        a failed reload routes on the config we have, and the beat retries."""
+        target = self.writes.read()
+        async with self._reloading:
+            if self.writes_seen >= target:
+                return  # a reload that started after the write already ran
+            try:
+                await self._reload_if_moved()
+            except Exception as exc:
+                self.failed(exc)
+                self.writes_seen = target  # don't retry on every request
 
     async def refresh(self) -> bool:
-        """Reload when the stored version differs from ours; True if it did."""
-        version = await self.catalog.store.version()
-        if version == self.version:
+        """Reload when the store's config moved forward; True if it did."""
+        async with self._reloading:
+            return await self._reload_if_moved()
+
+    async def refresh_quietly(self) -> None:
+        """refresh(), keeping a failure for health instead of raising it (the
+        config poll retries, and logs)."""
+        try:
+            await self.refresh()
+        except Exception as exc:
+            self.failed(exc)
+
+    async def _reload_if_moved(self) -> bool:
+        # Read the counter, then the stamp, then the documents: a write racing
+        # these reads only makes the next check reload once more, never leaves
+        # us believing stale data is new.
+        writes = self.writes.read()
+        stamp = await self.catalog.store.stamp()
+        self.last_error = None
+        if self.version < 0 and stamp.epoch is None:
+            stamp = ConfigStamp(await self.catalog.store.start_epoch(), stamp.version)
+        if stamp.epoch == self.epoch and stamp.version == self.version:
+            self.writes_seen = writes
             return False
-        # Read the version first: a write racing this read only makes the next
-        # poll reload once more, never leaves us believing stale data is new.
+        if self.version >= 0 and not self._adoptable(stamp):
+            self.writes_seen = writes
+            self._report_reset(stamp)
+            return False
+        await self._load(stamp)
+        self.writes_seen = writes
+        return True
+
+    def _adoptable(self, stamp: ConfigStamp) -> bool:
+        """Newer in our epoch, or an epoch an operator's import wrote."""
+        if stamp.epoch == self.epoch:
+            return stamp.version > self.version
+        return stamp.imported
+
+    def _report_reset(self, stamp: ConfigStamp) -> None:
+        if self.reset is None:
+            log.warning(
+                "store reset detected: it holds epoch %s version %d, we serve epoch %s "
+                "version %d; keeping our config until the config is imported again",
+                stamp.epoch,
+                stamp.version,
+                self.epoch,
+                self.version,
+            )
+            metrics.STORE_RESET.set(1)
+        self.reset = stamp
+
+    async def _load(self, stamp: ConfigStamp) -> None:
+        version = stamp.version
         document = await self._snapshot_document(version)
+        keys = {k.id: k for k in await self.catalog.all(KEYS)}
+        if self.reset is not None:
+            keys |= await self._restore_lost_keys(keys)
         self.engine.load(msgspec.json.encode(document))
-        self.version = version
+        self.epoch, self.version = stamp.epoch, version
         self.models = {m.id: m for m in document.models}
         self.model_names = {m.version: m.id for m in document.models}
         self.model_names.update((m.id, m.id) for m in document.models)
@@ -55,11 +140,25 @@ class LiveConfig:
         )
         self.endpoints = {e.id: e for m in document.models for e in m.endpoints}
         self.workspaces = document.workspace_configs
-        self.keys = {k.id: k for k in await self.catalog.all(KEYS)}
+        self.keys = keys
         self.loaded_at = time.time()
-        self.last_error = None
+        self.reset = None
+        metrics.STORE_RESET.set(0)
         log.info("config version %d loaded", version, extra={"configVersion": version})
-        return True
+
+    async def _restore_lost_keys(self, stored: dict[str, t.ApiKey]) -> dict[str, t.ApiKey]:
+        """After a reset, the keys we kept authenticating with but the store lost
+        go back into it (keys are no part of a config import). Returns them."""
+        lost = {id: key for id, key in self.keys.items() if id not in stored}
+        if lost:
+            ops: list[Op] = [ExpectAbsent(KEYS.name, id) for id in lost]
+            ops += [KEYS.put(id, key) for id, key in lost.items()]
+            # Past the catalog, which refuses writes to a reset store.
+            with contextlib.suppress(PreconditionFailed):  # another worker restored them
+                await self.catalog.store.apply(ops)
+                self.writes.bump()
+            log.warning("restored %d API keys the store reset lost", len(lost))
+        return lost
 
     async def _snapshot_document(self, version: int) -> t.ConfigSnapshot:
         c = self.catalog
@@ -96,6 +195,6 @@ class LiveConfig:
         )
 
     def failed(self, exc: Exception) -> None:
-        """A reload failed: keep serving the version we have, and say so in health."""
+        """A reload failed: keep serving the version we have, and say so in health
+        (the beat that called us logs it)."""
         self.last_error = f"{type(exc).__name__}: {exc}"
-        log.error("config reload failed; keeping version %d", self.version, exc_info=exc)

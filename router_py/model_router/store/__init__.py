@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..settings import Settings
 from .base import (
     Clear,
+    ConfigStamp,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -13,7 +14,10 @@ from .base import (
     PreconditionFailed,
     Put,
     Reservation,
+    SetEpoch,
     Store,
+    StoreUnavailable,
+    new_epoch,
 )
 
 
@@ -22,14 +26,17 @@ def open_store(settings: Settings) -> Store:
     if settings.redis_url:
         from .redis import RedisStore
 
-        return RedisStore(settings.redis_url, settings.redis_namespace)
+        return RedisStore(
+            settings.redis_url, settings.redis_namespace, settings.store_timeout_ms / 1000
+        )
     from .sqlite import SQLiteStore
 
-    return SQLiteStore(settings.sqlite_path)
+    return SQLiteStore(settings.sqlite_path, settings.store_timeout_ms / 1000)
 
 
 __all__ = [
     "Clear",
+    "ConfigStamp",
     "Delete",
     "ExpectAbsent",
     "ExpectBody",
@@ -38,6 +45,9 @@ __all__ = [
     "PreconditionFailed",
     "Put",
     "Reservation",
+    "SetEpoch",
     "Store",
+    "StoreUnavailable",
+    "new_epoch",
     "open_store",
 ]

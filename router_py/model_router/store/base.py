@@ -5,13 +5,45 @@ Writes go through ``apply``: a list of operations carried out atomically, all or
 nothing, after their preconditions hold, and each successful ``apply`` bumps the
 config version that every worker polls to reload its engine. Counters are the
 other half: atomic increments with an expiry, for rate limits and spend.
+
+The config also has an epoch: an id written once into an empty store, and
+anew by every config import. A store that comes back without our epoch (wiped,
+or restored from an old backup) is a reset, which the router must not mistake
+for a config; an epoch an import wrote is an operator's config, adopted.
+
+Every implementation raises StoreUnavailable, and only that, when the store
+cannot be reached (refused, timed out, locked): callers tell an outage from
+a bug by its type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached; nothing is known of the operation's fate
+    beyond that (a write may or may not have landed)."""
+
+
+@dataclass(frozen=True)
+class ConfigStamp:
+    """Which config the store holds: its epoch (None when the store has none:
+    wiped) and its version within that epoch."""
+
+    epoch: str | None
+    version: int
+
+    @property
+    def imported(self) -> bool:
+        return self.epoch is not None and self.epoch.startswith("imported-")
+
+
+def new_epoch(origin: Literal["created", "imported"]) -> str:
+    return f"{origin}-{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +87,14 @@ class ExpectBody:
     body: bytes
 
 
-Op = Put | Delete | Clear | ExpectAbsent | ExpectPresent | ExpectBody
+@dataclass(frozen=True)
+class SetEpoch:
+    """Start a new config epoch (what a config import does)."""
+
+    epoch: str
+
+
+Op = Put | Delete | Clear | ExpectAbsent | ExpectPresent | ExpectBody | SetEpoch
 
 
 @dataclass(frozen=True)
@@ -87,6 +126,20 @@ class Store(Protocol):
         ...
 
     async def version(self) -> int: ...
+
+    async def stamp(self) -> ConfigStamp:
+        """The config's epoch and version, read together."""
+        ...
+
+    async def start_epoch(self) -> str:
+        """Give a store with no epoch a new one ("created-..."); return the
+        store's epoch, whoever wrote it."""
+        ...
+
+    async def watch_config(self, changed: Callable[[], None]) -> None:
+        """Call `changed` whenever another process writes the config, until
+        cancelled; return at once if the store cannot tell (then polling does)."""
+        ...
 
     async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
         """Add each delta to its counter (creating it with this time to live) and

@@ -4,18 +4,30 @@ All keys share one hash tag, ``{<namespace>}`` (default ``{mr}``), so the Lua
 script that applies a write touches one slot and works unchanged on Redis
 Cluster, and several deployments can share one Redis under different
 namespaces. Each kind is a hash of id -> JSON document; the config version is
-a counter that the same script bumps and publishes.
+a counter that the same script bumps and publishes, so other replicas reload
+within a round trip (polling stays the fallback).
+
+Every command is bounded by the store timeout and retried once (a pooled
+connection may predate a Redis restart); what still fails is StoreUnavailable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import cast
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
     Clear,
+    ConfigStamp,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -24,7 +36,31 @@ from .base import (
     PreconditionFailed,
     Put,
     Reservation,
+    SetEpoch,
+    StoreUnavailable,
+    new_epoch,
 )
+
+log = logging.getLogger("model_router.store")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Redis connection failures and timeouts, as StoreUnavailable."""
+
+    @functools.wraps(method)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    return call
+
 
 # KEYS[1] is the version key, KEYS[2..] the document hashes. ARGV[1] is the
 # channel, then four slots per operation: name, index into KEYS, id, body.
@@ -44,7 +80,8 @@ for i = 2, #ARGV, 4 do
   local op, key, id = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
   if op == 'put' then redis.call('HSET', key, id, ARGV[i + 3])
   elseif op == 'delete' then redis.call('HDEL', key, id)
-  elseif op == 'clear' then redis.call('DEL', key) end
+  elseif op == 'clear' then redis.call('DEL', key)
+  elseif op == 'epoch' then redis.call('SET', key, ARGV[i + 3]) end
 end
 local version = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], version)
@@ -86,15 +123,26 @@ OP_NAMES = {
     ExpectAbsent: "absent",
     ExpectPresent: "present",
     ExpectBody: "body",
+    SetEpoch: "epoch",
 }
+
+# How long the config watcher waits before subscribing again after a failure.
+RESUBSCRIBE_S = 0.5
 
 
 class RedisStore:
-    def __init__(self, url: str, namespace: str = "mr"):
+    def __init__(self, url: str, namespace: str = "mr", timeout_s: float = 1.0):
         self._prefix = "{" + namespace + "}"
         self._version_key = f"{self._prefix}:config_version"
+        self._epoch_key = f"{self._prefix}:config_epoch"
         self._channel = f"{self._prefix}:config"
-        self._redis = aioredis.Redis.from_url(url, decode_responses=False)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), retries=1),
+        )
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
         self._reserve = self._redis.register_script(RESERVE)
@@ -106,21 +154,24 @@ class RedisStore:
     def client(self) -> aioredis.Redis:
         return self._redis
 
+    @_reachable
     async def get(self, kind: str, id: str) -> bytes | None:
         return cast(bytes | None, await self._redis.hget(self._doc_key(kind), id))
 
+    @_reachable
     async def get_all(self, kind: str) -> dict[str, bytes]:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(self._doc_key(kind)))
         return {k.decode(): v for k, v in raw.items()}
 
+    @_reachable
     async def apply(self, ops: Sequence[Op]) -> int:
         keys = [self._version_key]
         args: list[str | bytes | int] = [self._channel]
         for op in ops:
-            key = self._doc_key(op.kind)
+            key = self._epoch_key if isinstance(op, SetEpoch) else self._doc_key(op.kind)
             if key not in keys:
                 keys.append(key)
-            body = getattr(op, "body", b"")
+            body = op.epoch if isinstance(op, SetEpoch) else getattr(op, "body", b"")
             args += [OP_NAMES[type(op)], keys.index(key) + 1, getattr(op, "id", ""), body]
         ok, value = await self._apply(keys=keys, args=args)
         if not ok:
@@ -129,15 +180,46 @@ class RedisStore:
             raise PreconditionFailed(failed)
         return int(value)
 
+    @_reachable
     async def version(self) -> int:
         return int(await self._redis.get(self._version_key) or 0)
 
+    @_reachable
+    async def stamp(self) -> ConfigStamp:
+        raw = await self._redis.mget(self._epoch_key, self._version_key)
+        epoch, version = cast(list[bytes | None], raw)
+        return ConfigStamp(epoch.decode() if epoch else None, int(version or 0))
+
+    @_reachable
+    async def start_epoch(self) -> str:
+        await self._redis.set(self._epoch_key, new_epoch("created"), nx=True)
+        epoch = cast(bytes, await self._redis.get(self._epoch_key))
+        return epoch.decode()
+
+    async def watch_config(self, changed: Callable[[], None]) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    changed()  # anything written while we were not listening
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None:
+                            changed()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.debug("config subscription lost (%s); subscribing again", exc)
+                await asyncio.sleep(RESUBSCRIBE_S)
+
+    @_reachable
     async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
         names = list(deltas)
         keys = [self._counter_key(name) for name in names]
         totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
         return dict(zip(names, map(int, totals), strict=True))
 
+    @_reachable
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
         key = f"{self._prefix}:recent"
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -145,6 +227,7 @@ class RedisStore:
             pipe.ltrim(key, 0, keep - 1)
             await pipe.execute()
 
+    @_reachable
     async def recent(self, limit: int) -> list[bytes]:
         return cast(list[bytes], await self._redis.lrange(f"{self._prefix}:recent", 0, limit - 1))
 
@@ -166,6 +249,7 @@ class RedisStore:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(f"{self._prefix}:state:{kind}"))
         return {k.decode(): v for k, v in raw.items()}
 
+    @_reachable
     async def ping(self) -> None:
         await self._redis.ping()
 

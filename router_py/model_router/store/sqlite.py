@@ -1,12 +1,16 @@
 """SQLiteStore: the embedded default, one WAL file under the data directory.
 
 sqlite3 is synchronous, so every call runs on one private thread per process:
-the event loop never waits on a disk or a lock held by another worker.
+the event loop never waits on a disk or a lock held by another worker. A lock
+held past the store timeout, or a file that cannot be opened or written, is
+StoreUnavailable. SQLite has no pub/sub: it serves one instance, whose workers
+learn of writes through shared memory (engine/signal.py) and polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,6 +20,7 @@ from typing import TypeVar
 
 from .base import (
     Clear,
+    ConfigStamp,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -24,6 +29,9 @@ from .base import (
     PreconditionFailed,
     Put,
     Reservation,
+    SetEpoch,
+    StoreUnavailable,
+    new_epoch,
 )
 
 T = TypeVar("T")
@@ -37,6 +45,10 @@ CREATE TABLE IF NOT EXISTS documents (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('config_version', 0);
+CREATE TABLE IF NOT EXISTS config_epoch (
+    only  INTEGER PRIMARY KEY CHECK (only = 1),
+    epoch TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recent (seq INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS state (
     kind TEXT NOT NULL,
@@ -52,19 +64,28 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+# The OperationalErrors that mean "cannot reach the data", not "bad SQL".
+_OUTAGE = re.compile(r"locked|busy|unable to open|disk I/O|readonly|full", re.IGNORECASE)
+
+
 class SQLiteStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, timeout_s: float = 1.0):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         self._db.executescript(SCHEMA)  # idempotent; each statement commits itself
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.OperationalError as exc:
+            if _OUTAGE.search(str(exc)):
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            raise
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         # IMMEDIATE takes the write lock up front, so checks and writes see one state.
@@ -98,6 +119,27 @@ class SQLiteStore:
 
     async def version(self) -> int:
         return await self._run(_read_version_of(self._db))
+
+    async def stamp(self) -> ConfigStamp:
+        def read() -> ConfigStamp:
+            row = self._db.execute("SELECT epoch FROM config_epoch").fetchone()
+            return ConfigStamp(row[0] if row else None, _read_version_of(self._db)())
+
+        return await self._run(read)
+
+    async def start_epoch(self) -> str:
+        def start(db: sqlite3.Connection) -> str:
+            db.execute(
+                "INSERT OR IGNORE INTO config_epoch (only, epoch) VALUES (1, ?)",
+                (new_epoch("created"),),
+            )
+            (epoch,) = db.execute("SELECT epoch FROM config_epoch").fetchone()
+            return str(epoch)
+
+        return await self._run(lambda: self._transaction(start))
+
+    async def watch_config(self, changed: Callable[[], None]) -> None:
+        return
 
     async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
         def add(db: sqlite3.Connection) -> dict[str, int]:
@@ -211,5 +253,9 @@ def _apply(db: sqlite3.Connection, ops: Sequence[Op]) -> int:
             db.execute("DELETE FROM documents WHERE kind = ? AND id = ?", (op.kind, op.id))
         elif isinstance(op, Clear):
             db.execute("DELETE FROM documents WHERE kind = ?", (op.kind,))
+        elif isinstance(op, SetEpoch):
+            db.execute(
+                "INSERT OR REPLACE INTO config_epoch (only, epoch) VALUES (1, ?)", (op.epoch,)
+            )
     db.execute("UPDATE meta SET value = value + 1 WHERE key = 'config_version'")
     return _read_version_of(db)()

@@ -65,6 +65,12 @@ RULE_MATCHES = Gauge(
     ["rule", "name"],
     multiprocess_mode="sum",
 )
+STORE_RESET = Gauge(
+    "model_router_store_reset",
+    "1 while the store holds a reset config (version backwards, or an epoch no import "
+    "wrote) and the router keeps serving its last config; 0 otherwise",
+    multiprocess_mode="mostrecent",
+)
 
 
 def render() -> tuple[bytes, str]:

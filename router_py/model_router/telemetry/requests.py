@@ -2,10 +2,13 @@
 samples, and an entry in the shared list of recent requests.
 
 None of it is done on the request path: it runs just after the response has
-been handed to the server (`call_soon`). The log line is written then; metric
-samples and recent requests are gathered and go out once a second (the latter
-to the store), with the engine's rule match counts and health scores copied
-into their gauges on the same beat. A clean stop flushes everything.
+been handed to the server (`call_soon`). The log line is written then; recent
+requests are gathered and go to the store every RECORDS_FLUSH_MS, so a worker
+killed outright loses at most that much of them; metric samples go out once a
+second, with the engine's rule match counts and health scores copied into
+their gauges on the same beat. While the store is away the records wait,
+the newest `keep` of them (all the store would keep). A clean stop flushes
+everything.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from ..store import Store
 from . import metrics
 
 log = logging.getLogger("model_router.requests")
+
+# How often recent requests go to the store: the most a `kill -9` loses.
+RECORDS_FLUSH_MS = 100
 
 
 class RequestObserver:
@@ -82,17 +88,20 @@ class RequestObserver:
             message = "Request routed successfully" if summary.status == 200 else "Request failed"
             log.info(message, extra=extra)
 
-    async def flush(self) -> None:
+    async def flush_metrics(self) -> None:
         self._metrics.flush()
         for rule_id, name, count in self.engine.rule_matches():
             metrics.RULE_MATCHES.labels(rule_id, name).set(count)
         for model, score in self.engine.health_scores():
             metrics.HEALTH_SCORE.labels(model).set(score)
+
+    async def flush_records(self) -> None:
         if not self._pending:
             return
         items, self._pending = list(self._pending), deque(maxlen=self.keep)
         try:
             await self.store.push_recent(items, self.keep)
         except BaseException:
-            self._pending.extendleft(reversed(items))  # try again next time
+            # Try again next time, keeping the newest `keep` (deque drops the oldest).
+            self._pending = deque([*items, *self._pending], maxlen=self.keep)
             raise
