@@ -234,6 +234,7 @@ class RedisStore:
     def _counter_key(self, name: str) -> str:
         return f"{self._prefix}:counter:{name}"
 
+    @_reachable
     async def reserve(
         self, checks: Sequence[Reservation], amount: int, ttl_ms: int
     ) -> tuple[int, int, int] | None:
@@ -242,9 +243,11 @@ class RedisStore:
         refused = await self._reserve(keys=keys, args=[amount, ttl_ms, *limits])
         return None if refused is None else (int(refused[0]), int(refused[1]), int(refused[2]))
 
+    @_reachable
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
         await self._redis.hset(f"{self._prefix}:state:{kind}", mapping=dict(items))  # type: ignore[arg-type]
 
+    @_reachable
     async def get_state(self, kind: str) -> dict[str, bytes]:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(f"{self._prefix}:state:{kind}"))
         return {k.decode(): v for k, v in raw.items()}
