@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from .api import ROUTES
-from .http import ApiError, Request, Response, RouteTable, new_id
+from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
 from .service import Service
 from .settings import Settings
 from .store import StoreUnavailable
@@ -217,6 +217,8 @@ class App:
                 request.body = msgspec.json.decode(raw, type=route.body)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 raise invalid_input(exc, "body") from None
+            except RecursionError:
+                raise too_deep() from None
         return await route.handler(request)
 
     @staticmethod

@@ -66,6 +66,12 @@ class ApiError(Exception):
         self.code = code  # a finer kind than `type` (OpenAI's `code`)
 
 
+def too_deep() -> ApiError:
+    """JSON nested past what the decoder follows (about a thousand levels):
+    no API takes anything that deep."""
+    return ApiError(400, "invalid_json", "the JSON body is nested too deeply", {"in": "body"})
+
+
 def not_found(what: str, id: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} {id!r} not found", {what: id})
 

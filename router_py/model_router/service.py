@@ -81,7 +81,9 @@ class Service:
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
-        self.redactor = Redactor(self.live, settings.admin_key, settings.redis_url)
+        self.redactor = Redactor(
+            self.live, [settings.admin_key, settings.metrics_key], settings.redis_url
+        )
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None

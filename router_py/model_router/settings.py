@@ -54,6 +54,7 @@ class Settings:
     # Store faults and shutdown (issue 8).
     store_timeout_ms: int = 1000
     shutdown_grace_s: int = 30
+    metrics_key: str | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -86,7 +87,7 @@ class Settings:
                 "RATE_LIMIT_WINDOW_MS", _int_in(1000, 31 * 86_400_000), d.rate_limit_window_ms
             ),
             workers=read("MODEL_ROUTER_WORKERS", _int_in(1, 256), d.workers),
-            admin_key=read("MODEL_ROUTER_ADMIN_KEY", _admin_key, None),
+            admin_key=read("MODEL_ROUTER_ADMIN_KEY", _secret, None),
             max_body_bytes=read(
                 "MODEL_ROUTER_MAX_BODY_BYTES", _int_in(1024, 64 * 1_048_576), d.max_body_bytes
             ),
@@ -128,6 +129,7 @@ class Settings:
             shutdown_grace_s=read(
                 "MODEL_ROUTER_SHUTDOWN_GRACE_S", _int_in(1, 3600), d.shutdown_grace_s
             ),
+            metrics_key=read("MODEL_ROUTER_METRICS_KEY", _secret, None),
         )
 
 
@@ -160,7 +162,7 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
-def _admin_key(raw: str) -> str:
+def _secret(raw: str) -> str:
     if len(raw) < 16:
         raise ValueError("must be at least 16 characters")
     return raw

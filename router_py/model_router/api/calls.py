@@ -8,6 +8,7 @@ anthropic_api.py; all of them build a `Call` and hand it to `answer`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -123,14 +124,38 @@ def named_model(req: Request, named: str, not_found: Callable[[str], ApiError]) 
     raise not_found(named)
 
 
+# Routing inputs carried in headers are held to the rules of the same fields
+# in a body: an id's characters and length (a 50 KB workspace id would become
+# store keys and log fields).
+_HEADER_RULES = {
+    "x-workspace-id": re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"),
+    "x-agent-type": re.compile(r"[^\x00-\x1f]{1,64}"),
+    "x-user-id": re.compile(r"[^\x00-\x1f]{1,256}"),
+}
+
+
+def _header(req: Request, name: str) -> str | None:
+    value = req.headers.get(name, "")
+    if not value:
+        return None
+    if _HEADER_RULES[name].fullmatch(value) is None:
+        raise ApiError(
+            400,
+            "invalid_request_error",
+            f"header {name} is not a valid value",
+            {"in": "header", "field": name},
+            param=name,
+        )
+    return value
+
+
 def routing_headers(req: Request) -> tuple[str, str | None, str | None]:
     """(agent type, workspace, user) from the X-Agent-Type, X-Workspace-Id and
-    X-User-Id headers."""
-    h = req.headers
+    X-User-Id headers, checked like the same fields of a body."""
     return (
-        h.get("x-agent-type", "") or "default",
-        workspace(req, h.get("x-workspace-id", "") or None),
-        h.get("x-user-id", "") or None,
+        _header(req, "x-agent-type") or "default",
+        workspace(req, _header(req, "x-workspace-id")),
+        _header(req, "x-user-id"),
     )
 
 

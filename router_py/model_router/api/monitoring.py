@@ -1,15 +1,28 @@
-"""Prometheus /metrics (open, like the health checks) and the recent requests."""
+"""Prometheus /metrics (open like the health checks, unless
+MODEL_ROUTER_METRICS_KEY asks scrapers for a bearer key) and the recent requests."""
 
 from __future__ import annotations
+
+import hmac
 
 import msgspec
 
 from .. import types as t
-from ..http import Request, Response, Route, json_response
+from ..http import ApiError, Request, Response, Route, json_response
 from ..telemetry import metrics
 
 
 async def prometheus(req: Request) -> Response:
+    key = req.service.settings.metrics_key
+    if key is not None:
+        given = req.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "/metrics needs the metrics key (MODEL_ROUTER_METRICS_KEY) as a bearer token",
+                headers=[("www-authenticate", "Bearer")],
+            )
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
 

@@ -20,7 +20,7 @@ from .. import types as t
 from ..engine.exchanges import Operation
 from ..engine.executor import Call
 from ..engine.inputs import content_length
-from ..http import ApiError, Request, Response, Route, json_response
+from ..http import ApiError, Request, Response, Route, json_response, too_deep
 from .calls import answer, deadline, named_model, routing_headers
 
 
@@ -42,6 +42,8 @@ def decode_body(req: Request, shape: type[Any]) -> tuple[dict[str, Any], Any]:
         return raw, msgspec.convert(raw, shape)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, "invalid_request_error", f"invalid body: {exc}") from None
+    except RecursionError:
+        raise too_deep() from None
 
 
 def _text_length(value: Any) -> int:

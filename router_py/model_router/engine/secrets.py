@@ -3,7 +3,7 @@
 A provider's error body can echo what it was sent (an `Authorization`
 header, a key in a message): before such text reaches a caller it passes
 through `Redactor.redact`, which replaces every secret the router holds —
-each endpoint's provider key, the admin key, the Redis password — with
+each endpoint's provider key, the admin and metrics keys, the Redis password — with
 `[REDACTED]`. What a non-admin caller sees of a provider's error is only its
 type and message, capped.
 """
@@ -24,10 +24,10 @@ MAX_MESSAGE = 500  # characters of a provider's error message shown to a caller
 
 
 class Redactor:
-    def __init__(self, live: LiveConfig, admin_key: str | None, redis_url: str | None):
+    def __init__(self, live: LiveConfig, fixed: list[str | None], redis_url: str | None):
         self.live = live
         password = urlsplit(redis_url).password if redis_url else None
-        self._fixed = [s for s in (admin_key, password) if s]
+        self._fixed = [s for s in (*fixed, password) if s]
 
     def secrets(self) -> list[str]:
         """Every secret, longest first (a key that contains another goes whole).

@@ -1,0 +1,73 @@
+"""Input at the edge that used to cost memory, store space or a 500: header
+ids held to the rules of body ids, JSON nested without end, a scraper
+without the metrics key."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from conftest import model_body
+
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request):
+    return request.param
+
+
+def deep(levels: int) -> str:
+    """JSON text of objects nested `levels` deep (no encoder would write it)."""
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+def test_header_ids_are_checked_like_body_ids(make_server):
+    router = make_server()
+    auth = router.auth(router.admin_key)
+    for name, value in (
+        ("X-Workspace-Id", "w" * 50_000),
+        ("X-Workspace-Id", "ws one"),
+        ("X-Agent-Type", "a" * 65),
+        ("X-User-Id", "u" * 257),
+    ):
+        r = httpx.post(
+            f"{router.url}/v1/chat/completions", json=CHAT, headers={**auth, name: value}
+        )
+        assert r.status_code == 400, (name, r.text)
+        error = r.json()["error"]
+        assert error["param"] == name.lower() and error["details"]["field"] == name.lower()
+
+
+@pytest.mark.parametrize("levels", [2_000, 100_000])
+def test_json_nested_without_end_is_a_400_everywhere(make_server, levels):
+    router = make_server(MODEL_ROUTER_MAX_BODY_BYTES="4000000")
+    c = router.client
+    assert c.post("/api/models", json=model_body("m1")).status_code == 201
+    nested = deep(levels)
+    # The nesting goes where each API takes a free-form value (the placeholder 0).
+    bodies = {
+        "/api/route": {"agentType": "a", "prompt": "hi", "metadata": {"x": 0}},
+        "/v1/chat/completions": {**CHAT, "extra": 0},
+        "/v1/messages": {"model": "auto", "max_tokens": 5, "messages": CHAT["messages"], "x": 0},
+        "/api/config/import": {"config": {"models": [model_body("m2", parameters={"p": 0})]}},
+    }
+    for path, body in bodies.items():
+        payload = json.dumps(body).replace(": 0", ": " + nested, 1)
+        r = httpx.post(
+            f"{router.url}{path}",
+            content=payload,
+            headers={**router.auth(router.admin_key), "content-type": "application/json"},
+        )
+        assert r.status_code == 400, (path, r.status_code, r.text[:200])
+
+
+def test_metrics_can_require_a_key(make_server):
+    key = "metrics-scraper-key-0123456789"
+    router = make_server(MODEL_ROUTER_METRICS_KEY=key)
+    assert httpx.get(f"{router.url}/metrics").status_code == 401
+    assert httpx.get(f"{router.url}/metrics", headers=router.auth("wrong-key")).status_code == 401
+    ok = httpx.get(f"{router.url}/metrics", headers=router.auth(key))
+    assert ok.status_code == 200 and "model_router_" in ok.text
