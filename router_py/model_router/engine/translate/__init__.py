@@ -14,11 +14,13 @@ parameters its operators would rather see dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .wire import AnthropicUsage, OpenAIUsage
+
+T = TypeVar("T")
 
 
 class Refused(Exception):
@@ -103,6 +105,17 @@ class Tokens:
             "cache_read_input_tokens": self.cache_read,
             "cache_creation_input_tokens": self.cache_write,
         }
+
+
+def each(items: list[Any], translate: Callable[[Any], T], name: str) -> list[T]:
+    """Every item translated; a refusal names the item's place in `name`."""
+    out = []
+    for j, item in enumerate(items):
+        try:
+            out.append(translate(item))
+        except Refused as refused:
+            raise refused.within(f"{name}[{j}]") from None
+    return out
 
 
 def present(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,17 @@ from typing import Any
 
 import msgspec
 
-from . import Refused, Tokens, invalid, number, parse_data_url, present, refuse_unknown, string
+from . import (
+    Refused,
+    Tokens,
+    each,
+    invalid,
+    number,
+    parse_data_url,
+    present,
+    refuse_unknown,
+    string,
+)
 from . import text_of as _text_of
 from .wire import OpenAIChunk, OpenAICompletion
 
@@ -162,13 +172,7 @@ def _user_content(content: Any) -> str | list[dict[str, Any]]:
         return content
     if not isinstance(content, list):
         raise invalid("content", "'{param}' must be a string or a list of parts")
-    blocks = []
-    for j, part in enumerate(content):
-        try:
-            blocks.append(_user_part(part))
-        except Refused as refused:
-            raise refused.within(f"content[{j}]") from None
-    return blocks
+    return each(content, _user_part, "content")
 
 
 def _user_part(part: Any) -> dict[str, Any]:
@@ -207,12 +211,7 @@ def _assistant_content(m: dict[str, Any]) -> str | list[dict[str, Any]]:
     if not isinstance(calls, list):
         raise invalid("tool_calls", "'{param}' must be a list")
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    for j, call in enumerate(calls):
-        try:
-            blocks.append(_tool_use(call))
-        except Refused as refused:
-            raise refused.within(f"tool_calls[{j}]") from None
-    return blocks
+    return blocks + each(calls, _tool_use, "tool_calls")
 
 
 def _tool_use(call: Any) -> dict[str, Any]:
