@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
-from conftest import model_body
+from conftest import Server, model_body
+
+SHARED_STORE = {"MODEL_ROUTER_DATA_DIR", "MODEL_ROUTER_REDIS_NAMESPACE"}  # what replicas share
 
 
 def _key(server, role: str, workspace: str | None = None) -> str:
@@ -120,3 +124,36 @@ def test_rate_limit_answers_429_with_retry_after(make_server):
     assert 1 <= int(limited.headers["retry-after"]) <= 60
     assert server.client.get("/api/models").status_code == 200  # per key, not global
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("replicas", [1, 2], ids=["two-workers", "two-replicas"])
+def test_rate_limits_are_exact_across_workers_and_replicas(make_server, replicas):
+    first = make_server(workers=2, RATE_LIMIT_MAX="50", RATE_LIMIT_WINDOW_MS="600000")
+    routers = [first] + [
+        make_server(
+            workers=2,
+            RATE_LIMIT_MAX="50",
+            RATE_LIMIT_WINDOW_MS="600000",
+            **{k: v for k, v in first.env.items() if k in SHARED_STORE},
+        )
+        for _ in range(replicas - 1)
+    ]
+    key = _key(first, "viewer")
+    for router in routers:
+        router.wait_for_config()
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as c:
+            return await asyncio.gather(
+                *(
+                    c.get(f"{routers[i % len(routers)].url}/api/models", headers=Server.auth(key))
+                    for i in range(200)
+                )
+            )
+
+    codes = [r.status_code for r in asyncio.run(burst())]
+    assert codes.count(200) == 50 and codes.count(429) == 150, sorted(set(codes))
+    admitted = next(r for r in asyncio.run(burst()) if r.status_code == 429)
+    assert admitted.headers["x-ratelimit-limit"] == "50"
+    assert admitted.headers["x-ratelimit-remaining"] == "0"
+    assert 1 <= int(admitted.headers["x-ratelimit-reset"]) <= 600

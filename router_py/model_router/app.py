@@ -197,10 +197,11 @@ class App:
         route, params = self.routes.match(method, path)
         request = Request(method, path, params, headers, service, started=started)
         request.request_id = request_id
+        limits: list[tuple[str, str]] = []
         if route.permission is not None:
             principal = await service.authenticate(credentials(headers))
             principal.authorize(route.permission, params.get("workspaceId"))
-            service.check_rate(principal)
+            limits = await service.check_rate(principal)
             request.principal = principal
         if route.query is not None:
             query = dict(parse_qsl(query_string))
@@ -219,7 +220,9 @@ class App:
                 raise invalid_input(exc, "body") from None
             except RecursionError:
                 raise too_deep() from None
-        return await route.handler(request)
+        response = await route.handler(request)
+        response.headers += limits
+        return response
 
     @staticmethod
     async def _stream_until_disconnect(

@@ -1,24 +1,54 @@
-"""Per-key rate limit over fixed windows, shared by every worker and replica
-without a store round trip per request.
+"""Per-key rate limit over fixed windows, exact across workers and replicas.
 
-Each worker counts locally and, once a second, adds its counts to the store's
-counter for the window and reads back the total of all workers. A request is
-admitted while the last known total plus this worker's unsynced count stays
-within the limit, so the limit can be overshot by at most what the other
-workers admit within one sync interval. While the store is away each worker
-goes on counting on its own, and adds its counts when the store answers.
+Admission spends from a local lease of the window's quota. A lease is taken
+from the store atomically (what all workers took + this lease <= the limit),
+a few requests' worth at a time, and refilled in the background once half of
+it is spent, so the request path waits on the store only when a burst
+outruns the lease. No worker can admit what another already holds: over any
+number of workers and replicas the limit is never exceeded. While the store
+is away each worker counts on its own against the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
-from .store import Store
+from .store import Reservation, Store
 
 log = logging.getLogger("model_router.ratelimit")
+
+LEASE = 8  # admissions taken from the store at once
+RETRY_S = 1.0  # after the store failed to answer, how long to count alone before asking again
+
+Slot = tuple[str, int]  # key id, window number
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the caller is told: admitted or not, and the window's figures."""
+
+    admitted: bool
+    limit: int
+    remaining: int
+    reset_s: float  # until the window ends
+
+    def headers(self) -> list[tuple[str, str]]:
+        reset = str(max(1, math.ceil(self.reset_s)))
+        return [
+            ("x-ratelimit-limit", str(self.limit)),
+            ("x-ratelimit-remaining", str(self.remaining)),
+            ("x-ratelimit-reset", reset),
+        ]
+
+
+def _counter(slot: Slot) -> str:
+    """The store's counter of what all workers took in a key's window."""
+    return f"rl:{slot[0]}:{slot[1]}"
 
 
 class RateLimiter:
@@ -26,37 +56,81 @@ class RateLimiter:
         self.store = store
         self.limit = limit
         self.window_ms = window_ms
-        self._pending: dict[tuple[str, int], int] = defaultdict(int)
-        self._known: dict[tuple[str, int], int] = {}
+        self._lease: dict[Slot, int] = defaultdict(int)  # admissions in hand
+        self._taken: dict[Slot, int] = {}  # what all workers held after our last take
+        self._alone: set[Slot] = set()  # the store was away at the last take
+        self._offline: dict[Slot, int] = defaultdict(int)  # admitted meanwhile
+        self._taking: dict[Slot, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._ask_again = 0.0  # time.monotonic() before which the store is not asked
+        self._refills: set[asyncio.Task[None]] = set()
 
-    def hit(self, key_id: str, now_ms: int | None = None) -> float | None:
-        """Count one request; None if admitted, else seconds until the window ends."""
+    async def admit(self, key_id: str, now_ms: int | None = None) -> Verdict:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         window = now_ms // self.window_ms
         slot = (key_id, window)
-        if self._known.get(slot, 0) + self._pending[slot] >= self.limit:
-            return max(1.0, math.ceil(((window + 1) * self.window_ms - now_ms) / 1000))
-        self._pending[slot] += 1
-        return None
+        reset_s = ((window + 1) * self.window_ms - now_ms) / 1000
+        self._forget_before(window)
+        if self._lease[slot] <= 0 and time.monotonic() >= self._ask_again:
+            await self._take(slot)
+        if self._lease[slot] > 0:
+            self._lease[slot] -= 1
+            if self._lease[slot] == LEASE // 2:
+                self._refill(slot)
+            return Verdict(True, self.limit, self._remaining(slot), reset_s)
+        store_away = slot in self._alone or time.monotonic() < self._ask_again
+        if store_away and self._offline[slot] < self.limit:
+            self._alone.add(slot)
+            self._offline[slot] += 1  # the store is away: this worker's own count
+            return Verdict(True, self.limit, self.limit - self._offline[slot], reset_s)
+        return Verdict(False, self.limit, 0, reset_s)
 
-    async def sync(self) -> None:
-        pending, self._pending = self._pending, defaultdict(int)
-        current = int(time.time() * 1000) // self.window_ms
-        self._known = {slot: n for slot, n in self._known.items() if slot[1] >= current}
-        if not pending:
-            return
-        names = {f"rl:{key}:{window}": (key, window) for key, window in pending}
-        try:
-            totals = await self.store.add_counters(
-                {name: pending[slot] for name, slot in names.items()}, ttl_ms=2 * self.window_ms
-            )
-        except Exception:
-            # Keep the counts for the next attempt rather than forget traffic;
-            # those of windows that have ended no longer matter (this bounds
-            # what an outage piles up).
-            for slot, n in pending.items():
-                if slot[1] >= current:
-                    self._pending[slot] += n
-            raise
-        for name, total in totals.items():
-            self._known[names[name]] = total
+    def _remaining(self, slot: Slot) -> int:
+        return max(0, self.limit - self._taken.get(slot, 0) + self._lease[slot])
+
+    def _refill(self, slot: Slot) -> None:
+        task = asyncio.get_running_loop().create_task(self._take(slot))
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    async def _take(self, slot: Slot) -> None:
+        """Add up to LEASE admissions to the slot's lease: as many as the
+        window has room for. A store that does not answer leaves the lease as
+        it is and starts counting this worker's admissions on its own."""
+        async with self._taking[slot]:
+            if self._lease[slot] > LEASE // 2:
+                return  # another waiter refilled it
+            # One counter of what all workers took; nothing is "spent" apart
+            # from it (that counter stays 0).
+            check = Reservation(f"rl-spent:{slot[0]}", _counter(slot), self.limit)
+            amount = LEASE
+            try:
+                while amount > 0:
+                    refused = await self.store.reserve([check], amount, 2 * self.window_ms)
+                    if refused is None:
+                        self._lease[slot] += amount
+                        self._taken[slot] = self._taken.get(slot, 0) + amount
+                        self._alone.discard(slot)
+                        return
+                    _, _, taken = refused
+                    self._taken[slot] = taken
+                    amount = min(amount - 1, self.limit - taken)
+            except Exception as exc:  # the store is away: no waiting on it for a while
+                log.warning("rate limit counted locally: %s", exc)
+                self._ask_again = time.monotonic() + RETRY_S
+                self._alone.add(slot)
+
+    async def reconcile(self) -> None:
+        """Hand the store what this worker admitted on its own while it was
+        away (a beat): from then on it counts against the window for all."""
+        for slot in list(self._offline):
+            alone = self._offline[slot]
+            await self.store.add_counters({_counter(slot): alone}, 2 * self.window_ms)
+            self._taken[slot] = self._taken.get(slot, 0) + alone
+            del self._offline[slot]
+
+    def _forget_before(self, window: int) -> None:
+        if len(self._lease) > 1024:  # windows that ended: nothing left to spend
+            for table in (self._lease, self._taken, self._offline):
+                for slot in [s for s in table if s[1] < window]:
+                    del table[slot]
+            self._alone = {s for s in self._alone if s[1] >= window}

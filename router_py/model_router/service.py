@@ -2,7 +2,7 @@
 and the background tasks that keep them current.
 
 The store can go away: nothing on the routing path waits for it. Config,
-keys, rate-limit counts and spend are local and synced on beats; while the
+keys and spend are local and synced on beats (rate limits spend local leases); while the
 store is unreachable the beats keep what they could not send (bounded) and
 send it when the store answers again.
 """
@@ -104,7 +104,7 @@ class Service:
         s = self.settings
         beats = [
             every(s.config_poll_ms, "config poll", self.live.refresh, self.live.failed),
-            every(1000, "rate-limit sync", self.limiter.sync),
+            every(1000, "rate-limit reconcile", self.limiter.reconcile),
             every(SPEND_FLUSH_MS, "spend flush", self.spend.flush),
             every(RECORDS_FLUSH_MS, "request records flush", self.observer.flush_records),
             every(1000, "metrics flush", self.observer.flush_metrics),
@@ -129,9 +129,9 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # Counts and spend since the last sync are not lost on a clean stop.
+        # Counts, spend and records since the last beat are not lost on a clean stop.
         with contextlib.suppress(Exception):
-            await self.limiter.sync()
+            await self.limiter.reconcile()
         with contextlib.suppress(Exception):
             await self.spend.flush()
         with contextlib.suppress(Exception):
@@ -175,14 +175,18 @@ class Service:
             record = await self.catalog.get(KEYS, key_id)
         return auth.verify(key, record)
 
-    def check_rate(self, principal: auth.Principal) -> None:
-        retry_after = self.limiter.hit(principal.key_id)
-        if retry_after is not None:
+    async def check_rate(self, principal: auth.Principal) -> list[tuple[str, str]]:
+        """Admit one request of the key, or 429; the X-RateLimit-* headers."""
+        verdict = await self.limiter.admit(principal.key_id)
+        headers = verdict.headers()
+        if not verdict.admitted:
+            retry_after = headers[-1][1]
             raise ApiError(
                 429,
                 "rate_limited",
                 f"rate limit of {self.settings.rate_limit_max} requests per "
                 f"{self.settings.rate_limit_window_ms} ms exceeded",
-                {"retryAfterSeconds": retry_after},
-                [("retry-after", str(int(retry_after)))],
+                {"retryAfterSeconds": int(retry_after)},
+                [("retry-after", retry_after), *headers],
             )
+        return headers
