@@ -84,6 +84,11 @@ class BudgetLeases:
             worst = max(worst, usd_to_nanos(per_1k / 1000))
         return worst
 
+    def applies(self, workspace_id: str | None) -> bool:
+        """Does the workspace have a budget to hold requests against?"""
+        config = self.live.workspaces.get(workspace_id) if workspace_id else None
+        return config is not None and config.budget_limits is not None
+
     def limited_periods(self, workspace_id: str) -> dict[str, int]:
         """The workspace's budget limits in nanos, by period letter."""
         config = self.live.workspaces.get(workspace_id)

@@ -39,6 +39,7 @@ from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream
 log = logging.getLogger("model_router.executor")
 
 FAILOVER_4XX = {401, 403, 408, 409, 429}
+NO_HOLD = Hold("", 0)  # nothing reserved: no budget, or the store is away
 MAX_RETRY_AFTER_MS = 86_400_000  # a provider asking for more than a day is not believed
 
 
@@ -391,6 +392,8 @@ class Executor:
 
     async def _hold(self, call: Call, decision: Decision) -> Hold:
         """Reserve the request's worst-case cost against its workspace's budget."""
+        if not self.budgets.applies(call.workspace_id):
+            return NO_HOLD
         models = [model_id for model_id, _ in decision.candidates]
         worst = self.budgets.worst_case(models, call.content_length, call.body)
         try:
@@ -400,7 +403,7 @@ class Executor:
             raise CallFailed(402, "budget_exceeded", message, details=refused.details) from None
         except Exception as exc:  # the store is away: the engine's local check stands
             log.warning("budget reservation skipped: %s", exc)
-            return Hold(call.workspace_id or "", 0)
+            return NO_HOLD
 
     async def complete(self, call: Call) -> Result:
         decision = self.decide(call)
