@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -71,10 +71,27 @@ def _granian(
     workers: int,
     log_level: str,
     shutdown_grace_s: int | None = None,
+    settings: Settings | None = None,
 ) -> None:
+    """Serve `target` with Granian; the router's `settings` add its limits
+    and TLS (the mock provider runs without)."""
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings
 
+    limits: dict[str, Any] = {}
+    if settings is not None:
+        limits = {
+            "backlog": settings.backlog,
+            # A client that sends its headers slower than this is cut off
+            # (slowloris); an idle kept-alive connection holds no worker.
+            "http1_settings": HTTP1Settings(header_read_timeout=settings.header_read_timeout_ms),
+            "ssl_cert": settings.tls_cert,
+            "ssl_key": settings.tls_key,
+            "ssl_protocol_min": SSLProtocols.tls13,
+            "ssl_ca": settings.tls_client_ca,
+            "ssl_client_verify": settings.tls_client_ca is not None,
+        }
     Granian(
         target,
         factory=True,
@@ -88,6 +105,7 @@ def _granian(
         # On SIGTERM a worker stops accepting and finishes what it serves
         # (streams included); past the grace period it is killed.
         workers_kill_timeout=shutdown_grace_s,
+        **limits,
     ).serve()
 
 
@@ -139,6 +157,7 @@ def serve(settings: Settings) -> int:
         settings.workers,
         settings.log_level,
         settings.shutdown_grace_s,
+        settings,
     )
     return 0
 

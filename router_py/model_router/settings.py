@@ -55,6 +55,11 @@ class Settings:
     store_timeout_ms: int = 1000
     shutdown_grace_s: int = 30
     metrics_key: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    backlog: int = 2048
+    header_read_timeout_ms: int = 10_000
 
     @property
     def sqlite_path(self) -> Path:
@@ -74,7 +79,7 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name}={raw!r}: {exc}") from None
 
-        return cls(
+        settings = cls(
             port=read("PORT", _int_in(1, 65535), d.port),
             host=read("HOST", str, d.host),
             redis_url=read("REDIS_URL", _redis_url, None),
@@ -130,7 +135,19 @@ class Settings:
                 "MODEL_ROUTER_SHUTDOWN_GRACE_S", _int_in(1, 3600), d.shutdown_grace_s
             ),
             metrics_key=read("MODEL_ROUTER_METRICS_KEY", _secret, None),
+            tls_cert=read("MODEL_ROUTER_TLS_CERT", _file, None),
+            tls_key=read("MODEL_ROUTER_TLS_KEY", _file, None),
+            tls_client_ca=read("MODEL_ROUTER_TLS_CLIENT_CA", _file, None),
+            backlog=read("MODEL_ROUTER_BACKLOG", _int_in(128, 65_535), d.backlog),
+            header_read_timeout_ms=read(
+                "MODEL_ROUTER_HEADER_READ_TIMEOUT_MS", _int_in(1, 60_000), d.header_read_timeout_ms
+            ),
         )
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise SettingsError("MODEL_ROUTER_TLS_CERT and MODEL_ROUTER_TLS_KEY go together")
+        if settings.tls_client_ca is not None and settings.tls_cert is None:
+            raise SettingsError("MODEL_ROUTER_TLS_CLIENT_CA needs MODEL_ROUTER_TLS_CERT and _KEY")
+        return settings
 
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
@@ -160,6 +177,13 @@ def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must start with redis://, rediss:// or unix://")
     return raw
+
+
+def _file(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError(f"no such file: {raw}")
+    return path
 
 
 def _secret(raw: str) -> str:

@@ -1,0 +1,156 @@
+"""HTTPS with TLS 1.3 as the minimum, and mutual TLS, with real handshakes:
+a certificate authority, a server and a client certificate made here (the
+`cryptography` package), a real router, httpx with and without a client
+certificate."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import ROUTER, free_port
+
+NO_CONNECTION = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _issue(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple | None, server: bool = False
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    signer_name, signer_key = issuer or (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if server:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as files."""
+    out = tmp_path_factory.mktemp("pki")
+    files: dict[str, Path] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue("test CA", ca_key, None)
+    for name, server in (("server", True), ("client", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(name, key, (ca.subject, ca_key), server=server)
+        files[f"{name}.crt"] = out / f"{name}.crt"
+        files[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{name}.key"] = out / f"{name}.key"
+        files[f"{name}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,  # Granian reads PKCS#8 only
+                serialization.NoEncryption(),
+            )
+        )
+    files["ca.crt"] = out / "ca.crt"
+    files["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+@pytest.fixture
+def serve_tls(tmp_path, pki):
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(**env: str) -> str:
+        port = free_port()
+        environ = {
+            **os.environ,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "MODEL_ROUTER_WORKERS": "1",
+            "MODEL_ROUTER_DATA_DIR": str(tmp_path / f"data-{port}"),
+            "MODEL_ROUTER_ADMIN_KEY": "tls-admin-key-0123456789",
+            "MODEL_ROUTER_TLS_CERT": str(pki["server.crt"]),
+            "MODEL_ROUTER_TLS_KEY": str(pki["server.key"]),
+            **env,
+        }
+        environ.pop("REDIS_URL", None)
+        log = (tmp_path / f"server-{port}.log").open("ab")
+        procs.append(
+            subprocess.Popen(
+                [str(ROUTER), "serve"], env=environ, stdout=log, stderr=log, start_new_session=True
+            )
+        )
+        url = f"https://127.0.0.1:{port}"
+        wait_listening(port)
+        return url
+
+    yield start
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            time.sleep(0.3)  # the TLS acceptor is up with the socket
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the router did not listen")
+
+
+def test_https_with_tls_13_at_least(serve_tls, pki):
+    url = serve_tls()
+    ok = httpx.get(f"{url}/health", verify=ssl.create_default_context(cafile=pki["ca.crt"]))
+    assert ok.status_code == 200 and ok.json()["status"] == "healthy"
+    tls12 = ssl.create_default_context(cafile=pki["ca.crt"])
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", verify=tls12)
+    with pytest.raises(NO_CONNECTION):  # plain HTTP is not served
+        httpx.get(url.replace("https", "http") + "/health", timeout=2)
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_of_the_ca(serve_tls, pki):
+    url = serve_tls(MODEL_ROUTER_TLS_CLIENT_CA=str(pki["ca.crt"]))
+    anonymous = ssl.create_default_context(cafile=pki["ca.crt"])
+    with pytest.raises(NO_CONNECTION):
+        httpx.get(f"{url}/health", verify=anonymous)
+    with_cert = ssl.create_default_context(cafile=pki["ca.crt"])
+    with_cert.load_cert_chain(pki["client.crt"], pki["client.key"])
+    assert httpx.get(f"{url}/health", verify=with_cert).status_code == 200
+
+
+def test_tls_settings_are_checked_at_start(pki):
+    from model_router.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="go together"):
+        Settings.from_env({"MODEL_ROUTER_TLS_CERT": str(pki["server.crt"])})
+    with pytest.raises(SettingsError, match="no such file"):
+        Settings.from_env({"MODEL_ROUTER_TLS_CERT": "/nope.crt", "MODEL_ROUTER_TLS_KEY": "/k"})
+    with pytest.raises(SettingsError, match="needs MODEL_ROUTER_TLS_CERT"):
+        Settings.from_env({"MODEL_ROUTER_TLS_CLIENT_CA": str(pki["ca.crt"])})
