@@ -83,6 +83,9 @@ def _granian(
     if settings is not None:
         limits = {
             "backlog": settings.backlog,
+            # Connections each worker serves at once. Granian's default
+            # (backlog / workers) lets a few thousand idle sockets take them all.
+            "backpressure": settings.max_connections,
             # A client that sends its headers slower than this is cut off
             # (slowloris); an idle kept-alive connection holds no worker.
             "http1_settings": HTTP1Settings(header_read_timeout=settings.header_read_timeout_ms),

@@ -59,6 +59,7 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     backlog: int = 2048
+    max_connections: int = 16_384
     header_read_timeout_ms: int = 10_000
 
     @property
@@ -139,6 +140,9 @@ class Settings:
             tls_key=read("MODEL_ROUTER_TLS_KEY", _file, None),
             tls_client_ca=read("MODEL_ROUTER_TLS_CLIENT_CA", _file, None),
             backlog=read("MODEL_ROUTER_BACKLOG", _int_in(128, 65_535), d.backlog),
+            max_connections=read(
+                "MODEL_ROUTER_MAX_CONNECTIONS", _int_in(16, 1_000_000), d.max_connections
+            ),
             header_read_timeout_ms=read(
                 "MODEL_ROUTER_HEADER_READ_TIMEOUT_MS", _int_in(1, 60_000), d.header_read_timeout_ms
             ),
