@@ -37,6 +37,7 @@ class Principal:
     key_id: str
     role: t.Role
     workspace_id: str | None = None
+    user_id: str | None = None  # a JWT's subject: who, not just which key
 
     def authorize(self, permission: Permission, workspace_id: str | None) -> None:
         if permission not in PERMISSIONS[self.role]:

@@ -27,6 +27,7 @@ from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
 from .engine.write_counter import WriteCounter, counter_path
 from .http import ApiError
+from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
 from .periodic import every, report_failure
 from .ratelimit import RateLimiter
 from .settings import Settings
@@ -82,8 +83,11 @@ class Service:
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.redactor = Redactor(
-            self.live, [settings.admin_key, settings.metrics_key], settings.redis_url
+            self.live,
+            [settings.admin_key, settings.metrics_key, settings.jwt_secret],
+            settings.redis_url,
         )
+        self.jwt = JwtVerifier(settings)
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
@@ -162,6 +166,8 @@ class Service:
 
     async def authenticate(self, authorization: str | None) -> auth.Principal:
         key = auth.bearer_token(authorization)
+        if self.jwt.enabled and looks_like_jwt(key):
+            return principal_of(await self.jwt.verify(key))
         principal = auth.bootstrap_principal(key, self._admin_key_hash)
         if principal is not None:
             return principal

@@ -58,6 +58,11 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    jwt_secret: str | None = None
+    jwt_jwks: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_s: int = 30
     backlog: int = 2048
     max_connections: int = 16_384
     header_read_timeout_ms: int = 10_000
@@ -139,6 +144,11 @@ class Settings:
             tls_cert=read("MODEL_ROUTER_TLS_CERT", _file, None),
             tls_key=read("MODEL_ROUTER_TLS_KEY", _file, None),
             tls_client_ca=read("MODEL_ROUTER_TLS_CLIENT_CA", _file, None),
+            jwt_secret=read("MODEL_ROUTER_JWT_SECRET", _secret, None),
+            jwt_jwks=read("MODEL_ROUTER_JWT_JWKS", _jwks, None),
+            jwt_issuer=read("MODEL_ROUTER_JWT_ISSUER", str, None),
+            jwt_audience=read("MODEL_ROUTER_JWT_AUDIENCE", str, None),
+            jwt_leeway_s=read("MODEL_ROUTER_JWT_LEEWAY_S", _int_in(0, 600), d.jwt_leeway_s),
             backlog=read("MODEL_ROUTER_BACKLOG", _int_in(128, 65_535), d.backlog),
             max_connections=read(
                 "MODEL_ROUTER_MAX_CONNECTIONS", _int_in(16, 1_000_000), d.max_connections
@@ -181,6 +191,13 @@ def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("must start with redis://, rediss:// or unix://")
     return raw
+
+
+def _jwks(raw: str) -> str:
+    """A JWKS file, or an https URL that serves one."""
+    if raw.startswith("https://") or Path(raw).is_file():
+        return raw
+    raise ValueError("neither an https:// URL nor an existing file")
 
 
 def _file(raw: str) -> Path:

@@ -699,6 +699,7 @@ class RecentRequest(Body):
     estimated: bool
     attempts: int
     stream: bool
+    user_id: str | None = None
 
 
 class RecentQuery(Query):

@@ -22,7 +22,14 @@ from ..engine.providers import ADAPTERS, ANTHROPIC_HEADERS
 from ..engine.translate import Refused, text_of
 from ..engine.upstream import Deadlines, UpstreamRequest
 from ..http import ApiError, Request, Response, Route
-from .calls import answer, deadline, named_model, observe_failure, routing_headers
+from .calls import (
+    answer,
+    caller_user,
+    deadline,
+    named_model,
+    observe_failure,
+    routing_headers,
+)
 from .openai_api import decode_body
 
 ROUTE = "/v1/messages"
@@ -52,7 +59,7 @@ def _call(
         request_id=req.request_id,
         agent_type=agent,
         workspace_id=workspace_id,
-        user_id=user or (user_id if isinstance(user_id, str) else None),
+        user_id=caller_user(req, user, user_id),
         request_type="chat",
         operation=Operation.MESSAGES,
         body=raw,

@@ -35,6 +35,14 @@ def workspace(req: Request, asked: str | None) -> str | None:
     return workspace
 
 
+def caller_user(req: Request, *given: object) -> str | None:
+    """The user a request is for: a JWT's subject, else the first user id
+    the request names (header, then body)."""
+    if req.principal is not None and req.principal.user_id is not None:
+        return req.principal.user_id
+    return next((g for g in given if isinstance(g, str) and g), None)
+
+
 def deadline(req: Request, timeout_ms: int | None) -> float:
     settings = req.service.settings
     return time.monotonic() + (timeout_ms or settings.request_timeout_ms) / 1000
@@ -70,6 +78,7 @@ def summary(
         estimated=usage.estimated if usage else False,
         attempts=len(result.attempts) if result else attempts,
         stream=stream,
+        user_id=call.user_id,
     )
 
 
@@ -234,7 +243,7 @@ async def route_request(req: Request) -> Response:
         request_id=body.id or req.request_id,
         agent_type=body.agent_type,
         workspace_id=workspace(req, body.workspace_id),
-        user_id=body.user_id,
+        user_id=caller_user(req, body.user_id),
         request_type=request_type(None, body.metadata),
         operation=Operation.CHAT,
         body=chat,

@@ -21,7 +21,7 @@ from ..engine.exchanges import Operation
 from ..engine.executor import Call
 from ..engine.inputs import content_length
 from ..http import ApiError, Request, Response, Route, json_response, too_deep
-from .calls import answer, deadline, named_model, routing_headers
+from .calls import answer, caller_user, deadline, named_model, routing_headers
 
 
 def model_not_found(named: str) -> ApiError:
@@ -76,7 +76,7 @@ async def _call(
         request_id=req.request_id,
         agent_type=agent,
         workspace_id=workspace_id,
-        user_id=user or (user_field if isinstance(user_field, str) else None),
+        user_id=caller_user(req, user, user_field),
         request_type=request_type,
         operation=operation,
         body=raw,

@@ -7,6 +7,7 @@ from .. import types as t
 from .._core import Decision
 from ..engine.inputs import ERROR_STATUS, content_length, error_details, request_type
 from ..http import Permission, Request, Response, Route, json_response
+from .calls import caller_user
 
 
 def _outcome(decision: Decision) -> t.DecisionOutcome:
@@ -62,7 +63,7 @@ async def test_routing(req: Request) -> Response:
     decision = req.service.live.engine.decide(
         body.agent_type,
         workspace_id=workspace_id,
-        user_id=body.user_id,
+        user_id=caller_user(req, body.user_id),
         request_type=rtype,
         content_length=length,
         capabilities=body.capabilities,

@@ -74,6 +74,7 @@ class RequestObserver:
                 "route": summary.route,
                 "workspaceId": summary.workspace_id,
                 "agentType": summary.agent_type,
+                "userId": summary.user_id,
                 "modelId": summary.model_id,
                 "endpointId": summary.endpoint_id,
                 "status": summary.status,
