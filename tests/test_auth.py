@@ -157,3 +157,26 @@ def test_rate_limits_are_exact_across_workers_and_replicas(make_server, replicas
     assert admitted.headers["x-ratelimit-limit"] == "50"
     assert admitted.headers["x-ratelimit-remaining"] == "0"
     assert 1 <= int(admitted.headers["x-ratelimit-reset"]) <= 600
+
+
+def test_a_scoped_key_sees_only_what_applies_to_its_workspace(server):
+    c = server.client
+    for model_id in ("a", "b", "c"):
+        assert c.post("/api/models", json=model_body(model_id)).status_code == 201
+    assert c.post("/api/workspaces/ws-a/config", json={"modelRestrictions": ["a", "b"]}).is_success
+    other = {"name": "ws-b only", "condition": {"workspaceId": ["ws-b"]}, "id": "r-b"}
+    mine = {"name": "everyone", "id": "r-all"}
+    for rule, target in ((other, "c"), (mine, "a")):
+        body = {**rule, "targetModels": [{"modelId": target}]}
+        assert c.post("/api/routing/rules", json=body).status_code == 201
+    scoped = _as(server, _key(server, "viewer", "ws-a"))
+    assert [r["id"] for r in scoped.get("/api/routing/rules").json()["data"]] == ["r-all"]
+    assert scoped.get("/api/routing/rules/r-b").status_code == 404
+    assert [m["id"] for m in scoped.get("/api/models").json()["data"]] == ["a", "b"]
+    for hidden in ("/api/models/c", "/api/models/c/endpoints", "/api/models/c/health"):
+        assert scoped.get(hidden).status_code == 404, hidden
+    assert [m["id"] for m in scoped.get("/v1/models").json()["data"]] == ["auto", "a", "b"]
+    assert scoped.get("/v1/models/c").status_code == 404
+    # An unscoped key sees everything.
+    assert len(c.get("/api/routing/rules").json()["data"]) == 2
+    assert len(c.get("/api/models").json()["data"]) == 3

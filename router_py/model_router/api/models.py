@@ -10,6 +10,7 @@ from .. import types as t
 from ..catalog import ENDPOINTS, HEALTH, MODELS, utcnow
 from ..http import ApiError, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent, ExpectPresent
+from ..tenancy import model_visible
 from .writes import apply, update
 
 
@@ -27,7 +28,7 @@ async def register_model(req: Request) -> Response:
 async def get_model(req: Request) -> Response:
     model_id = req.path_params["modelId"]
     model = await req.service.catalog.get(MODELS, model_id)
-    if model is None:
+    if model is None or not model_visible(req, model_id):
         raise not_found("model", model_id)
     return json_response(model)
 
@@ -37,7 +38,8 @@ async def list_models(req: Request) -> Response:
     models = [
         m
         for m in await req.service.catalog.all(MODELS)
-        if (q.provider is None or m.provider == q.provider)
+        if model_visible(req, m.id)
+        and (q.provider is None or m.provider == q.provider)
         and (q.status is None or m.status == q.status)
         and (q.model_type is None or m.model_type == q.model_type)
         and (q.tag is None or q.tag in m.tags)
@@ -98,7 +100,7 @@ async def set_health(req: Request) -> Response:
 async def get_health(req: Request) -> Response:
     model_id = req.path_params["modelId"]
     catalog = req.service.catalog
-    if await catalog.get(MODELS, model_id) is None:
+    if await catalog.get(MODELS, model_id) is None or not model_visible(req, model_id):
         raise not_found("model", model_id)
     health = await catalog.get(HEALTH, model_id)
     return json_response(health or t.ModelHealth(model_id=model_id, status="unknown"))
@@ -130,7 +132,7 @@ async def add_endpoint(req: Request) -> Response:
 async def list_endpoints(req: Request) -> Response:
     model_id = req.path_params["modelId"]
     catalog = req.service.catalog
-    if await catalog.get(MODELS, model_id) is None:
+    if await catalog.get(MODELS, model_id) is None or not model_visible(req, model_id):
         raise not_found("model", model_id)
     endpoints = [e for e in await catalog.all(ENDPOINTS) if e.model_id == model_id]
     endpoints.sort(key=lambda e: (e.created_at or "", e.id))

@@ -21,6 +21,7 @@ from ..engine.exchanges import Operation
 from ..engine.executor import Call
 from ..engine.inputs import content_length
 from ..http import ApiError, Request, Response, Route, json_response, too_deep
+from ..tenancy import model_visible
 from .calls import answer, caller_user, deadline, named_model, routing_headers
 
 
@@ -148,7 +149,12 @@ def _wants_anthropic(req: Request) -> bool:
 
 async def list_openai_models(req: Request) -> Response:
     models = sorted(
-        (m for m in req.service.live.models.values() if m.status == "active"), key=lambda m: m.id
+        (
+            m
+            for m in req.service.live.models.values()
+            if m.status == "active" and model_visible(req, m.id)
+        ),
+        key=lambda m: m.id,
     )
     if _wants_anthropic(req):
         data = [_model_entry(m, True) for m in models]
@@ -171,7 +177,7 @@ async def get_openai_model(req: Request) -> Response:
     named = req.path_params["model"]
     live = req.service.live
     model_id = live.model_names.get(named)
-    if model_id is None:
+    if model_id is None or not model_visible(req, model_id):
         raise model_not_found(named)
     return json_response(_model_entry(live.models[model_id], _wants_anthropic(req)))
 

@@ -11,6 +11,7 @@ from .. import types as t
 from ..catalog import MODELS, RULES, utcnow
 from ..http import Request, Response, Route, json_response, not_found
 from ..store import Delete, ExpectAbsent, ExpectPresent
+from ..tenancy import rule_visible
 from ..validation import raise_problems, rule_problems
 from .writes import apply, update
 
@@ -44,14 +45,17 @@ async def add_rule(req: Request) -> Response:
 
 
 async def list_rules(req: Request) -> Response:
-    rules = sorted(await req.service.catalog.all(RULES), key=evaluation_order)
+    rules = sorted(
+        (r for r in await req.service.catalog.all(RULES) if rule_visible(req, r)),
+        key=evaluation_order,
+    )
     return json_response(t.Page(data=rules, total=len(rules)))
 
 
 async def get_rule(req: Request) -> Response:
     rule_id = req.path_params["ruleId"]
     rule = await req.service.catalog.get(RULES, rule_id)
-    if rule is None:
+    if rule is None or not rule_visible(req, rule):
         raise not_found("rule", rule_id)
     return json_response(rule)
 
