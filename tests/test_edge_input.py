@@ -71,3 +71,21 @@ def test_metrics_can_require_a_key(make_server):
     assert httpx.get(f"{router.url}/metrics", headers=router.auth("wrong-key")).status_code == 401
     ok = httpx.get(f"{router.url}/metrics", headers=router.auth(key))
     assert ok.status_code == 200 and "model_router_" in ok.text
+
+
+def test_a_body_that_is_not_declared_json_is_415(make_server):
+    router = make_server()
+    auth = router.auth(router.admin_key)
+    body = json.dumps(model_body("m1"))
+    for path in ("/api/models", "/v1/chat/completions"):
+        for declared in ("application/x-www-form-urlencoded", "text/plain", "multipart/form-data"):
+            r = httpx.post(
+                f"{router.url}{path}", content=body, headers={**auth, "content-type": declared}
+            )
+            assert r.status_code == 415, (path, declared, r.text)
+    ok = httpx.post(
+        f"{router.url}/api/models",
+        content=body,
+        headers={**auth, "content-type": "application/json; charset=utf-8"},
+    )
+    assert ok.status_code == 201, ok.text

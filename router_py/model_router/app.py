@@ -52,6 +52,7 @@ ANTHROPIC_ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     503: "overloaded_error",
     504: "timeout_error",
@@ -88,6 +89,16 @@ def error_response(err: ApiError, shape: str) -> Response:
     response = Response(_ERROR_ENCODER.encode(body), err.status)
     response.headers.extend(err.headers)
     return response
+
+
+def is_json(content_type: str | None) -> bool:
+    """A JSON media type, or none declared (read as JSON)."""
+    if not content_type:
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def credentials(headers: Mapping[str, str]) -> str | None:
@@ -209,6 +220,13 @@ class App:
                 request.query = msgspec.convert(query, route.query, strict=False)
             except msgspec.ValidationError as exc:
                 raise invalid_input(exc, "query") from None
+        if route.body is not None and not is_json(headers.get("content-type")):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send the body as JSON (Content-Type: application/json)",
+                {"in": "header", "field": "content-type"},
+            )
         raw = await read_body(self.settings.max_body_bytes)
         request.raw_body = raw
         if route.body is not None and not route.raw_body:
