@@ -23,10 +23,13 @@ from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import open_store
 from .telemetry.requests import RequestObserver
+from .telemetry.rollups import RollupSync, retention_ms
 
 # How often breaker transitions are shared and half-open endpoints probed: a
 # hung provider found by one worker is skipped by all within this.
 BREAKER_SYNC_MS = 100
+# How often each worker adds its outcome rollups to the store's buckets.
+ROLLUP_FLUSH_MS = 1000
 
 
 class Service:
@@ -65,6 +68,11 @@ class Service:
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
+        self.rollups = RollupSync(
+            self.live.engine,
+            self.store,
+            retention_ms(settings.rollup_minutes_keep_hours, settings.rollup_hours_keep_days),
+        )
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
@@ -83,6 +91,7 @@ class Service:
             ("rate-limit-sync", 1000, self.limiter.sync, log_failure("rate-limit sync")),
             ("spend-sync", 1000, self.spend.flush, log_failure("spend flush")),
             ("telemetry-flush", 1000, self.observer.flush, log_failure("telemetry flush")),
+            ("rollup-flush", ROLLUP_FLUSH_MS, self.rollups.flush, log_failure("rollup flush")),
         ]
         self._tasks = [
             asyncio.create_task(every(interval, work, on_error), name=name)
@@ -103,6 +112,8 @@ class Service:
             await self.spend.flush()
         with contextlib.suppress(Exception):
             await self.observer.flush()
+        with contextlib.suppress(Exception):
+            await self.rollups.flush()
         await self.client.close()
         await self.store.close()
 

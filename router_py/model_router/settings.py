@@ -50,6 +50,8 @@ class Settings:
     max_upstream_body_bytes: int = 16 * 1024 * 1024
     upstream_pool: int = 512
     recent_requests: int = 1000
+    rollup_minutes_keep_hours: int = 48  # minute buckets of the outcome rollups
+    rollup_hours_keep_days: int = 35  # hour buckets
     interface: str = "rsgi"
 
     @property
@@ -118,6 +120,14 @@ class Settings:
             interface=read("MODEL_ROUTER_INTERFACE", _one_of(("rsgi", "asgi")), d.interface),
             recent_requests=read(
                 "MODEL_ROUTER_RECENT_REQUESTS", _int_in(1, 1_000_000), d.recent_requests
+            ),
+            rollup_minutes_keep_hours=read(
+                "MODEL_ROUTER_ROLLUP_MINUTES_KEEP_HOURS",
+                _int_in(1, 24 * 31),
+                d.rollup_minutes_keep_hours,
+            ),
+            rollup_hours_keep_days=read(
+                "MODEL_ROUTER_ROLLUP_HOURS_KEEP_DAYS", _int_in(1, 3660), d.rollup_hours_keep_days
             ),
         )
 
