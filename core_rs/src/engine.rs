@@ -959,7 +959,8 @@ impl Engine {
                 tokens_out: o.tokens.completion,
                 cost_nanos: cost,
             };
-            self.rollups.record(&attempt, now_ms);
+            // The minute it was sent in: a replayed or slow attempt lands where it began.
+            self.rollups.record(&attempt, o.started_ms);
         }
         Some(cost)
     }

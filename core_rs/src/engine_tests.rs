@@ -649,7 +649,7 @@ fn record_folds_traffic_into_the_rollups_with_its_cost_and_skips_probes() {
             ..Tokens::default()
         },
         retry_after_ms: None,
-        started_ms: 120_000,
+        started_ms: 119_500,
         rollup,
     };
     let facts = || RollupFacts {
@@ -664,7 +664,7 @@ fn record_folds_traffic_into_the_rollups_with_its_cost_and_skips_probes() {
     let drained = e.rollups.drain();
     assert_eq!(drained.len(), 1);
     let d = &drained[0];
-    assert_eq!(d.minute_ms, 120_000);
+    assert_eq!(d.minute_ms, 60_000, "the minute the attempt was sent in");
     assert_eq!(
         d.dims,
         ["m", "m-a", "ws", "creative", "r1", "success"].map(String::from)

@@ -1,5 +1,5 @@
-//! Per-minute outcome buckets: every attempt folds into the bucket of its
-//! minute and key (model, endpoint, workspace, agent type, rule, outcome) with
+//! Per-minute outcome buckets: every attempt folds into the bucket of the
+//! minute it was sent in and of its key (model, endpoint, workspace, agent type, rule, outcome) with
 //! exact counters and mergeable latency sketches. A worker drains its buckets
 //! every beat and the store adds them up, so buckets from all workers and
 //! replicas sum to the fleet's figures (docs/operations.md).
@@ -202,8 +202,8 @@ impl Rollups {
         }
     }
 
-    pub fn record(&mut self, a: &Attempt<'_>, now_ms: u64) {
-        let minute_ms = now_ms - now_ms % MINUTE_MS;
+    pub fn record(&mut self, a: &Attempt<'_>, sent_ms: u64) {
+        let minute_ms = sent_ms - sent_ms % MINUTE_MS;
         let [workspace, agent, rule] = [a.workspace, a.agent_type, a.rule].map(|s| self.id(s));
         let dims = [
             self.id(Some(a.model)),

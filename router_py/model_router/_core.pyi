@@ -79,7 +79,8 @@ class Engine:
         priced at the model's cache prices. `started_ms` (when the attempt was
         sent; default now): outcomes of attempts sent before the breaker's last
         change do not move it. With an `outcome` kind ("success", "timeout",
-        ...) the attempt also folds into the outcome rollups, keyed by model,
+        ...) the attempt also folds into the outcome rollups (in the minute of
+        `started_ms`), keyed by model,
         endpoint, workspace, agent type, rule and outcome; `failover_from` is
         the failed attempt it follows: (model id, endpoint id, outcome)."""
     def take_rollups(
