@@ -243,3 +243,19 @@ def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server,
     assert side_by_side["observed"]["status"] == "unhealthy"
     detailed = httpx.get(f"{server.url}/health/detailed").json()
     assert detailed["components"]["models"]["observed"]["unhealthy"] >= 1
+
+
+def test_streams_report_their_time_to_first_token(make_server, make_mock):
+    server = make_server(MOCK_PROVIDER_KEY="provider-secret")
+    add_model(server, "m1", make_mock(stream_chunks=4, latency_ms=400))  # 100 ms a chunk
+    prefer(server, "m1")
+    server.wait_for_config()
+    for _ in range(3):
+        body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with server.client.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            r.read()
+    [model] = analytics(server, want=3)["models"]
+    ttft, latency = model["totals"]["ttftMs"], model["totals"]["latencyMs"]
+    assert ttft["p50"] is not None and latency["p50"] is not None
+    assert 0 < ttft["p50"] < latency["p50"] - 150, "the first token came before the last"

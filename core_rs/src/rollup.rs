@@ -10,8 +10,9 @@
 //! Merging is adding counts per bucket index, which is what the store can do
 //! (Redis HINCRBY, an SQLite upsert) without decoding a serialized sketch.
 
-use rustc_hash::FxHashMap as HashMap;
-use std::collections::hash_map::Entry;
+use hashbrown::hash_map::EntryRef;
+use hashbrown::{Equivalent, HashMap};
+use std::hash::{Hash, Hasher};
 
 /// Relative accuracy of every quantile read from a sketch.
 pub const ALPHA: f64 = 0.01;
@@ -131,14 +132,47 @@ pub struct Attempt<'a> {
     pub cost_nanos: i64,
 }
 
-const NONE: u32 = u32::MAX;
 /// model, endpoint, workspace, agent type, rule, outcome.
 pub const DIMENSIONS: usize = 6;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A bucket's key as stored: its minute and dimensions ("" when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Key {
     minute_ms: u64,
-    dims: [u32; DIMENSIONS],
+    dims: [Box<str>; DIMENSIONS],
+}
+
+/// A key as a record sees it, borrowed: found without allocating, and
+/// hashed like the `Key` it stands for.
+#[derive(Hash)]
+struct KeyRef<'a> {
+    minute_ms: u64,
+    dims: [&'a str; DIMENSIONS],
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        KeyRef {
+            minute_ms: self.minute_ms,
+            dims: self.dims.each_ref().map(|d| &**d),
+        }
+        .hash(state)
+    }
+}
+
+impl From<&KeyRef<'_>> for Key {
+    fn from(k: &KeyRef<'_>) -> Key {
+        Key {
+            minute_ms: k.minute_ms,
+            dims: k.dims.map(Box::from),
+        }
+    }
+}
+
+impl Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.minute_ms == key.minute_ms && self.dims.iter().zip(&key.dims).all(|(a, b)| *a == &**b)
+    }
 }
 
 /// One drained bucket: its minute, its key ("" for an absent dimension).
@@ -149,12 +183,10 @@ pub struct Drained {
     pub bucket: Bucket,
 }
 
-/// One worker's buckets since the last drain. Key strings are interned so a
-/// record hashes small integers, and the table is emptied at each drain.
+/// One worker's buckets since the last drain: one hash of the borrowed key
+/// per record, an allocation only for a key new since the drain.
 #[derive(Debug, Clone)]
 pub struct Rollups {
-    names: Vec<Box<str>>,
-    ids: HashMap<Box<str>, u32>,
     buckets: HashMap<Key, Bucket>,
     max_keys: usize,
     dropped: u64,
@@ -169,33 +201,18 @@ impl Default for Rollups {
 impl Rollups {
     pub fn new(max_keys: usize) -> Rollups {
         Rollups {
-            names: Vec::new(),
-            ids: HashMap::default(),
-            buckets: HashMap::default(),
+            buckets: HashMap::new(),
             max_keys,
             dropped: 0,
         }
     }
 
-    fn id(&mut self, name: Option<&str>) -> u32 {
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
-            return NONE;
-        };
-        if let Some(&id) = self.ids.get(name) {
-            return id;
-        }
-        let id = self.names.len() as u32;
-        self.names.push(name.into());
-        self.ids.insert(name.into(), id);
-        id
-    }
-
-    fn bucket(&mut self, key: Key) -> Option<&mut Bucket> {
+    fn bucket(&mut self, key: KeyRef<'_>) -> Option<&mut Bucket> {
         let room = self.buckets.len() < self.max_keys;
-        match self.buckets.entry(key) {
-            Entry::Occupied(b) => Some(b.into_mut()),
-            Entry::Vacant(v) if room => Some(v.insert(Bucket::default())),
-            Entry::Vacant(_) => {
+        match self.buckets.entry_ref(&key) {
+            EntryRef::Occupied(b) => Some(b.into_mut()),
+            EntryRef::Vacant(v) if room => Some(v.insert(Bucket::default())),
+            EntryRef::Vacant(_) => {
                 self.dropped += 1;
                 None
             }
@@ -204,16 +221,10 @@ impl Rollups {
 
     pub fn record(&mut self, a: &Attempt<'_>, sent_ms: u64) {
         let minute_ms = sent_ms - sent_ms % MINUTE_MS;
-        let [workspace, agent, rule] = [a.workspace, a.agent_type, a.rule].map(|s| self.id(s));
-        let dims = [
-            self.id(Some(a.model)),
-            self.id(a.endpoint),
-            workspace,
-            agent,
-            rule,
-            self.id(Some(a.outcome)),
-        ];
-        if let Some(b) = self.bucket(Key { minute_ms, dims }) {
+        let [endpoint, workspace, agent, rule] =
+            [a.endpoint, a.workspace, a.agent_type, a.rule].map(Option::unwrap_or_default);
+        let dims = [a.model, endpoint, workspace, agent, rule, a.outcome];
+        if let Some(b) = self.bucket(KeyRef { minute_ms, dims }) {
             b.attempts += 1;
             b.requests += u64::from(a.failover_from.is_none());
             b.failovers_in += u64::from(a.failover_from.is_some());
@@ -226,9 +237,8 @@ impl Rollups {
             }
         }
         if let Some((model, endpoint, outcome)) = a.failover_from {
-            let from = [Some(model), Some(endpoint), Some(outcome)].map(|s| self.id(s));
-            let dims = [from[0], from[1], workspace, agent, rule, from[2]];
-            if let Some(b) = self.bucket(Key { minute_ms, dims }) {
+            let dims = [model, endpoint, workspace, agent, rule, outcome];
+            if let Some(b) = self.bucket(KeyRef { minute_ms, dims }) {
                 b.failovers_out += 1;
             }
         }
@@ -241,21 +251,12 @@ impl Rollups {
 
     /// Every bucket, emptied: the store adds them to what other drains wrote.
     pub fn drain(&mut self) -> Vec<Drained> {
-        let names = std::mem::take(&mut self.names);
-        self.ids.clear();
         self.dropped = 0;
-        let name = |id: u32| {
-            if id == NONE {
-                String::new()
-            } else {
-                names[id as usize].to_string()
-            }
-        };
         self.buckets
             .drain()
             .map(|(key, bucket)| Drained {
                 minute_ms: key.minute_ms,
-                dims: key.dims.map(name),
+                dims: key.dims.map(String::from),
                 bucket,
             })
             .collect()
@@ -391,7 +392,7 @@ mod tests {
             };
             let [a, b, c] = [sketch(&parts[0]), sketch(&parts[1]), sketch(&parts[2])];
             let merge = |x: &[(i32, u64)], y: &[(i32, u64)]| {
-                let mut m: HashMap<i32, u64> = HashMap::default();
+                let mut m: HashMap<i32, u64> = HashMap::new();
                 x.iter().chain(y).for_each(|&(i, n)| *m.entry(i).or_default() += n);
                 let mut v: Vec<(i32, u64)> = m.into_iter().collect();
                 v.sort_unstable();
