@@ -184,7 +184,7 @@ def test_workspace_analytics_budgets_and_scoped_keys(fleet):
         daily = c.get("/api/analytics/workspaces/ws-a").json()["budgets"][0]
     assert daily["spentUsd"] == pytest.approx(cost, abs=1e-9)
     assert daily["remainingUsd"] == pytest.approx(100 - cost)
-    assert daily["resetsAt"].endswith("T00:00:00Z")
+    assert daily["resetsAt"].endswith("T00:00:00.000Z")
     # A key of ws-a sees ws-a only: the other workspace is refused, and the
     # model analytics hold its own traffic alone.
     assert scoped.get("/api/analytics/workspaces/ws-b").status_code == 403

@@ -1,6 +1,5 @@
-"""The spec's analytics (per model, per workspace) and the fleet's health
-overview, read from the outcome rollups every worker and replica adds to
-(docs/operations.md)."""
+"""The spec's analytics, per model and per workspace, read from the outcome
+rollups every worker and replica adds to (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from .. import types as t
+from ..catalog import iso
 from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import ApiError, Request, Response, Route, json_response
 from ..telemetry.figures import NANOS_PER_USD, Cell, Dims, Tally, tally
@@ -29,12 +29,6 @@ INTERVAL_MS: dict[t.Interval, int] = {
     "6h": 6 * HOUR_MS,
     "1d": DAY_MS,
 }
-
-
-def _iso(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
 
 
 def _parse_time(value: str, param: str) -> int:
@@ -85,8 +79,8 @@ class Window:
 
     def describe(self) -> t.AnalyticsRange:
         return t.AnalyticsRange(
-            from_=_iso(self.from_ms),
-            to=_iso(self.to_ms),
+            from_=iso(self.from_ms),
+            to=iso(self.to_ms),
             time_range=self.time_range,
             resolution="minute" if self.resolution == "m" else "hour",
             interval=self.interval,
@@ -117,7 +111,7 @@ def _series(tallies: dict[tuple[str, int], Tally], of: str = "") -> list[t.Serie
     """The points of one group, oldest first."""
     points = sorted((start, v) for (group, start), v in tallies.items() if group == of)
     return [
-        t.SeriesPoint(start=_iso(start), **msgspec.structs.asdict(tally.figures()))
+        t.SeriesPoint(start=iso(start), **msgspec.structs.asdict(tally.figures()))
         for start, tally in points
     ]
 
@@ -183,7 +177,7 @@ async def _budgets(req: Request, workspace_id: str) -> list[t.BudgetUse]:
                 spent_usd=spent_usd,
                 limit_usd=limit,
                 remaining_usd=None if limit is None else max(0.0, limit - spent_usd),
-                resets_at=_iso(int(resets[period].timestamp() * 1000)),
+                resets_at=iso(int(resets[period].timestamp() * 1000)),
             )
         )
     return uses

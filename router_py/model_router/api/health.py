@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import __version__
 from .. import types as t
-from ..catalog import utcnow
+from ..catalog import iso, utcnow
 from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import Request, Response, Route, json_response
 from ..telemetry import figures
@@ -66,7 +66,7 @@ async def ready(req: Request) -> Response:
 
 
 async def _models_check(req: Request) -> dict[str, Any]:
-    """How many models the router observes in each state, and open breakers."""
+    """How many models the router observes in each state, and breakers in each state."""
     cells, window_seconds = await figures.recent(req.service.store, int(time.time() * 1000))
     observed = figures.tally(cells, lambda _, d: d["model"])
     states = Counter(
@@ -115,15 +115,7 @@ def _breaker(service: Service, endpoint_id: str) -> t.BreakerView | None:
     name, open_until_ms = state
     return t.BreakerView(
         state=name,
-        next_probe_at=None if open_until_ms is None else _iso(open_until_ms),
-    )
-
-
-def _iso(ms: int) -> str:
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
+        next_probe_at=None if open_until_ms is None else iso(open_until_ms),
     )
 
 
