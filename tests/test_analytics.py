@@ -243,6 +243,12 @@ def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server,
     assert side_by_side["observed"]["status"] == "unhealthy"
     detailed = httpx.get(f"{server.url}/health/detailed").json()
     assert detailed["components"]["models"]["observed"]["unhealthy"] >= 1
+    breakers = {
+        line.split('endpoint="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+        if line.startswith("model_router_breaker_state{")
+    }
+    assert breakers == {"broken-ep0": "2.0", "good-ep0": "0.0"}
 
 
 def test_streams_report_their_time_to_first_token(make_server, make_mock):

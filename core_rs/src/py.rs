@@ -1,7 +1,7 @@
 //! The PyO3 layer: the only file that knows Python. Thin on purpose; the logic and
 //! its tests live in the pure-Rust modules.
 
-use crate::breaker::Transition;
+use crate::breaker::{self, CircuitBreaker, Transition};
 use crate::cost::Tokens;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::rollup::{self, Drained};
@@ -380,14 +380,39 @@ impl Engine {
     }
 
     fn breaker_state(&self, endpoint_id: &str) -> Option<(&'static str, Option<u64>)> {
-        use crate::breaker::State;
         let state = self.lock();
         let (mi, ei) = state.engine.snapshot().endpoint_position(endpoint_id)?;
-        Some(match state.engine.breaker(mi, ei).state(now_ms()) {
-            State::Closed => ("closed", None),
-            State::Open { until_ms } => ("open", Some(until_ms)),
-            State::HalfOpen => ("half_open", None),
-        })
+        Some(breaker_view(state.engine.breaker(mi, ei), now_ms()))
+    }
+
+    /// Every endpoint's breaker: (model id, endpoint id, state).
+    fn breaker_states(&self) -> Vec<(String, String, &'static str)> {
+        let state = self.lock();
+        let now = now_ms();
+        let snap = state.engine.snapshot();
+        snap.models
+            .iter()
+            .enumerate()
+            .flat_map(|(mi, m)| {
+                m.endpoints
+                    .iter()
+                    .enumerate()
+                    .map(move |(ei, e)| (mi, ei, m, e))
+            })
+            .map(|(mi, ei, m, e)| {
+                let (name, _) = breaker_view(state.engine.breaker(mi, ei), now);
+                (m.id.clone(), e.id.clone(), name)
+            })
+            .collect()
+    }
+}
+
+/// A breaker as Python sees it: ("closed" | "open" | "half_open", open until ms).
+fn breaker_view(b: &CircuitBreaker, now_ms: u64) -> (&'static str, Option<u64>) {
+    match b.state(now_ms) {
+        breaker::State::Closed => ("closed", None),
+        breaker::State::Open { until_ms } => ("open", Some(until_ms)),
+        breaker::State::HalfOpen => ("half_open", None),
     }
 }
 

@@ -121,6 +121,10 @@ class Engine:
     def breaker_state(
         self, endpoint_id: str
     ) -> tuple[Literal["closed", "open", "half_open"], int | None] | None: ...
+    def breaker_states(
+        self,
+    ) -> list[tuple[str, str, Literal["closed", "open", "half_open"]]]:
+        """Every endpoint's breaker: (model id, endpoint id, state)."""
 
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in

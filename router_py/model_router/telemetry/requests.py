@@ -88,6 +88,8 @@ class RequestObserver:
             metrics.RULE_MATCHES.labels(rule_id, name).set(count)
         for model, score in self.engine.health_scores():
             metrics.HEALTH_SCORE.labels(model).set(score)
+        for model, endpoint, state in self.engine.breaker_states():
+            metrics.BREAKER_STATE.labels(model, endpoint).set(metrics.BREAKER_STATES[state])
         if not self._pending:
             return
         items, self._pending = list(self._pending), deque(maxlen=self.keep)
