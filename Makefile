@@ -60,6 +60,9 @@ bench-gate: build
 # A new baseline, after a deliberate change (commit it with the change).
 bench-baseline: build
 	$(BENCH_RUN) --benchmark-json=$(BENCH_BASELINE)
+	$(PY) -c "import json; p = '$(BENCH_BASELINE)'; d = json.load(open(p)); \
+		[b['stats'].pop('data', None) for b in d['benchmarks']]; \
+		json.dump(d, open(p, 'w'), indent=1)"  # the statistics, not every sample
 
 # The locust SLA run (bench/sla.py): the router and mock providers on loopback,
 # bounded time, non-zero on a breach. SLA_HOST=https://... SLA_KEY=... points it

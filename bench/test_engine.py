@@ -177,13 +177,14 @@ def test_decide_default_ranking(benchmark, engine):
     print(f"\ndecide (default ranking): {benchmark.extra_info}")
 
 
+# The executor's call: breaker, stats, cost and the outcome rollups.
+RECORD = ("model-3", "model-3-ep-0", True, 412.0, 120, 250, "ws-13")
+ROLLUP = {"outcome": "success", "agent_type": "agent-7", "rule_id": "rule-42"}
+
+
 def test_record(benchmark, engine):
-    benchmark.extra_info.update(
-        percentiles(
-            lambda: engine.record("model-3", "model-3-ep-0", True, 412.0, 120, 250, "ws-13")
-        )
-    )
-    benchmark(engine.record, "model-3", "model-3-ep-0", True, 412.0, 120, 250, "ws-13")
+    benchmark.extra_info.update(percentiles(lambda: engine.record(*RECORD, **ROLLUP)))
+    benchmark(engine.record, *RECORD, **ROLLUP)
     print(f"\nrecord: {benchmark.extra_info}")
 
 

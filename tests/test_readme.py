@@ -44,3 +44,4 @@ def test_quick_tour_and_calling_a_model_run_as_written(make_server, tmp_path):
     assert '"requestId":"req-12345"' in done.stdout and '"modelId":"claude-mock"' in done.stdout
     assert "data: [DONE]" in done.stdout
     assert 'model_router_requests_total{model="claude-mock",status="200"} 3.0' in done.stdout
+    assert '"modelId":"claude-mock","totals":{"requests":3,"attempts":3' in done.stdout

@@ -7,6 +7,7 @@
 
 use crate::breaker::{Admission, BreakerConfig, CircuitBreaker, Transition};
 use crate::cost::{nanos_to_usd, usd_to_nanos, Nanos, Price, SpendLedger, Tokens, PERIODS};
+use crate::rollup::{self, Rollups};
 use crate::rules::{self, RequestFacts};
 use crate::select::{self, Rng};
 use crate::snapshot::{
@@ -127,6 +128,20 @@ pub struct Outcome<'a> {
     pub retry_after_ms: Option<u64>,
     /// When the attempt was sent (ms since the epoch).
     pub started_ms: u64,
+    /// The rollups' view of the attempt; None (the router's own probes): not traffic.
+    pub rollup: Option<RollupFacts<'a>>,
+}
+
+/// What the outcome rollups key and count an attempt by, beyond the `Outcome`.
+#[derive(Default)]
+pub struct RollupFacts<'a> {
+    /// "success", "timeout", "rate_limited", "malformed", ...
+    pub outcome: &'a str,
+    pub agent_type: Option<&'a str>,
+    pub rule_id: Option<&'a str>,
+    /// The failed attempt this one follows: (model, endpoint, outcome).
+    pub failover_from: Option<(&'a str, &'a str, &'a str)>,
+    pub ttft_ms: Option<f64>,
 }
 
 /// Per-model facts derived once per snapshot.
@@ -144,6 +159,7 @@ pub struct Engine {
     model_stats: Vec<RollingStats>,
     rule_matches: Vec<u64>,
     pub ledger: SpendLedger,
+    pub rollups: Rollups,
     rng: Rng,
     /// Breaker opens and closes since the last `take_transitions`, by endpoint id.
     transitions: Vec<(String, Transition)>,
@@ -247,6 +263,7 @@ impl Engine {
             model_stats: Vec::new(),
             rule_matches: Vec::new(),
             ledger: SpendLedger::default(),
+            rollups: Rollups::default(),
             rng: Rng::new(seed),
             transitions: Vec::new(),
         }
@@ -909,8 +926,8 @@ impl Engine {
         ordered
     }
 
-    /// Account one upstream attempt: breaker, stats, cost. Returns the cost,
-    /// or None when the model is no longer in the snapshot.
+    /// Account one upstream attempt: breaker, stats, cost, rollups. Returns
+    /// the cost, or None when the model is no longer in the snapshot.
     pub fn record(&mut self, o: &Outcome<'_>, now_ms: u64) -> Option<Nanos> {
         let snap = self.snapshot.clone();
         let mi = snap.model_position(o.model_id)?;
@@ -927,6 +944,24 @@ impl Engine {
         self.model_stats[mi].record(o.success, o.latency_ms, now_ms);
         let cost = self.facts[mi].price.map_or(0, |p| p.cost(&o.tokens));
         self.ledger.add(o.workspace_id, o.model_id, cost);
+        if let Some(r) = &o.rollup {
+            let attempt = rollup::Attempt {
+                model: o.model_id,
+                endpoint: o.endpoint_id,
+                workspace: o.workspace_id,
+                agent_type: r.agent_type,
+                rule: r.rule_id,
+                outcome: r.outcome,
+                failover_from: r.failover_from,
+                latency_ms: o.latency_ms,
+                ttft_ms: r.ttft_ms,
+                tokens_in: o.tokens.prompt,
+                tokens_out: o.tokens.completion,
+                cost_nanos: cost,
+            };
+            // The minute it was sent in: a replayed or slow attempt lands where it began.
+            self.rollups.record(&attempt, o.started_ms);
+        }
         Some(cost)
     }
 }

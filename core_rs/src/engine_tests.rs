@@ -76,6 +76,7 @@ fn fail(e: &mut Engine, endpoint: &str, times: usize) {
                 tokens: Tokens::default(),
                 retry_after_ms: None,
                 started_ms: 1_000,
+                rollup: None,
             },
             1_000,
         );
@@ -150,6 +151,7 @@ fn observed_latency_and_success_count_only_past_min_samples() {
         tokens: Tokens::default(),
         retry_after_ms: None,
         started_ms: 1_000,
+        rollup: None,
     };
     for _ in 0..4 {
         e.record(&ok(6200.0), 1_000);
@@ -302,6 +304,7 @@ fn budgets_stop_a_workspace_and_name_limit_and_spend() {
                 },
                 retry_after_ms: None,
                 started_ms: 0,
+                rollup: None,
             },
             0,
         )
@@ -390,6 +393,7 @@ fn with_active_probes_no_caller_is_sent_to_a_half_open_endpoint() {
         tokens: Tokens::default(),
         retry_after_ms: None,
         started_ms,
+        rollup: None,
     };
     e.record(&outcome(11_000), 11_050);
     assert_eq!(at(&mut e, 11_100).candidates[0].endpoints, [0, 1]);
@@ -648,4 +652,47 @@ fn limit_keeps_the_best_candidates() {
     let input = input(facts(), None, Some(2), false);
     let d = e.decide(&input, 0);
     assert_eq!(ids(&e, &d), ["c", "a"]);
+}
+
+#[test]
+fn record_folds_traffic_into_the_rollups_with_its_cost_and_skips_probes() {
+    let mut e = engine(json!({"version": 1, "models": [model("m")]}));
+    let outcome = |rollup| Outcome {
+        model_id: "m",
+        endpoint_id: Some("m-a"),
+        workspace_id: Some("ws"),
+        success: true,
+        latency_ms: 250.0,
+        tokens: Tokens {
+            prompt: 1000,
+            completion: 1000,
+            ..Tokens::default()
+        },
+        retry_after_ms: None,
+        started_ms: 119_500,
+        rollup,
+    };
+    let facts = || RollupFacts {
+        outcome: "success",
+        agent_type: Some("creative"),
+        rule_id: Some("r1"),
+        ..Default::default()
+    };
+    e.record(&outcome(Some(facts())), 120_500);
+    e.record(&outcome(Some(facts())), 130_000);
+    e.record(&outcome(None), 130_000); // a probe: breaker and stats only
+    let drained = e.rollups.drain();
+    assert_eq!(drained.len(), 1);
+    let d = &drained[0];
+    assert_eq!(d.minute_ms, 60_000, "the minute the attempt was sent in");
+    assert_eq!(
+        d.dims,
+        ["m", "m-a", "ws", "creative", "r1", "success"].map(String::from)
+    );
+    assert_eq!((d.bucket.attempts, d.bucket.requests), (2, 2));
+    assert_eq!(
+        d.bucket.cost_nanos,
+        2 * 40_000_000,
+        "0.01 + 0.03 USD per attempt"
+    );
 }

@@ -3,6 +3,7 @@
 pub mod breaker;
 pub mod cost;
 pub mod engine;
+pub mod rollup;
 pub mod rules;
 pub mod select;
 pub mod snapshot;

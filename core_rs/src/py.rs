@@ -1,13 +1,15 @@
 //! The PyO3 layer: the only file that knows Python. Thin on purpose; the logic and
 //! its tests live in the pure-Rust modules.
 
-use crate::breaker::Transition;
+use crate::breaker::{self, CircuitBreaker, Transition};
 use crate::cost::Tokens;
-use crate::engine::{self, DecideInput, Outcome, Source};
+use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
+use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
 use crate::snapshot::{MetaValue, Snapshot};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -224,11 +226,14 @@ impl Engine {
     }
 
     /// Account one upstream attempt; returns its cost in nano-dollars, or
-    /// None when the model is no longer configured.
+    /// None when the model is no longer configured. With an `outcome` kind the
+    /// attempt also folds into the outcome rollups.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (model_id, endpoint_id, success, latency_ms, prompt_tokens=0,
                         completion_tokens=0, workspace_id=None, retry_after_ms=None,
-                        cache_read_tokens=0, cache_write_tokens=0, started_ms=None))]
+                        cache_read_tokens=0, cache_write_tokens=0, started_ms=None, *,
+                        outcome=None, agent_type=None, rule_id=None, failover_from=None,
+                        ttft_ms=None))]
     fn record(
         &self,
         model_id: &str,
@@ -242,6 +247,11 @@ impl Engine {
         cache_read_tokens: u64,
         cache_write_tokens: u64,
         started_ms: Option<u64>,
+        outcome: Option<&str>,
+        agent_type: Option<&str>,
+        rule_id: Option<&str>,
+        failover_from: Option<(PyBackedStr, PyBackedStr, PyBackedStr)>,
+        ttft_ms: Option<f64>,
     ) -> Option<i64> {
         let now = now_ms();
         let outcome = Outcome {
@@ -258,8 +268,25 @@ impl Engine {
             },
             retry_after_ms,
             started_ms: started_ms.unwrap_or(now),
+            rollup: outcome.map(|outcome| RollupFacts {
+                outcome,
+                agent_type,
+                rule_id,
+                failover_from: failover_from.as_ref().map(|(m, e, o)| (&**m, &**e, &**o)),
+                ttft_ms,
+            }),
         };
         self.lock().engine.record(&outcome, now)
+    }
+
+    /// Drain the outcome rollups (see _core.pyi), and how many attempts the
+    /// key bound left uncounted.
+    #[allow(clippy::type_complexity)]
+    fn take_rollups(&self) -> (Vec<RollupRow>, u64) {
+        let mut state = self.lock();
+        let dropped = state.engine.rollups.dropped();
+        let rows = state.engine.rollups.drain().into_iter().map(row).collect();
+        (rows, dropped)
     }
 
     /// Spend (nano-dollars) recorded since the last flush, per workspace and
@@ -353,15 +380,74 @@ impl Engine {
     }
 
     fn breaker_state(&self, endpoint_id: &str) -> Option<(&'static str, Option<u64>)> {
-        use crate::breaker::State;
         let state = self.lock();
         let (mi, ei) = state.engine.snapshot().endpoint_position(endpoint_id)?;
-        Some(match state.engine.breaker(mi, ei).state(now_ms()) {
-            State::Closed => ("closed", None),
-            State::Open { until_ms } => ("open", Some(until_ms)),
-            State::HalfOpen => ("half_open", None),
-        })
+        Some(breaker_view(state.engine.breaker(mi, ei), now_ms()))
     }
+
+    /// Every endpoint's breaker: (model id, endpoint id, state).
+    fn breaker_states(&self) -> Vec<(String, String, &'static str)> {
+        let state = self.lock();
+        let now = now_ms();
+        let snap = state.engine.snapshot();
+        snap.models
+            .iter()
+            .enumerate()
+            .flat_map(|(mi, m)| {
+                m.endpoints
+                    .iter()
+                    .enumerate()
+                    .map(move |(ei, e)| (mi, ei, m, e))
+            })
+            .map(|(mi, ei, m, e)| {
+                let (name, _) = breaker_view(state.engine.breaker(mi, ei), now);
+                (m.id.clone(), e.id.clone(), name)
+            })
+            .collect()
+    }
+}
+
+/// A breaker as Python sees it: ("closed" | "open" | "half_open", open until ms).
+fn breaker_view(b: &CircuitBreaker, now_ms: u64) -> (&'static str, Option<u64>) {
+    match b.state(now_ms) {
+        breaker::State::Closed => ("closed", None),
+        breaker::State::Open { until_ms } => ("open", Some(until_ms)),
+        breaker::State::HalfOpen => ("half_open", None),
+    }
+}
+
+/// A drained bucket as plain tuples: (minute ms, key, counters, latency bins, TTFT bins).
+type RollupRow = (
+    u64,
+    [String; rollup::DIMENSIONS],
+    (u64, u64, u64, u64, u64, u64, i64),
+    Vec<(i32, u64)>,
+    Vec<(i32, u64)>,
+);
+
+fn row(d: Drained) -> RollupRow {
+    let b = d.bucket;
+    (
+        d.minute_ms,
+        d.dims,
+        (
+            b.attempts,
+            b.requests,
+            b.failovers_in,
+            b.failovers_out,
+            b.tokens_in,
+            b.tokens_out,
+            b.cost_nanos,
+        ),
+        b.latency.bins(),
+        b.ttft.bins(),
+    )
+}
+
+/// Nearest-rank quantiles (0..1) of merged sketch bins, within 1%.
+#[pyfunction]
+fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
+    rollup::quantiles(&bins, &quantiles)
 }
 
 fn open_until(t: Transition) -> Option<u64> {
@@ -395,6 +481,7 @@ struct Decision {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Decision>()?;
+    m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

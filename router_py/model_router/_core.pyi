@@ -67,12 +67,41 @@ class Engine:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         started_ms: int | None = None,
+        *,
+        outcome: str | None = None,
+        agent_type: str | None = None,
+        rule_id: str | None = None,
+        failover_from: tuple[str, str, str] | None = None,
+        ttft_ms: float | None = None,
     ) -> int | None:
         """Account one attempt; its cost in nano-dollars (None: model unknown).
         `prompt_tokens` counts cached ones too; cache reads and writes are
         priced at the model's cache prices. `started_ms` (when the attempt was
         sent; default now): outcomes of attempts sent before the breaker's last
-        change do not move it."""
+        change do not move it. With an `outcome` kind ("success", "timeout",
+        ...) the attempt also folds into the outcome rollups (in the minute of
+        `started_ms`), keyed by model,
+        endpoint, workspace, agent type, rule and outcome; `failover_from` is
+        the failed attempt it follows: (model id, endpoint id, outcome)."""
+    def take_rollups(
+        self,
+    ) -> tuple[
+        list[
+            tuple[
+                int,
+                tuple[str, str, str, str, str, str],
+                tuple[int, int, int, int, int, int, int],
+                list[tuple[int, int]],
+                list[tuple[int, int]],
+            ]
+        ],
+        int,
+    ]:
+        """Drain the outcome rollups: ([(minute start ms, (model, endpoint,
+        workspace, agent type, rule, outcome; "" when absent), (attempts,
+        requests, failovers in, failovers out, tokens in, tokens out, cost
+        nano-dollars), latency sketch bins, TTFT sketch bins), ...], attempts
+        not counted because the key bound was reached)."""
     def take_breaker_transitions(self) -> list[tuple[str, int | None]]:
         """Breaker changes since the last call: (endpoint id, open until ms
         since the epoch, or None for closed)."""
@@ -92,3 +121,11 @@ class Engine:
     def breaker_state(
         self, endpoint_id: str
     ) -> tuple[Literal["closed", "open", "half_open"], int | None] | None: ...
+    def breaker_states(
+        self,
+    ) -> list[tuple[str, str, Literal["closed", "open", "half_open"]]]:
+        """Every endpoint's breaker: (model id, endpoint id, state)."""
+
+def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
+    """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in
+    ms, within 1% of the exact values; None when there are no values."""

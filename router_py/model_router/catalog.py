@@ -55,6 +55,12 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso(ms: int) -> str:
+    """A time in ms since the epoch, written as utcnow writes the present."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class Catalog:
     def __init__(
         self,

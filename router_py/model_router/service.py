@@ -33,6 +33,7 @@ from .ratelimit import RateLimiter
 from .settings import Settings
 from .store import Op, SetEpoch, StoreUnavailable, open_store
 from .telemetry.requests import RECORDS_FLUSH_MS, RequestObserver
+from .telemetry.rollups import RollupSync, retention_ms
 
 # Spend goes to the store this often: the most a `kill -9` of a worker loses.
 SPEND_FLUSH_MS = 100
@@ -40,6 +41,8 @@ SPEND_FLUSH_MS = 100
 # How often breaker transitions are shared and half-open endpoints probed: a
 # hung provider found by one worker is skipped by all within this.
 BREAKER_SYNC_MS = 100
+# How often each worker adds its outcome rollups to the store's buckets.
+ROLLUP_FLUSH_MS = 1000
 
 
 class Service:
@@ -88,6 +91,11 @@ class Service:
             settings.redis_url,
         )
         self.jwt = JwtVerifier(settings)
+        self.rollups = RollupSync(
+            self.live.engine,
+            self.store,
+            retention_ms(settings.rollup_minutes_keep_hours, settings.rollup_hours_keep_days),
+        )
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
@@ -114,6 +122,7 @@ class Service:
             every(1000, "metrics flush", self.observer.flush_metrics),
             every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
             every(BREAKER_SYNC_MS, "probes", self.prober.probe_due),
+            every(ROLLUP_FLUSH_MS, "rollup flush", self.rollups.flush),
         ]
         self._tasks = [asyncio.create_task(beat) for beat in beats]
         self._tasks.append(asyncio.create_task(self.store.watch_config(self._store_changed.set)))
@@ -141,6 +150,8 @@ class Service:
         with contextlib.suppress(Exception):
             await self.observer.flush_records()
         await self.observer.flush_metrics()
+        with contextlib.suppress(Exception):
+            await self.rollups.flush()
         await self.client.close()
         await self.store.close()
         self.live.writes.close()

@@ -50,6 +50,8 @@ class Settings:
     max_upstream_body_bytes: int = 16 * 1024 * 1024
     upstream_pool: int = 512
     recent_requests: int = 1000
+    rollup_minutes_keep_hours: int = 48  # minute buckets of the outcome rollups
+    rollup_hours_keep_days: int = 35  # hour buckets
     interface: str = "rsgi"
     # Store faults and shutdown (issue 8).
     store_timeout_ms: int = 1000
@@ -155,6 +157,14 @@ class Settings:
             ),
             header_read_timeout_ms=read(
                 "MODEL_ROUTER_HEADER_READ_TIMEOUT_MS", _int_in(1, 60_000), d.header_read_timeout_ms
+            ),
+            rollup_minutes_keep_hours=read(
+                "MODEL_ROUTER_ROLLUP_MINUTES_KEEP_HOURS",
+                _int_in(1, 24 * 31),
+                d.rollup_minutes_keep_hours,
+            ),
+            rollup_hours_keep_days=read(
+                "MODEL_ROUTER_ROLLUP_HOURS_KEEP_DAYS", _int_in(1, 3660), d.rollup_hours_keep_days
             ),
         )
         if (settings.tls_cert is None) != (settings.tls_key is None):

@@ -704,3 +704,160 @@ class RecentRequest(Body):
 
 class RecentQuery(Query):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+# --- analytics and the health overview ---------------------------------------
+
+TimeRange = Literal["1h", "24h", "7d", "30d"]
+Interval = Literal["1m", "5m", "15m", "1h", "6h", "1d"]
+
+
+class AnalyticsQuery(Query):
+    """`timeRange`, or `from` (and optionally `to`) in ISO 8601; not both."""
+
+    time_range: TimeRange | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    to: str | None = None
+    model_id: Id | None = None
+    workspace_id: Id | None = None
+    agent_type: str | None = None
+    interval: Interval | None = None
+
+
+class AnalyticsRange(Body):
+    """What an analytics answer covers: buckets starting in [from, to)."""
+
+    from_: Timestamp = msgspec.field(name="from")
+    to: Timestamp
+    time_range: TimeRange | None
+    resolution: Literal["minute", "hour"]  # the store buckets read
+    interval: Interval  # the size of each series point
+    interval_seconds: int
+
+
+class Percentiles(Body):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class OutcomeFigures(Body):
+    """Upstream attempts and requests of one slice of the rollups."""
+
+    requests: int  # first attempts: requests that reached a provider
+    attempts: int
+    successes: int
+    success_rate: float | None  # successes / attempts
+    errors: dict[str, int]  # failed attempts by outcome kind
+    latency_ms: Percentiles  # attempt latency as the router measured it
+    ttft_ms: Percentiles  # time to first token, streams only
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    cost_nanos: int
+    cost_per_1k_tokens_usd: float | None
+    failovers_in: int  # attempts here that came from a failed attempt elsewhere
+    failovers_out: int  # attempts here that failed and moved the request on
+
+
+class SeriesPoint(OutcomeFigures):
+    start: Timestamp = ""
+
+
+class ModelAnalytics(Body):
+    model_id: str
+    totals: OutcomeFigures
+    series: list[SeriesPoint]
+
+
+class ModelsAnalytics(Body):
+    range: AnalyticsRange
+    models: list[ModelAnalytics]
+
+
+class BudgetUse(Body):
+    period: Literal["daily", "weekly", "monthly"]
+    spent_usd: float
+    limit_usd: float | None
+    remaining_usd: float | None
+    resets_at: Timestamp
+
+
+class WorkspaceAnalytics(Body):
+    workspace_id: str
+    range: AnalyticsRange
+    budgets: list[BudgetUse]
+    totals: OutcomeFigures
+    by_model: dict[str, OutcomeFigures]
+    by_agent_type: dict[str, OutcomeFigures]
+    series: list[SeriesPoint]
+
+
+ObservedStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
+
+
+class Observed(Body):
+    """What the router saw over the last `windowSeconds`, fleet-wide."""
+
+    status: ObservedStatus
+    window_seconds: int
+    attempts: int
+    success_rate: float | None
+    latency_ms: Percentiles
+    requests_per_minute: float
+
+
+class Reported(Body):
+    """What an operator reported (POST /api/models/{id}/health)."""
+
+    status: HealthStatus
+    last_checked: Timestamp | None
+    expires_at: Timestamp | None  # reports do not expire yet
+
+
+class BreakerView(Body):
+    state: Literal["closed", "open", "half_open"]
+    next_probe_at: Timestamp | None  # when an open breaker lets a probe through
+
+
+class EndpointOverview(Body):
+    endpoint_id: str
+    observed: Observed
+    breaker: BreakerView | None
+    last_probe: dict[str, Any] | None  # active probes of healthCheckUrl: not yet
+
+
+class ModelOverview(Body):
+    model_id: str
+    status: str  # the configured lifecycle status
+    reported: Reported | None
+    observed: Observed
+    spend_today_usd: float
+    endpoints: list[EndpointOverview]
+
+
+class ServiceOverview(Body):
+    version: str
+    uptime_seconds: float
+    workers: int
+    store: dict[str, Any]
+    config_version: int
+
+
+class HealthOverview(Body):
+    timestamp: Timestamp
+    service: ServiceOverview
+    models: list[ModelOverview]
+
+
+class ModelHealthView(Body):
+    """GET /api/models/{id}/health: the report and the observation side by side."""
+
+    model_id: Id
+    status: HealthStatus
+    response_time: float | None = None
+    error_rate: float | None = None
+    availability: float | None = None
+    last_checked: Timestamp | None = None
+    reported: Reported | None = None
+    observed: Observed | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..http import Route
 from . import (
     agents,
+    analytics,
     anthropic_api,
     calls,
     config,
@@ -27,6 +28,7 @@ ROUTES: list[Route] = [
     *openai_api.ROUTES,
     *anthropic_api.ROUTES,
     *monitoring.ROUTES,
+    *analytics.ROUTES,
     *agents.ROUTES,
     *config.ROUTES,
     *keys.ROUTES,

@@ -1,4 +1,5 @@
-"""Liveness, readiness and the deep health check: open, no key needed.
+"""Liveness, readiness and the deep health check (open, no key needed), and
+the fleet's health overview: every model and endpoint in one answer.
 
 Liveness is the process answering. Readiness means "can route": a config is
 loaded. A store that is down or reset does not take a replica out of its
@@ -9,13 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Literal
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 from .. import __version__
 from .. import types as t
-from ..catalog import utcnow
+from ..catalog import iso, utcnow
+from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import Request, Response, Route, json_response
+from ..telemetry import figures
 from ..telemetry.logging import SERVICE
+
+if TYPE_CHECKING:
+    from ..service import Service
 
 
 async def health(req: Request) -> Response:
@@ -78,8 +86,30 @@ async def ready(req: Request) -> Response:
     return json_response(body, 200 if is_ready else 503)
 
 
+async def _models_check(req: Request) -> dict[str, Any]:
+    """How many models the router observes in each state, and breakers in each state."""
+    cells, window_seconds = await figures.recent(req.service.store, int(time.time() * 1000))
+    observed = figures.tally(cells, lambda _, d: d["model"])
+    states = Counter(
+        observed.get(m, figures.Tally()).observed(window_seconds).status
+        for m in req.service.live.models
+    )
+    engine = req.service.live.engine
+    breakers = Counter(
+        state[0]
+        for state in map(engine.breaker_state, req.service.live.endpoints)
+        if state is not None
+    )
+    return {
+        "observed": dict(sorted(states.items())),
+        "breakers": dict(sorted(breakers.items())),
+        "windowSeconds": window_seconds,
+    }
+
+
 async def detailed(req: Request) -> Response:
     store, config = await _store_check(req), _config_check(req)
+    models = await _models_check(req) if store["status"] == "up" else {"status": "unknown"}
     status: Literal["healthy", "degraded", "unhealthy"]
     if config["status"] == "down":
         status = "unhealthy"
@@ -94,9 +124,74 @@ async def detailed(req: Request) -> Response:
         version=__version__,
         uptime_seconds=round(time.time() - req.service.started_at, 3),
         worker_pid=req.service.pid,
-        components={"store": store, "config": config},
+        components={"store": store, "config": config, "models": models},
     )
     return json_response(body, 503 if status == "unhealthy" else 200)
+
+
+def _breaker(service: Service, endpoint_id: str) -> t.BreakerView | None:
+    state = service.live.engine.breaker_state(endpoint_id)
+    if state is None:
+        return None
+    name, open_until_ms = state
+    return t.BreakerView(
+        state=name,
+        next_probe_at=None if open_until_ms is None else iso(open_until_ms),
+    )
+
+
+async def _spend_today(service: Service) -> dict[str, int]:
+    """Nano-dollars each model spent today (UTC), fleet-wide."""
+    day = period_keys(datetime.now(UTC))["d"]
+    names = {m: counter_name("model", m, "d", day) for m in service.live.models}
+    if not names:
+        return {}
+    # Adding nothing reads the totals; a counter not yet written reads 0.
+    totals = await service.store.add_counters(dict.fromkeys(names.values(), 0), TTL_MS["d"])
+    return {m: totals[name] for m, name in names.items()}
+
+
+async def overview(req: Request) -> Response:
+    service = req.service
+    cells, window_seconds = await figures.recent(service.store, int(time.time() * 1000))
+    by_model = figures.tally(cells, lambda _, d: d["model"])
+    by_endpoint = figures.tally(cells, lambda _, d: (d["model"], d["endpoint"]))
+    spend = await _spend_today(service)
+
+    def observed(tally: figures.Tally | None) -> t.Observed:
+        return (tally or figures.Tally()).observed(window_seconds)
+
+    models = [
+        t.ModelOverview(
+            model_id=model.id,
+            status=model.status,
+            reported=figures.reported(model.health),
+            observed=observed(by_model.get(model.id)),
+            spend_today_usd=spend.get(model.id, 0) / figures.NANOS_PER_USD,
+            endpoints=[
+                t.EndpointOverview(
+                    endpoint_id=e.id,
+                    observed=observed(by_endpoint.get((model.id, e.id))),
+                    breaker=_breaker(service, e.id),
+                    last_probe=None,
+                )
+                for e in model.endpoints
+            ],
+        )
+        for model in sorted(service.live.models.values(), key=lambda m: m.id)
+    ]
+    body = t.HealthOverview(
+        timestamp=utcnow(),
+        service=t.ServiceOverview(
+            version=__version__,
+            uptime_seconds=round(time.time() - service.started_at, 3),
+            workers=service.settings.workers,
+            store=await _store_check(req),
+            config_version=service.live.version,
+        ),
+        models=models,
+    )
+    return json_response(body)
 
 
 ROUTES = [
@@ -116,5 +211,14 @@ ROUTES = [
         "Deep health of every component",
         "health",
         response=t.DetailedHealth,
+    ),
+    Route(
+        "GET",
+        "/api/health/overview",
+        overview,
+        "The fleet: every model and endpoint, reported and observed, breakers, spend today",
+        "health",
+        "read",
+        response=t.HealthOverview,
     ),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import msgspec
 
@@ -10,6 +11,7 @@ from .. import types as t
 from ..catalog import ENDPOINTS, HEALTH, MODELS, utcnow
 from ..http import ApiError, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent, ExpectPresent
+from ..telemetry import figures
 from ..tenancy import model_visible
 from .writes import apply, update
 
@@ -103,7 +105,15 @@ async def get_health(req: Request) -> Response:
     if await catalog.get(MODELS, model_id) is None or not model_visible(req, model_id):
         raise not_found("model", model_id)
     health = await catalog.get(HEALTH, model_id)
-    return json_response(health or t.ModelHealth(model_id=model_id, status="unknown"))
+    cells, window_seconds = await figures.recent(req.service.store, int(time.time() * 1000))
+    mine = figures.tally(cells, lambda _, d: "" if d["model"] == model_id else None)
+    fields = msgspec.structs.asdict(health or t.ModelHealth(model_id=model_id, status="unknown"))
+    view = t.ModelHealthView(
+        **fields,
+        reported=figures.reported(health),
+        observed=mine.get("", figures.Tally()).observed(window_seconds),
+    )
+    return json_response(view)
 
 
 async def add_endpoint(req: Request) -> Response:
@@ -197,10 +207,10 @@ ROUTES = [
         "GET",
         "/api/models/{modelId}/health",
         get_health,
-        "Get a model's health",
+        "A model's health: what an operator reported beside what the router observed",
         TAG,
         "read",
-        response=t.ModelHealth,
+        response=t.ModelHealthView,
     ),
     Route(
         "POST",

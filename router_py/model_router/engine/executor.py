@@ -146,6 +146,7 @@ class _Attempt:
     endpoint: t.Endpoint
     started: float = field(default_factory=time.perf_counter)
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    ttft_ms: float | None = None  # a stream's time to its first content
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -159,6 +160,7 @@ class _Tries:
     refused: Refused | None = None  # why the first skipped candidate could not take it
     upstream_ms: float = 0.0
     retry_after: list[int] = field(default_factory=list)
+    rule_id: str | None = None  # the rule that chose the candidates, for the rollups
 
 
 @dataclass(frozen=True)
@@ -293,6 +295,7 @@ class Executor:
         # The endpoint did its job even when the caller erred or left.
         healthy = outcome in ("success", "client_error", "cancelled")
         tokens = usage.tokens if usage else Tokens()
+        failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
         cost = self.live.engine.record(
             attempt.model_id,
             attempt.endpoint.id,
@@ -305,6 +308,13 @@ class Executor:
             tokens.cache_read,
             tokens.cache_write,
             attempt.started_ms,
+            outcome=outcome,
+            agent_type=call.agent_type,
+            rule_id=tries.rule_id,
+            failover_from=None
+            if failed is None
+            else (failed.model_id, failed.endpoint_id, failed.outcome),
+            ttft_ms=attempt.ttft_ms,
         )
         if usage is not None:
             usage.cost_nanos = cost or 0
@@ -416,7 +426,7 @@ class Executor:
             self.budgets.settle(hold, result.usage.cost_nanos if result else 0)
 
     async def _complete(self, call: Call, decision: Decision) -> Result:
-        tries = _Tries()
+        tries = _Tries(rule_id=decision.rule_id)
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
             remaining = call.deadline - time.monotonic()
             deadlines = Deadlines.within(
@@ -470,7 +480,7 @@ class Executor:
     async def _stream(
         self, call: Call, decision: Decision, hold: Hold
     ) -> tuple[Result, AsyncIterator[bytes]]:
-        tries = _Tries()
+        tries = _Tries(rule_id=decision.rule_id)
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
             try:
                 reader = exchange.stream(call.body, attempt.model_id)
@@ -515,6 +525,7 @@ class Executor:
                 await opened.__aexit__(None, None, None)
                 self._record(call, attempt, tries, *failure)
                 continue
+            attempt.ttft_ms = attempt.elapsed_ms()
             result = Result(
                 attempt.model_id,
                 attempt.endpoint.id,

@@ -107,6 +107,12 @@ class Reservation:
     limit: int
 
 
+# One rollup cell to add: (resolution "m" | "h", bucket start ms, key, metric) -> amount.
+# The key joins the bucket's dimensions; the metric is a counter or a sketch bin.
+RollupCell = tuple[str, int, str, str]
+ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000}
+
+
 class PreconditionFailed(Exception):
     """An ``Expect*`` operation did not hold; nothing was written."""
 
@@ -173,3 +179,17 @@ class Store(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    async def merge_rollups(
+        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int]
+    ) -> None:
+        """Add each amount to its cell (created at zero), and forget the cells of
+        each resolution older than its `keep_ms` (retention)."""
+        ...
+
+    async def read_rollups(
+        self, resolution: str, from_ms: int, to_ms: int
+    ) -> list[tuple[int, str, str, int]]:
+        """(bucket start, key, metric, value) of every cell whose bucket starts
+        in [from_ms, to_ms)."""
+        ...

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -26,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
+    ROLLUP_STEP_MS,
     Clear,
     ConfigStamp,
     Delete,
@@ -36,6 +39,7 @@ from .base import (
     PreconditionFailed,
     Put,
     Reservation,
+    RollupCell,
     SetEpoch,
     StoreUnavailable,
     new_epoch,
@@ -115,6 +119,9 @@ for i = 2, #KEYS, 2 do
 end
 return false
 """
+
+# A rollup cell's hash field is its key and metric joined by this.
+ROLLUP_SEPARATOR = "\x1d"
 
 OP_NAMES = {
     Put: "put",
@@ -258,3 +265,45 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+    def _rollup_key(self, resolution: str, start_ms: int) -> str:
+        return f"{self._prefix}:rollup:{resolution}:{start_ms}"
+
+    @_reachable
+    async def merge_rollups(
+        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int]
+    ) -> None:
+        # One hash per bucket start, expiring when its retention ends: pruning
+        # is Redis's own expiry. HINCRBY adds, so drains of any number of
+        # workers and replicas add up in any order; MULTI lands a batch whole.
+        by_key: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
+        for (resolution, start_ms, key, metric), value in cells.items():
+            by_key[resolution, start_ms][key + ROLLUP_SEPARATOR + metric] = value
+        now = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for (resolution, start_ms), fields in by_key.items():
+                expires = start_ms + keep_ms[resolution]
+                if expires <= now:
+                    continue
+                name = self._rollup_key(resolution, start_ms)
+                for field, value in fields.items():
+                    pipe.hincrby(name, field, value)
+                pipe.pexpireat(name, expires)
+            await pipe.execute()
+
+    @_reachable
+    async def read_rollups(
+        self, resolution: str, from_ms: int, to_ms: int
+    ) -> list[tuple[int, str, str, int]]:
+        step = ROLLUP_STEP_MS[resolution]
+        starts = range(-(-from_ms // step) * step, to_ms, step)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start_ms in starts:
+                pipe.hgetall(self._rollup_key(resolution, start_ms))
+            hashes = cast(list[dict[bytes, bytes]], await pipe.execute())
+        cells = []
+        for start_ms, fields in zip(starts, hashes, strict=True):
+            for field, value in fields.items():
+                key, _, metric = field.decode().rpartition(ROLLUP_SEPARATOR)
+                cells.append((start_ms, key, metric, int(value)))
+        return cells

@@ -29,6 +29,7 @@ from .base import (
     PreconditionFailed,
     Put,
     Reservation,
+    RollupCell,
     SetEpoch,
     StoreUnavailable,
     new_epoch,
@@ -61,6 +62,14 @@ CREATE TABLE IF NOT EXISTS counters (
     value      INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollups (
+    resolution TEXT NOT NULL,
+    start_ms   INTEGER NOT NULL,
+    key        TEXT NOT NULL,
+    metric     TEXT NOT NULL,
+    value      INTEGER NOT NULL,
+    PRIMARY KEY (resolution, start_ms, key, metric)
+) WITHOUT ROWID;
 """
 
 
@@ -218,6 +227,36 @@ class SQLiteStore:
     async def close(self) -> None:
         await self._run(self._db.close)
         self._executor.shutdown(wait=True)
+
+    async def merge_rollups(
+        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int]
+    ) -> None:
+        def merge(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO rollups (resolution, start_ms, key, metric, value) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (resolution, start_ms, key, metric) "
+                "DO UPDATE SET value = value + excluded.value",
+                [(*cell, value) for cell, value in cells.items()],
+            )
+            now = int(time.time() * 1000)
+            db.executemany(
+                "DELETE FROM rollups WHERE resolution = ? AND start_ms < ?",
+                [(resolution, now - keep) for resolution, keep in keep_ms.items()],
+            )
+
+        await self._run(lambda: self._transaction(merge))
+
+    async def read_rollups(
+        self, resolution: str, from_ms: int, to_ms: int
+    ) -> list[tuple[int, str, str, int]]:
+        def read() -> list[tuple[int, str, str, int]]:
+            return self._db.execute(
+                "SELECT start_ms, key, metric, value FROM rollups "
+                "WHERE resolution = ? AND start_ms >= ? AND start_ms < ?",
+                (resolution, from_ms, to_ms),
+            ).fetchall()
+
+        return await self._run(read)
 
 
 def _read_version_of(db: sqlite3.Connection) -> Callable[[], int]:

@@ -59,6 +59,13 @@ HEALTH_SCORE = Gauge(
     ["model"],
     multiprocess_mode="mostrecent",
 )
+BREAKER_STATE = Gauge(
+    "model_router_breaker_state",
+    "Each endpoint's circuit breaker: 0 closed, 1 half-open, 2 open",
+    ["model", "endpoint"],
+    multiprocess_mode="mostrecent",
+)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 RULE_MATCHES = Gauge(
     "model_router_routing_rule_matches",
     "Decisions each routing rule has matched",

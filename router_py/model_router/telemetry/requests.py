@@ -95,6 +95,8 @@ class RequestObserver:
             metrics.RULE_MATCHES.labels(rule_id, name).set(count)
         for model, score in self.engine.health_scores():
             metrics.HEALTH_SCORE.labels(model).set(score)
+        for model, endpoint, state in self.engine.breaker_states():
+            metrics.BREAKER_STATE.labels(model, endpoint).set(metrics.BREAKER_STATES[state])
 
     async def flush_records(self) -> None:
         if not self._pending:

@@ -1,0 +1,235 @@
+"""The spec's analytics, per model and per workspace, read from the outcome
+rollups every worker and replica adds to (docs/operations.md)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from .. import types as t
+from ..catalog import iso
+from ..engine.spend import TTL_MS, counter_name, period_keys
+from ..http import ApiError, Request, Response, Route, json_response
+from ..telemetry.figures import NANOS_PER_USD, Cell, Dims, Tally, tally
+
+MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
+RANGE_MS: dict[t.TimeRange, int] = {
+    "1h": HOUR_MS,
+    "24h": DAY_MS,
+    "7d": 7 * DAY_MS,
+    "30d": 30 * DAY_MS,
+}
+INTERVAL_MS: dict[t.Interval, int] = {
+    "1m": MINUTE_MS,
+    "5m": 5 * MINUTE_MS,
+    "15m": 15 * MINUTE_MS,
+    "1h": HOUR_MS,
+    "6h": 6 * HOUR_MS,
+    "1d": DAY_MS,
+}
+
+
+def _parse_time(value: str, param: str) -> int:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(param, f"{param} must be an ISO 8601 time, got {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, "validation_error", message, {"in": "query", "field": param})
+
+
+def _default_interval(span_ms: int) -> t.Interval:
+    if span_ms <= 2 * HOUR_MS:
+        return "1m"
+    return "1h" if span_ms <= 8 * DAY_MS else "1d"
+
+
+class Window:
+    """The buckets an analytics query reads: [from, to) aligned to its interval."""
+
+    def __init__(self, q: t.AnalyticsQuery, minutes_keep_ms: int, now_ms: int):
+        if q.time_range is not None and (q.from_ is not None or q.to is not None):
+            raise _bad("timeRange", "give timeRange or from/to, not both")
+        to_ms = _parse_time(q.to, "to") if q.to is not None else now_ms
+        if q.from_ is not None:
+            from_ms = _parse_time(q.from_, "from")
+        else:
+            from_ms = to_ms - RANGE_MS[q.time_range or "24h"]
+        if from_ms >= to_ms:
+            raise _bad("from", "from must be before to")
+        self.interval: t.Interval = q.interval or _default_interval(to_ms - from_ms)
+        self.interval_ms = INTERVAL_MS[self.interval]
+        self.resolution = "m" if self.interval_ms < HOUR_MS else "h"
+        if self.resolution == "m" and from_ms < now_ms - minutes_keep_ms:
+            raise _bad(
+                "interval",
+                f"minute buckets are kept {minutes_keep_ms // HOUR_MS} h: "
+                "use an interval of 1h or more for this range",
+            )
+        self.from_ms = from_ms - from_ms % self.interval_ms
+        self.to_ms = to_ms
+        self.time_range = q.time_range if q.from_ is None else None
+
+    def describe(self) -> t.AnalyticsRange:
+        return t.AnalyticsRange(
+            from_=iso(self.from_ms),
+            to=iso(self.to_ms),
+            time_range=self.time_range,
+            resolution="minute" if self.resolution == "m" else "hour",
+            interval=self.interval,
+            interval_seconds=self.interval_ms // 1000,
+        )
+
+    def point(self, start_ms: int) -> int:
+        return start_ms - start_ms % self.interval_ms
+
+    async def cells(self, req: Request) -> list[Cell]:
+        return await req.service.store.read_rollups(self.resolution, self.from_ms, self.to_ms)
+
+
+def _window(req: Request) -> Window:
+    keep_ms = req.service.settings.rollup_minutes_keep_hours * HOUR_MS
+    return Window(req.query, keep_ms, int(time.time() * 1000))
+
+
+def _matches(dims: Dims, q: t.AnalyticsQuery, workspace_id: str | None) -> bool:
+    return (
+        (q.model_id is None or dims["model"] == q.model_id)
+        and (workspace_id is None or dims["workspace"] == workspace_id)
+        and (q.agent_type is None or dims["agent_type"] == q.agent_type)
+    )
+
+
+def _series(tallies: dict[tuple[str, int], Tally], of: str = "") -> list[t.SeriesPoint]:
+    """The points of one group, oldest first."""
+    points = sorted((start, v) for (group, start), v in tallies.items() if group == of)
+    return [
+        t.SeriesPoint(start=iso(start), **msgspec.structs.asdict(tally.figures()))
+        for start, tally in points
+    ]
+
+
+async def models(req: Request) -> Response:
+    q: t.AnalyticsQuery = req.query
+    window = _window(req)
+    workspace_id = q.workspace_id
+    principal = req.principal
+    if principal is not None and principal.workspace_id is not None:
+        if workspace_id not in (None, principal.workspace_id):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this key is scoped to workspace {principal.workspace_id!r}",
+                {"workspaceId": workspace_id},
+            )
+        workspace_id = principal.workspace_id
+
+    def keep(dims: Dims) -> bool:
+        return _matches(dims, q, workspace_id)
+
+    cells = await window.cells(req)
+    series = tally(cells, lambda s, d: (d["model"], window.point(s)) if keep(d) else None)
+    totals = tally(cells, lambda _, d: d["model"] if keep(d) else None)
+    body = t.ModelsAnalytics(
+        range=window.describe(),
+        models=[
+            t.ModelAnalytics(model_id=m, totals=totals[m].figures(), series=_series(series, m))
+            for m in sorted(totals)
+        ],
+    )
+    return json_response(body)
+
+
+def _resets_at(now: datetime) -> dict[str, datetime]:
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    next_month = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return {
+        "d": day + timedelta(days=1),
+        "w": day + timedelta(days=7 - day.weekday()),
+        "m": next_month,
+    }
+
+
+async def _budgets(req: Request, workspace_id: str) -> list[t.BudgetUse]:
+    now = datetime.now(UTC)
+    keys, resets = period_keys(now), _resets_at(now)
+    names = {p: counter_name("ws", workspace_id, p, keys[p]) for p in keys}
+    # Adding nothing reads the fleet's totals (a counter not yet written reads 0).
+    spent: dict[str, int] = {}
+    for period, name in names.items():
+        spent |= await req.service.store.add_counters({name: 0}, TTL_MS[period])
+    config = req.service.live.workspaces.get(workspace_id)
+    limits = config.budget_limits if config is not None else None
+    uses = []
+    for period, label in (("d", "daily"), ("w", "weekly"), ("m", "monthly")):
+        limit = getattr(limits, label, None) if limits is not None else None
+        spent_usd = spent[names[period]] / NANOS_PER_USD
+        uses.append(
+            t.BudgetUse(
+                period=label,  # type: ignore[arg-type]
+                spent_usd=spent_usd,
+                limit_usd=limit,
+                remaining_usd=None if limit is None else max(0.0, limit - spent_usd),
+                resets_at=iso(int(resets[period].timestamp() * 1000)),
+            )
+        )
+    return uses
+
+
+async def workspace(req: Request) -> Response:
+    q: t.AnalyticsQuery = req.query
+    workspace_id = req.path_params["workspaceId"]
+    window = _window(req)
+
+    def keep(dims: Dims) -> bool:
+        return _matches(dims, q, workspace_id)
+
+    cells = await window.cells(req)
+    series = tally(cells, lambda s, d: ("", window.point(s)) if keep(d) else None)
+    by_model = tally(cells, lambda _, d: d["model"] if keep(d) else None)
+    by_agent = tally(cells, lambda _, d: d["agent_type"] if keep(d) else None)
+    total = tally(cells, lambda _, d: "" if keep(d) else None)
+    body = t.WorkspaceAnalytics(
+        workspace_id=workspace_id,
+        range=window.describe(),
+        budgets=await _budgets(req, workspace_id),
+        totals=total.get("", Tally()).figures(),
+        by_model={m: v.figures() for m, v in sorted(by_model.items())},
+        by_agent_type={a: v.figures() for a, v in sorted(by_agent.items())},
+        series=_series(series),
+    )
+    return json_response(body)
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/api/analytics/models",
+        models,
+        "Per model: totals and a time series of requests, success, errors, latency, "
+        "tokens, cost and failovers (?timeRange=1h|24h|7d|30d or from/to, modelId, "
+        "workspaceId, agentType, interval)",
+        "analytics",
+        "read",
+        query=t.AnalyticsQuery,
+        response=t.ModelsAnalytics,
+    ),
+    Route(
+        "GET",
+        "/api/analytics/workspaces/{workspaceId}",
+        workspace,
+        "A workspace: spend against each budget, breakdowns by model and agent type, "
+        "and the time series",
+        "analytics",
+        "read",
+        query=t.AnalyticsQuery,
+        response=t.WorkspaceAnalytics,
+    ),
+]

@@ -1,0 +1,267 @@
+"""Analytics and the health overview against real servers (2 workers; 2
+replicas on one Redis): known traffic in, the exact counts and costs out, and
+percentiles within 1% of the exact ones computed from the attempts the router
+reported to the client."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from test_calls import SPEC_ROUTE, add_model, prefer
+
+ALPHA = 0.01
+
+
+def route(server, n: int, key: str | None = None, workspace: str = "ws-marketing-001") -> list:
+    """n requests through /api/route, 8 at a time; each answer's attempts and usage."""
+    headers = server.auth(key) if key else None
+
+    def one(i: int) -> dict:
+        body = {**SPEC_ROUTE, "id": f"req-{i}", "workspaceId": workspace}
+        r = server.client.post("/api/route", json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def expected(answers: list[dict]) -> dict[str, dict]:
+    """Per model, what the rollups must say, from the answers alone."""
+    figures: dict[str, dict] = defaultdict(
+        lambda: {
+            "latencies": [],
+            "outcomes": Counter(),
+            "costNanos": 0,
+            **dict.fromkeys(COUNTED, 0),
+        }
+    )
+    for answer in answers:
+        attempts = answer["attempts"]
+        for i, a in enumerate(attempts):
+            f = figures[a["modelId"]]
+            f["attempts"] += 1
+            f["requests"] += i == 0
+            f["failoversIn"] += i > 0
+            f["failoversOut"] += i < len(attempts) - 1
+            f["outcomes"][a["outcome"]] += 1
+            f["latencies"].append(a["latencyMs"])
+        usage, f = answer["usage"], figures[answer["modelId"]]
+        f["tokensIn"] += usage["promptTokens"]
+        f["tokensOut"] += usage["completionTokens"]
+        f["costNanos"] += round(usage["cost"] * 1e9)
+    return figures
+
+
+COUNTED = ("attempts", "requests", "failoversIn", "failoversOut", "tokensIn", "tokensOut")
+
+
+def exact_percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
+
+
+def analytics(server, path: str = "/api/analytics/models", want: int = 0, **params) -> dict:
+    """The answer once the rollups hold `want` attempts (flushed each second)."""
+    deadline = time.time() + 10
+    while True:
+        r = server.client.get(path, params={"timeRange": "1h", **params})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        totals = body["totals"] if "totals" in body else None
+        got = (
+            totals["attempts"]
+            if totals is not None
+            else sum(m["totals"]["attempts"] for m in body["models"])
+        )
+        if got >= want or time.time() > deadline:
+            assert got == want, f"{got} attempts rolled up, {want} sent"
+            return body
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def fleet(make_server, make_mock):
+    """A router of 2 workers; model `flaky` fails a third of its calls and
+    fails over to `steady`, whose latency is jittered."""
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="provider-secret")
+    flaky = make_mock(error_rate=0.33, latency_ms=5)
+    steady = make_mock(latency_ms=20, jitter_ms=40)
+    add_model(server, "flaky", flaky)
+    add_model(server, "steady", steady)
+    prefer(server, "flaky", "steady")
+    server.wait_for_config()
+    return server
+
+
+def assert_matches(body: dict, want: dict[str, dict]) -> None:
+    models = {m["modelId"]: m for m in body["models"]}
+    assert set(models) == set(want)
+    for model_id, w in want.items():
+        totals = models[model_id]["totals"]
+        for name in COUNTED:
+            assert totals[name] == w[name], (model_id, name)
+        assert totals["costNanos"] == w["costNanos"]
+        assert totals["successes"] == w["outcomes"]["success"]
+        errors = {k: n for k, n in w["outcomes"].items() if k != "success"}
+        assert totals["errors"] == errors
+        for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+            truth = exact_percentile(w["latencies"], q)
+            got = totals["latencyMs"][name]
+            assert abs(got - truth) <= truth * ALPHA + 0.002, (model_id, name, got, truth)
+        series = models[model_id]["series"]
+        assert sum(p["attempts"] for p in series) == totals["attempts"]
+
+
+def test_model_analytics_are_exact_across_workers_and_a_restart(fleet):
+    answers = route(fleet, 60)
+    want = expected(answers)
+    body = analytics(fleet, want=sum(w["attempts"] for w in want.values()))
+    assert body["range"]["resolution"] == "minute" and body["range"]["interval"] == "1m"
+    assert body["range"]["intervalSeconds"] == 60 and body["range"]["timeRange"] == "1h"
+    assert_matches(body, want)
+    assert want["flaky"]["failoversOut"] > 0, "the traffic did fail over"
+
+    fleet.restart()  # a clean stop flushes what each worker still held
+    answers += route(fleet, 20)
+    want = expected(answers)
+    body = analytics(fleet, want=sum(w["attempts"] for w in want.values()))
+    assert_matches(body, want)
+    steady = analytics(fleet, want=want["steady"]["attempts"], modelId="steady", interval="5m")
+    assert [m["modelId"] for m in steady["models"]] == ["steady"]
+    assert steady["range"]["intervalSeconds"] == 300
+
+
+def test_two_replicas_on_one_redis_add_up(backend, make_server, make_mock):
+    if backend != "redis":
+        pytest.skip("replicas share a Redis")
+    mock = make_mock(latency_ms=10, jitter_ms=20)
+    first = make_server(workers=2, MOCK_PROVIDER_KEY="provider-secret")
+    second = make_server(
+        workers=2,
+        MOCK_PROVIDER_KEY="provider-secret",
+        MODEL_ROUTER_REDIS_NAMESPACE=first.env["MODEL_ROUTER_REDIS_NAMESPACE"],
+    )
+    add_model(first, "m1", mock)
+    prefer(first, "m1")
+    first.wait_for_config()
+    second.wait_for_config()
+    answers = route(first, 30) + route(second, 25)
+    want = expected(answers)
+    for server in (first, second):
+        assert_matches(analytics(server, want=55), want)
+
+
+def test_workspace_analytics_budgets_and_scoped_keys(fleet):
+    c = fleet.client
+    r = c.post(
+        "/api/workspaces/ws-a/config",
+        json={"budgetLimits": {"daily": 100, "weekly": 500, "monthly": 2000}},
+    )
+    assert r.status_code in (200, 201), r.text
+    fleet.wait_for_config()
+    key_a = c.post("/api/keys", json={"role": "agent", "workspaceId": "ws-a"}).json()["key"]
+    ours = expected(route(fleet, 12, key_a, "ws-a"))
+    route(fleet, 5, workspace="ws-b")
+    attempts = sum(w["attempts"] for w in ours.values())
+    scoped = httpx.Client(base_url=fleet.url, headers=fleet.auth(key_a), timeout=10)
+    body = analytics(fleet, "/api/analytics/workspaces/ws-a", want=attempts)
+    assert body["workspaceId"] == "ws-a"
+    assert set(body["byModel"]) == set(ours)
+    assert list(body["byAgentType"]) == ["creative"]
+    assert sum(p["attempts"] for p in body["series"]) == attempts
+    daily = body["budgets"][0]
+    assert daily["period"] == "daily" and daily["limitUsd"] == 100
+    cost = sum(w["costNanos"] for w in ours.values()) / 1e9
+    deadline = time.time() + 5  # spend is flushed on its own beat
+    while abs(daily["spentUsd"] - cost) > 1e-9 and time.time() < deadline:
+        time.sleep(0.25)
+        daily = c.get("/api/analytics/workspaces/ws-a").json()["budgets"][0]
+    assert daily["spentUsd"] == pytest.approx(cost, abs=1e-9)
+    assert daily["remainingUsd"] == pytest.approx(100 - cost)
+    assert daily["resetsAt"].endswith("T00:00:00.000Z")
+    # A key of ws-a sees ws-a only: the other workspace is refused, and the
+    # model analytics hold its own traffic alone.
+    assert scoped.get("/api/analytics/workspaces/ws-b").status_code == 403
+    assert scoped.get("/api/analytics/models", params={"workspaceId": "ws-b"}).status_code == 403
+    mine = scoped.get("/api/analytics/models", params={"timeRange": "1h"}).json()
+    assert sum(m["totals"]["attempts"] for m in mine["models"]) == attempts
+    scoped.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"timeRange": "2h"}, "timeRange"),
+        ({"timeRange": "1h", "from": "2026-01-01T00:00:00Z"}, "timeRange"),
+        ({"from": "yesterday"}, "from"),
+        ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+        ({"timeRange": "30d", "interval": "1m"}, "interval"),
+        ({"interval": "3m"}, "interval"),
+    ],
+)
+def test_bad_ranges_are_a_400_naming_the_parameter(server, params, field):
+    r = server.client.get("/api/analytics/models", params=params)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["details"]["field"] == field
+
+
+def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server, make_mock):
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="provider-secret")
+    broken, good = make_mock(error_rate=1.0), make_mock()
+    add_model(server, "broken", broken)
+    add_model(server, "good", good)
+    prefer(server, "broken", "good")
+    c = server.client
+    c.post("/api/models/broken/health", json={"status": "healthy"})
+    server.wait_for_config()
+    route(server, 20)
+    deadline = time.time() + 10
+    while True:
+        body = c.get("/api/health/overview").json()
+        models = {m["modelId"]: m for m in body["models"]}
+        if models["good"]["observed"]["attempts"] >= 20 or time.time() > deadline:
+            break
+        time.sleep(0.25)
+    assert body["service"]["workers"] == 2 and body["service"]["store"]["status"] == "up"
+    broken_view, good_view = models["broken"], models["good"]
+    assert broken_view["reported"]["status"] == "healthy"
+    assert broken_view["observed"]["status"] == "unhealthy"
+    assert broken_view["observed"]["successRate"] == 0
+    [endpoint] = broken_view["endpoints"]
+    assert endpoint["breaker"]["state"] == "open" and endpoint["breaker"]["nextProbeAt"]
+    assert good_view["observed"]["status"] == "healthy"
+    assert good_view["observed"]["requestsPerMinute"] > 0
+    assert good_view["spendTodayUsd"] > 0
+    side_by_side = c.get("/api/models/broken/health").json()
+    assert side_by_side["reported"]["status"] == "healthy"
+    assert side_by_side["observed"]["status"] == "unhealthy"
+    detailed = httpx.get(f"{server.url}/health/detailed").json()
+    assert detailed["components"]["models"]["observed"]["unhealthy"] >= 1
+    breakers = {
+        line.split('endpoint="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
+        for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+        if line.startswith("model_router_breaker_state{")
+    }
+    assert breakers == {"broken-ep0": "2.0", "good-ep0": "0.0"}
+
+
+def test_streams_report_their_time_to_first_token(make_server, make_mock):
+    server = make_server(MOCK_PROVIDER_KEY="provider-secret")
+    add_model(server, "m1", make_mock(stream_chunks=4, latency_ms=400))  # 100 ms a chunk
+    prefer(server, "m1")
+    server.wait_for_config()
+    for _ in range(3):
+        body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with server.client.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            r.read()
+    [model] = analytics(server, want=3)["models"]
+    ttft, latency = model["totals"]["ttftMs"], model["totals"]["latencyMs"]
+    assert ttft["p50"] is not None and latency["p50"] is not None
+    assert 0 < ttft["p50"] < latency["p50"] - 150, "the first token came before the last"
