@@ -36,6 +36,18 @@ def register(router, model_id: str, url: str, **endpoint: object) -> None:
     assert r.status_code == 201, r.text
 
 
+def stream_chat(router) -> tuple[int, str]:
+    """A streamed chat completion through the router: its status and whole body."""
+    with httpx.stream(
+        "POST",
+        f"{router.url}/v1/chat/completions",
+        headers={**router.auth(router.admin_key), **HEADERS},
+        json={**CHAT, "stream": True},
+        timeout=10,
+    ) as r:
+        return r.status_code, r.read().decode()
+
+
 def prefer(router, *model_ids: str) -> None:
     r = router.client.post(
         "/api/agents/creative/preferences", json={"preferredModels": list(model_ids)}
@@ -110,16 +122,9 @@ def test_a_stream_that_stalls_ends_with_an_error_event_not_silence(make_server, 
     stalled = [*events[:2], (events[2][0], events[2][1], 5.0), *events[3:]]  # 5 s of silence
     scripted.queue("/v1/chat/completions", Sse(stalled))
     started = time.perf_counter()
-    with httpx.stream(
-        "POST",
-        f"{router.url}/v1/chat/completions",
-        headers={**router.auth(router.admin_key), **HEADERS},
-        json={**CHAT, "stream": True},
-        timeout=10,
-    ) as r:
-        assert r.status_code == 200
-        body = r.read().decode()
+    status, body = stream_chat(router)
     took = time.perf_counter() - started
+    assert status == 200
     assert took < 1.5, f"the stall was waited out ({took:.2f} s)"
     assert '"upstream_error"' in body and "[DONE]" not in body
     time.sleep(1.2)
@@ -142,15 +147,8 @@ def test_nonsense_after_the_first_content_ends_the_stream_and_counts_against_it(
     events = openai_stream("one two three")
     # The bad event comes once the first content is out (before it, it would fail over).
     scripted.queue("/v1/chat/completions", Sse([*events[:2], (None, bad, 0.3), *events[2:]]))
-    with httpx.stream(
-        "POST",
-        f"{router.url}/v1/chat/completions",
-        headers={**router.auth(router.admin_key), **HEADERS},
-        json={**CHAT, "stream": True},
-        timeout=10,
-    ) as r:
-        body = r.read().decode()
-    assert r.status_code == 200
+    status, body = stream_chat(router)
+    assert status == 200
     assert '"upstream_error"' in body and "[DONE]" not in body
     time.sleep(1.2)
     recent = router.client.get("/api/metrics/requests?limit=1").json()["data"][0]
