@@ -42,7 +42,9 @@ def main() -> int:
             pids = router.worker_pids()
             rss: list[list[float]] = []
             done = errors = 0.0
-            for segment in range(SEGMENTS):
+            segment = 0
+            # Segments until the requests are served (the rate is a guess).
+            while done < args.requests and segment < 3 * SEGMENTS:
                 if segment == SEGMENTS // 2:
                     primary.stop()  # the fallback takes over
                 run = wrk(url, script, seconds, CONNECTIONS, 1)
@@ -55,6 +57,7 @@ def main() -> int:
                     f"{run['errors']:.0f} non-2xx, RSS {memory} MiB",
                     flush=True,
                 )
+                segment += 1
             growth = max(
                 (last - warm) / warm * 100 for warm, last in zip(rss[0], rss[-1], strict=True)
             )
