@@ -5,6 +5,7 @@ without the metrics key."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -89,3 +90,24 @@ def test_a_body_that_is_not_declared_json_is_415(make_server):
         headers={**auth, "content-type": "application/json; charset=utf-8"},
     )
     assert ok.status_code == 201, ok.text
+
+
+def test_requests_the_router_refuses_are_counted_and_logged_but_not_floods(make_server):
+    router = make_server(LOG_LEVEL="info")
+    started = time.monotonic()
+    with httpx.Client(headers=router.auth("mr_nope_wrongsecret")) as flood:
+        for _ in range(60):
+            flood.get(f"{router.url}/api/models")
+    seconds = time.monotonic() - started
+    assert router.client.get("/api/nothing-here").status_code == 404
+    time.sleep(1.5)  # the metrics flush
+    text = httpx.get(f"{router.url}/metrics").text
+    assert 'model_router_rejected_total{status="401",type="unauthorized"} 60.0' in text
+    assert 'model_router_rejected_total{status="404",type="not_found"} 1.0' in text
+    log = router.log_path.read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    rejected = [entry for entry in lines if entry["message"].startswith("Request rejected")]
+    assert rejected and all(entry["level"] == "warning" for entry in rejected)
+    # At most 10 lines a second (and the 404's), the rest summed up in one line.
+    assert len(rejected) <= 10 * (int(seconds) + 1) + 1 < 61, (len(rejected), seconds)
+    assert "mr_nope_wrongsecret" not in log

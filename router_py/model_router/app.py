@@ -175,6 +175,8 @@ class App:
             )
         except ApiError as err:
             response = error_response(err, error_shape(path, headers))
+            if not err.observed and self.service is not None:
+                self.service.observer.rejected(method, path, err.status, err.type, request_id)
         except StoreUnavailable as exc:
             log.warning(
                 "store unavailable: %s %s answered 503 (%s)",

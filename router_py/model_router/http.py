@@ -64,6 +64,7 @@ class ApiError(Exception):
         self.headers = list(headers)
         self.param = param  # the request parameter at fault, when one is
         self.code = code  # a finer kind than `type` (OpenAI's `code`)
+        self.observed = False  # already logged and counted as a routed request
 
 
 def too_deep() -> ApiError:

@@ -101,7 +101,7 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
         admin = req.principal is not None and req.principal.role == "admin"
         details["upstream"] = upstream if admin else provider_error(upstream)
     redactor = req.service.redactor
-    return ApiError(
+    error = ApiError(
         failed.status,
         failed.type,
         redactor.redact(failed.message),
@@ -110,6 +110,8 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
         param=failed.param,
         code=failed.code,
     )
+    error.observed = True
+    return error
 
 
 def router_headers(req: Request, result: Result, attempts: int) -> list[tuple[str, str]]:

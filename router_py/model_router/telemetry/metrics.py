@@ -44,6 +44,11 @@ OVERHEAD = Histogram(
     "The router's own time per request: total minus upstream",
     buckets=OVERHEAD_BUCKETS,
 )
+REJECTED = Counter(
+    "model_router_rejected",
+    "Requests the router itself refused, by status and error type",
+    ["status", "type"],
+)
 ATTEMPTS = Counter(
     "model_router_upstream_attempts",
     "Upstream attempts by model, endpoint and outcome",

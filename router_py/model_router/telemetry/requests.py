@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 
 import msgspec
@@ -25,6 +26,8 @@ from ..store import Store
 from . import metrics
 
 log = logging.getLogger("model_router.requests")
+
+REJECTED_LINES_PER_S = 10
 
 # How often recent requests go to the store: the most a `kill -9` loses.
 RECORDS_FLUSH_MS = 100
@@ -37,6 +40,7 @@ class RequestObserver:
         self.keep = keep
         self._pending: deque[bytes] = deque(maxlen=keep)
         self._metrics = metrics.MetricBatch()
+        self._rejected_second, self._rejected_lines, self._rejected_dropped = 0, 0, 0
 
     def observe(
         self,
@@ -86,8 +90,28 @@ class RequestObserver:
             }
             if log.isEnabledFor(logging.DEBUG):
                 extra |= {"prompt": prompt, "response": reply}
-            message = "Request routed successfully" if summary.status == 200 else "Request failed"
-            log.info(message, extra=extra)
+            if summary.status == 200:
+                log.info("Request routed successfully", extra=extra)
+            else:  # the caller's fault is a warning, the router's or a provider's an error
+                level = logging.WARNING if summary.status < 500 else logging.ERROR
+                log.log(level, "Request failed", extra=extra)
+
+    def rejected(self, method: str, path: str, status: int, kind: str, request_id: str) -> None:
+        """A request the router refused itself (401, 403, 404, 413, 429...):
+        counted, and a warning line, at most REJECTED_LINES_PER_S a second
+        (a flood of bad requests must not flood the log)."""
+        self._metrics.inc(metrics.REJECTED, (str(status), kind))
+        second = int(time.monotonic())
+        if second != self._rejected_second:
+            if self._rejected_dropped:
+                log.warning("%d more rejected requests not logged", self._rejected_dropped)
+            self._rejected_second, self._rejected_lines, self._rejected_dropped = second, 0, 0
+        if self._rejected_lines >= REJECTED_LINES_PER_S:
+            self._rejected_dropped += 1
+            return
+        self._rejected_lines += 1
+        extra = {"requestId": request_id, "method": method, "path": path[:200], "status": status}
+        log.warning("Request rejected: %s", kind, extra=extra)
 
     async def flush_metrics(self) -> None:
         self._metrics.flush()
