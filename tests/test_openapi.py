@@ -46,3 +46,36 @@ def test_docs_page_needs_no_network(server):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     external = re.findall(r"""(?:src|href)=["'](https?:)?//""", page.text)
     assert external == [] and "/openapi.json" in page.text
+
+
+def test_each_front_door_documents_its_own_error_shape_and_statuses(server):
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    paths = doc["paths"]
+
+    def error_refs(path: str, method: str, status: str) -> set[str]:
+        schema = paths[path][method]["responses"][status]["content"]["application/json"]
+        options = schema["schema"].get("anyOf", [schema["schema"]])
+        return {option["$ref"].split("/")[-1] for option in options}
+
+    assert error_refs("/api/models", "post", "400") == {"ErrorBody"}
+    assert error_refs("/v1/chat/completions", "post", "400") == {
+        "OpenAIErrorBody",
+        "AnthropicErrorBody",  # to a caller sending anthropic-version
+    }
+    assert error_refs("/v1/messages", "post", "400") == {"AnthropicErrorBody"}
+    chat = paths["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "401", "402", "403", "404", "413", "415", "429", "502", "503", "504"} <= set(
+        chat
+    )
+    assert "4XX" in chat  # a provider's refusal, relayed
+    assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert chat["200"]["headers"]["X-Request-Id"] == {"$ref": "#/components/headers/X-Request-Id"}
+    (model_id,) = paths["/api/models/{modelId}"]["get"]["parameters"]
+    assert model_id["schema"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+    prefs = paths["/api/agents/{agentType}/preferences"]["post"]["responses"]
+    assert {"200", "201"} <= set(prefs)  # replaced, or created
+    ready = paths["/health/ready"]["get"]["responses"]["503"]["content"]["application/json"]
+    assert ready["schema"] == {"$ref": "#/components/schemas/ReadinessCheck"}  # not ready
+    listed = paths["/api/models"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/Page_Model_"}
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from . import types as t
 from .api import ROUTES
 from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
 from .service import Service
@@ -44,8 +45,8 @@ _ERROR_ENCODER = msgspec.json.Encoder()
 BodyReader = Callable[[int], Awaitable[bytes]]
 
 
-# Anthropic's error types, by status.
-ANTHROPIC_ERROR_TYPES = {
+# Anthropic's error types, by status (else api_error).
+ANTHROPIC_ERROR_TYPES: dict[int, t.AnthropicErrorType] = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "billing_error",

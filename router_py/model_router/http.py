@@ -128,6 +128,14 @@ class Route:
     # The handler decodes the body itself (to keep fields it passes on);
     # `body` then only describes it in the OpenAPI document.
     raw_body: bool = False
+    # What the OpenAPI document cannot derive from the above: the statuses the
+    # handler answers besides `status`, with `response` (`answers`) or as an
+    # error (`errors`; "4XX" for any a provider relays), the success's media
+    # types, and path parameters that are not ids (name -> type).
+    answers: tuple[int, ...] = ()
+    errors: tuple[int | str, ...] = ()
+    media: tuple[str, ...] = (JSON,)
+    path_types: Mapping[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def segments(self) -> tuple[str, ...]:

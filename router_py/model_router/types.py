@@ -6,7 +6,7 @@ The same Structs validate input (once, at decode), describe the API in
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -405,11 +405,58 @@ class ErrorDetail(Body):
 
 
 class ErrorBody(Body):
+    """An error on the router's own routes."""
+
     error: ErrorDetail
 
 
-class Page(Body):
-    data: list[Any]
+class OpenAIErrorDetail(Body):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    details: Any = None  # absent when there are none
+
+
+class OpenAIErrorBody(Body):
+    """An error on OpenAI's front door (/v1), in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+AnthropicErrorType = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "overloaded_error",
+    "timeout_error",
+]
+
+
+class AnthropicErrorDetail(Body):
+    type: AnthropicErrorType
+    message: str
+    details: Any = None  # absent when there are none
+
+
+class AnthropicErrorBody(Body):
+    """An error on Anthropic's front door (/v1/messages, or /v1 with an
+    anthropic-version header), in Anthropic's shape."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+T = TypeVar("T")
+
+
+class Page(Body, Generic[T]):
+    data: list[T]
     total: int
 
 
@@ -678,6 +725,36 @@ class MessagesRequest(msgspec.Struct):
 class CountTokensRequest(msgspec.Struct):
     model: ModelName
     messages: Messages
+
+
+class OpenAIModel(msgspec.Struct):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(msgspec.Struct):
+    """GET /v1/models in OpenAI's shape: `auto` first, then the active models."""
+
+    object: Literal["list"]
+    data: list[OpenAIModel]
+
+
+class AnthropicModel(msgspec.Struct):
+    type: Literal["model"]
+    id: str
+    display_name: str
+    created_at: str
+
+
+class AnthropicModelList(msgspec.Struct):
+    """GET /v1/models in Anthropic's shape (to a caller sending anthropic-version)."""
+
+    data: list[AnthropicModel]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
 
 
 class RecentRequest(Body):

@@ -58,6 +58,7 @@ ROUTES = [
         "configure",
         body=t.AgentPreferencesBody,
         response=t.AgentPreferences,
+        answers=(201,),
     ),
     Route(
         "GET",
@@ -77,6 +78,7 @@ ROUTES = [
         "configure_workspace",
         body=t.WorkspaceConfigBody,
         response=t.WorkspaceConfig,
+        answers=(201,),
     ),
     Route(
         "GET",

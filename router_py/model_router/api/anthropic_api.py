@@ -21,8 +21,10 @@ from ..engine.inputs import content_length
 from ..engine.providers import ADAPTERS, ANTHROPIC_HEADERS
 from ..engine.translate import Refused, text_of
 from ..engine.upstream import Deadlines, UpstreamRequest
-from ..http import ApiError, Request, Response, Route
+from ..http import JSON, ApiError, Request, Response, Route
 from .calls import (
+    CALL_ERRORS,
+    STREAM_CONTENT_TYPE,
     answer,
     caller_user,
     deadline,
@@ -120,6 +122,8 @@ ROUTES = [
         "route",
         body=t.MessagesRequest,
         raw_body=True,
+        errors=CALL_ERRORS,
+        media=(JSON, STREAM_CONTENT_TYPE),
     ),
     Route(
         "POST",
@@ -130,5 +134,6 @@ ROUTES = [
         "route",
         body=t.CountTokensRequest,
         raw_body=True,
+        errors=CALL_ERRORS,
     ),
 ]

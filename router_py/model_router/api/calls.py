@@ -25,6 +25,10 @@ from ..http import ApiError, Request, Response, Route, json_response, new_id
 
 _decode = msgspec.json.Decoder().decode
 STREAM_CONTENT_TYPE = "text/event-stream"
+# What a call can answer besides the app's own errors: no such model (404),
+# over budget (402), the provider's refusal relayed (4XX), every attempt
+# failed (502), nothing eligible or every breaker open (503), too late (504).
+CALL_ERRORS: tuple[int | str, ...] = (400, 402, 404, "4XX", 502, 503, 504)
 
 
 def workspace(req: Request, asked: str | None) -> str | None:
@@ -297,5 +301,6 @@ ROUTES = [
         "route",
         body=t.RouteRequest,
         response=t.RouteResponse,
+        errors=CALL_ERRORS,
     ),
 ]

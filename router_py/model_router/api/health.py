@@ -203,6 +203,7 @@ ROUTES = [
         "Readiness: a config is loaded (routing works without the store)",
         "health",
         response=t.ReadinessCheck,
+        answers=(503,),
     ),
     Route(
         "GET",
@@ -211,6 +212,7 @@ ROUTES = [
         "Deep health of every component",
         "health",
         response=t.DetailedHealth,
+        answers=(503,),
     ),
     Route(
         "GET",

@@ -64,7 +64,7 @@ ROUTES = [
         "List API keys (never their secrets)",
         "keys",
         "manage_keys",
-        response=t.Page,
+        response=t.Page[t.KeyInfo],
     ),
     Route(
         "DELETE",

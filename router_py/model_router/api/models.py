@@ -170,7 +170,7 @@ ROUTES = [
         TAG,
         "read",
         query=t.ModelListQuery,
-        response=t.Page,
+        response=t.Page[t.Model],
     ),
     Route(
         "PATCH",
@@ -181,6 +181,7 @@ ROUTES = [
         "operate",
         body=t.BatchStatusUpdate,
         response=t.BatchStatusResult,
+        errors=(404, 409),
     ),
     Route("GET", "/api/models/{modelId}", get_model, "Get a model", TAG, "read", response=t.Model),
     Route(
@@ -192,6 +193,7 @@ ROUTES = [
         "operate",
         body=t.StatusUpdate,
         response=t.Model,
+        errors=(409,),
     ),
     Route(
         "POST",
@@ -230,6 +232,6 @@ ROUTES = [
         "List a model's endpoints",
         TAG,
         "read",
-        response=t.Page,
+        response=t.Page[t.Endpoint],
     ),
 ]

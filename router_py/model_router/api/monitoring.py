@@ -38,7 +38,15 @@ async def recent_requests(req: Request) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/metrics", prometheus, "Prometheus metrics of every worker", "monitoring"),
+    Route(
+        "GET",
+        "/metrics",
+        prometheus,
+        "Prometheus metrics of every worker",
+        "monitoring",
+        errors=(401,),  # with MODEL_ROUTER_METRICS_KEY set
+        media=("text/plain",),  # Prometheus text format
+    ),
     Route(
         "GET",
         "/api/metrics/requests",
@@ -47,6 +55,6 @@ ROUTES = [
         "monitoring",
         "read",
         query=t.RecentQuery,
-        response=t.Page,
+        response=t.Page[t.RecentRequest],
     ),
 ]

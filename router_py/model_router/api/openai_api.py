@@ -20,9 +20,17 @@ from .. import types as t
 from ..engine.exchanges import Operation
 from ..engine.executor import Call
 from ..engine.inputs import content_length
-from ..http import ApiError, Request, Response, Route, json_response, too_deep
+from ..http import JSON, ApiError, Request, Response, Route, json_response, too_deep
 from ..tenancy import model_visible
-from .calls import answer, caller_user, deadline, named_model, routing_headers
+from .calls import (
+    CALL_ERRORS,
+    STREAM_CONTENT_TYPE,
+    answer,
+    caller_user,
+    deadline,
+    named_model,
+    routing_headers,
+)
 
 
 def model_not_found(named: str) -> ApiError:
@@ -132,15 +140,12 @@ async def responses(req: Request) -> Response:
     )
 
 
-def _model_entry(model: t.SnapshotModel, anthropic: bool) -> dict[str, Any]:
-    if anthropic:
-        return {
-            "type": "model",
-            "id": model.id,
-            "display_name": model.id,
-            "created_at": "1970-01-01T00:00:00Z",
-        }
-    return {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
+def _openai_entry(model: t.SnapshotModel) -> t.OpenAIModel:
+    return t.OpenAIModel(model.id, "model", 0, model.provider)
+
+
+def _anthropic_entry(model: t.SnapshotModel) -> t.AnthropicModel:
+    return t.AnthropicModel("model", model.id, model.id, "1970-01-01T00:00:00Z")
 
 
 def _wants_anthropic(req: Request) -> bool:
@@ -157,20 +162,11 @@ async def list_openai_models(req: Request) -> Response:
         key=lambda m: m.id,
     )
     if _wants_anthropic(req):
-        data = [_model_entry(m, True) for m in models]
-        return json_response(
-            {
-                "data": data,
-                "has_more": False,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            }
-        )
-    created = int(time.time())
-    auto = {"id": "auto", "object": "model", "created": created, "owned_by": "model-router"}
-    return json_response(
-        {"object": "list", "data": [auto, *(_model_entry(m, False) for m in models)]}
-    )
+        data = [_anthropic_entry(m) for m in models]
+        first, last = (data[0].id, data[-1].id) if data else (None, None)
+        return json_response(t.AnthropicModelList(data, False, first, last))
+    auto = t.OpenAIModel("auto", "model", int(time.time()), "model-router")
+    return json_response(t.OpenAIModelList("list", [auto, *map(_openai_entry, models)]))
 
 
 async def get_openai_model(req: Request) -> Response:
@@ -179,11 +175,24 @@ async def get_openai_model(req: Request) -> Response:
     model_id = live.model_names.get(named)
     if model_id is None or not model_visible(req, model_id):
         raise model_not_found(named)
-    return json_response(_model_entry(live.models[model_id], _wants_anthropic(req)))
+    model = live.models[model_id]
+    return json_response(_anthropic_entry(model) if _wants_anthropic(req) else _openai_entry(model))
 
 
 def _post(path: str, handler: Any, summary: str, body: type[Any]) -> Route:
-    return Route("POST", path, handler, summary, "openai", "route", body=body, raw_body=True)
+    streams = "stream" in body.__struct_fields__
+    return Route(
+        "POST",
+        path,
+        handler,
+        summary,
+        "openai",
+        "route",
+        body=body,
+        raw_body=True,
+        errors=CALL_ERRORS,
+        media=(JSON, STREAM_CONTENT_TYPE) if streams else (JSON,),
+    )
 
 
 ROUTES = [
@@ -218,6 +227,7 @@ ROUTES = [
         "The active models (OpenAI's or Anthropic's shape)",
         "openai",
         "read",
+        response=t.OpenAIModelList | t.AnthropicModelList,
     ),
     Route(
         "GET",
@@ -226,5 +236,6 @@ ROUTES = [
         "One model by id or version",
         "openai",
         "read",
+        response=t.OpenAIModel | t.AnthropicModel,
     ),
 ]

@@ -106,5 +106,6 @@ ROUTES = [
         "read",
         query=t.AgentModelsQuery,
         response=t.RoutingDecision,
+        path_types={"agentType": t.Tag},
     ),
 ]

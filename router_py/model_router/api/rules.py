@@ -109,7 +109,7 @@ ROUTES = [
         "List routing rules in evaluation order",
         TAG,
         "read",
-        response=t.Page,
+        response=t.Page[t.RoutingRule],
     ),
     Route(
         "GET",
@@ -129,6 +129,7 @@ ROUTES = [
         "configure",
         body=t.RulePatch,
         response=t.RoutingRule,
+        errors=(409,),
     ),
     Route(
         "DELETE",
