@@ -103,6 +103,8 @@ async def count_tokens(req: Request) -> Response:
             upstream = await executor.client.send(request, deadlines)
         except (OSError, TimeoutError) as exc:
             raise ApiError(502, "api_error", f"count_tokens failed upstream: {exc}") from None
+        if upstream.status >= 500:  # the provider's fault, not the caller's: a gateway error
+            raise ApiError(502, "api_error", f"count_tokens failed upstream ({upstream.status})")
         relayed = req.service.redactor.redact(upstream.body.decode("utf-8", "replace"))
         return Response(relayed.encode(), upstream.status)
     raise ApiError(

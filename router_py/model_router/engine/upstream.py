@@ -300,7 +300,7 @@ class UpstreamClient:
                 )
         except TimeoutError:
             raise UpstreamTimeout(f"could not connect to {host}:{port} in time") from None
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host name IDNA refuses
             raise UpstreamError(f"cannot connect to {host}:{port}: {exc}") from exc
         return conn
 
