@@ -71,7 +71,14 @@ def router(make_server, make_mock) -> Server:
 
 
 def key_for(server: Server, role: str) -> str:
-    if role == "admin":  # the bootstrap key lives in no store: no request revokes it
+    """The key a run uses. Nothing is excluded for being destructive: each run
+    has a router of its own; the admin's is the bootstrap key, which lives in
+    no store, so no DELETE /api/keys revokes it, and agent and viewer keys may
+    not manage keys. What an admin run deletes or replaces (an import with
+    mode=replace drops m1) only turns later answers into documented 404s;
+    test_calls_that_succeed_answer_as_documented checks successes on a fresh
+    router."""
+    if role == "admin":
         return server.admin_key
     r = server.client.post("/api/keys", json={"role": role, "name": f"contract {role}"})
     assert r.status_code == 201, r.text
@@ -258,3 +265,29 @@ def test_a_provider_failing_to_count_tokens_is_a_gateway_error(router, scripted)
     assert r.status_code == 502, r.text
     assert r.json()["error"]["type"] == "api_error"
     assert [path for path, _, _ in scripted.received] == ["/v1/messages/count_tokens"]
+
+
+def test_counts_past_64_bits_are_refused_not_frozen_into_the_config(router):
+    """A rule's contentLength of 2^70 was stored, then failed the config load on
+    every worker (no later write went live); routing/test with it was a 500."""
+    c = router.client
+    too_big = 2**70
+    rule = {
+        "name": "huge",
+        "targetModels": [{"modelId": "m1", "fallbackOrder": too_big}],
+        "condition": {"contentLength": {"max": too_big}},
+    }
+    r = c.post("/api/routing/rules", json=rule)
+    assert r.status_code == 400 and r.json()["error"]["details"]["field"] == (
+        "targetModels[0].fallbackOrder"
+    )
+    del rule["targetModels"][0]["fallbackOrder"]
+    r = c.post("/api/routing/rules", json=rule)
+    assert r.status_code == 400 and r.json()["error"]["details"]["field"] == (
+        "condition.contentLength.max"
+    )
+    r = c.post("/api/routing/test", json={"agentType": "a", "contentLength": too_big})
+    assert r.status_code == 400, r.text
+    assert c.post("/api/routing/rules", json={**rule, "condition": {}}).status_code == 201
+    router.wait_for_config()
+    assert c.get("/health/detailed").json()["components"]["config"]["lastError"] is None

@@ -37,6 +37,9 @@ Fraction = Annotated[float, Meta(ge=0, le=1)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Milliseconds = Annotated[float, Meta(ge=0)]
 PositiveInt = Annotated[int, Meta(ge=1, le=10_000_000)]
+# A count the Rust core holds in 64 bits, up to where JSON numbers stay exact:
+# an unbounded one was accepted, then failed the config load on every worker.
+Count = Annotated[int, Meta(ge=0, le=2**53 - 1)]
 WaitMs = Annotated[int, Meta(ge=1, le=600_000)]
 # Request parameters the model's provider cannot honour that are dropped
 # without a word instead of refused with a 400 (docs/providers.md).
@@ -198,8 +201,8 @@ class Endpoint(Body):
 
 
 class LengthRange(Body):
-    min: Annotated[int, Meta(ge=0)] | None = None
-    max: Annotated[int, Meta(ge=0)] | None = None
+    min: Count | None = None
+    max: Count | None = None
 
 
 MetadataValue = str | int | float | bool
@@ -217,7 +220,7 @@ class RuleCondition(Body):
 class TargetModel(Body):
     model_id: Id
     weight: NonNegative = 1.0
-    fallback_order: Annotated[int, Meta(ge=0)] | None = None
+    fallback_order: Count | None = None
     role: TargetRole = "primary"
 
 
@@ -561,7 +564,7 @@ class RoutingTestRequest(Body):
     request_type: RequestType | None = None
     prompt: str | None = None
     messages: Messages | None = None
-    content_length: Annotated[int, Meta(ge=0)] | None = None
+    content_length: Count | None = None
     capabilities: list[Tag] = []
     model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     metadata: dict[Tag, MetadataValue] = {}
