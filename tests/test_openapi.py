@@ -18,7 +18,7 @@ def test_document_is_valid_openapi_31_and_covers_every_route(server):
         op = doc["paths"][route.path][route.method.lower()]
         assert op["summary"] == route.summary
         if route.permission:
-            assert op["security"] == [{"bearerAuth": []}]
+            assert op["security"] == [{"bearerAuth": []}, {"apiKey": []}]
         if route.body is not None:
             ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
             assert ref.split("/")[-1] in doc["components"]["schemas"]

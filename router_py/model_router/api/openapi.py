@@ -101,7 +101,8 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
             "version": __version__,
             "description": "Routes AI agents' model calls: rules, preferences, budgets, "
             "failover and accounting. Every /api and /v1 route needs "
-            "'Authorization: Bearer <key>'. Errors come in the router's shape on /api, "
+            "'Authorization: Bearer <key>' (or 'x-api-key: <key>'). Errors come in the "
+            "router's shape on /api, "
             "OpenAI's on /v1 and Anthropic's on /v1/messages.",
         },
         "paths": paths,
@@ -111,7 +112,11 @@ def build_document(routes: list[Route]) -> dict[str, Any]:
                 name: {"description": text, "required": name != "Retry-After", "schema": STRING}
                 for name, text in HEADERS.items()
             },
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer"},
+                # Anthropic's SDK sends its key so; taken on every route.
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
     }
 
@@ -194,7 +199,7 @@ def _operation(
             "content": {JSON: {"schema": schema_of[route.body]}},
         }
     if route.permission is not None:
-        op["security"] = [{"bearerAuth": []}]
+        op["security"] = [{"bearerAuth": []}, {"apiKey": []}]
         op["x-permission"] = route.permission
     return op
 
