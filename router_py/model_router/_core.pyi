@@ -67,7 +67,6 @@ class Engine:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         started_ms: int | None = None,
-        *,
         outcome: str | None = None,
         agent_type: str | None = None,
         rule_id: str | None = None,
