@@ -84,6 +84,7 @@ lint: build
 	$(VENV)/bin/ruff check router_py tests bench
 	$(VENV)/bin/ruff format --check router_py tests bench
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest model_router._core  # _core.pyi against the built extension
 
 clean:
 	rm -rf $(VENV) target data
