@@ -155,7 +155,8 @@ def open_view(driver, site: Site, name: str) -> None:
 # (atomic in the page), never through element handles a redraw makes stale.
 READ = """
 return [...document.querySelectorAll(arguments[0])].map((e) => ({
-  text: e.textContent.replace(/\\s+/g, " ").trim(),
+  text: (e.tagName === "TR" ? [...e.children].map((c) => c.textContent).join(" ") : e.textContent)
+    .replace(/\\s+/g, " ").trim(),
   data: {...e.dataset},
   class: e.getAttribute("class") || "",
 }));
@@ -462,3 +463,179 @@ def test_rolling_back_a_canary_from_the_page_changes_its_state(browser, site):
         time.sleep(0.1)
     wait(browser, lambda d: read(d, f"article[data-canary='{canary}'][data-state=rolledBack]"))
     shot(browser, "rollouts-rolled-back")
+
+
+# --- the views of APIs not merged yet ------------------------------------------------
+
+# The shapes planned for /api/canaries, /api/experiments and /api/audit, one of
+# each kind. Until those APIs are in this router, the page is shown these in
+# place of its 404s (a fetch wrapper the browser installs before the page's
+# own scripts run); once they are, the test skips and the tests above run
+# against the real APIs.
+PLANNED = {
+    "/api/canaries": [
+        {
+            "id": "cn-1",
+            "modelId": "steady",
+            "baselineModelId": "flaky",
+            "scope": {"workspaceId": "ws-a"},
+            "steps": [5, 25, 50, 100],
+            "stepIndex": 1,
+            "percent": 25,
+            "state": "running",
+            "stepStartedAt": "2026-01-01T10:00:00Z",
+            "guardrails": {
+                "maxErrorRateIncrease": 0.02,
+                "maxP95LatencyRatio": 1.5,
+                "maxCostRatio": 1.2,
+            },
+            "current": {
+                "canary": {
+                    "requests": 120,
+                    "errorRate": 0.05,
+                    "p95Ms": 42,
+                    "costPerRequest": 0.0012,
+                },
+                "baseline": {
+                    "requests": 480,
+                    "errorRate": 0.01,
+                    "p95Ms": 40,
+                    "costPerRequest": 0.001,
+                },
+            },
+            "history": [
+                {"at": "2026-01-01T10:00:00Z", "from": 5, "to": 25, "reason": "guardrails held"}
+            ],
+        },
+        {
+            "id": "cn-2",
+            "modelId": "flaky",
+            "baselineModelId": "steady",
+            "scope": None,
+            "steps": [10, 100],
+            "stepIndex": 0,
+            "percent": 10,
+            "state": "paused",
+            "stepStartedAt": "2026-01-01T09:00:00Z",
+            "guardrails": {"maxErrorRateIncrease": 0.01},
+            "current": {"canary": {"errorRate": 0.02}, "baseline": {"errorRate": 0.015}},
+            "history": [],
+        },
+    ],
+    "/api/experiments": [
+        {
+            "id": "ex-1",
+            "name": "steady vs flaky",
+            "scope": {"agentType": ["creative"]},
+            "variants": [{"modelId": "steady", "weight": 50}, {"modelId": "flaky", "weight": 50}],
+            "primaryMetric": "latencyMs",
+            "state": "running",
+            "decision": None,
+            "results": {
+                "test": "welch-t",
+                "pValue": 0.003,
+                "alwaysValidPValue": 0.04,
+                "variants": [
+                    {"modelId": "steady", "n": 510, "mean": 41.2, "ci": [39.8, 42.6]},
+                    {"modelId": "flaky", "n": 498, "mean": 47.9, "ci": [45.1, 50.7]},
+                ],
+                "srm": {"pValue": 0.78, "mismatch": False},
+            },
+        }
+    ],
+    "/api/audit": [
+        {
+            "at": "2026-01-01T09:59:00Z",
+            "keyId": "bootstrap-admin",
+            "method": "POST",
+            "path": "/api/models",
+            "resourceType": "model",
+            "resourceId": "steady",
+            "configVersion": 3,
+            "before": None,
+            "after": {"id": "steady"},
+        }
+    ],
+}
+
+PLANNED_FETCH = """
+(() => {
+  const planned = %s;
+  const posted = (window.plannedPosts = []);
+  const states = {pause: "paused", resume: "running", promote: "promoted", rollback: "rolledBack"};
+  const real = window.fetch.bind(window);
+  const json = {"content-type": "application/json"};
+  const reply = (body) => new Response(JSON.stringify(body), {headers: json});
+  window.fetch = (input, init = {}) => {
+    const path = new URL(input, location.href).pathname;
+    const method = (init.method || "GET").toUpperCase();
+    if (method === "GET" && path in planned) return Promise.resolve(reply(planned[path]));
+    const act = path.match(/^\\/api\\/canaries\\/([^/]+)\\/(\\w+)$/);
+    if (method === "POST" && act) {
+      posted.push(path);
+      const canary = planned["/api/canaries"].find((c) => c.id === decodeURIComponent(act[1]));
+      canary.state = states[act[2]];
+      return Promise.resolve(reply(canary));
+    }
+    return real(input, init);
+  };
+})();
+"""
+
+
+@pytest.fixture
+def planned_apis(browser, site) -> Iterator[None]:
+    missing = [p for p in PLANNED if site.server.client.get(p).status_code == 404]
+    if len(missing) < len(PLANNED):
+        pytest.skip("the canary, experiment and audit APIs are here: tested against them")
+    source = PLANNED_FETCH % json.dumps(PLANNED)
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+    yield
+    browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", script)
+
+
+def test_the_planned_canary_experiment_and_audit_shapes_render(browser, site, planned_apis):
+    sign_in(browser, site, site.viewer_key)
+    open_view(browser, site, "rollouts")
+    assert len(read(browser, "article[data-canary]")) == 2
+    assert not read(browser, "button[data-action]")  # a viewer: no actions
+    sign_in(browser, site, site.server.admin_key)
+    open_view(browser, site, "rollouts")
+    guardrails = {
+        g["data"]["guardrail"]: g["text"]
+        for g in read(browser, "article[data-canary=cn-1] tr[data-guardrail]")
+    }
+    # 5% against 1% errors: 4 points more, over the 2 allowed; latency and cost within.
+    assert guardrails == {
+        "Error rate increase": "Error rate increase 4.0% ≤ 2.0% breached",
+        "p95 latency ratio": "p95 latency ratio 1.05× ≤ 1.50× within",
+        "Cost ratio": "Cost ratio 1.20× ≤ 1.20× within",
+    }
+    card = one(browser, "article[data-canary=cn-1]")["text"]
+    assert "25% of traffic, step 2 of 4" in card and "workspaceId=ws-a" in card
+    actions = {
+        c: [b["data"]["action"] for b in read(browser, f"button[data-canary={c}]")]
+        for c in ("cn-1", "cn-2")
+    }
+    assert actions == {
+        "cn-1": ["pause", "promote", "rollback"],
+        "cn-2": ["resume", "promote", "rollback"],
+    }
+    variants = read(browser, "article[data-experiment=ex-1] tr[data-variant]")
+    assert [(v["data"]["variant"], v["text"]) for v in variants] == [
+        ("steady", "steady 50 510 41.20 [39.80, 42.60]"),
+        ("flaky", "flaky 50 498 47.90 [45.10, 50.70]"),
+    ]
+    result = one(browser, "article[data-experiment=ex-1] dl.result")["text"]
+    assert "p-value0.0030" in result and "no mismatch" in result and "none yet" in result
+    assert read(browser, "article[data-experiment=ex-1] svg.intervals")
+    shot(browser, "rollouts-planned")
+    # Rolling back from the page: the POST the planned API takes, and the new state shown.
+    browser.find_element(By.CSS_SELECTOR, "button[data-canary=cn-1][data-action=rollback]").click()
+    wait(browser, lambda d: d.switch_to.alert).accept()
+    wait(browser, lambda d: read(d, "article[data-canary=cn-1][data-state=rolledBack]"))
+    assert browser.execute_script("return window.plannedPosts") == ["/api/canaries/cn-1/rollback"]
+    assert not read(browser, "button[data-canary=cn-1]")
+    open_view(browser, site, "requests")
+    [entry] = read(browser, "table.audit tbody tr")
+    assert "bootstrap-admin" in entry["text"] and "POST /api/models" in entry["text"]
