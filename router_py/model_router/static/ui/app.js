@@ -28,6 +28,8 @@ function viewName() {
 function showSignIn(message) {
   forget();
   ctx.identity = null;
+  ctx.state = {}; // the next user starts from the defaults
+  current = null;
   stop();
   $("console").hidden = true;
   $("sign-out").hidden = true;

@@ -8,6 +8,9 @@ export const NONE = "–";
 
 export const int = (n) => (n == null ? NONE : Math.round(n).toLocaleString("en-US"));
 
+// A chart axis's count: 12.5 stays 12.5.
+export const count = (n) => n.toLocaleString("en-US", { maximumFractionDigits: 1 });
+
 // Cents once there are dollars; small sums with the digits that tell them apart.
 export function usd(n) {
   if (n == null) return NONE;

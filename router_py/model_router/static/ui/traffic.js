@@ -4,7 +4,7 @@
 
 import { get } from "./api.js";
 import { barChart, budgetBar, lineChart } from "./charts.js";
-import { esc, int, ms, pct, time, usd } from "./format.js";
+import { count, esc, int, ms, pct, time, usd } from "./format.js";
 
 export const TITLE = "Traffic and cost";
 
@@ -128,16 +128,16 @@ export async function render(ctx) {
     `</div>`;
   const interval = `per ${byModel.range.interval}`;
   const charts = `<div class="charts">` +
-    lineChart(`Requests ${interval}`, [{ name: "requests", points: overTime(models, (p) => p.requests, byModel.range) }], int, from, to) +
+    lineChart(`Requests ${interval}`, [{ name: "requests", points: overTime(models, (p) => p.requests, byModel.range) }], count, from, to) +
     lineChart(`Failed attempts by kind ${interval}`,
-      kinds.map((k) => ({ name: k, points: overTime(models, (p) => p.errors[k] || 0, byModel.range) })), int, from, to) +
+      kinds.map((k) => ({ name: k, points: overTime(models, (p) => p.errors[k] || 0, byModel.range) })), count, from, to) +
     lineChart(`p95 latency ${interval}, busiest models`,
       busiest.map((m) => ({ name: m.modelId, points: m.series.filter((p) => p.latencyMs.p95 != null).map((p) => [Date.parse(p.start), p.latencyMs.p95]) })),
       ms, from, to) +
     lineChart(`Tokens ${interval}`, [
       { name: "in", points: overTime(models, (p) => p.tokensIn, byModel.range) },
       { name: "out", points: overTime(models, (p) => p.tokensOut, byModel.range) },
-    ], int, from, to) +
+    ], count, from, to) +
     lineChart(`Cost ${interval}`, [{ name: "cost", points: overTime(models, (p) => p.costUsd, byModel.range) }], usd, from, to) +
     `</div>`;
   const costRows = (entries) => entries
