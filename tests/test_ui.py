@@ -54,6 +54,11 @@ class Site:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def listed(self, path: str) -> list[dict]:
+        """A list answer, bare or in a page (the planned APIs may use either)."""
+        body = self.api(path)
+        return body if isinstance(body, list) else body["data"]
+
 
 def _route(server: Server, workspace: str, n: int) -> list[dict]:
     def one(i: int) -> dict:
@@ -272,11 +277,9 @@ def test_rollouts_and_experiments_show_each_or_say_not_available(browser, site):
         if answer.status_code == 404:
             assert unavailable and "not available" in unavailable[0]["text"]
             continue
-        listed = answer.json()
-        listed = listed if isinstance(listed, list) else listed["data"]
         kind = "canary" if what == "canaries" else "experiment"
         assert not unavailable
-        assert len(read(browser, f"article[data-{kind}]")) == len(listed)
+        assert len(read(browser, f"article[data-{kind}]")) == len(site.listed(f"/api/{what}"))
     shot(browser, "rollouts")
 
 
@@ -393,6 +396,21 @@ def test_every_request_goes_to_the_router_and_the_page_fits_a_phone(browser, sit
     assert problems == []
     csp = httpx.get(f"{site.url}/ui").headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    # The browser enforces it: a fetch elsewhere is refused before it leaves.
+    refused = browser.execute_async_script(
+        "const done = arguments[0];"
+        "document.addEventListener('securitypolicyviolation',"
+        "  (e) => done(e.effectiveDirective), {once: true});"
+        "fetch('http://192.0.2.1/elsewhere').catch(() => {});"
+    )
+    assert refused == "connect-src"
+    assert not [u for u in requested(browser) if "192.0.2.1" in u]
+    # The shell and its assets need no key; nothing but them is served.
+    script = httpx.get(f"{site.url}/ui/app.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith(
+        "text/javascript"
+    )
+    assert httpx.get(f"{site.url}/ui/..%2Fapi.py").status_code == 404
     # A phone: nothing wider than the screen but the tables, which scroll.
     browser.set_window_size(390, 844)
     try:
@@ -453,9 +471,7 @@ def test_rolling_back_a_canary_from_the_page_changes_its_state(browser, site):
     wait(browser, lambda d: d.switch_to.alert).accept()
 
     def state() -> str:
-        listed = site.server.client.get("/api/canaries").json()
-        listed = listed if isinstance(listed, list) else listed["data"]
-        return next(c["state"] for c in listed if c["id"] == canary)
+        return next(c["state"] for c in site.listed("/api/canaries") if c["id"] == canary)
 
     deadline = time.time() + 5
     while state() != "rolledBack":

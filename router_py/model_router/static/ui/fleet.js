@@ -1,7 +1,7 @@
 // Fleet: every model and endpoint from /api/health/overview, problems first.
 
 import { get } from "./api.js";
-import { NONE, duration, esc, int, ms, pct, perMinute, time, usd } from "./format.js";
+import { NONE, badge, duration, esc, int, ms, pct, perMinute, tile, time, usd } from "./format.js";
 
 export const TITLE = "Fleet";
 
@@ -18,9 +18,6 @@ function severity(model) {
   const worst = Math.max(0, ...states.map((s) => BAD[s] || 0));
   return worst || (model.status === "active" ? 0 : 1);
 }
-
-const badge = (state) =>
-  state ? `<span class="badge" data-state="${esc(state)}">${esc(state.replace("_", "-"))}</span>` : NONE;
 
 const cell = (field, value, text) =>
   `<td class="num" data-field="${field}" data-value="${value ?? ""}">${esc(text)}</td>`;
@@ -54,9 +51,6 @@ function modelRows(model) {
     `<td>${model.endpoints.length} endpoint${model.endpoints.length === 1 ? "" : "s"}</td></tr>` +
     model.endpoints.map((e) => endpointRow(model, e)).join("");
 }
-
-const tile = (name, label, value) =>
-  `<div class="tile" data-tile="${name}"><span class="label">${esc(label)}</span><span class="value">${esc(value)}</span></div>`;
 
 export async function render() {
   const overview = await get("/api/health/overview");

@@ -1,4 +1,5 @@
-// How figures read on the page: one formatter per kind of figure.
+// How figures read on the page: one formatter per kind of figure, and the
+// small pieces of markup every view shows them in.
 
 const HTML = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -45,3 +46,12 @@ export function duration(seconds) {
   if (seconds < 172800) return `${Math.round(seconds / 3600)} h`;
   return `${Math.round(seconds / 86400)} d`;
 }
+
+// A state as a coloured label ("half_open" reads "half-open").
+export const badge = (state) =>
+  state ? `<span class="badge" data-state="${esc(state)}">${esc(state.replace("_", "-"))}</span>` : NONE;
+
+// A headline figure; `raw` (the unformatted value) goes in data-value.
+export const tile = (name, label, text, raw) =>
+  `<div class="tile" data-tile="${name}" data-value="${raw ?? ""}"><span class="label">${esc(label)}</span>` +
+  `<span class="value">${esc(text)}</span></div>`;

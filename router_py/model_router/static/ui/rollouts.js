@@ -3,7 +3,7 @@
 
 import { NOT_AVAILABLE } from "./api.js";
 import { intervals } from "./charts.js";
-import { NONE, esc, int, ms, pValue, pct, ratio, time, usd } from "./format.js";
+import { NONE, badge, esc, int, ms, pValue, pct, ratio, time, usd } from "./format.js";
 import { actOnCanary, canaries, experiments, mayActOnCanaries } from "./shapes.js";
 
 export const TITLE = "Rollouts and experiments";
@@ -11,8 +11,6 @@ export const TITLE = "Rollouts and experiments";
 const notAvailable = (what) =>
   `<p class="empty" data-unavailable="${what}">${what === "canaries" ? "Canary rollouts" : "Experiments"} ` +
   `are not available on this router.</p>`;
-
-const badge = (state) => `<span class="badge" data-state="${esc(state)}">${esc(state)}</span>`;
 
 function guardrail(g) {
   const show = g.kind === "rate" ? pct : ratio;

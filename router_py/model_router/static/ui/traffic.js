@@ -4,7 +4,7 @@
 
 import { get } from "./api.js";
 import { barChart, budgetBar, lineChart } from "./charts.js";
-import { count, esc, int, ms, pct, time, usd } from "./format.js";
+import { count, esc, int, ms, pct, tile, time, usd } from "./format.js";
 
 export const TITLE = "Traffic and cost";
 
@@ -50,10 +50,6 @@ function add(into, figures) {
   into.tokens = (into.tokens || 0) + figures.tokensIn + figures.tokensOut;
   return into;
 }
-
-const tile = (name, label, value, raw) =>
-  `<div class="tile" data-tile="${name}" data-value="${raw ?? ""}"><span class="label">${esc(label)}</span>` +
-  `<span class="value">${esc(value)}</span></div>`;
 
 function budgets(workspaces) {
   if (!workspaces.length) return `<p class="empty">No workspaces.</p>`;
