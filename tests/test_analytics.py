@@ -289,11 +289,14 @@ def test_the_workspace_list_and_the_overview_follow_a_scoped_key(fleet):
     assert spaces["ws-a"]["budgets"][0]["limitUsd"] == 10.0
     assert spaces["ws-idle"]["totals"]["requests"] == 0
     assert [b["limitUsd"] for b in spaces["ws-idle"]["budgets"]] == [None, None, 50.0]
+    assert list(body["byAgentType"]) == ["creative"]
+    assert body["byAgentType"]["creative"]["attempts"] == everyone
 
     key_a = c.post("/api/keys", json={"role": "viewer", "workspaceId": "ws-a"}).json()["key"]
     with httpx.Client(base_url=fleet.url, headers=fleet.auth(key_a), timeout=10) as scoped:
-        mine = scoped.get("/api/analytics/workspaces").json()["workspaces"]
-        assert [w["workspaceId"] for w in mine] == ["ws-a"]
+        mine = scoped.get("/api/analytics/workspaces", params={"timeRange": "1h"}).json()
+        assert [w["workspaceId"] for w in mine["workspaces"]] == ["ws-a"]
+        assert mine["byAgentType"]["creative"]["attempts"] == attempts
         other = scoped.get("/api/analytics/workspaces", params={"workspaceId": "ws-b"})
         assert other.status_code == 403
     # The overview of a scoped key holds the models its workspace may use.

@@ -228,7 +228,8 @@ def test_traffic_charts_and_budgets_match_the_analytics(browser, site):
     sign_in(browser, site, site.server.admin_key)
     open_view(browser, site, "traffic")
     models = site.api("/api/analytics/models", timeRange="1h")["models"]
-    spaces = site.api("/api/analytics/workspaces", timeRange="1h")["workspaces"]
+    answer = site.api("/api/analytics/workspaces", timeRange="1h")
+    spaces, by_agent = answer["workspaces"], answer["byAgentType"]
     requests = number(one(browser, "[data-tile=requests]"))
     assert requests == sum(m["totals"]["requests"] for m in models) == len(site.answers)
     cost = number(one(browser, "[data-tile=cost]"))
@@ -258,7 +259,7 @@ def test_traffic_charts_and_budgets_match_the_analytics(browser, site):
     # ws-b's daily budget of $0.0001 is spent: its bar says so.
     assert "over" in one(browser, "tr[data-workspace=ws-b][data-period=daily] svg")["class"]
     agents = one(browser, "table[data-by=agentType] tr[data-name=creative]")
-    assert number(agents) == pytest.approx(sum(w["totals"]["costUsd"] for w in spaces))
+    assert number(agents) == pytest.approx(by_agent["creative"]["costUsd"])
     shot(browser, "traffic")
     # Another range: the figures follow it.
     browser.find_element(By.CSS_SELECTOR, "input[name=range][value='7d']").click()

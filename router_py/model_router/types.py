@@ -804,6 +804,8 @@ class WorkspaceSpend(Body):
 class WorkspacesAnalytics(Body):
     range: AnalyticsRange
     workspaces: list[WorkspaceSpend]
+    # Every request the caller may see (with or without a workspace), by agent type.
+    by_agent_type: dict[str, OutcomeFigures]
 
 
 class WorkspaceAnalytics(Body):

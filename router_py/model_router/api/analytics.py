@@ -191,18 +191,18 @@ async def _budgets(req: Request, workspace_id: str) -> list[t.BudgetUse]:
 
 async def workspaces(req: Request) -> Response:
     """Every workspace with traffic in the range or a config, each with its
-    totals and its spend against each budget."""
+    totals and its spend against each budget; and all the traffic the caller
+    may see by agent type (one read of the rollups for a whole dashboard)."""
     q: t.AnalyticsQuery = req.query
     window = _window(req)
     only = _scoped_workspace(req)
 
-    def group(dims: Dims) -> str | None:
-        workspace_id = dims["workspace"]
-        if not workspace_id or not _matches(dims, q, only):
-            return None
-        return workspace_id
+    def keep(dims: Dims) -> bool:
+        return _matches(dims, q, only)
 
-    totals = tally(await window.cells(req), lambda _, d: group(d))
+    cells = await window.cells(req)
+    totals = tally(cells, lambda _, d: (d["workspace"] or None) if keep(d) else None)
+    by_agent = tally(cells, lambda _, d: d["agent_type"] if keep(d) else None)
     known = set(totals) | set(req.service.live.workspaces)
     ids = sorted(known if only is None else known & {only})
     body = t.WorkspacesAnalytics(
@@ -215,6 +215,7 @@ async def workspaces(req: Request) -> Response:
             )
             for w in ids
         ],
+        by_agent_type={a: v.figures() for a, v in sorted(by_agent.items())},
     )
     return json_response(body)
 
@@ -262,7 +263,7 @@ ROUTES = [
         "/api/analytics/workspaces",
         workspaces,
         "Every workspace with traffic in the range or a config: totals and spend against "
-        "each budget (a workspace-scoped key: its own)",
+        "each budget; all the traffic by agent type (a workspace-scoped key: its own)",
         "analytics",
         "read",
         query=t.AnalyticsQuery,

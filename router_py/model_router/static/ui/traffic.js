@@ -10,7 +10,6 @@ export const TITLE = "Traffic and cost";
 
 const RANGES = ["1h", "24h", "7d", "30d"];
 const TOP_MODELS = 5; // lines per chart; the rest are in the tables
-const AGENT_TYPE_WORKSPACES = 20; // workspaces read for the agent-type breakdown
 
 export function controls(ctx) {
   const chosen = ctx.state.range || "1h";
@@ -42,13 +41,6 @@ function overTime(models, value, range) {
     }
   }
   return [...sums.entries()].sort((a, b) => a[0] - b[0]);
-}
-
-function add(into, figures) {
-  into.requests = (into.requests || 0) + figures.requests;
-  into.costUsd = (into.costUsd || 0) + figures.costUsd;
-  into.tokens = (into.tokens || 0) + figures.tokensIn + figures.tokensOut;
-  return into;
 }
 
 function budgets(workspaces) {
@@ -95,13 +87,7 @@ export async function render(ctx) {
     get("/api/analytics/workspaces", { timeRange }),
   ]);
   const workspaces = byWorkspace.workspaces;
-  const details = await Promise.all(
-    workspaces.slice(0, AGENT_TYPE_WORKSPACES).map((w) =>
-      get(`/api/analytics/workspaces/${encodeURIComponent(w.workspaceId)}`, { timeRange })));
-  const agentTypes = {};
-  for (const d of details) {
-    for (const [agent, figures] of Object.entries(d.byAgentType)) add((agentTypes[agent] ||= {}), figures);
-  }
+  const agentTypes = byWorkspace.byAgentType;
   const models = byModel.models;
   const from = Date.parse(byModel.range.from);
   const to = Date.parse(byModel.range.to);
@@ -140,9 +126,9 @@ export async function render(ctx) {
     .map(([name, f]) => ({ name, value: f.costUsd, text: `${usd(f.costUsd)} · ${int(f.requests)} req` }))
     .sort((a, b) => b.value - a.value);
   const breakdowns = `<div class="charts">` +
-    barChart("Cost per model", costRows(models.map((m) => [m.modelId, add({}, m.totals)])), `data-by="model"`) +
+    barChart("Cost per model", costRows(models.map((m) => [m.modelId, m.totals])), `data-by="model"`) +
     barChart("Cost per agent type", costRows(Object.entries(agentTypes)), `data-by="agentType"`) +
-    barChart("Cost per workspace", costRows(workspaces.map((w) => [w.workspaceId, add({}, w.totals)])), `data-by="workspace"`) +
+    barChart("Cost per workspace", costRows(workspaces.map((w) => [w.workspaceId, w.totals])), `data-by="workspace"`) +
     `</div>`;
   return tiles + charts + `<h3>Per model</h3>` + latencyTable(models) +
     `<h3>Cost breakdown</h3>` + breakdowns + `<h3>Budgets</h3>` + budgets(workspaces);
