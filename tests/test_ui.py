@@ -450,7 +450,12 @@ def create_canary(site: Site) -> str | None:
     canaries. The body follows the canary API as planned: adapt it here."""
     if site.server.client.get("/api/canaries").status_code == 404:
         return None
-    body = {"modelId": "steady", "baselineModelId": "flaky", "steps": [10, 50, 100]}
+    body = {
+        "modelId": "steady",
+        "baselineModelId": "flaky",
+        "scope": {"agentType": "creative"},
+        "steps": [10, 50, 100],
+    }
     r = site.server.client.post("/api/canaries", json=body)
     assert r.status_code in (200, 201), r.text
     return r.json()["id"]
@@ -484,61 +489,69 @@ def test_rolling_back_a_canary_from_the_page_changes_its_state(browser, site):
 
 # --- the views of APIs not merged yet ------------------------------------------------
 
-# The shapes planned for /api/canaries, /api/experiments and /api/audit, one of
-# each kind. Until those APIs are in this router, the page is shown these in
-# place of its 404s (a fetch wrapper the browser installs before the page's
-# own scripts run); once they are, the test skips and the tests above run
-# against the real APIs.
+# The shapes planned for /api/canaries, /api/experiments and /api/audit (as
+# the branches building them answer today), one of each kind. Until those
+# APIs are in this router, the page is shown these in place of its 404s (a
+# fetch wrapper the browser installs before the page's own scripts run); once
+# they are, the test skips and the tests above run against the real APIs.
 PLANNED = {
-    "/api/canaries": [
-        {
-            "id": "cn-1",
-            "modelId": "steady",
-            "baselineModelId": "flaky",
-            "scope": {"workspaceId": "ws-a"},
-            "steps": [5, 25, 50, 100],
-            "stepIndex": 1,
-            "percent": 25,
-            "state": "running",
-            "stepStartedAt": "2026-01-01T10:00:00Z",
-            "guardrails": {
-                "maxErrorRateIncrease": 0.02,
-                "maxP95LatencyRatio": 1.5,
-                "maxCostRatio": 1.2,
-            },
-            "current": {
-                "canary": {
-                    "requests": 120,
-                    "errorRate": 0.05,
-                    "p95Ms": 42,
-                    "costPerRequest": 0.0012,
+    "/api/canaries": {
+        "total": 2,
+        "data": [
+            {
+                "id": "cn-1",
+                "modelId": "steady",
+                "baselineModelId": "flaky",
+                "scope": {"workspaceId": "ws-a"},
+                "steps": [5, 25, 50, 100],
+                "stepIndex": 1,
+                "percent": 25,
+                "state": "running",
+                "stepStartedAt": "2026-01-01T10:00:00Z",
+                "guardrails": {
+                    "maxErrorRateIncrease": 0.02,
+                    "maxP95LatencyRatio": 1.5,
+                    "maxCostRatio": 1.2,
                 },
-                "baseline": {
-                    "requests": 480,
-                    "errorRate": 0.01,
-                    "p95Ms": 40,
-                    "costPerRequest": 0.001,
+                "current": {
+                    "canary": {
+                        "requests": 120,
+                        "errorRate": 0.05,
+                        "p95Ms": 42,
+                        "costPerRequest": 0.0012,
+                    },
+                    "baseline": {
+                        "requests": 480,
+                        "errorRate": 0.01,
+                        "p95Ms": 40,
+                        "costPerRequest": 0.001,
+                    },
                 },
+                "history": [
+                    {
+                        "at": "2026-01-01T10:00:00Z",
+                        "from": {"state": "running", "percent": 5},
+                        "to": {"state": "running", "percent": 25},
+                        "reason": "guardrails held",
+                    }
+                ],
             },
-            "history": [
-                {"at": "2026-01-01T10:00:00Z", "from": 5, "to": 25, "reason": "guardrails held"}
-            ],
-        },
-        {
-            "id": "cn-2",
-            "modelId": "flaky",
-            "baselineModelId": "steady",
-            "scope": None,
-            "steps": [10, 100],
-            "stepIndex": 0,
-            "percent": 10,
-            "state": "paused",
-            "stepStartedAt": "2026-01-01T09:00:00Z",
-            "guardrails": {"maxErrorRateIncrease": 0.01},
-            "current": {"canary": {"errorRate": 0.02}, "baseline": {"errorRate": 0.015}},
-            "history": [],
-        },
-    ],
+            {
+                "id": "cn-2",
+                "modelId": "flaky",
+                "baselineModelId": "steady",
+                "scope": None,
+                "steps": [10, 100],
+                "stepIndex": 0,
+                "percent": 10,
+                "state": "paused",
+                "stepStartedAt": "2026-01-01T09:00:00Z",
+                "guardrails": {"maxErrorRateIncrease": 0.01},
+                "current": {"canary": {"errorRate": 0.02}, "baseline": {"errorRate": 0.015}},
+                "history": [],
+            },
+        ],
+    },
     "/api/experiments": [
         {
             "id": "ex-1",
@@ -560,19 +573,26 @@ PLANNED = {
             },
         }
     ],
-    "/api/audit": [
-        {
-            "at": "2026-01-01T09:59:00Z",
-            "keyId": "bootstrap-admin",
-            "method": "POST",
-            "path": "/api/models",
-            "resourceType": "model",
-            "resourceId": "steady",
-            "configVersion": 3,
-            "before": None,
-            "after": {"id": "steady"},
-        }
-    ],
+    "/api/audit": {
+        "nextBefore": None,
+        "data": [
+            {
+                "seq": 7,
+                "at": "2026-01-01T09:59:00Z",
+                "configVersion": 3,
+                "keyId": "bootstrap-admin",
+                "userId": None,
+                "role": "admin",
+                "method": "POST",
+                "path": "/api/models",
+                "resourceType": "model",
+                "resourceId": "steady",
+                "changes": [
+                    {"resourceType": "model", "resourceId": "steady", "after": {"id": "steady"}}
+                ],
+            }
+        ],
+    },
 }
 
 PLANNED_FETCH = """
@@ -590,7 +610,7 @@ PLANNED_FETCH = """
     const act = path.match(/^\\/api\\/canaries\\/([^/]+)\\/(\\w+)$/);
     if (method === "POST" && act) {
       posted.push(path);
-      const canary = planned["/api/canaries"].find((c) => c.id === decodeURIComponent(act[1]));
+      const canary = planned["/api/canaries"].data.find((c) => c.id === decodeURIComponent(act[1]));
       canary.state = states[act[2]];
       return Promise.resolve(reply(canary));
     }

@@ -82,12 +82,14 @@ function audit(entries) {
     return `<p class="empty" data-unavailable="audit">The audit log is not available on this router.</p>`;
   }
   if (!entries.length) return `<p class="empty">No changes recorded.</p>`;
+  const change = (c) => `<li>${esc(c.resource)}<pre>${esc(JSON.stringify({ before: c.before, after: c.after }, null, 1))}</pre></li>`;
   const rows = entries.map((e) =>
-    `<tr><td>${esc(time(e.at))}</td><td>${esc(e.keyId)}</td><td>${esc(e.method)} ${esc(e.path)}</td>` +
+    `<tr><td>${esc(time(e.at))}</td><td>${esc(e.who)}</td><td>${esc(e.method)} ${esc(e.path)}</td>` +
     `<td>${esc(e.resource)}</td><td class="num">${esc(e.configVersion ?? NONE)}</td>` +
-    `<td><details><summary>change</summary><pre>${esc(JSON.stringify({ before: e.before, after: e.after }, null, 1))}</pre></details></td></tr>`).join("");
+    `<td><details><summary>${e.changes.length} change${e.changes.length === 1 ? "" : "s"}</summary>` +
+    `<ul class="changes">${e.changes.map(change).join("")}</ul></details></td></tr>`).join("");
   return `<div class="scroll"><table class="audit"><caption>The latest ${entries.length} changes</caption>` +
-    `<thead><tr><th scope="col">When</th><th scope="col">Key</th><th scope="col">Call</th>` +
+    `<thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Call</th>` +
     `<th scope="col">Resource</th><th scope="col">Config version</th><th scope="col">Change</th></tr></thead>` +
     `<tbody>${rows}</tbody></table></div>`;
 }

@@ -60,7 +60,8 @@ function experimentCard(x) {
     intervals(`${x.name}: confidence intervals`, x.variants, (v) => (v == null ? NONE : v.toPrecision(4))) +
     `<dl class="result"><dt>Test</dt><dd>${esc(x.test || NONE)}</dd><dt>p-value</dt><dd>${pValue(x.pValue)}</dd>` +
     `<dt>Always-valid p</dt><dd>${pValue(x.alwaysValidPValue)}</dd><dt>Sample ratio</dt><dd>${srm}</dd>` +
-    `<dt>Decision</dt><dd data-field="decision">${esc(x.decision || "none yet")}</dd></dl></article>`;
+    `<dt>Decision</dt><dd data-field="decision">${esc(x.decision || "none yet")}` +
+    `${x.reason ? ` <small>${esc(x.reason)}</small>` : ""}</dd></dl></article>`;
 }
 
 export async function render(ctx) {

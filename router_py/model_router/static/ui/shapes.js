@@ -23,27 +23,36 @@ function describe(scope) {
 
 // --- audit log: GET /api/audit (admins) ---------------------------------------
 
-export const mayReadAudit = (identity) => identity.role === "admin" && !identity.workspaceId;
+// The "audit" permission once the router names it; an unscoped admin until then.
+export const mayReadAudit = (identity) =>
+  identity.permissions.includes("audit") || (identity.role === "admin" && !identity.workspaceId);
+
+// What one entry changed: a list of documents, or one before/after pair.
+function changes(e) {
+  if (Array.isArray(e.changes)) {
+    return e.changes.map((c) => ({ resource: `${c.resourceType} ${c.resourceId}`, before: c.before, after: c.after }));
+  }
+  return [{ resource: [e.resourceType, e.resourceId].filter(Boolean).join(" "), before: e.before, after: e.after }];
+}
 
 export async function auditLog(limit) {
   const list = items(await getOptional("/api/audit", { limit }));
   if (list === NOT_AVAILABLE) return list;
   return list.map((e) => ({
     at: e.at,
-    keyId: e.keyId,
+    who: e.userId || e.keyId,
     method: e.method,
     path: e.path,
-    resource: [e.resourceType, e.resourceId].filter(Boolean).join(" "),
+    resource: [e.resourceType, e.resourceId].filter(Boolean).join(" ") || `${(e.changes || []).length} documents`,
     configVersion: e.configVersion,
-    before: e.before,
-    after: e.after,
+    changes: changes(e),
   }));
 }
 
 // --- canaries: GET /api/canaries, POST /api/canaries/{id}/{action} (admins) -----
 
-export const mayActOnCanaries = (identity) =>
-  identity.role === "admin" && !identity.workspaceId;
+// The canary actions need the "configure" permission (admins, unscoped).
+export const mayActOnCanaries = (identity) => identity.permissions.includes("configure");
 
 // The actions each state allows, with their labels.
 const ACTIONS = {
@@ -55,7 +64,7 @@ const ACTIONS = {
 const ALLOWED = {
   running: ["pause", "promote", "rollback"],
   paused: ["resume", "promote", "rollback"],
-  promoted: [],
+  promoted: ["rollback"],
   rolledBack: [],
 };
 
@@ -68,6 +77,9 @@ function figures(side) {
     costPerRequest: side.costPerRequest ?? null,
   };
 }
+
+// A step of the history: "25%", or "25% running" where it names a state too.
+const position = (p) => (p != null && typeof p === "object" ? `${p.percent}% ${p.state}` : `${p}%`);
 
 const ratio = (a, b) => (a == null || b == null || b === 0 ? null : a / b);
 
@@ -99,7 +111,12 @@ export async function canaries() {
         { name: "p95 latency ratio", kind: "ratio", limit: limits.maxP95LatencyRatio, value: ratio(canary.p95Ms, baseline.p95Ms) },
         { name: "Cost ratio", kind: "ratio", limit: limits.maxCostRatio, value: ratio(canary.costPerRequest, baseline.costPerRequest) },
       ].filter((g) => g.limit != null),
-      history: (c.history || []).map((h) => ({ at: h.at, from: h.from, to: h.to, reason: h.reason })),
+      history: (c.history || []).map((h) => ({
+        at: h.at,
+        from: position(h.from),
+        to: position(h.to),
+        reason: h.reason,
+      })),
       actions: (ALLOWED[c.state] || []).map((name) => ({ name, label: ACTIONS[name] })),
     };
   });
@@ -122,6 +139,7 @@ export async function experiments() {
       scope: describe(x.scope),
       state: x.state,
       decision: x.decision,
+      reason: x.reason,
       primaryMetric: x.primaryMetric,
       test: results.test,
       pValue: results.pValue,
