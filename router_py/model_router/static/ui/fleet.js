@@ -72,9 +72,9 @@ export async function render() {
     tile("uptime", "Up for", duration(s.uptimeSeconds)) +
     `</div>`;
   const head = `<thead><tr><th scope="col">Model / endpoint</th><th scope="col">Reported</th>` +
-    `<th scope="col">Observed</th><th scope="col">Success</th><th scope="col">p50</th>` +
-    `<th scope="col">p95</th><th scope="col">p99</th><th scope="col">Requests</th>` +
-    `<th scope="col">Spend today</th><th scope="col">Endpoints, breakers</th></tr></thead>`;
+    `<th scope="col">Observed</th><th scope="col" class="num">Success</th><th scope="col" class="num">p50</th>` +
+    `<th scope="col" class="num">p95</th><th scope="col" class="num">p99</th><th scope="col" class="num">Requests</th>` +
+    `<th scope="col" class="num">Spend today</th><th scope="col">Endpoints, breakers</th></tr></thead>`;
   const table = models.length
     ? `<div class="scroll"><table class="fleet"><caption>Models and endpoints, the last 5 minutes, problems first</caption>` +
       `${head}<tbody>${models.map(modelRows).join("")}</tbody></table></div>`

@@ -90,7 +90,7 @@ function audit(entries) {
     `<ul class="changes">${e.changes.map(change).join("")}</ul></details></td></tr>`).join("");
   return `<div class="scroll"><table class="audit"><caption>The latest ${entries.length} changes</caption>` +
     `<thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Call</th>` +
-    `<th scope="col">Resource</th><th scope="col">Config version</th><th scope="col">Change</th></tr></thead>` +
+    `<th scope="col">Resource</th><th scope="col" class="num">Config version</th><th scope="col">Change</th></tr></thead>` +
     `<tbody>${rows}</tbody></table></div>`;
 }
 
@@ -111,9 +111,9 @@ export async function render(ctx) {
   const table = shown.length
     ? `<div class="scroll"><table class="requests"><caption>${shown.length} of the latest ${all.length} requests</caption>` +
       `<thead><tr><th scope="col">Time (UTC)</th><th scope="col">Request</th><th scope="col">Workspace</th>` +
-      `<th scope="col">Agent type</th><th scope="col">Model, endpoint</th><th scope="col">Status</th>` +
-      `<th scope="col">Outcome</th><th scope="col">Latency</th><th scope="col">Tokens</th><th scope="col">Cost</th>` +
-      `<th scope="col">Attempts</th></tr></thead><tbody>${shown.map(requestRow).join("")}</tbody></table></div>`
+      `<th scope="col">Agent type</th><th scope="col">Model, endpoint</th><th scope="col" class="num">Status</th>` +
+      `<th scope="col">Outcome</th><th scope="col" class="num">Latency</th><th scope="col" class="num">Tokens</th><th scope="col" class="num">Cost</th>` +
+      `<th scope="col" class="num">Attempts</th></tr></thead><tbody>${shown.map(requestRow).join("")}</tbody></table></div>`
     : `<p class="empty">No requests match.</p>`;
   const auditPart = entries === null ? `<p class="empty">The audit log is for admins.</p>` : audit(entries);
   return table +

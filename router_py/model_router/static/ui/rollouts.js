@@ -37,11 +37,11 @@ function canaryCard(c, mayAct) {
     `<h4>${esc(c.modelId)} <small>vs ${esc(c.baselineModelId)}</small> ${badge(c.state)}</h4>` +
     `<p>Scope: ${esc(c.scope)} · ${esc(c.percent)}% of traffic, step ${c.stepIndex + 1} of ${c.steps.length}` +
     ` since ${esc(time(c.stepStartedAt))}</p><ol class="steps" aria-label="Steps">${steps}</ol>` +
-    `<table><caption>Now</caption><thead><tr><th scope="col"></th><th scope="col">Requests</th>` +
-    `<th scope="col">Errors</th><th scope="col">p95</th><th scope="col">Cost / request</th></tr></thead>` +
+    `<table><caption>Now</caption><thead><tr><th scope="col"></th><th scope="col" class="num">Requests</th>` +
+    `<th scope="col" class="num">Errors</th><th scope="col" class="num">p95</th><th scope="col" class="num">Cost / request</th></tr></thead>` +
     `<tbody>${side("Canary", c.canary)}${side("Baseline", c.baseline)}</tbody></table>` +
-    `<table><caption>Guardrails</caption><thead><tr><th scope="col">Guardrail</th><th scope="col">Now</th>` +
-    `<th scope="col">Limit</th><th scope="col">State</th></tr></thead><tbody>${c.guardrails.map(guardrail).join("")}</tbody></table>` +
+    `<table><caption>Guardrails</caption><thead><tr><th scope="col">Guardrail</th><th scope="col" class="num">Now</th>` +
+    `<th scope="col" class="num">Limit</th><th scope="col">State</th></tr></thead><tbody>${c.guardrails.map(guardrail).join("")}</tbody></table>` +
     history + actions + `</article>`;
 }
 
@@ -55,8 +55,8 @@ function experimentCard(x) {
   return `<article class="card" data-experiment="${esc(x.id)}" data-state="${esc(x.state)}">` +
     `<h4>${esc(x.name)} ${badge(x.state || "unknown")}</h4>` +
     `<p>Scope: ${esc(x.scope)} · metric ${esc(x.primaryMetric || NONE)}</p>` +
-    `<table><caption>Variants</caption><thead><tr><th scope="col">Model</th><th scope="col">Weight</th>` +
-    `<th scope="col">n</th><th scope="col">Mean</th><th scope="col">95% CI</th></tr></thead><tbody>${rows}</tbody></table>` +
+    `<table><caption>Variants</caption><thead><tr><th scope="col">Model</th><th scope="col" class="num">Weight</th>` +
+    `<th scope="col" class="num">n</th><th scope="col" class="num">Mean</th><th scope="col" class="num">95% CI</th></tr></thead><tbody>${rows}</tbody></table>` +
     intervals(`${x.name}: confidence intervals`, x.variants, (v) => (v == null ? NONE : v.toPrecision(4))) +
     `<dl class="result"><dt>Test</dt><dd>${esc(x.test || NONE)}</dd><dt>p-value</dt><dd>${pValue(x.pValue)}</dd>` +
     `<dt>Always-valid p</dt><dd>${pValue(x.alwaysValidPValue)}</dd><dt>Sample ratio</dt><dd>${srm}</dd>` +

@@ -75,9 +75,9 @@ function latencyTable(models) {
     })
     .join("");
   return `<div class="scroll"><table class="per-model"><caption>Per model over the range</caption>` +
-    `<thead><tr><th scope="col">Model</th><th scope="col">Requests</th><th scope="col">Success</th>` +
-    `<th scope="col">p50</th><th scope="col">p95</th><th scope="col">p99</th>` +
-    `<th scope="col">Tokens in / out</th><th scope="col">Cost</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+    `<thead><tr><th scope="col">Model</th><th scope="col" class="num">Requests</th><th scope="col" class="num">Success</th>` +
+    `<th scope="col" class="num">p50</th><th scope="col" class="num">p95</th><th scope="col" class="num">p99</th>` +
+    `<th scope="col" class="num">Tokens in / out</th><th scope="col" class="num">Cost</th></tr></thead><tbody>${rows}</tbody></table></div>`;
 }
 
 export async function render(ctx) {
