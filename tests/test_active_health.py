@@ -97,9 +97,9 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
 
     # a still answers calls; only its health URL fails.
     a.behave(healthStatus=503)
-    served = serve_for(server, INTERVAL_S + 2.5)
+    served = serve_for(server, INTERVAL_S + 3)
     late = [endpoint for sent, endpoint in served if sent > INTERVAL_S + 1]
-    assert len(late) >= 10 and set(late) == {"b"}, served
+    assert len(late) >= 5 and set(late) == {"b"}, served
     for worker, breakers in per_worker_breakers(server).items():
         assert breakers.get("open") == 1, (worker, breakers)
 
@@ -125,11 +125,11 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
     assert side_by_side["endpoints"][0]["probes"]["status"] == "unhealthy"
 
     a.behave(healthStatus=200)
-    served = serve_for(server, INTERVAL_S + 2.5)
+    served = serve_for(server, INTERVAL_S + 3)
     back = next(sent for sent, endpoint in served if endpoint == "a")
     assert back <= INTERVAL_S + 1, served
     late = [endpoint for sent, endpoint in served if sent > INTERVAL_S + 1]
-    assert len(late) >= 10 and set(late) == {"a"}, served
+    assert len(late) >= 5 and set(late) == {"a"}, served
     for worker, breakers in per_worker_breakers(server).items():
         assert breakers.get("open") is None, (worker, breakers)
 
