@@ -6,7 +6,9 @@ reports that expire."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -135,17 +137,16 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
 
 
 @pytest.mark.parametrize("backend", ["redis"])
-def test_one_prober_per_deployment_and_a_successor_when_it_stops(make_server, make_mock):
+def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, make_mock):
     namespace = f"t-{secrets.token_hex(6)}"
     env = {**PROBES, "MODEL_ROUTER_REDIS_NAMESPACE": namespace}
     env["MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS"] = "500"
     first = make_server(workers=2, **env)
-    second = make_server(workers=2, **env)
     mock = make_mock()
     add_probed_model(first, mock)
-    first.wait_for_config()
+    wait_for_probe(mock)  # alone, so the first replica holds the lease
+    second = make_server(workers=2, **env)
     second.wait_for_config()
-    wait_for_probe(mock)
 
     def probes_in(seconds: float) -> int:
         before = health_checks(mock)
@@ -154,8 +155,15 @@ def test_one_prober_per_deployment_and_a_successor_when_it_stops(make_server, ma
 
     # One prober: a probe every 0.4-0.5 s (four would make four times as many).
     assert 6 <= probes_in(4) <= 4 / 0.4 + 1
-    first.stop()  # whoever held the lease, probes go on at the same pace
-    time.sleep(1.5)
+    # The prober dies: its lease lapses (3 s) and a worker of the other replica
+    # takes it on its next beat (1 s).
+    assert first.proc is not None
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    first.proc = None
+    killed, before = time.monotonic(), health_checks(mock)
+    wait_for_probe(mock, before + 2)
+    assert time.monotonic() - killed <= 3 + 1 + 2 * 0.5 + 1
     assert 6 <= probes_in(4) <= 4 / 0.4 + 1
 
 

@@ -75,6 +75,9 @@ class HealthMonitor:
 
     async def sync(self) -> None:
         """Adopt the shared results: hold unhealthy endpoints out of rotation."""
+        if not self._held and not any(map(self._probed, self.live.endpoints)):
+            self.results = {}
+            return  # nothing probed: spare the store the read
         raw = await self.store.get_state(STATE_KIND)
         self.results = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
         now_ms = time.time() * 1000
