@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from conftest import model_body
+from model_router import types as t
+from model_router.engine.health import judge
 
 INTERVAL_S = 1.0
 PROBES = {
@@ -87,6 +89,29 @@ def wait_for_probe(mock, checks: int = 1, timeout: float = 10) -> None:
 
 def health_checks(mock) -> int:
     return httpx.get(f"{mock.url}/__mock/stats", timeout=5).json()["healthChecks"]
+
+
+def test_k_failures_in_a_row_take_an_endpoint_out_and_j_successes_bring_it_back():
+    def after(outcomes: str, k: int = 3, j: int = 2) -> list[str]:
+        verdict, seen = None, []
+        for i, outcome in enumerate(outcomes):
+            ok = outcome == "+"
+            result = t.ProbeResult(
+                at=f"t{i}", ok=ok, status_code=200 if ok else 503, error=None, latency_ms=1.0
+            )
+            verdict = judge(verdict, result, k, j)
+            seen.append(verdict.status[0])  # h or u
+        return seen
+
+    assert "".join(after("--+--+")) == "hhhhhh"  # never 3 failures in a row
+    assert "".join(after("---+-++")) == "hhuuuuh"
+    assert "".join(after("-+", k=1, j=1)) == "uh"
+    verdict = None
+    for i, ok in enumerate([False, False, False, True]):
+        result = t.ProbeResult(at=f"t{i}", ok=ok, status_code=None, error="x", latency_ms=1.0)
+        verdict = judge(verdict, result, 3, 2)
+    assert verdict is not None and verdict.since == "t2"  # when it went unhealthy
+    assert (verdict.consecutive_failures, verdict.consecutive_successes) == (0, 1)
 
 
 def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_server, make_mock):

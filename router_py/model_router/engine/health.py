@@ -51,6 +51,30 @@ CONFIRM_MS = 250
 MIN_HOLD_MS = 2000
 
 
+def judge(
+    before: t.ProbeVerdict | None,
+    result: t.ProbeResult,
+    failures_to_down: int,
+    successes_to_up: int,
+) -> t.ProbeVerdict:
+    """The verdict after one more result: K failures in a row take an
+    endpoint out, J successes in a row bring it back."""
+    failures = 0 if result.ok else (before.consecutive_failures if before else 0) + 1
+    successes = (before.consecutive_successes if before else 0) + 1 if result.ok else 0
+    status = before.status if before else "healthy"  # presumed healthy until K failures
+    if status == "healthy" and failures >= failures_to_down:
+        status = "unhealthy"
+    elif status == "unhealthy" and successes >= successes_to_up:
+        status = "healthy"
+    since = result.at if before is None or status != before.status else before.since
+    return t.ProbeVerdict(
+        status=status,
+        consecutive_failures=failures,
+        consecutive_successes=successes,
+        since=since,
+    )
+
+
 class HealthMonitor:
     def __init__(self, live: LiveConfig, store: Store, client: UpstreamClient, settings: Settings):
         self.live = live
@@ -156,7 +180,12 @@ class HealthMonitor:
             return
         result = await self._send(health_check_request(model, endpoint, endpoint.health_check_url))
         previous = self.results.get(endpoint_id)
-        verdict = self._judge(previous.verdict if previous else None, result)
+        verdict = judge(
+            previous.verdict if previous else None,
+            result,
+            self.failures_to_down,
+            self.successes_to_up,
+        )
         agrees = (verdict.status == "healthy") == result.ok
         loop = asyncio.get_running_loop()
         self._due[endpoint_id] = loop.time() + (self._next_s() if agrees else CONFIRM_MS / 1000)
@@ -183,24 +212,6 @@ class HealthMonitor:
             error = f"status {status}"
         latency = round((time.perf_counter() - started) * 1000, 3)
         return t.ProbeResult(at=at, ok=ok, status_code=status, error=error, latency_ms=latency)
-
-    def _judge(self, before: t.ProbeVerdict | None, result: t.ProbeResult) -> t.ProbeVerdict:
-        """The verdict after one more result: K failures in a row take an
-        endpoint out, J successes in a row bring it back."""
-        failures = 0 if result.ok else (before.consecutive_failures if before else 0) + 1
-        successes = (before.consecutive_successes if before else 0) + 1 if result.ok else 0
-        status = before.status if before else "healthy"  # presumed healthy until K failures
-        if status == "healthy" and failures >= self.failures_to_down:
-            status = "unhealthy"
-        elif status == "unhealthy" and successes >= self.successes_to_up:
-            status = "healthy"
-        since = result.at if before is None or status != before.status else before.since
-        return t.ProbeVerdict(
-            status=status,
-            consecutive_failures=failures,
-            consecutive_successes=successes,
-            since=since,
-        )
 
     @staticmethod
     def _report(
