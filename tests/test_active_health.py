@@ -59,12 +59,14 @@ def served_by(server) -> str:
     return r.headers["x-model-router-endpoint"]
 
 
-def serve_for(server, seconds: float) -> list[tuple[float, str]]:
-    """(seconds since the start, endpoint) of chats sent back to back."""
+def serve_for(seconds: float, *servers) -> list[tuple[float, str]]:
+    """(seconds since the start, endpoint) of chats sent back to back, to
+    each server (replica) in turn."""
     start, served = time.monotonic(), []
     while time.monotonic() - start < seconds:
-        sent = time.monotonic() - start
-        served.append((sent, served_by(server)))
+        for server in servers:
+            sent = time.monotonic() - start
+            served.append((sent, served_by(server)))
         time.sleep(0.03)
     return served
 
@@ -124,7 +126,7 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
 
     # a still answers calls; only its health URL fails.
     a.behave(healthStatus=503)
-    served = serve_for(server, INTERVAL_S + 3)
+    served = serve_for(INTERVAL_S + 3, server)
     late = [endpoint for sent, endpoint in served if sent > INTERVAL_S + 1]
     assert len(late) >= 5 and set(late) == {"b"}, served
     for worker, breakers in per_worker_breakers(server).items():
@@ -152,7 +154,7 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
     assert side_by_side["endpoints"][0]["probes"]["status"] == "unhealthy"
 
     a.behave(healthStatus=200)
-    served = serve_for(server, INTERVAL_S + 3)
+    served = serve_for(INTERVAL_S + 3, server)
     back = next(sent for sent, endpoint in served if endpoint == "a")
     assert back <= INTERVAL_S + 1, served
     late = [endpoint for sent, endpoint in served if sent > INTERVAL_S + 1]
@@ -163,12 +165,14 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
 
 @pytest.mark.parametrize("backend", ["redis"])
 def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, make_mock):
+    interval_s = 0.5
+    most = 4 / (0.8 * interval_s) + 1  # probes of one endpoint in 4 s, by one prober
     namespace = f"t-{secrets.token_hex(6)}"
     env = {**PROBES, "MODEL_ROUTER_REDIS_NAMESPACE": namespace}
-    env["MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS"] = "500"
+    env["MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS"] = str(int(interval_s * 1000))
     first = make_server(workers=2, **env)
-    mock = make_mock()
-    add_probed_model(first, mock)
+    mock, backup = make_mock(), make_mock()
+    add_probed_model(first, mock, backup)
     wait_for_probe(mock)  # alone, so the first replica holds the lease
     second = make_server(workers=2, **env)
     second.wait_for_config()
@@ -179,7 +183,17 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
         return health_checks(mock) - before
 
     # One prober: a probe every 0.4-0.5 s (four would make four times as many).
-    assert 6 <= probes_in(4) <= 4 / 0.4 + 1
+    assert 6 <= probes_in(4) <= most
+    # What the one prober finds, every worker of both replicas acts on.
+    mock.behave(healthStatus=503)
+    served = serve_for(interval_s + 2, first, second)
+    late = [endpoint for sent, endpoint in served if sent > interval_s + 1]
+    assert len(late) >= 5 and set(late) == {"b"}, served
+    for replica in (first, second):
+        for worker, breakers in per_worker_breakers(replica).items():
+            assert breakers.get("open") == 1, (worker, breakers)
+    mock.behave(healthStatus=200)
+    time.sleep(interval_s + 1.5)  # back to healthy, and to one probe an interval
     # The prober dies: its lease lapses (3 s) and a worker of the other replica
     # takes it on its next beat (1 s).
     assert first.proc is not None
@@ -188,8 +202,8 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     first.proc = None
     killed, before = time.monotonic(), health_checks(mock)
     wait_for_probe(mock, before + 2)
-    assert time.monotonic() - killed <= 3 + 1 + 2 * 0.5 + 1
-    assert 6 <= probes_in(4) <= 4 / 0.4 + 1
+    assert time.monotonic() - killed <= 3 + 1 + 2 * interval_s + 1
+    assert 6 <= probes_in(4) <= most
 
 
 def in_seconds(seconds: float) -> str:
