@@ -85,7 +85,7 @@ class Service:
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
-        self.health = HealthMonitor(self.live, self.store, self.client, settings)
+        self.active_health = HealthMonitor(self.live, self.store, self.client, settings)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.redactor = Redactor(
             self.live,
@@ -124,9 +124,9 @@ class Service:
             every(1000, "metrics flush", self.observer.flush_metrics),
             every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
             every(BREAKER_SYNC_MS, "probes", self.prober.probe_due),
-            every(BREAKER_SYNC_MS, "active health sync", self.health.sync),
-            every(LEASE_BEAT_MS, "active health lease", self.health.lead),
-            every(TICK_MS, "active health probes", self.health.probe_due),
+            every(BREAKER_SYNC_MS, "active health sync", self.active_health.sync),
+            every(LEASE_BEAT_MS, "active health lease", self.active_health.lead),
+            every(TICK_MS, "active health probes", self.active_health.probe_due),
             every(ROLLUP_FLUSH_MS, "rollup flush", self.rollups.flush),
         ]
         self._tasks = [asyncio.create_task(beat) for beat in beats]
@@ -147,7 +147,7 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.health.stop()  # after the beats: none takes the lease back
+        await self.active_health.stop()  # after the beats: none takes the lease back
         # Counts, spend and records since the last beat are not lost on a clean stop.
         with contextlib.suppress(Exception):
             await self.limiter.reconcile()

@@ -170,7 +170,7 @@ class ModelsHealth:
     def endpoints(self, model: t.SnapshotModel) -> list[t.EndpointOverview]:
         views = []
         for e in model.endpoints:
-            active = self.service.health.results.get(e.id) if e.health_check_url else None
+            active = self.service.active_health.results.get(e.id) if e.health_check_url else None
             breaker = _breaker(self.service, e.id)
             probes = active.verdict if active else None
             outcomes = self._outcomes(self.by_endpoint.get((model.id, e.id)))
