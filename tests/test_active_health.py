@@ -128,7 +128,7 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
     a.behave(healthStatus=503)
     served = serve_for(INTERVAL_S + 3, server)
     late = [endpoint for sent, endpoint in served if sent > INTERVAL_S + 1]
-    assert len(late) >= 5 and set(late) == {"b"}, served
+    assert len(late) >= 3 and set(late) == {"b"}, served
     for worker, breakers in per_worker_breakers(server).items():
         assert breakers.get("open") == 1, (worker, breakers)
 
@@ -158,7 +158,7 @@ def test_a_failing_probe_takes_an_endpoint_out_of_rotation_on_every_worker(make_
     back = next(sent for sent, endpoint in served if endpoint == "a")
     assert back <= INTERVAL_S + 1, served
     late = [endpoint for sent, endpoint in served if sent > INTERVAL_S + 1]
-    assert len(late) >= 5 and set(late) == {"a"}, served
+    assert len(late) >= 3 and set(late) == {"a"}, served
     for worker, breakers in per_worker_breakers(server).items():
         assert breakers.get("open") is None, (worker, breakers)
 
@@ -186,9 +186,9 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     assert 6 <= probes_in(4) <= most
     # What the one prober finds, every worker of both replicas acts on.
     mock.behave(healthStatus=503)
-    served = serve_for(interval_s + 2, first, second)
+    served = serve_for(interval_s + 3, first, second)
     late = [endpoint for sent, endpoint in served if sent > interval_s + 1]
-    assert len(late) >= 5 and set(late) == {"b"}, served
+    assert len(late) >= 3 and set(late) == {"b"}, served
     for replica in (first, second):
         for worker, breakers in per_worker_breakers(replica).items():
             assert breakers.get("open") == 1, (worker, breakers)
