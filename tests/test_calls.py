@@ -456,3 +456,18 @@ def test_logs_are_json_with_pii_masked(make_server, make_mock):
         and "[CARD]" in entry["prompt"]
         and "[PHONE]" in entry["prompt"]
     )
+
+
+def test_granians_own_lines_are_json_in_the_routers_schema(make_server):
+    router = make_server(workers=2, LOG_LEVEL="info")
+    router.stop()  # its shutdown lines too
+    lines = router.log_path.read_text().splitlines()
+    entries = [json.loads(line) for line in lines if line.strip()]  # every line is JSON
+    assert len(entries) == len([line for line in lines if line.strip()])
+    for entry in entries:
+        assert {"timestamp", "level", "service", "logger", "message"} <= set(entry), entry
+        assert entry["service"] == "model-router" and entry["timestamp"].endswith("Z")
+    granian = [e["message"] for e in entries if e["logger"].startswith("_granian")]
+    assert any(m.startswith("Starting granian") for m in granian), granian
+    assert any(m.startswith("Spawning worker") for m in granian), granian
+    assert any(m.startswith("Shutting down granian") for m in granian), granian

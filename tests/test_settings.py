@@ -50,6 +50,8 @@ def test_values_are_parsed():
         ("MODEL_ROUTER_WORKERS", "many"),
         ("MODEL_ROUTER_ADMIN_KEY", "short"),
         ("MODEL_ROUTER_REDIS_NAMESPACE", "a b"),
+        ("MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS", "50"),
+        ("MODEL_ROUTER_HEALTH_FAILURES", "0"),
     ],
 )
 def test_a_bad_value_names_the_variable(name, value):

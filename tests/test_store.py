@@ -157,6 +157,26 @@ def test_shared_state_is_set_per_entry_and_leaves_the_config_version_alone(store
     run(scenario())
 
 
+def test_a_lease_has_one_holder_until_it_lapses_or_is_released(store):
+    async def scenario():
+        s, other = store(), store()
+        assert await s.hold_lease("prober", "a", 300)
+        assert not await other.hold_lease("prober", "b", 300)
+        assert await s.hold_lease("prober", "a", 300)  # the holder renews
+        assert await other.hold_lease("elsewhere", "b", 300)  # leases are by name
+        await asyncio.sleep(0.4)  # unrenewed: free again
+        assert await other.hold_lease("prober", "b", 300)
+        assert not await s.hold_lease("prober", "a", 300)
+        await s.release_lease("prober", "a")  # not a's to release: b keeps it
+        assert not await s.hold_lease("prober", "a", 300)
+        await other.release_lease("prober", "b")
+        assert await s.hold_lease("prober", "a", 300)
+        await s.close()
+        await other.close()
+
+    run(scenario())
+
+
 def test_the_config_epoch_is_created_once_and_replaced_by_an_import(store):
     async def scenario():
         s = store()

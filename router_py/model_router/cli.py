@@ -26,6 +26,7 @@ from .engine.write_counter import WriteCounter, counter_path
 from .http import ApiError
 from .settings import Settings, SettingsError
 from .store import StoreUnavailable, open_store
+from .telemetry.logging import granian_log_config
 
 T = TypeVar("T")
 
@@ -104,6 +105,7 @@ def _granian(
         workers=workers,
         loop=Loops.uvloop,
         log_level=log_level if log_level != "critical" else "error",  # type: ignore[arg-type]
+        log_dictconfig=granian_log_config(log_level),
         respawn_failed_workers=True,
         # On SIGTERM a worker stops accepting and finishes what it serves
         # (streams included); past the grace period it is killed.

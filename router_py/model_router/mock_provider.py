@@ -10,7 +10,8 @@ Control, for tests: `POST /__mock/behavior` with any of `status` (answer with
 this HTTP status), `retryAfter` (seconds, with 429/503), `malformed` (a 200
 whose body is not JSON), `streamError` (an error event inside a 200 stream, as its event number
 `streamErrorAt`, default 2),
-`latencyMs`, `errorRate`; `GET /__mock/stats` counts the requests seen.
+`latencyMs`, `errorRate`, `healthStatus` (what `GET /health` answers, default
+200); `GET /__mock/stats` counts the requests seen, and the health checks apart.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ class Behavior:
     malformed: bool = False
     stream_error: bool = False
     stream_error_at: int = 2
+    health_status: int = 200
 
 
 @dataclass
 class Stats:
     requests: int = 0
+    health_checks: int = 0  # GET /health, not in `requests`
     by_path: dict[str, int] = field(default_factory=dict)
 
 
@@ -102,6 +105,9 @@ class MockProvider:
         if path.startswith("/__mock/"):
             await self._control(path, method, body, send)
             return
+        if method == "GET" and path == "/health":
+            await self._health(headers, send)
+            return
         self.stats.requests += 1
         self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
         if method == "GET" and path.endswith("/models"):
@@ -144,6 +150,16 @@ class MockProvider:
             await self._stream(request, send, delay)
         else:
             await _respond(send, 200, self._completion(request))
+
+    async def _health(self, headers: dict[bytes, bytes], send: Any) -> None:
+        """A health URL for the router's active probes: it wants a key (any
+        flavor's header) and answers `healthStatus`; its hits are counted apart."""
+        self.stats.health_checks += 1
+        if not any(headers.get(h) for h in (b"authorization", b"x-api-key", b"api-key")):
+            await _respond(send, 401, self._error("authentication_error", "no API key"))
+            return
+        status = self.behavior.health_status
+        await _respond(send, status, {"status": "ok" if status < 400 else "failing"})
 
     def _auth_problem(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, Any] | None:
         if self.flavor == "anthropic":
@@ -332,7 +348,13 @@ class MockProvider:
     async def _control(self, path: str, method: str, body: bytes, send: Any) -> None:
         if path == "/__mock/stats":
             await _respond(
-                send, 200, {"requests": self.stats.requests, "byPath": self.stats.by_path}
+                send,
+                200,
+                {
+                    "requests": self.stats.requests,
+                    "healthChecks": self.stats.health_checks,
+                    "byPath": self.stats.by_path,
+                },
             )
             return
         if path == "/__mock/behavior" and method == "POST":
@@ -345,6 +367,7 @@ class MockProvider:
             b.stream_error_at = changes.get("streamErrorAt", b.stream_error_at)
             b.latency_ms = changes.get("latencyMs", b.latency_ms)
             b.error_rate = changes.get("errorRate", b.error_rate)
+            b.health_status = changes.get("healthStatus", b.health_status)
             if changes.get("reset"):
                 self.behavior = Behavior(stream_chunks=b.stream_chunks)
                 self.stats = Stats()

@@ -21,6 +21,7 @@ from .catalog import KEYS, Catalog
 from .engine.breakers import BreakerSync, Prober
 from .engine.budgets import BudgetLeases
 from .engine.executor import Executor, Timeouts
+from .engine.health import LEASE_BEAT_MS, TICK_MS, HealthMonitor
 from .engine.live import LiveConfig
 from .engine.secrets import Redactor
 from .engine.spend import SpendSync
@@ -84,6 +85,7 @@ class Service:
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
+        self.active_health = HealthMonitor(self.live, self.store, self.client, settings)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.redactor = Redactor(
             self.live,
@@ -122,6 +124,9 @@ class Service:
             every(1000, "metrics flush", self.observer.flush_metrics),
             every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
             every(BREAKER_SYNC_MS, "probes", self.prober.probe_due),
+            every(BREAKER_SYNC_MS, "active health sync", self.active_health.sync),
+            every(LEASE_BEAT_MS, "active health lease", self.active_health.lead),
+            every(TICK_MS, "active health probes", self.active_health.probe_due),
             every(ROLLUP_FLUSH_MS, "rollup flush", self.rollups.flush),
         ]
         self._tasks = [asyncio.create_task(beat) for beat in beats]
@@ -142,6 +147,7 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.active_health.stop()  # after the beats: none takes the lease back
         # Counts, spend and records since the last beat are not lost on a clean stop.
         with contextlib.suppress(Exception):
             await self.limiter.reconcile()

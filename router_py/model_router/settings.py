@@ -53,6 +53,11 @@ class Settings:
     rollup_minutes_keep_hours: int = 48  # minute buckets of the outcome rollups
     rollup_hours_keep_days: int = 35  # hour buckets
     interface: str = "rsgi"
+    # Active health monitoring of endpoints with a healthCheckUrl (issue 9).
+    health_probe_interval_ms: int = 10_000
+    health_probe_timeout_ms: int = 5_000
+    health_failures_to_down: int = 3  # K consecutive failed probes take it out
+    health_successes_to_up: int = 2  # J consecutive good probes bring it back
     # Store faults and shutdown (issue 8).
     store_timeout_ms: int = 1000
     shutdown_grace_s: int = 30
@@ -165,6 +170,22 @@ class Settings:
             ),
             rollup_hours_keep_days=read(
                 "MODEL_ROUTER_ROLLUP_HOURS_KEEP_DAYS", _int_in(1, 3660), d.rollup_hours_keep_days
+            ),
+            health_probe_interval_ms=read(
+                "MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS",
+                _int_in(100, 3_600_000),
+                d.health_probe_interval_ms,
+            ),
+            health_probe_timeout_ms=read(
+                "MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS",
+                _int_in(10, 600_000),
+                d.health_probe_timeout_ms,
+            ),
+            health_failures_to_down=read(
+                "MODEL_ROUTER_HEALTH_FAILURES", _int_in(1, 100), d.health_failures_to_down
+            ),
+            health_successes_to_up=read(
+                "MODEL_ROUTER_HEALTH_SUCCESSES", _int_in(1, 100), d.health_successes_to_up
             ),
         )
         if (settings.tls_cert is None) != (settings.tls_key is None):

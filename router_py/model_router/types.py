@@ -149,15 +149,29 @@ class HealthUpdate(Body):
     response_time: Milliseconds | None = None
     error_rate: Fraction | None = None
     availability: Percent | None = None
+    expires_at: (
+        Annotated[
+            str,
+            Meta(
+                max_length=64,
+                description="ISO 8601 time after which the report stops applying "
+                "(no offset: UTC); none: until replaced",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ModelHealth(Body):
+    """An operator's report: an override of what the router observes, until it expires."""
+
     model_id: Id
     status: HealthStatus
     response_time: float | None = None
     error_rate: float | None = None
     availability: float | None = None
     last_checked: Timestamp | None = None
+    expires_at: Timestamp | None = None
 
 
 # --- endpoints ---------------------------------------------------------------
@@ -358,6 +372,16 @@ class KeyInfo(Body):
 
 class KeyCreated(KeyInfo):
     key: Annotated[str, Meta(description="The secret: shown this once, never again")]
+
+
+class Identity(Body):
+    """GET /api/me: whom the bearer token stands for and what it may do."""
+
+    key_id: str
+    role: Role
+    workspace_id: str | None
+    user_id: str | None
+    permissions: list[str]
 
 
 # --- config export / import --------------------------------------------------
@@ -780,6 +804,8 @@ class RecentRequest(Body):
     attempts: int
     stream: bool
     user_id: str | None = None
+    # Each attempt's model, endpoint, outcome and latency (no provider message).
+    attempt_details: list[AttemptReport] = []
 
 
 class RecentQuery(Query):
@@ -863,6 +889,19 @@ class BudgetUse(Body):
     resets_at: Timestamp
 
 
+class WorkspaceSpend(Body):
+    workspace_id: str
+    totals: OutcomeFigures
+    budgets: list[BudgetUse]
+
+
+class WorkspacesAnalytics(Body):
+    range: AnalyticsRange
+    workspaces: list[WorkspaceSpend]
+    # Every request the caller may see (with or without a workspace), by agent type.
+    by_agent_type: dict[str, OutcomeFigures]
+
+
 class WorkspaceAnalytics(Body):
     workspace_id: str
     range: AnalyticsRange
@@ -877,9 +916,12 @@ ObservedStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 
 
 class Observed(Body):
-    """What the router saw over the last `windowSeconds`, fleet-wide."""
+    """What the router saw over the last `windowSeconds`, fleet-wide. For an
+    endpoint, `status` combines the outcomes with its breaker and active
+    probes; for a model, with its endpoints'. `reasons` say what lowered it."""
 
     status: ObservedStatus
+    reasons: list[str]
     window_seconds: int
     attempts: int
     success_rate: float | None
@@ -888,11 +930,13 @@ class Observed(Body):
 
 
 class Reported(Body):
-    """What an operator reported (POST /api/models/{id}/health)."""
+    """What an operator reported (POST /api/models/{id}/health): it overrides
+    the observation until `expiresAt`, and is kept, `expired`, after."""
 
     status: HealthStatus
     last_checked: Timestamp | None
-    expires_at: Timestamp | None  # reports do not expire yet
+    expires_at: Timestamp | None  # None: until replaced
+    expired: bool
 
 
 class BreakerView(Body):
@@ -900,11 +944,39 @@ class BreakerView(Body):
     next_probe_at: Timestamp | None  # when an open breaker lets a probe through
 
 
+class ProbeResult(Body):
+    """One active probe of an endpoint's healthCheckUrl."""
+
+    at: Timestamp
+    ok: bool  # answered 2xx or 3xx within the probe timeout
+    status_code: int | None  # None: no answer (see error)
+    error: str | None
+    latency_ms: float
+
+
+class ProbeVerdict(Body):
+    """What the active probes concluded: unhealthy after K failures in a row,
+    healthy again after J successes in a row (docs/operations.md)."""
+
+    status: Literal["healthy", "unhealthy"]
+    consecutive_failures: int
+    consecutive_successes: int
+    since: Timestamp  # when the status last changed (or probing began)
+
+
+class ActiveHealth(Body):
+    """An endpoint's active health, as the prober shares it through the store."""
+
+    verdict: ProbeVerdict
+    last_probe: ProbeResult
+
+
 class EndpointOverview(Body):
     endpoint_id: str
-    observed: Observed
+    observed: Observed  # passive figures, with a status that folds in breaker and probes
     breaker: BreakerView | None
-    last_probe: dict[str, Any] | None  # active probes of healthCheckUrl: not yet
+    probes: ProbeVerdict | None  # None: no healthCheckUrl, or not probed yet
+    last_probe: ProbeResult | None
 
 
 class ModelOverview(Body):
@@ -930,14 +1002,11 @@ class HealthOverview(Body):
     models: list[ModelOverview]
 
 
-class ModelHealthView(Body):
-    """GET /api/models/{id}/health: the report and the observation side by side."""
+class ModelHealthView(ModelHealth):
+    """GET /api/models/{id}/health: the spec's fields are what applies (the
+    report until it expires, else the observation); then the report and the
+    observation side by side, and each endpoint's."""
 
-    model_id: Id
-    status: HealthStatus
-    response_time: float | None = None
-    error_rate: float | None = None
-    availability: float | None = None
-    last_checked: Timestamp | None = None
     reported: Reported | None = None
     observed: Observed | None = None
+    endpoints: list[EndpointOverview] = []

@@ -17,6 +17,7 @@ from . import (
     openapi,
     routing,
     rules,
+    ui,
 )
 
 ROUTES: list[Route] = [
@@ -33,4 +34,5 @@ ROUTES: list[Route] = [
     *config.ROUTES,
     *keys.ROUTES,
     *openapi.ROUTES,
+    *ui.ROUTES,
 ]

@@ -59,10 +59,11 @@ def summary(
     status: int,
     outcome: str,
     result: Result | None = None,
-    attempts: int = 0,
+    attempts: list[t.AttemptReport] | None = None,
     stream: bool = False,
 ) -> t.RecentRequest:
     usage = result.usage if result else None
+    tried = result.attempts if result else attempts or []
     return t.RecentRequest(
         id=new_id(),
         request_id=call.request_id,
@@ -80,9 +81,10 @@ def summary(
         completion_tokens=usage.completion_tokens if usage else 0,
         cost=usage.cost_nanos / 1e9 if usage else 0.0,
         estimated=usage.estimated if usage else False,
-        attempts=len(result.attempts) if result else attempts,
+        attempts=len(tried),
         stream=stream,
         user_id=call.user_id,
+        attempt_details=[msgspec.structs.replace(a, error=None) for a in tried],
     )
 
 
@@ -91,7 +93,7 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
     every secret the router holds is redacted, and a non-admin caller sees
     only the type and message of a provider's error."""
     req.service.observer.observe(
-        summary(req, call, route, failed.status, failed.type, attempts=len(failed.attempts)),
+        summary(req, call, route, failed.status, failed.type, attempts=failed.attempts),
         failed.attempts,
     )
     details: dict[str, Any] = dict(failed.details or {})

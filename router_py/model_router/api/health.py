@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import __version__
 from .. import types as t
-from ..catalog import iso, utcnow
+from ..catalog import HEALTH, iso, utcnow
 from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import Request, Response, Route, json_response
 from ..telemetry import figures
 from ..telemetry.logging import SERVICE
+from ..tenancy import model_visible
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -88,11 +89,9 @@ async def ready(req: Request) -> Response:
 
 async def _models_check(req: Request) -> dict[str, Any]:
     """How many models the router observes in each state, and breakers in each state."""
-    cells, window_seconds = await figures.recent(req.service.store, int(time.time() * 1000))
-    observed = figures.tally(cells, lambda _, d: d["model"])
+    observed = await ModelsHealth.read(req.service)
     states = Counter(
-        observed.get(m, figures.Tally()).observed(window_seconds).status
-        for m in req.service.live.models
+        observed.model(m, observed.endpoints(m)).status for m in req.service.live.models.values()
     )
     engine = req.service.live.engine
     breakers = Counter(
@@ -103,7 +102,7 @@ async def _models_check(req: Request) -> dict[str, Any]:
     return {
         "observed": dict(sorted(states.items())),
         "breakers": dict(sorted(breakers.items())),
-        "windowSeconds": window_seconds,
+        "windowSeconds": observed.window_seconds,
     }
 
 
@@ -151,35 +150,67 @@ async def _spend_today(service: Service) -> dict[str, int]:
     return {m: totals[name] for m, name in names.items()}
 
 
-async def overview(req: Request) -> Response:
-    service = req.service
-    cells, window_seconds = await figures.recent(service.store, int(time.time() * 1000))
-    by_model = figures.tally(cells, lambda _, d: d["model"])
-    by_endpoint = figures.tally(cells, lambda _, d: (d["model"], d["endpoint"]))
-    spend = await _spend_today(service)
+class ModelsHealth:
+    """Every model's and endpoint's observed health, from one read of the
+    last minutes' rollups, the breakers and the active probes' results."""
 
-    def observed(tally: figures.Tally | None) -> t.Observed:
-        return (tally or figures.Tally()).observed(window_seconds)
+    def __init__(self, service: Service, cells: list[figures.Cell], window_seconds: int):
+        self.service = service
+        self.window_seconds = window_seconds
+        self.by_model = figures.tally(cells, lambda _, d: d["model"])
+        self.by_endpoint = figures.tally(cells, lambda _, d: (d["model"], d["endpoint"]))
 
-    models = [
-        t.ModelOverview(
-            model_id=model.id,
-            status=model.status,
-            reported=figures.reported(model.health),
-            observed=observed(by_model.get(model.id)),
-            spend_today_usd=spend.get(model.id, 0) / figures.NANOS_PER_USD,
-            endpoints=[
+    @classmethod
+    async def read(cls, service: Service) -> ModelsHealth:
+        cells, window_seconds = await figures.recent(service.store, int(time.time() * 1000))
+        return cls(service, cells, window_seconds)
+
+    def _outcomes(self, tally: figures.Tally | None) -> t.Observed:
+        return (tally or figures.Tally()).observed(self.window_seconds)
+
+    def endpoints(self, model: t.SnapshotModel) -> list[t.EndpointOverview]:
+        views = []
+        for e in model.endpoints:
+            active = self.service.active_health.results.get(e.id) if e.health_check_url else None
+            breaker = _breaker(self.service, e.id)
+            probes = active.verdict if active else None
+            outcomes = self._outcomes(self.by_endpoint.get((model.id, e.id)))
+            views.append(
                 t.EndpointOverview(
                     endpoint_id=e.id,
-                    observed=observed(by_endpoint.get((model.id, e.id))),
-                    breaker=_breaker(service, e.id),
-                    last_probe=None,
+                    observed=figures.endpoint_observed(outcomes, breaker, probes),
+                    breaker=breaker,
+                    probes=probes,
+                    last_probe=active.last_probe if active else None,
                 )
-                for e in model.endpoints
-            ],
+            )
+        return views
+
+    def model(self, model: t.SnapshotModel, endpoints: list[t.EndpointOverview]) -> t.Observed:
+        return figures.model_observed(self._outcomes(self.by_model.get(model.id)), endpoints)
+
+
+async def overview(req: Request) -> Response:
+    service = req.service
+    observed = await ModelsHealth.read(service)
+    spend = await _spend_today(service)
+    now_ms = int(time.time() * 1000)
+    reports = {h.model_id: h for h in await service.catalog.all(HEALTH)}
+    models = []
+    for model in sorted(service.live.models.values(), key=lambda m: m.id):
+        if not model_visible(req, model.id):
+            continue
+        endpoints = observed.endpoints(model)
+        models.append(
+            t.ModelOverview(
+                model_id=model.id,
+                status=model.status,
+                reported=figures.reported(reports.get(model.id), now_ms),
+                observed=observed.model(model, endpoints),
+                spend_today_usd=spend.get(model.id, 0) / figures.NANOS_PER_USD,
+                endpoints=endpoints,
+            )
         )
-        for model in sorted(service.live.models.values(), key=lambda m: m.id)
-    ]
     body = t.HealthOverview(
         timestamp=utcnow(),
         service=t.ServiceOverview(
@@ -218,7 +249,8 @@ ROUTES = [
         "GET",
         "/api/health/overview",
         overview,
-        "The fleet: every model and endpoint, reported and observed, breakers, spend today",
+        "The fleet: every model and endpoint, reported and observed, breakers, spend today "
+        "(a workspace-scoped key: the models its workspace may use)",
         "health",
         "read",
         response=t.HealthOverview,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 
 import msgspec
 
 from .. import types as t
-from ..catalog import ENDPOINTS, HEALTH, MODELS, utcnow
+from ..catalog import ENDPOINTS, HEALTH, MODELS, iso, utcnow
 from ..http import ApiError, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent, ExpectPresent
 from ..telemetry import figures
 from ..tenancy import model_visible
+from .health import ModelsHealth
 from .writes import apply, update
 
 
@@ -91,28 +93,57 @@ async def batch_update_status(req: Request) -> Response:
     return json_response(t.BatchStatusResult(updated=body.updates))
 
 
+def _expiry(raw: str | None) -> str | None:
+    """An ISO 8601 expiry, in the future, as a UTC timestamp (no offset: UTC)."""
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(
+            400,
+            "validation_error",
+            f"expiresAt: {raw!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)",
+            {"in": "body", "field": "expiresAt"},
+        ) from None
+    at_ms = int(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() * 1000)
+    if at_ms <= time.time() * 1000:
+        raise ApiError(
+            400,
+            "validation_error",
+            f"expiresAt: {raw!r} has passed; an override must expire in the future",
+            {"in": "body", "field": "expiresAt"},
+        )
+    return iso(at_ms)
+
+
 async def set_health(req: Request) -> Response:
     model_id = req.path_params["modelId"]
     body: t.HealthUpdate = req.body
-    health = t.ModelHealth(model_id=model_id, last_checked=utcnow(), **msgspec.structs.asdict(body))
+    fields = msgspec.structs.asdict(body) | {"expires_at": _expiry(body.expires_at)}
+    health = t.ModelHealth(model_id=model_id, last_checked=utcnow(), **fields)
     await apply(req, [ExpectPresent(MODELS.name, model_id), HEALTH.put(model_id, health)])
     return json_response(health)
 
 
 async def get_health(req: Request) -> Response:
     model_id = req.path_params["modelId"]
-    catalog = req.service.catalog
-    if await catalog.get(MODELS, model_id) is None or not model_visible(req, model_id):
+    service = req.service
+    if await service.catalog.get(MODELS, model_id) is None or not model_visible(req, model_id):
         raise not_found("model", model_id)
-    health = await catalog.get(HEALTH, model_id)
-    cells, window_seconds = await figures.recent(req.service.store, int(time.time() * 1000))
-    mine = figures.tally(cells, lambda _, d: "" if d["model"] == model_id else None)
-    fields = msgspec.structs.asdict(health or t.ModelHealth(model_id=model_id, status="unknown"))
-    view = t.ModelHealthView(
-        **fields,
-        reported=figures.reported(health),
-        observed=mine.get("", figures.Tally()).observed(window_seconds),
-    )
+    health = await service.catalog.get(HEALTH, model_id)
+    reported = figures.reported(health, int(time.time() * 1000))
+    observed = await ModelsHealth.read(service)
+    model = service.live.models.get(model_id)
+    endpoints = observed.endpoints(model) if model else []
+    seen = observed.model(model, endpoints) if model else None
+    # The top-level fields (the spec's shape) are what applies: the report
+    # while it does, else the observation.
+    if health is not None and reported is not None and not reported.expired:
+        fields = msgspec.structs.asdict(health)
+    else:
+        fields = {"model_id": model_id, "status": seen.status if seen else "unknown"}
+    view = t.ModelHealthView(**fields, reported=reported, observed=seen, endpoints=endpoints)
     return json_response(view)
 
 

@@ -77,6 +77,11 @@ def probe_body(model: t.SnapshotModel) -> tuple[Operation, dict[str, Any]]:
     return Operation.CHAT, {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
 
 
+def health_check_request(model: t.SnapshotModel, endpoint: t.Endpoint, url: str) -> UpstreamRequest:
+    """A GET of the endpoint's health URL, with the provider's key."""
+    return UpstreamRequest(url, ADAPTERS[model.provider].headers(endpoint, {}), b"", "GET")
+
+
 class Prober:
     def __init__(self, live: LiveConfig, client: UpstreamClient, timeouts: Timeouts):
         self.live = live
@@ -91,12 +96,10 @@ class Prober:
             task.add_done_callback(self._running.discard)
 
     def _request(self, model: t.SnapshotModel, endpoint: t.Endpoint) -> UpstreamRequest:
-        adapter = ADAPTERS[model.provider]
         if endpoint.health_check_url:
-            headers = adapter.headers(endpoint, {})
-            return UpstreamRequest(endpoint.health_check_url, headers, b"", "GET")
+            return health_check_request(model, endpoint, endpoint.health_check_url)
         operation, body = probe_body(model)
-        return adapter.prepare(operation, model, endpoint, body, {})[1]
+        return ADAPTERS[model.provider].prepare(operation, model, endpoint, body, {})[1]
 
     async def probe(self, model_id: str, endpoint_id: str) -> None:
         model, endpoint = self.live.models.get(model_id), self.live.endpoints.get(endpoint_id)

@@ -30,6 +30,7 @@ from .._core import Engine
 from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
 from ..store import ConfigStamp, ExpectAbsent, Op, PreconditionFailed
 from ..telemetry import metrics
+from ..telemetry.figures import epoch_ms, override_applies
 from .write_counter import WriteCounter
 
 log = logging.getLogger("model_router.engine")
@@ -52,6 +53,8 @@ class LiveConfig:
         self.endpoints: dict[str, t.Endpoint] = {}
         self.workspaces: dict[str, t.WorkspaceConfig] = {}
         self.loaded_at: float | None = None
+        # When the first operator's health report in the snapshot expires (ms).
+        self.next_override_expiry_ms: int | None = None
         self.last_error: str | None = None
         self._reloading = asyncio.Lock()
 
@@ -96,7 +99,10 @@ class LiveConfig:
             stamp = ConfigStamp(await self.catalog.store.start_epoch(), stamp.version)
         if stamp.epoch == self.epoch and stamp.version == self.version:
             self.writes_seen = writes
-            return False
+            if not self._an_override_expired():
+                return False
+            await self._load(stamp)  # the same config, without the report that expired
+            return True
         if self.version >= 0 and not self._adoptable(stamp):
             self.writes_seen = writes
             self._report_reset(stamp)
@@ -165,7 +171,10 @@ class LiveConfig:
         endpoints: dict[str, list[t.Endpoint]] = defaultdict(list)
         for endpoint in await c.all(ENDPOINTS):
             endpoints[endpoint.model_id].append(endpoint)
-        health = {h.model_id: h for h in await c.all(HEALTH)}
+        now_ms = int(time.time() * 1000)
+        health = {h.model_id: h for h in await c.all(HEALTH) if override_applies(h, now_ms)}
+        expiries = [epoch_ms(h.expires_at) for h in health.values() if h.expires_at]
+        self.next_override_expiry_ms = min(expiries, default=None)
         models = [
             t.SnapshotModel(
                 id=m.id,
@@ -193,6 +202,10 @@ class LiveConfig:
             agent_preferences={a.agent_type: a for a in await c.all(AGENTS)},
             workspace_configs={w.workspace_id: w for w in await c.all(WORKSPACES)},
         )
+
+    def _an_override_expired(self) -> bool:
+        expiry = self.next_override_expiry_ms
+        return expiry is not None and expiry <= time.time() * 1000
 
     def failed(self, exc: Exception) -> None:
         """A reload failed: keep serving the version we have, and say so in health

@@ -176,6 +176,17 @@ class Store(Protocol):
 
     async def get_state(self, kind: str) -> dict[str, bytes]: ...
 
+    async def hold_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take the lease `name` for `holder`, or extend it if `holder` has it,
+        for `ttl_ms`; True when `holder` holds it now. A lease no one renews is
+        free again after its time to live: one holder at a time, deployment-wide
+        (the active health prober)."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Free the lease if `holder` holds it (a clean stop hands it over at once)."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -120,6 +120,19 @@ end
 return false
 """
 
+# KEYS[1] is the lease; ARGV: holder, time to live (ms).
+HOLD_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # A rollup cell's hash field is its key and metric joined by this.
 ROLLUP_SEPARATOR = "\x1d"
 
@@ -153,6 +166,8 @@ class RedisStore:
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
         self._reserve = self._redis.register_script(RESERVE)
+        self._hold_lease = self._redis.register_script(HOLD_LEASE)
+        self._release_lease = self._redis.register_script(RELEASE_LEASE)
 
     def _doc_key(self, kind: str) -> str:
         return f"{self._prefix}:doc:{kind}"
@@ -258,6 +273,15 @@ class RedisStore:
     async def get_state(self, kind: str) -> dict[str, bytes]:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(f"{self._prefix}:state:{kind}"))
         return {k.decode(): v for k, v in raw.items()}
+
+    @_reachable
+    async def hold_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        key = f"{self._prefix}:lease:{name}"
+        return bool(await self._hold_lease(keys=[key], args=[holder, ttl_ms]))
+
+    @_reachable
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._release_lease(keys=[f"{self._prefix}:lease:{name}"], args=[holder])
 
     @_reachable
     async def ping(self) -> None:

@@ -62,6 +62,11 @@ CREATE TABLE IF NOT EXISTS counters (
     value      INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollups (
     resolution TEXT NOT NULL,
     start_ms   INTEGER NOT NULL,
@@ -220,6 +225,28 @@ class SQLiteStore:
             return {id: bytes(body) for id, body in rows}
 
         return await self._run(read)
+
+    async def hold_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        def hold(db: sqlite3.Connection) -> bool:
+            now = int(time.time() * 1000)
+            row = db.execute(
+                "SELECT holder, expires_ms FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, expires_ms) VALUES (?, ?, ?)",
+                (name, holder, now + ttl_ms),
+            )
+            return True
+
+        return await self._run(lambda: self._transaction(hold))
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+        await self._run(lambda: self._transaction(release))
 
     async def ping(self) -> None:
         await self._run(lambda: self._db.execute("SELECT 1").fetchone())

@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
+
+import msgspec
 
 from .. import types as t
 from .._core import sketch_quantiles
@@ -53,8 +56,10 @@ class Tally:
     def observed(self, window_seconds: int) -> t.Observed:
         attempts = self.counters["attempts"]
         rate = self.outcomes["success"] / attempts if attempts else None
+        status = observed_status(rate)
         return t.Observed(
-            status=observed_status(rate),
+            status=status,
+            reasons=[] if rate is None or status == "healthy" else [f"success rate {rate:.1%}"],
             window_seconds=window_seconds,
             attempts=attempts,
             success_rate=rate,
@@ -126,7 +131,63 @@ async def recent(store: Store, now_ms: int) -> tuple[list[Cell], int]:
     return await store.read_rollups("m", from_ms, now_ms + 1), (now_ms - from_ms) // 1000 or 1
 
 
-def reported(health: t.ModelHealth | None) -> t.Reported | None:
+# Worst first: a combined status is the worst of its signals.
+_SEVERITY: dict[t.ObservedStatus, int] = {"unhealthy": 0, "degraded": 1, "healthy": 2, "unknown": 3}
+
+
+def _worst(a: t.ObservedStatus, b: t.ObservedStatus) -> t.ObservedStatus:
+    if "unknown" in (a, b):  # no traffic says nothing: the other signal decides
+        return b if a == "unknown" else a
+    return min(a, b, key=_SEVERITY.__getitem__)
+
+
+def endpoint_observed(
+    outcomes: t.Observed, breaker: t.BreakerView | None, probes: t.ProbeVerdict | None
+) -> t.Observed:
+    """Passive health (outcomes, breaker) and active probes, as one status:
+    the worst of them. The engine skips what this calls unhealthy (an open
+    breaker, or one the probes hold open)."""
+    status, reasons = outcomes.status, list(outcomes.reasons)
+    if probes is not None:
+        status = _worst(status, probes.status)
+        if probes.status == "unhealthy":
+            reasons.append(f"active probes failing since {probes.since}")
+    if breaker is not None and breaker.state != "closed":
+        status = _worst(status, "unhealthy" if breaker.state == "open" else "degraded")
+        reasons.append(f"breaker {breaker.state.replace('_', '-')}")
+    return msgspec.structs.replace(outcomes, status=status, reasons=reasons)
+
+
+def model_observed(outcomes: t.Observed, endpoints: list[t.EndpointOverview]) -> t.Observed:
+    """A model's outcomes, lowered by its endpoints: unhealthy when none can
+    take traffic, degraded when some cannot."""
+    down = [e.endpoint_id for e in endpoints if e.observed.status == "unhealthy"]
+    status, reasons = outcomes.status, list(outcomes.reasons)
+    if down and len(down) == len(endpoints):
+        status = "unhealthy"
+        reasons.append("every endpoint unhealthy")
+    elif down:
+        status = _worst(status, "degraded")
+        reasons.append(f"endpoints unhealthy: {', '.join(down)}")
+    elif endpoints and all(e.observed.status == "healthy" for e in endpoints):
+        status = _worst(status, "healthy")  # no traffic: the probes' word
+    return msgspec.structs.replace(outcomes, status=status, reasons=reasons)
+
+
+def override_applies(health: t.ModelHealth, now_ms: int) -> bool:
+    return health.expires_at is None or epoch_ms(health.expires_at) > now_ms
+
+
+def epoch_ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp).timestamp() * 1000)
+
+
+def reported(health: t.ModelHealth | None, now_ms: int) -> t.Reported | None:
     if health is None:
         return None
-    return t.Reported(status=health.status, last_checked=health.last_checked, expires_at=None)
+    return t.Reported(
+        status=health.status,
+        last_checked=health.last_checked,
+        expires_at=health.expires_at,
+        expired=not override_applies(health, now_ms),
+    )

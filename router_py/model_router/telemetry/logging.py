@@ -49,6 +49,22 @@ def _masked(value: Any) -> Any:
     return mask(str(value))
 
 
+def granian_log_config(level: str) -> dict[str, Any]:
+    """Granian's own loggers (`_granian`, its Rust side too, and the access
+    log) through our formatter on stderr: one JSON stream, one schema."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {
+            name: {"handlers": ["json"], "level": level.upper(), "propagate": False}
+            for name in ("_granian", "granian.access")
+        },
+    }
+
+
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

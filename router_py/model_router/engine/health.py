@@ -1,0 +1,238 @@
+"""Active health monitoring: every endpoint with a `healthCheckUrl` is probed
+on an interval, once per deployment, and every worker takes what the probes
+conclude out of rotation (or puts it back).
+
+One worker in the whole deployment probes: the holder of a lease in the store
+(renewed each second, free again three seconds after its holder stops). It
+GETs each health URL with the provider's key every interval (minus up to 20%
+jitter, so probes of many endpoints spread out), each probe bounded by its own
+timeout. K failures in a row make an endpoint unhealthy, J successes in a row
+healthy again; a probe that disagrees with the verdict is confirmed by the
+next ones a quarter second apart, so a verdict changes within about one
+interval of the endpoint changing. The prober writes each result to the
+store's shared state, where the next holder picks the counts up.
+
+Every worker reads that state on the breaker beat and holds the breaker of
+each unhealthy endpoint open (the engine then skips it, as it skips any open
+breaker), renewing the hold while the verdict stands and closing the breaker
+when it clears. A worker that cannot read the store stops renewing: the hold
+runs out and the breaker's own half-open probes take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+
+import msgspec
+
+from .. import types as t
+from ..catalog import iso
+from ..settings import Settings
+from ..store import Store, StoreUnavailable
+from .breakers import health_check_request
+from .live import LiveConfig
+from .upstream import Deadlines, UpstreamClient, UpstreamRequest
+
+log = logging.getLogger("model_router.health")
+
+STATE_KIND = "probes"
+LEASE = "health-prober"
+LEASE_TTL_MS = 3000
+LEASE_BEAT_MS = 1000
+# How often the prober looks for probes that are due.
+TICK_MS = 50
+JITTER = 0.2
+CONFIRM_MS = 250
+# The shortest hold of an unhealthy endpoint's breaker (renewed at half).
+MIN_HOLD_MS = 2000
+
+
+def judge(
+    before: t.ProbeVerdict | None,
+    result: t.ProbeResult,
+    failures_to_down: int,
+    successes_to_up: int,
+) -> t.ProbeVerdict:
+    """The verdict after one more result: K failures in a row take an
+    endpoint out, J successes in a row bring it back."""
+    failures = 0 if result.ok else (before.consecutive_failures if before else 0) + 1
+    successes = (before.consecutive_successes if before else 0) + 1 if result.ok else 0
+    status = before.status if before else "healthy"  # presumed healthy until K failures
+    if status == "healthy" and failures >= failures_to_down:
+        status = "unhealthy"
+    elif status == "unhealthy" and successes >= successes_to_up:
+        status = "healthy"
+    since = result.at if before is None or status != before.status else before.since
+    return t.ProbeVerdict(
+        status=status,
+        consecutive_failures=failures,
+        consecutive_successes=successes,
+        since=since,
+    )
+
+
+class HealthMonitor:
+    def __init__(self, live: LiveConfig, store: Store, client: UpstreamClient, settings: Settings):
+        self.live = live
+        self.store = store
+        self.client = client
+        self.interval_ms = settings.health_probe_interval_ms
+        self.timeout_ms = settings.health_probe_timeout_ms
+        self.connect_ms = min(settings.connect_timeout_ms, self.timeout_ms)
+        self.failures_to_down = settings.health_failures_to_down
+        self.successes_to_up = settings.health_successes_to_up
+        self.hold_ms = max(self.interval_ms, MIN_HOLD_MS)
+        self.me = f"{os.getpid()}-{id(self):x}"
+        # Every worker: the last shared result of each endpoint (for the overview).
+        self.results: dict[str, t.ActiveHealth] = {}
+        self._held: set[str] = set()  # endpoints whose breaker we hold open
+        # The prober only: when each endpoint is due (loop clock), and the probes under way.
+        self.leading = False
+        self._due: dict[str, float] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    # --- every worker ----------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Adopt the shared results: hold unhealthy endpoints out of rotation."""
+        if not self._held and not any(map(self._probed, self.live.endpoints)):
+            self.results = {}
+            return  # nothing probed: spare the store the read
+        raw = await self.store.get_state(STATE_KIND)
+        self.results = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
+        now_ms = time.time() * 1000
+        engine = self.live.engine
+        down = {
+            endpoint_id
+            for endpoint_id, result in self.results.items()
+            if result.verdict.status == "unhealthy" and self._probed(endpoint_id)
+        }
+        for endpoint_id in down:
+            state = engine.breaker_state(endpoint_id)
+            if state is None:
+                continue
+            name, open_until = state
+            if name != "open" or open_until is None or open_until - now_ms < self.hold_ms / 2:
+                engine.adopt_breaker_transition(endpoint_id, int(now_ms + self.hold_ms))
+        for endpoint_id in self._held - down:
+            engine.adopt_breaker_transition(endpoint_id, None)
+        self._held = down
+
+    def _probed(self, endpoint_id: str) -> bool:
+        endpoint = self.live.endpoints.get(endpoint_id)
+        return endpoint is not None and endpoint.health_check_url is not None
+
+    # --- the elected prober ----------------------------------------------------
+
+    async def lead(self) -> None:
+        """Take or renew the prober's lease (a beat); probe while we hold it."""
+        try:
+            leading = await self.store.hold_lease(LEASE, self.me, LEASE_TTL_MS)
+        except Exception:
+            self._step_down()  # another replica may take over when our lease lapses
+            raise
+        if leading and not self.leading:
+            log.info("this worker runs the active health probes")
+        elif self.leading and not leading:
+            log.warning("another worker took over the active health probes")
+            self._step_down()
+        self.leading = leading
+
+    def _step_down(self) -> None:
+        self.leading = False
+        self._due.clear()
+        for task in self._running.values():
+            task.cancel()
+        self._running.clear()
+
+    async def probe_due(self) -> None:
+        """Start the probes that are due (a beat; nothing unless we lead)."""
+        if not self.leading:
+            return
+        now = asyncio.get_running_loop().time()
+        probed = {id for id in self.live.endpoints if self._probed(id)}
+        for endpoint_id in set(self._due) - probed:
+            del self._due[endpoint_id]  # removed, or its healthCheckUrl was
+        for endpoint_id in probed:
+            due = self._due.setdefault(endpoint_id, now + self._next_s())
+            if due <= now and endpoint_id not in self._running:
+                self._running[endpoint_id] = asyncio.create_task(self._probe_once(endpoint_id))
+
+    def _next_s(self) -> float:
+        return self.interval_ms * random.uniform(1 - JITTER, 1) / 1000
+
+    async def _probe_once(self, endpoint_id: str) -> None:
+        try:
+            await self.probe(endpoint_id)
+        except Exception:
+            log.exception("active probe of %s failed", endpoint_id)
+        finally:
+            self._running.pop(endpoint_id, None)
+
+    async def probe(self, endpoint_id: str) -> None:
+        endpoint = self.live.endpoints.get(endpoint_id)
+        model = self.live.models.get(endpoint.model_id) if endpoint else None
+        if endpoint is None or model is None or endpoint.health_check_url is None:
+            return
+        result = await self._send(health_check_request(model, endpoint, endpoint.health_check_url))
+        previous = self.results.get(endpoint_id)
+        verdict = judge(
+            previous.verdict if previous else None,
+            result,
+            self.failures_to_down,
+            self.successes_to_up,
+        )
+        agrees = (verdict.status == "healthy") == result.ok
+        loop = asyncio.get_running_loop()
+        self._due[endpoint_id] = loop.time() + (self._next_s() if agrees else CONFIRM_MS / 1000)
+        shared = t.ActiveHealth(verdict=verdict, last_probe=result)
+        self.results[endpoint_id] = shared
+        if verdict.status != (previous.verdict.status if previous else "healthy"):
+            self._report(endpoint.model_id, endpoint_id, verdict, result)
+        try:
+            await self.store.put_state(STATE_KIND, {endpoint_id: msgspec.json.encode(shared)})
+        except StoreUnavailable as exc:
+            log.warning("probe result of %s not shared: %s", endpoint_id, exc)
+
+    async def _send(self, request: UpstreamRequest) -> t.ProbeResult:
+        at, started = iso(int(time.time() * 1000)), time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            deadlines = Deadlines.within(self.timeout_ms / 1000, self.connect_ms / 1000)
+            status = (await self.client.send(request, deadlines)).status
+        except Exception as exc:  # refused, unreachable, timed out
+            error = f"{type(exc).__name__}: {exc}"[:300]
+        ok = status is not None and 200 <= status < 400
+        if status is not None and not ok:
+            error = f"status {status}"
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        return t.ProbeResult(at=at, ok=ok, status_code=status, error=error, latency_ms=latency)
+
+    @staticmethod
+    def _report(
+        model_id: str, endpoint_id: str, verdict: t.ProbeVerdict, result: t.ProbeResult
+    ) -> None:
+        extra = {"modelId": model_id, "endpointId": endpoint_id, "latency": result.latency_ms}
+        if verdict.status == "unhealthy":
+            log.warning(
+                "endpoint unhealthy: %d probes failed in a row (%s); out of rotation",
+                verdict.consecutive_failures,
+                result.error,
+                extra=extra,
+            )
+        else:
+            log.info("endpoint healthy again: back in rotation", extra=extra)
+
+    async def stop(self) -> None:
+        leading = self.leading
+        self._step_down()
+        if leading:
+            try:
+                await self.store.release_lease(LEASE, self.me)  # a successor need not wait
+            except StoreUnavailable:
+                pass
