@@ -61,6 +61,20 @@ async def asset(req: Request) -> Response:
 
 
 ROUTES = [
-    Route("GET", "/ui", page, "The operations page (sign in with a key or JWT)", "meta"),
-    Route("GET", "/ui/{asset}", asset, "The operations page's scripts and styles", "meta"),
+    Route(
+        "GET",
+        "/ui",
+        page,
+        "The operations page (sign in with a key or JWT)",
+        "meta",
+        media=("text/html",),
+    ),
+    Route(
+        "GET",
+        "/ui/{asset}",
+        asset,
+        "The operations page's scripts and styles",
+        "meta",
+        media=tuple(dict.fromkeys(c.partition(";")[0] for c in CONTENT_TYPES.values())),
+    ),
 ]
