@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from .api import ROUTES
+from .audit import WRITER, Writer
 from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
 from .service import Service
 from .settings import Settings
@@ -39,6 +40,9 @@ log = logging.getLogger("model_router.app")
 _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
+
+# What the writes of these routes change is recorded in the audit trail.
+AUDITED = frozenset({"operate", "configure", "configure_workspace", "manage_keys"})
 
 # Reads the request body, given the most bytes it may have.
 BodyReader = Callable[[int], Awaitable[bytes]]
@@ -169,6 +173,8 @@ class App:
     ) -> tuple[Response, str]:
         """The response to one request, and the request's id."""
         request_id = headers.get("x-request-id", "")[:128] or new_id()
+        # Servers may run requests in one context: no writer outlives its request.
+        writer = WRITER.set(None)
         try:
             response = await self._handle(
                 method, path, query_string, headers, read_body, request_id, started
@@ -190,6 +196,8 @@ class App:
             log.exception("unhandled error", extra={"requestId": request_id})
             internal = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
             response = error_response(internal, error_shape(path, headers))
+        finally:
+            WRITER.reset(writer)
         return response, request_id
 
     async def _handle(
@@ -216,6 +224,8 @@ class App:
             principal.authorize(route.permission, params.get("workspaceId"))
             limits = await service.check_rate(principal)
             request.principal = principal
+            if route.permission in AUDITED and route.method != "GET":
+                WRITER.set(Writer(principal, method, path, request_id))
         if route.query is not None:
             query = dict(parse_qsl(query_string))
             try:

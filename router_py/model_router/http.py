@@ -28,6 +28,7 @@ Permission = Literal[
     "configure_workspace",  # write the config of the key's own workspace
     "manage_keys",  # create, list and revoke API keys
     "route",  # ask for routing decisions and model calls
+    "audit",  # read the audit trail of admin writes
 ]
 
 JSON = "application/json"

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from . import auth
 from . import types as t
-from .catalog import KEYS, Catalog
+from .audit import Auditor
+from .catalog import KEYS, Catalog, utcnow
 from .engine.breakers import BreakerSync, Prober
 from .engine.budgets import BudgetLeases
 from .engine.executor import Executor, Timeouts
@@ -50,8 +51,17 @@ class Service:
         self.settings = settings
         self.store = open_store(settings)
         writes = WriteCounter(counter_path(settings.port))
+        auditor = Auditor(
+            self.store,
+            settings.audit_max_entries,
+            lambda changes: self.redactor.redact_json(changes),
+            utcnow,
+        )
         self.catalog = Catalog(
-            self.store, on_write=writes.bump, check_write=self._refuse_writes_to_a_reset_store
+            self.store,
+            on_write=writes.bump,
+            check_write=self._refuse_writes_to_a_reset_store,
+            auditor=auditor,
         )
         self.live = LiveConfig(
             self.catalog,

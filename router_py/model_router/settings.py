@@ -68,6 +68,7 @@ class Settings:
     backlog: int = 2048
     max_connections: int = 16_384
     header_read_timeout_ms: int = 10_000
+    audit_max_entries: int = 10_000
 
     @property
     def sqlite_path(self) -> Path:
@@ -157,6 +158,9 @@ class Settings:
             ),
             header_read_timeout_ms=read(
                 "MODEL_ROUTER_HEADER_READ_TIMEOUT_MS", _int_in(1, 60_000), d.header_read_timeout_ms
+            ),
+            audit_max_entries=read(
+                "MODEL_ROUTER_AUDIT_MAX_ENTRIES", _int_in(1, 10_000_000), d.audit_max_entries
             ),
             rollup_minutes_keep_hours=read(
                 "MODEL_ROUTER_ROLLUP_MINUTES_KEEP_HOURS",

@@ -395,6 +395,47 @@ class ImportResult(Body):
     changes: dict[str, KindChanges]
 
 
+# --- audit -------------------------------------------------------------------
+
+AuditedKind = Literal["models", "endpoints", "rules", "agents", "workspaces", "health", "keys"]
+
+
+class AuditChange(Body):
+    """One document a write changed: absent `before` is a creation, absent
+    `after` a deletion; `resourceId` "*" is every document of the kind
+    (a config import in replace mode clears them first)."""
+
+    resource_type: str
+    resource_id: str
+    before: Any = None
+    after: Any = None
+
+
+class AuditEntry(Body):
+    seq: int
+    at: Timestamp
+    config_version: Annotated[int, Meta(description="The config version this write produced")]
+    key_id: Annotated[str, Meta(description="The API key, or jwt-<hash> for a JWT")]
+    user_id: Annotated[str | None, Meta(description="A JWT's subject")]
+    role: Role
+    method: str
+    path: str
+    request_id: str
+    resource_type: str | None
+    resource_id: Annotated[str | None, Meta(description="None when several were changed")]
+    changes: list[AuditChange]
+    omitted_changes: Annotated[
+        int, Meta(description="Further documents changed, beyond the ones listed")
+    ] = 0
+
+
+class AuditPage(Body):
+    data: list[AuditEntry]
+    next_before: Annotated[
+        int | None, Meta(description="Pass as `before` for the next (older) page")
+    ]
+
+
 # --- generic envelopes -------------------------------------------------------
 
 
@@ -704,6 +745,14 @@ class RecentRequest(Body):
 
 class RecentQuery(Query):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class AuditQuery(Query):
+    since: str | None = None
+    resource_type: AuditedKind | None = None
+    key_id: str | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    before: Annotated[int, Meta(ge=1)] | None = None
 
 
 # --- analytics and the health overview ---------------------------------------
