@@ -134,3 +134,75 @@ class RateLimiter:
                 for slot in [s for s in table if s[1] < window]:
                     del table[slot]
             self._alone = {s for s in self._alone if s[1] >= window}
+
+
+class FailedAuthentications:
+    """At most `limit` failed authentications (401) per client address per
+    minute, over every worker and replica: each failure is counted in the
+    store, and the one that takes an address past the limit is answered 429
+    instead. A worker that saw an address over its limit answers every
+    request from it 429 until the minute ends, without checking the key, so
+    guessing stops paying; other workers learn it from the address's next
+    failure there. While the store is away each worker counts on its own."""
+
+    WINDOW_MS = 60_000
+
+    def __init__(self, store: Store, limit: int):
+        self.store = store
+        self.limit = limit
+        self._blocked: dict[str, int] = {}  # address -> ms when its window ends
+        self._alone: dict[Slot, int] = defaultdict(int)
+
+    def blocked_for(self, address: str, now_ms: int | None = None) -> float | None:
+        """Seconds until the address may try again, if it is blocked here."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        until = self._blocked.get(address)
+        if until is None:
+            return None
+        if until <= now_ms:
+            del self._blocked[address]
+            return None
+        return (until - now_ms) / 1000
+
+    async def failed(self, address: str) -> float | None:
+        """Count one failure; the seconds to wait when it is over the limit."""
+        now_ms = int(time.time() * 1000)
+        window = now_ms // self.WINDOW_MS
+        name = f"authfail:{address}:{window}"
+        try:
+            total = (await self.store.add_counters({name: 1}, 2 * self.WINDOW_MS))[name]
+        except Exception as exc:  # the store is away: this worker's own count
+            log.warning("failed authentications counted locally: %s", exc)
+            self._alone[(address, window)] += 1
+            total = self._alone[(address, window)]
+        if total <= self.limit:
+            return None
+        if len(self._blocked) > 10_000:  # addresses whose minute ended
+            self._blocked = {a: u for a, u in self._blocked.items() if u > now_ms}
+            self._alone = defaultdict(int, {s: n for s, n in self._alone.items() if s[1] >= window})
+        self._blocked[address] = (window + 1) * self.WINDOW_MS
+        return self.blocked_for(address, now_ms)
+
+
+class InFlight:
+    """Requests in progress per client address, in this worker, capped: one
+    address cannot hold every worker's attention (0 lifts the cap)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self._count: dict[str, int] = {}
+
+    def enter(self, address: str) -> bool:
+        """Count one more request of the address; False when at its cap."""
+        count = self._count.get(address, 0)
+        if self.cap and count >= self.cap:
+            return False
+        self._count[address] = count + 1
+        return True
+
+    def leave(self, address: str) -> None:
+        count = self._count[address] - 1
+        if count:
+            self._count[address] = count
+        else:
+            del self._count[address]
