@@ -24,9 +24,7 @@ def _from(address: str, key: str = "mr_nope_wrong") -> dict[str, str]:
 
 def test_failed_authentications_are_limited_per_address_exactly_across_workers(make_server):
     server = make_server(workers=2, MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="5", **BEHIND_INGRESS)
-    answers = [
-        httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.1")) for _ in range(12)
-    ]
+    answers = [httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.1")) for _ in range(12)]
     assert [r.status_code for r in answers] == [401] * 5 + [429] * 7
     refused = answers[-1]
     assert 1 <= int(refused.headers["retry-after"]) <= 60

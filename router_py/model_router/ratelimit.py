@@ -64,35 +64,39 @@ class RateLimiter:
         self._ask_again = 0.0  # time.monotonic() before which the store is not asked
         self._refills: set[asyncio.Task[None]] = set()
 
-    async def admit(self, key_id: str, now_ms: int | None = None) -> Verdict:
+    async def admit(
+        self, key_id: str, now_ms: int | None = None, limit: int | None = None
+    ) -> Verdict:
+        """One admission for the key, against `limit` (else the limiter's own)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        limit = self.limit if limit is None else limit
         window = now_ms // self.window_ms
         slot = (key_id, window)
         reset_s = ((window + 1) * self.window_ms - now_ms) / 1000
         self._forget_before(window)
         if self._lease[slot] <= 0 and time.monotonic() >= self._ask_again:
-            await self._take(slot)
+            await self._take(slot, limit)
         if self._lease[slot] > 0:
             self._lease[slot] -= 1
             if self._lease[slot] == LEASE // 2:
-                self._refill(slot)
-            return Verdict(True, self.limit, self._remaining(slot), reset_s)
+                self._refill(slot, limit)
+            return Verdict(True, limit, self._remaining(slot, limit), reset_s)
         store_away = slot in self._alone or time.monotonic() < self._ask_again
-        if store_away and self._offline[slot] < self.limit:
+        if store_away and self._offline[slot] < limit:
             self._alone.add(slot)
             self._offline[slot] += 1  # the store is away: this worker's own count
-            return Verdict(True, self.limit, self.limit - self._offline[slot], reset_s)
-        return Verdict(False, self.limit, 0, reset_s)
+            return Verdict(True, limit, limit - self._offline[slot], reset_s)
+        return Verdict(False, limit, 0, reset_s)
 
-    def _remaining(self, slot: Slot) -> int:
-        return max(0, self.limit - self._taken.get(slot, 0) + self._lease[slot])
+    def _remaining(self, slot: Slot, limit: int) -> int:
+        return max(0, limit - self._taken.get(slot, 0) + self._lease[slot])
 
-    def _refill(self, slot: Slot) -> None:
-        task = asyncio.get_running_loop().create_task(self._take(slot))
+    def _refill(self, slot: Slot, limit: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._take(slot, limit))
         self._refills.add(task)
         task.add_done_callback(self._refills.discard)
 
-    async def _take(self, slot: Slot) -> None:
+    async def _take(self, slot: Slot, limit: int) -> None:
         """Add up to LEASE admissions to the slot's lease: as many as the
         window has room for. A store that does not answer leaves the lease as
         it is and starts counting this worker's admissions on its own."""
@@ -101,7 +105,7 @@ class RateLimiter:
                 return  # another waiter refilled it
             # One counter of what all workers took; nothing is "spent" apart
             # from it (that counter stays 0).
-            check = Reservation(f"rl-spent:{slot[0]}", _counter(slot), self.limit)
+            check = Reservation(f"rl-spent:{slot[0]}", _counter(slot), limit)
             amount = LEASE
             try:
                 while amount > 0:
@@ -113,7 +117,7 @@ class RateLimiter:
                         return
                     _, _, taken = refused
                     self._taken[slot] = taken
-                    amount = min(amount - 1, self.limit - taken)
+                    amount = min(amount - 1, limit - taken)
             except Exception as exc:  # the store is away: no waiting on it for a while
                 log.warning("rate limit counted locally: %s", exc)
                 self._ask_again = time.monotonic() + RETRY_S

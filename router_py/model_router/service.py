@@ -27,6 +27,7 @@ from .engine.live import LiveConfig
 from .engine.secrets import Redactor
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
+from .engine.workspace_limits import WorkspaceLimits
 from .engine.write_counter import WriteCounter, counter_path
 from .http import ApiError
 from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
@@ -70,6 +71,7 @@ class Service:
             writes,
         )
         self.budgets = BudgetLeases(self.live, self.store)
+        self.workspace_limits = WorkspaceLimits(self.live, self.store)
         self.spend = SpendSync(
             self.live.engine,
             self.store,
@@ -93,6 +95,7 @@ class Service:
                 stream_idle_ms=settings.stream_idle_timeout_ms,
             ),
             self.budgets,
+            self.workspace_limits,
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
@@ -130,6 +133,7 @@ class Service:
             every(s.config_poll_ms, "config poll", self.live.refresh, self.live.failed),
             every(1000, "rate-limit reconcile", self.limiter.reconcile),
             every(SPEND_FLUSH_MS, "spend flush", self.spend.flush),
+            every(SPEND_FLUSH_MS, "workspace token flush", self.workspace_limits.flush),
             every(RECORDS_FLUSH_MS, "request records flush", self.observer.flush_records),
             every(1000, "metrics flush", self.observer.flush_metrics),
             every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
@@ -159,6 +163,8 @@ class Service:
             await self.limiter.reconcile()
         with contextlib.suppress(Exception):
             await self.spend.flush()
+        with contextlib.suppress(Exception):
+            await self.workspace_limits.flush()
         with contextlib.suppress(Exception):
             await self.observer.flush_records()
         await self.observer.flush_metrics()

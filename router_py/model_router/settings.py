@@ -70,7 +70,7 @@ class Settings:
     header_read_timeout_ms: int = 10_000
     audit_max_entries: int = 10_000
     auth_failures_per_minute: int = 20  # per client address; 0: no limit
-    max_in_flight_per_client: int = 256  # per client address and worker; 0: no cap
+    max_in_flight_per_client: int = 1024  # per client address and worker; 0: no cap
     client_address_header: str | None = None  # set by a trusted ingress (X-Forwarded-For)
 
     @property

@@ -297,11 +297,14 @@ class AgentPreferences(Body):
 
 
 class BudgetLimits(Body):
-    """USD per calendar day, ISO week and month (UTC)."""
+    """USD per calendar day, ISO week and month (UTC); model calls and
+    tokens per minute (docs/deployment.md)."""
 
     daily: NonNegative | None = None
     weekly: NonNegative | None = None
     monthly: NonNegative | None = None
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: Annotated[int, Meta(ge=1, le=10**12)] | None = None
 
 
 class QualityRequirements(Body):
