@@ -113,3 +113,18 @@ def test_only_unscoped_admins_read_the_audit_trail(server):
         r = httpx.get(f"{server.url}/api/audit", headers=server.auth(key))
         assert r.status_code == 403, (role, workspace)
     assert httpx.get(f"{server.url}/api/audit").status_code == 401
+
+
+def test_a_config_import_is_one_entry_listing_what_it_replaced(server):
+    admin = server.client
+    admin.post("/api/models", json=model_body("old", id="old")).raise_for_status()
+    config = {"models": [{**model_body("new"), "id": "new"}]}
+    r = admin.post("/api/config/import", params={"mode": "replace"}, json={"config": config})
+    assert r.status_code == 200, r.text
+    entry = admin.get("/api/audit").json()["data"][0]
+    assert entry["path"] == "/api/config/import" and entry["resourceId"] is None
+    changes = {(c["resourceType"], c["resourceId"]): c for c in entry["changes"]}
+    assert ("models", "*") in changes  # replace mode clears the kind first
+    assert changes[("models", "new")]["before"] is None
+    assert changes[("models", "new")]["after"]["id"] == "new"
+    assert entry["configVersion"] == admin.get("/api/config/export").json()["configVersion"]
