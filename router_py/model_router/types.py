@@ -303,8 +303,9 @@ class BudgetLimits(Body):
     daily: NonNegative | None = None
     weekly: NonNegative | None = None
     monthly: NonNegative | None = None
-    requests_per_minute: PositiveInt | None = None
-    tokens_per_minute: Annotated[int, Meta(ge=1, le=10**12)] | None = None
+    # Left out of answers when unset, so configs without them read as before.
+    requests_per_minute: PositiveInt | None | UnsetType = UNSET
+    tokens_per_minute: Annotated[int, Meta(ge=1, le=10**12)] | None | UnsetType = UNSET
 
 
 class QualityRequirements(Body):

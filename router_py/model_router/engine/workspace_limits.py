@@ -69,7 +69,8 @@ class WorkspaceLimits:
         limits = config.budget_limits if config is not None else None
         if limits is None:
             return None, None
-        return limits.requests_per_minute, limits.tokens_per_minute
+        calls, tokens = limits.requests_per_minute, limits.tokens_per_minute
+        return (calls or None), (tokens or None)  # unset (UNSET is falsy) or null: none
 
     def estimate(self, candidates: list[str], prompt_tokens: int, body: dict[str, object]) -> int:
         """The most tokens the call can use on any of its candidates."""
