@@ -20,7 +20,8 @@ ERRORS = {
     "404": "Not found",
     "409": "Already exists",
     "413": "Request body too large",
-    "429": "Rate limit exceeded (see Retry-After)",
+    "429": "A rate limit, the address's failed authentications or its requests in "
+    "flight exceeded (see Retry-After)",
 }
 
 
