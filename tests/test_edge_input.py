@@ -102,7 +102,10 @@ def test_requests_the_router_refuses_are_counted_and_logged_but_not_floods(make_
     assert router.client.get("/api/nothing-here").status_code == 404
     time.sleep(1.5)  # the metrics flush
     text = httpx.get(f"{router.url}/metrics").text
-    assert 'model_router_rejected_total{status="401",type="unauthorized"} 60.0' in text
+    # Past 20 failed authentications a minute, the address is answered 429.
+    assert 'model_router_rejected_total{status="401",type="unauthorized"} 20.0' in text
+    refused = 'status="429",type="too_many_failed_authentications"} 40.0'
+    assert refused in text
     assert 'model_router_rejected_total{status="404",type="not_found"} 1.0' in text
     log = router.log_path.read_text()
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]

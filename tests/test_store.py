@@ -10,6 +10,7 @@ import pytest
 from conftest import free_port, store_env
 from model_router.settings import Settings
 from model_router.store import (
+    AppendAudit,
     Clear,
     ConfigStamp,
     Delete,
@@ -51,6 +52,35 @@ def test_put_get_delete_and_version(store):
         await s.apply([Clear("models"), Put("models", "m3", b"[]")])
         assert await s.get_all("models") == {"m3": b"[]"}
         await s.close()
+
+    run(scenario())
+
+
+def test_audit_entries_land_with_their_write_carry_its_version_and_stay_bounded(store):
+    async def scenario():
+        s, other = store(), store()
+        await s.apply([Put("models", "m0", b"{}")])  # unaudited: no entry
+        for i in range(1, 6):
+            await (s if i % 2 else other).apply(
+                [Put("models", f"m{i}", b"{}"), AppendAudit(f'{{"n": {i}}}'.encode(), keep=3)]
+            )
+        rows = await s.audit(None, 10)
+        # The newest three, newest first, each with the version its write produced.
+        assert [(version, body) for _, version, body in rows] == [
+            (6, b'{"n": 5}'),
+            (5, b'{"n": 4}'),
+            (4, b'{"n": 3}'),
+        ]
+        seqs = [seq for seq, _, _ in rows]
+        assert seqs == sorted(seqs, reverse=True)
+        assert await s.audit(seqs[0], 1) == rows[1:2]  # paging: below a sequence number
+        assert await s.audit(seqs[-1], 10) == []
+        # A write refused by its precondition records nothing.
+        with pytest.raises(PreconditionFailed):
+            await s.apply([ExpectAbsent("models", "m1"), AppendAudit(b"{}", keep=3)])
+        assert await other.audit(None, 10) == rows
+        await s.close()
+        await other.close()
 
     run(scenario())
 

@@ -29,7 +29,9 @@ import msgspec
 
 from . import types as t
 from .api import ROUTES
+from .audit import WRITER, Writer
 from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
+from .ratelimit import InFlight
 from .service import Service
 from .settings import Settings
 from .store import StoreUnavailable
@@ -40,6 +42,9 @@ log = logging.getLogger("model_router.app")
 _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
+
+# What the writes of these routes change is recorded in the audit trail.
+AUDITED = frozenset({"operate", "configure", "configure_workspace", "manage_keys"})
 
 # Reads the request body, given the most bytes it may have.
 BodyReader = Callable[[int], Awaitable[bytes]]
@@ -134,6 +139,16 @@ def store_unavailable() -> ApiError:
     )
 
 
+def too_many_in_flight(cap: int) -> ApiError:
+    return ApiError(
+        429,
+        "too_many_requests_in_flight",
+        f"this client address already has {cap} requests in progress here; wait for some to finish",
+        {"limit": cap},
+        [("retry-after", "1")],
+    )
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"request body over {limit} bytes", {"limit": limit})
 
@@ -148,6 +163,7 @@ class App:
         self.settings = settings
         self.routes = RouteTable(ROUTES)
         self.service: Service | None = None
+        self._in_flight = InFlight(settings.max_in_flight_per_client)
 
     async def startup(self) -> None:
         self.service = Service(self.settings)
@@ -167,13 +183,36 @@ class App:
         headers: Mapping[str, str],
         read_body: BodyReader,
         started: float,
+        peer: str = "",
+        raw_path: str | None = None,
     ) -> tuple[Response, str]:
-        """The response to one request, and the request's id."""
+        """The response to one request, and the request's id. `path` is
+        decoded; `raw_path`, when the server gives it, is as sent, and is
+        what routing splits (so `%2F` stays inside its segment)."""
         request_id = headers.get("x-request-id", "")[:128] or new_id()
+        address = self.client_address(headers, peer)
+        # Servers may run requests in one context: no writer outlives its request.
+        writer = WRITER.set(None)
+        entered = False
         try:
+            entered = self._in_flight.enter(address)
+            if not entered:
+                raise too_many_in_flight(self.settings.max_in_flight_per_client)
             response = await self._handle(
-                method, path, query_string, headers, read_body, request_id, started
+                method,
+                path,
+                raw_path,
+                query_string,
+                headers,
+                read_body,
+                request_id,
+                started,
+                address,
             )
+            if response.stream is not None:
+                # The request lasts until its stream ends.
+                response.stream = _Leaving(response.stream, self._in_flight, address)
+                entered = False
         except ApiError as err:
             response = error_response(err, error_shape(path, headers))
             if not err.observed and self.service is not None:
@@ -191,32 +230,49 @@ class App:
             log.exception("unhandled error", extra={"requestId": request_id})
             internal = ApiError(500, "internal_error", "internal error", {"requestId": request_id})
             response = error_response(internal, error_shape(path, headers))
+        finally:
+            WRITER.reset(writer)
+            if entered:
+                self._in_flight.leave(address)
         return response, request_id
+
+    def client_address(self, headers: Mapping[str, str], peer: str) -> str:
+        """Who is calling: the peer's address, or, behind an ingress that sets
+        it, the last entry of the configured header (the one the ingress added)."""
+        name = self.settings.client_address_header
+        forwarded = headers.get(name) if name else None
+        if forwarded:
+            return forwarded.rsplit(",", 1)[-1].strip()[:64]
+        return peer
 
     async def _handle(
         self,
         method: str,
         path: str,
+        raw_path: str | None,
         query_string: str,
         headers: Mapping[str, str],
         read_body: BodyReader,
         request_id: str,
         started: float,
+        address: str,
     ) -> Response:
         service = self.service
         if service is None:
             raise ApiError(503, "unavailable", "service is starting")
         if service.live.behind():
             await service.live.catch_up()
-        route, params = self.routes.match(method, path)
+        route, params = self.routes.match(method, path, raw_path)
         request = Request(method, path, params, headers, service, started=started)
         request.request_id = request_id
         limits: list[tuple[str, str]] = []
         if route.permission is not None:
-            principal = await service.authenticate(credentials(headers))
+            principal = await service.authenticate(credentials(headers), address)
             principal.authorize(route.permission, params.get("workspaceId"))
             limits = await service.check_rate(principal)
             request.principal = principal
+            if route.permission in AUDITED and route.method != "GET":
+                WRITER.set(Writer(principal, method, path, request_id))
         if route.query is not None:
             query = dict(parse_qsl(query_string))
             try:
@@ -310,6 +366,8 @@ class App:
                     break
             return b"".join(chunks)
 
+        client = scope.get("client")
+        raw_path = scope.get("raw_path")
         response, request_id = await self.respond(
             scope["method"],
             scope["path"],
@@ -317,6 +375,8 @@ class App:
             headers,
             read_body,
             started,
+            client[0] if client else "",
+            raw_path.decode("latin-1") if raw_path else None,
         )
         head = [
             (b"content-type", response.content_type.encode()),
@@ -372,8 +432,10 @@ class App:
                 chunks.append(chunk)
             return b"".join(chunks)
 
+        # Granian's RSGI scope has only the decoded path (docs/deployment.md).
+        peer = scope.client.rsplit(":", 1)[0].strip("[]")
         response, request_id = await self.respond(
-            scope.method, scope.path, scope.query_string, headers, read_body, started
+            scope.method, scope.path, scope.query_string, headers, read_body, started, peer
         )
         head = [
             ("content-type", response.content_type),
@@ -388,6 +450,35 @@ class App:
         await self._stream_until_disconnect(
             response.stream, transport.send_bytes, proto.client_disconnect()
         )
+
+
+class _Leaving:
+    """A response stream that, when it ends or is closed (even before its
+    first chunk), counts its request as no longer in flight."""
+
+    def __init__(self, stream: AsyncIterator[bytes], in_flight: InFlight, address: str):
+        self._stream = stream
+        self._in_flight = in_flight
+        self._address: str | None = address
+
+    def __aiter__(self) -> _Leaving:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._stream.__anext__()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def aclose(self) -> None:
+        self._leave()
+        await self._stream.aclose()  # type: ignore[attr-defined]
+
+    def _leave(self) -> None:
+        if self._address is not None:
+            self._in_flight.leave(self._address)
+            self._address = None
 
 
 async def _drain(body: AsyncIterator[bytes], send: Callable[[bytes], Awaitable[None]]) -> None:

@@ -19,7 +19,7 @@ from .http import ApiError, Permission
 
 PERMISSIONS: dict[str, frozenset[Permission]] = {
     "admin": frozenset(
-        {"read", "operate", "configure", "configure_workspace", "manage_keys", "route"}
+        {"read", "operate", "configure", "configure_workspace", "manage_keys", "route", "audit"}
     ),
     "operator": frozenset({"read", "operate", "route"}),
     "agent": frozenset({"read", "route"}),

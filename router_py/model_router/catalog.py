@@ -1,6 +1,7 @@
 """Typed documents over the Store: which Struct lives under which kind, and the
 read-modify-write loop that keeps concurrent updates from losing each other.
-Every write is first shown to `check_write` (which may refuse it) and, once
+Every write is first shown to `check_write` (which may refuse it), then to
+the auditor (whose entry, if any, lands in the same atomic apply) and, once
 it lands, reported to `on_write` (the service bumps the instance's write
 counter there, so the next request routes under it)."""
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 
 from . import types as t
-from .store import ExpectBody, Op, PreconditionFailed, Put, Store
+from .store import AppendAudit, ExpectBody, Op, PreconditionFailed, Put, Store
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -47,6 +48,12 @@ LABELS = {k.name: k.label for k in (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES
 CONFIG_KINDS = (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES)
 
 
+class WriteAuditor(Protocol):
+    async def entry(self, ops: Sequence[Op]) -> AppendAudit | None: ...
+
+    def landed(self, audit: AppendAudit, version: int) -> None: ...
+
+
 class ConcurrentUpdate(Exception):
     """Other writers kept changing a document while an update tried to land."""
 
@@ -67,10 +74,12 @@ class Catalog:
         store: Store,
         on_write: Callable[[], object] = lambda: None,
         check_write: Callable[[Sequence[Op]], object] = lambda ops: None,
+        auditor: WriteAuditor | None = None,
     ):
         self.store = store
         self.on_write = on_write
         self.check_write = check_write
+        self.auditor = auditor
 
     async def get(self, kind: Kind[T], id: str) -> T | None:
         raw = await self.store.get(kind.name, id)
@@ -81,8 +90,11 @@ class Catalog:
 
     async def apply(self, ops: Sequence[Op]) -> int:
         self.check_write(ops)
-        version = await self.store.apply(ops)
+        audit = await self.auditor.entry(ops) if self.auditor is not None else None
+        version = await self.store.apply([*ops, audit] if audit is not None else ops)
         self.on_write()
+        if audit is not None and self.auditor is not None:
+            self.auditor.landed(audit, version)
         return version
 
     async def update(

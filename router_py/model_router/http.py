@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
 
 import msgspec
 
@@ -28,6 +29,7 @@ Permission = Literal[
     "configure_workspace",  # write the config of the key's own workspace
     "manage_keys",  # create, list and revoke API keys
     "route",  # ask for routing decisions and model calls
+    "audit",  # read the audit trail of admin writes
 ]
 
 JSON = "application/json"
@@ -161,14 +163,23 @@ class RouteTable:
                 self._static[(route.method, route.path)] = route
         self._dynamic.sort(key=lambda r: [s.startswith("{") for s in r.segments])
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
-        route = self._static.get((method, path))
-        if route is not None:
-            return route, {}
-        parts = path.strip("/").split("/")
+    def match(
+        self, method: str, path: str, raw_path: str | None = None
+    ) -> tuple[Route, dict[str, str]]:
+        """`path` decoded; `raw_path` as sent, when known: split first, then
+        each segment decoded, so an encoded '/' stays inside its segment."""
+        if raw_path is not None and "%" in raw_path:
+            parts = [unquote(part) for part in raw_path.strip("/").split("/")]
+        else:
+            route = self._static.get((method, path))
+            if route is not None:
+                return route, {}
+            parts = path.strip("/").split("/")
         allowed: list[str] = []
         for route in self._static.values():
-            if route.path == path:
+            if list(route.segments) == parts:
+                if route.method == method:
+                    return route, {}
                 allowed.append(route.method)
         for route in self._dynamic:
             params = _bind(route.segments, parts)

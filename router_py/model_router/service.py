@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Sequence
 
 from . import auth
 from . import types as t
-from .catalog import KEYS, Catalog
+from .audit import Auditor
+from .catalog import Catalog, utcnow
 from .engine.breakers import BreakerSync, Prober
 from .engine.budgets import BudgetLeases
 from .engine.executor import Executor, Timeouts
@@ -26,11 +28,12 @@ from .engine.live import LiveConfig
 from .engine.secrets import Redactor
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
+from .engine.workspace_limits import WorkspaceLimits
 from .engine.write_counter import WriteCounter, counter_path
 from .http import ApiError
 from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
 from .periodic import every, report_failure
-from .ratelimit import RateLimiter
+from .ratelimit import FailedAuthentications, RateLimiter
 from .settings import Settings
 from .store import Op, SetEpoch, StoreUnavailable, open_store
 from .telemetry.requests import RECORDS_FLUSH_MS, RequestObserver
@@ -51,8 +54,17 @@ class Service:
         self.settings = settings
         self.store = open_store(settings)
         writes = WriteCounter(counter_path(settings.port))
+        auditor = Auditor(
+            self.store,
+            settings.audit_max_entries,
+            lambda changes: self.redactor.redact_json(changes),
+            utcnow,
+        )
         self.catalog = Catalog(
-            self.store, on_write=writes.bump, check_write=self._refuse_writes_to_a_reset_store
+            self.store,
+            on_write=writes.bump,
+            check_write=self._refuse_writes_to_a_reset_store,
+            auditor=auditor,
         )
         self.live = LiveConfig(
             self.catalog,
@@ -60,6 +72,7 @@ class Service:
             writes,
         )
         self.budgets = BudgetLeases(self.live, self.store)
+        self.workspace_limits = WorkspaceLimits(self.live, self.store)
         self.spend = SpendSync(
             self.live.engine,
             self.store,
@@ -69,6 +82,7 @@ class Service:
         self.limiter = RateLimiter(
             self.store, settings.rate_limit_max, settings.rate_limit_window_ms
         )
+        self.failed_auth = FailedAuthentications(self.store, settings.auth_failures_per_minute)
         self.client = UpstreamClient(settings.upstream_pool, settings.max_upstream_body_bytes)
         self.executor = Executor(
             self.live,
@@ -82,6 +96,7 @@ class Service:
                 stream_idle_ms=settings.stream_idle_timeout_ms,
             ),
             self.budgets,
+            self.workspace_limits,
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
@@ -120,6 +135,7 @@ class Service:
             every(s.config_poll_ms, "config poll", self.live.refresh, self.live.failed),
             every(1000, "rate-limit reconcile", self.limiter.reconcile),
             every(SPEND_FLUSH_MS, "spend flush", self.spend.flush),
+            every(SPEND_FLUSH_MS, "workspace token flush", self.workspace_limits.flush),
             every(RECORDS_FLUSH_MS, "request records flush", self.observer.flush_records),
             every(1000, "metrics flush", self.observer.flush_metrics),
             every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
@@ -154,6 +170,8 @@ class Service:
         with contextlib.suppress(Exception):
             await self.spend.flush()
         with contextlib.suppress(Exception):
+            await self.workspace_limits.flush()
+        with contextlib.suppress(Exception):
             await self.observer.flush_records()
         await self.observer.flush_metrics()
         with contextlib.suppress(Exception):
@@ -181,7 +199,34 @@ class Service:
                 },
             )
 
-    async def authenticate(self, authorization: str | None) -> auth.Principal:
+    async def authenticate(self, authorization: str | None, client: str) -> auth.Principal:
+        """The caller, or 401; 429 for an address past its failed authentications."""
+        if self.failed_auth.limit:
+            wait = self.failed_auth.blocked_for(client)
+            if wait is not None:
+                raise self._too_many_failures(wait)
+        try:
+            return await self._principal(authorization)
+        except ApiError as err:
+            if err.status == 401 and self.failed_auth.limit:
+                wait = await self.failed_auth.failed(client)
+                if wait is not None:
+                    raise self._too_many_failures(wait) from None
+            raise
+
+    def _too_many_failures(self, wait_s: float) -> ApiError:
+        retry_after = str(max(1, math.ceil(wait_s)))
+        limit = self.settings.auth_failures_per_minute
+        return ApiError(
+            429,
+            "too_many_failed_authentications",
+            f"more than {limit} failed authentications from this address in a minute; "
+            f"retry after {retry_after} s",
+            {"limit": limit, "retryAfterSeconds": int(retry_after)},
+            [("retry-after", retry_after)],
+        )
+
+    async def _principal(self, authorization: str | None) -> auth.Principal:
         key = auth.bearer_token(authorization)
         if self.jwt.enabled and looks_like_jwt(key):
             return principal_of(await self.jwt.verify(key))
@@ -191,12 +236,11 @@ class Service:
         key_id = auth.key_id_of(key)
         if key_id is None:
             raise auth.invalid_key()
-        record: t.ApiKey | None = self.live.keys.get(key_id)
-        if record is None:
-            # Created moments ago through another worker: not yet in our view.
-            # With the store away this is StoreUnavailable (503): we cannot tell.
-            record = await self.catalog.get(KEYS, key_id)
-        return auth.verify(key, record)
+        # No store read for an id we do not know: a miss costs what a hit does,
+        # so timing tells nothing of which ids exist. A key created through
+        # another worker is already here (the request caught up with that
+        # write); through another replica, once its publish arrives.
+        return auth.verify(key, self.live.keys.get(key_id))
 
     async def check_rate(self, principal: auth.Principal) -> list[tuple[str, str]]:
         """Admit one request of the key, or 429; the X-RateLimit-* headers."""

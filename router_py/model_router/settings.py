@@ -73,6 +73,10 @@ class Settings:
     backlog: int = 2048
     max_connections: int = 16_384
     header_read_timeout_ms: int = 10_000
+    audit_max_entries: int = 10_000
+    auth_failures_per_minute: int = 20  # per client address; 0: no limit
+    max_in_flight_per_client: int = 1024  # per client address and worker; 0: no cap
+    client_address_header: str | None = None  # set by a trusted ingress (X-Forwarded-For)
 
     @property
     def sqlite_path(self) -> Path:
@@ -163,6 +167,20 @@ class Settings:
             header_read_timeout_ms=read(
                 "MODEL_ROUTER_HEADER_READ_TIMEOUT_MS", _int_in(1, 60_000), d.header_read_timeout_ms
             ),
+            audit_max_entries=read(
+                "MODEL_ROUTER_AUDIT_MAX_ENTRIES", _int_in(1, 10_000_000), d.audit_max_entries
+            ),
+            auth_failures_per_minute=read(
+                "MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE",
+                _int_in(0, 1_000_000),
+                d.auth_failures_per_minute,
+            ),
+            max_in_flight_per_client=read(
+                "MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT",
+                _int_in(0, 1_000_000),
+                d.max_in_flight_per_client,
+            ),
+            client_address_header=read("MODEL_ROUTER_CLIENT_ADDRESS_HEADER", _header_name, None),
             rollup_minutes_keep_hours=read(
                 "MODEL_ROUTER_ROLLUP_MINUTES_KEEP_HOURS",
                 _int_in(1, 24 * 31),
@@ -242,6 +260,12 @@ def _secret(raw: str) -> str:
     if len(raw) < 16:
         raise ValueError("must be at least 16 characters")
     return raw
+
+
+def _header_name(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", raw):
+        raise ValueError("a header name: 1-64 letters, digits or '-'")
+    return raw.lower()
 
 
 def _namespace(raw: str) -> str:

@@ -314,11 +314,15 @@ class AgentPreferences(Body):
 
 
 class BudgetLimits(Body):
-    """USD per calendar day, ISO week and month (UTC)."""
+    """USD per calendar day, ISO week and month (UTC); model calls and
+    tokens per minute (docs/deployment.md)."""
 
     daily: NonNegative | None = None
     weekly: NonNegative | None = None
     monthly: NonNegative | None = None
+    # Left out of answers when unset, so configs without them read as before.
+    requests_per_minute: PositiveInt | None | UnsetType = UNSET
+    tokens_per_minute: Annotated[int, Meta(ge=1, le=10**12)] | None | UnsetType = UNSET
 
 
 class QualityRequirements(Body):
@@ -420,6 +424,47 @@ class ImportResult(Body):
     applied: bool
     config_version: int
     changes: dict[str, KindChanges]
+
+
+# --- audit -------------------------------------------------------------------
+
+AuditedKind = Literal["models", "endpoints", "rules", "agents", "workspaces", "health", "keys"]
+
+
+class AuditChange(Body):
+    """One document a write changed: absent `before` is a creation, absent
+    `after` a deletion; `resourceId` "*" is every document of the kind
+    (a config import in replace mode clears them first)."""
+
+    resource_type: str
+    resource_id: str
+    before: Any = None
+    after: Any = None
+
+
+class AuditEntry(Body):
+    seq: int
+    at: Timestamp
+    config_version: Annotated[int, Meta(description="The config version this write produced")]
+    key_id: Annotated[str, Meta(description="The API key, or jwt-<hash> for a JWT")]
+    user_id: Annotated[str | None, Meta(description="A JWT's subject")]
+    role: Role
+    method: str
+    path: str
+    request_id: str
+    resource_type: str | None
+    resource_id: Annotated[str | None, Meta(description="None when several were changed")]
+    changes: list[AuditChange]
+    omitted_changes: Annotated[
+        int, Meta(description="Further documents changed, beyond the ones listed")
+    ] = 0
+
+
+class AuditPage(Body):
+    data: list[AuditEntry]
+    next_before: Annotated[
+        int | None, Meta(description="Pass as `before` for the next (older) page")
+    ]
 
 
 # --- generic envelopes -------------------------------------------------------
@@ -810,6 +855,14 @@ class RecentRequest(Body):
 
 class RecentQuery(Query):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class AuditQuery(Query):
+    since: str | None = None
+    resource_type: AuditedKind | None = None
+    key_id: str | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    before: Annotated[int, Meta(ge=1)] | None = None
 
 
 # --- analytics and the health overview ---------------------------------------

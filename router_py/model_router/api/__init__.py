@@ -7,6 +7,7 @@ from . import (
     agents,
     analytics,
     anthropic_api,
+    audit,
     calls,
     config,
     health,
@@ -33,6 +34,7 @@ ROUTES: list[Route] = [
     *agents.ROUTES,
     *config.ROUTES,
     *keys.ROUTES,
+    *audit.ROUTES,
     *openapi.ROUTES,
     *ui.ROUTES,
 ]

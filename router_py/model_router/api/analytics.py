@@ -31,7 +31,7 @@ INTERVAL_MS: dict[t.Interval, int] = {
 }
 
 
-def _parse_time(value: str, param: str) -> int:
+def parse_time(value: str, param: str) -> int:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -57,9 +57,9 @@ class Window:
     def __init__(self, q: t.AnalyticsQuery, minutes_keep_ms: int, now_ms: int):
         if q.time_range is not None and (q.from_ is not None or q.to is not None):
             raise _bad("timeRange", "give timeRange or from/to, not both")
-        to_ms = _parse_time(q.to, "to") if q.to is not None else now_ms
+        to_ms = parse_time(q.to, "to") if q.to is not None else now_ms
         if q.from_ is not None:
-            from_ms = _parse_time(q.from_, "from")
+            from_ms = parse_time(q.from_, "from")
         else:
             from_ms = to_ms - RANGE_MS[q.time_range or "24h"]
         if from_ms >= to_ms:

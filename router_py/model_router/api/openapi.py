@@ -32,7 +32,8 @@ DESCRIPTIONS = {
     "409": "Already exists, or lost to concurrent writers",
     "413": "Request body too large",
     "415": "The body is not JSON (Content-Type)",
-    "429": "Rate limit exceeded (see Retry-After)",
+    "429": "A rate limit, the address's failed authentications or its requests in "
+    "flight exceeded (see Retry-After)",
     "502": "Every attempt at the model's providers failed",
     "503": "Not ready, the state store is unreachable, or no model is eligible now",
     "504": "The request's deadline passed",
@@ -64,9 +65,9 @@ RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit
 
 def error_statuses(route: Route) -> list[int | str]:
     """Every error status a route can answer, from what the app does with it."""
-    codes: list[int | str] = []
+    codes: list[int | str] = [429]  # the client address's requests in flight; the key's rate
     if route.permission is not None:
-        codes += [401, 403, 429, 503]  # the key, its role, its rate; the store
+        codes += [401, 403, 503]  # the key, its role; the store
     if route.body is not None:
         codes += [400, 413, 415]
     if route.query is not None:

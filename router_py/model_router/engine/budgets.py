@@ -35,6 +35,10 @@ LEASE_REQUESTS = 4  # a lease covers this many worst cases, when the budget has 
 PERIODS = {"d": "daily", "w": "weekly", "m": "monthly"}
 
 
+def prompt_tokens_at_most(prompt_chars: int) -> int:
+    return prompt_chars // 2 + 16  # generous: most tokens hold 3-4 characters
+
+
 def usd_to_nanos(usd: float) -> int:
     return math.ceil(usd * 1e9)
 
@@ -73,7 +77,7 @@ class BudgetLeases:
 
     def worst_case(self, candidates: list[str], prompt_chars: int, body: dict[str, object]) -> int:
         """The most the request can cost on any of its candidate models (nanos)."""
-        prompt_tokens = prompt_chars // 2 + 16  # generous: most tokens hold 3-4 characters
+        prompt_tokens = prompt_tokens_at_most(prompt_chars)
         worst = 0
         for model_id in candidates:
             model = self.live.models[model_id]

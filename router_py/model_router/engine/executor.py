@@ -27,7 +27,7 @@ import msgspec
 
 from .. import types as t
 from .._core import Decision
-from .budgets import BudgetLeases, BudgetRefused, Hold
+from .budgets import BudgetLeases, BudgetRefused, Hold, prompt_tokens_at_most
 from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
 from .live import LiveConfig
@@ -35,11 +35,22 @@ from .providers import ADAPTERS
 from .sse import EventReader
 from .translate import Refused, Tokens
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream, UpstreamTimeout
+from .workspace_limits import TokenHold, WorkspaceLimited, WorkspaceLimits
 
 log = logging.getLogger("model_router.executor")
 
 FAILOVER_4XX = {401, 403, 408, 409, 429}
 NO_HOLD = Hold("", 0)  # nothing reserved: no budget, or the store is away
+
+
+@dataclass(frozen=True)
+class Holds:
+    """What a call reserved before it started: budget money, minute tokens."""
+
+    budget: Hold = NO_HOLD
+    tokens: TokenHold | None = None
+
+
 MAX_RETRY_AFTER_MS = 86_400_000  # a provider asking for more than a day is not believed
 
 
@@ -214,12 +225,14 @@ class Executor:
         max_attempts: int,
         timeouts: Timeouts,
         budgets: BudgetLeases,
+        workspace_limits: WorkspaceLimits,
     ):
         self.live = live
         self.client = client
         self.max_attempts = max_attempts
         self.timeouts = timeouts
         self.budgets = budgets
+        self.workspace_limits = workspace_limits
 
     def decide(self, call: Call) -> Decision:
         decision = self.live.engine.decide(
@@ -399,20 +412,46 @@ class Executor:
             attempts,
         )
 
-    async def _hold(self, call: Call, decision: Decision) -> Hold:
-        """Reserve the request's worst-case cost against its workspace's budget."""
-        if not self.budgets.applies(call.workspace_id):
-            return NO_HOLD
+    async def _hold(self, call: Call, decision: Decision) -> Holds:
+        """Count the call against its workspace's per-minute limits, then
+        reserve its worst-case cost against the workspace's budget."""
+        workspace = call.workspace_id
+        if workspace is None:
+            return Holds()
         models = [model_id for model_id, _ in decision.candidates]
+        tokens = None
+        if self.workspace_limits.applies(workspace):
+            prompt = prompt_tokens_at_most(call.content_length)
+            estimate = self.workspace_limits.estimate(models, prompt, call.body)
+            try:
+                tokens = await self.workspace_limits.admit(workspace, estimate)
+            except WorkspaceLimited as limited:
+                raise CallFailed(
+                    429,
+                    "workspace_rate_limited",
+                    str(limited),
+                    details=limited.details,
+                    headers=[("retry-after", limited.retry_after)],
+                ) from None
+        if not self.budgets.applies(workspace):
+            return Holds(tokens=tokens)
         worst = self.budgets.worst_case(models, call.content_length, call.body)
         try:
-            return await self.budgets.hold(call.workspace_id, worst)
+            return Holds(await self.budgets.hold(workspace, worst), tokens)
         except BudgetRefused as refused:
+            self.workspace_limits.settle(tokens, 0)
             message = f"{refused} (${worst / 1e9:.6f}): lower max_tokens or raise the budget"
             raise CallFailed(402, "budget_exceeded", message, details=refused.details) from None
         except Exception as exc:  # the store is away: the engine's local check stands
             log.warning("budget reservation skipped: %s", exc)
-            return NO_HOLD
+            return Holds(tokens=tokens)
+
+    def _settle(self, holds: Holds, usage: Usage | None) -> None:
+        """The call is over: its budget pays what it cost, its minute counts
+        the tokens it used."""
+        self.budgets.settle(holds.budget, usage.cost_nanos if usage else 0)
+        used = usage.prompt_tokens + usage.completion_tokens if usage else 0
+        self.workspace_limits.settle(holds.tokens, used)
 
     async def complete(self, call: Call) -> Result:
         decision = self.decide(call)
@@ -422,7 +461,7 @@ class Executor:
             result = await self._complete(call, decision)
             return result
         finally:
-            self.budgets.settle(hold, result.usage.cost_nanos if result else 0)
+            self._settle(hold, result.usage if result else None)
 
     async def _complete(self, call: Call, decision: Decision) -> Result:
         tries = _Tries(rule_id=decision.rule_id)
@@ -473,11 +512,11 @@ class Executor:
         try:
             return await self._stream(call, decision, hold)
         except BaseException:
-            self.budgets.settle(hold, 0)
+            self._settle(hold, None)
             raise
 
     async def _stream(
-        self, call: Call, decision: Decision, hold: Hold
+        self, call: Call, decision: Decision, hold: Holds
     ) -> tuple[Result, AsyncIterator[bytes]]:
         tries = _Tries(rule_id=decision.rule_id)
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
@@ -552,7 +591,7 @@ class Executor:
         reader: StreamReader,
         first: list[bytes],
         idle_s: float,
-        hold: Hold,
+        hold: Holds,
     ) -> AsyncIterator[bytes]:
         """Forward the stream chunk by chunk as it arrives, then account it.
         Closing this iterator early (the client left) closes the upstream call.
@@ -591,7 +630,7 @@ class Executor:
             self._record(call, attempt, tries, outcome, 200, state.error, usage=usage)
             result.upstream_ms = tries.upstream_ms
             result.usage = usage
-            self.budgets.settle(hold, usage.cost_nanos)
+            self._settle(hold, usage)
             await opened.__aexit__(None, None, None)
 
     @staticmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..settings import Settings
 from .base import (
+    AppendAudit,
+    AuditRow,
     Clear,
     ConfigStamp,
     Delete,
@@ -35,6 +37,8 @@ def open_store(settings: Settings) -> Store:
 
 
 __all__ = [
+    "AppendAudit",
+    "AuditRow",
     "Clear",
     "ConfigStamp",
     "Delete",

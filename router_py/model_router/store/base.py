@@ -94,7 +94,20 @@ class SetEpoch:
     epoch: str
 
 
-Op = Put | Delete | Clear | ExpectAbsent | ExpectPresent | ExpectBody | SetEpoch
+@dataclass(frozen=True)
+class AppendAudit:
+    """Record this write in the audit trail, with the config version it
+    produces, keeping the newest `keep` entries (written with the write, so
+    no write lands unrecorded)."""
+
+    body: bytes
+    keep: int
+
+
+Op = Put | Delete | Clear | ExpectAbsent | ExpectPresent | ExpectBody | SetEpoch | AppendAudit
+
+# One audit entry as stored: (sequence number, config version it produced, body).
+AuditRow = tuple[int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,11 @@ class Store(Protocol):
         ...
 
     async def version(self) -> int: ...
+
+    async def audit(self, before: int | None, count: int) -> list[AuditRow]:
+        """Up to `count` audit entries with a sequence number below `before`
+        (all when None), newest first."""
+        ...
 
     async def stamp(self) -> ConfigStamp:
         """The config's epoch and version, read together."""

@@ -29,6 +29,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
     ROLLUP_STEP_MS,
+    AppendAudit,
+    AuditRow,
     Clear,
     ConfigStamp,
     Delete,
@@ -66,9 +68,12 @@ def _reachable(
     return call
 
 
-# KEYS[1] is the version key, KEYS[2..] the document hashes. ARGV[1] is the
-# channel, then four slots per operation: name, index into KEYS, id, body.
+# KEYS[1] is the version key, KEYS[2..] the document hashes (and the audit
+# sorted set). ARGV[1] is the channel, then four slots per operation: name,
+# index into KEYS, id, body. An audit entry's id slot holds how many to keep;
+# it is filed under the next sequence number as "<seq> <version> <body>".
 APPLY = """
+local audit = nil
 local function check(op, key, id, body)
   if op == 'absent' then return redis.call('HEXISTS', key, id) == 0 end
   if op == 'present' then return redis.call('HEXISTS', key, id) == 1 end
@@ -85,9 +90,17 @@ for i = 2, #ARGV, 4 do
   if op == 'put' then redis.call('HSET', key, id, ARGV[i + 3])
   elseif op == 'delete' then redis.call('HDEL', key, id)
   elseif op == 'clear' then redis.call('DEL', key)
-  elseif op == 'epoch' then redis.call('SET', key, ARGV[i + 3]) end
+  elseif op == 'epoch' then redis.call('SET', key, ARGV[i + 3])
+  elseif op == 'audit' then audit = {key, tonumber(ARGV[i + 2]), ARGV[i + 3]} end
 end
 local version = redis.call('INCR', KEYS[1])
+if audit then
+  local top = redis.call('ZREVRANGE', audit[1], 0, 0, 'WITHSCORES')
+  local seq = 1
+  if #top > 0 then seq = tonumber(top[2]) + 1 end
+  redis.call('ZADD', audit[1], seq, seq .. ' ' .. version .. ' ' .. audit[3])
+  redis.call('ZREMRANGEBYRANK', audit[1], 0, -(audit[2] + 1))
+end
 redis.call('PUBLISH', ARGV[1], version)
 return {1, version}
 """
@@ -144,6 +157,7 @@ OP_NAMES = {
     ExpectPresent: "present",
     ExpectBody: "body",
     SetEpoch: "epoch",
+    AppendAudit: "audit",
 }
 
 # How long the config watcher waits before subscribing again after a failure.
@@ -156,6 +170,7 @@ class RedisStore:
         self._version_key = f"{self._prefix}:config_version"
         self._epoch_key = f"{self._prefix}:config_epoch"
         self._channel = f"{self._prefix}:config"
+        self._audit_key = f"{self._prefix}:audit"
         self._redis = aioredis.Redis.from_url(
             url,
             decode_responses=False,
@@ -190,11 +205,16 @@ class RedisStore:
         keys = [self._version_key]
         args: list[str | bytes | int] = [self._channel]
         for op in ops:
-            key = self._epoch_key if isinstance(op, SetEpoch) else self._doc_key(op.kind)
+            if isinstance(op, SetEpoch):
+                key, id, body = self._epoch_key, "", op.epoch.encode()
+            elif isinstance(op, AppendAudit):
+                key, id, body = self._audit_key, str(op.keep), op.body
+            else:
+                key, id = self._doc_key(op.kind), getattr(op, "id", "")
+                body = getattr(op, "body", b"")
             if key not in keys:
                 keys.append(key)
-            body = op.epoch if isinstance(op, SetEpoch) else getattr(op, "body", b"")
-            args += [OP_NAMES[type(op)], keys.index(key) + 1, getattr(op, "id", ""), body]
+            args += [OP_NAMES[type(op)], keys.index(key) + 1, id, body]
         ok, value = await self._apply(keys=keys, args=args)
         if not ok:
             failed = ops[int(value)]
@@ -205,6 +225,16 @@ class RedisStore:
     @_reachable
     async def version(self) -> int:
         return int(await self._redis.get(self._version_key) or 0)
+
+    @_reachable
+    async def audit(self, before: int | None, count: int) -> list[AuditRow]:
+        top = f"({before}" if before is not None else "+inf"
+        members = await self._redis.zrevrangebyscore(self._audit_key, top, "-inf", 0, count)
+        rows = []
+        for member in cast(list[bytes], members):
+            seq, version, body = member.split(b" ", 2)
+            rows.append((int(seq), int(version), body))
+        return rows
 
     @_reachable
     async def stamp(self) -> ConfigStamp:

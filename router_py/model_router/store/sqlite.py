@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from .base import (
+    AppendAudit,
+    AuditRow,
     Clear,
     ConfigStamp,
     Delete,
@@ -66,6 +68,11 @@ CREATE TABLE IF NOT EXISTS leases (
     name       TEXT PRIMARY KEY,
     holder     TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    version INTEGER NOT NULL,
+    body    BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rollups (
     resolution TEXT NOT NULL,
@@ -133,6 +140,16 @@ class SQLiteStore:
 
     async def version(self) -> int:
         return await self._run(_read_version_of(self._db))
+
+    async def audit(self, before: int | None, count: int) -> list[AuditRow]:
+        def read() -> list[AuditRow]:
+            rows = self._db.execute(
+                "SELECT seq, version, body FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                (before if before is not None else 1 << 62, count),
+            )
+            return [(seq, version, bytes(body)) for seq, version, body in rows]
+
+        return await self._run(read)
 
     async def stamp(self) -> ConfigStamp:
         def read() -> ConfigStamp:
@@ -324,4 +341,11 @@ def _apply(db: sqlite3.Connection, ops: Sequence[Op]) -> int:
                 "INSERT OR REPLACE INTO config_epoch (only, epoch) VALUES (1, ?)", (op.epoch,)
             )
     db.execute("UPDATE meta SET value = value + 1 WHERE key = 'config_version'")
-    return _read_version_of(db)()
+    version = _read_version_of(db)()
+    for op in ops:
+        if isinstance(op, AppendAudit):
+            db.execute("INSERT INTO audit (version, body) VALUES (?, ?)", (version, op.body))
+            db.execute(
+                "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?", (op.keep,)
+            )
+    return version

@@ -1,0 +1,109 @@
+"""Limits per client address (failed authentications, requests in flight)
+and raw path routing, against real servers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import pytest
+import redis
+
+from conftest import model_body
+
+BEHIND_INGRESS = {"MODEL_ROUTER_CLIENT_ADDRESS_HEADER": "X-Forwarded-For"}
+
+
+def _from(address: str, key: str = "mr_nope_wrong") -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {key}",
+        "X-Forwarded-For": f"203.0.113.9, {address}",  # the ingress appends the last
+        "Connection": "close",  # fresh connections reach either worker
+    }
+
+
+def test_failed_authentications_are_limited_per_address_exactly_across_workers(make_server):
+    server = make_server(workers=2, MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="5", **BEHIND_INGRESS)
+    answers = [httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.1")) for _ in range(12)]
+    assert [r.status_code for r in answers] == [401] * 5 + [429] * 7
+    refused = answers[-1]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["type"] == "too_many_failed_authentications"
+    # Another address is not held to the first one's failures.
+    other = httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.2"))
+    assert other.status_code == 401
+    ok = httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.2", server.admin_key))
+    assert ok.status_code == 200
+
+
+def test_an_address_over_its_failures_is_refused_even_with_a_good_key(make_server):
+    server = make_server(MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="3", **BEHIND_INGRESS)
+    codes = [
+        httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.3")).status_code
+        for _ in range(4)
+    ]
+    assert codes == [401, 401, 401, 429]
+    # No more guessing: a right key from that address waits out the minute too.
+    good = httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.3", server.admin_key))
+    assert good.status_code == 429 and "retry-after" in good.headers
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+def test_an_unknown_key_id_costs_no_store_read(make_server, redis_url):
+    server = make_server(MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="0")
+    reads = redis.Redis.from_url(redis_url)
+
+    def hget_calls() -> int:
+        return int(reads.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
+
+    before = hget_calls()
+    for i in range(50):
+        r = httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.4", f"mr_unknown{i}_x"))
+        assert r.status_code == 401
+    # Other tests on this Redis may read a little meanwhile; 50 lookups would show.
+    assert hget_calls() - before < 10
+    reads.close()
+
+
+def test_requests_in_flight_are_capped_per_client_address(make_server, make_mock):
+    mock = make_mock()
+    server = make_server(
+        MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT="3", MOCK_PROVIDER_KEY="k", **BEHIND_INGRESS
+    )
+    server.client.post("/api/models", json=model_body("m1")).raise_for_status()
+    endpoint = {"url": mock.operation_url, "apiKeyEnv": "MOCK_PROVIDER_KEY"}
+    server.client.post("/api/models/m1/endpoints", json=endpoint).raise_for_status()
+    mock.behave(latencyMs=1500)
+    call = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+
+    def chat(address: str, stream: bool = False) -> int:
+        headers = _from(address, server.admin_key)
+        body = {**call, "stream": stream}
+        with httpx.Client(timeout=30) as c:
+            r = c.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)
+            return r.status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        busy = [pool.submit(chat, "10.0.1.1", stream=i % 2 == 0) for i in range(6)]
+        codes = sorted(f.result() for f in busy)
+    assert codes == [200, 200, 200, 429, 429, 429]
+    # Finished requests (streamed ones too) give their places back.
+    mock.behave(latencyMs=0)
+    assert [chat("10.0.1.1", stream=i % 2 == 0) for i in range(5)] == [200] * 5
+
+
+def test_an_encoded_slash_stays_inside_its_path_segment(make_server):
+    # ASGI hands the app the raw path; Granian's RSGI scope has none (docs/deployment.md).
+    server = make_server(MODEL_ROUTER_INTERFACE="asgi")
+    admin = server.client
+    admin.post("/api/models", json=model_body("m1", id="m1")).raise_for_status()
+    admin.post("/api/models/m1/health", json={"status": "degraded"}).raise_for_status()
+    assert admin.get("/api/models/m1/health").status_code == 200
+    # "m1%2Fhealth" is one id, not the health of m1.
+    r = admin.get(httpx.URL(f"{server.url}/api/models/m1%2Fhealth"))
+    assert r.status_code == 404 and r.json()["error"]["details"] == {"model": "m1/health"}
+    r = admin.get(httpx.URL(f"{server.url}/api/models/a%2Fb/health"))
+    assert r.status_code == 404 and r.json()["error"]["details"] == {"model": "a/b"}
+    # Other escapes decode as before, and static routes still match.
+    assert admin.get(httpx.URL(f"{server.url}/api/models/m%31")).json()["id"] == "m1"
+    assert admin.get(httpx.URL(f"{server.url}/api/mod%65ls")).status_code == 200

@@ -1,0 +1,87 @@
+"""Per-workspace model calls and tokens per minute (`budgetLimits.
+requestsPerMinute`, `.tokensPerMinute`), exact across 2 workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from conftest import model_body
+
+CALL = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+
+
+async def fire(router, workspace: str, n: int) -> list[httpx.Response]:
+    """n calls at once for the workspace."""
+    limits = httpx.Limits(max_connections=n)
+    headers = {**router.auth(router.admin_key), "X-Workspace-Id": workspace}
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        url = f"{router.url}/v1/chat/completions"
+        return await asyncio.gather(
+            *(client.post(url, json=CALL, headers=headers) for _ in range(n))
+        )
+
+
+def _router(make_server, make_mock, limits: dict[str, int], workspace: str):
+    router = make_server(workers=2, MOCK_PROVIDER_KEY="k")
+    mock = make_mock("openai", latency_ms=2000)  # every call of a burst is in flight at once
+    router.mock = mock
+    c = router.client
+    c.post("/api/models", json=model_body("m1")).raise_for_status()
+    endpoint = {"url": mock.operation_url, "apiKeyEnv": "MOCK_PROVIDER_KEY"}
+    c.post("/api/models/m1/endpoints", json=endpoint).raise_for_status()
+    r = c.post(f"/api/workspaces/{workspace}/config", json={"budgetLimits": limits})
+    assert r.status_code == 201, r.text
+    router.wait_for_config()
+    # A burst must fall inside one minute.
+    if time.time() % 60 > 40:
+        time.sleep(61 - time.time() % 60)
+    return router
+
+
+def test_requests_per_minute_admit_exactly_the_limit_over_two_workers(make_server, make_mock):
+    router = _router(make_server, make_mock, {"requestsPerMinute": 50}, "ws-r")
+    responses = asyncio.run(fire(router, "ws-r", 200))
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) == 50 and codes.count(429) == 150
+    refused = next(r for r in responses if r.status_code == 429)
+    error = refused.json()["error"]
+    assert error["type"] == "workspace_rate_limited" and "requestsPerMinute" in error["message"]
+    assert error["details"]["limit"] == "requestsPerMinute" and error["details"]["value"] == 50
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    # Another workspace is not held to it.
+    other = asyncio.run(fire(router, "ws-other", 3))
+    assert [r.status_code for r in other] == [200] * 3
+
+
+def test_tokens_per_minute_reserve_the_estimate_and_count_what_was_used(make_server, make_mock):
+    limit = 200
+    router = _router(make_server, make_mock, {"tokensPerMinute": limit}, "ws-t")
+    burst = asyncio.run(fire(router, "ws-t", 40))
+    served = [r for r in burst if r.status_code == 200]
+    refused = [r for r in burst if r.status_code != 200]
+    assert {r.status_code for r in refused} == {429}
+    details = refused[0].json()["error"]["details"]
+    assert details["limit"] == "tokensPerMinute"
+    estimate = details["estimatedTokens"]
+    # All in flight at once: each holds its estimate; no more than the minute holds.
+    assert len(served) == limit // estimate
+    used = [r.json()["usage"]["total_tokens"] for r in served]
+    assert all(u < estimate for u in used)
+
+    # Once they end, the minute counts what they used: the room comes back.
+    router.mock.behave(latencyMs=0)
+    time.sleep(0.5)
+    headers = {**router.auth(router.admin_key), "X-Workspace-Id": "ws-t"}
+    total, more = sum(used), 0
+    for _ in range(limit):
+        r = httpx.post(f"{router.url}/v1/chat/completions", json=CALL, headers=headers)
+        if r.status_code != 200:
+            assert r.status_code == 429
+            break
+        more += 1
+        total += r.json()["usage"]["total_tokens"]
+        time.sleep(0.2)  # its correction reaches the store (a 100 ms beat)
+    assert more >= 1 and total + estimate > limit >= total
