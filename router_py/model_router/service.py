@@ -26,6 +26,7 @@ from .engine.secrets import Redactor
 from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
 from .engine.write_counter import WriteCounter, counter_path
+from .experiments.controller import CONTROL_MS, Controller
 from .http import ApiError
 from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
 from .periodic import every, report_failure
@@ -96,6 +97,7 @@ class Service:
             self.store,
             retention_ms(settings.rollup_minutes_keep_hours, settings.rollup_hours_keep_days),
         )
+        self.controller = Controller(self.catalog)
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
@@ -123,6 +125,8 @@ class Service:
             every(BREAKER_SYNC_MS, "breaker sync", self.breakers.sync),
             every(BREAKER_SYNC_MS, "probes", self.prober.probe_due),
             every(ROLLUP_FLUSH_MS, "rollup flush", self.rollups.flush),
+            every(ROLLUP_FLUSH_MS, "experiment outcomes flush", self.observer.arms.flush),
+            every(CONTROL_MS, "canary and experiment control", self.controller.tick),
         ]
         self._tasks = [asyncio.create_task(beat) for beat in beats]
         self._tasks.append(asyncio.create_task(self.store.watch_config(self._store_changed.set)))
@@ -152,6 +156,8 @@ class Service:
         await self.observer.flush_metrics()
         with contextlib.suppress(Exception):
             await self.rollups.flush()
+        with contextlib.suppress(Exception):
+            await self.observer.arms.flush()
         await self.client.close()
         await self.store.close()
         self.live.writes.close()

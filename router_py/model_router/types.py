@@ -1026,6 +1026,12 @@ class FeedbackCreate(Body):
     score: Annotated[float, Meta(ge=-1_000_000, le=1_000_000)]
 
 
+class FeedbackRecorded(Body):
+    experiment_id: str
+    request_id: str
+    variant: str  # the model the request was assigned
+
+
 class CanarySummary(Body):
     """The overview's line for each canary."""
 

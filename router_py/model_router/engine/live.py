@@ -27,7 +27,19 @@ import msgspec
 
 from .. import types as t
 from .._core import Engine
-from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
+from ..catalog import (
+    AGENTS,
+    CANARIES,
+    ENDPOINTS,
+    EXPERIMENTS,
+    HEALTH,
+    KEYS,
+    MODELS,
+    RULES,
+    WORKSPACES,
+    Catalog,
+)
+from ..experiments.routing import Rollouts
 from ..store import ConfigStamp, ExpectAbsent, Op, PreconditionFailed
 from ..telemetry import metrics
 from .write_counter import WriteCounter
@@ -51,6 +63,7 @@ class LiveConfig:
         self.agent_types: set[str] = set()  # those with preferences or named by a rule
         self.endpoints: dict[str, t.Endpoint] = {}
         self.workspaces: dict[str, t.WorkspaceConfig] = {}
+        self.rollouts: Rollouts | None = None  # None: no canary or experiment routes
         self.loaded_at: float | None = None
         self.last_error: str | None = None
         self._reloading = asyncio.Lock()
@@ -128,6 +141,9 @@ class LiveConfig:
         version = stamp.version
         document = await self._snapshot_document(version)
         keys = {k.id: k for k in await self.catalog.all(KEYS)}
+        rollouts = Rollouts.of(
+            await self.catalog.all(CANARIES), await self.catalog.all(EXPERIMENTS)
+        )
         if self.reset is not None:
             keys |= await self._restore_lost_keys(keys)
         self.engine.load(msgspec.json.encode(document))
@@ -140,6 +156,7 @@ class LiveConfig:
         )
         self.endpoints = {e.id: e for m in document.models for e in m.endpoints}
         self.workspaces = document.workspace_configs
+        self.rollouts = rollouts
         self.keys = keys
         self.loaded_at = time.time()
         self.reset = None

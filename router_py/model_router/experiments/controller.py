@@ -18,16 +18,13 @@ from dataclasses import dataclass
 import msgspec
 
 from .. import types as t
-from ..catalog import Catalog, Kind, iso
+from ..catalog import CANARIES, EXPERIMENTS, Catalog, iso
 from ..store import ExpectBody, PreconditionFailed, Put
 from . import stats
 from .routing import BASELINE_ARM, CANARY_ARM
 from .tally import ArmTally, read_arms
 
 log = logging.getLogger("model_router.experiments")
-
-CANARIES = Kind("canaries", t.Canary, "canary")
-EXPERIMENTS = Kind("experiments", t.Experiment, "experiment")
 
 # A canary is rolled back when a guardrail is breached at this confidence
 # (always-valid: however often it is read).
@@ -343,6 +340,14 @@ def decided(e: t.Experiment, j: Judgement, now_ms: int) -> t.Experiment:
         updated_at=at,
         results=None,
     )
+
+
+def log_started(doc: t.Canary | t.Experiment) -> None:
+    if isinstance(doc, t.Canary):
+        what = f"canary of {doc.model_id} on {doc.baseline_model_id}'s traffic at {doc.percent:g}%"
+    else:
+        what = f"experiment {doc.name!r} between {', '.join(v.model_id for v in doc.variants)}"
+    log.info("%s started: %s", doc.id, what, extra={"rolloutId": doc.id})
 
 
 def log_change(doc: t.Canary | t.Experiment) -> None:

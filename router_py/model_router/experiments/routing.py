@@ -18,7 +18,8 @@ before canaries. A request that names its model is in none.
   percent / 100; the others are its baseline arm.
 The arm's model is tried first; the decision's other candidates follow as
 fallbacks (so a failing canary still gets an answer from the baseline, and
-counts as the canary's failure).
+counts as the canary's failure, as does a canary routing cannot use at all:
+breakers open, say).
 """
 
 from __future__ import annotations
@@ -190,6 +191,6 @@ class Rollouts:
         first = next((c for c in candidates if c[0] == arm.model_id), None)
         if first is None:
             first = decide_model(arm.model_id)
-            if first is None:  # the arm's model cannot take the request now
-                return None
+            if first is None:  # the arm's model cannot take it now: its failure
+                return arm, candidates
         return arm, [first, *(c for c in candidates if c[0] != arm.model_id)]

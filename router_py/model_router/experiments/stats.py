@@ -216,7 +216,7 @@ def error_rate_breach(
     excess = r_c - r_b - max_increase
     v_c = np.maximum(r_c * (1 - r_c), 1 / (safe_c + 1)) / safe_c
     v_b = np.maximum(r_b * (1 - r_b), 1 / (safe_b + 1)) / safe_b
-    tau2 = max(max_increase, 0.02) ** 2
+    tau2 = max(max_increase, 0.05) ** 2
     breach = np.logical_and(np.minimum(n_c, n_b) >= 1, exceeds(excess, v_c + v_b, tau2, alpha))
     return _as_float(excess), _as_bool(breach)
 
