@@ -5,9 +5,12 @@ experiment counts exactly the requests sent to each variant."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -219,3 +222,33 @@ def test_user_assignment_is_sticky_and_a_decided_experiment_routes_to_its_winner
     assert (decided["decision"], decided["winner"]) == ("winner: old", "old")
     server.wait_for_config()
     assert {a.json()["modelId"] for a in route(server, range(9000, 9020))} == {"old"}
+
+
+DOC = (Path(__file__).parent.parent / "docs" / "experiments.md").read_text()
+
+
+def doc_block(name: str) -> dict:
+    return json.loads(re.search(rf"```json {name}\n(.*?)```", DOC, re.S).group(1))
+
+
+def test_the_documented_canary_and_experiment_start_as_written(make_server, make_mock):
+    server = make_server(MOCK_PROVIDER_KEY="provider-secret")
+    mock = make_mock()
+    add_model(server, "claude-3-sonnet", mock)
+    add_model(server, "claude-3-5-sonnet", mock)
+    c = server.client
+    r = c.post("/api/canaries", json=doc_block("canary-request"))
+    assert r.status_code == 201, r.text
+    assert r.json()["current"]["canary"] == {
+        "requests": 0,
+        "errorRate": None,
+        "p95Ms": None,
+        "costPerRequest": None,
+    }
+    assert c.post("/api/experiments", json=doc_block("experiment-request")).status_code == 409
+    c.post(f"/api/canaries/{r.json()['id']}/rollback")
+    r = c.post("/api/experiments", json=doc_block("experiment-request"))
+    assert r.status_code == 201, r.text
+    results = r.json()["results"]
+    assert results["samplesNeededPerVariant"] == 2974  # the table's 50% row: no data yet
+    assert "| 50% | 1,565 | 2,974 |" in DOC

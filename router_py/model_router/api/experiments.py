@@ -159,6 +159,7 @@ def _canary_action(
         log_change(result[0])
         return json_response(await _with_figures(req, result[0]))
 
+    act.__name__ = f"{action}_canary"  # the OpenAPI operation id
     return act
 
 

@@ -69,42 +69,54 @@ def unit_hash(*parts: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-@dataclass(frozen=True, slots=True)
 class _Experiment:
-    id: str
-    models: tuple[str, ...]
-    cumulative: tuple[float, ...]  # the weights' running sums, over their total
-    by_user: bool
-    window_ms: int
-    winner: str | None  # routes everything there, uncounted
+    """An experiment as the request path sees it: its arms made once."""
+
+    def __init__(self, e: t.Experiment):
+        self.id = e.id
+        self.by_user = e.assignment == "user"
+        total = sum(v.weight for v in e.variants) or 1.0
+        running, edges = 0.0, []
+        for v in e.variants:
+            running += v.weight
+            edges.append(running / total)
+        self.cumulative = tuple(edges)  # the weights' running sums, over their total
+        self.arms = tuple(
+            Arm(Kind.EXPERIMENT, e.id, str(i), v.model_id, e.window_start_ms)
+            for i, v in enumerate(e.variants)
+        )
+        # Ended with a winner (autoEnd): everything goes there, uncounted.
+        self.winner = (
+            Arm(Kind.EXPERIMENT, e.id, "", e.winner, e.window_start_ms, counted=False)
+            if e.state == "ended" and e.auto_end and e.winner is not None
+            else None
+        )
 
     def arm(self, request_id: str, user_id: str | None) -> Arm:
         if self.winner is not None:
-            return Arm(Kind.EXPERIMENT, self.id, "", self.winner, self.window_ms, counted=False)
+            return self.winner
         u = unit_hash(self.id, user_id if self.by_user and user_id else request_id)
-        index = next(
-            (i for i, edge in enumerate(self.cumulative) if u < edge), len(self.models) - 1
-        )
-        return Arm(Kind.EXPERIMENT, self.id, str(index), self.models[index], self.window_ms)
+        for arm, edge in zip(self.arms, self.cumulative, strict=True):
+            if u < edge:
+                return arm
+        return self.arms[-1]
 
 
-@dataclass(frozen=True, slots=True)
 class _Canary:
-    id: str
-    model_id: str
-    baseline_model_id: str
-    share: float  # percent / 100
-    window_ms: int
-    counted: bool  # judged (running or paused), not promoted
+    def __init__(self, c: t.Canary):
+        self.id = c.id
+        self.baseline_model_id = c.baseline_model_id
+        self.share = c.percent / 100
+        counted = c.state != "promoted"  # judged while running or paused
+        self.canary = Arm(Kind.CANARY, c.id, CANARY_ARM, c.model_id, c.window_start_ms, counted)
+        self.baseline = Arm(
+            Kind.CANARY, c.id, BASELINE_ARM, c.baseline_model_id, c.window_start_ms, counted
+        )
 
     def arm(self, request_id: str) -> Arm:
         if self.share >= 1 or unit_hash(self.id, request_id) < self.share:
-            return Arm(
-                Kind.CANARY, self.id, CANARY_ARM, self.model_id, self.window_ms, self.counted
-            )
-        return Arm(
-            Kind.CANARY, self.id, BASELINE_ARM, self.baseline_model_id, self.window_ms, self.counted
-        )
+            return self.canary
+        return self.baseline
 
 
 Compiled = _Experiment | _Canary
@@ -124,35 +136,13 @@ class Rollouts:
         # Index 0: by rule id, 1: by agent type, 2: by workspace id.
         self.scopes: tuple[dict[str, Compiled], ...] = ({}, {}, {})
         for c in sorted(canaries, key=lambda c: c.created_at, reverse=True):
-            if c.state == "rolledBack" or c.percent <= 0:
-                continue
-            which, value = _scope_key(c.scope)
-            self.scopes[which][value] = _Canary(
-                c.id,
-                c.model_id,
-                c.baseline_model_id,
-                c.percent / 100,
-                c.window_start_ms,
-                c.state != "promoted",
-            )
+            if c.state != "rolledBack" and c.percent > 0:
+                which, value = _scope_key(c.scope)
+                self.scopes[which][value] = _Canary(c)
         for e in sorted(experiments, key=lambda e: e.created_at, reverse=True):
-            winner = e.winner if e.state == "ended" and e.auto_end else None
-            if e.state == "ended" and winner is None:
-                continue
-            total = sum(v.weight for v in e.variants) or 1.0
-            running, edges = 0.0, []
-            for v in e.variants:
-                running += v.weight
-                edges.append(running / total)
-            which, value = _scope_key(e.scope)
-            self.scopes[which][value] = _Experiment(
-                e.id,
-                tuple(v.model_id for v in e.variants),
-                tuple(edges),
-                e.assignment == "user",
-                e.window_start_ms,
-                winner,
-            )
+            if e.state == "running" or (e.auto_end and e.winner is not None):
+                which, value = _scope_key(e.scope)
+                self.scopes[which][value] = _Experiment(e)
 
     @classmethod
     def of(cls, canaries: list[t.Canary], experiments: list[t.Experiment]) -> Rollouts | None:
@@ -184,7 +174,7 @@ class Rollouts:
             if not candidates or candidates[0][0] != found.baseline_model_id:
                 return None
             arm = found.arm(request_id)
-            if arm.variant == BASELINE_ARM:
+            if arm is found.baseline:
                 return arm, candidates
         else:
             arm = found.arm(request_id, user_id)
