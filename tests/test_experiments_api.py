@@ -186,6 +186,10 @@ def test_an_experiment_counts_exactly_the_requests_each_variant_served(fleet):
     assert body["results"]["test"] == "two-proportion z-test"
     assert body["results"]["srm"]["mismatch"] is False
     assert variants["old"]["mean"] == 1.0 and body["decision"] == "running"
+    recent = server.client.get("/api/metrics/requests", params={"limit": 120}).json()
+    records = recent["data"]
+    assert {r["experimentId"] for r in records} == {experiment_id}
+    assert Counter(r["variant"] for r in records) == served
     # Feedback: once per request of the experiment.
     feedback = f"/api/experiments/{experiment_id}/feedback"
     r = server.client.post(feedback, json={"requestId": "req-3", "score": 0.9})
