@@ -228,3 +228,11 @@ def test_a_slow_canary_is_rolled_back_on_p95() -> None:
     arms = {"baseline": _tally(Counter(fast)), "canary": _tally(Counter(slow))}
     verdict = judge_canary(c, arms, 1)
     assert verdict is not None and verdict.guardrail == "maxP95LatencyRatio"
+
+
+def test_nothing_to_route_leaves_the_request_path_a_single_test() -> None:
+    done = [canary(state="rolledBack", percent=0.0)]
+    assert Rollouts.of(done, [experiment(state="ended", decision="no difference")]) is None
+    newer = canary(id="c2", created_at="2026-02-01T00:00:00.000Z", state="promoted", percent=100.0)
+    rollouts = Rollouts.of([newer, canary()], [])
+    assert rollouts is not None and rollouts.scopes[1]["agent"].id == "c2"

@@ -62,16 +62,14 @@ async def _ids(req: Request, kind: str) -> set[str]:
 
 
 async def _scope_taken(req: Request, scope: t.RolloutScope) -> None:
-    """One active canary or experiment per scope: a request is in at most one."""
+    """One canary or experiment under way per scope: a request is in at most
+    one. A promoted canary or an experiment ended on its winner gives way."""
     docs: list[t.Canary | t.Experiment] = [
         *await req.service.catalog.all(CANARIES),
         *await req.service.catalog.all(EXPERIMENTS),
     ]
     for doc in docs:
-        active = doc.state in ("running", "paused") or (
-            isinstance(doc, t.Experiment) and doc.winner is not None and doc.auto_end
-        )
-        if active and doc.scope == scope:
+        if doc.state in ("running", "paused") and doc.scope == scope:
             label = "canary" if isinstance(doc, t.Canary) else "experiment"
             raise ApiError(
                 409,

@@ -135,11 +135,13 @@ class Rollouts:
     def __init__(self, canaries: list[t.Canary], experiments: list[t.Experiment]):
         # Index 0: by rule id, 1: by agent type, 2: by workspace id.
         self.scopes: tuple[dict[str, Compiled], ...] = ({}, {}, {})
-        for c in sorted(canaries, key=lambda c: c.created_at, reverse=True):
+        # The newest on a scope wins (a promoted canary, or an experiment that
+        # ended on a winner, routes until another takes its scope).
+        for c in sorted(canaries, key=lambda c: c.created_at):
             if c.state != "rolledBack" and c.percent > 0:
                 which, value = _scope_key(c.scope)
                 self.scopes[which][value] = _Canary(c)
-        for e in sorted(experiments, key=lambda e: e.created_at, reverse=True):
+        for e in sorted(experiments, key=lambda e: e.created_at):
             if e.state == "running" or (e.auto_end and e.winner is not None):
                 which, value = _scope_key(e.scope)
                 self.scopes[which][value] = _Experiment(e)
