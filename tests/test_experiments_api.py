@@ -106,7 +106,20 @@ def test_a_canary_as_good_as_its_baseline_is_promoted(fleet):
 def test_canaries_are_steered_by_hand_and_survive_a_restart(fleet):
     server, _, _ = fleet
     c = server.client
-    canary_id = c.post("/api/canaries", json={**CANARY, "stepDuration": 3600}).json()["id"]
+    rule = {
+        "id": "creative-old",
+        "name": "creative to old",
+        "condition": {"agentType": ["creative"]},
+        "targetModels": [{"modelId": "old"}],
+    }
+    assert c.post("/api/routing/rules", json=rule).status_code == 201
+    by_rule = {**CANARY, "scope": {"ruleId": "creative-old"}, "stepDuration": 3600}
+    canary_id = c.post("/api/canaries", json=by_rule).json()["id"]
+    server.wait_for_config()
+    answers = route(server, range(40))
+    diverted = [a for a in answers if a.headers["x-model-router-variant"] == "canary"]
+    assert 0 < len(diverted) < 40 and {a.json()["modelId"] for a in diverted} == {"new"}
+    assert {a.json()["canaryId"] for a in answers} == {canary_id}
     paused = c.post(f"/api/canaries/{canary_id}/pause").json()
     assert (paused["state"], paused["percent"]) == ("paused", 20)
     assert c.post(f"/api/canaries/{canary_id}/pause").status_code == 409
