@@ -1,6 +1,6 @@
 # The README's commands. `make run` and `make test` do all the set-up a fresh
 # machine needs: a virtualenv, the Python dependencies, the Rust extension
-# (release build) and, for tests, a private redis-server.
+# (release build) and, for tests, a private redis-server and headless Chromium.
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -30,7 +30,8 @@ run: build
 	$(VENV)/bin/model-router serve
 
 test: build
-	scripts/with-private-redis.sh bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q'
+	scripts/with-private-redis.sh scripts/with-chromium.sh \
+		bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q'
 
 # Engine micro-benchmarks (pytest-benchmark), then bench/load.py: the mock, nginx
 # as a plain reverse proxy and the router side by side in one run, each figure
@@ -84,6 +85,7 @@ lint: build
 	$(VENV)/bin/ruff check router_py tests bench
 	$(VENV)/bin/ruff format --check router_py tests bench
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest model_router._core  # _core.pyi against the built extension
 
 clean:
 	rm -rf $(VENV) target data

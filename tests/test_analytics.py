@@ -265,3 +265,64 @@ def test_streams_report_their_time_to_first_token(make_server, make_mock):
     ttft, latency = model["totals"]["ttftMs"], model["totals"]["latencyMs"]
     assert ttft["p50"] is not None and latency["p50"] is not None
     assert 0 < ttft["p50"] < latency["p50"] - 150, "the first token came before the last"
+
+
+def test_the_workspace_list_and_the_overview_follow_a_scoped_key(fleet):
+    c = fleet.client
+    budgets = {"ws-a": {"daily": 10.0}, "ws-idle": {"monthly": 50.0}}
+    for workspace, limits in budgets.items():
+        r = c.post(f"/api/workspaces/{workspace}/config", json={"budgetLimits": limits})
+        assert r.status_code in (200, 201), r.text
+    r = c.post("/api/workspaces/ws-steady/config", json={"modelRestrictions": ["steady"]})
+    assert r.status_code in (200, 201), r.text
+    fleet.wait_for_config()
+    ours = expected(route(fleet, 6, workspace="ws-a"))
+    theirs = expected(route(fleet, 4, workspace="ws-b"))
+    attempts = sum(w["attempts"] for w in ours.values())
+    everyone = attempts + sum(w["attempts"] for w in theirs.values())
+    analytics(fleet, want=everyone)
+    body = c.get("/api/analytics/workspaces", params={"timeRange": "1h"}).json()
+    spaces = {w["workspaceId"]: w for w in body["workspaces"]}
+    # Traffic or a config puts a workspace on the list.
+    assert list(spaces) == ["ws-a", "ws-b", "ws-idle", "ws-steady"]
+    assert spaces["ws-a"]["totals"]["attempts"] == attempts
+    assert spaces["ws-a"]["budgets"][0]["limitUsd"] == 10.0
+    assert spaces["ws-idle"]["totals"]["requests"] == 0
+    assert [b["limitUsd"] for b in spaces["ws-idle"]["budgets"]] == [None, None, 50.0]
+    assert list(body["byAgentType"]) == ["creative"]
+    assert body["byAgentType"]["creative"]["attempts"] == everyone
+
+    key_a = c.post("/api/keys", json={"role": "viewer", "workspaceId": "ws-a"}).json()["key"]
+    with httpx.Client(base_url=fleet.url, headers=fleet.auth(key_a), timeout=10) as scoped:
+        mine = scoped.get("/api/analytics/workspaces", params={"timeRange": "1h"}).json()
+        assert [w["workspaceId"] for w in mine["workspaces"]] == ["ws-a"]
+        assert mine["byAgentType"]["creative"]["attempts"] == attempts
+        other = scoped.get("/api/analytics/workspaces", params={"workspaceId": "ws-b"})
+        assert other.status_code == 403
+    # The overview of a scoped key holds the models its workspace may use.
+    key_s = c.post("/api/keys", json={"role": "viewer", "workspaceId": "ws-steady"}).json()["key"]
+    everything = c.get("/api/health/overview").json()["models"]
+    assert [m["modelId"] for m in everything] == ["flaky", "steady"]
+    restricted = httpx.get(f"{fleet.url}/api/health/overview", headers=fleet.auth(key_s))
+    assert [m["modelId"] for m in restricted.json()["models"]] == ["steady"]
+
+
+def test_recent_requests_list_each_attempt(fleet):
+    answers = {a["requestId"]: a for a in route(fleet, 12)}
+    deadline = time.time() + 5
+    while True:
+        recent = fleet.client.get("/api/metrics/requests").json()["data"]
+        if len(recent) >= len(answers) or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(recent) == len(answers)
+    for record in recent:
+        tried = answers[record["requestId"]]["attempts"]
+        assert record["attempts"] == len(record["attemptDetails"]) == len(tried)
+        for shown, answered in zip(record["attemptDetails"], tried, strict=True):
+            assert shown["modelId"] == answered["modelId"]
+            assert shown["endpointId"] == answered["endpointId"]
+            assert shown["outcome"] == answered["outcome"]
+            assert shown["latencyMs"] == answered["latencyMs"]
+            assert shown["error"] is None  # a provider's message is not for every reader
+    assert any(r["attempts"] > 1 for r in recent), "the traffic did fail over"

@@ -105,6 +105,32 @@ def test_workspace_scope(server):
     assert scoped_viewer.post("/api/workspaces/ws-1/config", json=body).status_code == 403
 
 
+def test_a_caller_learns_its_own_role_scope_and_permissions(server):
+    me = server.client.get("/api/me").json()
+    assert me == {
+        "keyId": "bootstrap-admin",
+        "role": "admin",
+        "workspaceId": None,
+        "userId": None,
+        "permissions": [
+            "configure",
+            "configure_workspace",
+            "manage_keys",
+            "operate",
+            "read",
+            "route",
+        ],
+    }
+    with _as(server, _key(server, "viewer")) as viewer:
+        assert viewer.get("/api/me").json()["permissions"] == ["read"]
+    # A scoped key: what its role may do inside a workspace, nothing more.
+    with _as(server, _key(server, "admin", "ws-1")) as scoped:
+        me = scoped.get("/api/me").json()
+        assert me["role"] == "admin" and me["workspaceId"] == "ws-1"
+        assert me["permissions"] == ["configure_workspace", "read", "route"]
+    assert httpx.get(f"{server.url}/api/me").status_code == 401
+
+
 def test_key_created_through_one_worker_works_at_once_on_every_worker(make_server):
     server = make_server(workers=2)
     for _ in range(10):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -32,7 +33,7 @@ from scripted_upstream import (
     tool_use_block,
 )
 
-from conftest import model_body
+from conftest import Server, model_body, store_env
 
 scripted = scripted_upstream.scripted  # the fixture
 
@@ -83,9 +84,35 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="module")
+def routers(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable]:
+    """One router per backend for the whole module, each with the export of
+    its empty config: starting one router per test was most of this module's
+    time."""
+    started: dict[str, tuple[Server, dict[str, Any]]] = {}
+
+    def get(backend: str) -> tuple[Server, dict[str, Any]]:
+        if backend not in started:
+            workdir = tmp_path_factory.mktemp(f"router-{backend}")
+            env = store_env(backend, redis_url, workdir / "data")
+            server = Server({**env, "MOCK_PROVIDER_KEY": "provider-secret"}, workdir).start()
+            started[backend] = server, server.client.get("/api/config/export").json()
+        return started[backend]
+
+    yield get
+    for server, _ in started.values():
+        server.close()
+
+
 @pytest.fixture
-def router(make_server):
-    return make_server(MOCK_PROVIDER_KEY="provider-secret")
+def router(routers, backend: str) -> Iterator[Server]:
+    """The backend's shared router; each test leaves it as it found it (the
+    empty config imported in place of the test's models and rules)."""
+    server, empty = routers(backend)
+    yield server
+    r = server.client.post("/api/config/import", params={"mode": "replace"}, json=empty)
+    assert r.status_code == 200, r.text
+    server.wait_for_config()
 
 
 # --- helpers -----------------------------------------------------------------

@@ -87,6 +87,17 @@ fn add_to(total: &mut Nanos, amount: Nanos) {
     *total = total.saturating_add(amount);
 }
 
+/// Adds to a key's pending amount, allocating the key only when it is new
+/// since the last flush (record() runs on every attempt).
+fn add_pending(pending: &mut HashMap<String, Nanos>, key: &str, amount: Nanos) {
+    match pending.get_mut(key) {
+        Some(total) => add_to(total, amount),
+        None => {
+            pending.insert(key.to_owned(), amount);
+        }
+    }
+}
+
 /// Budget periods, in the order of `BudgetLimits`' fields.
 pub const PERIODS: [&str; 3] = ["daily", "weekly", "monthly"];
 
@@ -108,12 +119,9 @@ impl SpendLedger {
             return;
         }
         if let Some(ws) = workspace {
-            add_to(self.pending.entry(ws.to_owned()).or_default(), cost);
+            add_pending(&mut self.pending, ws, cost);
         }
-        add_to(
-            self.pending_models.entry(model.to_owned()).or_default(),
-            cost,
-        );
+        add_pending(&mut self.pending_models, model, cost);
     }
 
     pub fn spent(&self, workspace: &str) -> [Nanos; 3] {

@@ -231,7 +231,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (model_id, endpoint_id, success, latency_ms, prompt_tokens=0,
                         completion_tokens=0, workspace_id=None, retry_after_ms=None,
-                        cache_read_tokens=0, cache_write_tokens=0, started_ms=None, *,
+                        cache_read_tokens=0, cache_write_tokens=0, started_ms=None,
                         outcome=None, agent_type=None, rule_id=None, failover_from=None,
                         ttft_ms=None))]
     fn record(

@@ -1,10 +1,12 @@
 """Type stubs for the Rust extension (core_rs/src/py.rs)."""
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, final
 
+__all__ = ["Engine", "Decision", "sketch_quantiles", "__version__"]
 __version__: str
 
+@final
 class Decision:
     """The outcome of one Engine.decide."""
 
@@ -24,10 +26,11 @@ class Decision:
     """(period, limit USD, spent USD) when a budget stopped the request."""
     failed_open: bool
 
+@final
 class Engine:
     """One worker's routing engine (see docs/routing.md)."""
 
-    def __init__(self, seed: int | None = None) -> None: ...
+    def __new__(cls, seed: int | None = None) -> Engine: ...
     def load(self, data: bytes) -> int:
         """Swap in a snapshot document (JSON); returns its version.
         ValueError, keeping the current one, if it is invalid."""
@@ -67,7 +70,6 @@ class Engine:
         cache_read_tokens: int = 0,
         cache_write_tokens: int = 0,
         started_ms: int | None = None,
-        *,
         outcome: str | None = None,
         agent_type: str | None = None,
         rule_id: str | None = None,

@@ -39,6 +39,10 @@ class Principal:
     workspace_id: str | None = None
     user_id: str | None = None  # a JWT's subject: who, not just which key
 
+    def permissions(self) -> frozenset[Permission]:
+        allowed = PERMISSIONS[self.role]
+        return allowed if self.workspace_id is None else allowed & SCOPED_PERMISSIONS
+
     def authorize(self, permission: Permission, workspace_id: str | None) -> None:
         if permission not in PERMISSIONS[self.role]:
             raise ApiError(

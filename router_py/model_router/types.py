@@ -357,6 +357,16 @@ class KeyCreated(KeyInfo):
     key: Annotated[str, Meta(description="The secret: shown this once, never again")]
 
 
+class Identity(Body):
+    """GET /api/me: whom the bearer token stands for and what it may do."""
+
+    key_id: str
+    role: Role
+    workspace_id: str | None
+    user_id: str | None
+    permissions: list[str]
+
+
 # --- config export / import --------------------------------------------------
 
 
@@ -707,6 +717,8 @@ class RecentRequest(Body):
     experiment_id: str | None = None
     canary_id: str | None = None
     variant: str | None = None
+    # Each attempt's model, endpoint, outcome and latency (no provider message).
+    attempt_details: list[AttemptReport] = []
 
 
 class RecentQuery(Query):
@@ -788,6 +800,19 @@ class BudgetUse(Body):
     limit_usd: float | None
     remaining_usd: float | None
     resets_at: Timestamp
+
+
+class WorkspaceSpend(Body):
+    workspace_id: str
+    totals: OutcomeFigures
+    budgets: list[BudgetUse]
+
+
+class WorkspacesAnalytics(Body):
+    range: AnalyticsRange
+    workspaces: list[WorkspaceSpend]
+    # Every request the caller may see (with or without a workspace), by agent type.
+    by_agent_type: dict[str, OutcomeFigures]
 
 
 class WorkspaceAnalytics(Body):

@@ -18,6 +18,7 @@ from . import (
     openapi,
     routing,
     rules,
+    ui,
 )
 
 ROUTES: list[Route] = [
@@ -35,4 +36,5 @@ ROUTES: list[Route] = [
     *config.ROUTES,
     *keys.ROUTES,
     *openapi.ROUTES,
+    *ui.ROUTES,
 ]

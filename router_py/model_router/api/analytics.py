@@ -116,10 +116,9 @@ def _series(tallies: dict[tuple[str, int], Tally], of: str = "") -> list[t.Serie
     ]
 
 
-async def models(req: Request) -> Response:
-    q: t.AnalyticsQuery = req.query
-    window = _window(req)
-    workspace_id = q.workspace_id
+def _scoped_workspace(req: Request) -> str | None:
+    """The workspace asked for; a scoped key's own, which it may not leave."""
+    workspace_id: str | None = req.query.workspace_id
     principal = req.principal
     if principal is not None and principal.workspace_id is not None:
         if workspace_id not in (None, principal.workspace_id):
@@ -130,6 +129,13 @@ async def models(req: Request) -> Response:
                 {"workspaceId": workspace_id},
             )
         workspace_id = principal.workspace_id
+    return workspace_id
+
+
+async def models(req: Request) -> Response:
+    q: t.AnalyticsQuery = req.query
+    window = _window(req)
+    workspace_id = _scoped_workspace(req)
 
     def keep(dims: Dims) -> bool:
         return _matches(dims, q, workspace_id)
@@ -183,6 +189,37 @@ async def _budgets(req: Request, workspace_id: str) -> list[t.BudgetUse]:
     return uses
 
 
+async def workspaces(req: Request) -> Response:
+    """Every workspace with traffic in the range or a config, each with its
+    totals and its spend against each budget; and all the traffic the caller
+    may see by agent type (one read of the rollups for a whole dashboard)."""
+    q: t.AnalyticsQuery = req.query
+    window = _window(req)
+    only = _scoped_workspace(req)
+
+    def keep(dims: Dims) -> bool:
+        return _matches(dims, q, only)
+
+    cells = await window.cells(req)
+    totals = tally(cells, lambda _, d: (d["workspace"] or None) if keep(d) else None)
+    by_agent = tally(cells, lambda _, d: d["agent_type"] if keep(d) else None)
+    known = set(totals) | set(req.service.live.workspaces)
+    ids = sorted(known if only is None else known & {only})
+    body = t.WorkspacesAnalytics(
+        range=window.describe(),
+        workspaces=[
+            t.WorkspaceSpend(
+                workspace_id=w,
+                totals=totals.get(w, Tally()).figures(),
+                budgets=await _budgets(req, w),
+            )
+            for w in ids
+        ],
+        by_agent_type={a: v.figures() for a, v in sorted(by_agent.items())},
+    )
+    return json_response(body)
+
+
 async def workspace(req: Request) -> Response:
     q: t.AnalyticsQuery = req.query
     workspace_id = req.path_params["workspaceId"]
@@ -220,6 +257,17 @@ ROUTES = [
         "read",
         query=t.AnalyticsQuery,
         response=t.ModelsAnalytics,
+    ),
+    Route(
+        "GET",
+        "/api/analytics/workspaces",
+        workspaces,
+        "Every workspace with traffic in the range or a config: totals and spend against "
+        "each budget; all the traffic by agent type (a workspace-scoped key: its own)",
+        "analytics",
+        "read",
+        query=t.AnalyticsQuery,
+        response=t.WorkspacesAnalytics,
     ),
     Route(
         "GET",

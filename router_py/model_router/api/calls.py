@@ -55,10 +55,11 @@ def summary(
     status: int,
     outcome: str,
     result: Result | None = None,
-    attempts: int = 0,
+    attempts: list[t.AttemptReport] | None = None,
     stream: bool = False,
 ) -> t.RecentRequest:
     usage = result.usage if result else None
+    tried = result.attempts if result else attempts or []
     arm = call.arm
     return t.RecentRequest(
         id=new_id(),
@@ -77,9 +78,10 @@ def summary(
         completion_tokens=usage.completion_tokens if usage else 0,
         cost=usage.cost_nanos / 1e9 if usage else 0.0,
         estimated=usage.estimated if usage else False,
-        attempts=len(result.attempts) if result else attempts,
+        attempts=len(tried),
         stream=stream,
         user_id=call.user_id,
+        attempt_details=[msgspec.structs.replace(a, error=None) for a in tried],
         experiment_id=arm.rollout_id if arm is not None and arm.experiment else None,
         canary_id=arm.rollout_id if arm is not None and not arm.experiment else None,
         variant=arm.label if arm is not None else None,
@@ -91,7 +93,7 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
     every secret the router holds is redacted, and a non-admin caller sees
     only the type and message of a provider's error."""
     req.service.observer.observe(
-        summary(req, call, route, failed.status, failed.type, attempts=len(failed.attempts)),
+        summary(req, call, route, failed.status, failed.type, attempts=failed.attempts),
         failed.attempts,
         arm=call.arm,
     )

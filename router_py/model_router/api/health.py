@@ -21,6 +21,7 @@ from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import Request, Response, Route, json_response
 from ..telemetry import figures
 from ..telemetry.logging import SERVICE
+from ..tenancy import model_visible
 from .experiments import canary_summaries
 
 if TYPE_CHECKING:
@@ -180,6 +181,7 @@ async def overview(req: Request) -> Response:
             ],
         )
         for model in sorted(service.live.models.values(), key=lambda m: m.id)
+        if model_visible(req, model.id)
     ]
     body = t.HealthOverview(
         timestamp=utcnow(),
@@ -218,7 +220,8 @@ ROUTES = [
         "GET",
         "/api/health/overview",
         overview,
-        "The fleet: every model and endpoint, reported and observed, breakers, spend today",
+        "The fleet: every model and endpoint, reported and observed, breakers, spend today "
+        "(a workspace-scoped key: the models its workspace may use)",
         "health",
         "read",
         response=t.HealthOverview,

@@ -1,5 +1,6 @@
 """API keys: an admin creates, lists and revokes them. The secret is returned
-once, at creation; only its hash is stored."""
+once, at creation; only its hash is stored. Any caller may ask what its own
+token is (/api/me)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ async def list_keys(req: Request) -> Response:
     return json_response(t.Page(data=[key_info(k) for k in keys], total=len(keys)))
 
 
+async def whoami(req: Request) -> Response:
+    """What the caller's own token may do, so a client (the /ui page) offers
+    only that."""
+    p = req.principal
+    assert p is not None
+    return json_response(
+        t.Identity(
+            key_id=p.key_id,
+            role=p.role,
+            workspace_id=p.workspace_id,
+            user_id=p.user_id,
+            permissions=sorted(p.permissions()),
+        )
+    )
+
+
 async def revoke_key(req: Request) -> Response:
     key_id = req.path_params["keyId"]
     await apply(req, [ExpectPresent(KEYS.name, key_id), Delete(KEYS.name, key_id)])
@@ -46,6 +63,15 @@ async def revoke_key(req: Request) -> Response:
 
 
 ROUTES = [
+    Route(
+        "GET",
+        "/api/me",
+        whoami,
+        "The caller's key or JWT: role, workspace scope and permissions",
+        "keys",
+        "read",
+        response=t.Identity,
+    ),
     Route(
         "POST",
         "/api/keys",

@@ -326,6 +326,7 @@ class Executor:
         healthy = outcome in ("success", "client_error", "cancelled")
         tokens = usage.tokens if usage else Tokens()
         failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
+        # Positional: PyO3 matches keyword names one by one, a third of the call.
         cost = self.live.engine.record(
             attempt.model_id,
             attempt.endpoint.id,
@@ -338,13 +339,11 @@ class Executor:
             tokens.cache_read,
             tokens.cache_write,
             attempt.started_ms,
-            outcome=outcome,
-            agent_type=call.agent_type,
-            rule_id=tries.rule_id,
-            failover_from=None
-            if failed is None
-            else (failed.model_id, failed.endpoint_id, failed.outcome),
-            ttft_ms=attempt.ttft_ms,
+            outcome,
+            call.agent_type,
+            tries.rule_id,
+            None if failed is None else (failed.model_id, failed.endpoint_id, failed.outcome),
+            attempt.ttft_ms,
         )
         if usage is not None:
             usage.cost_nanos = cost or 0
