@@ -113,6 +113,7 @@ def test_a_caller_learns_its_own_role_scope_and_permissions(server):
         "workspaceId": None,
         "userId": None,
         "permissions": [
+            "audit",
             "configure",
             "configure_workspace",
             "manage_keys",

@@ -37,6 +37,13 @@ VALID = {
     "/api/workspaces/{workspaceId}/config": {"budgetLimits": {"daily": 5}},
     "/api/config/import": {"config": {"models": [model_body("m1", id="m1")]}},
     "/api/keys": {"role": "viewer"},
+    "/api/canaries": {"modelId": "fresh", "baselineModelId": "m1", "scope": {"agentType": "a"}},
+    "/api/experiments": {
+        "name": "e",
+        "scope": {"agentType": "b"},
+        "variants": [{"modelId": "m1"}, {"modelId": "fresh"}],
+    },
+    "/api/experiments/{experimentId}/feedback": {"requestId": "req-1", "score": 1},
     "/api/route": {
         "id": "req-12345",
         "agentType": "creative",
@@ -72,6 +79,7 @@ PATH_VALUES = {
     "agentType": "creative",
     "workspaceId": "ws-1",
     "keyId": "k",
+    "experimentId": "e1",
 }
 WRITE_ROUTES = [r for r in ROUTES if r.body is not None]
 # Routes that call models may answer 502/503/504 for a valid request (nothing

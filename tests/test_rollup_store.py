@@ -81,3 +81,27 @@ def test_retention_forgets_buckets_older_than_their_resolution_keeps(store):
         await s.close()
 
     asyncio.run(scenario())
+
+
+def test_window_buckets_start_at_any_ms_and_are_read_one_at_a_time(store):
+    """Canary and experiment windows ("w"): a bucket per window start, however
+    close two starts are, and the squares of big sums still fit."""
+
+    async def scenario():
+        s, other = store(), store()
+        start = int(time.time() * 1000)
+        keep = {"w": HOUR}
+        big = 10**17  # a sum of squares of latencies in µs² / 1000
+        for w in (s, other):
+            await w.merge_rollups({("w", start, "c1\x1fcanary", "lq"): big}, keep)
+            await w.merge_rollups({("w", start + 1, "c1\x1fcanary", "n"): 1}, keep)
+        assert await s.read_rollups("w", start, start + 1) == [
+            (start, "c1\x1fcanary", "lq", 2 * big)
+        ]
+        assert await s.read_rollups("w", start + 1, start + 2) == [
+            (start + 1, "c1\x1fcanary", "n", 2)
+        ]
+        await s.close()
+        await other.close()
+
+    asyncio.run(scenario())

@@ -43,7 +43,15 @@ AGENTS = Kind("agents", t.AgentPreferences, "agentType")
 WORKSPACES = Kind("workspaces", t.WorkspaceConfig, "workspace")
 HEALTH = Kind("health", t.ModelHealth, "health")
 KEYS = Kind("keys", t.ApiKey, "key")
-LABELS = {k.name: k.label for k in (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES, HEALTH, KEYS)}
+# Live state an operator starts and the controller moves (docs/experiments.md):
+# documents, so every worker reloads them with the config, but not config
+# (an export or import leaves them alone).
+CANARIES = Kind("canaries", t.Canary, "canary")
+EXPERIMENTS = Kind("experiments", t.Experiment, "experiment")
+LABELS = {
+    k.name: k.label
+    for k in (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES, HEALTH, KEYS, CANARIES, EXPERIMENTS)
+}
 
 CONFIG_KINDS = (MODELS, ENDPOINTS, RULES, AGENTS, WORKSPACES)
 

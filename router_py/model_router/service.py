@@ -30,6 +30,7 @@ from .engine.spend import SpendSync
 from .engine.upstream import UpstreamClient
 from .engine.workspace_limits import WorkspaceLimits
 from .engine.write_counter import WriteCounter, counter_path
+from .experiments.controller import CONTROL_MS, Controller
 from .http import ApiError
 from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
 from .periodic import every, report_failure
@@ -113,6 +114,7 @@ class Service:
             self.store,
             retention_ms(settings.rollup_minutes_keep_hours, settings.rollup_hours_keep_days),
         )
+        self.controller = Controller(self.catalog)
         self.started_at = time.time()
         self.pid = os.getpid()
         self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
@@ -144,6 +146,8 @@ class Service:
             every(LEASE_BEAT_MS, "active health lease", self.active_health.lead),
             every(TICK_MS, "active health probes", self.active_health.probe_due),
             every(ROLLUP_FLUSH_MS, "rollup flush", self.rollups.flush),
+            every(ROLLUP_FLUSH_MS, "experiment outcomes flush", self.observer.arms.flush),
+            every(CONTROL_MS, "canary and experiment control", self.controller.tick),
         ]
         self._tasks = [asyncio.create_task(beat) for beat in beats]
         self._tasks.append(asyncio.create_task(self.store.watch_config(self._store_changed.set)))
@@ -176,6 +180,8 @@ class Service:
         await self.observer.flush_metrics()
         with contextlib.suppress(Exception):
             await self.rollups.flush()
+        with contextlib.suppress(Exception):
+            await self.observer.arms.flush()
         await self.client.close()
         await self.store.close()
         self.live.writes.close()

@@ -741,6 +741,9 @@ class RouteResponse(Body):
     timestamp: Timestamp
     attempts: list[AttemptReport]
     finish_reason: str | None = None
+    experiment_id: str | None = None
+    canary_id: str | None = None
+    variant: str | None = None
 
 
 ModelName = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -849,6 +852,10 @@ class RecentRequest(Body):
     attempts: int
     stream: bool
     user_id: str | None = None
+    # The canary or experiment the request took part in, and its side of it.
+    experiment_id: str | None = None
+    canary_id: str | None = None
+    variant: str | None = None
     # Each attempt's model, endpoint, outcome and latency (no provider message).
     attempt_details: list[AttemptReport] = []
 
@@ -1053,6 +1060,7 @@ class HealthOverview(Body):
     timestamp: Timestamp
     service: ServiceOverview
     models: list[ModelOverview]
+    canaries: list[CanarySummary] = []
 
 
 class ModelHealthView(ModelHealth):
@@ -1063,3 +1071,175 @@ class ModelHealthView(ModelHealth):
     reported: Reported | None = None
     observed: Observed | None = None
     endpoints: list[EndpointOverview] = []
+
+
+# --- canaries and experiments (docs/experiments.md) -----------------------------
+
+
+class RolloutScope(Body):
+    """Which requests a canary or experiment sees: exactly one of these."""
+
+    rule_id: Id | None = None
+    agent_type: Tag | None = None
+    workspace_id: Id | None = None
+
+
+class Guardrails(Body):
+    """What a canary may not be worse by, against its baseline."""
+
+    max_error_rate_increase: Fraction = 0.02
+    max_p95_latency_ratio: Annotated[float, Meta(ge=1, le=100)] = 1.5
+    max_cost_ratio: Annotated[float, Meta(ge=1, le=100)] = 1.5
+
+
+CanaryState = Literal["running", "paused", "promoted", "rolledBack"]
+Steps = Annotated[list[Annotated[float, Meta(gt=0, le=100)]], Meta(min_length=1, max_length=20)]
+
+
+class CanaryCreate(Body):
+    model_id: Id
+    baseline_model_id: Id
+    scope: RolloutScope
+    steps: Steps = msgspec.field(default_factory=lambda: [1.0, 5.0, 25.0, 50.0, 100.0])
+    step_duration: Annotated[float, Meta(ge=0, le=30 * 86_400, description="seconds")] = 300
+    min_requests_per_step: PositiveInt = 100
+    guardrails: Guardrails = msgspec.field(default_factory=Guardrails)
+    id: Id | None = None
+
+
+class ArmFigures(Body):
+    """One side of a canary over the current step's window."""
+
+    requests: int
+    error_rate: float | None
+    p95_ms: float | None
+    cost_per_request: float | None  # USD
+
+
+class CanaryFigures(Body):
+    canary: ArmFigures
+    baseline: ArmFigures
+
+
+class CanaryPosition(Body):
+    state: CanaryState
+    percent: float
+
+
+class CanaryTransition(Body):
+    at: Timestamp
+    from_: CanaryPosition = msgspec.field(name="from")
+    to: CanaryPosition
+    reason: str
+    figures: CanaryFigures | None = None
+
+
+class Canary(Body):
+    id: Id
+    model_id: Id
+    baseline_model_id: Id
+    scope: RolloutScope
+    steps: list[float]
+    step_duration: float
+    min_requests_per_step: int
+    guardrails: Guardrails
+    step_index: int
+    percent: float
+    state: CanaryState
+    step_started_at: Timestamp
+    window_start_ms: int  # the current step's measurement window (ms since the epoch)
+    created_at: Timestamp
+    updated_at: Timestamp
+    history: list[CanaryTransition] = []
+    current: CanaryFigures | None = None  # filled in when read, never stored
+
+
+Metric = Literal["successRate", "latency", "cost", "feedback"]
+Assignment = Literal["request", "user"]
+ExperimentState = Literal["running", "ended"]
+
+
+class Variant(Body):
+    model_id: Id
+    weight: NonNegative = 1.0
+
+
+class ExperimentCreate(Body):
+    name: Name
+    scope: RolloutScope
+    variants: Annotated[list[Variant], Meta(min_length=2, max_length=10)]
+    primary_metric: Metric = "successRate"
+    guardrail_metrics: Annotated[list[Metric], Meta(max_length=4)] = []
+    assignment: Assignment = "request"
+    min_samples_per_variant: PositiveInt = 100
+    alpha: Annotated[float, Meta(gt=0, le=0.2)] = 0.05
+    # On the primary metric's scale: rate points (0.05), ms, USD or score units.
+    min_detectable_effect: Annotated[float, Meta(gt=0)] = 0.05
+    auto_end: bool = False
+    id: Id | None = None
+
+
+class VariantResult(Body):
+    model_id: str
+    n: int
+    mean: float | None
+    ci: list[float] | None
+
+
+class SrmResult(Body):
+    p_value: float
+    mismatch: bool
+
+
+class ExperimentResults(Body):
+    test: str
+    p_value: float
+    always_valid_p_value: float
+    variants: list[VariantResult]
+    srm: SrmResult
+    samples_needed_per_variant: int | None  # when "no difference" can be called
+
+
+class Experiment(Body):
+    id: Id
+    name: Name
+    scope: RolloutScope
+    variants: list[Variant]
+    primary_metric: Metric
+    guardrail_metrics: list[Metric]
+    assignment: Assignment
+    min_samples_per_variant: int
+    alpha: float
+    min_detectable_effect: float
+    auto_end: bool
+    state: ExperimentState
+    decision: str  # "running" | "winner: <modelId>" | "no difference" | "stopped: guardrail"
+    window_start_ms: int
+    created_at: Timestamp
+    updated_at: Timestamp
+    winner: str | None = None
+    reason: str | None = None  # why the decision, in words and figures
+    ended_at: Timestamp | None = None
+    results: ExperimentResults | None = None  # filled in when read, never stored
+
+
+class FeedbackCreate(Body):
+    request_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    score: Annotated[float, Meta(ge=-1_000_000, le=1_000_000)]
+
+
+class FeedbackRecorded(Body):
+    experiment_id: str
+    request_id: str
+    variant: str  # the model the request was assigned
+
+
+class CanarySummary(Body):
+    """The overview's line for each canary."""
+
+    id: str
+    model_id: str
+    baseline_model_id: str
+    state: CanaryState
+    percent: float
+    last_transition: CanaryTransition | None

@@ -64,6 +64,7 @@ def summary(
 ) -> t.RecentRequest:
     usage = result.usage if result else None
     tried = result.attempts if result else attempts or []
+    arm = call.arm
     return t.RecentRequest(
         id=new_id(),
         request_id=call.request_id,
@@ -85,6 +86,9 @@ def summary(
         stream=stream,
         user_id=call.user_id,
         attempt_details=[msgspec.structs.replace(a, error=None) for a in tried],
+        experiment_id=arm.rollout_id if arm is not None and arm.experiment else None,
+        canary_id=arm.rollout_id if arm is not None and not arm.experiment else None,
+        variant=arm.label if arm is not None else None,
     )
 
 
@@ -95,6 +99,7 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
     req.service.observer.observe(
         summary(req, call, route, failed.status, failed.type, attempts=failed.attempts),
         failed.attempts,
+        arm=call.arm,
     )
     details: dict[str, Any] = dict(failed.details or {})
     if failed.attempts:
@@ -120,14 +125,21 @@ def observe_failure(req: Request, call: Call, route: str, failed: CallFailed) ->
     return error
 
 
-def router_headers(req: Request, result: Result, attempts: int) -> list[tuple[str, str]]:
+def router_headers(
+    req: Request, call: Call, result: Result, attempts: int
+) -> list[tuple[str, str]]:
     overhead = (time.perf_counter() - req.started) * 1000 - result.upstream_ms
-    return [
+    headers = [
         ("x-model-router-model", result.model_id),
         ("x-model-router-endpoint", result.endpoint_id),
         ("x-model-router-attempts", str(attempts)),
         ("x-model-router-overhead-ms", f"{max(0.0, overhead):.3f}"),
     ]
+    arm = call.arm
+    if arm is not None:
+        name = "x-model-router-experiment" if arm.experiment else "x-model-router-canary"
+        headers += [(name, arm.rollout_id), ("x-model-router-variant", arm.label)]
+    return headers
 
 
 def named_model(req: Request, named: str, not_found: Callable[[str], ApiError]) -> str | None:
@@ -188,7 +200,7 @@ async def answer(
         except CallFailed as failed:
             raise observe_failure(req, call, route, failed) from None
         # The attempt that streams is recorded when the stream ends.
-        headers = router_headers(req, result, len(result.attempts) + 1)
+        headers = router_headers(req, call, result, len(result.attempts) + 1)
         response = Response(b"", 200, STREAM_CONTENT_TYPE, headers)
         response.stream = _observed_stream(req, call, route, result, chunks)
         return response
@@ -202,9 +214,10 @@ async def answer(
         result.attempts,
         prompt,
         result.answer.text,
+        call.arm,
     )
     response = Response(result.answer.body)
-    response.headers += router_headers(req, result, len(result.attempts))
+    response.headers += router_headers(req, call, result, len(result.attempts))
     return response
 
 
@@ -218,7 +231,9 @@ async def _observed_stream(
         await chunks.aclose()  # type: ignore[attr-defined]
         outcome = result.attempts[-1].outcome if result.attempts else "success"
         req.service.observer.observe(
-            summary(req, call, route, 200, outcome, result, stream=True), result.attempts
+            summary(req, call, route, 200, outcome, result, stream=True),
+            result.attempts,
+            arm=call.arm,
         )
 
 
@@ -267,7 +282,7 @@ async def route_request(req: Request) -> Response:
         raise observe_failure(req, call, "/api/route", failed) from None
     assert result.answer is not None
     done = summary(req, call, "/api/route", 200, "success", result)
-    req.service.observer.observe(done, result.attempts, body.prompt, result.answer.text)
+    req.service.observer.observe(done, result.attempts, body.prompt, result.answer.text, call.arm)
     response = json_response(
         t.RouteResponse(
             id=f"response-{new_id()}",
@@ -287,9 +302,12 @@ async def route_request(req: Request) -> Response:
             timestamp=done.timestamp,
             attempts=result.attempts,
             finish_reason=result.answer.finish_reason,
+            experiment_id=done.experiment_id,
+            canary_id=done.canary_id,
+            variant=done.variant,
         )
     )
-    response.headers += router_headers(req, result, len(result.attempts))
+    response.headers += router_headers(req, call, result, len(result.attempts))
     return response
 
 

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import __version__
 from .. import types as t
-from ..catalog import HEALTH, iso, utcnow
+from ..catalog import CANARIES, HEALTH, iso, utcnow
 from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import Request, Response, Route, json_response
 from ..telemetry import figures
 from ..telemetry.logging import SERVICE
 from ..tenancy import model_visible
+from .experiments import canary_summaries
 
 if TYPE_CHECKING:
     from ..service import Service
@@ -221,6 +222,7 @@ async def overview(req: Request) -> Response:
             config_version=service.live.version,
         ),
         models=models,
+        canaries=canary_summaries(await service.catalog.all(CANARIES)),
     )
     return json_response(body)
 

@@ -27,6 +27,7 @@ import msgspec
 
 from .. import types as t
 from .._core import Decision
+from ..experiments.routing import Arm, Candidates
 from .budgets import BudgetLeases, BudgetRefused, Hold, prompt_tokens_at_most
 from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
@@ -72,6 +73,8 @@ class Call:
     capabilities: list[str] | None = None
     metadata: dict[str, Any] | None = None
     forwarded: Mapping[str, str] = field(default_factory=dict)  # caller headers for providers
+    arm: Arm | None = None  # its part in a canary or experiment
+    candidates: Candidates | None = None  # the arm's order, when it has one
 
 
 @dataclass
@@ -255,7 +258,34 @@ class Executor:
             raise CallFailed(
                 ERROR_STATUS[kind], kind, message, details=error_details(decision), headers=headers
             )
+        if self.live.rollouts is not None and call.model is None:
+            assigned = self.live.rollouts.assign(
+                decision,
+                call.request_id,
+                call.agent_type,
+                call.workspace_id,
+                call.user_id,
+                lambda model_id: self._candidate(call, model_id),
+            )
+            if assigned is not None:
+                call.arm, call.candidates = assigned
         return decision
+
+    def _candidate(self, call: Call, model_id: str) -> tuple[str, list[str]] | None:
+        """A model routing did not rank, with its endpoints in the engine's
+        order, if it can take the call now."""
+        decision = self.live.engine.decide(
+            call.agent_type,
+            workspace_id=call.workspace_id,
+            user_id=call.user_id,
+            request_type=call.request_type,
+            content_length=call.content_length,
+            capabilities=call.capabilities,
+            model=model_id,
+            metadata=call.metadata,
+            limit=1,
+        )
+        return None if decision.error is not None else decision.candidates[0]
 
     def _soonest_reopen_ms(self) -> int | None:
         """How long until the first open breaker lets a request through."""
@@ -275,7 +305,7 @@ class Executor:
         charged with a failure). Candidates that cannot take the request are
         skipped."""
         tried = 0
-        for model_id, endpoint_ids in decision.candidates:
+        for model_id, endpoint_ids in call.candidates or decision.candidates:
             model = self.live.models[model_id]
             adapter = ADAPTERS[model.provider]
             for endpoint_id in endpoint_ids:
@@ -418,7 +448,7 @@ class Executor:
         workspace = call.workspace_id
         if workspace is None:
             return Holds()
-        models = [model_id for model_id, _ in decision.candidates]
+        models = [model_id for model_id, _ in call.candidates or decision.candidates]
         tokens = None
         if self.workspace_limits.applies(workspace):
             prompt = prompt_tokens_at_most(call.content_length)

@@ -27,7 +27,19 @@ import msgspec
 
 from .. import types as t
 from .._core import Engine
-from ..catalog import AGENTS, ENDPOINTS, HEALTH, KEYS, MODELS, RULES, WORKSPACES, Catalog
+from ..catalog import (
+    AGENTS,
+    CANARIES,
+    ENDPOINTS,
+    EXPERIMENTS,
+    HEALTH,
+    KEYS,
+    MODELS,
+    RULES,
+    WORKSPACES,
+    Catalog,
+)
+from ..experiments.routing import Rollouts
 from ..store import ConfigStamp, ExpectAbsent, Op, PreconditionFailed
 from ..telemetry import metrics
 from ..telemetry.figures import epoch_ms, override_applies
@@ -52,6 +64,7 @@ class LiveConfig:
         self.agent_types: set[str] = set()  # those with preferences or named by a rule
         self.endpoints: dict[str, t.Endpoint] = {}
         self.workspaces: dict[str, t.WorkspaceConfig] = {}
+        self.rollouts: Rollouts | None = None  # None: no canary or experiment routes
         self.loaded_at: float | None = None
         # When the first operator's health report in the snapshot expires (ms).
         self.next_override_expiry_ms: int | None = None
@@ -134,6 +147,9 @@ class LiveConfig:
         version = stamp.version
         document = await self._snapshot_document(version)
         keys = {k.id: k for k in await self.catalog.all(KEYS)}
+        rollouts = Rollouts.of(
+            await self.catalog.all(CANARIES), await self.catalog.all(EXPERIMENTS)
+        )
         if self.reset is not None:
             keys |= await self._restore_lost_keys(keys)
         self.engine.load(msgspec.json.encode(document))
@@ -146,6 +162,7 @@ class LiveConfig:
         )
         self.endpoints = {e.id: e for m in document.models for e in m.endpoints}
         self.workspaces = document.workspace_configs
+        self.rollouts = rollouts
         self.keys = keys
         self.loaded_at = time.time()
         self.reset = None

@@ -120,10 +120,13 @@ class Reservation:
     limit: int
 
 
-# One rollup cell to add: (resolution "m" | "h", bucket start ms, key, metric) -> amount.
+# One rollup cell to add: (resolution "m" | "h" | "w", bucket start ms, key, metric) -> amount.
 # The key joins the bucket's dimensions; the metric is a counter or a sketch bin.
+# "w" buckets are the measurement windows of canaries and experiments: each
+# starts at its own ms (a canary step's start), so their step is 1 ms and a
+# window is read as [start, start + 1).
 RollupCell = tuple[str, int, str, str]
-ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000}
+ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000, "w": 1}
 
 
 class PreconditionFailed(Exception):

@@ -22,6 +22,8 @@ import msgspec
 
 from .. import types as t
 from .._core import Engine
+from ..experiments.routing import Arm
+from ..experiments.tally import TallySync
 from ..store import Store
 from . import metrics
 
@@ -39,6 +41,7 @@ class RequestObserver:
         self.engine = engine
         self.keep = keep
         self._pending: deque[bytes] = deque(maxlen=keep)
+        self.arms = TallySync(store)  # canary and experiment outcomes
         self._metrics = metrics.MetricBatch()
         self._rejected_second, self._rejected_lines, self._rejected_dropped = 0, 0, 0
 
@@ -48,9 +51,10 @@ class RequestObserver:
         attempts: list[t.AttemptReport] = (),  # type: ignore[assignment]
         prompt: str | None = None,
         reply: str | None = None,
+        arm: Arm | None = None,
     ) -> None:
         """Account a finished request, just after its response is handed over."""
-        asyncio.get_running_loop().call_soon(self._account, summary, attempts, prompt, reply)
+        asyncio.get_running_loop().call_soon(self._account, summary, attempts, prompt, reply, arm)
 
     def _account(
         self,
@@ -58,7 +62,10 @@ class RequestObserver:
         attempts: list[t.AttemptReport],
         prompt: str | None,
         reply: str | None,
+        arm: Arm | None,
     ) -> None:
+        if arm is not None:
+            self.arms.record(arm, summary)
         model = summary.model_id or "none"
         m = self._metrics
         for a in attempts:
@@ -88,6 +95,10 @@ class RequestObserver:
                 "cost": summary.cost,
                 "attempts": summary.attempts,
             }
+            if arm is not None:
+                extra["experimentId"] = summary.experiment_id
+                extra["canaryId"] = summary.canary_id
+                extra["variant"] = summary.variant
             if log.isEnabledFor(logging.DEBUG):
                 extra |= {"prompt": prompt, "response": reply}
             if summary.status == 200:

@@ -1,0 +1,194 @@
+"""Outcome accumulators of canaries and experiments, shared by every worker
+and replica through the store.
+
+Why not the analytics rollups: those are keyed in the Rust core by model,
+endpoint, workspace, agent type, rule and outcome, per minute; a test needs
+per arm (experiment or canary, variant) counts, sums and sums of squares over
+its own window (a canary step starts at any ms). So each arm has its own
+cells in the store's rollup table under the "w" (window) resolution, bucket
+= the window's start: requests, successes, the sum and sum of squares of
+latency (successes), cost and feedback, and the latency sketch bins (the
+same DDSketch mapping as the analytics rollups, so p95 is read by the same
+code). Each worker adds up its requests' cells in memory, after the response
+(off the request path), and merges them into the store once a second; the
+store adds, so any number of workers and replicas sum to exact totals.
+
+Sums are integers (the store adds integers): latency in µs, cost in
+nano-dollars, feedback in thousandths; squares in those units squared / 1000.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .. import types as t
+from .._core import sketch_quantiles
+from ..store import Store
+from ..store.base import RollupCell
+from .routing import Arm
+from .stats import Summary
+
+log = logging.getLogger("model_router.experiments")
+
+WINDOW = "w"
+REQUESTS, SUCCESSES = "n", "ok"
+LATENCY_SUM, LATENCY_SQUARES = "ls", "lq"
+COST_SUM, COST_SQUARES = "cs", "cq"
+FEEDBACK_N, FEEDBACK_SUM, FEEDBACK_SQUARES = "fn", "fs", "fq"
+LATENCY_BIN = "b"  # a latency sketch bin: "b{index}"
+SQUARES_UNIT = 1000
+KEEP_MS = {WINDOW: 90 * 86_400_000}
+# An experiment's request -> variant, for feedback: kept this long.
+ASSIGNMENT_TTL_MS = 7 * 86_400_000
+MAX_PENDING_CELLS = 100_000
+
+# The analytics rollups' sketch (core_rs/src/rollup.rs): relative accuracy 1%.
+_SKETCH_ALPHA = 0.01
+_LN_GAMMA = math.log((1 + _SKETCH_ALPHA) / (1 - _SKETCH_ALPHA))
+_MIN_MS = 0.001
+
+
+def sketch_index(ms: float) -> int:
+    return math.ceil(math.log(max(ms, _MIN_MS)) / _LN_GAMMA)
+
+
+def sketch_value(index: int) -> float:
+    gamma = math.exp(_LN_GAMMA)
+    return 2 * gamma**index / (gamma + 1)
+
+
+def arm_key(rollout_id: str, variant: str) -> str:
+    return f"{rollout_id}\x1f{variant}"
+
+
+def assignment_counter(experiment_id: str, request_id: str) -> str:
+    return f"experiment-assignment:{experiment_id}:{request_id}"
+
+
+@dataclass
+class ArmTally:
+    """One arm's figures over one window."""
+
+    requests: int = 0
+    successes: int = 0
+    latency: Summary = Summary(0, 0.0, 0.0)  # ms, successes only
+    cost: Summary = Summary(0, 0.0, 0.0)  # USD per request
+    feedback: Summary = Summary(0, 0.0, 0.0)
+    bins: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def errors(self) -> int:
+        return self.requests - self.successes
+
+    def p95(self) -> float | None:
+        return sketch_quantiles(list(self.bins.items()), [0.95])[0]
+
+    def slower_than(self, ms: float) -> int:
+        """Successes whose latency is over `ms` (to the sketch's 1%)."""
+        return sum(n for index, n in self.bins.items() if sketch_value(index) > ms)
+
+    def figures(self) -> t.ArmFigures:
+        p95 = self.p95()
+        return t.ArmFigures(
+            requests=self.requests,
+            error_rate=self.errors / self.requests if self.requests else None,
+            p95_ms=None if p95 is None else round(p95, 3),
+            cost_per_request=self.cost.mean,
+        )
+
+    def metric(self, name: t.Metric) -> Summary:
+        if name == "successRate":
+            return Summary.of_successes(self.requests, self.successes)
+        return {"latency": self.latency, "cost": self.cost, "feedback": self.feedback}[name]
+
+
+def _tally(metrics: Counter[str]) -> ArmTally:
+    m = metrics
+    unit = SQUARES_UNIT
+    return ArmTally(
+        requests=m[REQUESTS],
+        successes=m[SUCCESSES],
+        latency=Summary(m[SUCCESSES], m[LATENCY_SUM] / 1e3, m[LATENCY_SQUARES] * unit / 1e6),
+        cost=Summary(m[REQUESTS], m[COST_SUM] / 1e9, m[COST_SQUARES] * unit / 1e18),
+        feedback=Summary(m[FEEDBACK_N], m[FEEDBACK_SUM] / 1e3, m[FEEDBACK_SQUARES] * unit / 1e6),
+        bins=Counter({int(k[1:]): v for k, v in m.items() if k.startswith(LATENCY_BIN)}),
+    )
+
+
+async def read_arms(store: Store, rollout_id: str, window_ms: int) -> dict[str, ArmTally]:
+    """Every arm of a rollout over the window that starts at window_ms."""
+    by_arm: dict[str, Counter[str]] = {}
+    prefix = rollout_id + "\x1f"
+    for _, key, metric, value in await store.read_rollups(WINDOW, window_ms, window_ms + 1):
+        if key.startswith(prefix):
+            by_arm.setdefault(key[len(prefix) :], Counter())[metric] += value
+    return {variant: _tally(metrics) for variant, metrics in by_arm.items()}
+
+
+def outcome_cells(arm: Arm, done: t.RecentRequest) -> Counter[RollupCell]:
+    """The cells one finished request adds to its arm: a success is an answer
+    from the arm's own model (a failover away from it is the arm's failure)."""
+    cell = (WINDOW, arm.window_ms, arm_key(arm.rollout_id, arm.variant))
+    cells: Counter[RollupCell] = Counter()
+    cells[(*cell, REQUESTS)] = 1
+    cost = round(done.cost * 1e9)
+    cells[(*cell, COST_SUM)] = cost
+    cells[(*cell, COST_SQUARES)] = round(cost * cost / SQUARES_UNIT)
+    if done.status == 200 and done.outcome == "success" and done.model_id == arm.model_id:
+        us = round(done.upstream_ms * 1000)
+        cells[(*cell, SUCCESSES)] = 1
+        cells[(*cell, LATENCY_SUM)] = us
+        cells[(*cell, LATENCY_SQUARES)] = round(us * us / SQUARES_UNIT)
+        cells[(*cell, f"{LATENCY_BIN}{sketch_index(done.upstream_ms)}")] = 1
+    return cells
+
+
+def feedback_cells(rollout_id: str, variant: str, window_ms: int, score: float) -> dict:
+    cell = (WINDOW, window_ms, arm_key(rollout_id, variant))
+    thousandths = round(score * 1000)
+    return {
+        (*cell, FEEDBACK_N): 1,
+        (*cell, FEEDBACK_SUM): thousandths,
+        (*cell, FEEDBACK_SQUARES): round(thousandths * thousandths / SQUARES_UNIT),
+    }
+
+
+class TallySync:
+    """One worker's arm outcomes since its last flush, and the flush."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pending: Counter[RollupCell] = Counter()
+        self.assignments: dict[str, int] = {}
+
+    def record(self, arm: Arm, done: t.RecentRequest) -> None:
+        if not arm.counted:
+            return
+        self.pending.update(outcome_cells(arm, done))
+        if arm.experiment:
+            name = assignment_counter(arm.rollout_id, done.request_id)
+            self.assignments[name] = int(arm.variant) + 1
+
+    async def flush(self) -> None:
+        if self.assignments:
+            assignments, self.assignments = self.assignments, {}
+            try:
+                await self.store.add_counters(assignments, ASSIGNMENT_TTL_MS)
+            except BaseException:
+                self.assignments = assignments | self.assignments
+                raise
+        if not self.pending:
+            return
+        cells, self.pending = self.pending, Counter()
+        try:
+            await self.store.merge_rollups(cells, KEEP_MS)
+        except BaseException:
+            cells.update(self.pending)
+            self.pending = cells
+            if len(cells) > MAX_PENDING_CELLS:
+                log.error("experiment outcomes: store unreachable, %d cells dropped", len(cells))
+                self.pending = Counter()
+            raise

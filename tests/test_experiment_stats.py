@@ -1,0 +1,238 @@
+"""The statistics of experiments and canaries, checked by simulation (seeded):
+false positives under continuous peeking, power at the documented sample
+size, and the canary controller's judgement on synthetic traffic — the same
+functions the server runs (experiments/stats.py, experiments/controller.py,
+experiments/tally.py)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import stats as sp
+
+from model_router import types as t
+from model_router.experiments import stats
+from model_router.experiments.controller import apply_verdict, judge_canary, judge_experiment
+from model_router.experiments.routing import Rollouts
+from model_router.experiments.tally import ArmTally, _tally, outcome_cells, sketch_index
+
+ALPHA = 0.05
+
+
+def peeking_rejections(p_a: float, p_b: float, n: int, runs: int, seed: int) -> np.ndarray:
+    """For each of `runs` experiments, whether its always-valid p-value ever
+    fell to alpha when read after every single pair of samples up to n."""
+    rng = np.random.default_rng(seed)
+    a = np.cumsum(rng.random((runs, n)) < p_a, axis=1)
+    b = np.cumsum(rng.random((runs, n)) < p_b, axis=1)
+    ns = np.arange(1, n + 1)
+    c = stats.two_proportions(ns, a, ns, b, ALPHA, 0.05)
+    return np.min(c.always_valid_p_value, axis=1) <= ALPHA
+
+
+def test_a_a_experiments_read_continuously_keep_false_positives_under_alpha() -> None:
+    rejected = peeking_rejections(0.8, 0.8, 4000, runs=1000, seed=11)
+    assert rejected.mean() <= ALPHA + 0.01
+
+
+def test_the_fixed_horizon_test_read_continuously_would_not() -> None:
+    """The reason for the sequential test: the plain z-test, peeked at, errs."""
+    rng = np.random.default_rng(12)
+    n, runs = 2000, 300
+    a = np.cumsum(rng.random((runs, n)) < 0.8, axis=1)
+    b = np.cumsum(rng.random((runs, n)) < 0.8, axis=1)
+    ns = np.arange(100, n + 1, 10)
+    c = stats.two_proportions(ns, a[:, ns - 1], ns, b[:, ns - 1], ALPHA, 0.05)
+    assert (np.min(c.p_value, axis=1) <= ALPHA).mean() > 2 * ALPHA
+
+
+@pytest.mark.parametrize("baseline", [0.5, 0.9])
+def test_a_five_point_difference_is_found_at_the_documented_sample_size(baseline: float) -> None:
+    n = stats.sequential_sample_size(baseline, 0.05, ALPHA)
+    assert n == {0.5: 2974, 0.9: 1304}[baseline]  # docs/experiments.md quotes these
+    detected = peeking_rejections(baseline, baseline - 0.05, n, runs=1000, seed=13)
+    assert detected.mean() >= 0.80
+
+
+def test_welch_and_the_z_test_agree_with_scipy_on_raw_samples() -> None:
+    rng = np.random.default_rng(14)
+    x, y = rng.normal(200, 30, 400), rng.normal(206, 45, 300)
+    welch = stats.welch(
+        stats.Summary(len(x), x.sum(), (x * x).sum()),
+        stats.Summary(len(y), y.sum(), (y * y).sum()),
+        ALPHA,
+        5.0,
+    )
+    expected = sp.ttest_ind(y, x, equal_var=False)
+    assert welch.p_value == pytest.approx(expected.pvalue, rel=1e-6)
+    assert welch.difference == pytest.approx(y.mean() - x.mean())
+    z = stats.two_proportions(1000, 800, 1000, 830, ALPHA, 0.05)
+    pooled = 1630 / 2000
+    z_stat = 0.03 / math.sqrt(pooled * (1 - pooled) * 2 / 1000)
+    assert z.p_value == pytest.approx(2 * sp.norm.sf(z_stat))
+    assert z.ci[0] < 0.03 < z.ci[1]
+
+
+def test_sample_ratio_mismatch_flags_assignment_off_its_weights() -> None:
+    assert stats.sample_ratio_mismatch([5000, 5050], [1, 1]) == (pytest.approx(0.617, 0.01), False)
+    assert stats.sample_ratio_mismatch([5000, 5400], [1, 1])[1] is True
+    assert stats.sample_ratio_mismatch([2000, 8000], [1, 4])[1] is False
+
+
+def tally_of(n: int, ok: int) -> ArmTally:
+    return ArmTally(requests=n, successes=ok)
+
+
+def experiment(**changes: object) -> t.Experiment:
+    base = t.Experiment(
+        id="e1",
+        name="e",
+        scope=t.RolloutScope(agent_type="a"),
+        variants=[t.Variant(model_id="m-a"), t.Variant(model_id="m-b")],
+        primary_metric="successRate",
+        guardrail_metrics=[],
+        assignment="request",
+        min_samples_per_variant=100,
+        alpha=ALPHA,
+        min_detectable_effect=0.05,
+        auto_end=True,
+        state="running",
+        decision="running",
+        window_start_ms=0,
+        created_at="2026-01-01T00:00:00.000Z",
+        updated_at="2026-01-01T00:00:00.000Z",
+    )
+    return t.Experiment(**{**{f: getattr(base, f) for f in base.__struct_fields__}, **changes})
+
+
+def test_an_experiment_decides_winner_no_difference_or_guardrail() -> None:
+    e = experiment()
+    clear = judge_experiment(e, {"0": tally_of(3000, 2400), "1": tally_of(3000, 2600)})
+    assert clear.decision == "winner: m-b"
+    assert clear.results.always_valid_p_value < ALPHA
+    early = judge_experiment(e, {"0": tally_of(150, 120), "1": tally_of(150, 126)})
+    assert early.decision == "running"
+    flat = judge_experiment(e, {"0": tally_of(5000, 4000), "1": tally_of(5000, 4010)})
+    assert flat.decision == "no difference"
+    guarded = experiment(primary_metric="cost", guardrail_metrics=["successRate"])
+    stopped = judge_experiment(guarded, {"0": tally_of(3000, 2900), "1": tally_of(3000, 2500)})
+    assert stopped.decision == "stopped: guardrail"
+    assert "successRate" in (stopped.reason or "")
+
+
+# --- the canary controller on synthetic traffic ----------------------------------
+
+
+def canary(**changes: object) -> t.Canary:
+    fields: dict[str, object] = dict(
+        id="c1",
+        model_id="new",
+        baseline_model_id="old",
+        scope=t.RolloutScope(agent_type="agent"),
+        steps=[1.0, 5.0, 25.0, 50.0, 100.0],
+        step_duration=10.0,
+        min_requests_per_step=100,
+        guardrails=t.Guardrails(),
+        step_index=0,
+        percent=1.0,
+        state="running",
+        step_started_at="2026-01-01T00:00:00.000Z",
+        window_start_ms=0,
+        created_at="2026-01-01T00:00:00.000Z",
+        updated_at="2026-01-01T00:00:00.000Z",
+    )
+    return t.Canary(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def run_canary(
+    error_rates: dict[str, float], seed: int, requests_per_s: int = 2000, limit_s: int = 600
+) -> tuple[t.Canary, list[int]]:
+    """Drive the controller with synthetic requests, one simulated second per
+    beat: the arm from the router's own assignment, each request's outcome
+    folded into its arm's cells as the server folds them, the verdict from
+    judge_canary. Returns the canary at the end and the canary requests of
+    each step."""
+    rng = np.random.default_rng(seed)
+    c = canary()
+    cells: Counter[tuple[str, int, str, str]] = Counter()
+    per_step = [0]
+    seq = 0
+    for second in range(1, limit_s + 1):
+        now_ms = second * 1000
+        rollouts = Rollouts([c], [])
+        compiled = rollouts.scopes[1]["agent"]
+        for _ in range(requests_per_s):
+            seq += 1
+            arm = compiled.arm(f"r{seq}")  # type: ignore[call-arg]
+            ok = rng.random() >= error_rates[arm.variant]
+            latency = float(rng.lognormal(math.log(200), 0.3))
+            done = t.RecentRequest(
+                id="x",
+                request_id=f"r{seq}",
+                timestamp="",
+                route="/v1/chat/completions",
+                workspace_id=None,
+                agent_type="agent",
+                model_id=arm.model_id if ok else None,
+                endpoint_id=None,
+                status=200 if ok else 502,
+                outcome="success" if ok else "upstream_error",
+                latency_ms=latency,
+                upstream_ms=latency,
+                prompt_tokens=10,
+                completion_tokens=10,
+                cost=0.001 if ok else 0.0,
+                estimated=False,
+                attempts=1,
+                stream=False,
+            )
+            cells.update(outcome_cells(arm, done))
+            per_step[-1] += arm.variant == "canary"
+        arms: dict[str, Counter[str]] = {}
+        for (_, window, key, metric), value in cells.items():
+            if window == c.window_start_ms:
+                arms.setdefault(key.split("\x1f")[1], Counter())[metric] += value
+        verdict = judge_canary(c, {v: _tally(m) for v, m in arms.items()}, now_ms)
+        if verdict is not None:
+            c = apply_verdict(c, verdict, now_ms)
+            if c.state != "running":
+                return c, per_step
+            per_step.append(0)
+    return c, per_step
+
+
+def test_a_canary_with_three_times_the_error_rate_is_rolled_back_in_its_first_step() -> None:
+    c, per_step = run_canary({"canary": 0.15, "baseline": 0.05}, seed=21)
+    assert c.state == "rolledBack" and c.percent == 0
+    assert len(per_step) == 1 and c.step_index == 0, per_step
+    last = c.history[-1]
+    assert last.reason.startswith("maxErrorRateIncrease breached")
+    assert last.figures is not None and last.figures.canary.error_rate > 0.1
+    assert per_step[0] < 1000  # stopped fast: a few hundred canary requests
+
+
+def test_a_canary_as_good_as_its_baseline_reaches_100_percent() -> None:
+    c, per_step = run_canary({"canary": 0.05, "baseline": 0.05}, seed=22)
+    assert c.state == "promoted" and c.percent == 100
+    assert [h.to.percent for h in c.history] == [5, 25, 50, 100]
+    assert all(n >= 100 for n in per_step)
+
+
+def test_a_slow_canary_is_rolled_back_on_p95() -> None:
+    c = canary(percent=50.0, step_index=3)
+    fast = {"ok": 1000, "n": 1000, f"b{sketch_index(200)}": 1000}
+    slow = {"ok": 300, "n": 300, f"b{sketch_index(700)}": 300}
+    arms = {"baseline": _tally(Counter(fast)), "canary": _tally(Counter(slow))}
+    verdict = judge_canary(c, arms, 1)
+    assert verdict is not None and verdict.guardrail == "maxP95LatencyRatio"
+
+
+def test_nothing_to_route_leaves_the_request_path_a_single_test() -> None:
+    done = [canary(state="rolledBack", percent=0.0)]
+    assert Rollouts.of(done, [experiment(state="ended", decision="no difference")]) is None
+    newer = canary(id="c2", created_at="2026-02-01T00:00:00.000Z", state="promoted", percent=100.0)
+    rollouts = Rollouts.of([newer, canary()], [])
+    assert rollouts is not None and rollouts.scopes[1]["agent"].id == "c2"
