@@ -6,6 +6,7 @@ reports that expire."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -17,7 +18,9 @@ import pytest
 
 from conftest import model_body
 from model_router import types as t
-from model_router.engine.health import judge
+from model_router.engine.health import STATE_KIND, judge
+from model_router.settings import Settings
+from model_router.store import open_store
 
 INTERVAL_S = 1.0
 PROBES = {
@@ -204,6 +207,60 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     wait_for_probe(mock, before + 2)
     assert time.monotonic() - killed <= 3 + 1 + 2 * interval_s + 1
     assert 6 <= probes_in(4) <= most
+
+
+def set_health_url(server, endpoint_id: str, url: str | None) -> None:
+    """Give an endpoint another healthCheckUrl (or none), by a config import."""
+    c = server.client
+    config = c.get("/api/config/export").json()["config"]
+    for endpoint in config["endpoints"]:
+        if endpoint["id"] == endpoint_id:
+            endpoint["healthCheckUrl"] = url
+    r = c.post("/api/config/import", params={"mode": "replace"}, json={"config": config})
+    assert r.status_code == 200, r.text
+    server.wait_for_config()
+
+
+def shared_probes(server) -> set[str]:
+    """The endpoints with a probe verdict in the store's shared state."""
+
+    async def read() -> set[str]:
+        store = open_store(Settings.from_env(server.env))
+        try:
+            return set(await store.get_state(STATE_KIND))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
+    make_server, make_mock
+):
+    server = make_server(workers=2, **PROBES)
+    a, b, elsewhere = make_mock(), make_mock(), make_mock()
+    a.behave(healthStatus=503)
+    add_probed_model(server, a, b)
+    server.wait_for_config()
+    deadline = time.time() + 10
+    while served_by(server) != "b" or served_by(server) != "b":
+        assert time.time() < deadline, "a was never taken out"
+        time.sleep(0.1)
+    assert shared_probes(server) == {"a", "b"}
+
+    # a's health URL moves to a healthy server: a is back at once, not held
+    # out by the verdict on its old URL until its first probe (an interval on).
+    set_health_url(server, "a", f"{elsewhere.url}/health")
+    time.sleep(0.3)  # each worker's next sync (every 0.1 s)
+    assert [served_by(server) for _ in range(4)] == ["a"] * 4
+
+    # Neither endpoint probed any more: the prober drops their verdicts.
+    set_health_url(server, "a", None)
+    set_health_url(server, "b", None)
+    deadline = time.time() + 3
+    while shared_probes(server):
+        assert time.time() < deadline, shared_probes(server)
+        time.sleep(0.1)
 
 
 def in_seconds(seconds: float) -> str:

@@ -9,8 +9,9 @@ jitter, so probes of many endpoints spread out), each probe bounded by its own
 timeout. K failures in a row make an endpoint unhealthy, J successes in a row
 healthy again; a probe that disagrees with the verdict is confirmed by the
 next ones a quarter second apart, so a verdict changes within about one
-interval of the endpoint changing. The prober writes each result to the
-store's shared state, where the next holder picks the counts up.
+interval of the endpoint changing. The prober writes each result, with the
+URL it probed, to the store's shared state, where the next holder picks the
+counts up, and deletes the results of endpoints it no longer probes.
 
 Every worker reads that state on the breaker beat and holds the breaker of
 each unhealthy endpoint open (the engine then skips it, as it skips any open
@@ -99,17 +100,23 @@ class HealthMonitor:
 
     async def sync(self) -> None:
         """Adopt the shared results: hold unhealthy endpoints out of rotation."""
-        if not self._held and not any(map(self._probed, self.live.endpoints)):
+        probed = self._probed_urls()
+        if not self._held and not probed and not self.leading:
             self.results = {}
             return  # nothing probed: spare the store the read
         raw = await self.store.get_state(STATE_KIND)
-        self.results = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
+        shared = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
+        # A verdict on an endpoint no longer probed, or on another URL than its
+        # own now (deleted and created again), is not its verdict: the prober drops it.
+        self.results = {id: r for id, r in shared.items() if probed.get(id) == r.url}
+        if self.leading and len(self.results) < len(shared):
+            await self.store.delete_state(STATE_KIND, shared.keys() - self.results.keys())
         now_ms = time.time() * 1000
         engine = self.live.engine
         down = {
             endpoint_id
             for endpoint_id, result in self.results.items()
-            if result.verdict.status == "unhealthy" and self._probed(endpoint_id)
+            if result.verdict.status == "unhealthy"
         }
         for endpoint_id in down:
             state = engine.breaker_state(endpoint_id)
@@ -122,9 +129,13 @@ class HealthMonitor:
             engine.adopt_breaker_transition(endpoint_id, None)
         self._held = down
 
-    def _probed(self, endpoint_id: str) -> bool:
-        endpoint = self.live.endpoints.get(endpoint_id)
-        return endpoint is not None and endpoint.health_check_url is not None
+    def _probed_urls(self) -> dict[str, str]:
+        """The health URL of each endpoint that has one."""
+        return {
+            id: e.health_check_url
+            for id, e in self.live.endpoints.items()
+            if e.health_check_url is not None
+        }
 
     # --- the elected prober ----------------------------------------------------
 
@@ -154,8 +165,8 @@ class HealthMonitor:
         if not self.leading:
             return
         now = asyncio.get_running_loop().time()
-        probed = {id for id in self.live.endpoints if self._probed(id)}
-        for endpoint_id in set(self._due) - probed:
+        probed = self._probed_urls()
+        for endpoint_id in self._due.keys() - probed.keys():
             del self._due[endpoint_id]  # removed, or its healthCheckUrl was
         for endpoint_id in probed:
             due = self._due.setdefault(endpoint_id, now + self._next_s())
@@ -178,8 +189,11 @@ class HealthMonitor:
         model = self.live.models.get(endpoint.model_id) if endpoint else None
         if endpoint is None or model is None or endpoint.health_check_url is None:
             return
-        result = await self._send(health_check_request(model, endpoint, endpoint.health_check_url))
+        url = endpoint.health_check_url
+        result = await self._send(health_check_request(model, endpoint, url))
         previous = self.results.get(endpoint_id)
+        if previous is not None and previous.url != url:
+            previous = None  # a verdict on the URL it had before
         verdict = judge(
             previous.verdict if previous else None,
             result,
@@ -189,7 +203,7 @@ class HealthMonitor:
         agrees = (verdict.status == "healthy") == result.ok
         loop = asyncio.get_running_loop()
         self._due[endpoint_id] = loop.time() + (self._next_s() if agrees else CONFIRM_MS / 1000)
-        shared = t.ActiveHealth(verdict=verdict, last_probe=result)
+        shared = t.ActiveHealth(verdict=verdict, last_probe=result, url=url)
         self.results[endpoint_id] = shared
         if verdict.status != (previous.verdict.status if previous else "healthy"):
             self._report(endpoint.model_id, endpoint_id, verdict, result)
