@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -34,7 +35,9 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 JWT_SECRET = "ui-test-jwt-secret-" + "x" * 24
-IDLE_MODELS = 98  # with the two that carry traffic: the 100 models the page must handle
+# With the two that carry traffic and the probed one: the 100 models the page must handle.
+IDLE_MODELS = 97
+EXPIRED = "idle-000"  # reported unhealthy until a moment after it was set
 # Requests sent in each workspace: ws-c is a canary's scope, ws-d an experiment's.
 WORKSPACES = {"ws-a": 30, "ws-b": 20, "ws-c": 20, "ws-d": 20}
 
@@ -73,15 +76,22 @@ def _route(server: Server, workspace: str, n: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """A router with 100 models, two of them with traffic in two workspaces
-    (`flaky` fails a third of its calls over to `steady`), budgets, and keys."""
+    """A router with 100 models, two of them with traffic in four workspaces
+    (`flaky` fails a third of its calls over to `steady`), a canary and an
+    experiment, `probed` whose health URL fails, an operator's report that
+    has expired, budgets, and keys."""
     work = tmp_path_factory.mktemp("ui")
     flaky = MockProvider("openai", work, error_rate=0.33, latency_ms=5).start()
     steady = MockProvider("openai", work, latency_ms=10, jitter_ms=20).start()
+    down = MockProvider("openai", work).start()
+    down.behave(healthStatus=503)
     env = {
         "MODEL_ROUTER_DATA_DIR": str(work / "data"),
         "MOCK_PROVIDER_KEY": "provider-secret",
         "MODEL_ROUTER_JWT_SECRET": JWT_SECRET,
+        "MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS": "1000",
+        "MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS": "500",
+        "MODEL_ROUTER_HEALTH_FAILURES": "2",
     }
     server = Server(env, work).start()
     try:
@@ -91,6 +101,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         prefer(server, "flaky", "steady")
         for i in range(IDLE_MODELS):
             assert c.post("/api/models", json=model_body(f"idle-{i:03d}")).status_code == 201
+        assert c.post("/api/models", json=model_body("probed")).status_code == 201
+        endpoint = {
+            "id": "probed-ep0",
+            "url": down.operation_url,
+            "type": "primary",
+            "apiKeyEnv": "MOCK_PROVIDER_KEY",
+            "healthCheckUrl": f"{down.url}/health",
+        }
+        assert c.post("/api/models/probed/endpoints", json=endpoint).status_code == 201
+        expires = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+        report = {"status": "unhealthy", "expiresAt": expires}
+        assert c.post(f"/api/models/{EXPIRED}/health", json=report).status_code == 200
         budget = {"budgetLimits": {"daily": 5.0, "monthly": 100.0}}
         assert c.post("/api/workspaces/ws-a/config", json=budget).status_code in (200, 201)
         viewer = c.post("/api/keys", json={"role": "viewer", "name": "ui viewer"}).json()["key"]
@@ -131,16 +153,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             in_canary = sum(side["requests"] for side in arms["current"].values())
             [tested] = site.listed("/api/experiments")
             in_experiment = sum(v["n"] for v in (tested["results"] or {"variants": []})["variants"])
-            figures = (rolled, recorded, in_canary, in_experiment)
-            if figures == (attempts, len(site.answers), WORKSPACES["ws-c"], WORKSPACES["ws-d"]):
+            [health] = site.api("/api/models/probed/health")["endpoints"]
+            probes = (health["probes"] or {}).get("status")
+            figures = (rolled, recorded, in_canary, in_experiment, probes)
+            want = (
+                attempts,
+                len(site.answers),
+                WORKSPACES["ws-c"],
+                WORKSPACES["ws-d"],
+                "unhealthy",
+            )
+            if figures == want:
                 break
             assert time.time() < deadline, figures
             time.sleep(0.2)
         yield site
     finally:
         server.close()
-        flaky.stop()
-        steady.stop()
+        for mock in (flaky, steady, down):
+            mock.stop()
 
 
 @pytest.fixture(scope="module")
@@ -224,11 +255,23 @@ def test_fleet_lists_every_model_problems_first_with_the_overviews_figures(brows
     overview = site.api("/api/health/overview")
     by_id = {m["modelId"]: m for m in overview["models"]}
     rows = read(browser, "tr.model")
-    assert len(rows) == len(by_id) == IDLE_MODELS + 2
+    assert len(rows) == len(by_id) == IDLE_MODELS + 3
     severities = [int(r["data"]["severity"]) for r in rows]
     assert severities == sorted(severities, reverse=True)
-    # flaky fails a third of its attempts: observed degraded, so it leads.
-    assert rows[0]["data"]["model"] == "flaky" and severities[0] >= 2
+    # probed's only endpoint fails its probes: out of rotation, so it leads;
+    # flaky fails a third of its attempts: observed degraded, so it is next.
+    assert [r["data"]["model"] for r in rows[:2]] == ["probed", "flaky"]
+    assert severities[0] == 3 and severities[1] >= 2
+    [endpoint] = by_id["probed"]["endpoints"]
+    assert endpoint["lastProbe"]["ok"] is False and endpoint["probes"]["status"] == "unhealthy"
+    probe = one(browser, "tr.endpoint[data-of=probed] [data-probe]")
+    assert probe["data"]["probe"] == "failed"
+    assert f"failed: {endpoint['lastProbe']['error']}" in probe["text"]
+    # An operator's report that has expired no longer counts: not a problem, not red.
+    assert by_id[EXPIRED]["reported"]["expired"] is True
+    expired = one(browser, f"tr.model[data-model={EXPIRED}]")
+    assert expired["data"]["severity"] == "0" and "unhealthy, expired" in expired["text"]
+    assert not read(browser, f"tr.model[data-model={EXPIRED}] .badge[data-state=unhealthy]")
     for model in ("flaky", "steady"):
         observed = by_id[model]["observed"]
         want = {"successRate": observed["successRate"], **observed["latencyMs"]}
