@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import signal
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -207,6 +208,45 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     wait_for_probe(mock, before + 2)
     assert time.monotonic() - killed <= 3 + 1 + 2 * interval_s + 1
     assert 6 <= probes_in(4) <= most
+
+
+def test_a_busy_endpoint_passes_its_probes_while_traffic_holds_every_connection(
+    make_server, make_mock
+):
+    """One connection per origin for traffic, held by slow calls back to
+    back: the probes of the same origin still get through (their own pool)."""
+    server = make_server(workers=1, MODEL_ROUTER_UPSTREAM_POOL="1", **PROBES)
+    a = make_mock()
+    add_probed_model(server, a)
+    server.wait_for_config()
+    wait_for_probe(a)
+    a.behave(latencyMs=1500)
+    stop = threading.Event()
+
+    def call_until_stopped() -> None:
+        while not stop.is_set():
+            httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json=CHAT,
+                headers=server.auth(server.admin_key),
+                timeout=30,
+            )
+
+    callers = [threading.Thread(target=call_until_stopped) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    try:
+        before = health_checks(a)
+        time.sleep(3 * INTERVAL_S + 0.5)
+        assert health_checks(a) - before >= 2
+        [endpoint] = server.client.get("/api/models/m1/health").json()["endpoints"]
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(30)
+    assert endpoint["probes"]["status"] == "healthy", endpoint
+    assert endpoint["probes"]["consecutiveFailures"] == 0, endpoint
+    assert endpoint["lastProbe"]["ok"] is True, endpoint
 
 
 def set_health_url(server, endpoint_id: str, url: str | None) -> None:

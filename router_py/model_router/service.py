@@ -101,7 +101,7 @@ class Service:
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
-        self.active_health = HealthMonitor(self.live, self.store, self.client, settings)
+        self.active_health = HealthMonitor(self.live, self.store, settings)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.redactor = Redactor(
             self.live,

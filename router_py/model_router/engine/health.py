@@ -50,6 +50,9 @@ JITTER = 0.2
 CONFIRM_MS = 250
 # The shortest hold of an unhealthy endpoint's breaker (renewed at half).
 MIN_HOLD_MS = 2000
+# Connections per origin for probes: one probe per endpoint is in flight at
+# most, so this only bounds many endpoints on one origin.
+PROBE_POOL = 16
 
 
 def judge(
@@ -77,10 +80,12 @@ def judge(
 
 
 class HealthMonitor:
-    def __init__(self, live: LiveConfig, store: Store, client: UpstreamClient, settings: Settings):
+    def __init__(self, live: LiveConfig, store: Store, settings: Settings):
         self.live = live
         self.store = store
-        self.client = client
+        # Probes have a pool of their own: sharing the traffic's, a probe of a
+        # busy endpoint would wait for a slot, time out and count as a failure.
+        self.client = UpstreamClient(PROBE_POOL, settings.max_upstream_body_bytes)
         self.interval_ms = settings.health_probe_interval_ms
         self.timeout_ms = settings.health_probe_timeout_ms
         self.connect_ms = min(settings.connect_timeout_ms, self.timeout_ms)
@@ -245,6 +250,7 @@ class HealthMonitor:
     async def stop(self) -> None:
         leading = self.leading
         self._step_down()
+        await self.client.close()
         if leading:
             try:
                 await self.store.release_lease(LEASE, self.me)  # a successor need not wait
