@@ -15,11 +15,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import pytest
 
 from conftest import model_body
 from model_router import types as t
 from model_router.engine.health import STATE_KIND, judge
+from model_router.service import Service
 from model_router.settings import Settings
 from model_router.store import open_store
 
@@ -247,6 +249,46 @@ def test_a_busy_endpoint_passes_its_probes_while_traffic_holds_every_connection(
     assert endpoint["probes"]["status"] == "healthy", endpoint
     assert endpoint["probes"]["consecutiveFailures"] == 0, endpoint
     assert endpoint["lastProbe"]["ok"] is True, endpoint
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_prober_counts_on_from_its_own_result_when_the_store_read_predates_it(
+    make_server, make_mock
+):
+    """The breaker beat reads the store every 0.1 s: a read from before the
+    prober's own write must not take its count of failures back."""
+    server = make_server(**PROBES)  # K = 2
+    a = make_mock()
+    a.behave(healthStatus=503)
+    add_probed_model(server, a)
+    server.close()  # its config stays in the store, for a prober of our own
+
+    async def scenario() -> t.ProbeVerdict:
+        service = Service(Settings.from_env(server.env))
+        monitor = service.active_health
+        try:
+            await service.live.refresh()
+            await monitor.lead()
+            assert monitor.leading
+            await monitor.probe("a")  # the first failure, shared
+            [first] = monitor.results.values()
+            assert first.verdict.consecutive_failures == 1
+            # What a store read that predates that write finds: no failure yet.
+            before = msgspec.structs.replace(
+                first,
+                verdict=msgspec.structs.replace(first.verdict, consecutive_failures=0),
+                last_probe=msgspec.structs.replace(first.last_probe, at="2020-01-01T00:00:00.000Z"),
+            )
+            await service.store.put_state(STATE_KIND, {"a": msgspec.json.encode(before)})
+            await monitor.sync()
+            await monitor.probe("a")  # the second failure in a row
+            return monitor.results["a"].verdict
+        finally:
+            await monitor.stop()
+            await service.store.close()
+
+    verdict = asyncio.run(scenario())
+    assert (verdict.status, verdict.consecutive_failures) == ("unhealthy", 2)
 
 
 def set_health_url(server, endpoint_id: str, url: str | None) -> None:

@@ -113,9 +113,17 @@ class HealthMonitor:
         shared = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
         # A verdict on an endpoint no longer probed, or on another URL than its
         # own now (deleted and created again), is not its verdict: the prober drops it.
-        self.results = {id: r for id, r in shared.items() if probed.get(id) == r.url}
-        if self.leading and len(self.results) < len(shared):
-            await self.store.delete_state(STATE_KIND, shared.keys() - self.results.keys())
+        stale = {id for id, r in shared.items() if probed.get(id) != r.url}
+        if self.leading and stale:
+            await self.store.delete_state(STATE_KIND, stale)
+        # The newer of the store's result and ours: the prober's own may not
+        # have landed when the store was read, and its counts go on from it.
+        results = {}
+        for id, url in probed.items():
+            known = [r for r in (shared.get(id), self.results.get(id)) if r and r.url == url]
+            if known:
+                results[id] = max(known, key=lambda r: r.last_probe.at)
+        self.results = results
         now_ms = time.time() * 1000
         engine = self.live.engine
         down = {
