@@ -176,6 +176,7 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     namespace = f"t-{secrets.token_hex(6)}"
     env = {**PROBES, "MODEL_ROUTER_REDIS_NAMESPACE": namespace}
     env["MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS"] = str(int(interval_s * 1000))
+    env["MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS"] = "400"  # below the interval
     first = make_server(workers=2, **env)
     mock, backup = make_mock(), make_mock()
     add_probed_model(first, mock, backup)
