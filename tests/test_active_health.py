@@ -20,7 +20,7 @@ import pytest
 
 from conftest import model_body
 from model_router import types as t
-from model_router.engine.health import STATE_KIND, judge
+from model_router.engine.health import LEASE, STATE_KIND, judge
 from model_router.service import Service
 from model_router.settings import Settings
 from model_router.store import open_store
@@ -317,6 +317,21 @@ def shared_probes(server) -> set[str]:
     return asyncio.run(read())
 
 
+def prober_lease_free(server) -> bool:
+    """Whether no worker holds the prober's lease (taken and given back to see)."""
+
+    async def take() -> bool:
+        store = open_store(Settings.from_env(server.env))
+        try:
+            taken = await store.hold_lease(LEASE, "test", 100)
+            await store.release_lease(LEASE, "test")
+            return taken
+        finally:
+            await store.close()
+
+    return asyncio.run(take())
+
+
 def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
     make_server, make_mock
 ):
@@ -337,13 +352,18 @@ def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
     time.sleep(0.3)  # each worker's next sync (every 0.1 s)
     assert [served_by(server) for _ in range(4)] == ["a"] * 4
 
-    # Neither endpoint probed any more: the prober drops their verdicts.
+    assert not prober_lease_free(server)
+    # Neither endpoint probed any more: the prober drops their verdicts, and
+    # gives the lease back; no worker takes it while there is nothing to probe.
     set_health_url(server, "a", None)
     set_health_url(server, "b", None)
     deadline = time.time() + 3
     while shared_probes(server):
         assert time.time() < deadline, shared_probes(server)
         time.sleep(0.1)
+    for _ in range(3):
+        time.sleep(0.5)  # the lease beat is every second
+        assert prober_lease_free(server)
 
 
 def in_seconds(seconds: float) -> str:

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
+import uuid
 
 import msgspec
 
@@ -92,7 +92,7 @@ class HealthMonitor:
         self.failures_to_down = settings.health_failures_to_down
         self.successes_to_up = settings.health_successes_to_up
         self.hold_ms = max(self.interval_ms, MIN_HOLD_MS)
-        self.me = f"{os.getpid()}-{id(self):x}"
+        self.me = uuid.uuid4().hex  # unique across pods (pids and addresses are not)
         # Every worker: the last shared result of each endpoint (for the overview).
         self.results: dict[str, t.ActiveHealth] = {}
         self._held: set[str] = set()  # endpoints whose breaker we hold open
@@ -106,7 +106,7 @@ class HealthMonitor:
     async def sync(self) -> None:
         """Adopt the shared results: hold unhealthy endpoints out of rotation."""
         probed = self._probed_urls()
-        if not self._held and not probed and not self.leading:
+        if not self._held and not probed:
             self.results = {}
             return  # nothing probed: spare the store the read
         raw = await self.store.get_state(STATE_KIND)
@@ -153,7 +153,12 @@ class HealthMonitor:
     # --- the elected prober ----------------------------------------------------
 
     async def lead(self) -> None:
-        """Take or renew the prober's lease (a beat); probe while we hold it."""
+        """Take or renew the prober's lease (a beat); probe while we hold it.
+        With no endpoint to probe, nobody holds it (and the store is spared the write)."""
+        if not self._probed_urls():
+            if self.leading:
+                await self._stand_down()
+            return
         try:
             leading = await self.store.hold_lease(LEASE, self.me, LEASE_TTL_MS)
         except Exception:
@@ -254,6 +259,13 @@ class HealthMonitor:
             )
         else:
             log.info("endpoint healthy again: back in rotation", extra=extra)
+
+    async def _stand_down(self) -> None:
+        """Nothing left to probe: drop every verdict and free the lease."""
+        self._step_down()
+        await self.store.delete_state(STATE_KIND, await self.store.get_state(STATE_KIND))
+        self.results = {}
+        await self.store.release_lease(LEASE, self.me)
 
     async def stop(self) -> None:
         leading = self.leading
