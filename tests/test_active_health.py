@@ -292,6 +292,23 @@ def test_the_prober_counts_on_from_its_own_result_when_the_store_read_predates_i
     assert (verdict.status, verdict.consecutive_failures) == ("unhealthy", 2)
 
 
+def test_a_probe_error_is_shown_without_the_secrets_it_carries(make_server, make_mock):
+    server = make_server(**PROBES)
+    add_probed_model(server, make_mock())
+    # A health URL whose failure names it, with the provider's key in it.
+    secret = PROBES["MOCK_PROVIDER_KEY"]
+    set_health_url(server, "a", f"http://{secret}.invalid/health")
+    deadline = time.time() + 10
+    while True:
+        [a] = server.client.get("/api/models/m1/health").json()["endpoints"]
+        if a["lastProbe"] and a["lastProbe"]["error"] and ".invalid" in a["lastProbe"]["error"]:
+            break
+        assert time.time() < deadline, a
+        time.sleep(0.1)
+    assert secret not in a["lastProbe"]["error"]
+    assert "[REDACTED].invalid" in a["lastProbe"]["error"], a["lastProbe"]
+
+
 def set_health_url(server, endpoint_id: str, url: str | None) -> None:
     """Give an endpoint another healthCheckUrl (or none), by a config import."""
     c = server.client

@@ -101,13 +101,13 @@ class Service:
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
-        self.active_health = HealthMonitor(self.live, self.store, settings)
-        self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.redactor = Redactor(
             self.live,
             [settings.admin_key, settings.metrics_key, settings.jwt_secret],
             settings.redis_url,
         )
+        self.active_health = HealthMonitor(self.live, self.store, settings, self.redactor)
+        self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.jwt = JwtVerifier(settings)
         self.rollups = RollupSync(
             self.live.engine,

@@ -36,6 +36,7 @@ from ..settings import Settings
 from ..store import Store, StoreUnavailable
 from .breakers import health_check_request
 from .live import LiveConfig
+from .secrets import Redactor
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest
 
 log = logging.getLogger("model_router.health")
@@ -80,9 +81,10 @@ def judge(
 
 
 class HealthMonitor:
-    def __init__(self, live: LiveConfig, store: Store, settings: Settings):
+    def __init__(self, live: LiveConfig, store: Store, settings: Settings, redactor: Redactor):
         self.live = live
         self.store = store
+        self.redactor = redactor  # a probe's error is shown to any reader of the overview
         # Probes have a pool of their own: sharing the traffic's, a probe of a
         # busy endpoint would wait for a slot, time out and count as a failure.
         self.client = UpstreamClient(PROBE_POOL, settings.max_upstream_body_bytes)
@@ -238,7 +240,7 @@ class HealthMonitor:
             deadlines = Deadlines.within(self.timeout_ms / 1000, self.connect_ms / 1000)
             status = (await self.client.send(request, deadlines)).status
         except Exception as exc:  # refused, unreachable, timed out
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            error = self.redactor.redact(f"{type(exc).__name__}: {exc}")[:300]
         ok = status is not None and 200 <= status < 400
         if status is not None and not ok:
             error = f"status {status}"
