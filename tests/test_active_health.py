@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from conftest import model_body
+from conftest import lease_free, model_body
 from model_router import types as t
 from model_router.engine.health import LEASE, STATE_KIND, judge
 from model_router.service import Service
@@ -334,21 +334,6 @@ def shared_probes(server) -> set[str]:
     return asyncio.run(read())
 
 
-def prober_lease_free(server) -> bool:
-    """Whether no worker holds the prober's lease (taken and given back to see)."""
-
-    async def take() -> bool:
-        store = open_store(Settings.from_env(server.env))
-        try:
-            taken = await store.hold_lease(LEASE, "test", 100)
-            await store.release_lease(LEASE, "test")
-            return taken
-        finally:
-            await store.close()
-
-    return asyncio.run(take())
-
-
 def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
     make_server, make_mock
 ):
@@ -369,7 +354,7 @@ def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
     time.sleep(0.3)  # each worker's next sync (every 0.1 s)
     assert [served_by(server) for _ in range(4)] == ["a"] * 4
 
-    assert not prober_lease_free(server)
+    assert not lease_free(server, LEASE)
     # Neither endpoint probed any more: the prober drops their verdicts, and
     # gives the lease back; no worker takes it while there is nothing to probe.
     set_health_url(server, "a", None)
@@ -380,7 +365,7 @@ def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
         time.sleep(0.1)
     for _ in range(3):
         time.sleep(0.5)  # the lease beat is every second
-        assert prober_lease_free(server)
+        assert lease_free(server, LEASE)
 
 
 def in_seconds(seconds: float) -> str:

@@ -167,7 +167,9 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.active_health.stop()  # after the beats: none takes the lease back
+        # After the beats: none takes a lease back.
+        await self.active_health.stop()
+        await self.controller.stop()
         # Counts, spend and records since the last beat are not lost on a clean stop.
         with contextlib.suppress(Exception):
             await self.limiter.reconcile()

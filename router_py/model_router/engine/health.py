@@ -26,14 +26,13 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 
 import msgspec
 
 from .. import types as t
 from ..catalog import iso
 from ..settings import Settings
-from ..store import Store, StoreUnavailable
+from ..store import Lease, Store, StoreUnavailable
 from .breakers import health_check_request
 from .live import LiveConfig
 from .secrets import Redactor
@@ -94,7 +93,7 @@ class HealthMonitor:
         self.failures_to_down = settings.health_failures_to_down
         self.successes_to_up = settings.health_successes_to_up
         self.hold_ms = max(self.interval_ms, MIN_HOLD_MS)
-        self.me = uuid.uuid4().hex  # unique across pods (pids and addresses are not)
+        self.lease = Lease(store, LEASE, LEASE_TTL_MS)
         # Every worker: the last shared result of each endpoint (for the overview).
         self.results: dict[str, t.ActiveHealth] = {}
         self._held: set[str] = set()  # endpoints whose breaker we hold open
@@ -162,7 +161,7 @@ class HealthMonitor:
                 await self._stand_down()
             return
         try:
-            leading = await self.store.hold_lease(LEASE, self.me, LEASE_TTL_MS)
+            leading = await self.lease.hold()
         except Exception:
             self._step_down()  # another replica may take over when our lease lapses
             raise
@@ -267,14 +266,11 @@ class HealthMonitor:
         self._step_down()
         await self.store.delete_state(STATE_KIND, await self.store.get_state(STATE_KIND))
         self.results = {}
-        await self.store.release_lease(LEASE, self.me)
+        await self.lease.release()
 
     async def stop(self) -> None:
         leading = self.leading
         self._step_down()
         await self.client.close()
         if leading:
-            try:
-                await self.store.release_lease(LEASE, self.me)  # a successor need not wait
-            except StoreUnavailable:
-                pass
+            await self.lease.release()
