@@ -3,7 +3,10 @@ on an interval, once per deployment, and every worker takes what the probes
 conclude out of rotation (or puts it back).
 
 One worker in the whole deployment probes: the holder of a lease in the store
-(renewed each second, free again three seconds after its holder stops). It
+(renewed each second, free again three seconds after its holder stops; taken
+by no one while no endpoint has a health URL). Probes have their own
+connection pool, so traffic holding the provider's connections does not fail
+them. It
 GETs each health URL with the provider's key every interval (minus up to 20%
 jitter, so probes of many endpoints spread out), each probe bounded by its own
 timeout. K failures in a row make an endpoint unhealthy, J successes in a row

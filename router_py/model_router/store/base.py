@@ -205,7 +205,7 @@ class Store(Protocol):
         """Take the lease `name` for `holder`, or extend it if `holder` has it,
         for `ttl_ms`; True when `holder` holds it now. A lease no one renews is
         free again after its time to live: one holder at a time, deployment-wide
-        (the active health prober)."""
+        (the active health prober, the rollout controller: store/lease.py)."""
         ...
 
     async def release_lease(self, name: str, holder: str) -> None:
