@@ -7,6 +7,7 @@ tests and servers run once on SQLite and once on a real Redis: the private one
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from model_router.settings import Settings
+from model_router.store import open_store
 
 ROUTER = Path(sys.executable).parent / "model-router"
 BACKENDS = ["sqlite", "redis"]
@@ -65,6 +69,21 @@ def store_env(backend: str, redis_url: str, data_dir: Path) -> dict[str, str]:
     if backend == "redis":
         return {"REDIS_URL": redis_url, "MODEL_ROUTER_REDIS_NAMESPACE": f"t-{secrets.token_hex(6)}"}
     return {"MODEL_ROUTER_DATA_DIR": str(data_dir)}
+
+
+def lease_free(server: Server, name: str) -> bool:
+    """Whether no worker holds the store's lease `name` (taken and given back to see)."""
+
+    async def take() -> bool:
+        store = open_store(Settings.from_env(server.env))
+        try:
+            taken = await store.hold_lease(name, "test", 100)
+            await store.release_lease(name, "test")
+            return taken
+        finally:
+            await store.close()
+
+    return asyncio.run(take())
 
 
 class Server:

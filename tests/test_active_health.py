@@ -6,18 +6,24 @@ reports that expire."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import msgspec
 import pytest
 
-from conftest import model_body
+from conftest import lease_free, model_body
 from model_router import types as t
-from model_router.engine.health import judge
+from model_router.engine.health import LEASE, STATE_KIND, judge
+from model_router.service import Service
+from model_router.settings import Settings
+from model_router.store import open_store
 
 INTERVAL_S = 1.0
 PROBES = {
@@ -170,6 +176,7 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     namespace = f"t-{secrets.token_hex(6)}"
     env = {**PROBES, "MODEL_ROUTER_REDIS_NAMESPACE": namespace}
     env["MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS"] = str(int(interval_s * 1000))
+    env["MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS"] = "400"  # below the interval
     first = make_server(workers=2, **env)
     mock, backup = make_mock(), make_mock()
     add_probed_model(first, mock, backup)
@@ -204,6 +211,161 @@ def test_one_prober_per_deployment_and_a_successor_when_it_dies(make_server, mak
     wait_for_probe(mock, before + 2)
     assert time.monotonic() - killed <= 3 + 1 + 2 * interval_s + 1
     assert 6 <= probes_in(4) <= most
+
+
+def test_a_busy_endpoint_passes_its_probes_while_traffic_holds_every_connection(
+    make_server, make_mock
+):
+    """One connection per origin for traffic, held by slow calls back to
+    back: the probes of the same origin still get through (their own pool)."""
+    server = make_server(workers=1, MODEL_ROUTER_UPSTREAM_POOL="1", **PROBES)
+    a = make_mock()
+    add_probed_model(server, a)
+    server.wait_for_config()
+    wait_for_probe(a)
+    a.behave(latencyMs=1500)
+    stop = threading.Event()
+
+    def call_until_stopped() -> None:
+        while not stop.is_set():
+            httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json=CHAT,
+                headers=server.auth(server.admin_key),
+                timeout=30,
+            )
+
+    callers = [threading.Thread(target=call_until_stopped) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    try:
+        before = health_checks(a)
+        time.sleep(3 * INTERVAL_S + 0.5)
+        assert health_checks(a) - before >= 2
+        [endpoint] = server.client.get("/api/models/m1/health").json()["endpoints"]
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(30)
+    assert endpoint["probes"]["status"] == "healthy", endpoint
+    assert endpoint["probes"]["consecutiveFailures"] == 0, endpoint
+    assert endpoint["lastProbe"]["ok"] is True, endpoint
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_prober_counts_on_from_its_own_result_when_the_store_read_predates_it(
+    make_server, make_mock
+):
+    """The breaker beat reads the store every 0.1 s: a read from before the
+    prober's own write must not take its count of failures back."""
+    server = make_server(**PROBES)  # K = 2
+    a = make_mock()
+    a.behave(healthStatus=503)
+    add_probed_model(server, a)
+    server.close()  # its config stays in the store, for a prober of our own
+
+    async def scenario() -> t.ProbeVerdict:
+        service = Service(Settings.from_env(server.env))
+        monitor = service.active_health
+        try:
+            await service.live.refresh()
+            await monitor.lead()
+            assert monitor.leading
+            await monitor.probe("a")  # the first failure, shared
+            [first] = monitor.results.values()
+            assert first.verdict.consecutive_failures == 1
+            # What a store read that predates that write finds: no failure yet.
+            before = msgspec.structs.replace(
+                first,
+                verdict=msgspec.structs.replace(first.verdict, consecutive_failures=0),
+                last_probe=msgspec.structs.replace(first.last_probe, at="2020-01-01T00:00:00.000Z"),
+            )
+            await service.store.put_state(STATE_KIND, {"a": msgspec.json.encode(before)})
+            await monitor.sync()
+            await monitor.probe("a")  # the second failure in a row
+            return monitor.results["a"].verdict
+        finally:
+            await monitor.stop()
+            await service.store.close()
+
+    verdict = asyncio.run(scenario())
+    assert (verdict.status, verdict.consecutive_failures) == ("unhealthy", 2)
+
+
+def test_a_probe_error_is_shown_without_the_secrets_it_carries(make_server, make_mock):
+    server = make_server(**PROBES)
+    add_probed_model(server, make_mock())
+    # A health URL whose failure names it, with the provider's key in it.
+    secret = PROBES["MOCK_PROVIDER_KEY"]
+    set_health_url(server, "a", f"http://{secret}.invalid/health")
+    deadline = time.time() + 10
+    while True:
+        [a] = server.client.get("/api/models/m1/health").json()["endpoints"]
+        if a["lastProbe"] and a["lastProbe"]["error"] and ".invalid" in a["lastProbe"]["error"]:
+            break
+        assert time.time() < deadline, a
+        time.sleep(0.1)
+    assert secret not in a["lastProbe"]["error"]
+    assert "[REDACTED].invalid" in a["lastProbe"]["error"], a["lastProbe"]
+
+
+def set_health_url(server, endpoint_id: str, url: str | None) -> None:
+    """Give an endpoint another healthCheckUrl (or none), by a config import."""
+    c = server.client
+    config = c.get("/api/config/export").json()["config"]
+    for endpoint in config["endpoints"]:
+        if endpoint["id"] == endpoint_id:
+            endpoint["healthCheckUrl"] = url
+    r = c.post("/api/config/import", params={"mode": "replace"}, json={"config": config})
+    assert r.status_code == 200, r.text
+    server.wait_for_config()
+
+
+def shared_probes(server) -> set[str]:
+    """The endpoints with a probe verdict in the store's shared state."""
+
+    async def read() -> set[str]:
+        store = open_store(Settings.from_env(server.env))
+        try:
+            return set(await store.get_state(STATE_KIND))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
+    make_server, make_mock
+):
+    server = make_server(workers=2, **PROBES)
+    a, b, elsewhere = make_mock(), make_mock(), make_mock()
+    a.behave(healthStatus=503)
+    add_probed_model(server, a, b)
+    server.wait_for_config()
+    deadline = time.time() + 10
+    while served_by(server) != "b" or served_by(server) != "b":
+        assert time.time() < deadline, "a was never taken out"
+        time.sleep(0.1)
+    assert shared_probes(server) == {"a", "b"}
+
+    # a's health URL moves to a healthy server: a is back at once, not held
+    # out by the verdict on its old URL until its first probe (an interval on).
+    set_health_url(server, "a", f"{elsewhere.url}/health")
+    time.sleep(0.3)  # each worker's next sync (every 0.1 s)
+    assert [served_by(server) for _ in range(4)] == ["a"] * 4
+
+    assert not lease_free(server, LEASE)
+    # Neither endpoint probed any more: the prober drops their verdicts, and
+    # gives the lease back; no worker takes it while there is nothing to probe.
+    set_health_url(server, "a", None)
+    set_health_url(server, "b", None)
+    deadline = time.time() + 3
+    while shared_probes(server):
+        assert time.time() < deadline, shared_probes(server)
+        time.sleep(0.1)
+    for _ in range(3):
+        time.sleep(0.5)  # the lease beat is every second
+        assert lease_free(server, LEASE)
 
 
 def in_seconds(seconds: float) -> str:

@@ -16,6 +16,9 @@ import httpx
 import pytest
 from test_calls import SPEC_ROUTE, add_model, prefer
 
+from conftest import lease_free
+from model_router.experiments.controller import LEASE
+
 CANARY = {
     "modelId": "new",
     "baselineModelId": "old",
@@ -130,6 +133,16 @@ def test_canaries_are_steered_by_hand_and_survive_a_restart(fleet):
     rolled = c.post(f"/api/canaries/{canary_id}/rollback").json()
     assert (rolled["state"], rolled["percent"]) == ("rolledBack", 0)
     assert c.post("/api/canaries/nope/promote").status_code == 404
+
+
+def test_one_controller_holds_the_rollout_lease_and_frees_it_on_a_clean_stop(fleet):
+    server, _, _ = fleet
+    deadline = time.time() + 5
+    while lease_free(server, LEASE):  # taken on a worker's first beat
+        assert time.time() < deadline, "no worker took the controller's lease"
+        time.sleep(0.1)
+    server.stop()
+    assert lease_free(server, LEASE)  # given back: a successor starts at once
 
 
 BAD = [

@@ -59,6 +59,25 @@ def test_a_bad_value_names_the_variable(name, value):
         Settings.from_env({name: value})
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {
+            "MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS": "1000",
+            "MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS": "1000",
+        },
+        {"MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS": "2000"},  # the default timeout is 5 s
+    ],
+)
+def test_a_probe_timeout_not_below_the_interval_is_refused(env):
+    with pytest.raises(
+        SettingsError, match="^MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS=.*must be below"
+    ):
+        Settings.from_env(env)
+    below = {**env, "MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS": "999"}
+    assert Settings.from_env(below).health_probe_timeout_ms == 999
+
+
 def test_serve_refuses_to_start_on_a_bad_value():
     done = subprocess.run(
         [ROUTER, "serve"],

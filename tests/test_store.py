@@ -173,13 +173,16 @@ def test_counters_add_atomically_and_expire(store):
     run(scenario())
 
 
-def test_shared_state_is_set_per_entry_and_leaves_the_config_version_alone(store):
+def test_shared_state_is_set_and_deleted_per_entry_and_leaves_the_config_version_alone(store):
     async def scenario():
         s, other = store(), store()
         await s.put_state("breakers", {"e1": b'{"a":1}', "e2": b"x"})
         await other.put_state("breakers", {"e1": b'{"a":2}'})
         assert await s.get_state("breakers") == {"e1": b'{"a":2}', "e2": b"x"}
         assert await s.get_state("nothing") == {}
+        await other.delete_state("breakers", ["e1", "absent"])
+        assert await s.get_state("breakers") == {"e2": b"x"}
+        await other.delete_state("breakers", [])
         assert await s.version() == 0
         await s.close()
         await other.close()

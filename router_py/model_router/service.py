@@ -101,13 +101,13 @@ class Service:
         )
         self.breakers = BreakerSync(self.live, self.store)
         self.prober = Prober(self.live, self.client, self.executor.timeouts)
-        self.active_health = HealthMonitor(self.live, self.store, self.client, settings)
-        self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.redactor = Redactor(
             self.live,
             [settings.admin_key, settings.metrics_key, settings.jwt_secret],
             settings.redis_url,
         )
+        self.active_health = HealthMonitor(self.live, self.store, settings, self.redactor)
+        self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
         self.jwt = JwtVerifier(settings)
         self.rollups = RollupSync(
             self.live.engine,
@@ -167,7 +167,9 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.active_health.stop()  # after the beats: none takes the lease back
+        # After the beats: none takes a lease back.
+        await self.active_health.stop()
+        await self.controller.stop()
         # Counts, spend and records since the last beat are not lost on a clean stop.
         with contextlib.suppress(Exception):
             await self.limiter.reconcile()

@@ -210,6 +210,13 @@ class Settings:
             raise SettingsError("MODEL_ROUTER_TLS_CERT and MODEL_ROUTER_TLS_KEY go together")
         if settings.tls_client_ca is not None and settings.tls_cert is None:
             raise SettingsError("MODEL_ROUTER_TLS_CLIENT_CA needs MODEL_ROUTER_TLS_CERT and _KEY")
+        if settings.health_probe_timeout_ms >= settings.health_probe_interval_ms:
+            # A probe still waiting when the next is due would stack probes up.
+            raise SettingsError(
+                f"MODEL_ROUTER_HEALTH_PROBE_TIMEOUT_MS={settings.health_probe_timeout_ms}: "
+                "must be below MODEL_ROUTER_HEALTH_PROBE_INTERVAL_MS="
+                f"{settings.health_probe_interval_ms}"
+            )
         return settings
 
 

@@ -1029,6 +1029,8 @@ class ActiveHealth(Body):
 
     verdict: ProbeVerdict
     last_probe: ProbeResult
+    # The healthCheckUrl probed: a verdict on another URL is not the endpoint's now.
+    url: str = ""
 
 
 class EndpointOverview(Body):

@@ -3,14 +3,18 @@ on an interval, once per deployment, and every worker takes what the probes
 conclude out of rotation (or puts it back).
 
 One worker in the whole deployment probes: the holder of a lease in the store
-(renewed each second, free again three seconds after its holder stops). It
+(renewed each second, free again three seconds after its holder stops; taken
+by no one while no endpoint has a health URL). Probes have their own
+connection pool, so traffic holding the provider's connections does not fail
+them. It
 GETs each health URL with the provider's key every interval (minus up to 20%
 jitter, so probes of many endpoints spread out), each probe bounded by its own
 timeout. K failures in a row make an endpoint unhealthy, J successes in a row
 healthy again; a probe that disagrees with the verdict is confirmed by the
 next ones a quarter second apart, so a verdict changes within about one
-interval of the endpoint changing. The prober writes each result to the
-store's shared state, where the next holder picks the counts up.
+interval of the endpoint changing. The prober writes each result, with the
+URL it probed, to the store's shared state, where the next holder picks the
+counts up, and deletes the results of endpoints it no longer probes.
 
 Every worker reads that state on the breaker beat and holds the breaker of
 each unhealthy endpoint open (the engine then skips it, as it skips any open
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 
@@ -32,9 +35,10 @@ import msgspec
 from .. import types as t
 from ..catalog import iso
 from ..settings import Settings
-from ..store import Store, StoreUnavailable
+from ..store import Lease, Store, StoreUnavailable
 from .breakers import health_check_request
 from .live import LiveConfig
+from .secrets import Redactor
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest
 
 log = logging.getLogger("model_router.health")
@@ -49,6 +53,9 @@ JITTER = 0.2
 CONFIRM_MS = 250
 # The shortest hold of an unhealthy endpoint's breaker (renewed at half).
 MIN_HOLD_MS = 2000
+# Connections per origin for probes: one probe per endpoint is in flight at
+# most, so this only bounds many endpoints on one origin.
+PROBE_POOL = 16
 
 
 def judge(
@@ -76,17 +83,20 @@ def judge(
 
 
 class HealthMonitor:
-    def __init__(self, live: LiveConfig, store: Store, client: UpstreamClient, settings: Settings):
+    def __init__(self, live: LiveConfig, store: Store, settings: Settings, redactor: Redactor):
         self.live = live
         self.store = store
-        self.client = client
+        self.redactor = redactor  # a probe's error is shown to any reader of the overview
+        # Probes have a pool of their own: sharing the traffic's, a probe of a
+        # busy endpoint would wait for a slot, time out and count as a failure.
+        self.client = UpstreamClient(PROBE_POOL, settings.max_upstream_body_bytes)
         self.interval_ms = settings.health_probe_interval_ms
         self.timeout_ms = settings.health_probe_timeout_ms
         self.connect_ms = min(settings.connect_timeout_ms, self.timeout_ms)
         self.failures_to_down = settings.health_failures_to_down
         self.successes_to_up = settings.health_successes_to_up
         self.hold_ms = max(self.interval_ms, MIN_HOLD_MS)
-        self.me = f"{os.getpid()}-{id(self):x}"
+        self.lease = Lease(store, LEASE, LEASE_TTL_MS)
         # Every worker: the last shared result of each endpoint (for the overview).
         self.results: dict[str, t.ActiveHealth] = {}
         self._held: set[str] = set()  # endpoints whose breaker we hold open
@@ -99,17 +109,31 @@ class HealthMonitor:
 
     async def sync(self) -> None:
         """Adopt the shared results: hold unhealthy endpoints out of rotation."""
-        if not self._held and not any(map(self._probed, self.live.endpoints)):
+        probed = self._probed_urls()
+        if not self._held and not probed:
             self.results = {}
             return  # nothing probed: spare the store the read
         raw = await self.store.get_state(STATE_KIND)
-        self.results = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
+        shared = {id: msgspec.json.decode(b, type=t.ActiveHealth) for id, b in raw.items()}
+        # A verdict on an endpoint no longer probed, or on another URL than its
+        # own now (deleted and created again), is not its verdict: the prober drops it.
+        stale = {id for id, r in shared.items() if probed.get(id) != r.url}
+        if self.leading and stale:
+            await self.store.delete_state(STATE_KIND, stale)
+        # The newer of the store's result and ours: the prober's own may not
+        # have landed when the store was read, and its counts go on from it.
+        results = {}
+        for id, url in probed.items():
+            known = [r for r in (shared.get(id), self.results.get(id)) if r and r.url == url]
+            if known:
+                results[id] = max(known, key=lambda r: r.last_probe.at)
+        self.results = results
         now_ms = time.time() * 1000
         engine = self.live.engine
         down = {
             endpoint_id
             for endpoint_id, result in self.results.items()
-            if result.verdict.status == "unhealthy" and self._probed(endpoint_id)
+            if result.verdict.status == "unhealthy"
         }
         for endpoint_id in down:
             state = engine.breaker_state(endpoint_id)
@@ -122,16 +146,25 @@ class HealthMonitor:
             engine.adopt_breaker_transition(endpoint_id, None)
         self._held = down
 
-    def _probed(self, endpoint_id: str) -> bool:
-        endpoint = self.live.endpoints.get(endpoint_id)
-        return endpoint is not None and endpoint.health_check_url is not None
+    def _probed_urls(self) -> dict[str, str]:
+        """The health URL of each endpoint that has one."""
+        return {
+            id: e.health_check_url
+            for id, e in self.live.endpoints.items()
+            if e.health_check_url is not None
+        }
 
     # --- the elected prober ----------------------------------------------------
 
     async def lead(self) -> None:
-        """Take or renew the prober's lease (a beat); probe while we hold it."""
+        """Take or renew the prober's lease (a beat); probe while we hold it.
+        With no endpoint to probe, nobody holds it (and the store is spared the write)."""
+        if not self._probed_urls():
+            if self.leading:
+                await self._stand_down()
+            return
         try:
-            leading = await self.store.hold_lease(LEASE, self.me, LEASE_TTL_MS)
+            leading = await self.lease.hold()
         except Exception:
             self._step_down()  # another replica may take over when our lease lapses
             raise
@@ -154,8 +187,8 @@ class HealthMonitor:
         if not self.leading:
             return
         now = asyncio.get_running_loop().time()
-        probed = {id for id in self.live.endpoints if self._probed(id)}
-        for endpoint_id in set(self._due) - probed:
+        probed = self._probed_urls()
+        for endpoint_id in self._due.keys() - probed.keys():
             del self._due[endpoint_id]  # removed, or its healthCheckUrl was
         for endpoint_id in probed:
             due = self._due.setdefault(endpoint_id, now + self._next_s())
@@ -178,8 +211,11 @@ class HealthMonitor:
         model = self.live.models.get(endpoint.model_id) if endpoint else None
         if endpoint is None or model is None or endpoint.health_check_url is None:
             return
-        result = await self._send(health_check_request(model, endpoint, endpoint.health_check_url))
+        url = endpoint.health_check_url
+        result = await self._send(health_check_request(model, endpoint, url))
         previous = self.results.get(endpoint_id)
+        if previous is not None and previous.url != url:
+            previous = None  # a verdict on the URL it had before
         verdict = judge(
             previous.verdict if previous else None,
             result,
@@ -189,7 +225,7 @@ class HealthMonitor:
         agrees = (verdict.status == "healthy") == result.ok
         loop = asyncio.get_running_loop()
         self._due[endpoint_id] = loop.time() + (self._next_s() if agrees else CONFIRM_MS / 1000)
-        shared = t.ActiveHealth(verdict=verdict, last_probe=result)
+        shared = t.ActiveHealth(verdict=verdict, last_probe=result, url=url)
         self.results[endpoint_id] = shared
         if verdict.status != (previous.verdict.status if previous else "healthy"):
             self._report(endpoint.model_id, endpoint_id, verdict, result)
@@ -206,7 +242,7 @@ class HealthMonitor:
             deadlines = Deadlines.within(self.timeout_ms / 1000, self.connect_ms / 1000)
             status = (await self.client.send(request, deadlines)).status
         except Exception as exc:  # refused, unreachable, timed out
-            error = f"{type(exc).__name__}: {exc}"[:300]
+            error = self.redactor.redact(f"{type(exc).__name__}: {exc}")[:300]
         ok = status is not None and 200 <= status < 400
         if status is not None and not ok:
             error = f"status {status}"
@@ -228,11 +264,16 @@ class HealthMonitor:
         else:
             log.info("endpoint healthy again: back in rotation", extra=extra)
 
+    async def _stand_down(self) -> None:
+        """Nothing left to probe: drop every verdict and free the lease."""
+        self._step_down()
+        await self.store.delete_state(STATE_KIND, await self.store.get_state(STATE_KIND))
+        self.results = {}
+        await self.lease.release()
+
     async def stop(self) -> None:
         leading = self.leading
         self._step_down()
+        await self.client.close()
         if leading:
-            try:
-                await self.store.release_lease(LEASE, self.me)  # a successor need not wait
-            except StoreUnavailable:
-                pass
+            await self.lease.release()

@@ -2,11 +2,12 @@
 
 The judgements are pure functions of a canary or experiment and its arms'
 figures (`judge_canary`, `judge_experiment`); the controller runs them on a
-beat and stores what they decide. One worker of the whole deployment does it
-per beat: each beat's slot is a store counter, and the worker whose
-increment makes it 1 holds that slot. Every change is a compare-and-set of
-the document (a manual pause or rollback landing meanwhile wins), logged,
-and kept in the canary's history.
+beat and stores what they decide. One worker of the whole deployment does it:
+the holder of the store's `rollout-controller` lease (the lease the health
+prober is elected by), renewed each beat and free again three beats after its
+holder stops. Every change is a compare-and-set of the document (a manual
+pause or rollback landing meanwhile wins), logged, and kept in the canary's
+history.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 
 from .. import types as t
 from ..catalog import CANARIES, EXPERIMENTS, Catalog, iso
-from ..store import ExpectBody, PreconditionFailed, Put
+from ..store import ExpectBody, Lease, PreconditionFailed, Put
 from . import stats
 from .routing import BASELINE_ARM, CANARY_ARM
 from .tally import ArmTally, read_arms
@@ -32,6 +33,7 @@ GUARDRAIL_ALPHA = 0.01
 # The baseline's p95 means little below this many successes.
 MIN_BASELINE_LATENCIES = 20
 CONTROL_MS = 1000
+LEASE = "rollout-controller"
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "successRate": True,
@@ -285,16 +287,15 @@ class Controller:
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         self.store = catalog.store
-
-    async def _leader(self, now_ms: int) -> bool:
-        slot = f"rollout-controller:{now_ms // CONTROL_MS}"
-        totals = await self.store.add_counters({slot: 1}, 10 * CONTROL_MS)
-        return totals[slot] == 1
+        self.lease = Lease(self.store, LEASE, 3 * CONTROL_MS)
+        self.leading = False
 
     async def tick(self) -> None:
-        now_ms = int(time.time() * 1000)
-        if not await self._leader(now_ms):
+        self.leading = False  # until the store says so
+        self.leading = await self.lease.hold()
+        if not self.leading:
             return
+        now_ms = int(time.time() * 1000)
         for id, raw in (await self.store.get_all(CANARIES.name)).items():
             canary = CANARIES.decode(raw)
             if canary.state != "running":
@@ -314,6 +315,11 @@ class Controller:
                 await self.replace(
                     EXPERIMENTS.name, id, raw, decided(experiment, judgement, now_ms)
                 )
+
+    async def stop(self) -> None:
+        if self.leading:
+            self.leading = False
+            await self.lease.release()
 
     async def replace(self, kind: str, id: str, raw: bytes, new: t.Canary | t.Experiment) -> bool:
         """Write `new` if the document still holds `raw`; log the change."""

@@ -21,6 +21,7 @@ from .base import (
     StoreUnavailable,
     new_epoch,
 )
+from .lease import Lease
 
 
 def open_store(settings: Settings) -> Store:
@@ -38,6 +39,7 @@ def open_store(settings: Settings) -> Store:
 
 __all__ = [
     "AppendAudit",
+    "Lease",
     "AuditRow",
     "Clear",
     "ConfigStamp",

@@ -19,7 +19,7 @@ a bug by its type.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -197,11 +197,15 @@ class Store(Protocol):
 
     async def get_state(self, kind: str) -> dict[str, bytes]: ...
 
+    async def delete_state(self, kind: str, ids: Collection[str]) -> None:
+        """Remove entries of a map of live state (those absent are ignored)."""
+        ...
+
     async def hold_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
         """Take the lease `name` for `holder`, or extend it if `holder` has it,
         for `ttl_ms`; True when `holder` holds it now. A lease no one renews is
         free again after its time to live: one holder at a time, deployment-wide
-        (the active health prober)."""
+        (the active health prober, the rollout controller: store/lease.py)."""
         ...
 
     async def release_lease(self, name: str, holder: str) -> None:

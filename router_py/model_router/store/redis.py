@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -303,6 +303,11 @@ class RedisStore:
     async def get_state(self, kind: str) -> dict[str, bytes]:
         raw = cast(dict[bytes, bytes], await self._redis.hgetall(f"{self._prefix}:state:{kind}"))
         return {k.decode(): v for k, v in raw.items()}
+
+    @_reachable
+    async def delete_state(self, kind: str, ids: Collection[str]) -> None:
+        if ids:
+            await self._redis.hdel(f"{self._prefix}:state:{kind}", *ids)
 
     @_reachable
     async def hold_lease(self, name: str, holder: str, ttl_ms: int) -> bool:

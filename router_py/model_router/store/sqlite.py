@@ -13,7 +13,7 @@ import asyncio
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -242,6 +242,14 @@ class SQLiteStore:
             return {id: bytes(body) for id, body in rows}
 
         return await self._run(read)
+
+    async def delete_state(self, kind: str, ids: Collection[str]) -> None:
+        def delete(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "DELETE FROM state WHERE kind = ? AND id = ?", [(kind, id) for id in ids]
+            )
+
+        await self._run(lambda: self._transaction(delete))
 
     async def hold_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
         def hold(db: sqlite3.Connection) -> bool:

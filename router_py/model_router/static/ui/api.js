@@ -11,9 +11,6 @@ export class ApiError extends Error {
   }
 }
 
-// What an endpoint that is not (yet) in this router answers with: 404 on its path.
-export const NOT_AVAILABLE = Symbol("not available");
-
 export function token() {
   return sessionStorage.getItem(STORAGE_KEY);
 }
@@ -26,7 +23,7 @@ export function forget() {
   sessionStorage.removeItem(STORAGE_KEY);
 }
 
-async function call(method, path, params, optional, body) {
+async function call(method, path, params, body) {
   const url = new URL(path, location.origin);
   for (const [name, value] of Object.entries(params || {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
@@ -41,7 +38,6 @@ async function call(method, path, params, optional, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
     cache: "no-store",
   });
-  if (optional && response.status === 404) return NOT_AVAILABLE;
   const answer = await response.json().catch(() => null);
   if (!response.ok) {
     const error = (answer && answer.error) || {};
@@ -50,7 +46,5 @@ async function call(method, path, params, optional, body) {
   return answer;
 }
 
-export const get = (path, params) => call("GET", path, params, false);
-// An endpoint another part of the router may not have: 404 answers NOT_AVAILABLE.
-export const getOptional = (path, params) => call("GET", path, params, true);
-export const post = (path, body = {}) => call("POST", path, null, false, body);
+export const get = (path, params) => call("GET", path, params);
+export const post = (path, body = {}) => call("POST", path, null, body);

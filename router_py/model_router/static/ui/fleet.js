@@ -7,11 +7,14 @@ export const TITLE = "Fleet";
 
 const BAD = { unhealthy: 3, open: 3, degraded: 2, half_open: 2 };
 
+// An operator's report overrides the observation until it expires; after, it is history.
+const reportedNow = (model) => (model.reported && !model.reported.expired ? model.reported.status : null);
+
 // How much a model needs a look: its worst observed, reported or breaker state.
 function severity(model) {
   const states = [
     model.observed.status,
-    model.reported && model.reported.status,
+    reportedNow(model),
     ...model.endpoints.map((e) => e.observed.status),
     ...model.endpoints.map((e) => e.breaker && e.breaker.state),
   ];
@@ -31,8 +34,10 @@ function figures(observed) {
 
 function endpointRow(model, e) {
   const b = e.breaker;
-  const probe = e.lastProbe
-    ? `${esc(e.lastProbe.status ?? e.lastProbe.outcome ?? "")} ${esc(time(e.lastProbe.at))}`
+  const p = e.lastProbe;
+  const probe = p
+    ? `<span data-probe="${p.ok ? "ok" : "failed"}">${p.ok ? `ok (${p.statusCode})` : `failed: ${esc(p.error)}`}` +
+      `, ${ms(p.latencyMs)}, ${esc(time(p.at))}</span>`
     : NONE;
   return `<tr class="endpoint" data-endpoint="${esc(e.endpointId)}" data-of="${esc(model.modelId)}">` +
     `<th scope="row"><span class="visually-hidden">${esc(model.modelId)} endpoint </span>↳ ${esc(e.endpointId)}</th>` +
@@ -43,7 +48,10 @@ function endpointRow(model, e) {
 
 function modelRows(model) {
   const sev = severity(model);
-  const reported = model.reported ? badge(model.reported.status) : NONE;
+  const r = model.reported;
+  const reported = !r ? NONE : r.expired
+    ? `<small data-expired="true">${esc(r.status)}, expired ${esc(time(r.expiresAt))}</small>`
+    : badge(r.status);
   return `<tr class="model" data-model="${esc(model.modelId)}" data-severity="${sev}">` +
     `<th scope="row">${esc(model.modelId)} <small>${esc(model.status)}</small></th>` +
     `<td>${reported}</td><td>${badge(model.observed.status)}</td>${figures(model.observed)}` +

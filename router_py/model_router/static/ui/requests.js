@@ -1,7 +1,7 @@
 // Requests: the latest routed requests with their attempts, filterable; the
 // config version the router runs and the audit log.
 
-import { NOT_AVAILABLE, get } from "./api.js";
+import { get } from "./api.js";
 import { NONE, esc, int, ms, time, usd } from "./format.js";
 import { auditLog, mayReadAudit } from "./shapes.js";
 
@@ -78,16 +78,15 @@ function requestRow(r) {
 }
 
 function audit(entries) {
-  if (entries === NOT_AVAILABLE) {
-    return `<p class="empty" data-unavailable="audit">The audit log is not available on this router.</p>`;
-  }
   if (!entries.length) return `<p class="empty">No changes recorded.</p>`;
   const change = (c) => `<li>${esc(c.resource)}<pre>${esc(JSON.stringify({ before: c.before, after: c.after }, null, 1))}</pre></li>`;
+  const count = (e) => e.changes.length + e.omittedChanges;
+  const omitted = (e) => (e.omittedChanges ? `<li data-omitted="${e.omittedChanges}">${int(e.omittedChanges)} more not listed</li>` : "");
   const rows = entries.map((e) =>
-    `<tr><td>${esc(time(e.at))}</td><td>${esc(e.who)}</td><td>${esc(e.method)} ${esc(e.path)}</td>` +
-    `<td>${esc(e.resource)}</td><td class="num">${esc(e.configVersion ?? NONE)}</td>` +
-    `<td><details><summary>${e.changes.length} change${e.changes.length === 1 ? "" : "s"}</summary>` +
-    `<ul class="changes">${e.changes.map(change).join("")}</ul></details></td></tr>`).join("");
+    `<tr data-seq="${esc(e.seq)}"><td>${esc(time(e.at))}</td><td>${esc(e.who)}</td><td>${esc(e.method)} ${esc(e.path)}</td>` +
+    `<td>${esc(e.resource)}</td><td class="num">${esc(e.configVersion)}</td>` +
+    `<td><details><summary>${count(e)} change${count(e) === 1 ? "" : "s"}</summary>` +
+    `<ul class="changes">${e.changes.map(change).join("")}${omitted(e)}</ul></details></td></tr>`).join("");
   return `<div class="scroll"><table class="audit"><caption>The latest ${entries.length} changes</caption>` +
     `<thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Call</th>` +
     `<th scope="col">Resource</th><th scope="col" class="num">Config version</th><th scope="col">Change</th></tr></thead>` +
