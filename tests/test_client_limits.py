@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from conftest import model_body
+from model_router.settings import Settings
 
 BEHIND_INGRESS = {"MODEL_ROUTER_CLIENT_ADDRESS_HEADER": "X-Forwarded-For"}
 
@@ -107,3 +108,38 @@ def test_an_encoded_slash_stays_inside_its_path_segment(make_server):
     # Other escapes decode as before, and static routes still match.
     assert admin.get(httpx.URL(f"{server.url}/api/models/m%31")).json()["id"] == "m1"
     assert admin.get(httpx.URL(f"{server.url}/api/mod%65ls")).status_code == 200
+
+
+WARNING = b"MODEL_ROUTER_CLIENT_ADDRESS_HEADER is unset"
+
+
+def test_listening_beyond_loopback_without_the_address_header_warns_at_start(make_server):
+    exposed = make_server(HOST="0.0.0.0")
+    local = make_server()  # 127.0.0.1
+    behind = make_server(HOST="0.0.0.0", **BEHIND_INGRESS)
+    assert WARNING in exposed.log_path.read_bytes()
+    assert WARNING not in local.log_path.read_bytes()
+    assert WARNING not in behind.log_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("env", "warns"),
+    [
+        ({"HOST": "0.0.0.0"}, True),
+        ({"HOST": "::"}, True),
+        ({"HOST": "10.1.2.3"}, True),
+        ({"HOST": "localhost"}, False),
+        ({"HOST": "::1"}, False),
+        ({"HOST": "0.0.0.0", "MODEL_ROUTER_CLIENT_ADDRESS_HEADER": "X-Real-IP"}, False),
+        (
+            {
+                "HOST": "0.0.0.0",
+                "MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE": "0",
+                "MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT": "0",
+            },
+            False,
+        ),
+    ],
+)
+def test_which_listeners_are_warned_about(env, warns):
+    assert Settings.from_env(env).unattributed_clients is warns
