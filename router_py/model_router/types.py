@@ -789,7 +789,7 @@ class AuditQuery(Query):
     resource_type: AuditedKind | None = None
     key_id: str | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
-    before: Annotated[int, Meta(ge=1)] | None = None
+    before: Annotated[int, Meta(ge=1, le=2**62)] | None = None  # a seq: SQLite's integers
 
 
 # --- analytics and the health overview ---------------------------------------

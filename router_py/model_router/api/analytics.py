@@ -13,6 +13,7 @@ from ..catalog import iso
 from ..engine.spend import TTL_MS, counter_name, period_keys
 from ..http import ApiError, Request, Response, Route, json_response
 from ..telemetry.figures import NANOS_PER_USD, Cell, Dims, Tally, tally
+from ..validation import parse_time
 
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 RANGE_MS: dict[t.TimeRange, int] = {
@@ -29,16 +30,6 @@ INTERVAL_MS: dict[t.Interval, int] = {
     "6h": 6 * HOUR_MS,
     "1d": DAY_MS,
 }
-
-
-def parse_time(value: str, param: str) -> int:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise _bad(param, f"{param} must be an ISO 8601 time, got {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _bad(param: str, message: str) -> ApiError:
