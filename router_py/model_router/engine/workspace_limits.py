@@ -108,6 +108,9 @@ class WorkspaceLimits:
             self._corrections[hold.counter] += used - hold.tokens
 
     async def flush(self) -> None:
+        """A beat: the calls admitted while the store was away, and the token
+        corrections, reach the store."""
+        await self.calls.reconcile()
         corrections, self._corrections = dict(self._corrections), defaultdict(int)
         if not corrections:
             return
