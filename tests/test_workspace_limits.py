@@ -122,3 +122,27 @@ def test_calls_admitted_while_the_store_was_away_reach_it_after(tmp_path, make_m
     finally:
         router.close()
         store.stop()
+
+
+def test_a_call_no_minute_can_hold_is_a_400_and_takes_no_call_slot(make_server, make_mock):
+    limits = {"requestsPerMinute": 2, "tokensPerMinute": 200}
+    router = _router(make_server, make_mock, limits, "ws-n")
+    router.mock.behave(latencyMs=0)
+    headers = {**router.auth(router.admin_key), "X-Workspace-Id": "ws-n"}
+
+    def call(body: dict) -> httpx.Response:
+        return httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers)
+
+    # No max_tokens: the estimate is the prompt plus the model's own limit.
+    unbounded = {k: v for k, v in CALL.items() if k != "max_tokens"}
+    for _ in range(3):
+        r = call(unbounded)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["param"] == "max_tokens" and "lower max_tokens" in error["message"]
+        assert "retry-after" not in r.headers
+    long_prompt = {**CALL, "messages": [{"role": "user", "content": "x" * 2000}]}
+    r = call(long_prompt)
+    assert r.status_code == 400 and "shorten the prompt" in r.json()["error"]["message"]
+    # None of those took one of the minute's 2 calls.
+    assert sorted(call(CALL).status_code for _ in range(3)) == [200, 200, 429]

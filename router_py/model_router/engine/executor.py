@@ -36,7 +36,7 @@ from .providers import ADAPTERS
 from .sse import EventReader
 from .translate import Refused, Tokens
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream, UpstreamTimeout
-from .workspace_limits import TokenHold, WorkspaceLimited, WorkspaceLimits
+from .workspace_limits import NeverFits, TokenHold, WorkspaceLimited, WorkspaceLimits
 
 log = logging.getLogger("model_router.executor")
 
@@ -454,7 +454,16 @@ class Executor:
             prompt = prompt_tokens_at_most(call.content_length)
             estimate = self.workspace_limits.estimate(models, prompt, call.body)
             try:
-                tokens = await self.workspace_limits.admit(workspace, estimate)
+                tokens = await self.workspace_limits.admit(workspace, prompt, estimate)
+            except NeverFits as never:
+                raise CallFailed(
+                    400,
+                    "invalid_request_error",
+                    str(never),
+                    details=never.details,
+                    param="max_tokens",
+                    code="exceeds_workspace_tokens_per_minute",
+                ) from None
             except WorkspaceLimited as limited:
                 raise CallFailed(
                     429,
