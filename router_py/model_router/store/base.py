@@ -173,6 +173,11 @@ class Store(Protocol):
         return the new totals, atomically per counter."""
         ...
 
+    async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
+        """The totals of the counters, in one round trip, writing nothing (a
+        counter never written or expired reads 0)."""
+        ...
+
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
         """Append to the list of recent requests, keeping the newest `keep`."""
         ...
