@@ -430,8 +430,8 @@ AuditedKind = Literal["models", "endpoints", "rules", "agents", "workspaces", "h
 
 class AuditChange(Body):
     """One document a write changed: absent `before` is a creation, absent
-    `after` a deletion; `resourceId` "*" is every document of the kind
-    (a config import in replace mode clears them first)."""
+    `after` a deletion; a document over 8 KiB of JSON is shown as
+    {"truncated": true, "bytes": N}."""
 
     resource_type: str
     resource_id: str

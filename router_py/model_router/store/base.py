@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 
@@ -61,9 +61,11 @@ class Delete:
 
 @dataclass(frozen=True)
 class Clear:
-    """Delete every document of a kind."""
+    """Delete every document of a kind. `before`: the documents the writer read
+    just before (for the audit trail's deletions; the store ignores it)."""
 
     kind: str
+    before: Mapping[str, bytes] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
