@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 import httpx
 
 from conftest import model_body
+from model_router import types as t
+from model_router.catalog import LABELS
 
 PROVIDER_KEY = "sk-provider-" + "s3cret" * 4
 
@@ -157,3 +160,7 @@ def test_entries_are_bounded_in_bytes_with_a_truncation_marker(server):
     assert len(raw) < 40_000
     assert len(entry["changes"]) + entry["omittedChanges"] == 61  # 60 created, big deleted
     assert entry["omittedChanges"] > 0
+
+
+def test_the_audit_filter_names_every_kind_the_catalog_writes():
+    assert set(get_args(t.AuditedKind)) == set(LABELS)

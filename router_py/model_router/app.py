@@ -42,9 +42,6 @@ _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
 
-# What the writes of these routes change is recorded in the audit trail.
-AUDITED = frozenset({"operate", "configure", "configure_workspace", "manage_keys"})
-
 # Reads the request body, given the most bytes it may have.
 BodyReader = Callable[[int], Awaitable[bytes]]
 
@@ -270,7 +267,7 @@ class App:
             principal.authorize(route.permission, params.get("workspaceId"))
             limits = await service.check_rate(principal)
             request.principal = principal
-            if route.permission in AUDITED and route.method != "GET":
+            if route.audited:
                 WRITER.set(Writer(principal, method, path, request_id))
         if route.query is not None:
             query = dict(parse_qsl(query_string))

@@ -28,6 +28,11 @@ RETRY_S = 1.0  # after the store failed to answer, how long to count alone befor
 Slot = tuple[str, int]  # key id, window number
 
 
+def retry_after(seconds: float) -> str:
+    """A Retry-After value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the caller is told: admitted or not, and the window's figures."""
@@ -38,11 +43,10 @@ class Verdict:
     reset_s: float  # until the window ends
 
     def headers(self) -> list[tuple[str, str]]:
-        reset = str(max(1, math.ceil(self.reset_s)))
         return [
             ("x-ratelimit-limit", str(self.limit)),
             ("x-ratelimit-remaining", str(self.remaining)),
-            ("x-ratelimit-reset", reset),
+            ("x-ratelimit-reset", retry_after(self.reset_s)),
         ]
 
 

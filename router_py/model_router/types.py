@@ -425,7 +425,18 @@ class ImportResult(Body):
 
 # --- audit -------------------------------------------------------------------
 
-AuditedKind = Literal["models", "endpoints", "rules", "agents", "workspaces", "health", "keys"]
+# The catalog's kinds (catalog.LABELS; tests/test_audit.py keeps them equal).
+AuditedKind = Literal[
+    "models",
+    "endpoints",
+    "rules",
+    "agents",
+    "workspaces",
+    "health",
+    "keys",
+    "canaries",
+    "experiments",
+]
 
 
 class AuditChange(Body):

@@ -28,6 +28,7 @@ import msgspec
 from .. import types as t
 from .._core import Decision
 from ..experiments.routing import Arm, Candidates
+from ..ratelimit import retry_after
 from .budgets import BudgetLeases, BudgetRefused, Hold, prompt_tokens_at_most
 from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
@@ -147,7 +148,7 @@ def retry_after_ms(headers: dict[str, str]) -> int | None:
 
 
 def retry_after_header(ms: int) -> tuple[str, str]:
-    return ("retry-after", str(max(1, math.ceil(ms / 1000))))
+    return ("retry-after", retry_after(ms / 1000))
 
 
 def estimate_tokens(chars: int) -> int:

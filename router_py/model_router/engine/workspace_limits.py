@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..ratelimit import RateLimiter
+from ..ratelimit import RateLimiter, retry_after
 from ..store import Reservation, Store
 from .exchanges import max_output_tokens
 from .live import LiveConfig
@@ -38,7 +38,7 @@ class WorkspaceLimited(Exception):
             f"workspace {workspace_id!r} is over its limit of {limit} {unit} per minute "
             f"(budgetLimits.{name})"
         )
-        self.retry_after = str(max(1, int(retry_after_s + 0.999)))
+        self.retry_after = retry_after(retry_after_s)
         self.details = {
             "workspaceId": workspace_id,
             "limit": name,
