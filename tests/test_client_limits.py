@@ -3,14 +3,17 @@ and raw path routing, against real servers."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 
 import httpx
 import pytest
 import redis
 
-from conftest import model_body
+from conftest import free_port, model_body
+from model_router.ratelimit import FailedAuthentications
 from model_router.settings import Settings
+from model_router.store import open_store
 
 BEHIND_INGRESS = {"MODEL_ROUTER_CLIENT_ADDRESS_HEADER": "X-Forwarded-For"}
 
@@ -143,3 +146,25 @@ def test_listening_beyond_loopback_without_the_address_header_warns_at_start(mak
 )
 def test_which_listeners_are_warned_about(env, warns):
     assert Settings.from_env(env).unattributed_clients is warns
+
+
+def test_failures_counted_alone_while_the_store_is_away_are_forgotten_each_minute(tmp_path):
+    env = {
+        "MODEL_ROUTER_STORE_TIMEOUT_MS": "100",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+    }
+    store = open_store(Settings.from_env(env))
+    failures = FailedAuthentications(store, limit=1)
+    minute = 29_000_000 * 60_000
+
+    async def scenario() -> None:
+        for i in range(300):
+            await failures.failed(f"10.0.{i // 256}.{i % 256}", minute)
+        assert await failures.failed("10.9.9.9", minute) is None
+        assert await failures.failed("10.9.9.9", minute) is not None  # blocked, alone
+        assert len(failures._alone) == 301 and len(failures._blocked) == 1
+        await failures.failed("10.9.9.10", minute + 60_000)
+        assert len(failures._alone) == 1 and not failures._blocked
+        await store.close()
+
+    asyncio.run(scenario())
