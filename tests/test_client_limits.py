@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
+import socket
+import struct
+import time
 
 import httpx
 import pytest
@@ -168,3 +172,40 @@ def test_failures_counted_alone_while_the_store_is_away_are_forgotten_each_minut
         await store.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+def test_a_stream_whose_client_left_before_it_started_gives_its_place_back(
+    make_server, make_mock, interface
+):
+    mock = make_mock()
+    server = make_server(
+        MODEL_ROUTER_INTERFACE=interface,
+        MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT="2",
+        MOCK_PROVIDER_KEY="k",
+        **BEHIND_INGRESS,
+    )
+    server.client.post("/api/models", json=model_body("m1")).raise_for_status()
+    endpoint = {"url": mock.operation_url, "apiKeyEnv": "MOCK_PROVIDER_KEY"}
+    server.client.post("/api/models/m1/endpoints", json=endpoint).raise_for_status()
+    server.wait_for_config()
+    mock.behave(latencyMs=800)
+    body = json.dumps(
+        {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {server.admin_key}\r\nX-Forwarded-For: 10.0.2.1\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for _ in range(4):  # each leaves while the router waits for the provider
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(head + body)
+            time.sleep(0.2)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(2)  # the provider answered them all
+    mock.behave(latencyMs=0)
+    headers = _from("10.0.2.1", server.admin_key)
+    call = {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=call, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
