@@ -12,7 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 from test_calls import SPEC_ROUTE, add_model, prefer
+
+from conftest import model_body
 
 ALPHA = 0.01
 
@@ -326,3 +329,24 @@ def test_recent_requests_list_each_attempt(fleet):
             assert shown["latencyMs"] == answered["latencyMs"]
             assert shown["error"] is None  # a provider's message is not for every reader
     assert any(r["attempts"] > 1 for r in recent), "the traffic did fail over"
+
+
+def test_the_workspace_list_and_health_read_spend_without_writing(backend, make_server, redis_url):
+    """/ui polls them every 5 s: reading spend must not create counters. (The
+    spend beat itself keeps counters only for workspaces with a budget.)"""
+    if backend != "redis":
+        pytest.skip("counters are seen from outside in Redis")
+    server = make_server()
+    c = server.client
+    c.post("/api/models", json=model_body("m1")).raise_for_status()
+    for w in ("ws-1", "ws-2", "ws-3"):
+        c.post(f"/api/workspaces/{w}/config", json={"modelRestrictions": ["m1"]})
+    server.wait_for_config()
+    body = c.get("/api/analytics/workspaces", params={"timeRange": "1h"}).json()
+    daily = {w["workspaceId"]: w["budgets"][0] for w in body["workspaces"]}
+    assert daily.keys() == {"ws-1", "ws-2", "ws-3"}
+    assert all(d["spentUsd"] == 0 and d["limitUsd"] is None for d in daily.values())
+    assert c.get("/api/health/overview").status_code == 200
+    namespace = server.env["MODEL_ROUTER_REDIS_NAMESPACE"]
+    written = list(redis.Redis.from_url(redis_url).scan_iter(f"{{{namespace}}}:counter:spend:*"))
+    assert written == []

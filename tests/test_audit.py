@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 import httpx
 
 from conftest import model_body
+from model_router import types as t
+from model_router.catalog import LABELS
 
 PROVIDER_KEY = "sk-provider-" + "s3cret" * 4
 
@@ -118,13 +121,46 @@ def test_only_unscoped_admins_read_the_audit_trail(server):
 def test_a_config_import_is_one_entry_listing_what_it_replaced(server):
     admin = server.client
     admin.post("/api/models", json=model_body("old", id="old")).raise_for_status()
-    config = {"models": [{**model_body("new"), "id": "new"}]}
+    admin.post("/api/models", json=model_body("same", id="same")).raise_for_status()
+    same = admin.get("/api/models/same").json()
+    config = {"models": [{**model_body("new"), "id": "new"}, same]}
     r = admin.post("/api/config/import", params={"mode": "replace"}, json={"config": config})
     assert r.status_code == 200, r.text
     entry = admin.get("/api/audit").json()["data"][0]
     assert entry["path"] == "/api/config/import" and entry["resourceId"] is None
     changes = {(c["resourceType"], c["resourceId"]): c for c in entry["changes"]}
-    assert ("models", "*") in changes  # replace mode clears the kind first
+    # What the replace removed, with what it was; what it created; not what it kept.
+    assert set(changes) == {("models", "old"), ("models", "new")}
+    assert changes[("models", "old")]["before"]["id"] == "old"
+    assert changes[("models", "old")]["after"] is None
     assert changes[("models", "new")]["before"] is None
     assert changes[("models", "new")]["after"]["id"] == "new"
     assert entry["configVersion"] == admin.get("/api/config/export").json()["configVersion"]
+    # The same import again changes nothing, and adds nothing to the trail.
+    exported = admin.get("/api/config/export").json()
+    again = admin.post("/api/config/import", params={"mode": "replace"}, json=exported)
+    assert again.status_code == 200, again.text
+    assert admin.get("/api/audit").json()["data"][0]["seq"] == entry["seq"]
+
+
+def test_entries_are_bounded_in_bytes_with_a_truncation_marker(server):
+    admin = server.client
+    big = model_body("big", id="big", parameters={"notes": "x" * 20_000})
+    admin.post("/api/models", json=big).raise_for_status()
+    (change,) = admin.get("/api/audit").json()["data"][0]["changes"]
+    assert change["before"] is None
+    assert change["after"]["truncated"] is True and change["after"]["bytes"] > 20_000
+    # A replace import of 60 models of ~1.5 KiB each: listed up to 32 KiB, the rest counted.
+    models = [model_body(f"m{i}", id=f"m{i}", parameters={"notes": "y" * 1500}) for i in range(60)]
+    replace = {"mode": "replace"}
+    r = admin.post("/api/config/import", params=replace, json={"config": {"models": models}})
+    assert r.status_code == 200, r.text
+    raw = admin.get("/api/audit", params={"limit": 1}).content
+    entry = admin.get("/api/audit").json()["data"][0]
+    assert len(raw) < 40_000
+    assert len(entry["changes"]) + entry["omittedChanges"] == 61  # 60 created, big deleted
+    assert entry["omittedChanges"] > 0
+
+
+def test_the_audit_filter_names_every_kind_the_catalog_writes():
+    assert set(get_args(t.AuditedKind)) == set(LABELS)

@@ -3,13 +3,21 @@ and raw path routing, against real servers."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import json
+import socket
+import struct
+import time
 
 import httpx
 import pytest
 import redis
 
-from conftest import model_body
+from conftest import free_port, model_body
+from model_router.ratelimit import FailedAuthentications
+from model_router.settings import Settings
+from model_router.store import open_store
 
 BEHIND_INGRESS = {"MODEL_ROUTER_CLIENT_ADDRESS_HEADER": "X-Forwarded-For"}
 
@@ -107,3 +115,97 @@ def test_an_encoded_slash_stays_inside_its_path_segment(make_server):
     # Other escapes decode as before, and static routes still match.
     assert admin.get(httpx.URL(f"{server.url}/api/models/m%31")).json()["id"] == "m1"
     assert admin.get(httpx.URL(f"{server.url}/api/mod%65ls")).status_code == 200
+
+
+WARNING = b"MODEL_ROUTER_CLIENT_ADDRESS_HEADER is unset"
+
+
+def test_listening_beyond_loopback_without_the_address_header_warns_at_start(make_server):
+    exposed = make_server(HOST="0.0.0.0")
+    local = make_server()  # 127.0.0.1
+    behind = make_server(HOST="0.0.0.0", **BEHIND_INGRESS)
+    assert WARNING in exposed.log_path.read_bytes()
+    assert WARNING not in local.log_path.read_bytes()
+    assert WARNING not in behind.log_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("env", "warns"),
+    [
+        ({"HOST": "0.0.0.0"}, True),
+        ({"HOST": "::"}, True),
+        ({"HOST": "10.1.2.3"}, True),
+        ({"HOST": "localhost"}, False),
+        ({"HOST": "::1"}, False),
+        ({"HOST": "0.0.0.0", "MODEL_ROUTER_CLIENT_ADDRESS_HEADER": "X-Real-IP"}, False),
+        (
+            {
+                "HOST": "0.0.0.0",
+                "MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE": "0",
+                "MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT": "0",
+            },
+            False,
+        ),
+    ],
+)
+def test_which_listeners_are_warned_about(env, warns):
+    assert Settings.from_env(env).unattributed_clients is warns
+
+
+def test_failures_counted_alone_while_the_store_is_away_are_forgotten_each_minute(tmp_path):
+    env = {
+        "MODEL_ROUTER_STORE_TIMEOUT_MS": "100",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+    }
+    store = open_store(Settings.from_env(env))
+    failures = FailedAuthentications(store, limit=1)
+    minute = 29_000_000 * 60_000
+
+    async def scenario() -> None:
+        for i in range(300):
+            await failures.failed(f"10.0.{i // 256}.{i % 256}", minute)
+        assert await failures.failed("10.9.9.9", minute) is None
+        assert await failures.failed("10.9.9.9", minute) is not None  # blocked, alone
+        assert len(failures._alone) == 301 and len(failures._blocked) == 1
+        await failures.failed("10.9.9.10", minute + 60_000)
+        assert len(failures._alone) == 1 and not failures._blocked
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+def test_a_stream_whose_client_left_before_it_started_gives_its_place_back(
+    make_server, make_mock, interface
+):
+    mock = make_mock()
+    server = make_server(
+        MODEL_ROUTER_INTERFACE=interface,
+        MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT="2",
+        MOCK_PROVIDER_KEY="k",
+        **BEHIND_INGRESS,
+    )
+    server.client.post("/api/models", json=model_body("m1")).raise_for_status()
+    endpoint = {"url": mock.operation_url, "apiKeyEnv": "MOCK_PROVIDER_KEY"}
+    server.client.post("/api/models/m1/endpoints", json=endpoint).raise_for_status()
+    server.wait_for_config()
+    mock.behave(latencyMs=800)
+    body = json.dumps(
+        {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {server.admin_key}\r\nX-Forwarded-For: 10.0.2.1\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for _ in range(4):  # each leaves while the router waits for the provider
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(head + body)
+            time.sleep(0.2)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(2)  # the provider answered them all
+    mock.behave(latencyMs=0)
+    headers = _from("10.0.2.1", server.admin_key)
+    call = {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=call, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text

@@ -232,6 +232,11 @@ def check_router(docs: list[dict]) -> dict:
         assert hpa["spec"]["minReplicas"] >= 3 and "replicas" not in deployment["spec"]
     if not find(docs, "HorizontalPodAutoscaler"):
         assert deployment["spec"]["replicas"] >= 3
+    # Behind an ingress every request comes from its address: the per-address
+    # limits (on by default) need the header it appends (ingress-nginx and the
+    # usual controllers append the peer to X-Forwarded-For).
+    behind_ingress = bool(find(docs, "Ingress"))
+    assert (env.get("MODEL_ROUTER_CLIENT_ADDRESS_HEADER") == "X-Forwarded-For") == behind_ingress
     for ingress in find(docs, "Ingress"):
         (rule,) = ingress["spec"]["rules"]
         assert [rule["host"]] == ingress["spec"]["tls"][0]["hosts"]
@@ -365,6 +370,10 @@ def test_compose_file_two_routers_behind_one_port_on_a_persistent_redis():
     assert [s for s in services.values() if "ports" in s] == [proxy]
     nginx = (deploy / "nginx.conf").read_text()
     assert "server model-router:3003 " in nginx and "listen 3003;" in nginx
+    # Every request comes from nginx: the per-address limits need the client's
+    # address, the last entry of the X-Forwarded-For nginx appends to.
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+    assert router["environment"]["MODEL_ROUTER_CLIENT_ADDRESS_HEADER"] == "X-Forwarded-For"
     # Keys come from an env file whose template is in the repository.
     (env_file,) = router["env_file"]
     example = (deploy / f"{env_file}.example").read_text()

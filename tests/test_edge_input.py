@@ -114,3 +114,30 @@ def test_requests_the_router_refuses_are_counted_and_logged_but_not_floods(make_
     # At most 10 lines a second (and the 404's), the rest summed up in one line.
     assert len(rejected) <= 10 * (int(seconds) + 1) + 1 < 61, (len(rejected), seconds)
     assert "mr_nope_wrongsecret" not in log
+
+
+def test_times_past_the_years_iso_can_write_are_400_naming_the_field(make_server):
+    """Times that parse but leave years 1..9999 once moved to UTC, and audit
+    seqs past SQLite's integers, are a 400, not a 500."""
+    router = make_server()
+    c = router.client
+    c.post("/api/models", json=model_body("m1")).raise_for_status()
+    health = {"status": "degraded", "expiresAt": "9999-12-31T23:59:59-01:00"}
+    r = c.post("/api/models/m1/health", json=health)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["details"] == {"in": "body", "field": "expiresAt"}
+    for params, field in (
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+        ({"before": "99999999999999999999999"}, "before"),
+        ({"before": str(2**63)}, "before"),
+    ):
+        r = c.get("/api/audit", params=params)
+        assert r.status_code == 400, (params, r.text)
+        assert r.json()["error"]["details"]["field"] == field
+    r = c.get("/api/analytics/models", params={"from": "0001-01-01T00:00:00+01:00"})
+    assert r.status_code == 400 and r.json()["error"]["details"]["field"] == "from"
+    # The bounds themselves are fine.
+    assert c.get("/api/audit", params={"since": "0001-01-01T00:00:00Z"}).status_code == 200
+    assert c.get("/api/audit", params={"before": str(2**62)}).status_code == 200
+    late = {**health, "expiresAt": "9999-12-31T23:59:59Z"}
+    assert c.post("/api/models/m1/health", json=late).json()["expiresAt"].startswith("9999-12-31")

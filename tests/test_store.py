@@ -173,6 +173,24 @@ def test_counters_add_atomically_and_expire(store):
     run(scenario())
 
 
+def test_counters_are_read_together_without_being_written(store):
+    async def scenario():
+        s = store()
+        await s.add_counters({"a": 3, "b": -2}, ttl_ms=60_000)
+        await s.add_counters({"short": 7}, ttl_ms=50)
+        await asyncio.sleep(0.2)
+        names = ["a", "b", "never", "short"]
+        assert await s.read_counters(names) == {"a": 3, "b": -2, "never": 0, "short": 0}
+        assert await s.read_counters([]) == {}
+        # Reading created nothing: the first add starts from zero.
+        assert (await s.add_counters({"never": 1}, ttl_ms=60_000))["never"] == 1
+        many = [f"c{i}" for i in range(40_000)]  # past SQLite's parameter limit
+        assert sum((await s.read_counters(many)).values()) == 0
+        await s.close()
+
+    run(scenario())
+
+
 def test_shared_state_is_set_and_deleted_per_entry_and_leaves_the_config_version_alone(store):
     async def scenario():
         s, other = store(), store()

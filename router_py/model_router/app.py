@@ -43,9 +43,6 @@ _AT = re.compile(r"at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 _ERROR_ENCODER = msgspec.json.Encoder()
 
-# What the writes of these routes change is recorded in the audit trail.
-AUDITED = frozenset({"operate", "configure", "configure_workspace", "manage_keys"})
-
 # Reads the request body, given the most bytes it may have.
 BodyReader = Callable[[int], Awaitable[bytes]]
 
@@ -271,7 +268,7 @@ class App:
             principal.authorize(route.permission, params.get("workspaceId"))
             limits = await service.check_rate(principal)
             request.principal = principal
-            if route.permission in AUDITED and route.method != "GET":
+            if route.audited:
                 WRITER.set(Writer(principal, method, path, request_id))
         if route.query is not None:
             query = dict(parse_qsl(query_string))
@@ -389,7 +386,9 @@ class App:
             await send({"type": "http.response.body", "body": response.body})
             return
         head.append((b"cache-control", b"no-cache"))
-        await send({"type": "http.response.start", "status": response.status, "headers": head})
+        stream = response.stream
+        async with _closed_if_unsent(stream):
+            await send({"type": "http.response.start", "status": response.status, "headers": head})
 
         async def send_chunk(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -398,7 +397,7 @@ class App:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        await self._stream_until_disconnect(response.stream, send_chunk, disconnected())
+        await self._stream_until_disconnect(stream, send_chunk, disconnected())
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -446,7 +445,8 @@ class App:
             proto.response_bytes(response.status, head, response.body)
             return
         head.append(("cache-control", "no-cache"))
-        transport = proto.response_stream(response.status, head)
+        async with _closed_if_unsent(response.stream):
+            transport = proto.response_stream(response.status, head)
         await self._stream_until_disconnect(
             response.stream, transport.send_bytes, proto.client_disconnect()
         )
@@ -479,6 +479,19 @@ class _Leaving:
         if self._address is not None:
             self._in_flight.leave(self._address)
             self._address = None
+
+
+@contextlib.asynccontextmanager
+async def _closed_if_unsent(stream: AsyncIterator[bytes]) -> AsyncIterator[None]:
+    """Starting the response failed (the client left, the server refused): the
+    stream will never be sent, so close it now; that releases its in-flight
+    slot, upstream connection and budget and token holds."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise
 
 
 async def _drain(body: AsyncIterator[bytes], send: Callable[[bytes], Awaitable[None]]) -> None:

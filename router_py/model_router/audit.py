@@ -27,6 +27,12 @@ log = logging.getLogger("model_router.audit")
 # Documents listed with before and after per entry; a larger write (a config
 # import) lists these and counts the rest, so an entry stays bounded.
 MAX_CHANGES = 100
+# Bytes of JSON: a before or after larger than MAX_DOCUMENT_BYTES is replaced by
+# {"truncated": true, "bytes": N}; changes past MAX_ENTRY_BYTES in one entry are
+# counted, not listed. The trail is at most MODEL_ROUTER_AUDIT_MAX_ENTRIES such
+# entries (docs/operations.md gives the sizes).
+MAX_DOCUMENT_BYTES = 8 * 1024
+MAX_ENTRY_BYTES = 32 * 1024
 
 # Fields that hold a secret's derivative and are never shown, whatever the kind.
 HIDDEN_FIELDS = ("secretHash",)
@@ -48,6 +54,8 @@ WRITER: ContextVar[Writer | None] = ContextVar("audit_writer", default=None)
 def _shown(raw: bytes | None) -> Any:
     if raw is None:
         return None
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        return {"truncated": True, "bytes": len(raw)}
     doc = msgspec.json.decode(raw)
     if isinstance(doc, dict):
         for name in HIDDEN_FIELDS:
@@ -70,29 +78,44 @@ class Auditor:
         if writer is None:
             return None
         known = {(op.kind, op.id): op.body for op in ops if isinstance(op, ExpectBody)}
-        changes: list[t.AuditChange] = []
-        omitted = 0
+        cleared: dict[str, dict[str, bytes]] = {}  # kind -> its documents before a Clear
         for op in ops:
-            if not isinstance(op, Put | Delete | Clear):
-                continue
-            if len(changes) >= MAX_CHANGES:
-                omitted += 1
-                continue
             if isinstance(op, Clear):
-                changes.append(t.AuditChange(resource_type=op.kind, resource_id="*"))
-                continue
-            before = known.get((op.kind, op.id))
-            if before is None:
-                before = await self.store.get(op.kind, op.id)
-            after = op.body if isinstance(op, Put) else None
-            changes.append(
-                t.AuditChange(
-                    resource_type=op.kind,
-                    resource_id=op.id,
-                    before=_shown(before),
-                    after=_shown(after),
-                )
+                stored = op.before if op.before is not None else await self.store.get_all(op.kind)
+                cleared[op.kind] = dict(stored)
+        changes: list[t.AuditChange] = []
+        size = omitted = 0
+
+        def add(kind: str, id: str, before: bytes | None, after: bytes | None) -> None:
+            nonlocal size, omitted
+            change = t.AuditChange(
+                resource_type=kind, resource_id=id, before=_shown(before), after=_shown(after)
             )
+            size += len(msgspec.json.encode(change))
+            if len(changes) < MAX_CHANGES and size <= MAX_ENTRY_BYTES:
+                changes.append(change)
+            else:
+                omitted += 1
+
+        for op in ops:
+            if not isinstance(op, Put | Delete):
+                continue
+            after = op.body if isinstance(op, Put) else None
+            before: bytes | None
+            if op.kind in cleared:
+                before = cleared[op.kind].pop(op.id, None)  # what is left was deleted
+            elif len(changes) >= MAX_CHANGES:
+                omitted += 1  # counted without reading what it was
+                continue
+            elif (op.kind, op.id) in known:
+                before = known[op.kind, op.id]
+            else:
+                before = await self.store.get(op.kind, op.id)
+            if before != after:  # a replace import rewrites its unchanged documents
+                add(op.kind, op.id, before, after)
+        for kind, documents in cleared.items():
+            for id, body in sorted(documents.items()):
+                add(kind, id, body, None)
         if not changes:
             return None
         ids = {c.resource_id for c in changes}

@@ -138,6 +138,16 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
+    if settings.unattributed_clients:
+        print(
+            f"model-router: warning: per-address limits are on and {settings.host} is not "
+            "loopback, but MODEL_ROUTER_CLIENT_ADDRESS_HEADER is unset: behind an ingress or "
+            "load balancer every client shares its address (and its limits). Set it to the "
+            "header the ingress appends (X-Forwarded-For), or set "
+            "MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE=0 and MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT=0",
+            file=sys.stderr,
+            flush=True,
+        )
     # Every worker writes its Prometheus samples here; /metrics merges them.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-router-metrics-")
     try:

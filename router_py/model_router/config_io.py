@@ -176,7 +176,7 @@ async def import_config(
         kind, stored = section.kind, current[section.kind.name]
         report = changes[SECTIONS[kind.name]] = t.KindChanges()
         if mode == "replace":
-            ops.append(Clear(kind.name))
+            ops.append(Clear(kind.name, before=stored))
             report.deleted = sorted(set(stored) - set(section.desired))
         for id, struct in sorted(section.desired.items()):
             body = kind.encode(struct)

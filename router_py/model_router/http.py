@@ -115,6 +115,12 @@ class Request:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+# What the writes of routes with these permissions change is recorded in the audit trail.
+AUDITED: frozenset[Permission] = frozenset(
+    {"operate", "configure", "configure_workspace", "manage_keys"}
+)
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -140,6 +146,11 @@ class Route:
     path_types: Mapping[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
+    def audited(self) -> bool:
+        """Whether what its writes change is recorded in the audit trail."""
+        return self.permission in AUDITED and self.method != "GET"
+
+    @functools.cached_property
     def segments(self) -> tuple[str, ...]:
         return tuple(self.path.strip("/").split("/"))
 
@@ -155,12 +166,15 @@ class RouteTable:
     def __init__(self, routes: Sequence[Route]):
         self.routes = list(routes)
         self._static: dict[tuple[str, str], Route] = {}
+        self._static_at: dict[tuple[str, ...], list[Route]] = {}  # by segments, any method
         self._dynamic: list[Route] = []
         for route in self.routes:
+            route.audited  # noqa: B018 (computed once here, read on every request)
             if route.path_params:
                 self._dynamic.append(route)
             else:
                 self._static[(route.method, route.path)] = route
+                self._static_at.setdefault(route.segments, []).append(route)
         self._dynamic.sort(key=lambda r: [s.startswith("{") for s in r.segments])
 
     def match(
@@ -169,18 +183,17 @@ class RouteTable:
         """`path` decoded; `raw_path` as sent, when known: split first, then
         each segment decoded, so an encoded '/' stays inside its segment."""
         if raw_path is not None and "%" in raw_path:
-            parts = [unquote(part) for part in raw_path.strip("/").split("/")]
+            parts = tuple(unquote(part) for part in raw_path.strip("/").split("/"))
         else:
             route = self._static.get((method, path))
             if route is not None:
                 return route, {}
-            parts = path.strip("/").split("/")
+            parts = tuple(path.strip("/").split("/"))
         allowed: list[str] = []
-        for route in self._static.values():
-            if list(route.segments) == parts:
-                if route.method == method:
-                    return route, {}
-                allowed.append(route.method)
+        for route in self._static_at.get(parts, ()):
+            if route.method == method:
+                return route, {}
+            allowed.append(route.method)
         for route in self._dynamic:
             params = _bind(route.segments, parts)
             if params is None:
@@ -199,7 +212,7 @@ class RouteTable:
         raise ApiError(404, "not_found", f"no route for {method} {path}")
 
 
-def _bind(segments: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+def _bind(segments: tuple[str, ...], parts: tuple[str, ...]) -> dict[str, str] | None:
     if len(segments) != len(parts):
         return None
     params = {}

@@ -28,6 +28,11 @@ RETRY_S = 1.0  # after the store failed to answer, how long to count alone befor
 Slot = tuple[str, int]  # key id, window number
 
 
+def retry_after(seconds: float) -> str:
+    """A Retry-After value: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the caller is told: admitted or not, and the window's figures."""
@@ -38,11 +43,10 @@ class Verdict:
     reset_s: float  # until the window ends
 
     def headers(self) -> list[tuple[str, str]]:
-        reset = str(max(1, math.ceil(self.reset_s)))
         return [
             ("x-ratelimit-limit", str(self.limit)),
             ("x-ratelimit-remaining", str(self.remaining)),
-            ("x-ratelimit-reset", reset),
+            ("x-ratelimit-reset", retry_after(self.reset_s)),
         ]
 
 
@@ -155,7 +159,8 @@ class FailedAuthentications:
         self.store = store
         self.limit = limit
         self._blocked: dict[str, int] = {}  # address -> ms when its window ends
-        self._alone: dict[Slot, int] = defaultdict(int)
+        self._alone: dict[Slot, int] = defaultdict(int)  # counted while the store was away
+        self._window = 0  # the minute the tables hold
 
     def blocked_for(self, address: str, now_ms: int | None = None) -> float | None:
         """Seconds until the address may try again, if it is blocked here."""
@@ -168,10 +173,14 @@ class FailedAuthentications:
             return None
         return (until - now_ms) / 1000
 
-    async def failed(self, address: str) -> float | None:
+    async def failed(self, address: str, now_ms: int | None = None) -> float | None:
         """Count one failure; the seconds to wait when it is over the limit."""
-        now_ms = int(time.time() * 1000)
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         window = now_ms // self.WINDOW_MS
+        if window != self._window:  # a new minute: what the last ones held is over
+            self._window = window
+            self._blocked = {a: u for a, u in self._blocked.items() if u > now_ms}
+            self._alone = defaultdict(int, {s: n for s, n in self._alone.items() if s[1] >= window})
         name = f"authfail:{address}:{window}"
         try:
             total = (await self.store.add_counters({name: 1}, 2 * self.WINDOW_MS))[name]
@@ -181,9 +190,6 @@ class FailedAuthentications:
             total = self._alone[(address, window)]
         if total <= self.limit:
             return None
-        if len(self._blocked) > 10_000:  # addresses whose minute ended
-            self._blocked = {a: u for a, u in self._blocked.items() if u > now_ms}
-            self._alone = defaultdict(int, {s: n for s, n in self._alone.items() if s[1] >= window})
         self._blocked[address] = (window + 1) * self.WINDOW_MS
         return self.blocked_for(address, now_ms)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from .experiments.controller import CONTROL_MS, Controller
 from .http import ApiError
 from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
 from .periodic import every, report_failure
-from .ratelimit import FailedAuthentications, RateLimiter
+from .ratelimit import FailedAuthentications, RateLimiter, retry_after
 from .settings import Settings
 from .store import Op, SetEpoch, StoreUnavailable, open_store
 from .telemetry.requests import RECORDS_FLUSH_MS, RequestObserver
@@ -223,15 +222,15 @@ class Service:
             raise
 
     def _too_many_failures(self, wait_s: float) -> ApiError:
-        retry_after = str(max(1, math.ceil(wait_s)))
+        wait = retry_after(wait_s)
         limit = self.settings.auth_failures_per_minute
         return ApiError(
             429,
             "too_many_failed_authentications",
             f"more than {limit} failed authentications from this address in a minute; "
-            f"retry after {retry_after} s",
-            {"limit": limit, "retryAfterSeconds": int(retry_after)},
-            [("retry-after", retry_after)],
+            f"retry after {wait} s",
+            {"limit": limit, "retryAfterSeconds": int(wait)},
+            [("retry-after", wait)],
         )
 
     async def _principal(self, authorization: str | None) -> auth.Principal:

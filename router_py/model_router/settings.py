@@ -6,6 +6,7 @@ than surfacing later as a strange runtime failure.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +18,15 @@ T = TypeVar("T")
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ENVIRONMENTS = ("development", "production")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class SettingsError(ValueError):
@@ -77,6 +87,16 @@ class Settings:
     auth_failures_per_minute: int = 20  # per client address; 0: no limit
     max_in_flight_per_client: int = 1024  # per client address and worker; 0: no cap
     client_address_header: str | None = None  # set by a trusted ingress (X-Forwarded-For)
+
+    @property
+    def unattributed_clients(self) -> bool:
+        """Per-address limits are on, no header names the client's address, and
+        the service listens beyond loopback: most likely behind an ingress or
+        load balancer, whose one address every request would then share (a few
+        bad keys from anyone and everyone gets 429). A loopback-only listener
+        is a local trial or a sidecar's, where the peer is the client."""
+        limits_on = self.auth_failures_per_minute > 0 or self.max_in_flight_per_client > 0
+        return limits_on and self.client_address_header is None and not _loopback(self.host)
 
     @property
     def sqlite_path(self) -> Path:

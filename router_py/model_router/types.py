@@ -428,13 +428,24 @@ class ImportResult(Body):
 
 # --- audit -------------------------------------------------------------------
 
-AuditedKind = Literal["models", "endpoints", "rules", "agents", "workspaces", "health", "keys"]
+# The catalog's kinds (catalog.LABELS; tests/test_audit.py keeps them equal).
+AuditedKind = Literal[
+    "models",
+    "endpoints",
+    "rules",
+    "agents",
+    "workspaces",
+    "health",
+    "keys",
+    "canaries",
+    "experiments",
+]
 
 
 class AuditChange(Body):
     """One document a write changed: absent `before` is a creation, absent
-    `after` a deletion; `resourceId` "*" is every document of the kind
-    (a config import in replace mode clears them first)."""
+    `after` a deletion; a document over 8 KiB of JSON is shown as
+    {"truncated": true, "bytes": N}."""
 
     resource_type: str
     resource_id: str
@@ -869,7 +880,7 @@ class AuditQuery(Query):
     resource_type: AuditedKind | None = None
     key_id: str | None = None
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
-    before: Annotated[int, Meta(ge=1)] | None = None
+    before: Annotated[int, Meta(ge=1, le=2**62)] | None = None  # a seq: SQLite's integers
 
 
 # --- analytics and the health overview ---------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -114,3 +115,29 @@ def path_id(value: str, field: str) -> str:
             f"invalid path: {field} {exc}",
             {"in": "path", "field": field},
         ) from None
+
+
+# The instants a timestamp can be written as (catalog.iso): years 1 to 9999 in UTC.
+EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+LATEST_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC).timestamp() * 1000)
+
+
+def parse_time(value: str, field: str, where: str = "query") -> int:
+    """An ISO 8601 time from a client, in ms since the epoch (no offset: UTC);
+    a 400 naming the field when it is not one, or lies outside the years 1 to
+    9999 once moved to UTC (9999-12-31T23:59:59-01:00 does)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    if moment is not None:
+        ms = int(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() * 1000)
+        if EARLIEST_MS <= ms <= LATEST_MS:
+            return ms
+    raise ApiError(
+        400,
+        "validation_error",
+        f"{field}: {value!r} is not an ISO 8601 time between the years 1 and 9999 UTC"
+        " (e.g. 2026-01-31T12:00:00Z)",
+        {"in": where, "field": field},
+    )

@@ -10,9 +10,10 @@ import msgspec
 
 from .. import types as t
 from ..catalog import iso
-from ..engine.spend import TTL_MS, counter_name, period_keys
+from ..engine.spend import counter_name, period_keys
 from ..http import ApiError, Request, Response, Route, json_response
 from ..telemetry.figures import NANOS_PER_USD, Cell, Dims, Tally, tally
+from ..validation import parse_time
 
 MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 RANGE_MS: dict[t.TimeRange, int] = {
@@ -29,16 +30,6 @@ INTERVAL_MS: dict[t.Interval, int] = {
     "6h": 6 * HOUR_MS,
     "1d": DAY_MS,
 }
-
-
-def parse_time(value: str, param: str) -> int:
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise _bad(param, f"{param} must be an ISO 8601 time, got {value!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -163,20 +154,27 @@ def _resets_at(now: datetime) -> dict[str, datetime]:
     }
 
 
-async def _budgets(req: Request, workspace_id: str) -> list[t.BudgetUse]:
+async def _budgets(req: Request, workspace_ids: list[str]) -> dict[str, list[t.BudgetUse]]:
+    """Each workspace's spend against each budget, read in one round trip."""
     now = datetime.now(UTC)
     keys, resets = period_keys(now), _resets_at(now)
-    names = {p: counter_name("ws", workspace_id, p, keys[p]) for p in keys}
-    # Adding nothing reads the fleet's totals (a counter not yet written reads 0).
-    spent: dict[str, int] = {}
-    for period, name in names.items():
-        spent |= await req.service.store.add_counters({name: 0}, TTL_MS[period])
+    names = {(w, p): counter_name("ws", w, p, keys[p]) for w in workspace_ids for p in keys}
+    spent = await req.service.store.read_counters(list(names.values()))
+    return {
+        w: _budget_uses(req, w, {p: spent[names[w, p]] for p in keys}, resets)
+        for w in workspace_ids
+    }
+
+
+def _budget_uses(
+    req: Request, workspace_id: str, spent: dict[str, int], resets: dict[str, datetime]
+) -> list[t.BudgetUse]:
     config = req.service.live.workspaces.get(workspace_id)
     limits = config.budget_limits if config is not None else None
     uses = []
     for period, label in (("d", "daily"), ("w", "weekly"), ("m", "monthly")):
         limit = getattr(limits, label, None) if limits is not None else None
-        spent_usd = spent[names[period]] / NANOS_PER_USD
+        spent_usd = spent[period] / NANOS_PER_USD
         uses.append(
             t.BudgetUse(
                 period=label,  # type: ignore[arg-type]
@@ -205,13 +203,14 @@ async def workspaces(req: Request) -> Response:
     by_agent = tally(cells, lambda _, d: d["agent_type"] if keep(d) else None)
     known = set(totals) | set(req.service.live.workspaces)
     ids = sorted(known if only is None else known & {only})
+    budgets = await _budgets(req, ids)
     body = t.WorkspacesAnalytics(
         range=window.describe(),
         workspaces=[
             t.WorkspaceSpend(
                 workspace_id=w,
                 totals=totals.get(w, Tally()).figures(),
-                budgets=await _budgets(req, w),
+                budgets=budgets[w],
             )
             for w in ids
         ],
@@ -236,7 +235,7 @@ async def workspace(req: Request) -> Response:
     body = t.WorkspaceAnalytics(
         workspace_id=workspace_id,
         range=window.describe(),
-        budgets=await _budgets(req, workspace_id),
+        budgets=(await _budgets(req, [workspace_id]))[workspace_id],
         totals=total.get("", Tally()).figures(),
         by_model={m: v.figures() for m, v in sorted(by_model.items())},
         by_agent_type={a: v.figures() for a, v in sorted(by_agent.items())},

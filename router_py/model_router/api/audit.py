@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .. import types as t
 from ..audit import read
-from ..catalog import iso
 from ..http import Request, Response, Route, json_response
-from .analytics import parse_time
+from ..telemetry.figures import epoch_ms
+from ..validation import parse_time
 
 CHUNK = 500  # entries read from the store at a time while filtering
 
@@ -19,7 +19,7 @@ def _matches(entry: t.AuditEntry, q: t.AuditQuery) -> bool:
 
 async def list_audit(req: Request) -> Response:
     q: t.AuditQuery = req.query
-    since = iso(parse_time(q.since, "since")) if q.since is not None else None
+    since = parse_time(q.since, "since") if q.since is not None else None
     found: list[t.AuditEntry] = []
     before, more = q.before, True
     # The trail is bounded (MODEL_ROUTER_AUDIT_MAX_ENTRIES): filtering reads
@@ -30,7 +30,7 @@ async def list_audit(req: Request) -> Response:
         for row in rows:
             entry = read(row)
             before = entry.seq
-            if since is not None and entry.at < since:
+            if since is not None and epoch_ms(entry.at) < since:
                 more = False
                 break
             if _matches(entry, q):

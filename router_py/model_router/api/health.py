@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import __version__
 from .. import types as t
 from ..catalog import CANARIES, HEALTH, iso, utcnow
-from ..engine.spend import TTL_MS, counter_name, period_keys
+from ..engine.spend import counter_name, period_keys
 from ..http import Request, Response, Route, json_response
 from ..telemetry import figures
 from ..telemetry.logging import SERVICE
@@ -144,10 +144,7 @@ async def _spend_today(service: Service) -> dict[str, int]:
     """Nano-dollars each model spent today (UTC), fleet-wide."""
     day = period_keys(datetime.now(UTC))["d"]
     names = {m: counter_name("model", m, "d", day) for m in service.live.models}
-    if not names:
-        return {}
-    # Adding nothing reads the totals; a counter not yet written reads 0.
-    totals = await service.store.add_counters(dict.fromkeys(names.values(), 0), TTL_MS["d"])
+    totals = await service.store.read_counters(list(names.values()))
     return {m: totals[name] for m, name in names.items()}
 
 

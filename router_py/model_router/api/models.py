@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import UTC, datetime
 
 import msgspec
 
@@ -14,6 +13,7 @@ from ..http import ApiError, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent, ExpectPresent
 from ..telemetry import figures
 from ..tenancy import model_visible
+from ..validation import parse_time
 from .health import ModelsHealth
 from .writes import apply, update
 
@@ -97,16 +97,7 @@ def _expiry(raw: str | None) -> str | None:
     """An ISO 8601 expiry, in the future, as a UTC timestamp (no offset: UTC)."""
     if raw is None:
         return None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ApiError(
-            400,
-            "validation_error",
-            f"expiresAt: {raw!r} is not an ISO 8601 time (e.g. 2026-01-31T12:00:00Z)",
-            {"in": "body", "field": "expiresAt"},
-        ) from None
-    at_ms = int(moment.replace(tzinfo=moment.tzinfo or UTC).timestamp() * 1000)
+    at_ms = parse_time(raw, "expiresAt", "body")
     if at_ms <= time.time() * 1000:
         raise ApiError(
             400,

@@ -28,6 +28,7 @@ import msgspec
 from .. import types as t
 from .._core import Decision
 from ..experiments.routing import Arm, Candidates
+from ..ratelimit import retry_after
 from .budgets import BudgetLeases, BudgetRefused, Hold, prompt_tokens_at_most
 from .exchanges import Answer, Exchange, Operation, StreamReader
 from .inputs import ERROR_STATUS, error_details
@@ -36,7 +37,7 @@ from .providers import ADAPTERS
 from .sse import EventReader
 from .translate import Refused, Tokens
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream, UpstreamTimeout
-from .workspace_limits import TokenHold, WorkspaceLimited, WorkspaceLimits
+from .workspace_limits import NeverFits, TokenHold, WorkspaceLimited, WorkspaceLimits
 
 log = logging.getLogger("model_router.executor")
 
@@ -147,7 +148,7 @@ def retry_after_ms(headers: dict[str, str]) -> int | None:
 
 
 def retry_after_header(ms: int) -> tuple[str, str]:
-    return ("retry-after", str(max(1, math.ceil(ms / 1000))))
+    return ("retry-after", retry_after(ms / 1000))
 
 
 def estimate_tokens(chars: int) -> int:
@@ -454,7 +455,16 @@ class Executor:
             prompt = prompt_tokens_at_most(call.content_length)
             estimate = self.workspace_limits.estimate(models, prompt, call.body)
             try:
-                tokens = await self.workspace_limits.admit(workspace, estimate)
+                tokens = await self.workspace_limits.admit(workspace, prompt, estimate)
+            except NeverFits as never:
+                raise CallFailed(
+                    400,
+                    "invalid_request_error",
+                    str(never),
+                    details=never.details,
+                    param="max_tokens",
+                    code="exceeds_workspace_tokens_per_minute",
+                ) from None
             except WorkspaceLimited as limited:
                 raise CallFailed(
                     429,

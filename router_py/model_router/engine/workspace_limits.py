@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ..ratelimit import RateLimiter
+from ..ratelimit import RateLimiter, retry_after
 from ..store import Reservation, Store
 from .exchanges import max_output_tokens
 from .live import LiveConfig
@@ -38,7 +38,7 @@ class WorkspaceLimited(Exception):
             f"workspace {workspace_id!r} is over its limit of {limit} {unit} per minute "
             f"(budgetLimits.{name})"
         )
-        self.retry_after = str(max(1, int(retry_after_s + 0.999)))
+        self.retry_after = retry_after(retry_after_s)
         self.details = {
             "workspaceId": workspace_id,
             "limit": name,
@@ -47,6 +47,25 @@ class WorkspaceLimited(Exception):
         }
         if name == "tokensPerMinute":
             self.details["estimatedTokens"] = need
+
+
+class NeverFits(Exception):
+    """The call's estimate alone exceeds the workspace's tokens per minute: no
+    minute could ever hold it, so waiting does not help (a 400)."""
+
+    def __init__(self, workspace_id: str, limit: int, prompt: int, estimate: int):
+        advice = "lower max_tokens" if prompt < limit else "shorten the prompt"
+        super().__init__(
+            f"this call may use up to {estimate} tokens (about {prompt} of prompt, the rest "
+            f"output), more than workspace {workspace_id!r}'s limit of {limit} tokens per "
+            f"minute (budgetLimits.tokensPerMinute): {advice} or raise the limit"
+        )
+        self.details = {
+            "workspaceId": workspace_id,
+            "limit": "tokensPerMinute",
+            "value": limit,
+            "estimatedTokens": estimate,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,17 +99,28 @@ class WorkspaceLimits:
     def applies(self, workspace_id: str | None) -> bool:
         return self._limits(workspace_id) != (None, None)
 
-    async def admit(self, workspace_id: str, estimate: int) -> TokenHold | None:
-        """Count the call and reserve its tokens, or WorkspaceLimited."""
+    async def admit(self, workspace_id: str, prompt: int, estimate: int) -> TokenHold | None:
+        """Reserve the call's tokens and count it, or WorkspaceLimited (or
+        NeverFits when its estimate is more than a whole minute's tokens)."""
         calls, tokens = self._limits(workspace_id)
         now_ms = int(time.time() * 1000)
         reset_s = (MINUTE_MS - now_ms % MINUTE_MS) / 1000
+        hold = None
+        if tokens is not None:
+            if estimate > tokens:
+                raise NeverFits(workspace_id, tokens, prompt, estimate)
+            hold = await self._reserve(workspace_id, tokens, estimate, now_ms, reset_s)
+        # Counted after the tokens: a call refused for tokens takes no call slot.
         if calls is not None:
             verdict = await self.calls.admit(f"ws:{workspace_id}", now_ms, calls)
             if not verdict.admitted:
+                self.settle(hold, 0)
                 raise WorkspaceLimited(workspace_id, "requestsPerMinute", calls, reset_s, 1)
-        if tokens is None:
-            return None
+        return hold
+
+    async def _reserve(
+        self, workspace_id: str, tokens: int, estimate: int, now_ms: int, reset_s: float
+    ) -> TokenHold | None:
         counter = f"tpm:{workspace_id}:{now_ms // MINUTE_MS}"
         check = Reservation(f"tpm-spent:{workspace_id}", counter, tokens)
         try:
@@ -108,6 +138,9 @@ class WorkspaceLimits:
             self._corrections[hold.counter] += used - hold.tokens
 
     async def flush(self) -> None:
+        """A beat: the calls admitted while the store was away, and the token
+        corrections, reach the store."""
+        await self.calls.reconcile()
         corrections, self._corrections = dict(self._corrections), defaultdict(int)
         if not corrections:
             return

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 
@@ -61,9 +61,11 @@ class Delete:
 
 @dataclass(frozen=True)
 class Clear:
-    """Delete every document of a kind."""
+    """Delete every document of a kind. `before`: the documents the writer read
+    just before (for the audit trail's deletions; the store ignores it)."""
 
     kind: str
+    before: Mapping[str, bytes] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,11 @@ class Store(Protocol):
     async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
         """Add each delta to its counter (creating it with this time to live) and
         return the new totals, atomically per counter."""
+        ...
+
+    async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
+        """The totals of the counters, in one round trip, writing nothing (a
+        counter never written or expired reads 0)."""
         ...
 
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:

@@ -272,6 +272,13 @@ class RedisStore:
         return dict(zip(names, map(int, totals), strict=True))
 
     @_reachable
+    async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        values = await self._redis.mget([self._counter_key(name) for name in names])
+        return {name: int(v or 0) for name, v in zip(names, values, strict=True)}
+
+    @_reachable
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
         key = f"{self._prefix}:recent"
         async with self._redis.pipeline(transaction=True) as pipe:

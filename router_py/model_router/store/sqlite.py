@@ -10,6 +10,7 @@ learn of writes through shared memory (engine/signal.py) and polling.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import time
@@ -187,6 +188,20 @@ class SQLiteStore:
             return totals
 
         return await self._run(lambda: self._transaction(add))
+
+    async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            totals = dict.fromkeys(names, 0)
+            # One parameter however many names (SQLite caps the parameters).
+            rows = self._db.execute(
+                "SELECT name, value FROM counters WHERE expires_ms > ? "
+                "AND name IN (SELECT value FROM json_each(?))",
+                (int(time.time() * 1000), json.dumps(list(totals))),
+            )
+            totals.update(rows)
+            return totals
+
+        return await self._run(read)
 
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
         def push(db: sqlite3.Connection) -> None:
