@@ -217,7 +217,7 @@ def test_an_experiment_counts_exactly_the_requests_each_variant_served(fleet):
     assert {a.json()["modelId"] for a in route(server, range(200, 220))} == {"old"}
 
 
-def test_user_assignment_is_sticky_and_a_decided_experiment_routes_to_its_winner(fleet):
+def test_user_assignment_is_sticky_and_never_decided_automatically(fleet):
     server, _, new = fleet
     new.behave(errorRate=1.0)
     body = {**EXPERIMENT, "assignment": "user", "autoEnd": True, "minSamplesPerVariant": 100}
@@ -228,10 +228,27 @@ def test_user_assignment_is_sticky_and_a_decided_experiment_routes_to_its_winner
         answers = route(server, range(3), userId=user, id=None)
         per_user[user] = {a.headers["x-model-router-variant"] for a in answers}
     assert all(len(v) == 1 for v in per_user.values())
+    # `new` fails every call, but a user's requests are not independent
+    # samples: the figures are shown, the decision is left to a person.
+    route(server, range(400), userId=None)
+    results_when(server, experiment_id, 400 + 18)
+    time.sleep(2.5)  # beats of the controller, which would have ended it
+    body = server.client.get(f"/api/experiments/{experiment_id}").json()
+    assert body["decision"] == "running" and body["state"] == "running"
+    assert body["results"]["srm"] is None
+    assert "user" in body["results"]["note"]
+
+
+def test_a_decided_experiment_routes_to_its_winner(fleet):
+    server, _, new = fleet
+    new.behave(errorRate=1.0)
+    body = {**EXPERIMENT, "autoEnd": True, "minSamplesPerVariant": 100}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
     # `new` fails every call (the router fails over to `old`): it loses.
     deadline, sent = time.time() + 60, 0
     while time.time() < deadline:
-        route(server, range(sent, sent + 100), userId=None)
+        route(server, range(sent, sent + 100))
         sent += 100
         decided = server.client.get(f"/api/experiments/{experiment_id}").json()
         if decided["state"] == "ended":

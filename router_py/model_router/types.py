@@ -1116,8 +1116,11 @@ class ExperimentResults(Body):
     p_value: float
     always_valid_p_value: float
     variants: list[VariantResult]
-    srm: SrmResult
+    # None with `assignment: "user"`: a user's requests are not independent
+    # draws, so request counts need not follow the weights.
+    srm: SrmResult | None
     samples_needed_per_variant: int | None  # when "no difference" can be called
+    note: str | None = None  # why no decision is taken automatically, if none is
 
 
 class Experiment(Body):
