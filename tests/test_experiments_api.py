@@ -203,18 +203,35 @@ def test_an_experiment_counts_exactly_the_requests_each_variant_served(fleet):
     records = recent["data"]
     assert {r["experimentId"] for r in records} == {experiment_id}
     assert Counter(r["variant"] for r in records) == served
-    # Feedback: once per request of the experiment.
+    # Feedback: this experiment does not use it, so keeps no request -> variant.
     feedback = f"/api/experiments/{experiment_id}/feedback"
     r = server.client.post(feedback, json={"requestId": "req-3", "score": 0.9})
-    assert r.status_code == 201, r.text
-    assert r.json()["variant"] == answers[3].json()["modelId"]
-    assert server.client.post(feedback, json={"requestId": "req-3", "score": 1}).status_code == 409
-    assert server.client.post(feedback, json={"requestId": "zzz", "score": 1}).status_code == 404
+    assert r.status_code == 409 and "does not use feedback" in r.json()["error"]["message"], r.text
     # Ended: the agent's traffic routes as before.
     ended = server.client.post(f"/api/experiments/{experiment_id}/end").json()
     assert ended["state"] == "ended"
     server.wait_for_config()
     assert {a.json()["modelId"] for a in route(server, range(200, 220))} == {"old"}
+
+
+def test_feedback_credits_the_variant_that_served_the_request_once(fleet):
+    server, _, _ = fleet
+    body = {**EXPERIMENT, "primaryMetric": "feedback", "minDetectableEffect": 0.1}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
+    answers = route(server, range(40))
+    route(server, range(40))  # the client reuses its request ids: the first use counts
+    results_when(server, experiment_id, 80)
+    feedback = f"/api/experiments/{experiment_id}/feedback"
+    for i in range(40):
+        r = server.client.post(feedback, json={"requestId": f"req-{i}", "score": 0.5})
+        assert r.status_code == 201, r.text
+        assert r.json()["variant"] == answers[i].json()["modelId"]
+    r = server.client.post(feedback, json={"requestId": "req-3", "score": 1})
+    assert r.status_code == 409
+    assert server.client.post(feedback, json={"requestId": "zzz", "score": 1}).status_code == 404
+    variants = server.client.get(f"/api/experiments/{experiment_id}").json()["results"]
+    assert {v["mean"] for v in variants["variants"]} == {0.5}
 
 
 def test_user_assignment_is_sticky_and_never_decided_automatically(fleet):

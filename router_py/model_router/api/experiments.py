@@ -247,11 +247,18 @@ async def feedback(req: Request) -> Response:
     the one the request was assigned (kept in the store for a week)."""
     body: t.FeedbackCreate = req.body
     experiment = await _experiment(req)
+    if "feedback" not in (experiment.primary_metric, *experiment.guardrail_metrics):
+        raise ApiError(
+            409,
+            "conflict",
+            f"experiment {experiment.id!r} does not use feedback (neither its primaryMetric "
+            "nor a guardrailMetric): its requests' variants are not kept",
+            {"experimentId": experiment.id},
+        )
     store = req.service.store
     assigned = assignment_counter(experiment.id, body.request_id)
     given = f"experiment-feedback:{experiment.id}:{body.request_id}"
-    totals = await store.add_counters({assigned: 0}, ASSIGNMENT_TTL_MS)
-    index = totals[assigned] - 1
+    index = (await store.read_counters([assigned]))[assigned] - 1
     if not 0 <= index < len(experiment.variants):
         raise ApiError(
             404,

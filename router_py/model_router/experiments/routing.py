@@ -52,6 +52,8 @@ class Arm:
     model_id: str  # the model the arm is about
     window_ms: int  # where its outcome is counted
     counted: bool = True  # False once a rollout is decided (traffic only routed)
+    # An experiment judged on feedback: its request -> variant is kept for it.
+    feedback: bool = False
 
     @property
     def experiment(self) -> bool:
@@ -81,8 +83,9 @@ class _Experiment:
             running += v.weight
             edges.append(running / total)
         self.cumulative = tuple(edges)  # the weights' running sums, over their total
+        feedback = "feedback" in (e.primary_metric, *e.guardrail_metrics)
         self.arms = tuple(
-            Arm(Kind.EXPERIMENT, e.id, str(i), v.model_id, e.window_start_ms)
+            Arm(Kind.EXPERIMENT, e.id, str(i), v.model_id, e.window_start_ms, feedback=feedback)
             for i, v in enumerate(e.variants)
         )
         # Ended with a winner (autoEnd): everything goes there, uncounted.

@@ -41,9 +41,11 @@ FEEDBACK_N, FEEDBACK_SUM, FEEDBACK_SQUARES = "fn", "fs", "fq"
 LATENCY_BIN = "b"  # a latency sketch bin: "b{index}"
 SQUARES_UNIT = 1000
 KEEP_MS = {WINDOW: 90 * 86_400_000}
-# An experiment's request -> variant, for feedback: kept this long.
+# An experiment's request -> variant (index + 1), for feedback: kept this
+# long, and only for experiments that use feedback.
 ASSIGNMENT_TTL_MS = 7 * 86_400_000
 MAX_PENDING_CELLS = 100_000
+MAX_PENDING_ASSIGNMENTS = 100_000
 
 # The analytics rollups' sketch (core_rs/src/rollup.rs): relative accuracy 1%.
 _SKETCH_ALPHA = 0.01
@@ -168,17 +170,26 @@ class TallySync:
         if not arm.counted:
             return
         self.pending.update(outcome_cells(arm, done))
-        if arm.experiment:
+        if arm.feedback:
+            # A request id is the client's: the first request to use it keeps
+            # it (here and in the store), a repeat credits nothing.
             name = assignment_counter(arm.rollout_id, done.request_id)
-            self.assignments[name] = int(arm.variant) + 1
+            self.assignments.setdefault(name, int(arm.variant) + 1)
 
     async def flush(self) -> None:
         if self.assignments:
             assignments, self.assignments = self.assignments, {}
             try:
-                await self.store.add_counters(assignments, ASSIGNMENT_TTL_MS)
+                await self.store.claim_counters(assignments, ASSIGNMENT_TTL_MS)
             except BaseException:
                 self.assignments = assignments | self.assignments
+                if len(self.assignments) > MAX_PENDING_ASSIGNMENTS:
+                    log.error(
+                        "experiment assignments: store unreachable, %d dropped "
+                        "(feedback on those requests will be refused)",
+                        len(self.assignments),
+                    )
+                    self.assignments = {}
                 raise
         if not self.pending:
             return

@@ -133,6 +133,16 @@ end
 return false
 """
 
+# KEYS: counters; ARGV[1] is the time to live, then each counter's value.
+CLAIM_COUNTERS = """
+local held = {}
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1])
+  held[i] = redis.call('GET', KEYS[i])
+end
+return held
+"""
+
 # KEYS[1] is the lease; ARGV: holder, time to live (ms).
 HOLD_LEASE = """
 local holder = redis.call('GET', KEYS[1])
@@ -181,6 +191,7 @@ class RedisStore:
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
         self._reserve = self._redis.register_script(RESERVE)
+        self._claim_counters = self._redis.register_script(CLAIM_COUNTERS)
         self._hold_lease = self._redis.register_script(HOLD_LEASE)
         self._release_lease = self._redis.register_script(RELEASE_LEASE)
 
@@ -270,6 +281,20 @@ class RedisStore:
         keys = [self._counter_key(name) for name in names]
         totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
         return dict(zip(names, map(int, totals), strict=True))
+
+    @_reachable
+    async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        names = list(values)
+        keys = [self._counter_key(name) for name in names]
+        held = await self._claim_counters(keys=keys, args=[ttl_ms, *values.values()])
+        return dict(zip(names, map(int, held), strict=True))
+
+    @_reachable
+    async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
+        if not names:
+            return {}
+        values = await self._redis.mget([self._counter_key(name) for name in names])
+        return {name: int(v) if v is not None else 0 for name, v in zip(names, values, strict=True)}
 
     @_reachable
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
