@@ -1148,7 +1148,8 @@ class Experiment(Body):
 
 class FeedbackCreate(Body):
     request_id: Annotated[str, Meta(min_length=1, max_length=128)]
-    score: Annotated[float, Meta(ge=-1_000_000, le=1_000_000)]
+    # Bounded so that the sum of squares cannot overflow (experiments/tally.py).
+    score: Annotated[float, Meta(ge=-1000, le=1000)]
 
 
 class FeedbackRecorded(Body):

@@ -368,7 +368,14 @@ class RedisStore:
                 for field, value in fields.items():
                     pipe.hincrby(name, field, value)
                 pipe.pexpireat(name, expires)
-            await pipe.execute()
+            # EXEC ran every command: one that failed (a field that would
+            # overflow) is lost, the others are applied, so raising would make
+            # the caller merge them again.
+            failed = [
+                r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)
+            ]
+        if failed:
+            log.error("rollups: %d of the merged cells failed, first: %s", len(failed), failed[0])
 
     @_reachable
     async def read_rollups(
