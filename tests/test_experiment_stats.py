@@ -123,6 +123,27 @@ def test_an_experiment_decides_winner_no_difference_or_guardrail() -> None:
     assert "successRate" in (stopped.reason or "")
 
 
+def test_no_difference_waits_for_samples_of_the_metric_not_requests() -> None:
+    """5,000 requests a variant but 60 scores: far too few scores to say the
+    variants do not differ (the needed n is in scores)."""
+    e = experiment(primary_metric="feedback", min_detectable_effect=0.1)
+
+    def arm(scores: int) -> ArmTally:
+        mean, sd = 0.7, 0.2
+        return ArmTally(
+            requests=5000,
+            successes=5000,
+            feedback=stats.Summary(scores, mean * scores, (sd * sd + mean * mean) * scores),
+        )
+
+    few = judge_experiment(e, {"0": arm(60), "1": arm(60)})
+    needed = few.results.samples_needed_per_variant
+    assert needed is not None and 60 < needed < 5000
+    assert few.decision == "running"
+    enough = judge_experiment(e, {"0": arm(needed), "1": arm(needed)})
+    assert enough.decision == "no difference"
+
+
 def test_sticky_users_are_not_analysed_as_independent_requests() -> None:
     """A/A experiments randomised by user, 500 users of 1-200 requests each
     with their own success rates: the per-request tests err most of the time

@@ -260,7 +260,10 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
                 )
                 return Judgement(results, "stopped: guardrail", None, reason)
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
-    enough = all(x.requests >= e.min_samples_per_variant for x in tallies)
+    # Samples of the metric itself: latency has one per success, feedback one
+    # per score, not one per request.
+    samples = [x.metric(metric).n for x in tallies]
+    enough = all(n >= e.min_samples_per_variant for n in samples)
     better = [
         i + 1
         for i, c in enumerate(comparisons)
@@ -279,7 +282,7 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
         winner = e.variants[best].model_id
         reason = f"{metric}: always-valid p = {results.always_valid_p_value:.4g} <= {alpha:.4g}"
         return Judgement(results, f"winner: {winner}", winner, reason)
-    if enough and needed is not None and all(x.requests >= needed for x in tallies):
+    if enough and needed is not None and all(n >= needed for n in samples):
         reason = f"{needed} samples per variant and no difference in {metric} at alpha {alpha}"
         return Judgement(results, "no difference", None, reason)
     return Judgement(results, "running", None, None)
