@@ -282,6 +282,17 @@ def test_a_slow_canary_is_rolled_back_on_p95() -> None:
     assert verdict is not None and verdict.guardrail == "maxP95LatencyRatio"
 
 
+def test_the_newest_of_a_canary_and_an_experiment_on_a_scope_routes() -> None:
+    won = experiment(
+        state="ended", decision="winner: m-b", winner="m-b", created_at="2026-01-01T00:00:00.000Z"
+    )
+    later = canary(scope=won.scope, created_at="2026-01-02T00:00:00.000Z")
+    assert Rollouts([later], [won]).scopes[1]["a"].id == later.id
+    promoted = canary(scope=won.scope, state="promoted", percent=100.0)
+    newer = experiment(id="e2", created_at="2026-01-02T00:00:00.000Z")
+    assert Rollouts([promoted], [newer]).scopes[1]["a"].id == "e2"
+
+
 def test_nothing_to_route_leaves_the_request_path_a_single_test() -> None:
     done = [canary(state="rolledBack", percent=0.0)]
     assert Rollouts.of(done, [experiment(state="ended", decision="no difference")]) is None
