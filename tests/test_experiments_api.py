@@ -234,6 +234,29 @@ def test_feedback_credits_the_variant_that_served_the_request_once(fleet):
     assert {v["mean"] for v in variants["variants"]} == {0.5}
 
 
+def test_calls_the_router_refuses_are_no_outcome_of_a_variant(fleet):
+    server, _, _ = fleet
+    r = server.client.post(
+        "/api/workspaces/ws-capped/config", json={"budgetLimits": {"requestsPerMinute": 10}}
+    )
+    assert r.status_code == 201, r.text
+    body = {**EXPERIMENT, "scope": {"workspaceId": "ws-capped"}}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
+    if time.time() % 60 > 45:  # the burst within one minute
+        time.sleep(61 - time.time() % 60)
+    codes = Counter()
+    for i in range(30):
+        r = server.client.post(
+            "/api/route", json={**SPEC_ROUTE, "id": f"q-{i}", "workspaceId": "ws-capped"}
+        )
+        codes[r.status_code] += 1
+    assert codes == {200: 10, 429: 20}
+    variants = results_when(server, experiment_id, 10)["results"]["variants"]
+    assert sum(v["n"] for v in variants) == 10
+    assert all(v["mean"] in (None, 1.0) for v in variants)  # no refusal as an error
+
+
 def test_user_assignment_is_sticky_and_never_decided_automatically(fleet):
     server, _, new = fleet
     new.behave(errorRate=1.0)
