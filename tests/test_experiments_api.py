@@ -132,6 +132,11 @@ def test_canaries_are_steered_by_hand_and_survive_a_restart(fleet):
     assert c.post("/api/canaries/nope/promote").status_code == 404
 
 
+TWO = {
+    "name": "x",
+    "scope": {"agentType": "creative"},
+    "variants": [{"modelId": "old"}, {"modelId": "new"}],
+}
 BAD = [
     ("/api/canaries", {**CANARY, "scope": {}}, "scope"),
     ("/api/canaries", {**CANARY, "scope": {"agentType": "a", "workspaceId": "w"}}, "scope"),
@@ -141,6 +146,11 @@ BAD = [
     ("/api/canaries", {**CANARY, "scope": {"ruleId": "no-such-rule"}}, "scope.ruleId"),
     ("/api/canaries", {**CANARY, "guardrails": {"maxCostRatio": 0.5}}, "guardrails.maxCostRatio"),
     ("/api/experiments", {"name": "x", "scope": {"agentType": "a"}, "variants": []}, "variants"),
+    (
+        "/api/experiments",
+        {**TWO, "variants": [{"modelId": "old"}, {"modelId": "new", "weight": 0}]},
+        "variants[1].weight",
+    ),
 ]
 
 

@@ -171,8 +171,12 @@ async def create_experiment(req: Request) -> Response:
         [(f"variants[{i}].modelId", v.model_id) for i, v in enumerate(body.variants)],
         await _ids(req, MODELS.name),
     )
-    if body.variants[0].weight <= 0 or sum(v.weight > 0 for v in body.variants) < 2:
-        problems.append(Problem("variants", "the first variant and one other need a weight"))
+    # A variant without traffic never gets the samples a decision waits for.
+    problems += [
+        Problem(f"variants[{i}].weight", "a variant's weight must be above 0")
+        for i, v in enumerate(body.variants)
+        if v.weight <= 0
+    ]
     if body.primary_metric == "successRate" and body.min_detectable_effect >= 1:
         problems.append(Problem("minDetectableEffect", "a success rate effect is below 1"))
     raise_problems(problems)
