@@ -6,18 +6,28 @@ experiments/tally.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import stats as sp
 
 from model_router import types as t
+from model_router.catalog import EXPERIMENTS, Catalog
 from model_router.experiments import stats
-from model_router.experiments.controller import apply_verdict, judge_canary, judge_experiment
+from model_router.experiments.controller import (
+    Controller,
+    apply_verdict,
+    judge_canary,
+    judge_experiment,
+)
 from model_router.experiments.routing import Rollouts
 from model_router.experiments.tally import ArmTally, _tally, outcome_cells, sketch_index
+from model_router.settings import Settings
+from model_router.store import Put, open_store
 
 ALPHA = 0.05
 
@@ -173,6 +183,34 @@ def test_sticky_users_are_not_analysed_as_independent_requests() -> None:
     assert judged.results.srm is None
     assert "user" in (judged.results.note or "")
     assert judge_experiment(experiment(), arms).decision != "running"  # what it would say
+
+
+def test_one_bad_document_does_not_stop_the_controller(tmp_path, caplog) -> None:
+    """An experiment stored before minDetectableEffect had a floor (its
+    sample size divides by zero) is logged; the others are still judged."""
+
+    async def scenario() -> t.Experiment | None:
+        store = open_store(Settings.from_env({"MODEL_ROUTER_DATA_DIR": str(tmp_path)}))
+        bad = experiment(id="a-bad", min_detectable_effect=1e-200)
+        good = experiment(id="b-good")
+        await store.apply(
+            [Put(EXPERIMENTS.name, e.id, msgspec.json.encode(e)) for e in (bad, good)]
+        )
+        cells = {}
+        for e in (bad, good):
+            for variant, ok in (("0", 2400), ("1", 2600)):
+                cells[("w", 0, f"{e.id}\x1f{variant}", "n")] = 3000
+                cells[("w", 0, f"{e.id}\x1f{variant}", "ok")] = ok
+        await store.merge_rollups(cells, {"w": 10**15})
+        await Controller(Catalog(store)).tick()
+        decided = await Catalog(store).get(EXPERIMENTS, "b-good")
+        await store.close()
+        return decided
+
+    decided = asyncio.run(scenario())
+    assert decided is not None and decided.decision == "winner: m-b"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("a-bad" in r.getMessage() for r in errors)
 
 
 # --- the canary controller on synthetic traffic ----------------------------------

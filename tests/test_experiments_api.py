@@ -151,6 +151,12 @@ BAD = [
         {**TWO, "variants": [{"modelId": "old"}, {"modelId": "new", "weight": 0}]},
         "variants[1].weight",
     ),
+    ("/api/experiments", {**TWO, "minDetectableEffect": 0.0001}, "minDetectableEffect"),
+    (
+        "/api/experiments",
+        {**TWO, "primaryMetric": "latency", "minDetectableEffect": 1e-12},
+        "minDetectableEffect",
+    ),
 ]
 
 

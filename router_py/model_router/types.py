@@ -1094,7 +1094,8 @@ class ExperimentCreate(Body):
     min_samples_per_variant: PositiveInt = 100
     alpha: Annotated[float, Meta(gt=0, le=0.2)] = 0.05
     # On the primary metric's scale: rate points (0.05), ms, USD or score units.
-    min_detectable_effect: Annotated[float, Meta(gt=0)] = 0.05
+    # A floor, so that the sample size it implies (∝ 1 / effect²) stays a number.
+    min_detectable_effect: Annotated[float, Meta(ge=1e-9)] = 0.05
     auto_end: bool = False
     id: Id | None = None
 

@@ -177,8 +177,10 @@ async def create_experiment(req: Request) -> Response:
         for i, v in enumerate(body.variants)
         if v.weight <= 0
     ]
-    if body.primary_metric == "successRate" and body.min_detectable_effect >= 1:
-        problems.append(Problem("minDetectableEffect", "a success rate effect is below 1"))
+    if body.primary_metric == "successRate" and not 0.001 <= body.min_detectable_effect < 1:
+        problems.append(
+            Problem("minDetectableEffect", "a success rate effect is from 0.001 to below 1")
+        )
     raise_problems(problems)
     await _scope_taken(req, body.scope)
     now = _now_ms()

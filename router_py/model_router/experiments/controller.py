@@ -19,7 +19,7 @@ import msgspec
 
 from .. import types as t
 from ..catalog import CANARIES, EXPERIMENTS, Catalog, iso
-from ..store import ExpectBody, PreconditionFailed, Put
+from ..store import ExpectBody, PreconditionFailed, Put, StoreUnavailable
 from . import stats
 from .routing import BASELINE_ARM, CANARY_ARM
 from .tally import ArmTally, read_arms
@@ -318,25 +318,33 @@ class Controller:
         now_ms = int(time.time() * 1000)
         if not await self._leader(now_ms):
             return
-        for id, raw in (await self.store.get_all(CANARIES.name)).items():
-            canary = CANARIES.decode(raw)
-            if canary.state != "running":
-                continue
-            arms = await read_arms(self.store, id, canary.window_start_ms)
-            verdict = judge_canary(canary, arms, now_ms)
-            if verdict is not None:
-                await self.replace(CANARIES.name, id, raw, apply_verdict(canary, verdict, now_ms))
-        for id, raw in (await self.store.get_all(EXPERIMENTS.name)).items():
-            experiment = EXPERIMENTS.decode(raw)
-            if experiment.state != "running" or experiment.decision != "running":
-                continue
-            judgement = judge_experiment(
-                experiment, await read_arms(self.store, id, experiment.window_start_ms)
-            )
-            if judgement.decision != "running":
-                await self.replace(
-                    EXPERIMENTS.name, id, raw, decided(experiment, judgement, now_ms)
-                )
+        for kind, judge in ((CANARIES.name, self.canary), (EXPERIMENTS.name, self.experiment)):
+            for id, raw in (await self.store.get_all(kind)).items():
+                try:
+                    await judge(id, raw, now_ms)
+                except StoreUnavailable:
+                    raise
+                except Exception:  # one bad document must not stop the others
+                    log.exception("%s %s: not judged", kind, id, extra={"rolloutId": id})
+
+    async def canary(self, id: str, raw: bytes, now_ms: int) -> None:
+        canary = CANARIES.decode(raw)
+        if canary.state != "running":
+            return
+        arms = await read_arms(self.store, id, canary.window_start_ms)
+        verdict = judge_canary(canary, arms, now_ms)
+        if verdict is not None:
+            await self.replace(CANARIES.name, id, raw, apply_verdict(canary, verdict, now_ms))
+
+    async def experiment(self, id: str, raw: bytes, now_ms: int) -> None:
+        experiment = EXPERIMENTS.decode(raw)
+        if experiment.state != "running" or experiment.decision != "running":
+            return
+        judgement = judge_experiment(
+            experiment, await read_arms(self.store, id, experiment.window_start_ms)
+        )
+        if judgement.decision != "running":
+            await self.replace(EXPERIMENTS.name, id, raw, decided(experiment, judgement, now_ms))
 
     async def replace(self, kind: str, id: str, raw: bytes, new: t.Canary | t.Experiment) -> bool:
         """Write `new` if the document still holds `raw`; log the change."""
