@@ -239,13 +239,20 @@ def test_feedback_credits_the_variant_that_served_the_request_once(fleet):
     route(server, range(40))  # the client reuses its request ids: the first use counts
     results_when(server, experiment_id, 80)
     feedback = f"/api/experiments/{experiment_id}/feedback"
+    own = SPEC_ROUTE["workspaceId"]  # feedback is taken as the request's workspace only
+    r = server.client.post(feedback, json={"requestId": "req-1", "score": 1})
+    assert r.status_code == 404
+    elsewhere = {"requestId": "req-1", "score": 1, "workspaceId": "ws-other"}
+    assert server.client.post(feedback, json=elsewhere).status_code == 404
     for i in range(40):
-        r = server.client.post(feedback, json={"requestId": f"req-{i}", "score": 0.5})
+        body = {"requestId": f"req-{i}", "score": 0.5, "workspaceId": own}
+        r = server.client.post(feedback, json=body)
         assert r.status_code == 201, r.text
         assert r.json()["variant"] == answers[i].json()["modelId"]
-    r = server.client.post(feedback, json={"requestId": "req-3", "score": 1})
+    r = server.client.post(feedback, json={"requestId": "req-3", "score": 1, "workspaceId": own})
     assert r.status_code == 409
-    assert server.client.post(feedback, json={"requestId": "zzz", "score": 1}).status_code == 404
+    unknown = {"requestId": "zzz", "score": 1, "workspaceId": own}
+    assert server.client.post(feedback, json=unknown).status_code == 404
     variants = server.client.get(f"/api/experiments/{experiment_id}").json()["results"]
     assert {v["mean"] for v in variants["variants"]} == {0.5}
 

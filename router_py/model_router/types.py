@@ -1151,6 +1151,8 @@ class FeedbackCreate(Body):
     request_id: Annotated[str, Meta(min_length=1, max_length=128)]
     # Bounded so that the sum of squares cannot overflow (experiments/tally.py).
     score: Annotated[float, Meta(ge=-1000, le=1000)]
+    # The workspace the request was made for (a workspace-scoped key's own).
+    workspace_id: Id | None = None
 
 
 class FeedbackRecorded(Body):

@@ -29,6 +29,7 @@ from ..experiments.tally import (
 from ..http import ApiError, Handler, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent
 from ..validation import Problem, raise_problems
+from .calls import workspace
 from .writes import apply, update
 
 TAG = "experiments"
@@ -262,8 +263,8 @@ async def feedback(req: Request) -> Response:
             {"experimentId": experiment.id},
         )
     store = req.service.store
-    assigned = assignment_counter(experiment.id, body.request_id)
-    given = f"experiment-feedback:{experiment.id}:{body.request_id}"
+    assigned = assignment_counter(experiment.id, workspace(req, body.workspace_id), body.request_id)
+    given = f"experiment-feedback:{assigned}"
     index = (await store.read_counters([assigned]))[assigned] - 1
     if not 0 <= index < len(experiment.variants):
         raise ApiError(
@@ -281,7 +282,12 @@ async def feedback(req: Request) -> Response:
             {"requestId": body.request_id},
         )
     cells = feedback_cells(experiment.id, str(index), experiment.window_start_ms, body.score)
-    await store.merge_rollups(cells, KEEP_MS)
+    try:
+        await store.merge_rollups(cells, KEEP_MS)
+    except BaseException:
+        # Not counted: take the mark back, so that a retry is not a 409.
+        await store.add_counters({given: -1}, ASSIGNMENT_TTL_MS)
+        raise
     return json_response(
         t.FeedbackRecorded(
             experiment_id=experiment.id,

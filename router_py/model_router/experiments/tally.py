@@ -75,8 +75,9 @@ def arm_key(rollout_id: str, variant: str) -> str:
     return f"{rollout_id}\x1f{variant}"
 
 
-def assignment_counter(experiment_id: str, request_id: str) -> str:
-    return f"experiment-assignment:{experiment_id}:{request_id}"
+def assignment_counter(experiment_id: str, workspace_id: str | None, request_id: str) -> str:
+    """Keyed by the request's workspace too: feedback is taken only as it."""
+    return f"experiment-assignment:{experiment_id}:{workspace_id or ''}\x1f{request_id}"
 
 
 @dataclass
@@ -185,7 +186,7 @@ class TallySync:
         if arm.feedback:
             # A request id is the client's: the first request to use it keeps
             # it (here and in the store), a repeat credits nothing.
-            name = assignment_counter(arm.rollout_id, done.request_id)
+            name = assignment_counter(arm.rollout_id, done.workspace_id, done.request_id)
             self.assignments.setdefault(name, int(arm.variant) + 1)
 
     async def flush(self) -> None:
