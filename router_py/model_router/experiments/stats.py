@@ -170,7 +170,7 @@ def sample_ratio_mismatch(counts: list[int], weights: list[float]) -> tuple[floa
 def sample_size_per_arm(baseline: float, mde: float, alpha: float, power: float) -> int:
     """Fixed-horizon sample size per arm for a two-sided two-proportion z-test
     to detect `baseline` -> `baseline + mde` (Fleiss; without continuity
-    correction). The always-valid test needs more: see SEQUENTIAL_INFLATION."""
+    correction). The always-valid test needs more: see msprt_sample_size."""
     # The harder of the two directions: towards 50%, where variance is highest.
     p1, p2 = baseline, baseline + mde if baseline < 0.5 else baseline - mde
     p2 = min(1.0, max(0.0, p2))
@@ -180,17 +180,42 @@ def sample_size_per_arm(baseline: float, mde: float, alpha: float, power: float)
     return math.ceil(num * num / (mde * mde))
 
 
-# How much larger the always-valid (mSPRT, tau = mde) sample must be than
-# the fixed-horizon one for the same power: measured by simulation at
-# alpha 0.05, power 0.8 over baselines 0.5-0.95 (tests/test_experiment_stats.py
-# checks the power it promises).
-SEQUENTIAL_INFLATION = 1.9
+def msprt_sample_size(pair_variance: float, mde: float, alpha: float, power: float) -> int:
+    """The smallest n per arm at which the mSPRT (tau = mde), read at n alone,
+    rejects with probability `power` when the true difference is `mde`; the
+    variance of the difference of means is pair_variance / n. Its boundary
+    on |θ̂|/√V is √(2(V+τ²)/τ² · (ln(1/α) + ½ ln((V+τ²)/V))). Reading it
+    earlier as well only adds chances to reject, so the power is at least
+    that, for any alpha (tests/test_experiment_stats.py checks 0.01-0.2)."""
+    tau2 = mde * mde
+
+    def power_at(n: int) -> float:
+        v = pair_variance / n
+        boundary = math.sqrt(
+            2 * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log((v + tau2) / v))
+        )
+        return float(sp.norm.sf(boundary - mde / math.sqrt(v)))
+
+    lo, hi = 1, 2
+    while power_at(hi) < power:
+        lo, hi = hi, hi * 2
+    while lo < hi:  # bisection: the power grows with n
+        mid = (lo + hi) // 2
+        if power_at(mid) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def sequential_sample_size(baseline: float, mde: float, alpha: float, power: float = 0.8) -> int:
     """Samples per arm after which an experiment whose always-valid p-value
-    has not crossed alpha ends with "no difference"."""
-    return math.ceil(sample_size_per_arm(baseline, mde, alpha, power) * SEQUENTIAL_INFLATION)
+    has not crossed alpha ends with "no difference": a success rate moving
+    by `mde` from `baseline` towards 50% (the harder direction)."""
+    p2 = baseline + mde if baseline < 0.5 else baseline - mde
+    p2 = min(1.0, max(0.0, p2))
+    pair_variance = baseline * (1 - baseline) + p2 * (1 - p2)
+    return msprt_sample_size(max(pair_variance, 1e-12), mde, alpha, power)
 
 
 # --- one-sided sequential guardrails (canaries) -------------------------------
@@ -260,6 +285,4 @@ def sequential_sample_size_means(
     variance: float, mde: float, alpha: float, power: float = 0.8
 ) -> int:
     """The same for a difference of means of this variance (per arm)."""
-    za, zb = sp.norm.ppf(1 - alpha / 2), sp.norm.ppf(power)
-    fixed = 2 * (za + zb) ** 2 * variance / (mde * mde)
-    return math.ceil(fixed * SEQUENTIAL_INFLATION)
+    return msprt_sample_size(max(2 * variance, 1e-12), mde, alpha, power)
