@@ -50,6 +50,53 @@ def test_a_a_experiments_read_continuously_keep_false_positives_under_alpha() ->
     assert rejected.mean() <= ALPHA + 0.01
 
 
+def test_a_a_latency_experiments_read_continuously_keep_false_positives_under_alpha() -> None:
+    """Welch's mSPRT on skewed (log-normal) latencies, read every 20 samples
+    an arm up to 3,000; its always-valid interval excludes 0 exactly when
+    its p-value crosses alpha."""
+    rng = np.random.default_rng(15)
+    runs, n, mde = 400, 3000, 20.0
+    ms = rng.lognormal(np.log(200), 0.5, (2, runs, n))
+    sums, squares = np.cumsum(ms, axis=2), np.cumsum(ms * ms, axis=2)
+    ks = np.arange(stats.MIN_SEQUENTIAL_N, n + 1, 20)
+    mean = sums[:, :, ks - 1] / ks
+    var = (squares[:, :, ks - 1] - sums[:, :, ks - 1] * mean) / (ks - 1)
+    p = stats.msprt_p_value(mean[1] - mean[0], (var[0] + var[1]) / ks, mde * mde)
+    crossed = np.min(p, axis=1) <= ALPHA
+    # welch() itself, where each run is read: at and just before a crossing.
+    for run in np.flatnonzero(crossed)[:20]:
+        first = int(np.argmax(p[run] <= ALPHA))
+        for j, expected in ((first, True), (max(first - 1, 0), first == 0)):
+            k = int(ks[j])
+            a, b = (stats.Summary(k, sums[i, run, k - 1], squares[i, run, k - 1]) for i in (0, 1))
+            c = stats.welch(a, b, ALPHA, mde)
+            assert c.always_valid_ci is not None
+            low, high = c.always_valid_ci
+            assert bool(c.always_valid_p_value <= ALPHA) is expected
+            assert bool(low > 0 or high < 0) is expected
+    rejected = int(crossed.sum())
+    assert rejected / runs <= ALPHA + 0.01
+
+
+def test_a_a_experiments_with_unequal_weights_keep_false_positives_under_alpha() -> None:
+    """A 1:3 split drawn by the router's own hash: the counts match the
+    weights (no SRM), and the test read after every request errs no more
+    than alpha."""
+    rollouts = Rollouts([], [experiment(variants=[t.Variant("m-a", 1), t.Variant("m-b", 3)])])
+    compiled = rollouts.scopes[1]["a"]
+    counts = Counter(compiled.arm(f"r{i}", None).variant for i in range(20_000))  # type: ignore[call-arg]
+    assert stats.sample_ratio_mismatch([counts["0"], counts["1"]], [1, 3])[1] is False
+    assert 0.24 < counts["0"] / 20_000 < 0.26
+    rng = np.random.default_rng(16)
+    runs, n = 1000, 6000
+    in_a = rng.random((runs, n)) < 0.25
+    ok = rng.random((runs, n)) < 0.8
+    n_a, n_b = np.cumsum(in_a, axis=1), np.cumsum(~in_a, axis=1)
+    s_a, s_b = np.cumsum(ok & in_a, axis=1), np.cumsum(ok & ~in_a, axis=1)
+    c = stats.two_proportions(n_a, s_a, n_b, s_b, ALPHA, 0.05)
+    assert (np.min(c.always_valid_p_value, axis=1) <= ALPHA).mean() <= ALPHA + 0.01
+
+
 def test_the_fixed_horizon_test_read_continuously_would_not() -> None:
     """The reason for the sequential test: the plain z-test, peeked at, errs."""
     rng = np.random.default_rng(12)

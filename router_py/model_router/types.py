@@ -1105,6 +1105,9 @@ class VariantResult(Body):
     n: int
     mean: float | None
     ci: list[float] | None
+    # The always-valid interval of (this variant - the control), at the
+    # decision's alpha; None for the control and below 100 samples an arm.
+    difference_ci: list[float] | None = None
 
 
 class SrmResult(Body):

@@ -11,6 +11,7 @@ and kept in the canary's history.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -185,7 +186,15 @@ class Judgement:
 
 def _compare(metric: str, a: ArmTally, b: ArmTally, alpha: float, mde: float) -> stats.Comparison:
     if metric == "successRate":
-        return stats.two_proportions(a.requests, a.successes, b.requests, b.successes, alpha, mde)
+        c = stats.two_proportions(a.requests, a.successes, b.requests, b.successes, alpha, mde)
+        if min(a.requests, b.requests) < stats.MIN_SEQUENTIAL_N:
+            return c
+        # The interval around the estimate uses its unpooled variance.
+        pa, pb = a.successes / a.requests, b.successes / b.requests
+        v = pa * (1 - pa) / a.requests + pb * (1 - pb) / b.requests
+        return dataclasses.replace(
+            c, always_valid_ci=stats.msprt_interval(c.difference, v, mde * mde, alpha)
+        )
     return stats.welch(a.metric(metric), b.metric(metric), alpha, mde)  # type: ignore[arg-type]
 
 
@@ -221,12 +230,17 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
     comparisons = [_compare(metric, control, o, alpha, e.min_detectable_effect) for o in others]
     proportion = metric == "successRate"
     variants = []
-    for v, tally in zip(e.variants, tallies, strict=True):
+    against_control = [None, *(c.always_valid_ci for c in comparisons)]
+    for v, tally, avci in zip(e.variants, tallies, against_control, strict=True):
         s = tally.metric(metric)
         ci = stats.mean_interval(s, e.alpha, proportion)
         variants.append(
             t.VariantResult(
-                model_id=v.model_id, n=tally.requests, mean=s.mean, ci=list(ci) if ci else None
+                model_id=v.model_id,
+                n=tally.requests,
+                mean=s.mean,
+                ci=list(ci) if ci else None,
+                difference_ci=list(avci) if avci else None,
             )
         )
     by_user = e.assignment == "user"

@@ -64,13 +64,15 @@ class Summary:
 @dataclass(frozen=True)
 class Comparison:
     """B against A: the difference of means (B - A), its confidence interval,
-    the fixed-horizon p-value and the always-valid one (two-sided)."""
+    the fixed-horizon p-value and the always-valid one (two-sided), and the
+    always-valid interval (None below MIN_SEQUENTIAL_N per arm)."""
 
     test: str
     difference: float
     ci: tuple[float, float]
     p_value: float
     always_valid_p_value: float
+    always_valid_ci: tuple[float, float] | None = None
 
 
 def _as_float(x: Any) -> Any:
@@ -85,6 +87,16 @@ def msprt_p_value(theta: Any, variance: Any, tau2: float) -> Any:
     v = np.maximum(np.asarray(variance, dtype=float), 1e-300)
     log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * theta * theta / (2 * v * (v + tau2))
     return _as_float(np.minimum(1.0, np.exp(-np.minimum(log_lr, 700.0))))
+
+
+def msprt_interval(theta: float, variance: float, tau2: float, alpha: float) -> tuple[float, float]:
+    """The always-valid 1 - alpha interval for θ: every θ₀ the mSPRT of
+    H0: θ = θ₀ does not reject, θ̂ ± √(2V(V+τ²)/τ² · (ln(1/α) + ½ ln((V+τ²)/V)))."""
+    v = max(variance, 1e-300)
+    half = math.sqrt(
+        2 * v * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log((v + tau2) / v))
+    )
+    return theta - half, theta + half
 
 
 def two_proportions(n_a: Any, s_a: Any, n_b: Any, s_b: Any, alpha: float, mde: float) -> Comparison:
@@ -133,8 +145,10 @@ def welch(a: Summary, b: Summary, alpha: float, mde: float) -> Comparison:
     t = diff / math.sqrt(v)
     p = float(2 * sp.t.sf(abs(t), df))
     half = float(sp.t.ppf(1 - alpha / 2, df)) * math.sqrt(v)
-    avp = msprt_p_value(diff, v, mde * mde) if min(a.n, b.n) >= MIN_SEQUENTIAL_N else 1.0
-    return Comparison("Welch's t-test", diff, (diff - half, diff + half), p, float(avp))
+    sequential = min(a.n, b.n) >= MIN_SEQUENTIAL_N
+    avp = msprt_p_value(diff, v, mde * mde) if sequential else 1.0
+    avci = msprt_interval(diff, v, mde * mde, alpha) if sequential else None
+    return Comparison("Welch's t-test", diff, (diff - half, diff + half), p, float(avp), avci)
 
 
 def mean_interval(s: Summary, alpha: float, proportion: bool) -> tuple[float, float] | None:
