@@ -6,36 +6,95 @@ experiments/tally.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import stats as sp
 
 from model_router import types as t
+from model_router.catalog import EXPERIMENTS, Catalog
 from model_router.experiments import stats
-from model_router.experiments.controller import apply_verdict, judge_canary, judge_experiment
+from model_router.experiments.controller import (
+    Controller,
+    apply_verdict,
+    judge_canary,
+    judge_experiment,
+)
 from model_router.experiments.routing import Rollouts
 from model_router.experiments.tally import ArmTally, _tally, outcome_cells, sketch_index
+from model_router.settings import Settings
+from model_router.store import Put, open_store
 
 ALPHA = 0.05
 
 
-def peeking_rejections(p_a: float, p_b: float, n: int, runs: int, seed: int) -> np.ndarray:
+def peeking_rejections(
+    p_a: float, p_b: float, n: int, runs: int, seed: int, alpha: float = ALPHA
+) -> np.ndarray:
     """For each of `runs` experiments, whether its always-valid p-value ever
     fell to alpha when read after every single pair of samples up to n."""
     rng = np.random.default_rng(seed)
     a = np.cumsum(rng.random((runs, n)) < p_a, axis=1)
     b = np.cumsum(rng.random((runs, n)) < p_b, axis=1)
     ns = np.arange(1, n + 1)
-    c = stats.two_proportions(ns, a, ns, b, ALPHA, 0.05)
-    return np.min(c.always_valid_p_value, axis=1) <= ALPHA
+    c = stats.two_proportions(ns, a, ns, b, alpha, 0.05)
+    return np.min(c.always_valid_p_value, axis=1) <= alpha
 
 
 def test_a_a_experiments_read_continuously_keep_false_positives_under_alpha() -> None:
     rejected = peeking_rejections(0.8, 0.8, 4000, runs=1000, seed=11)
     assert rejected.mean() <= ALPHA + 0.01
+
+
+def test_a_a_latency_experiments_read_continuously_keep_false_positives_under_alpha() -> None:
+    """Welch's mSPRT on skewed (log-normal) latencies, read every 20 samples
+    an arm up to 3,000; its always-valid interval excludes 0 exactly when
+    its p-value crosses alpha."""
+    rng = np.random.default_rng(15)
+    runs, n, mde = 400, 3000, 20.0
+    ms = rng.lognormal(np.log(200), 0.5, (2, runs, n))
+    sums, squares = np.cumsum(ms, axis=2), np.cumsum(ms * ms, axis=2)
+    ks = np.arange(stats.MIN_SEQUENTIAL_N, n + 1, 20)
+    mean = sums[:, :, ks - 1] / ks
+    var = (squares[:, :, ks - 1] - sums[:, :, ks - 1] * mean) / (ks - 1)
+    p = stats.msprt_p_value(mean[1] - mean[0], (var[0] + var[1]) / ks, mde * mde)
+    crossed = np.min(p, axis=1) <= ALPHA
+    # welch() itself, where each run is read: at and just before a crossing.
+    for run in np.flatnonzero(crossed)[:20]:
+        first = int(np.argmax(p[run] <= ALPHA))
+        for j, expected in ((first, True), (max(first - 1, 0), first == 0)):
+            k = int(ks[j])
+            a, b = (stats.Summary(k, sums[i, run, k - 1], squares[i, run, k - 1]) for i in (0, 1))
+            c = stats.welch(a, b, ALPHA, mde)
+            assert c.always_valid_ci is not None
+            low, high = c.always_valid_ci
+            assert bool(c.always_valid_p_value <= ALPHA) is expected
+            assert bool(low > 0 or high < 0) is expected
+    rejected = int(crossed.sum())
+    assert rejected / runs <= ALPHA + 0.01
+
+
+def test_a_a_experiments_with_unequal_weights_keep_false_positives_under_alpha() -> None:
+    """A 1:3 split drawn by the router's own hash: the counts match the
+    weights (no SRM), and the test read after every request errs no more
+    than alpha."""
+    rollouts = Rollouts([], [experiment(variants=[t.Variant("m-a", 1), t.Variant("m-b", 3)])])
+    compiled = rollouts.scopes[1]["a"]
+    counts = Counter(compiled.arm(f"r{i}", None).variant for i in range(20_000))  # type: ignore[call-arg]
+    assert stats.sample_ratio_mismatch([counts["0"], counts["1"]], [1, 3])[1] is False
+    assert 0.24 < counts["0"] / 20_000 < 0.26
+    rng = np.random.default_rng(16)
+    runs, n = 1000, 6000
+    in_a = rng.random((runs, n)) < 0.25
+    ok = rng.random((runs, n)) < 0.8
+    n_a, n_b = np.cumsum(in_a, axis=1), np.cumsum(~in_a, axis=1)
+    s_a, s_b = np.cumsum(ok & in_a, axis=1), np.cumsum(ok & ~in_a, axis=1)
+    c = stats.two_proportions(n_a, s_a, n_b, s_b, ALPHA, 0.05)
+    assert (np.min(c.always_valid_p_value, axis=1) <= ALPHA).mean() <= ALPHA + 0.01
 
 
 def test_the_fixed_horizon_test_read_continuously_would_not() -> None:
@@ -52,9 +111,19 @@ def test_the_fixed_horizon_test_read_continuously_would_not() -> None:
 @pytest.mark.parametrize("baseline", [0.5, 0.9])
 def test_a_five_point_difference_is_found_at_the_documented_sample_size(baseline: float) -> None:
     n = stats.sequential_sample_size(baseline, 0.05, ALPHA)
-    assert n == {0.5: 2974, 0.9: 1304}[baseline]  # docs/experiments.md quotes these
+    assert n == {0.5: 3027, 0.9: 1324}[baseline]  # docs/experiments.md quotes these
     detected = peeking_rejections(baseline, baseline - 0.05, n, runs=1000, seed=13)
     assert detected.mean() >= 0.80
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.2])
+def test_the_sample_size_keeps_its_power_at_any_alpha(alpha: float) -> None:
+    """Computed from alpha, not scaled from a factor measured at 0.05 (which
+    gave 1,709 at alpha 0.2: 75-78% power; and 4,426 at 0.01: too many)."""
+    n = stats.sequential_sample_size(0.5, 0.05, alpha)
+    assert n == {0.01: 3902, 0.2: 2217}[alpha]
+    detected = peeking_rejections(0.5, 0.45, n, runs=1000, seed=14, alpha=alpha)
+    assert 0.80 <= detected.mean() <= 0.90
 
 
 def test_welch_and_the_z_test_agree_with_scipy_on_raw_samples() -> None:
@@ -121,6 +190,86 @@ def test_an_experiment_decides_winner_no_difference_or_guardrail() -> None:
     stopped = judge_experiment(guarded, {"0": tally_of(3000, 2900), "1": tally_of(3000, 2500)})
     assert stopped.decision == "stopped: guardrail"
     assert "successRate" in (stopped.reason or "")
+
+
+def test_no_difference_waits_for_samples_of_the_metric_not_requests() -> None:
+    """5,000 requests a variant but 60 scores: far too few scores to say the
+    variants do not differ (the needed n is in scores)."""
+    e = experiment(primary_metric="feedback", min_detectable_effect=0.1)
+
+    def arm(scores: int) -> ArmTally:
+        mean, sd = 0.7, 0.2
+        return ArmTally(
+            requests=5000,
+            successes=5000,
+            feedback=stats.Summary(scores, mean * scores, (sd * sd + mean * mean) * scores),
+        )
+
+    few = judge_experiment(e, {"0": arm(60), "1": arm(60)})
+    needed = few.results.samples_needed_per_variant
+    assert needed is not None and 60 < needed < 5000
+    assert few.decision == "running"
+    enough = judge_experiment(e, {"0": arm(needed), "1": arm(needed)})
+    assert enough.decision == "no difference"
+
+
+def test_sticky_users_are_not_analysed_as_independent_requests() -> None:
+    """A/A experiments randomised by user, 500 users of 1-200 requests each
+    with their own success rates: the per-request tests err most of the time
+    and the request counts 'mismatch' the weights, so a user-assigned
+    experiment is never decided by them, nor SRM-checked on requests."""
+    rng = np.random.default_rng(21)
+    runs, users = 400, 500
+    requests = rng.integers(1, 200, (runs, users))
+    successes = rng.binomial(requests, rng.beta(4, 1, (runs, users)))
+    in_a = rng.random((runs, users)) < 0.5
+    n_a, s_a = (requests * in_a).sum(1), (successes * in_a).sum(1)
+    n_b, s_b = (requests * ~in_a).sum(1), (successes * ~in_a).sum(1)
+    c = stats.two_proportions(n_a, s_a, n_b, s_b, ALPHA, 0.05)
+    assert (c.always_valid_p_value <= ALPHA).mean() > 0.3  # read once, at the end
+    srm = [
+        stats.sample_ratio_mismatch([int(a), int(b)], [1, 1])[1]
+        for a, b in zip(n_a, n_b, strict=True)
+    ]
+    assert np.mean(srm) > 0.5
+    worst = int(np.argmin(c.always_valid_p_value))
+    arms = {
+        "0": tally_of(int(n_a[worst]), int(s_a[worst])),
+        "1": tally_of(int(n_b[worst]), int(s_b[worst])),
+    }
+    judged = judge_experiment(experiment(assignment="user"), arms)
+    assert judged.decision == "running"
+    assert judged.results.srm is None
+    assert "user" in (judged.results.note or "")
+    assert judge_experiment(experiment(), arms).decision != "running"  # what it would say
+
+
+def test_one_bad_document_does_not_stop_the_controller(tmp_path, caplog) -> None:
+    """An experiment stored before minDetectableEffect had a floor (its
+    sample size divides by zero) is logged; the others are still judged."""
+
+    async def scenario() -> t.Experiment | None:
+        store = open_store(Settings.from_env({"MODEL_ROUTER_DATA_DIR": str(tmp_path)}))
+        bad = experiment(id="a-bad", min_detectable_effect=1e-200)
+        good = experiment(id="b-good")
+        await store.apply(
+            [Put(EXPERIMENTS.name, e.id, msgspec.json.encode(e)) for e in (bad, good)]
+        )
+        cells = {}
+        for e in (bad, good):
+            for variant, ok in (("0", 2400), ("1", 2600)):
+                cells[("w", 0, f"{e.id}\x1f{variant}", "n")] = 3000
+                cells[("w", 0, f"{e.id}\x1f{variant}", "ok")] = ok
+        await store.merge_rollups(cells, {"w": 10**15})
+        await Controller(Catalog(store)).tick()
+        decided = await Catalog(store).get(EXPERIMENTS, "b-good")
+        await store.close()
+        return decided
+
+    decided = asyncio.run(scenario())
+    assert decided is not None and decided.decision == "winner: m-b"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("a-bad" in r.getMessage() for r in errors)
 
 
 # --- the canary controller on synthetic traffic ----------------------------------
@@ -228,6 +377,17 @@ def test_a_slow_canary_is_rolled_back_on_p95() -> None:
     arms = {"baseline": _tally(Counter(fast)), "canary": _tally(Counter(slow))}
     verdict = judge_canary(c, arms, 1)
     assert verdict is not None and verdict.guardrail == "maxP95LatencyRatio"
+
+
+def test_the_newest_of_a_canary_and_an_experiment_on_a_scope_routes() -> None:
+    won = experiment(
+        state="ended", decision="winner: m-b", winner="m-b", created_at="2026-01-01T00:00:00.000Z"
+    )
+    later = canary(scope=won.scope, created_at="2026-01-02T00:00:00.000Z")
+    assert Rollouts([later], [won]).scopes[1]["a"].id == later.id
+    promoted = canary(scope=won.scope, state="promoted", percent=100.0)
+    newer = experiment(id="e2", created_at="2026-01-02T00:00:00.000Z")
+    assert Rollouts([promoted], [newer]).scopes[1]["a"].id == "e2"
 
 
 def test_nothing_to_route_leaves_the_request_path_a_single_test() -> None:

@@ -145,6 +145,11 @@ def test_one_controller_holds_the_rollout_lease_and_frees_it_on_a_clean_stop(fle
     assert lease_free(server, LEASE)  # given back: a successor starts at once
 
 
+TWO = {
+    "name": "x",
+    "scope": {"agentType": "creative"},
+    "variants": [{"modelId": "old"}, {"modelId": "new"}],
+}
 BAD = [
     ("/api/canaries", {**CANARY, "scope": {}}, "scope"),
     ("/api/canaries", {**CANARY, "scope": {"agentType": "a", "workspaceId": "w"}}, "scope"),
@@ -154,6 +159,17 @@ BAD = [
     ("/api/canaries", {**CANARY, "scope": {"ruleId": "no-such-rule"}}, "scope.ruleId"),
     ("/api/canaries", {**CANARY, "guardrails": {"maxCostRatio": 0.5}}, "guardrails.maxCostRatio"),
     ("/api/experiments", {"name": "x", "scope": {"agentType": "a"}, "variants": []}, "variants"),
+    (
+        "/api/experiments",
+        {**TWO, "variants": [{"modelId": "old"}, {"modelId": "new", "weight": 0}]},
+        "variants[1].weight",
+    ),
+    ("/api/experiments", {**TWO, "minDetectableEffect": 0.0001}, "minDetectableEffect"),
+    (
+        "/api/experiments",
+        {**TWO, "primaryMetric": "latency", "minDetectableEffect": 1e-12},
+        "minDetectableEffect",
+    ),
 ]
 
 
@@ -216,13 +232,10 @@ def test_an_experiment_counts_exactly_the_requests_each_variant_served(fleet):
     records = recent["data"]
     assert {r["experimentId"] for r in records} == {experiment_id}
     assert Counter(r["variant"] for r in records) == served
-    # Feedback: once per request of the experiment.
+    # Feedback: this experiment does not use it, so keeps no request -> variant.
     feedback = f"/api/experiments/{experiment_id}/feedback"
     r = server.client.post(feedback, json={"requestId": "req-3", "score": 0.9})
-    assert r.status_code == 201, r.text
-    assert r.json()["variant"] == answers[3].json()["modelId"]
-    assert server.client.post(feedback, json={"requestId": "req-3", "score": 1}).status_code == 409
-    assert server.client.post(feedback, json={"requestId": "zzz", "score": 1}).status_code == 404
+    assert r.status_code == 409 and "does not use feedback" in r.json()["error"]["message"], r.text
     # Ended: the agent's traffic routes as before.
     ended = server.client.post(f"/api/experiments/{experiment_id}/end").json()
     assert ended["state"] == "ended"
@@ -230,7 +243,57 @@ def test_an_experiment_counts_exactly_the_requests_each_variant_served(fleet):
     assert {a.json()["modelId"] for a in route(server, range(200, 220))} == {"old"}
 
 
-def test_user_assignment_is_sticky_and_a_decided_experiment_routes_to_its_winner(fleet):
+def test_feedback_credits_the_variant_that_served_the_request_once(fleet):
+    server, _, _ = fleet
+    body = {**EXPERIMENT, "primaryMetric": "feedback", "minDetectableEffect": 0.1}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
+    answers = route(server, range(40))
+    route(server, range(40))  # the client reuses its request ids: the first use counts
+    results_when(server, experiment_id, 80)
+    feedback = f"/api/experiments/{experiment_id}/feedback"
+    own = SPEC_ROUTE["workspaceId"]  # feedback is taken as the request's workspace only
+    r = server.client.post(feedback, json={"requestId": "req-1", "score": 1})
+    assert r.status_code == 404
+    elsewhere = {"requestId": "req-1", "score": 1, "workspaceId": "ws-other"}
+    assert server.client.post(feedback, json=elsewhere).status_code == 404
+    for i in range(40):
+        body = {"requestId": f"req-{i}", "score": 0.5, "workspaceId": own}
+        r = server.client.post(feedback, json=body)
+        assert r.status_code == 201, r.text
+        assert r.json()["variant"] == answers[i].json()["modelId"]
+    r = server.client.post(feedback, json={"requestId": "req-3", "score": 1, "workspaceId": own})
+    assert r.status_code == 409
+    unknown = {"requestId": "zzz", "score": 1, "workspaceId": own}
+    assert server.client.post(feedback, json=unknown).status_code == 404
+    variants = server.client.get(f"/api/experiments/{experiment_id}").json()["results"]
+    assert {v["mean"] for v in variants["variants"]} == {0.5}
+
+
+def test_calls_the_router_refuses_are_no_outcome_of_a_variant(fleet):
+    server, _, _ = fleet
+    r = server.client.post(
+        "/api/workspaces/ws-capped/config", json={"budgetLimits": {"requestsPerMinute": 10}}
+    )
+    assert r.status_code == 201, r.text
+    body = {**EXPERIMENT, "scope": {"workspaceId": "ws-capped"}}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
+    if time.time() % 60 > 45:  # the burst within one minute
+        time.sleep(61 - time.time() % 60)
+    codes = Counter()
+    for i in range(30):
+        r = server.client.post(
+            "/api/route", json={**SPEC_ROUTE, "id": f"q-{i}", "workspaceId": "ws-capped"}
+        )
+        codes[r.status_code] += 1
+    assert codes == {200: 10, 429: 20}
+    variants = results_when(server, experiment_id, 10)["results"]["variants"]
+    assert sum(v["n"] for v in variants) == 10
+    assert all(v["mean"] in (None, 1.0) for v in variants)  # no refusal as an error
+
+
+def test_user_assignment_is_sticky_and_never_decided_automatically(fleet):
     server, _, new = fleet
     new.behave(errorRate=1.0)
     body = {**EXPERIMENT, "assignment": "user", "autoEnd": True, "minSamplesPerVariant": 100}
@@ -241,10 +304,27 @@ def test_user_assignment_is_sticky_and_a_decided_experiment_routes_to_its_winner
         answers = route(server, range(3), userId=user, id=None)
         per_user[user] = {a.headers["x-model-router-variant"] for a in answers}
     assert all(len(v) == 1 for v in per_user.values())
+    # `new` fails every call, but a user's requests are not independent
+    # samples: the figures are shown, the decision is left to a person.
+    route(server, range(400), userId=None)
+    results_when(server, experiment_id, 400 + 18)
+    time.sleep(2.5)  # beats of the controller, which would have ended it
+    body = server.client.get(f"/api/experiments/{experiment_id}").json()
+    assert body["decision"] == "running" and body["state"] == "running"
+    assert body["results"]["srm"] is None
+    assert "user" in body["results"]["note"]
+
+
+def test_a_decided_experiment_routes_to_its_winner(fleet):
+    server, _, new = fleet
+    new.behave(errorRate=1.0)
+    body = {**EXPERIMENT, "autoEnd": True, "minSamplesPerVariant": 100}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
     # `new` fails every call (the router fails over to `old`): it loses.
     deadline, sent = time.time() + 60, 0
     while time.time() < deadline:
-        route(server, range(sent, sent + 100), userId=None)
+        route(server, range(sent, sent + 100))
         sent += 100
         decided = server.client.get(f"/api/experiments/{experiment_id}").json()
         if decided["state"] == "ended":
@@ -280,5 +360,5 @@ def test_the_documented_canary_and_experiment_start_as_written(make_server, make
     r = c.post("/api/experiments", json=doc_block("experiment-request"))
     assert r.status_code == 201, r.text
     results = r.json()["results"]
-    assert results["samplesNeededPerVariant"] == 2974  # the table's 50% row: no data yet
-    assert "| 50% | 1,565 | 2,974 |" in DOC
+    assert results["samplesNeededPerVariant"] == 3027  # the table's 50% row: no data yet
+    assert "| 50% | 1,565 | 3,027 |" in DOC

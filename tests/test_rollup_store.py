@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import pytest
 
 from conftest import store_env
+from model_router import types as t
+from model_router.experiments.routing import Arm, Kind
+from model_router.experiments.tally import KEEP_MS, outcome_cells, read_arms
 from model_router.settings import Settings
 from model_router.store import open_store
 
@@ -103,5 +107,67 @@ def test_window_buckets_start_at_any_ms_and_are_read_one_at_a_time(store):
         ]
         await s.close()
         await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_window_of_expensive_slow_requests_adds_up_without_overflow(store):
+    """100,000 requests of $3 taking 60 s each: the arm's sums of squares
+    stay integers the store can add, and read back to the true figures."""
+
+    async def scenario():
+        s = store()
+        start = int(time.time() * 1000)
+        arm = Arm(Kind.EXPERIMENT, "e1", "0", "m", start)
+        done = t.RecentRequest(
+            id="x",
+            request_id="r",
+            timestamp="",
+            route="/v1/chat/completions",
+            workspace_id=None,
+            agent_type="agent",
+            model_id="m",
+            endpoint_id=None,
+            status=200,
+            outcome="success",
+            latency_ms=60_000.0,
+            upstream_ms=60_000.0,
+            prompt_tokens=10,
+            completion_tokens=10,
+            cost=3.0,
+            estimated=False,
+            attempts=1,
+            stream=False,
+        )
+        one = outcome_cells(arm, done)
+        for _ in range(10):  # ten workers' flushes of 10,000 requests each
+            await s.merge_rollups(Counter({c: v * 10_000 for c, v in one.items()}), KEEP_MS)
+        tally = (await read_arms(s, "e1", start))["0"]
+        assert tally.requests == 100_000
+        assert tally.cost.mean == pytest.approx(3.0)
+        assert tally.cost.squares == pytest.approx(9.0 * 100_000)
+        assert tally.latency.squares == pytest.approx(60_000.0**2 * 100_000)
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cell_redis_cannot_add_loses_itself_only_and_adds_nothing_twice(store, backend):
+    """Redis applies the rest of a MULTI when one HINCRBY fails: the merge
+    must not raise (its caller would merge every cell again)."""
+    if backend != "redis":
+        pytest.skip("SQLite rolls a failed transaction back whole")
+
+    async def scenario():
+        s = store()
+        start = int(time.time() * 1000)
+        keep = {"w": HOUR}
+        await s.merge_rollups({("w", start, "k", "full"): 2**63 - 1}, keep)
+        await s.merge_rollups({("w", start, "k", "full"): 1, ("w", start, "k", "n"): 5}, keep)
+        assert sorted(await s.read_rollups("w", start, start + 1)) == [
+            (start, "k", "full", 2**63 - 1),
+            (start, "k", "n", 5),
+        ]
+        await s.close()
 
     asyncio.run(scenario())

@@ -191,6 +191,26 @@ def test_counters_are_read_together_without_being_written(store):
     run(scenario())
 
 
+def test_a_counter_is_claimed_once_and_read_without_being_created(store):
+    async def scenario():
+        stores = [store(), store()]
+        assert await stores[0].read_counters(["x", "y"]) == {"x": 0, "y": 0}
+        claims = await asyncio.gather(
+            *(s.claim_counters({"x": v}, ttl_ms=60_000) for s in stores for v in (1, 2, 3))
+        )
+        first = claims[0]["x"]
+        assert {c["x"] for c in claims} == {first}  # the first claim wins, no sum
+        assert await stores[1].read_counters(["x", "y"]) == {"x": first, "y": 0}
+        await stores[0].claim_counters({"short": 7}, ttl_ms=50)
+        await asyncio.sleep(0.2)
+        assert await stores[0].read_counters(["short"]) == {"short": 0}
+        assert (await stores[0].claim_counters({"short": 9}, ttl_ms=50))["short"] == 9
+        for s in stores:
+            await s.close()
+
+    run(scenario())
+
+
 def test_shared_state_is_set_and_deleted_per_entry_and_leaves_the_config_version_alone(store):
     async def scenario():
         s, other = store(), store()

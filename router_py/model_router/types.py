@@ -1187,7 +1187,8 @@ class ExperimentCreate(Body):
     min_samples_per_variant: PositiveInt = 100
     alpha: Annotated[float, Meta(gt=0, le=0.2)] = 0.05
     # On the primary metric's scale: rate points (0.05), ms, USD or score units.
-    min_detectable_effect: Annotated[float, Meta(gt=0)] = 0.05
+    # A floor, so that the sample size it implies (∝ 1 / effect²) stays a number.
+    min_detectable_effect: Annotated[float, Meta(ge=1e-9)] = 0.05
     auto_end: bool = False
     id: Id | None = None
 
@@ -1197,6 +1198,9 @@ class VariantResult(Body):
     n: int
     mean: float | None
     ci: list[float] | None
+    # The always-valid interval of (this variant - the control), at the
+    # decision's alpha; None for the control and below 100 samples an arm.
+    difference_ci: list[float] | None = None
 
 
 class SrmResult(Body):
@@ -1209,8 +1213,11 @@ class ExperimentResults(Body):
     p_value: float
     always_valid_p_value: float
     variants: list[VariantResult]
-    srm: SrmResult
+    # None with `assignment: "user"`: a user's requests are not independent
+    # draws, so request counts need not follow the weights.
+    srm: SrmResult | None
     samples_needed_per_variant: int | None  # when "no difference" can be called
+    note: str | None = None  # why no decision is taken automatically, if none is
 
 
 class Experiment(Body):
@@ -1238,7 +1245,10 @@ class Experiment(Body):
 
 class FeedbackCreate(Body):
     request_id: Annotated[str, Meta(min_length=1, max_length=128)]
-    score: Annotated[float, Meta(ge=-1_000_000, le=1_000_000)]
+    # Bounded so that the sum of squares cannot overflow (experiments/tally.py).
+    score: Annotated[float, Meta(ge=-1000, le=1000)]
+    # The workspace the request was made for (a workspace-scoped key's own).
+    workspace_id: Id | None = None
 
 
 class FeedbackRecorded(Body):

@@ -29,6 +29,7 @@ from ..experiments.tally import (
 from ..http import ApiError, Handler, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent
 from ..validation import Problem, raise_problems
+from .calls import workspace
 from .writes import apply, update
 
 TAG = "experiments"
@@ -171,10 +172,16 @@ async def create_experiment(req: Request) -> Response:
         [(f"variants[{i}].modelId", v.model_id) for i, v in enumerate(body.variants)],
         await _ids(req, MODELS.name),
     )
-    if body.variants[0].weight <= 0 or sum(v.weight > 0 for v in body.variants) < 2:
-        problems.append(Problem("variants", "the first variant and one other need a weight"))
-    if body.primary_metric == "successRate" and body.min_detectable_effect >= 1:
-        problems.append(Problem("minDetectableEffect", "a success rate effect is below 1"))
+    # A variant without traffic never gets the samples a decision waits for.
+    problems += [
+        Problem(f"variants[{i}].weight", "a variant's weight must be above 0")
+        for i, v in enumerate(body.variants)
+        if v.weight <= 0
+    ]
+    if body.primary_metric == "successRate" and not 0.001 <= body.min_detectable_effect < 1:
+        problems.append(
+            Problem("minDetectableEffect", "a success rate effect is from 0.001 to below 1")
+        )
     raise_problems(problems)
     await _scope_taken(req, body.scope)
     now = _now_ms()
@@ -247,11 +254,18 @@ async def feedback(req: Request) -> Response:
     the one the request was assigned (kept in the store for a week)."""
     body: t.FeedbackCreate = req.body
     experiment = await _experiment(req)
+    if "feedback" not in (experiment.primary_metric, *experiment.guardrail_metrics):
+        raise ApiError(
+            409,
+            "conflict",
+            f"experiment {experiment.id!r} does not use feedback (neither its primaryMetric "
+            "nor a guardrailMetric): its requests' variants are not kept",
+            {"experimentId": experiment.id},
+        )
     store = req.service.store
-    assigned = assignment_counter(experiment.id, body.request_id)
-    given = f"experiment-feedback:{experiment.id}:{body.request_id}"
-    totals = await store.add_counters({assigned: 0}, ASSIGNMENT_TTL_MS)
-    index = totals[assigned] - 1
+    assigned = assignment_counter(experiment.id, workspace(req, body.workspace_id), body.request_id)
+    given = f"experiment-feedback:{assigned}"
+    index = (await store.read_counters([assigned]))[assigned] - 1
     if not 0 <= index < len(experiment.variants):
         raise ApiError(
             404,
@@ -268,7 +282,12 @@ async def feedback(req: Request) -> Response:
             {"requestId": body.request_id},
         )
     cells = feedback_cells(experiment.id, str(index), experiment.window_start_ms, body.score)
-    await store.merge_rollups(cells, KEEP_MS)
+    try:
+        await store.merge_rollups(cells, KEEP_MS)
+    except BaseException:
+        # Not counted: take the mark back, so that a retry is not a 409.
+        await store.add_counters({given: -1}, ASSIGNMENT_TTL_MS)
+        raise
     return json_response(
         t.FeedbackRecorded(
             experiment_id=experiment.id,

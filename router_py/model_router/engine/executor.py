@@ -493,9 +493,18 @@ class Executor:
         used = usage.prompt_tokens + usage.completion_tokens if usage else 0
         self.workspace_limits.settle(holds.tokens, used)
 
-    async def complete(self, call: Call) -> Result:
+    async def _admit(self, call: Call) -> tuple[Decision, Holds]:
+        """Route the call and hold it against its workspace's limits. Its
+        canary or experiment arm is attached only once the call is admitted:
+        a 402 or 429 of the router's own is no outcome of the arm's model."""
         decision = self.decide(call)
+        arm, call.arm = call.arm, None
         hold = await self._hold(call, decision)
+        call.arm = arm
+        return decision, hold
+
+    async def complete(self, call: Call) -> Result:
+        decision, hold = await self._admit(call)
         result: Result | None = None
         try:
             result = await self._complete(call, decision)
@@ -547,8 +556,7 @@ class Executor:
         """Open the stream on the first candidate that yields a first event.
         Returns the result so far (finished when the iterator ends) and the
         bytes to send, the first of them already read."""
-        decision = self.decide(call)
-        hold = await self._hold(call, decision)
+        decision, hold = await self._admit(call)
         try:
             return await self._stream(call, decision, hold)
         except BaseException:

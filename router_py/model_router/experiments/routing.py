@@ -7,8 +7,10 @@ reloads every worker). With none active the live config holds None, and the
 request path pays one attribute test.
 
 A request belongs to the first rollout whose scope matches, looked up by the
-rule that routed it, then its agent type, then its workspace; experiments
-before canaries. A request that names its model is in none.
+rule that routed it, then its agent type, then its workspace; of a canary
+and an experiment on the same scope (a promoted canary, or an experiment
+ended on its winner, keeps routing until another takes its scope), the one
+created last. A request that names its model is in none.
 - Experiment: the variant is drawn from the weights by a hash of the
   experiment id and the request id (or the user id, with `assignment:
   user`: sticky), and its model is tried first. An ended experiment with a
@@ -52,6 +54,8 @@ class Arm:
     model_id: str  # the model the arm is about
     window_ms: int  # where its outcome is counted
     counted: bool = True  # False once a rollout is decided (traffic only routed)
+    # An experiment judged on feedback: its request -> variant is kept for it.
+    feedback: bool = False
 
     @property
     def experiment(self) -> bool:
@@ -81,8 +85,9 @@ class _Experiment:
             running += v.weight
             edges.append(running / total)
         self.cumulative = tuple(edges)  # the weights' running sums, over their total
+        feedback = "feedback" in (e.primary_metric, *e.guardrail_metrics)
         self.arms = tuple(
-            Arm(Kind.EXPERIMENT, e.id, str(i), v.model_id, e.window_start_ms)
+            Arm(Kind.EXPERIMENT, e.id, str(i), v.model_id, e.window_start_ms, feedback=feedback)
             for i, v in enumerate(e.variants)
         )
         # Ended with a winner (autoEnd): everything goes there, uncounted.
@@ -135,16 +140,20 @@ class Rollouts:
     def __init__(self, canaries: list[t.Canary], experiments: list[t.Experiment]):
         # Index 0: by rule id, 1: by agent type, 2: by workspace id.
         self.scopes: tuple[dict[str, Compiled], ...] = ({}, {}, {})
-        # The newest on a scope wins (a promoted canary, or an experiment that
-        # ended on a winner, routes until another takes its scope).
-        for c in sorted(canaries, key=lambda c: c.created_at):
-            if c.state != "rolledBack" and c.percent > 0:
-                which, value = _scope_key(c.scope)
-                self.scopes[which][value] = _Canary(c)
-        for e in sorted(experiments, key=lambda e: e.created_at):
-            if e.state == "running" or (e.auto_end and e.winner is not None):
-                which, value = _scope_key(e.scope)
-                self.scopes[which][value] = _Experiment(e)
+        # The newest on a scope wins, canary or experiment alike.
+        active: list[tuple[str, t.RolloutScope, Compiled]] = [
+            (c.created_at, c.scope, _Canary(c))
+            for c in canaries
+            if c.state != "rolledBack" and c.percent > 0
+        ]
+        active += [
+            (e.created_at, e.scope, _Experiment(e))
+            for e in experiments
+            if e.state == "running" or (e.auto_end and e.winner is not None)
+        ]
+        for _, scope, compiled in sorted(active, key=lambda a: a[0]):
+            which, value = _scope_key(scope)
+            self.scopes[which][value] = compiled
 
     @classmethod
     def of(cls, canaries: list[t.Canary], experiments: list[t.Experiment]) -> Rollouts | None:

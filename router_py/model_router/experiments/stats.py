@@ -64,13 +64,15 @@ class Summary:
 @dataclass(frozen=True)
 class Comparison:
     """B against A: the difference of means (B - A), its confidence interval,
-    the fixed-horizon p-value and the always-valid one (two-sided)."""
+    the fixed-horizon p-value and the always-valid one (two-sided), and the
+    always-valid interval (None below MIN_SEQUENTIAL_N per arm)."""
 
     test: str
     difference: float
     ci: tuple[float, float]
     p_value: float
     always_valid_p_value: float
+    always_valid_ci: tuple[float, float] | None = None
 
 
 def _as_float(x: Any) -> Any:
@@ -85,6 +87,16 @@ def msprt_p_value(theta: Any, variance: Any, tau2: float) -> Any:
     v = np.maximum(np.asarray(variance, dtype=float), 1e-300)
     log_lr = 0.5 * np.log(v / (v + tau2)) + tau2 * theta * theta / (2 * v * (v + tau2))
     return _as_float(np.minimum(1.0, np.exp(-np.minimum(log_lr, 700.0))))
+
+
+def msprt_interval(theta: float, variance: float, tau2: float, alpha: float) -> tuple[float, float]:
+    """The always-valid 1 - alpha interval for θ: every θ₀ the mSPRT of
+    H0: θ = θ₀ does not reject, θ̂ ± √(2V(V+τ²)/τ² · (ln(1/α) + ½ ln((V+τ²)/V)))."""
+    v = max(variance, 1e-300)
+    half = math.sqrt(
+        2 * v * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log((v + tau2) / v))
+    )
+    return theta - half, theta + half
 
 
 def two_proportions(n_a: Any, s_a: Any, n_b: Any, s_b: Any, alpha: float, mde: float) -> Comparison:
@@ -133,8 +145,10 @@ def welch(a: Summary, b: Summary, alpha: float, mde: float) -> Comparison:
     t = diff / math.sqrt(v)
     p = float(2 * sp.t.sf(abs(t), df))
     half = float(sp.t.ppf(1 - alpha / 2, df)) * math.sqrt(v)
-    avp = msprt_p_value(diff, v, mde * mde) if min(a.n, b.n) >= MIN_SEQUENTIAL_N else 1.0
-    return Comparison("Welch's t-test", diff, (diff - half, diff + half), p, float(avp))
+    sequential = min(a.n, b.n) >= MIN_SEQUENTIAL_N
+    avp = msprt_p_value(diff, v, mde * mde) if sequential else 1.0
+    avci = msprt_interval(diff, v, mde * mde, alpha) if sequential else None
+    return Comparison("Welch's t-test", diff, (diff - half, diff + half), p, float(avp), avci)
 
 
 def mean_interval(s: Summary, alpha: float, proportion: bool) -> tuple[float, float] | None:
@@ -170,7 +184,7 @@ def sample_ratio_mismatch(counts: list[int], weights: list[float]) -> tuple[floa
 def sample_size_per_arm(baseline: float, mde: float, alpha: float, power: float) -> int:
     """Fixed-horizon sample size per arm for a two-sided two-proportion z-test
     to detect `baseline` -> `baseline + mde` (Fleiss; without continuity
-    correction). The always-valid test needs more: see SEQUENTIAL_INFLATION."""
+    correction). The always-valid test needs more: see msprt_sample_size."""
     # The harder of the two directions: towards 50%, where variance is highest.
     p1, p2 = baseline, baseline + mde if baseline < 0.5 else baseline - mde
     p2 = min(1.0, max(0.0, p2))
@@ -180,17 +194,42 @@ def sample_size_per_arm(baseline: float, mde: float, alpha: float, power: float)
     return math.ceil(num * num / (mde * mde))
 
 
-# How much larger the always-valid (mSPRT, tau = mde) sample must be than
-# the fixed-horizon one for the same power: measured by simulation at
-# alpha 0.05, power 0.8 over baselines 0.5-0.95 (tests/test_experiment_stats.py
-# checks the power it promises).
-SEQUENTIAL_INFLATION = 1.9
+def msprt_sample_size(pair_variance: float, mde: float, alpha: float, power: float) -> int:
+    """The smallest n per arm at which the mSPRT (tau = mde), read at n alone,
+    rejects with probability `power` when the true difference is `mde`; the
+    variance of the difference of means is pair_variance / n. Its boundary
+    on |θ̂|/√V is √(2(V+τ²)/τ² · (ln(1/α) + ½ ln((V+τ²)/V))). Reading it
+    earlier as well only adds chances to reject, so the power is at least
+    that, for any alpha (tests/test_experiment_stats.py checks 0.01-0.2)."""
+    tau2 = mde * mde
+
+    def power_at(n: int) -> float:
+        v = pair_variance / n
+        boundary = math.sqrt(
+            2 * (v + tau2) / tau2 * (math.log(1 / alpha) + 0.5 * math.log((v + tau2) / v))
+        )
+        return float(sp.norm.sf(boundary - mde / math.sqrt(v)))
+
+    lo, hi = 1, 2
+    while power_at(hi) < power:
+        lo, hi = hi, hi * 2
+    while lo < hi:  # bisection: the power grows with n
+        mid = (lo + hi) // 2
+        if power_at(mid) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def sequential_sample_size(baseline: float, mde: float, alpha: float, power: float = 0.8) -> int:
     """Samples per arm after which an experiment whose always-valid p-value
-    has not crossed alpha ends with "no difference"."""
-    return math.ceil(sample_size_per_arm(baseline, mde, alpha, power) * SEQUENTIAL_INFLATION)
+    has not crossed alpha ends with "no difference": a success rate moving
+    by `mde` from `baseline` towards 50% (the harder direction)."""
+    p2 = baseline + mde if baseline < 0.5 else baseline - mde
+    p2 = min(1.0, max(0.0, p2))
+    pair_variance = baseline * (1 - baseline) + p2 * (1 - p2)
+    return msprt_sample_size(max(pair_variance, 1e-12), mde, alpha, power)
 
 
 # --- one-sided sequential guardrails (canaries) -------------------------------
@@ -260,6 +299,4 @@ def sequential_sample_size_means(
     variance: float, mde: float, alpha: float, power: float = 0.8
 ) -> int:
     """The same for a difference of means of this variance (per arm)."""
-    za, zb = sp.norm.ppf(1 - alpha / 2), sp.norm.ppf(power)
-    fixed = 2 * (za + zb) ** 2 * variance / (mde * mde)
-    return math.ceil(fixed * SEQUENTIAL_INFLATION)
+    return msprt_sample_size(max(2 * variance, 1e-12), mde, alpha, power)

@@ -14,7 +14,14 @@ code). Each worker adds up its requests' cells in memory, after the response
 store adds, so any number of workers and replicas sum to exact totals.
 
 Sums are integers (the store adds integers): latency in µs, cost in
-nano-dollars, feedback in thousandths; squares in those units squared / 1000.
+nano-dollars, feedback in thousandths. Squares are in coarser units, so that
+an arm's total stays far inside the store's signed 64-bit integers (9.2e18)
+for any plausible traffic: latency in (0.1 ms)² (a 60 s answer adds 3.6e11:
+25 million of them per window), cost in (10 µUSD)² = 1e-10 USD² (a $3
+request adds 9e10: 100 million of them), feedback in thousandths² / 1000
+(a score is at most 1,000 in size, adding at most 1e9). Each square is
+rounded to its unit, an error of at most half a unit per sample that
+averages out: variances are exact to a small fraction of a unit.
 """
 
 from __future__ import annotations
@@ -39,11 +46,15 @@ LATENCY_SUM, LATENCY_SQUARES = "ls", "lq"
 COST_SUM, COST_SQUARES = "cs", "cq"
 FEEDBACK_N, FEEDBACK_SUM, FEEDBACK_SQUARES = "fn", "fs", "fq"
 LATENCY_BIN = "b"  # a latency sketch bin: "b{index}"
-SQUARES_UNIT = 1000
+LATENCY_SQUARE_US2 = 10_000  # (0.1 ms)² in µs²
+COST_SQUARE_NANO2 = 10**8  # (10 µUSD)² in nano-USD²
+FEEDBACK_SQUARE_UNIT = 1000  # in thousandths²
 KEEP_MS = {WINDOW: 90 * 86_400_000}
-# An experiment's request -> variant, for feedback: kept this long.
+# An experiment's request -> variant (index + 1), for feedback: kept this
+# long, and only for experiments that use feedback.
 ASSIGNMENT_TTL_MS = 7 * 86_400_000
 MAX_PENDING_CELLS = 100_000
+MAX_PENDING_ASSIGNMENTS = 100_000
 
 # The analytics rollups' sketch (core_rs/src/rollup.rs): relative accuracy 1%.
 _SKETCH_ALPHA = 0.01
@@ -64,8 +75,9 @@ def arm_key(rollout_id: str, variant: str) -> str:
     return f"{rollout_id}\x1f{variant}"
 
 
-def assignment_counter(experiment_id: str, request_id: str) -> str:
-    return f"experiment-assignment:{experiment_id}:{request_id}"
+def assignment_counter(experiment_id: str, workspace_id: str | None, request_id: str) -> str:
+    """Keyed by the request's workspace too: feedback is taken only as it."""
+    return f"experiment-assignment:{experiment_id}:{workspace_id or ''}\x1f{request_id}"
 
 
 @dataclass
@@ -107,13 +119,16 @@ class ArmTally:
 
 def _tally(metrics: Counter[str]) -> ArmTally:
     m = metrics
-    unit = SQUARES_UNIT
     return ArmTally(
         requests=m[REQUESTS],
         successes=m[SUCCESSES],
-        latency=Summary(m[SUCCESSES], m[LATENCY_SUM] / 1e3, m[LATENCY_SQUARES] * unit / 1e6),
-        cost=Summary(m[REQUESTS], m[COST_SUM] / 1e9, m[COST_SQUARES] * unit / 1e18),
-        feedback=Summary(m[FEEDBACK_N], m[FEEDBACK_SUM] / 1e3, m[FEEDBACK_SQUARES] * unit / 1e6),
+        latency=Summary(
+            m[SUCCESSES], m[LATENCY_SUM] / 1e3, m[LATENCY_SQUARES] * LATENCY_SQUARE_US2 / 1e6
+        ),
+        cost=Summary(m[REQUESTS], m[COST_SUM] / 1e9, m[COST_SQUARES] * COST_SQUARE_NANO2 / 1e18),
+        feedback=Summary(
+            m[FEEDBACK_N], m[FEEDBACK_SUM] / 1e3, m[FEEDBACK_SQUARES] * FEEDBACK_SQUARE_UNIT / 1e6
+        ),
         bins=Counter({int(k[1:]): v for k, v in m.items() if k.startswith(LATENCY_BIN)}),
     )
 
@@ -136,12 +151,12 @@ def outcome_cells(arm: Arm, done: t.RecentRequest) -> Counter[RollupCell]:
     cells[(*cell, REQUESTS)] = 1
     cost = round(done.cost * 1e9)
     cells[(*cell, COST_SUM)] = cost
-    cells[(*cell, COST_SQUARES)] = round(cost * cost / SQUARES_UNIT)
+    cells[(*cell, COST_SQUARES)] = round(cost * cost / COST_SQUARE_NANO2)
     if done.status == 200 and done.outcome == "success" and done.model_id == arm.model_id:
         us = round(done.upstream_ms * 1000)
         cells[(*cell, SUCCESSES)] = 1
         cells[(*cell, LATENCY_SUM)] = us
-        cells[(*cell, LATENCY_SQUARES)] = round(us * us / SQUARES_UNIT)
+        cells[(*cell, LATENCY_SQUARES)] = round(us * us / LATENCY_SQUARE_US2)
         cells[(*cell, f"{LATENCY_BIN}{sketch_index(done.upstream_ms)}")] = 1
     return cells
 
@@ -152,7 +167,7 @@ def feedback_cells(rollout_id: str, variant: str, window_ms: int, score: float) 
     return {
         (*cell, FEEDBACK_N): 1,
         (*cell, FEEDBACK_SUM): thousandths,
-        (*cell, FEEDBACK_SQUARES): round(thousandths * thousandths / SQUARES_UNIT),
+        (*cell, FEEDBACK_SQUARES): round(thousandths * thousandths / FEEDBACK_SQUARE_UNIT),
     }
 
 
@@ -168,17 +183,26 @@ class TallySync:
         if not arm.counted:
             return
         self.pending.update(outcome_cells(arm, done))
-        if arm.experiment:
-            name = assignment_counter(arm.rollout_id, done.request_id)
-            self.assignments[name] = int(arm.variant) + 1
+        if arm.feedback:
+            # A request id is the client's: the first request to use it keeps
+            # it (here and in the store), a repeat credits nothing.
+            name = assignment_counter(arm.rollout_id, done.workspace_id, done.request_id)
+            self.assignments.setdefault(name, int(arm.variant) + 1)
 
     async def flush(self) -> None:
         if self.assignments:
             assignments, self.assignments = self.assignments, {}
             try:
-                await self.store.add_counters(assignments, ASSIGNMENT_TTL_MS)
+                await self.store.claim_counters(assignments, ASSIGNMENT_TTL_MS)
             except BaseException:
                 self.assignments = assignments | self.assignments
+                if len(self.assignments) > MAX_PENDING_ASSIGNMENTS:
+                    log.error(
+                        "experiment assignments: store unreachable, %d dropped "
+                        "(feedback on those requests will be refused)",
+                        len(self.assignments),
+                    )
+                    self.assignments = {}
                 raise
         if not self.pending:
             return

@@ -175,9 +175,14 @@ class Store(Protocol):
         return the new totals, atomically per counter."""
         ...
 
+    async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        """Set each counter that does not exist to its value (with this time to
+        live), leave the others alone, and return what each holds now:
+        atomically per counter, so the first claim wins."""
+        ...
+
     async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
-        """The totals of the counters, in one round trip, writing nothing (a
-        counter never written or expired reads 0)."""
+        """Each counter's value (0 when absent), creating none."""
         ...
 
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:

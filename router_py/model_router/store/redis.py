@@ -133,6 +133,16 @@ end
 return false
 """
 
+# KEYS: counters; ARGV[1] is the time to live, then each counter's value.
+CLAIM_COUNTERS = """
+local held = {}
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[1])
+  held[i] = redis.call('GET', KEYS[i])
+end
+return held
+"""
+
 # KEYS[1] is the lease; ARGV: holder, time to live (ms).
 HOLD_LEASE = """
 local holder = redis.call('GET', KEYS[1])
@@ -181,6 +191,7 @@ class RedisStore:
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
         self._reserve = self._redis.register_script(RESERVE)
+        self._claim_counters = self._redis.register_script(CLAIM_COUNTERS)
         self._hold_lease = self._redis.register_script(HOLD_LEASE)
         self._release_lease = self._redis.register_script(RELEASE_LEASE)
 
@@ -272,6 +283,13 @@ class RedisStore:
         return dict(zip(names, map(int, totals), strict=True))
 
     @_reachable
+    async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        names = list(values)
+        keys = [self._counter_key(name) for name in names]
+        held = await self._claim_counters(keys=keys, args=[ttl_ms, *values.values()])
+        return dict(zip(names, map(int, held), strict=True))
+
+    @_reachable
     async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
         if not names:
             return {}
@@ -355,7 +373,14 @@ class RedisStore:
                 for field, value in fields.items():
                     pipe.hincrby(name, field, value)
                 pipe.pexpireat(name, expires)
-            await pipe.execute()
+            # EXEC ran every command: one that failed (a field that would
+            # overflow) is lost, the others are applied, so raising would make
+            # the caller merge them again.
+            failed = [
+                r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)
+            ]
+        if failed:
+            log.error("rollups: %d of the merged cells failed, first: %s", len(failed), failed[0])
 
     @_reachable
     async def read_rollups(

@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS counters (
     value      INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+-- Each add prunes the expired: without this, a scan of every counter.
+CREATE INDEX IF NOT EXISTS counters_by_expiry ON counters (expires_ms);
 CREATE TABLE IF NOT EXISTS leases (
     name       TEXT PRIMARY KEY,
     holder     TEXT NOT NULL,
@@ -188,6 +190,23 @@ class SQLiteStore:
             return totals
 
         return await self._run(lambda: self._transaction(add))
+
+    async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+        def claim(db: sqlite3.Connection) -> dict[str, int]:
+            now = int(time.time() * 1000)
+            db.execute("DELETE FROM counters WHERE expires_ms <= ?", (now,))
+            held = {}
+            for name, value in values.items():
+                db.execute(
+                    "INSERT OR IGNORE INTO counters (name, value, expires_ms) VALUES (?, ?, ?)",
+                    (name, value, now + ttl_ms),
+                )
+                (held[name],) = db.execute(
+                    "SELECT value FROM counters WHERE name = ?", (name,)
+                ).fetchone()
+            return held
+
+        return await self._run(lambda: self._transaction(claim))
 
     async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
         def read() -> dict[str, int]:
