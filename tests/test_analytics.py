@@ -222,6 +222,8 @@ def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server,
     prefer(server, "broken", "good")
     c = server.client
     c.post("/api/models/broken/health", json={"status": "healthy"})
+    workspace = c.post("/api/workspaces/ws-marketing-001/config", json={"budgetLimits": {}})
+    assert workspace.status_code in (200, 201), workspace.text
     server.wait_for_config()
     route(server, 20)
     deadline = time.time() + 10
@@ -252,6 +254,33 @@ def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server,
         if line.startswith("model_router_breaker_state{")
     }
     assert breakers == {"broken-ep0": "2.0", "good-ep0": "0.0"}
+    assert gauges(server, "model_router_endpoint_observed_status") == {
+        (("endpoint", "broken-ep0"), ("model", "broken")): 2.0,  # unhealthy
+        (("endpoint", "good-ep0"), ("model", "good")): 0.0,  # healthy
+    }
+    # The workspace's spend today, as /metrics says, is what its models spent.
+    deadline = time.time() + 5
+    while True:
+        models = c.get("/api/health/overview").json()["models"]
+        today = sum(m["spendTodayUsd"] for m in models)
+        spend = gauges(server, "model_router_workspace_spend_usd")
+        if spend[("period", "daily"), ("workspace", "ws-marketing-001")] == pytest.approx(today):
+            break
+        assert time.time() < deadline, (spend, today)
+        time.sleep(0.25)
+    assert today > 0 and {labels[0][1] for labels in spend} == {"daily", "weekly", "monthly"}
+
+
+def gauges(server, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """A gauge's samples on /metrics, by their labels (sorted by name, as
+    the exposition format writes them)."""
+    samples = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            pairs = (pair.split("=", 1) for pair in labels.split(","))
+            samples[tuple((k, v.strip('"')) for k, v in pairs)] = float(value)
+    return samples
 
 
 def test_streams_report_their_time_to_first_token(make_server, make_mock):

@@ -10,7 +10,7 @@ import msgspec
 
 from .. import types as t
 from ..catalog import iso
-from ..engine.spend import counter_name, period_keys
+from ..engine.spend import PERIOD_NAMES, workspaces_spent
 from ..http import ApiError, Request, Response, Route, json_response
 from ..telemetry.figures import NANOS_PER_USD, Cell, Dims, Tally, tally
 from ..validation import parse_time
@@ -157,13 +157,9 @@ def _resets_at(now: datetime) -> dict[str, datetime]:
 async def _budgets(req: Request, workspace_ids: list[str]) -> dict[str, list[t.BudgetUse]]:
     """Each workspace's spend against each budget, read in one round trip."""
     now = datetime.now(UTC)
-    keys, resets = period_keys(now), _resets_at(now)
-    names = {(w, p): counter_name("ws", w, p, keys[p]) for w in workspace_ids for p in keys}
-    spent = await req.service.store.read_counters(list(names.values()))
-    return {
-        w: _budget_uses(req, w, {p: spent[names[w, p]] for p in keys}, resets)
-        for w in workspace_ids
-    }
+    spent = await workspaces_spent(req.service.store, workspace_ids, now)
+    resets = _resets_at(now)
+    return {w: _budget_uses(req, w, spent[w], resets) for w in workspace_ids}
 
 
 def _budget_uses(
@@ -172,7 +168,7 @@ def _budget_uses(
     config = req.service.live.workspaces.get(workspace_id)
     limits = config.budget_limits if config is not None else None
     uses = []
-    for period, label in (("d", "daily"), ("w", "weekly"), ("m", "monthly")):
+    for period, label in PERIOD_NAMES.items():
         limit = getattr(limits, label, None) if limits is not None else None
         spent_usd = spent[period] / NANOS_PER_USD
         uses.append(

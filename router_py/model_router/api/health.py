@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import __version__
 from .. import types as t
 from ..catalog import CANARIES, HEALTH, iso, utcnow
-from ..engine.spend import counter_name, period_keys
+from ..engine.spend import PERIOD_NAMES, counter_name, period_keys, workspaces_spent
 from ..http import Request, Response, Route, json_response
-from ..telemetry import figures
+from ..telemetry import figures, metrics
 from ..telemetry.logging import SERVICE
 from ..tenancy import model_visible
 from .experiments import canary_summaries
@@ -146,6 +146,25 @@ async def _spend_today(service: Service) -> dict[str, int]:
     names = {m: counter_name("model", m, "d", day) for m in service.live.models}
     totals = await service.store.read_counters(list(names.values()))
     return {m: totals[name] for m, name in names.items()}
+
+
+async def fleet_metrics(service: Service) -> list[metrics.Metric]:
+    """For /metrics: every endpoint's observed status as the overview shows
+    it, and each configured workspace's spend per budget period (labels
+    bounded by the configuration, not by traffic)."""
+    observed = await ModelsHealth.read(service)
+    statuses = [
+        (model.id, e.endpoint_id, e.observed.status)
+        for model in service.live.models.values()
+        for e in observed.endpoints(model)
+    ]
+    spent = await workspaces_spent(service.store, service.live.workspaces, datetime.now(UTC))
+    spend = [
+        (workspace, PERIOD_NAMES[p], nanos / figures.NANOS_PER_USD)
+        for workspace, by_period in spent.items()
+        for p, nanos in by_period.items()
+    ]
+    return [metrics.endpoint_observed(statuses), metrics.workspace_spend(spend)]
 
 
 class ModelsHealth:

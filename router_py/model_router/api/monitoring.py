@@ -9,7 +9,9 @@ import msgspec
 
 from .. import types as t
 from ..http import ApiError, Request, Response, Route, json_response
+from ..store import StoreUnavailable
 from ..telemetry import metrics
+from .health import fleet_metrics
 
 
 async def prometheus(req: Request) -> Response:
@@ -23,7 +25,11 @@ async def prometheus(req: Request) -> Response:
                 "/metrics needs the metrics key (MODEL_ROUTER_METRICS_KEY) as a bearer token",
                 headers=[("www-authenticate", "Bearer")],
             )
-    body, content_type = metrics.render()
+    try:
+        fleet = await fleet_metrics(req.service)
+    except StoreUnavailable:  # the workers' own samples still answer
+        fleet = []
+    body, content_type = metrics.render(fleet)
     return Response(body, content_type=content_type)
 
 

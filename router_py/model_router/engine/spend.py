@@ -26,6 +26,8 @@ log = logging.getLogger("model_router.spend")
 DAY_MS = 86_400_000
 # How long each period's counter outlives its period, for late readers.
 TTL_MS = {"d": 3 * DAY_MS, "w": 15 * DAY_MS, "m": 62 * DAY_MS}
+# Each period's name in answers and metrics, in the order of budget limits.
+PERIOD_NAMES = {"d": "daily", "w": "weekly", "m": "monthly"}
 
 
 def period_keys(now: datetime) -> dict[str, str]:
@@ -36,6 +38,20 @@ def period_keys(now: datetime) -> dict[str, str]:
 
 def counter_name(scope: str, id: str, period: str, key: str) -> str:
     return f"spend:{scope}:{id}:{period}:{key}"
+
+
+async def workspaces_spent(
+    store: Store, workspace_ids: Iterable[str], now: datetime
+) -> dict[str, dict[str, int]]:
+    """Nano-dollars each workspace spent in the current day, week and month
+    ("d", "w", "m"), fleet-wide, in one read that writes nothing."""
+    keys = period_keys(now)
+    names = {(w, p): counter_name("ws", w, p, keys[p]) for w in workspace_ids for p in keys}
+    spent = await store.read_counters(list(names.values()))
+    totals: dict[str, dict[str, int]] = {}
+    for (workspace, period), name in names.items():
+        totals.setdefault(workspace, {})[period] = spent[name]
+    return totals
 
 
 class SpendSync:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +21,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -85,12 +87,57 @@ STORE_RESET = Gauge(
 )
 
 
-def render() -> tuple[bytes, str]:
+# Read at scrape time from the fleet's shared figures (api/health.py), so they
+# are the same whichever worker answers and vanish with what they describe.
+OBSERVED_STATUS = {"healthy": 0, "degraded": 1, "unhealthy": 2, "unknown": 3}
+
+
+def endpoint_observed(rows: Iterable[tuple[str, str, str]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "model_router_endpoint_observed_status",
+        "Each endpoint's observed health (traffic, breaker and active probes combined): "
+        "0 healthy, 1 degraded, 2 unhealthy, 3 unknown",
+        labels=["model", "endpoint"],
+    )
+    for model, endpoint, status in rows:
+        family.add_metric([model, endpoint], OBSERVED_STATUS[status])
+    return family
+
+
+def workspace_spend(rows: Iterable[tuple[str, str, float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "model_router_workspace_spend_usd",
+        "Spend of each configured workspace in the current budget period (daily, "
+        "weekly, monthly), fleet-wide",
+        labels=["workspace", "period"],
+    )
+    for workspace, period, usd in rows:
+        family.add_metric([workspace, period], usd)
+    return family
+
+
+class _Families:
+    """A collector of families computed before the scrape."""
+
+    def __init__(self, families: Sequence[Metric]):
+        self.families = families
+
+    def collect(self) -> Sequence[Metric]:
+        return self.families
+
+
+def render(fleet: Sequence[Metric] = ()) -> tuple[bytes, str]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        body = generate_latest(registry)
+    else:
+        body = generate_latest()
+    if fleet:
+        extra = CollectorRegistry(auto_describe=False)
+        extra.register(_Families(fleet))  # type: ignore[arg-type]
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST
 
 
 class MetricBatch:
