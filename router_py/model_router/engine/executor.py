@@ -238,18 +238,21 @@ class Executor:
         self.budgets = budgets
         self.workspace_limits = workspace_limits
 
-    def decide(self, call: Call) -> Decision:
-        decision = self.live.engine.decide(
+    def _ask_engine(self, call: Call, model: str | None, limit: int) -> Decision:
+        return self.live.engine.decide(
             call.agent_type,
             workspace_id=call.workspace_id,
             user_id=call.user_id,
             request_type=call.request_type,
             content_length=call.content_length,
             capabilities=call.capabilities,
-            model=call.model,
+            model=model,
             metadata=call.metadata,
-            limit=self.max_attempts,
+            limit=limit,
         )
+
+    def decide(self, call: Call) -> Decision:
+        decision = self._ask_engine(call, call.model, self.max_attempts)
         if decision.error is not None:
             kind, message = decision.error
             headers = []
@@ -275,17 +278,7 @@ class Executor:
     def _candidate(self, call: Call, model_id: str) -> tuple[str, list[str]] | None:
         """A model routing did not rank, with its endpoints in the engine's
         order, if it can take the call now."""
-        decision = self.live.engine.decide(
-            call.agent_type,
-            workspace_id=call.workspace_id,
-            user_id=call.user_id,
-            request_type=call.request_type,
-            content_length=call.content_length,
-            capabilities=call.capabilities,
-            model=model_id,
-            metadata=call.metadata,
-            limit=1,
-        )
+        decision = self._ask_engine(call, model_id, 1)
         return None if decision.error is not None else decision.candidates[0]
 
     def _soonest_reopen_ms(self) -> int | None:
