@@ -15,6 +15,7 @@ from model_router.engine.upstream import (
     UpstreamClient,
     UpstreamError,
     UpstreamRequest,
+    UpstreamTimeout,
 )
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
@@ -142,6 +143,52 @@ def test_streams_chunk_by_chunk():
                 got = [chunk async for chunk in stream.chunks]
         assert b"".join(got) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and len(got) == 3
         await client.close()
+
+    run(scenario())
+
+
+def test_a_paced_stream_fails_on_a_stall_not_on_a_long_steady_stream():
+    """`pace`: chunks 0.1 s apart for 0.6 s pass an idle limit of 0.25 s (the
+    one timer moves on with the data); 0.6 s of silence fails after that
+    limit, before the silence ends; the overall limit ends a steady stream."""
+
+    def answer(gaps: list[float]) -> Answer:
+        async def send(reader, writer):
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
+            for gap in gaps:
+                await asyncio.sleep(gap)
+                writer.write(b"9\r\ndata: x\n\n\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            return True
+
+        return send
+
+    async def read(gaps: list[float], idle_s: float, within_s: float) -> tuple[int, float]:
+        client, got = UpstreamClient(), 0
+        loop = asyncio.get_running_loop()
+        async with Server(answer(gaps)) as url:
+            async with client.stream(request(url), Deadlines.within(5)) as stream:
+                stream.pace(idle_s, within_s)
+                started = loop.time()
+                try:
+                    async for _ in stream.chunks:
+                        got += 1
+                except UpstreamTimeout as exc:
+                    assert "stalled" in str(exc)
+                    return got, loop.time() - started
+        await client.close()
+        return got, -1.0
+
+    async def scenario():
+        assert await read([0.1] * 6, 0.25, 5) == (6, -1.0)
+        got, after = await read([0.1, 0.1, 0.6, 0.1], 0.25, 5)
+        assert got == 2 and 0.4 <= after < 0.8, after  # before the silence ends
+        got, after = await read([0.1] * 10, 0.25, 0.45)
+        assert 2 <= got < 10 and 0.44 <= after < 0.9, (got, after)
 
     run(scenario())
 

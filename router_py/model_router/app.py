@@ -302,20 +302,30 @@ class App:
     async def _stream_until_disconnect(
         body: AsyncIterator[bytes],
         send: Callable[[bytes], Awaitable[None]],
-        disconnected: Awaitable[Any],
+        disconnected: Callable[[], Awaitable[Any]],
     ) -> None:
         """Send each chunk as it comes; if the client disconnects first, stop
-        and close the body's iterator, which cancels the upstream call."""
-        sending = asyncio.ensure_future(_drain(body, send))
-        watching = asyncio.ensure_future(disconnected)
+        and close the body's iterator, which cancels the upstream call.
+
+        A routed stream's first chunk is in memory already (the executor read
+        up to the first content): it goes out now, before the two tasks exist,
+        not a loop iteration later."""
         try:
-            await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+            first = await anext(body, None)
+            if first is None:
+                return
+            await send(first)
+            sending = asyncio.ensure_future(_drain(body, send))
+            watching = asyncio.ensure_future(disconnected())
+            try:
+                await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sending, watching):
+                    task.cancel()
+                for task in (sending, watching):
+                    with contextlib.suppress(BaseException):
+                        await task
         finally:
-            for task in (sending, watching):
-                task.cancel()
-            for task in (sending, watching):
-                with contextlib.suppress(BaseException):
-                    await task
             await body.aclose()  # type: ignore[attr-defined]
 
     # --- ASGI ----------------------------------------------------------------
@@ -397,7 +407,7 @@ class App:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        await self._stream_until_disconnect(stream, send_chunk, disconnected())
+        await self._stream_until_disconnect(stream, send_chunk, disconnected)
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -448,7 +458,7 @@ class App:
         async with _closed_if_unsent(response.stream):
             transport = proto.response_stream(response.status, head)
         await self._stream_until_disconnect(
-            response.stream, transport.send_bytes, proto.client_disconnect()
+            response.stream, transport.send_bytes, proto.client_disconnect
         )
 
 

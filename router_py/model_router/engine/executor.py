@@ -14,7 +14,6 @@ charged; when no candidate could, the caller gets a 400 naming the parameter.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -36,7 +35,7 @@ from .live import LiveConfig
 from .providers import ADAPTERS
 from .sse import EventReader
 from .translate import Refused, Tokens
-from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream, UpstreamTimeout
+from .upstream import Deadlines, UpstreamClient, UpstreamRequest, UpstreamStream
 from .workspace_limits import NeverFits, TokenHold, WorkspaceLimited, WorkspaceLimits
 
 log = logging.getLogger("model_router.executor")
@@ -197,24 +196,6 @@ class Timeouts:
             endpoint.first_token_timeout_ms or self.first_token_ms,
             endpoint.stream_idle_timeout_ms or self.stream_idle_ms,
         )
-
-
-async def _paced(
-    chunks: AsyncIterator[bytes], idle_s: float, deadline: float
-) -> AsyncIterator[bytes]:
-    """The chunks, each within `idle_s` of the one before and all before the
-    request's deadline (time.monotonic())."""
-    iterator = aiter(chunks)
-    while True:
-        wait = min(idle_s, deadline - time.monotonic())
-        try:
-            async with asyncio.timeout(max(0.0, wait)):
-                chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UpstreamTimeout(f"the stream stalled (no data for {wait:.3g} s)") from None
-        yield chunk
 
 
 def _malformed(exc: Exception) -> str:
@@ -578,8 +559,8 @@ class Executor:
                 stream: UpstreamStream = await opened.__aenter__()
                 if stream.status == 200:
                     # Until the first content: the first-token deadline.
-                    first_token_by = time.monotonic() + first_token
-                    async for chunk in _paced(stream.chunks, first_token, first_token_by):
+                    stream.pace(first_token, first_token)
+                    async for chunk in stream.chunks:
                         for event in events.feed(chunk):
                             first += reader.feed(event)
                         if reader.state.started or reader.state.error:
@@ -641,19 +622,22 @@ class Executor:
         finished = False
         try:
             try:
-                for piece in first:
-                    yield piece
-                async for chunk in _paced(stream.chunks, idle_s, call.deadline):
+                # What one read from the upstream brought goes out as one write.
+                if first:
+                    yield b"".join(first)
+                stream.pace(idle_s, call.deadline - time.monotonic())
+                async for chunk in stream.chunks:
+                    out: list[bytes] = []
                     for event in events.feed(chunk):
                         try:
-                            pieces = reader.feed(event)
+                            out += reader.feed(event)
                         except Exception as exc:
                             state.error = _malformed(exc)
                             break
-                        for piece in pieces:
-                            yield piece
                         if state.error:
                             break
+                    if out:
+                        yield out[0] if len(out) == 1 else b"".join(out)
                     if state.error:
                         break
                 finished = state.error is None

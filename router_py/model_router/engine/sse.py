@@ -3,11 +3,10 @@ events out, each with its raw bytes so they can be forwarded untouched."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):  # a tuple: made once per event of every stream
     name: str | None
     data: bytes
     raw: bytes
@@ -23,15 +22,16 @@ class EventReader:
         self.max_event = max_event
 
     def feed(self, chunk: bytes) -> list[Event]:
-        self._buffer += chunk.replace(b"\r\n", b"\n")
-        if len(self._buffer) > self.max_event and b"\n\n" not in self._buffer:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        *raws, self._buffer = (self._buffer + chunk).split(b"\n\n")
+        if len(self._buffer) > self.max_event:
             raise EventTooLarge(f"a stream event over {self.max_event} bytes")
         events: list[Event] = []
-        while True:
-            end = self._buffer.find(b"\n\n")
-            if end < 0:
-                return events
-            raw, self._buffer = self._buffer[: end + 2], self._buffer[end + 2 :]
+        for raw in raws:
+            if raw.startswith(b"data: ") and b"\n" not in raw:  # the usual: one data line
+                events.append(Event(None, raw[6:], raw + b"\n\n"))
+                continue
             name, data = None, []
             for line in raw.split(b"\n"):
                 if line.startswith(b"data:"):
@@ -39,4 +39,5 @@ class EventReader:
                 elif line.startswith(b"event:"):
                     name = line[6:].strip().decode("utf-8", "replace")
             if data or name:
-                events.append(Event(name, b"\n".join(data), raw))
+                events.append(Event(name, b"\n".join(data), raw + b"\n\n"))
+        return events

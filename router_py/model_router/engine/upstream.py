@@ -82,6 +82,13 @@ class UpstreamStream:
     headers: dict[str, str]
     chunks: AsyncIterator[bytes]
     body: bytes = b""  # the whole body, when the status is not 200
+    connection: _Connection | None = None
+
+    def pace(self, idle_s: float, within_s: float) -> None:
+        """From now on: each chunk within `idle_s` of the one before, and
+        all of them within `within_s`; else `chunks` raises UpstreamTimeout."""
+        if self.connection is not None:
+            self.connection.pace(idle_s, within_s)
 
 
 _END = object()  # marks the end of a response body in a connection's queue
@@ -105,6 +112,14 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self.complete = False
         self.keep_alive = False  # read while parsing: llhttp forgets it after the message
+        # A stream's stall watch (`pace`): one timer that, when it fires, moves
+        # itself to `_last_data + _idle_s`; a chunk costs a clock read, not a
+        # timer cancelled and armed again.
+        self._loop = asyncio.get_running_loop()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._idle_s = 0.0
+        self._until = 0.0
+        self._last_data = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,6 +133,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._unwatch()
         if self.complete or self._head is None:
             return
         if exc is None and self._head.done() and not self.keep_alive:
@@ -144,10 +160,13 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self._queue.append(body)
+        if self._watchdog is not None:
+            self._last_data = self._loop.time()
         self._wake()
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self._unwatch()
         self._queue.append(_END)
         self._wake()
         if self._done is not None and not self._done.done():
@@ -192,6 +211,30 @@ class _Connection(asyncio.Protocol):
         await self._head
         return self.parser.get_status_code(), self._headers
 
+    def pace(self, idle_s: float, within_s: float) -> None:
+        now = self._loop.time()
+        self._idle_s, self._until, self._last_data = idle_s, now + within_s, now
+        self._unwatch()
+        if not self.complete and not self.closed:
+            self._watchdog = self._loop.call_at(min(now + idle_s, self._until), self._watch)
+
+    def _watch(self) -> None:
+        due = min(self._last_data + self._idle_s, self._until)
+        # Data came since the timer was set. (1 ms of slack: uvloop's clock and
+        # timers count whole milliseconds, a timer may fire that much early.)
+        if self._loop.time() + 0.001 < due:
+            self._watchdog = self._loop.call_at(due, self._watch)
+            return
+        self._watchdog = None
+        waited = due - self._last_data
+        self._fail(UpstreamTimeout(f"the stream stalled (no data for {waited:.3g} s)"))
+        self.close()
+
+    def _unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
             while self._queue:
@@ -213,6 +256,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._unwatch()
         if self.transport is not None:
             self.transport.close()
 
@@ -354,9 +398,10 @@ class UpstreamClient:
                         body = await conn.read()
             except TimeoutError:
                 raise UpstreamTimeout("no answer from the upstream in time") from None
-            yield UpstreamStream(
-                status, headers, conn.chunks() if status == 200 else _nothing(), body
-            )
+            if status == 200:
+                yield UpstreamStream(status, headers, conn.chunks(), connection=conn)
+            else:
+                yield UpstreamStream(status, headers, _nothing(), body)
         except BaseException:
             if conn is not None:
                 conn.close()  # cancelled or failed mid-exchange: not reusable
