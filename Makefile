@@ -31,7 +31,7 @@ run: build
 
 test: build
 	scripts/with-private-redis.sh scripts/with-chromium.sh \
-		bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q'
+		bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q --durations=25'
 
 # Engine micro-benchmarks (pytest-benchmark), then bench/load.py: the mock, nginx
 # as a plain reverse proxy and the router side by side in one run, each figure

@@ -118,13 +118,22 @@ class Server:
         self.proc = subprocess.Popen(
             [str(ROUTER), "serve"], env=self.env, stdout=log, stderr=log, start_new_session=True
         )
+        # Ready once every worker has answered: a worker still starting when
+        # the test ends misses Granian's stop and holds the shutdown until the
+        # kill (15 s a test).
+        workers = int(self.env["MODEL_ROUTER_WORKERS"])
+        answered: set[int] = set()
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log_path.read_text()}")
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return self
+                    fresh = {"Connection": "close"}  # a new connection may reach another worker
+                    health = httpx.get(f"{self.url}/health/detailed", headers=fresh, timeout=1)
+                    answered.add(health.json()["workerPid"])
+                    if len(answered) >= workers:
+                        return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
