@@ -213,37 +213,6 @@ def test_no_difference_waits_for_samples_of_the_metric_not_requests() -> None:
     assert enough.decision == "no difference"
 
 
-def test_sticky_users_are_not_analysed_as_independent_requests() -> None:
-    """A/A experiments randomised by user, 500 users of 1-200 requests each
-    with their own success rates: the per-request tests err most of the time
-    and the request counts 'mismatch' the weights, so a user-assigned
-    experiment is never decided by them, nor SRM-checked on requests."""
-    rng = np.random.default_rng(21)
-    runs, users = 400, 500
-    requests = rng.integers(1, 200, (runs, users))
-    successes = rng.binomial(requests, rng.beta(4, 1, (runs, users)))
-    in_a = rng.random((runs, users)) < 0.5
-    n_a, s_a = (requests * in_a).sum(1), (successes * in_a).sum(1)
-    n_b, s_b = (requests * ~in_a).sum(1), (successes * ~in_a).sum(1)
-    c = stats.two_proportions(n_a, s_a, n_b, s_b, ALPHA, 0.05)
-    assert (c.always_valid_p_value <= ALPHA).mean() > 0.3  # read once, at the end
-    srm = [
-        stats.sample_ratio_mismatch([int(a), int(b)], [1, 1])[1]
-        for a, b in zip(n_a, n_b, strict=True)
-    ]
-    assert np.mean(srm) > 0.5
-    worst = int(np.argmin(c.always_valid_p_value))
-    arms = {
-        "0": tally_of(int(n_a[worst]), int(s_a[worst])),
-        "1": tally_of(int(n_b[worst]), int(s_b[worst])),
-    }
-    judged = judge_experiment(experiment(assignment="user"), arms)
-    assert judged.decision == "running"
-    assert judged.results.srm is None
-    assert "user" in (judged.results.note or "")
-    assert judge_experiment(experiment(), arms).decision != "running"  # what it would say
-
-
 def test_one_bad_document_does_not_stop_the_controller(tmp_path, caplog) -> None:
     """An experiment stored before minDetectableEffect had a floor (its
     sample size divides by zero) is logged; the others are still judged."""

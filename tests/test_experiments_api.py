@@ -43,14 +43,19 @@ def fleet(make_server, make_mock):
 
 
 def route(server, ids: range, **fields: object) -> list[httpx.Response]:
-    def one(i: int) -> httpx.Response:
-        body = {**SPEC_ROUTE, "id": f"req-{i}", **fields}
-        r = server.client.post("/api/route", json=body)
+    return route_each(server, [{"id": f"req-{i}", **fields} for i in ids])
+
+
+def route_each(server, bodies: list[dict]) -> list[httpx.Response]:
+    """/api/route for each body (over SPEC_ROUTE's fields), six at a time."""
+
+    def one(fields: dict) -> httpx.Response:
+        r = server.client.post("/api/route", json={**SPEC_ROUTE, **fields})
         assert r.status_code == 200, r.text
         return r
 
     with ThreadPoolExecutor(6) as pool:
-        return list(pool.map(one, ids))
+        return list(pool.map(one, bodies))
 
 
 def drive_canary(server, canary_id: str, until: set[str], limit_s: float = 60) -> dict:
@@ -133,6 +138,29 @@ def test_canaries_are_steered_by_hand_and_survive_a_restart(fleet):
     rolled = c.post(f"/api/canaries/{canary_id}/rollback").json()
     assert (rolled["state"], rolled["percent"]) == ("rolledBack", 0)
     assert c.post("/api/canaries/nope/promote").status_code == 404
+
+
+def test_a_finished_canary_or_experiment_is_deleted_and_its_scope_routes_as_before(fleet):
+    server, _, _ = fleet
+    c = server.client
+    canary_id = c.post("/api/canaries", json={**CANARY, "stepDuration": 3600}).json()["id"]
+    r = c.delete(f"/api/canaries/{canary_id}")
+    assert r.status_code == 409 and "promote or roll it back first" in r.text, r.text
+    assert c.post(f"/api/canaries/{canary_id}/promote").json()["state"] == "promoted"
+    server.wait_for_config()
+    assert {a.json()["modelId"] for a in route(server, range(10))} == {"new"}
+    assert c.delete(f"/api/canaries/{canary_id}").json() == {"id": canary_id, "deleted": True}
+    server.wait_for_config()
+    assert {a.json()["modelId"] for a in route(server, range(10))} == {"old"}
+    assert c.get(f"/api/canaries/{canary_id}").status_code == 404
+    assert c.delete(f"/api/canaries/{canary_id}").status_code == 404
+    experiment_id = c.post("/api/experiments", json=EXPERIMENT).json()["id"]
+    assert c.delete(f"/api/experiments/{experiment_id}").status_code == 409
+    c.post(f"/api/experiments/{experiment_id}/end")
+    assert c.delete(f"/api/experiments/{experiment_id}").status_code == 200
+    assert c.get(f"/api/experiments/{experiment_id}").status_code == 404
+    audit = c.get("/api/audit", params={"resourceType": "canaries"}).json()["data"]
+    assert any(e["method"] == "DELETE" and e["resourceId"] == canary_id for e in audit), audit
 
 
 def test_one_controller_holds_the_rollout_lease_and_frees_it_on_a_clean_stop(fleet):
@@ -243,6 +271,24 @@ def test_an_experiment_counts_exactly_the_requests_each_variant_served(fleet):
     assert {a.json()["modelId"] for a in route(server, range(200, 220))} == {"old"}
 
 
+def test_routing_test_shows_the_assignment_route_would_make(fleet):
+    server, _, _ = fleet
+    experiment_id = server.client.post("/api/experiments", json=EXPERIMENT).json()["id"]
+    server.wait_for_config()
+    answers = route(server, range(12))
+    asked = {k: SPEC_ROUTE[k] for k in ("agentType", "workspaceId", "userId", "prompt")}
+    for i, answer in enumerate(answers):
+        r = server.client.post("/api/routing/test", json={**asked, "id": f"req-{i}"})
+        assert r.status_code == 200, r.text
+        test = r.json()
+        assert (test["experimentId"], test["variant"]) == (experiment_id, answer.json()["variant"])
+        first = test["candidates"][0]
+        assert first["modelId"] == answer.json()["modelId"]
+        assert first["reason"].startswith(f"experiment {experiment_id}, variant ")
+    named = server.client.post("/api/routing/test", json={**asked, "model": "new"}).json()
+    assert named["experimentId"] is None  # a request that names its model is in none
+
+
 def test_feedback_credits_the_variant_that_served_the_request_once(fleet):
     server, _, _ = fleet
     body = {**EXPERIMENT, "primaryMetric": "feedback", "minDetectableEffect": 0.1}
@@ -293,26 +339,56 @@ def test_calls_the_router_refuses_are_no_outcome_of_a_variant(fleet):
     assert all(v["mean"] in (None, 1.0) for v in variants)  # no refusal as an error
 
 
-def test_user_assignment_is_sticky_and_never_decided_automatically(fleet):
+def test_user_assignment_is_sticky_and_decided_on_users(fleet):
+    """300 users of two requests each: every user keeps one variant; the
+    experiment is judged per user (the samples and the ratio check count
+    users) and, `new` failing every call, `old` wins."""
     server, _, new = fleet
     new.behave(errorRate=1.0)
-    body = {**EXPERIMENT, "assignment": "user", "autoEnd": True, "minSamplesPerVariant": 100}
+    # Not autoEnd: decided mid-way, it keeps routing users to their variants.
+    body = {**EXPERIMENT, "assignment": "user", "autoEnd": False, "minSamplesPerVariant": 100}
     experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
     server.wait_for_config()
-    per_user: dict[str, set[str]] = {}
-    for user in ("u1", "u2", "u3", "u4", "u5", "u6"):
-        answers = route(server, range(3), userId=user, id=None)
-        per_user[user] = {a.headers["x-model-router-variant"] for a in answers}
-    assert all(len(v) == 1 for v in per_user.values())
-    # `new` fails every call, but a user's requests are not independent
-    # samples: the figures are shown, the decision is left to a person.
-    route(server, range(400), userId=None)
-    results_when(server, experiment_id, 400 + 18)
-    time.sleep(2.5)  # beats of the controller, which would have ended it
-    body = server.client.get(f"/api/experiments/{experiment_id}").json()
-    assert body["decision"] == "running" and body["state"] == "running"
-    assert body["results"]["srm"] is None
-    assert "user" in body["results"]["note"]
+    bodies = [{"userId": f"u{u}", "id": f"u{u}-{i}"} for i in range(2) for u in range(300)]
+    variant_of: dict[str, set[str]] = {}
+    for body, a in zip(bodies, route_each(server, bodies), strict=True):
+        variant_of.setdefault(body["userId"], set()).add(a.headers["x-model-router-variant"])
+    assert all(len(v) == 1 for v in variant_of.values())
+    users = Counter(next(iter(v)) for v in variant_of.values())
+    results = results_when(server, experiment_id, 600)["results"]
+    assert {v["modelId"]: v["users"] for v in results["variants"]} == dict(users)
+    assert results["srm"]["mismatch"] is False
+    deadline = time.time() + 15
+    while (got := server.client.get(f"/api/experiments/{experiment_id}").json())["winner"] is None:
+        assert time.time() < deadline, got
+        time.sleep(0.3)
+    assert got["decision"] == "winner: old", got
+    assert "always-valid p" in got["reason"]
+
+
+def test_feedback_in_a_user_experiment_counts_per_user(fleet):
+    """Each user scores their first request 1 and their second 0: every user's
+    mean is 0.5, so per user the variants have no variance at all (scores
+    credited to the wrong user, or per request, would have some)."""
+    server, _, _ = fleet
+    body = {**EXPERIMENT, "assignment": "user", "primaryMetric": "feedback"}
+    experiment_id = server.client.post("/api/experiments", json=body).json()["id"]
+    server.wait_for_config()
+    bodies = [{"userId": f"u{u}", "id": f"u{u}-{i}"} for u in range(12) for i in range(2)]
+    route_each(server, bodies)
+    results = results_when(server, experiment_id, 24)["results"]
+    assert results["test"] == "delta-method z-test (per user)"
+    assert sum(v["users"] for v in results["variants"]) == 12
+    feedback = f"/api/experiments/{experiment_id}/feedback"
+    for b in bodies:
+        score = {"requestId": b["id"], "score": int(b["id"].endswith("-0"))}
+        r = server.client.post(feedback, json={**score, "workspaceId": SPEC_ROUTE["workspaceId"]})
+        assert r.status_code == 201, r.text
+    results = server.client.get(f"/api/experiments/{experiment_id}").json()["results"]
+    for v in results["variants"]:
+        if v["users"] >= 2:
+            assert v["mean"] == 0.5
+            assert v["ci"] == [pytest.approx(0.5), pytest.approx(0.5)], v
 
 
 def test_a_decided_experiment_routes_to_its_winner(fleet):

@@ -648,6 +648,9 @@ class RoutingTestRequest(Body):
     capabilities: list[Tag] = []
     model: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
     metadata: dict[Tag, MetadataValue] = {}
+    # The request id /api/route would get: it draws a request-assigned
+    # experiment's variant or a canary's side (this request's own id if absent).
+    id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
 class RuleRef(Body):
@@ -687,6 +690,11 @@ class RoutingDecision(Body):
     request_type: str
     content_length: int
     config_version: int
+    # The canary or experiment the request would take part in, as /api/route
+    # answers it: its arm's model is then the first candidate.
+    experiment_id: str | None = None
+    canary_id: str | None = None
+    variant: str | None = None
 
 
 class AgentModelsQuery(Query):
@@ -1195,12 +1203,13 @@ class ExperimentCreate(Body):
 
 class VariantResult(Body):
     model_id: str
-    n: int
+    n: int  # requests
     mean: float | None
     ci: list[float] | None
     # The always-valid interval of (this variant - the control), at the
     # decision's alpha; None for the control and below 100 samples an arm.
     difference_ci: list[float] | None = None
+    users: int | None = None  # with `assignment: "user"`: the samples
 
 
 class SrmResult(Body):
@@ -1213,11 +1222,10 @@ class ExperimentResults(Body):
     p_value: float
     always_valid_p_value: float
     variants: list[VariantResult]
-    # None with `assignment: "user"`: a user's requests are not independent
-    # draws, so request counts need not follow the weights.
-    srm: SrmResult | None
-    samples_needed_per_variant: int | None  # when "no difference" can be called
-    note: str | None = None  # why no decision is taken automatically, if none is
+    # Requests (users, with `assignment: "user"`) against the weights.
+    srm: SrmResult
+    # When "no difference" can be called: requests or users, as `srm`.
+    samples_needed_per_variant: int | None
 
 
 class Experiment(Body):

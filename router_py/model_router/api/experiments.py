@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
+from typing import Any
 
 import msgspec
 
 from .. import types as t
-from ..catalog import CANARIES, EXPERIMENTS, MODELS, RULES, iso
+from ..catalog import CANARIES, EXPERIMENTS, LABELS, MODELS, RULES, Kind, iso
 from ..experiments.controller import (
     canary_figures,
     judge_experiment,
@@ -22,12 +24,14 @@ from ..experiments.controller import (
 from ..experiments.tally import (
     ASSIGNMENT_TTL_MS,
     KEEP_MS,
+    add_unit_totals,
     assignment_counter,
     feedback_cells,
+    feedback_unit,
     read_arms,
 )
 from ..http import ApiError, Handler, Request, Response, Route, json_response, not_found
-from ..store import ExpectAbsent
+from ..store import Delete, ExpectAbsent, ExpectBody, PreconditionFailed
 from ..validation import Problem, raise_problems
 from .calls import workspace
 from .writes import apply, update
@@ -162,6 +166,33 @@ def _canary_action(
     return act
 
 
+async def _delete_finished(
+    req: Request, kind: Kind[Any], id: str, finished: tuple[str, ...], how: str
+) -> Response:
+    """Delete a canary or experiment that no longer changes anything but may
+    still route (a promoted canary, an experiment ended on its winner): its
+    scope's traffic then routes as if it had never run. Its figures expire
+    with their window."""
+    label = LABELS[kind.name]
+    raw = await req.service.store.get(kind.name, id)
+    if raw is None:
+        raise not_found(label, id)
+    state = kind.decode(raw).state
+    if state not in finished:
+        raise ApiError(409, "conflict", f"the {label} is {state}: {how} first", {"state": state})
+    try:
+        await req.service.catalog.apply([ExpectBody(kind.name, id, raw), Delete(kind.name, id)])
+    except PreconditionFailed:
+        raise ApiError(409, "conflict", f"the {label} changed meanwhile: try again") from None
+    return json_response(t.Deleted(id=id))
+
+
+async def delete_canary(req: Request) -> Response:
+    canary_id = req.path_params["canaryId"]
+    finished = ("promoted", "rolledBack")
+    return await _delete_finished(req, CANARIES, canary_id, finished, "promote or roll it back")
+
+
 # --- experiments ------------------------------------------------------------------
 
 
@@ -249,6 +280,11 @@ async def end_experiment(req: Request) -> Response:
     return json_response(await _with_results(req, result[0]))
 
 
+async def delete_experiment(req: Request) -> Response:
+    experiment_id = req.path_params["experimentId"]
+    return await _delete_finished(req, EXPERIMENTS, experiment_id, ("ended",), "end it")
+
+
 async def feedback(req: Request) -> Response:
     """A quality score for one request of the experiment, once: the variant is
     the one the request was assigned (kept in the store for a week)."""
@@ -265,7 +301,8 @@ async def feedback(req: Request) -> Response:
     store = req.service.store
     assigned = assignment_counter(experiment.id, workspace(req, body.workspace_id), body.request_id)
     given = f"experiment-feedback:{assigned}"
-    index = (await store.read_counters([assigned]))[assigned] - 1
+    held = (await store.read_counters([assigned]))[assigned]
+    index, unit = (held & 0xFF) - 1, held >> 8  # tally.TallySync.record
     if not 0 <= index < len(experiment.variants):
         raise ApiError(
             404,
@@ -281,12 +318,20 @@ async def feedback(req: Request) -> Response:
             f"request {body.request_id!r} already has feedback",
             {"requestId": body.request_id},
         )
-    cells = feedback_cells(experiment.id, str(index), experiment.window_start_ms, body.score)
+    variant, window_ms = str(index), experiment.window_start_ms
+    cells = Counter(feedback_cells(experiment.id, variant, window_ms, body.score))
+    user = feedback_unit(experiment.id, variant, window_ms, unit, body.score)
+    added: dict[str, int] = {}  # the user's totals, once added
     try:
+        if experiment.assignment == "user":
+            cells.update(await add_unit_totals(store, user))
+            added = {f"{name}:{f}": d for name, (_, ds) in user.items() for f, d in ds.items()}
         await store.merge_rollups(cells, KEEP_MS)
     except BaseException:
-        # Not counted: take the mark back, so that a retry is not a 409.
-        await store.add_counters({given: -1}, ASSIGNMENT_TTL_MS)
+        # Not counted: take the mark and the user's totals back, so that a
+        # retry is not a 409 and counts once.
+        undo = {given: -1} | {name: -d for name, d in added.items()}
+        await store.add_counters(undo, ASSIGNMENT_TTL_MS)
         raise
     return json_response(
         t.FeedbackRecorded(
@@ -368,6 +413,16 @@ ROUTES = [
         response=t.Canary,
     ),
     Route(
+        "DELETE",
+        CANARY,
+        delete_canary,
+        "Delete a promoted or rolled-back canary: its scope routes as if it had never run",
+        TAG,
+        "configure",
+        response=t.Deleted,
+        errors=(409,),
+    ),
+    Route(
         "POST",
         "/api/experiments",
         create_experiment,
@@ -395,6 +450,16 @@ ROUTES = [
         TAG,
         "read",
         response=t.Experiment,
+    ),
+    Route(
+        "DELETE",
+        EXPERIMENT,
+        delete_experiment,
+        "Delete an ended experiment: its scope routes as if it had never run",
+        TAG,
+        "configure",
+        response=t.Deleted,
+        errors=(409,),
     ),
     Route(
         "POST",

@@ -186,7 +186,11 @@ class Judgement:
     reason: str | None
 
 
-def _compare(metric: str, a: ArmTally, b: ArmTally, alpha: float, mde: float) -> stats.Comparison:
+def _compare(
+    metric: t.Metric, a: ArmTally, b: ArmTally, alpha: float, mde: float, by_user: bool
+) -> stats.Comparison:
+    if by_user:
+        return stats.delta_method(a.per_user(metric), b.per_user(metric), alpha, mde)
     if metric == "successRate":
         c = stats.two_proportions(a.requests, a.successes, b.requests, b.successes, alpha, mde)
         if min(a.requests, b.requests) < stats.MIN_SEQUENTIAL_N:
@@ -197,20 +201,29 @@ def _compare(metric: str, a: ArmTally, b: ArmTally, alpha: float, mde: float) ->
         return dataclasses.replace(
             c, always_valid_ci=stats.msprt_interval(c.difference, v, mde * mde, alpha)
         )
-    return stats.welch(a.metric(metric), b.metric(metric), alpha, mde)  # type: ignore[arg-type]
+    return stats.welch(a.metric(metric), b.metric(metric), alpha, mde)
 
 
-def _guardrail_effect(metric: str, control: ArmTally) -> float:
+def _guardrail_effect(metric: t.Metric, control: ArmTally) -> float:
     """The mixing scale of a guardrail metric's test: 5 points of success
     rate, else a tenth of the control's mean."""
     if metric == "successRate":
         return 0.05
-    mean = control.metric(metric).mean  # type: ignore[arg-type]
+    mean = control.metric(metric).mean
     return abs(mean) / 10 if mean else 1.0
 
 
 def _samples_needed(e: t.Experiment, control: ArmTally, alpha: float) -> int | None:
-    if e.primary_metric == "successRate":
+    """Samples (users, when users are randomised) per variant after which
+    "no difference" is called."""
+    if e.assignment == "user":
+        per_user = control.per_user(e.primary_metric)
+        if per_user.units < 2 or per_user.variance <= 0:
+            return None
+        n = stats.sequential_sample_size_means(
+            per_user.unit_variance, e.min_detectable_effect, alpha
+        )
+    elif e.primary_metric == "successRate":
         rate = control.successes / control.requests if control.requests else 0.5
         n = stats.sequential_sample_size(rate, e.min_detectable_effect, alpha)
     else:
@@ -229,45 +242,46 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
     control, others = tallies[0], tallies[1:]
     alpha = e.alpha / len(others)
     metric = e.primary_metric
-    comparisons = [_compare(metric, control, o, alpha, e.min_detectable_effect) for o in others]
+    # Users randomised: a user's requests are not independent draws, so the
+    # samples are users and each metric a ratio of their totals.
+    by_user = e.assignment == "user"
+    mde = e.min_detectable_effect
+    comparisons = [_compare(metric, control, o, alpha, mde, by_user) for o in others]
     proportion = metric == "successRate"
     variants = []
     against_control = [None, *(c.always_valid_ci for c in comparisons)]
     for v, tally, avci in zip(e.variants, tallies, against_control, strict=True):
         s = tally.metric(metric)
-        ci = stats.mean_interval(s, e.alpha, proportion)
+        if by_user:
+            ci = stats.ratio_interval(tally.per_user(metric), e.alpha, proportion)
+        else:
+            ci = stats.mean_interval(s, e.alpha, proportion)
         variants.append(
             t.VariantResult(
                 model_id=v.model_id,
                 n=tally.requests,
+                users=tally.users if by_user else None,
                 mean=s.mean,
                 ci=list(ci) if ci else None,
                 difference_ci=list(avci) if avci else None,
             )
         )
-    by_user = e.assignment == "user"
-    srm = None
-    if not by_user:
-        srm_p, mismatch = stats.sample_ratio_mismatch(
-            [x.requests for x in tallies], [v.weight for v in e.variants]
-        )
-        srm = t.SrmResult(p_value=srm_p, mismatch=mismatch)
+    srm_p, mismatch = stats.sample_ratio_mismatch(
+        [x.users if by_user else x.requests for x in tallies], [v.weight for v in e.variants]
+    )
     needed = _samples_needed(e, control, alpha)
     results = t.ExperimentResults(
         test=comparisons[0].test,
         p_value=min(c.p_value for c in comparisons),
         always_valid_p_value=min(c.always_valid_p_value for c in comparisons),
         variants=variants,
-        srm=srm,
+        srm=t.SrmResult(p_value=srm_p, mismatch=mismatch),
         samples_needed_per_variant=needed,
-        note=USER_ASSIGNMENT_NOTE if by_user else None,
     )
-    if by_user:
-        return Judgement(results, "running", None, USER_ASSIGNMENT_NOTE)
     for guard in e.guardrail_metrics:
         effect = _guardrail_effect(guard, control)
         for v, o in zip(e.variants[1:], others, strict=True):
-            c = _compare(guard, control, o, alpha, effect)
+            c = _compare(guard, control, o, alpha, effect, by_user)
             degraded = c.difference < 0 if HIGHER_IS_BETTER[guard] else c.difference > 0
             if degraded and c.always_valid_p_value <= alpha:
                 reason = (
@@ -277,8 +291,8 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
                 return Judgement(results, "stopped: guardrail", None, reason)
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     # Samples of the metric itself: latency has one per success, feedback one
-    # per score, not one per request.
-    samples = [x.metric(metric).n for x in tallies]
+    # per score, not one per request; with users randomised, users.
+    samples = [x.users if by_user else x.metric(metric).n for x in tallies]
     enough = all(n >= e.min_samples_per_variant for n in samples)
     better = [
         i + 1
@@ -302,19 +316,6 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
         reason = f"{needed} samples per variant and no difference in {metric} at alpha {alpha}"
         return Judgement(results, "no difference", None, reason)
     return Judgement(results, "running", None, None)
-
-
-# The tests treat every request as an independent sample; with users
-# randomised instead, one user's requests are correlated (the same person,
-# the same prompts), so the p-values are far too small: simulated A/A
-# experiments with sticky users erred 9-73% of the time
-# (tests/test_experiment_stats.py). Until the analysis is per user, such
-# experiments show their figures and are decided by hand.
-USER_ASSIGNMENT_NOTE = (
-    'assignment "user": the tests assume independent requests, which one user\'s '
-    "requests are not, so this experiment is never decided automatically and has no "
-    "sample-ratio check; read the figures and end it by hand"
-)
 
 
 # --- the controller ------------------------------------------------------------

@@ -33,6 +33,7 @@ from enum import IntEnum
 
 from .. import types as t
 from .._core import Decision
+from .tally import unit_fields
 
 Candidates = list[tuple[str, list[str]]]
 
@@ -56,6 +57,8 @@ class Arm:
     counted: bool = True  # False once a rollout is decided (traffic only routed)
     # An experiment judged on feedback: its request -> variant is kept for it.
     feedback: bool = False
+    # Users randomised: the per-user totals kept for the analysis (tally.py).
+    unit_fields: tuple[str, ...] = ()
 
     @property
     def experiment(self) -> bool:
@@ -85,9 +88,18 @@ class _Experiment:
             running += v.weight
             edges.append(running / total)
         self.cumulative = tuple(edges)  # the weights' running sums, over their total
-        feedback = "feedback" in (e.primary_metric, *e.guardrail_metrics)
+        metrics = (e.primary_metric, *e.guardrail_metrics)
+        fields = unit_fields(metrics) if self.by_user else ()
         self.arms = tuple(
-            Arm(Kind.EXPERIMENT, e.id, str(i), v.model_id, e.window_start_ms, feedback=feedback)
+            Arm(
+                Kind.EXPERIMENT,
+                e.id,
+                str(i),
+                v.model_id,
+                e.window_start_ms,
+                feedback="feedback" in metrics,
+                unit_fields=fields,
+            )
             for i, v in enumerate(e.variants)
         )
         # Ended with a winner (autoEnd): everything goes there, uncounted.

@@ -46,7 +46,7 @@ function canaryCard(c, mayAct) {
 function experimentCard(x) {
   const rows = x.variants.map((v) =>
     `<tr data-variant="${esc(v.modelId)}"><th scope="row">${esc(v.modelId)}</th><td class="num">${esc(v.weight)}</td>` +
-    `<td class="num" data-field="n" data-value="${v.n}">${int(v.n)}</td>` +
+    `<td class="num" data-field="n" data-value="${v.n}">${int(v.n)}${v.users == null ? "" : ` <small>(${int(v.users)} users)</small>`}</td>` +
     `<td class="num" data-field="mean" data-value="${v.mean ?? ""}">${v.mean == null ? NONE : esc(v.mean.toPrecision(4))}</td>` +
     `<td class="num">${v.ci ? `[${esc(v.ci[0].toPrecision(4))}, ${esc(v.ci[1].toPrecision(4))}]` : NONE}</td></tr>`).join("");
   const srm = x.srm ? (x.srm.mismatch ? badge("sample ratio mismatch") : "no mismatch") + ` (p ${pValue(x.srm.pValue)})` : NONE;

@@ -117,7 +117,7 @@ export async function experiments() {
       srm: results.srm || null,
       variants: x.variants.map((v) => {
         const m = measured.get(v.modelId) || {};
-        return { modelId: v.modelId, weight: v.weight, n: m.n ?? 0, mean: m.mean ?? null, ci: m.ci || null };
+        return { modelId: v.modelId, weight: v.weight, n: m.n ?? 0, users: m.users ?? null, mean: m.mean ?? null, ci: m.ci || null };
       }),
     };
   });
