@@ -93,6 +93,10 @@ def key_id_of(key: str) -> str | None:
     return parts[1]
 
 
+def looks_like_jwt(token: str) -> bool:
+    return token.startswith("eyJ") and token.count(".") == 2
+
+
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise ApiError(

@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import auth
 from . import types as t
@@ -31,13 +32,15 @@ from .engine.workspace_limits import WorkspaceLimits
 from .engine.write_counter import WriteCounter, counter_path
 from .experiments.controller import CONTROL_MS, Controller
 from .http import ApiError
-from .jwt_auth import JwtVerifier, looks_like_jwt, principal_of
 from .periodic import every, report_failure
 from .ratelimit import FailedAuthentications, RateLimiter, retry_after
 from .settings import Settings
 from .store import Op, SetEpoch, StoreUnavailable, open_store
 from .telemetry.requests import RECORDS_FLUSH_MS, RequestObserver
 from .telemetry.rollups import RollupSync, retention_ms
+
+if TYPE_CHECKING:
+    from .jwt_auth import JwtVerifier
 
 # Spend goes to the store this often: the most a `kill -9` of a worker loses.
 SPEND_FLUSH_MS = 100
@@ -47,6 +50,16 @@ SPEND_FLUSH_MS = 100
 BREAKER_SYNC_MS = 100
 # How often each worker adds its outcome rollups to the store's buckets.
 ROLLUP_FLUSH_MS = 1000
+
+
+def jwt_verifier(settings: Settings) -> JwtVerifier | None:
+    """The JWT verifier when JWTs are configured. Imported only then: PyJWT
+    and the cryptography it loads are 9 MiB of every worker's memory."""
+    if not (settings.jwt_secret or settings.jwt_jwks):
+        return None
+    from .jwt_auth import JwtVerifier
+
+    return JwtVerifier(settings)
 
 
 class Service:
@@ -107,7 +120,7 @@ class Service:
         )
         self.active_health = HealthMonitor(self.live, self.store, settings, self.redactor)
         self.observer = RequestObserver(self.store, self.live.engine, settings.recent_requests)
-        self.jwt = JwtVerifier(settings)
+        self.jwt = jwt_verifier(settings)
         self.rollups = RollupSync(
             self.live.engine,
             self.store,
@@ -235,8 +248,8 @@ class Service:
 
     async def _principal(self, authorization: str | None) -> auth.Principal:
         key = auth.bearer_token(authorization)
-        if self.jwt.enabled and looks_like_jwt(key):
-            return principal_of(await self.jwt.verify(key))
+        if self.jwt is not None and auth.looks_like_jwt(key):
+            return await self.jwt.authenticate(key)
         principal = auth.bootstrap_principal(key, self._admin_key_hash)
         if principal is not None:
             return principal
