@@ -244,6 +244,34 @@ def test_one_bad_document_does_not_stop_the_controller(tmp_path, caplog) -> None
 # --- the canary controller on synthetic traffic ----------------------------------
 
 
+def finished(
+    request_id: str, model_id: str, ok: bool, ms: float, cost: float, user_id: str | None = None
+) -> t.RecentRequest:
+    """A request's record as the executor leaves it: answered by `model_id`,
+    or failed (no model)."""
+    return t.RecentRequest(
+        id=request_id,
+        request_id=request_id,
+        timestamp="",
+        route="/v1/chat/completions",
+        workspace_id=None,
+        agent_type="agent",
+        model_id=model_id if ok else None,
+        endpoint_id=None,
+        status=200 if ok else 502,
+        outcome="success" if ok else "upstream_error",
+        latency_ms=ms,
+        upstream_ms=ms,
+        prompt_tokens=10,
+        completion_tokens=10,
+        cost=cost,
+        estimated=False,
+        attempts=1,
+        stream=False,
+        user_id=user_id,
+    )
+
+
 def canary(**changes: object) -> t.Canary:
     fields: dict[str, object] = dict(
         id="c1",
@@ -286,26 +314,9 @@ def run_canary(
             seq += 1
             arm = compiled.arm(f"r{seq}")  # type: ignore[call-arg]
             ok = rng.random() >= error_rates[arm.variant]
-            latency = float(rng.lognormal(math.log(200), 0.3))
-            done = t.RecentRequest(
-                id="x",
-                request_id=f"r{seq}",
-                timestamp="",
-                route="/v1/chat/completions",
-                workspace_id=None,
-                agent_type="agent",
-                model_id=arm.model_id if ok else None,
-                endpoint_id=None,
-                status=200 if ok else 502,
-                outcome="success" if ok else "upstream_error",
-                latency_ms=latency,
-                upstream_ms=latency,
-                prompt_tokens=10,
-                completion_tokens=10,
-                cost=0.001 if ok else 0.0,
-                estimated=False,
-                attempts=1,
-                stream=False,
+            cost = 0.001 if ok else 0.0
+            done = finished(
+                f"r{seq}", arm.model_id, ok, float(rng.lognormal(math.log(200), 0.3)), cost
             )
             cells.update(outcome_cells(arm, done))
             per_step[-1] += arm.variant == "canary"

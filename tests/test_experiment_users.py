@@ -11,10 +11,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from test_experiment_stats import ALPHA, experiment
+from test_experiment_stats import ALPHA, experiment, finished
 
 from conftest import store_env
-from model_router import types as t
 from model_router.experiments import stats
 from model_router.experiments.controller import judge_experiment
 from model_router.experiments.routing import Rollouts
@@ -110,30 +109,6 @@ def test_a_user_experiment_is_decided_on_users_and_checked_against_its_weights()
     assert few.decision == "running"  # under 100 users an arm: no always-valid verdict
 
 
-def done(request_id: str, user: str | None, ok: bool, ms: float, cost: float) -> t.RecentRequest:
-    return t.RecentRequest(
-        id=request_id,
-        request_id=request_id,
-        timestamp="",
-        route="/v1/chat/completions",
-        workspace_id=None,
-        agent_type="a",
-        model_id=None,  # filled in per arm
-        endpoint_id=None,
-        status=200 if ok else 502,
-        outcome="success" if ok else "upstream_error",
-        latency_ms=ms,
-        upstream_ms=ms,
-        prompt_tokens=1,
-        completion_tokens=1,
-        cost=cost,
-        estimated=False,
-        attempts=1,
-        stream=False,
-        user_id=user,
-    )
-
-
 def test_two_workers_per_user_sums_are_exact_through_the_store(backend, redis_url, tmp_path):
     """300 users' 1-20 requests each, recorded by two workers in random order
     and flushed at random moments: the arm's user-level sums read back equal
@@ -162,9 +137,7 @@ def test_two_workers_per_user_sums_are_exact_through_the_store(backend, redis_ur
         for step, i in enumerate(order):
             user, ok, ms, cost = requests[i]
             arm = compiled.arm(f"r{i}", user)  # type: ignore[call-arg]
-            record = done(f"r{i}", user, ok, ms, cost)
-            record.model_id = arm.model_id if ok else None
-            workers[step % 2].record(arm, record)
+            workers[step % 2].record(arm, finished(f"r{i}", arm.model_id, ok, ms, cost, user))
             mine = truth.setdefault(arm.variant, {}).setdefault(user, Counter())
             us = round(ms * 1000) if ok else 0
             mine.update(r=1, s=int(ok), L=us, C=round(cost * 1e9))
