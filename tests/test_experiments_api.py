@@ -192,6 +192,11 @@ BAD = [
         {**TWO, "variants": [{"modelId": "old"}, {"modelId": "new", "weight": 0}]},
         "variants[1].weight",
     ),
+    (
+        "/api/experiments",
+        {**TWO, "variants": [{"modelId": "old", "weight": 1e308}, {"modelId": "new"}]},
+        "variants[0].weight",
+    ),
     ("/api/experiments", {**TWO, "minDetectableEffect": 0.0001}, "minDetectableEffect"),
     (
         "/api/experiments",
@@ -314,6 +319,27 @@ def test_feedback_credits_the_variant_that_served_the_request_once(fleet):
     assert server.client.post(feedback, json=unknown).status_code == 404
     variants = server.client.get(f"/api/experiments/{experiment_id}").json()["results"]
     assert {v["mean"] for v in variants["variants"]} == {0.5}
+
+
+def test_an_experiment_id_used_again_after_delete_starts_afresh(fleet):
+    """Ids are the client's: a new experiment under a deleted one's id, sent
+    the same request ids, takes their feedback (the old marks and assignments
+    belong to the old window)."""
+    server, _, _ = fleet
+    c = server.client
+    body = {**EXPERIMENT, "id": "exp-eval", "primaryMetric": "feedback"}
+    body["minDetectableEffect"] = 0.1
+    score = {"requestId": "req-0", "score": 1, "workspaceId": SPEC_ROUTE["workspaceId"]}
+    for run in range(2):
+        assert c.post("/api/experiments", json=body).status_code == 201
+        server.wait_for_config()
+        served = route(server, range(4))[0].json()["variant"]
+        results_when(server, "exp-eval", 4)
+        r = c.post("/api/experiments/exp-eval/feedback", json=score)
+        assert r.status_code == 201, (run, r.text)
+        assert r.json()["variant"] == served
+        assert c.post("/api/experiments/exp-eval/end").status_code == 200
+        assert c.delete("/api/experiments/exp-eval").status_code == 200
 
 
 def test_calls_the_router_refuses_are_no_outcome_of_a_variant(fleet):

@@ -143,12 +143,12 @@ def test_what_failed_to_merge_is_merged_with_the_next_beat(run, tmp_path):
         record(e, now, 10.0)
         with pytest.raises(RuntimeError):  # its executor is shut down
             await sync.flush()
-        assert sync.pending, "kept for the next beat"
-        sync.store = store  # the store is back
+        assert sync.queue.batch, "kept for the next beat"
+        sync.queue.store = store  # the store is back
         record(e, now, 20.0)
         await sync.flush()
         got = totals(await store.read_rollups("m", now - MINUTE, now + MINUTE))
         assert sum(t.figures().attempts for t in got.values()) == 2
-        assert not sync.pending
+        assert sync.queue.batch is None and not sync.queue.pending
 
     run(scenario)

@@ -14,7 +14,7 @@ from model_router import types as t
 from model_router.experiments.routing import Arm, Kind
 from model_router.experiments.tally import KEEP_MS, outcome_cells, read_arms
 from model_router.settings import Settings
-from model_router.store import open_store
+from model_router.store import StoreUnavailable, open_store
 
 MINUTE, HOUR = 60_000, 3_600_000
 KEEP = {"m": 48 * HOUR, "h": 35 * 24 * HOUR}
@@ -153,7 +153,7 @@ def test_a_window_of_expensive_slow_requests_adds_up_without_overflow(store):
 
 
 def test_a_cell_redis_cannot_add_loses_itself_only_and_adds_nothing_twice(store, backend):
-    """Redis applies the rest of a MULTI when one HINCRBY fails: the merge
+    """Redis applies the rest of a script when one HINCRBY fails: the merge
     must not raise (its caller would merge every cell again)."""
     if backend != "redis":
         pytest.skip("SQLite rolls a failed transaction back whole")
@@ -168,6 +168,60 @@ def test_a_cell_redis_cannot_add_loses_itself_only_and_adds_nothing_twice(store,
             (start, "k", "full", 2**63 - 1),
             (start, "k", "n", 5),
         ]
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_sent_twice_is_merged_once(store):
+    async def scenario():
+        s, other = store(), store()
+        start = now_minute()
+        cell = ("m", start, "k", "requests")
+        for w in (s, other, s):  # a retry may reach any worker's connection
+            await w.merge_rollups({cell: 3}, KEEP, batch="flush-1")
+        await s.merge_rollups({cell: 4}, KEEP, batch="flush-2")
+        await s.merge_rollups({cell: 5}, KEEP)  # no id: merged every time
+        await s.merge_rollups({cell: 5}, KEEP)
+        assert await s.read_rollups("m", start, start + 1) == [(start, "k", "requests", 17)]
+        await s.close()
+        await other.close()
+
+    asyncio.run(scenario())
+
+
+# Holds Redis busy for ARGV[1] seconds, as a slow command or a fork can.
+BUSY = (
+    "local t0 = redis.call('TIME') local s = t0[1] + t0[2] / 1e6 "
+    "while true do local t = redis.call('TIME') "
+    "if t[1] + t[2] / 1e6 - s > tonumber(ARGV[1]) then break end end return 1"
+)
+
+
+def test_a_merge_that_times_out_is_not_sent_again_and_its_retry_lands_once(
+    store, backend, redis_url
+):
+    """Redis busy past the store's 1 s timeout: the merge raises (the client
+    does not send it again by itself), Redis runs it once it is free, and the
+    caller's retry under the same batch id adds nothing more."""
+    if backend != "redis":
+        pytest.skip("a stall of the server is Redis's")
+    import redis as sync_redis
+
+    async def scenario():
+        s = store()
+        start = now_minute()
+        cell = ("m", start, "k", "requests")
+        await s.merge_rollups({cell: 1}, KEEP)
+        busy = asyncio.create_task(
+            asyncio.to_thread(sync_redis.Redis.from_url(redis_url).eval, BUSY, 0, 1.5)
+        )
+        await asyncio.sleep(0.1)
+        with pytest.raises(StoreUnavailable):
+            await s.merge_rollups({cell: 10}, KEEP, batch="stalled")
+        await busy
+        await s.merge_rollups({cell: 10}, KEEP, batch="stalled")
+        assert await s.read_rollups("m", start, start + 1) == [(start, "k", "requests", 11)]
         await s.close()
 
     asyncio.run(scenario())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,14 @@ AUDITED: frozenset[Permission] = frozenset(
 
 
 @dataclass(frozen=True)
+class HeaderParam:
+    """A request header a route reads: its value's rule (whole) and meaning."""
+
+    pattern: re.Pattern[str]
+    description: str
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str
@@ -144,6 +153,7 @@ class Route:
     errors: tuple[int | str, ...] = ()
     media: tuple[str, ...] = (JSON,)
     path_types: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, HeaderParam] = field(default_factory=dict)  # by lower-case name
 
     @functools.cached_property
     def audited(self) -> bool:

@@ -1182,7 +1182,8 @@ ExperimentState = Literal["running", "ended"]
 
 class Variant(Body):
     model_id: Id
-    weight: NonNegative = 1.0
+    # Bounded: a sum of huge weights is not a number, and routing needs one.
+    weight: Annotated[float, Meta(ge=0, le=1e6)] = 1.0
 
 
 class ExperimentCreate(Body):
@@ -1209,7 +1210,9 @@ class VariantResult(Body):
     # The always-valid interval of (this variant - the control), at the
     # decision's alpha; None for the control and below 100 samples an arm.
     difference_ci: list[float] | None = None
-    users: int | None = None  # with `assignment: "user"`: the samples
+    users: int | None = None  # with `assignment: "user"`
+    # (Σn)² / Σn² over users: what the per-user tests rest on (stats.py).
+    effective_users: float | None = None
 
 
 class SrmResult(Body):

@@ -24,6 +24,7 @@ from ..engine.upstream import Deadlines, UpstreamRequest
 from ..http import JSON, ApiError, Request, Response, Route
 from .calls import (
     CALL_ERRORS,
+    ROUTING_HEADERS,
     STREAM_CONTENT_TYPE,
     answer,
     caller_user,
@@ -125,6 +126,7 @@ ROUTES = [
         body=t.MessagesRequest,
         raw_body=True,
         errors=CALL_ERRORS,
+        headers=ROUTING_HEADERS,
         media=(JSON, STREAM_CONTENT_TYPE),
     ),
     Route(
@@ -137,5 +139,6 @@ ROUTES = [
         body=t.CountTokensRequest,
         raw_body=True,
         errors=CALL_ERRORS,
+        headers=ROUTING_HEADERS,
     ),
 ]

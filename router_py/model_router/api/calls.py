@@ -21,7 +21,7 @@ from ..engine.exchanges import Operation
 from ..engine.executor import Call, CallFailed, Result
 from ..engine.inputs import content_length, request_type
 from ..engine.secrets import provider_error
-from ..http import ApiError, Request, Response, Route, json_response, new_id
+from ..http import ApiError, HeaderParam, Request, Response, Route, json_response, new_id
 
 _decode = msgspec.json.Decoder().decode
 STREAM_CONTENT_TYPE = "text/event-stream"
@@ -156,10 +156,17 @@ def named_model(req: Request, named: str, not_found: Callable[[str], ApiError]) 
 # Routing inputs carried in headers are held to the rules of the same fields
 # in a body: an id's characters and length (a 50 KB workspace id would become
 # store keys and log fields).
-_HEADER_RULES = {
-    "x-workspace-id": re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"),
-    "x-agent-type": re.compile(r"[^\x00-\x1f]{1,64}"),
-    "x-user-id": re.compile(r"[^\x00-\x1f]{1,256}"),
+ROUTING_HEADERS = {
+    "x-agent-type": HeaderParam(
+        re.compile(r"[^\x00-\x1f]{1,64}"), "The agent type to route for (default: default)"
+    ),
+    "x-workspace-id": HeaderParam(
+        re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"),
+        "The workspace the call is for (a workspace-scoped key's own by default)",
+    ),
+    "x-user-id": HeaderParam(
+        re.compile(r"[^\x00-\x1f]{1,256}"), "The end user, for routing rules and the logs"
+    ),
 }
 
 
@@ -167,7 +174,7 @@ def _header(req: Request, name: str) -> str | None:
     value = req.headers.get(name, "")
     if not value:
         return None
-    if _HEADER_RULES[name].fullmatch(value) is None:
+    if ROUTING_HEADERS[name].pattern.fullmatch(value) is None:
         raise ApiError(
             400,
             "invalid_request_error",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import Counter
 from typing import Any
 
 import msgspec
@@ -24,11 +23,12 @@ from ..experiments.controller import (
 from ..experiments.tally import (
     ASSIGNMENT_TTL_MS,
     KEEP_MS,
-    add_unit_totals,
+    U_FEEDBACK,
+    U_FEEDBACK_N,
     assignment_counter,
     feedback_cells,
-    feedback_unit,
     read_arms,
+    user_cells,
 )
 from ..http import ApiError, Handler, Request, Response, Route, json_response, not_found
 from ..store import Delete, ExpectAbsent, ExpectBody, PreconditionFailed
@@ -299,7 +299,10 @@ async def feedback(req: Request) -> Response:
             {"experimentId": experiment.id},
         )
     store = req.service.store
-    assigned = assignment_counter(experiment.id, workspace(req, body.workspace_id), body.request_id)
+    window_ms = experiment.window_start_ms
+    assigned = assignment_counter(
+        experiment.id, window_ms, workspace(req, body.workspace_id), body.request_id
+    )
     given = f"experiment-feedback:{assigned}"
     held = (await store.read_counters([assigned]))[assigned]
     index, unit = (held & 0xFF) - 1, held >> 8  # tally.TallySync.record
@@ -318,20 +321,18 @@ async def feedback(req: Request) -> Response:
             f"request {body.request_id!r} already has feedback",
             {"requestId": body.request_id},
         )
-    variant, window_ms = str(index), experiment.window_start_ms
-    cells = Counter(feedback_cells(experiment.id, variant, window_ms, body.score))
-    user = feedback_unit(experiment.id, variant, window_ms, unit, body.score)
-    added: dict[str, int] = {}  # the user's totals, once added
+    variant = str(index)
+    cells = feedback_cells(experiment.id, variant, window_ms, body.score)
+    if experiment.assignment == "user":
+        scored = {U_FEEDBACK_N: 1, U_FEEDBACK: round(body.score * 1000)}
+        cells |= user_cells(experiment.id, variant, window_ms, unit, scored)
     try:
-        if experiment.assignment == "user":
-            cells.update(await add_unit_totals(store, user))
-            added = {f"{name}:{f}": d for name, (_, ds) in user.items() for f, d in ds.items()}
-        await store.merge_rollups(cells, KEEP_MS)
+        # Under the request's own id: a retry after a lost answer counts once.
+        await store.merge_rollups(cells, KEEP_MS, batch=given)
     except BaseException:
-        # Not counted: take the mark and the user's totals back, so that a
-        # retry is not a 409 and counts once.
-        undo = {given: -1} | {name: -d for name, d in added.items()}
-        await store.add_counters(undo, ASSIGNMENT_TTL_MS)
+        # Not counted (or not known to be): take the mark back, so that a
+        # retry is not a 409; the batch id keeps it from counting twice.
+        await store.add_counters({given: -1}, ASSIGNMENT_TTL_MS)
         raise
     return json_response(
         t.FeedbackRecorded(

@@ -24,6 +24,7 @@ from ..http import JSON, ApiError, Request, Response, Route, json_response, too_
 from ..tenancy import model_visible
 from .calls import (
     CALL_ERRORS,
+    ROUTING_HEADERS,
     STREAM_CONTENT_TYPE,
     answer,
     caller_user,
@@ -191,6 +192,7 @@ def _post(path: str, handler: Any, summary: str, body: type[Any]) -> Route:
         body=body,
         raw_body=True,
         errors=CALL_ERRORS,
+        headers=ROUTING_HEADERS,
         media=(JSON, STREAM_CONTENT_TYPE) if streams else (JSON,),
     )
 

@@ -188,6 +188,16 @@ def _operation(
         ],
         "responses": responses,
     }
+    op["parameters"] += [
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "description": param.description,
+            "schema": {"type": "string", "pattern": f"^{param.pattern.pattern}$"},
+        }
+        for name, param in route.headers.items()
+    ]
     if route.query is not None:
         query = components[route.query.__name__]
         op["parameters"] += [

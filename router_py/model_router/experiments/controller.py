@@ -214,8 +214,8 @@ def _guardrail_effect(metric: t.Metric, control: ArmTally) -> float:
 
 
 def _samples_needed(e: t.Experiment, control: ArmTally, alpha: float) -> int | None:
-    """Samples (users, when users are randomised) per variant after which
-    "no difference" is called."""
+    """Samples (effective users, when users are randomised) per variant
+    after which "no difference" is called."""
     if e.assignment == "user":
         per_user = control.per_user(e.primary_metric)
         if per_user.units < 2 or per_user.variance <= 0:
@@ -231,7 +231,8 @@ def _samples_needed(e: t.Experiment, control: ArmTally, alpha: float) -> int | N
         if summary.n < 2:
             return None
         n = stats.sequential_sample_size_means(summary.variance, e.min_detectable_effect, alpha)
-    return max(n, e.min_samples_per_variant)
+    # Never below the floor under which the always-valid test cannot speak.
+    return max(n, e.min_samples_per_variant, stats.MIN_SEQUENTIAL_N)
 
 
 def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
@@ -261,6 +262,9 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
                 model_id=v.model_id,
                 n=tally.requests,
                 users=tally.users if by_user else None,
+                effective_users=(
+                    round(tally.per_user(metric).effective_units, 1) if by_user else None
+                ),
                 mean=s.mean,
                 ci=list(ci) if ci else None,
                 difference_ci=list(avci) if avci else None,
@@ -291,8 +295,11 @@ def judge_experiment(e: t.Experiment, arms: dict[str, ArmTally]) -> Judgement:
                 return Judgement(results, "stopped: guardrail", None, reason)
     sign = 1 if HIGHER_IS_BETTER[metric] else -1
     # Samples of the metric itself: latency has one per success, feedback one
-    # per score, not one per request; with users randomised, users.
-    samples = [x.users if by_user else x.metric(metric).n for x in tallies]
+    # per score, not one per request; with users randomised, effective users
+    # (a user with most of the requests counts as few).
+    samples = [
+        int(x.per_user(metric).effective_units) if by_user else x.metric(metric).n for x in tallies
+    ]
     enough = all(n >= e.min_samples_per_variant for n in samples)
     better = [
         i + 1

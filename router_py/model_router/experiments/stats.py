@@ -205,6 +205,14 @@ class UnitSummary:
         return _as_float(np.maximum(residuals * scale, 0.0))
 
     @property
+    def effective_units(self) -> Any:
+        """Kish's effective number of units, (Σn)² / Σn²: the users a test
+        really rests on. When a few users send most requests it is far below
+        their number, and the normal approximation needs it large."""
+        n, nn = np.asarray(self.n, dtype=float), np.asarray(self.nn, dtype=float)
+        return _as_float(np.divide(n * n, nn, out=np.zeros_like(n), where=nn > 0))
+
+    @property
     def unit_variance(self) -> float:
         """The variance one unit contributes (K · Var(R)): what sample sizes use."""
         return float(self.variance) * float(self.units)
@@ -212,14 +220,18 @@ class UnitSummary:
 
 def delta_method(a: UnitSummary, b: UnitSummary, alpha: float, mde: float) -> Comparison:
     """B's ratio against A's with units randomised: a z-test and interval on
-    the difference with the delta method's variances, and the mSPRT on it
-    (always valid from MIN_SEQUENTIAL_N units an arm)."""
+    the difference with the delta method's variances, and the mSPRT on it.
+    Both p-values answer 1 until each arm has MIN_SEQUENTIAL_N *effective*
+    units: with a few heavy users the approximation is not yet worth it."""
     diff = np.asarray(b.ratio, dtype=float) - np.asarray(a.ratio, dtype=float)
     v = np.asarray(a.variance, dtype=float) + np.asarray(b.variance, dtype=float)
     z = np.divide(diff, np.sqrt(v), out=np.zeros_like(diff), where=v > 0)
-    p = np.where(v > 0, 2 * _scipy_stats().norm.sf(np.abs(z)), np.where(diff == 0, 1.0, 0.0))
     half = _scipy_stats().norm.ppf(1 - alpha / 2) * np.sqrt(v)
-    sequential = np.minimum(np.asarray(a.units), np.asarray(b.units)) >= MIN_SEQUENTIAL_N
+    effective = np.minimum(np.asarray(a.effective_units), np.asarray(b.effective_units))
+    sequential = effective >= MIN_SEQUENTIAL_N
+    # No variance at all (every user alike): any difference is certain.
+    exact = np.where(diff == 0, 1.0, 0.0)
+    p = np.where(sequential, np.where(v > 0, 2 * _scipy_stats().norm.sf(np.abs(z)), exact), 1.0)
     avp = np.where(sequential, msprt_p_value(diff, v, mde * mde), 1.0)
     scalar = not (isinstance(diff, np.ndarray) and diff.ndim)
     avci = (

@@ -24,16 +24,13 @@ rounded to its unit, an error of at most half a unit per sample that
 averages out: variances are exact to a small fraction of a unit.
 
 Experiments that randomise users (`assignment: "user"`) are analysed per
-user (stats.delta_method), which needs, per arm, the number of users and
-the sums over users of the squares and products of each user's own totals
-(Σn², Σy², Σny). Those are not sums of per-request figures, so each user's
-totals are store counters too (`experiment-unit:...`, only the fields the
-experiment's metrics need, kept as long as the arm's cells): a flush adds a
-user's deltas to them atomically (Store.add_counters, all of one user's
-fields in one call) and gets the new totals back, and what the user's square
-and products moved by, new² - old², is added to the arm's cells. However the
-increments of many workers interleave, these differences add up to exactly
-Σ new², with each user's square rounded once (its unit below).
+user (stats.delta_method), which needs each user's own totals: their sums
+of squares and products are not sums of per-request figures. So each user's
+totals are cells too, under the "u" resolution (bucket = the window's start,
+key = the arm, metric = "{user}:{field}", the user a 48-bit hash: no user id
+is stored), merged in the same batch as the arm's cells (one atomic store
+write: the two always agree), kept as long, and summed, squared and
+multiplied at read time in Python's exact integers.
 """
 
 from __future__ import annotations
@@ -49,6 +46,7 @@ from .. import types as t
 from .._core import sketch_quantiles
 from ..store import Store
 from ..store.base import RollupCell
+from ..store.merges import MergeQueue
 from .stats import Summary, UnitSummary
 
 if TYPE_CHECKING:
@@ -65,18 +63,17 @@ LATENCY_BIN = "b"  # a latency sketch bin: "b{index}"
 LATENCY_SQUARE_US2 = 10_000  # (0.1 ms)² in µs²
 COST_SQUARE_NANO2 = 10**8  # (10 µUSD)² in nano-USD²
 FEEDBACK_SQUARE_UNIT = 1000  # in thousandths²
-KEEP_MS = {WINDOW: 90 * 86_400_000}
+KEEP_MS = {WINDOW: 90 * 86_400_000, "u": 90 * 86_400_000}
 # An experiment's request -> variant (index + 1), for feedback: kept this
 # long, and only for experiments that use feedback.
 ASSIGNMENT_TTL_MS = 7 * 86_400_000
 MAX_PENDING_CELLS = 100_000
 MAX_PENDING_ASSIGNMENTS = 100_000
-MAX_PENDING_UNITS = 100_000
 
-# Per user (assignment "user"): a unit's totals, stored as counters named
-# f"{unit_counter(...)}:{field}": requests, successes, latency of successes
-# (µs), cost (nano-USD), feedback scores and their sum (thousandths).
-UNITS = "u"  # the arm's number of users
+# Per user (assignment "user"): each user's totals in the arm, under the
+# USERS resolution: requests, successes, latency of successes (µs), cost
+# (nano-USD), feedback scores and their sum (thousandths).
+USERS = "u"
 U_REQUESTS, U_SUCCESSES, U_LATENCY, U_COST, U_FEEDBACK_N, U_FEEDBACK = "r", "s", "L", "C", "f", "F"
 # Each metric as a ratio of a user's totals: (denominator, numerator).
 UNIT_PAIRS: dict[str, tuple[str, str]] = {
@@ -85,12 +82,8 @@ UNIT_PAIRS: dict[str, tuple[str, str]] = {
     "cost": (U_REQUESTS, U_COST),
     "feedback": (U_FEEDBACK_N, U_FEEDBACK),
 }
-# The unit a user's total is squared in, in the counter's own units: ms for
-# latency, 10 µUSD for cost, so that Σ over users stays inside 64 bits for
-# any plausible experiment (a user's 1,000 requests of 1 s: 1e12 ms²).
-UNIT_SCALE = {U_LATENCY: 1000, U_COST: 10_000}
-# That unit in the metric's own (ms, USD, score).
-UNIT_IN_METRIC = {U_LATENCY: 1.0, U_COST: 1e-5, U_FEEDBACK: 1e-3}
+# A numerator's unit in the metric's own (ms, USD, score).
+IN_METRIC = {U_LATENCY: 1e-3, U_COST: 1e-9, U_FEEDBACK: 1e-3}
 OUTCOME_FIELDS = (U_REQUESTS, U_SUCCESSES, U_LATENCY, U_COST)
 FEEDBACK_FIELDS = (U_FEEDBACK_N, U_FEEDBACK)
 
@@ -113,22 +106,21 @@ def arm_key(rollout_id: str, variant: str) -> str:
     return f"{rollout_id}\x1f{variant}"
 
 
-def assignment_counter(experiment_id: str, workspace_id: str | None, request_id: str) -> str:
-    """Keyed by the request's workspace too: feedback is taken only as it.
+def assignment_counter(
+    experiment_id: str, window_ms: int, workspace_id: str | None, request_id: str
+) -> str:
+    """Keyed by the request's workspace too: feedback is taken only as it; and
+    by the window, so a new experiment under a deleted one's id starts afresh.
     Its value: the variant's index + 1, plus the user's unit number << 8 when
     users are randomised (so feedback is credited to the user too)."""
-    return f"experiment-assignment:{experiment_id}:{workspace_id or ''}\x1f{request_id}"
+    return f"experiment-assignment:{experiment_id}:{window_ms}:{workspace_id or ''}\x1f{request_id}"
 
 
 def unit_number(rollout_id: str, unit: str) -> int:
     """A user's (or request's) number in an experiment: 48 bits of a hash, so
-    that store keys hold no user id and an assignment counter can carry it."""
+    that the store holds no user id and an assignment counter can carry it."""
     digest = hashlib.blake2b(f"{rollout_id}\x1f{unit}".encode(), digest_size=6).digest()
     return int.from_bytes(digest, "big")
-
-
-def unit_counter(rollout_id: str, window_ms: int, variant: str, unit: int) -> str:
-    return f"experiment-unit:{rollout_id}:{window_ms}:{variant}:{unit:x}"
 
 
 def unit_fields(metrics: tuple[str, ...]) -> tuple[str, ...]:
@@ -138,48 +130,11 @@ def unit_fields(metrics: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f for f in (*OUTCOME_FIELDS, *FEEDBACK_FIELDS) if f in fields)
 
 
-def _squared(field: str, total: int) -> int:
-    scale = UNIT_SCALE.get(field, 1)
-    return (total * total + scale * scale // 2) // (scale * scale)
-
-
-def _product(n: int, field: str, total: int) -> int:
-    scale = UNIT_SCALE.get(field, 1)
-    return (n * total + scale // 2) // scale
-
-
-def unit_moves(
-    cell: tuple[str, int, str], totals: dict[str, int], deltas: dict[str, int]
-) -> Counter[RollupCell]:
-    """What one user's update moved the arm's user-level cells by: the count
-    of users (a first request), each updated total's square, and each pair's
-    product — new value minus old, from the totals after the update."""
-    moves: Counter[RollupCell] = Counter()
-    old = {f: totals[f] - deltas[f] for f in deltas}
-    if U_REQUESTS in deltas and old[U_REQUESTS] == 0 and totals[U_REQUESTS] > 0:
-        moves[(*cell, UNITS)] = 1
-    for f in deltas:
-        moves[(*cell, f"{UNITS}{f}{f}")] = _squared(f, totals[f]) - _squared(f, old[f])
-    for n, y in UNIT_PAIRS.values():
-        if n in deltas and y in deltas:
-            moves[(*cell, f"{UNITS}{n}{y}")] = _product(totals[n], y, totals[y]) - _product(
-                old[n], y, old[y]
-            )
-    return moves
-
-
-UnitDeltas = dict[str, tuple[tuple[str, int, str], dict[str, int]]]
-
-
-async def add_unit_totals(store: Store, units: UnitDeltas) -> Counter[RollupCell]:
-    """Add each user's deltas to their stored totals (one atomic call) and
-    return what the arms' user-level cells move by."""
-    names = {f"{unit}:{f}": d for unit, (_, deltas) in units.items() for f, d in deltas.items()}
-    totals = await store.add_counters(names, KEEP_MS[WINDOW])
-    moves: Counter[RollupCell] = Counter()
-    for unit, (cell, deltas) in units.items():
-        moves.update(unit_moves(cell, {f: totals[f"{unit}:{f}"] for f in deltas}, deltas))
-    return moves
+def user_cells(
+    rollout_id: str, variant: str, window_ms: int, unit: int, deltas: dict[str, int]
+) -> dict[RollupCell, int]:
+    cell = (USERS, window_ms, arm_key(rollout_id, variant))
+    return {(*cell, f"{unit:x}:{f}"): d for f, d in deltas.items() if d}
 
 
 @dataclass
@@ -192,8 +147,8 @@ class ArmTally:
     cost: Summary = Summary(0, 0.0, 0.0)  # USD per request
     feedback: Summary = Summary(0, 0.0, 0.0)
     bins: Counter[int] = field(default_factory=Counter)
-    # Users randomised: the arm's user-level cells (UNITS, squares, products).
-    units: Counter[str] = field(default_factory=Counter)
+    # Users randomised: each user's totals (user -> field -> total).
+    by_user: dict[str, Counter[str]] = field(default_factory=dict)
 
     @property
     def errors(self) -> int:
@@ -222,19 +177,22 @@ class ArmTally:
 
     @property
     def users(self) -> int:
-        return self.units[UNITS]
+        return sum(1 for totals in self.by_user.values() if totals[U_REQUESTS])
 
     def per_user(self, name: t.Metric) -> UnitSummary:
-        """The metric as a ratio of users' totals, for the delta method."""
+        """The metric as a ratio of users' totals, for the delta method: sums,
+        squares and products in exact integers, then in the metric's unit."""
         n, y = UNIT_PAIRS[name]
-        scale = UNIT_IN_METRIC.get(y, 1.0)
+        scale = IN_METRIC.get(y, 1.0)
+        ns = [totals[n] for totals in self.by_user.values() if totals[U_REQUESTS]]
+        ys = [totals[y] for totals in self.by_user.values() if totals[U_REQUESTS]]
         return UnitSummary(
-            units=self.users,
-            n=self.metric(name).n,
-            y=self.metric(name).total,
-            nn=self.units[f"{UNITS}{n}{n}"],
-            yy=self.units[f"{UNITS}{y}{y}"] * scale * scale,
-            ny=self.units[f"{UNITS}{n}{y}"] * scale,
+            units=len(ns),
+            n=sum(ns),
+            y=sum(ys) * scale,
+            nn=sum(a * a for a in ns),
+            yy=sum(b * b for b in ys) * scale * scale,
+            ny=sum(a * b for a, b in zip(ns, ys, strict=True)) * scale,
         )
 
 
@@ -251,30 +209,40 @@ def _tally(metrics: Counter[str]) -> ArmTally:
             m[FEEDBACK_N], m[FEEDBACK_SUM] / 1e3, m[FEEDBACK_SQUARES] * FEEDBACK_SQUARE_UNIT / 1e6
         ),
         bins=Counter({int(k[1:]): v for k, v in m.items() if k.startswith(LATENCY_BIN)}),
-        units=Counter({k: v for k, v in m.items() if k.startswith(UNITS)}),
     )
 
 
 async def read_arms(store: Store, rollout_id: str, window_ms: int) -> dict[str, ArmTally]:
-    """Every arm of a rollout over the window that starts at window_ms."""
-    by_arm: dict[str, Counter[str]] = {}
+    """Every arm of a rollout over the window that starts at window_ms, with
+    its users' totals when users are randomised."""
     prefix = rollout_id + "\x1f"
+    by_arm: dict[str, Counter[str]] = {}
     for _, key, metric, value in await store.read_rollups(WINDOW, window_ms, window_ms + 1):
         if key.startswith(prefix):
             by_arm.setdefault(key[len(prefix) :], Counter())[metric] += value
-    return {variant: _tally(metrics) for variant, metrics in by_arm.items()}
+    arms = {variant: _tally(metrics) for variant, metrics in by_arm.items()}
+    for _, key, metric, value in await store.read_rollups(USERS, window_ms, window_ms + 1):
+        if key.startswith(prefix) and (arm := arms.get(key[len(prefix) :])) is not None:
+            user, _, f = metric.partition(":")
+            arm.by_user.setdefault(user, Counter())[f] += value
+    return arms
+
+
+def answered_by(arm: Arm, done: t.RecentRequest) -> bool:
+    """A success of the arm: an answer from its own model (a failover away
+    from it is the arm's failure)."""
+    return done.status == 200 and done.outcome == "success" and done.model_id == arm.model_id
 
 
 def outcome_cells(arm: Arm, done: t.RecentRequest) -> Counter[RollupCell]:
-    """The cells one finished request adds to its arm: a success is an answer
-    from the arm's own model (a failover away from it is the arm's failure)."""
+    """The cells one finished request adds to its arm."""
     cell = (WINDOW, arm.window_ms, arm_key(arm.rollout_id, arm.variant))
     cells: Counter[RollupCell] = Counter()
     cells[(*cell, REQUESTS)] = 1
     cost = round(done.cost * 1e9)
     cells[(*cell, COST_SUM)] = cost
     cells[(*cell, COST_SQUARES)] = round(cost * cost / COST_SQUARE_NANO2)
-    if done.status == 200 and done.outcome == "success" and done.model_id == arm.model_id:
+    if answered_by(arm, done):
         us = round(done.upstream_ms * 1000)
         cells[(*cell, SUCCESSES)] = 1
         cells[(*cell, LATENCY_SUM)] = us
@@ -283,10 +251,10 @@ def outcome_cells(arm: Arm, done: t.RecentRequest) -> Counter[RollupCell]:
     return cells
 
 
-def outcome_unit_deltas(arm: Arm, done: t.RecentRequest) -> dict[str, int]:
+def outcome_user_deltas(arm: Arm, done: t.RecentRequest) -> dict[str, int]:
     """What one finished request adds to its user's totals (the fields the
     experiment keeps), by the rule outcome_cells counts it by."""
-    success = done.status == 200 and done.outcome == "success" and done.model_id == arm.model_id
+    success = answered_by(arm, done)
     every = {
         U_REQUESTS: 1,
         U_SUCCESSES: int(success),
@@ -294,15 +262,6 @@ def outcome_unit_deltas(arm: Arm, done: t.RecentRequest) -> dict[str, int]:
         U_COST: round(done.cost * 1e9),
     }
     return {f: every[f] for f in arm.unit_fields if f in every}
-
-
-def feedback_unit(
-    rollout_id: str, variant: str, window_ms: int, unit: int, score: float
-) -> UnitDeltas:
-    """One score's deltas to its user's totals (users randomised)."""
-    cell = (WINDOW, window_ms, arm_key(rollout_id, variant))
-    name = unit_counter(rollout_id, window_ms, variant, unit)
-    return {name: (cell, {U_FEEDBACK_N: 1, U_FEEDBACK: round(score * 1000)})}
 
 
 def feedback_cells(rollout_id: str, variant: str, window_ms: int, score: float) -> dict:
@@ -320,47 +279,28 @@ class TallySync:
 
     def __init__(self, store: Store):
         self.store = store
-        self.pending: Counter[RollupCell] = Counter()
+        self.queue = MergeQueue(store, KEEP_MS, MAX_PENDING_CELLS, "experiment outcomes")
         self.assignments: dict[str, int] = {}
-        self.units: UnitDeltas = {}
 
     def record(self, arm: Arm, done: t.RecentRequest) -> None:
         if not arm.counted:
             return
-        self.pending.update(outcome_cells(arm, done))
+        self.queue.add(outcome_cells(arm, done))
         unit = 0
         if arm.unit_fields:
             # The unit routing drew the variant by: the user, else the request.
             unit = unit_number(arm.rollout_id, done.user_id or done.request_id)
-            name = unit_counter(arm.rollout_id, arm.window_ms, arm.variant, unit)
-            cell = (WINDOW, arm.window_ms, arm_key(arm.rollout_id, arm.variant))
-            deltas = self.units.setdefault(name, (cell, {}))[1]
-            for f, d in outcome_unit_deltas(arm, done).items():
-                deltas[f] = deltas.get(f, 0) + d
+            deltas = outcome_user_deltas(arm, done)
+            self.queue.add(user_cells(arm.rollout_id, arm.variant, arm.window_ms, unit, deltas))
         if arm.feedback:
             # A request id is the client's: the first request to use it keeps
             # it (here and in the store), a repeat credits nothing.
-            name = assignment_counter(arm.rollout_id, done.workspace_id, done.request_id)
+            name = assignment_counter(
+                arm.rollout_id, arm.window_ms, done.workspace_id, done.request_id
+            )
             self.assignments.setdefault(name, (unit << 8) + int(arm.variant) + 1)
 
-    async def _add_units(self) -> None:
-        units, self.units = self.units, {}
-        try:
-            self.pending.update(await add_unit_totals(self.store, units))
-        except BaseException:
-            for name, (cell, deltas) in self.units.items():  # recorded meanwhile
-                kept = units.setdefault(name, (cell, {}))[1]
-                for f, d in deltas.items():
-                    kept[f] = kept.get(f, 0) + d
-            self.units = units
-            if len(units) > MAX_PENDING_UNITS:
-                log.error("experiment users: store unreachable, %d dropped", len(units))
-                self.units = {}
-            raise
-
     async def flush(self) -> None:
-        if self.units:
-            await self._add_units()
         if self.assignments:
             assignments, self.assignments = self.assignments, {}
             try:
@@ -375,15 +315,4 @@ class TallySync:
                     )
                     self.assignments = {}
                 raise
-        if not self.pending:
-            return
-        cells, self.pending = self.pending, Counter()
-        try:
-            await self.store.merge_rollups(cells, KEEP_MS)
-        except BaseException:
-            cells.update(self.pending)
-            self.pending = cells
-            if len(cells) > MAX_PENDING_CELLS:
-                log.error("experiment outcomes: store unreachable, %d cells dropped", len(cells))
-                self.pending = Counter()
-            raise
+        await self.queue.flush()

@@ -122,13 +122,16 @@ class Reservation:
     limit: int
 
 
-# One rollup cell to add: (resolution "m" | "h" | "w", bucket start ms, key, metric) -> amount.
-# The key joins the bucket's dimensions; the metric is a counter or a sketch bin.
-# "w" buckets are the measurement windows of canaries and experiments: each
-# starts at its own ms (a canary step's start), so their step is 1 ms and a
-# window is read as [start, start + 1).
+# One rollup cell to add: (resolution "m" | "h" | "w" | "u", bucket start ms, key,
+# metric) -> amount. The key joins the bucket's dimensions; the metric is a
+# counter or a sketch bin. "w" buckets are the measurement windows of canaries
+# and experiments: each starts at its own ms (a canary step's start), so their
+# step is 1 ms and a window is read as [start, start + 1); "u" buckets hold an
+# experiment window's per-user totals (experiments/tally.py) the same way.
 RollupCell = tuple[str, int, str, str]
-ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000, "w": 1}
+# How long a merged batch's id is remembered: far longer than any retry.
+BATCH_KEEP_MS = 3_600_000
+ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000, "w": 1, "u": 1}
 
 
 class PreconditionFailed(Exception):
@@ -229,10 +232,12 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def merge_rollups(
-        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int]
+        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int], batch: str = ""
     ) -> None:
         """Add each amount to its cell (created at zero), and forget the cells of
-        each resolution older than its `keep_ms` (retention)."""
+        each resolution older than its `keep_ms` (retention). A `batch` id is
+        applied once (remembered BATCH_KEEP_MS): a merge whose answer was lost
+        is sent again under its id, never counted twice."""
         ...
 
     async def read_rollups(

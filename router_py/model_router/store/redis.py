@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import (
+    BATCH_KEEP_MS,
     ROLLUP_STEP_MS,
     AppendAudit,
     AuditRow,
@@ -170,6 +171,29 @@ OP_NAMES = {
     AppendAudit: "audit",
 }
 
+# KEYS[1] is the batch's id (a key never read when ARGV[1] is empty), then
+# one hash per bucket. ARGV[1]: the batch id or "", ARGV[2] how long to keep
+# it; then per hash its expiry, its number of fields and field, amount pairs.
+# One script: the whole batch lands once or not at all. A field that would
+# overflow is skipped and counted (the others still land).
+MERGE_ROLLUPS = """
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+  return -1
+end
+local failed, i = 0, 3
+for k = 2, #KEYS do
+  local expires, fields = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  for _ = 1, fields do
+    local added = redis.pcall('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1])
+    if type(added) == 'table' and added.err then failed = failed + 1 end
+    i = i + 2
+  end
+  redis.call('PEXPIREAT', KEYS[k], expires)
+end
+return failed
+"""
+
 # How long the config watcher waits before subscribing again after a failure.
 RESUBSCRIBE_S = 0.5
 
@@ -186,8 +210,12 @@ class RedisStore:
             decode_responses=False,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), retries=1),
+            # A command is sent again only when the connection failed (a pooled
+            # one Redis closed): after a timeout it may still run, and every
+            # write here adds or appends, so sending it again would count twice.
+            retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
         )
+        self._merge_rollups = self._redis.register_script(MERGE_ROLLUPS)
         self._apply = self._redis.register_script(APPLY)
         self._add_counters = self._redis.register_script(ADD_COUNTERS)
         self._reserve = self._redis.register_script(RESERVE)
@@ -355,32 +383,31 @@ class RedisStore:
 
     @_reachable
     async def merge_rollups(
-        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int]
+        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int], batch: str = ""
     ) -> None:
         # One hash per bucket start, expiring when its retention ends: pruning
         # is Redis's own expiry. HINCRBY adds, so drains of any number of
-        # workers and replicas add up in any order; MULTI lands a batch whole.
+        # workers and replicas add up in any order.
         by_key: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
         for (resolution, start_ms, key, metric), value in cells.items():
             by_key[resolution, start_ms][key + ROLLUP_SEPARATOR + metric] = value
         now = int(time.time() * 1000)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for (resolution, start_ms), fields in by_key.items():
-                expires = start_ms + keep_ms[resolution]
-                if expires <= now:
-                    continue
-                name = self._rollup_key(resolution, start_ms)
-                for field, value in fields.items():
-                    pipe.hincrby(name, field, value)
-                pipe.pexpireat(name, expires)
-            # EXEC ran every command: one that failed (a field that would
-            # overflow) is lost, the others are applied, so raising would make
-            # the caller merge them again.
-            failed = [
-                r for r in await pipe.execute(raise_on_error=False) if isinstance(r, Exception)
-            ]
-        if failed:
-            log.error("rollups: %d of the merged cells failed, first: %s", len(failed), failed[0])
+        keys = [self._batch_key(batch)]
+        args: list[str | int] = [batch, BATCH_KEEP_MS]
+        for (resolution, start_ms), fields in by_key.items():
+            expires = start_ms + keep_ms[resolution]
+            if expires <= now:
+                continue
+            keys.append(self._rollup_key(resolution, start_ms))
+            args += [expires, len(fields)]
+            for field, value in fields.items():
+                args += [field, value]
+        failed = await self._merge_rollups(keys=keys, args=args)
+        if failed > 0:
+            log.error("rollups: %d of the merged cells would overflow and were not added", failed)
+
+    def _batch_key(self, batch: str) -> str:
+        return f"{self._prefix}:merged:{batch}"
 
     @_reachable
     async def read_rollups(

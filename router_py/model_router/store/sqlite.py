@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .base import (
+    BATCH_KEEP_MS,
     AppendAudit,
     AuditRow,
     Clear,
@@ -77,6 +78,11 @@ CREATE TABLE IF NOT EXISTS audit (
     version INTEGER NOT NULL,
     body    BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS merged_batches (
+    id         TEXT PRIMARY KEY,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS merged_batches_by_expiry ON merged_batches (expires_ms);
 CREATE TABLE IF NOT EXISTS rollups (
     resolution TEXT NOT NULL,
     start_ms   INTEGER NOT NULL,
@@ -315,16 +321,24 @@ class SQLiteStore:
         self._executor.shutdown(wait=True)
 
     async def merge_rollups(
-        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int]
+        self, cells: Mapping[RollupCell, int], keep_ms: Mapping[str, int], batch: str = ""
     ) -> None:
         def merge(db: sqlite3.Connection) -> None:
+            now = int(time.time() * 1000)
+            if batch:
+                db.execute("DELETE FROM merged_batches WHERE expires_ms <= ?", (now,))
+                seen = db.execute(
+                    "INSERT OR IGNORE INTO merged_batches (id, expires_ms) VALUES (?, ?)",
+                    (batch, now + BATCH_KEEP_MS),
+                )
+                if seen.rowcount == 0:
+                    return  # merged before
             db.executemany(
                 "INSERT INTO rollups (resolution, start_ms, key, metric, value) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (resolution, start_ms, key, metric) "
                 "DO UPDATE SET value = value + excluded.value",
                 [(*cell, value) for cell, value in cells.items()],
             )
-            now = int(time.time() * 1000)
             db.executemany(
                 "DELETE FROM rollups WHERE resolution = ? AND start_ms < ?",
                 [(resolution, now - keep) for resolution, keep in keep_ms.items()],

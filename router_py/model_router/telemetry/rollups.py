@@ -2,19 +2,20 @@
 and add them to the store's minute and hour buckets, off the request path.
 
 The store adds (never overwrites), so the drains of every worker and replica
-sum to the fleet's figures. A merge that fails is kept and retried with the
-next beat's, up to MAX_PENDING_CELLS; past that the oldest is dropped and said
-in the log (bounded memory while the store is away).
+sum to the fleet's figures. A merge that fails is sent again on the next beat
+under its batch id, so it counts once (store/merges.py), up to
+MAX_PENDING_CELLS; past that the oldest is dropped and said in the log
+(bounded memory while the store is away).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 from .._core import Engine
 from ..store import Store
-from ..store.base import ROLLUP_STEP_MS, RollupCell
+from ..store.base import ROLLUP_STEP_MS
+from ..store.merges import MergeQueue
 
 log = logging.getLogger("model_router.rollups")
 
@@ -45,37 +46,23 @@ def retention_ms(minutes_keep_hours: int, hours_keep_days: int) -> dict[str, int
 class RollupSync:
     def __init__(self, engine: Engine, store: Store, keep_ms: dict[str, int]):
         self.engine = engine
-        self.store = store
-        self.keep_ms = keep_ms
-        self.pending: Counter[RollupCell] = Counter()
+        self.queue = MergeQueue(store, keep_ms, MAX_PENDING_CELLS, "rollups")
 
     def _fold(self) -> None:
         buckets, dropped = self.engine.take_rollups()
         if dropped:
             log.warning("rollups: %d attempts over the key bound were not counted", dropped)
+        pending = self.queue.pending
         for minute_ms, dims, counters, latency, ttft in buckets:
             key = KEY_SEPARATOR.join(dims)
             for cell in (("m", minute_ms), ("h", minute_ms - minute_ms % HOUR_MS)):
                 for name, value in zip(COUNTERS, counters, strict=True):
                     if value:
-                        self.pending[(*cell, key, name)] += value
+                        pending[(*cell, key, name)] += value
                 for prefix, bins in ((LATENCY_BIN, latency), (TTFT_BIN, ttft)):
                     for index, count in bins:
-                        self.pending[(*cell, key, f"{prefix}{index}")] += count
+                        pending[(*cell, key, f"{prefix}{index}")] += count
 
     async def flush(self) -> None:
         self._fold()
-        if not self.pending:
-            return
-        cells, self.pending = self.pending, Counter()
-        try:
-            await self.store.merge_rollups(cells, self.keep_ms)
-        except BaseException:
-            cells.update(self.pending)
-            self.pending = cells
-            if len(cells) > MAX_PENDING_CELLS:
-                oldest = sorted(cells, key=lambda c: c[1])[: len(cells) - MAX_PENDING_CELLS]
-                for cell in oldest:
-                    del cells[cell]
-                log.error("rollups: store unreachable, %d oldest cells dropped", len(oldest))
-            raise
+        await self.queue.flush()
