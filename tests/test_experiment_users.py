@@ -114,7 +114,7 @@ def accumulating_users(
 
 @pytest.mark.parametrize(
     ("sigma", "count", "reads", "runs", "live"),
-    [(1.5, 1500, 40, 500, 0.6), (3.0, 300, 100, 1000, 0.0)],
+    [(1.5, 1500, 40, 500, 0.6), (3.0, 300, 100, 500, 0.0)],
 )
 def test_a_a_with_a_few_heavy_users_keeps_false_positives_under_alpha(
     sigma: float, count: int, reads: int, runs: int, live: float
