@@ -127,7 +127,11 @@ class LineWriter:
 
     def __init__(self, fd: int):
         self._fd = fd
-        self._chunk = BATCH_BYTES if stat.S_ISREG(os.fstat(fd).st_mode) else select.PIPE_BUF
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:  # no stderr at all: the writes will fail quietly
+            regular = False
+        self._chunk = BATCH_BYTES if regular else select.PIPE_BUF
         self._timestamps = Timestamps()
         self._start()
         # A forked worker starts afresh: its parent's buffer and thread are the parent's.
