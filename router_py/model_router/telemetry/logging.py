@@ -154,7 +154,7 @@ class LineWriter:
                 return
             self._lines.append(line)
             self._size += len(line)
-            full = self._size >= BATCH_BYTES
+            full = self._size >= BATCH_BYTES > self._size - len(line)  # just now
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
             self._thread.start()
