@@ -138,8 +138,10 @@ class LineWriter:
         os.register_at_fork(after_in_child=self._start)
 
     def _start(self) -> None:
-        self._lock = threading.Lock()  # the buffer
-        self._writing = threading.Lock()  # one write at a time, in order
+        # Re-entrant, as logging's own: a signal handler that logs while its
+        # thread writes must not deadlock.
+        self._lock = threading.RLock()  # the buffer
+        self._writing = threading.RLock()  # one write at a time, in order
         self._wake = threading.Event()
         self._lines: list[bytes] = []
         self._size = 0
