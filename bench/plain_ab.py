@@ -60,7 +60,7 @@ def main() -> int:
                 pids = router.worker_pids()
                 before = cpu_ns(pids)
                 url = f"{router.url}/v1/chat/completions"
-                load = wrk(url, script, seconds, args.connections, 2)
+                load = wrk(url, script, seconds, args.connections, min(2, args.connections))
                 served = load["rps"] * seconds
                 return {**load, "cpu_us": (cpu_ns(pids) - before) / served / 1000}
 
