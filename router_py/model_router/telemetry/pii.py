@@ -5,7 +5,7 @@ exception), so nothing that reaches a log escapes it. Each pattern runs only
 when a cheap test says it could match; the short strings a request's line
 repeats (its route, model, endpoint, agent, the message) are masked once and
 remembered, and the router's own request ids skip the patterns (see `mask`):
-that keeps masking the line of a routed request to about a microsecond.
+that keeps masking the line of a routed request to a microsecond or two.
 """
 
 from __future__ import annotations

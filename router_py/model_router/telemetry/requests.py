@@ -2,7 +2,8 @@
 samples, and an entry in the shared list of recent requests.
 
 None of it is done on the request path: it runs just after the response has
-been handed to the server (`call_soon`). The log line is written then; recent
+been handed to the server (`call_soon`). The log line is built then and
+written with others within WRITE_BEAT_S (telemetry/logging.py); recent
 requests are gathered and go to the store every RECORDS_FLUSH_MS, so a worker
 killed outright loses at most that much of them; metric samples go out once a
 second, with the engine's rule match counts and health scores copied into
