@@ -199,6 +199,7 @@ class Service:
         await self.client.close()
         await self.store.close()
         self.live.writes.close()
+        self.observer.flush_log()
 
     def _refuse_writes_to_a_reset_store(self, ops: Sequence[Op]) -> None:
         """A write to a reset store would answer 2xx and never be routed under:

@@ -2,7 +2,8 @@
 samples, and an entry in the shared list of recent requests.
 
 None of it is done on the request path: it runs just after the response has
-been handed to the server (`call_soon`). The log line is written then; recent
+been handed to the server (`call_soon`). The log line is built then and
+written with others within WRITE_BEAT_S (telemetry/logging.py); recent
 requests are gathered and go to the store every RECORDS_FLUSH_MS, so a worker
 killed outright loses at most that much of them; metric samples go out once a
 second, with the engine's rule match counts and health scores copied into
@@ -26,8 +27,13 @@ from ..experiments.routing import Arm
 from ..experiments.tally import TallySync
 from ..store import Store
 from . import metrics
+from .logging import STDERR, Timestamps, json_line
 
 log = logging.getLogger("model_router.requests")
+_LEVELS = {
+    level: logging.getLevelName(level).lower()
+    for level in (logging.INFO, logging.WARNING, logging.ERROR)
+}
 
 REJECTED_LINES_PER_S = 10
 
@@ -44,6 +50,7 @@ class RequestObserver:
         self.arms = TallySync(store)  # canary and experiment outcomes
         self._metrics = metrics.MetricBatch()
         self._rejected_second, self._rejected_lines, self._rejected_dropped = 0, 0, 0
+        self._timestamps = Timestamps()
 
     def observe(
         self,
@@ -80,32 +87,47 @@ class RequestObserver:
             m.inc(metrics.COST, (model,), summary.cost)
         self._pending.append(msgspec.json.encode(summary))
         if log.isEnabledFor(logging.INFO):
-            extra = {
-                "requestId": summary.request_id,
-                "route": summary.route,
-                "workspaceId": summary.workspace_id,
-                "agentType": summary.agent_type,
-                "userId": summary.user_id,
-                "modelId": summary.model_id,
-                "endpointId": summary.endpoint_id,
-                "status": summary.status,
-                "latency": round(summary.latency_ms, 3),
-                "upstreamMs": round(summary.upstream_ms, 3),
-                "tokens": summary.prompt_tokens + summary.completion_tokens,
-                "cost": summary.cost,
-                "attempts": summary.attempts,
-            }
-            if arm is not None:
-                extra["experimentId"] = summary.experiment_id
-                extra["canaryId"] = summary.canary_id
-                extra["variant"] = summary.variant
-            if log.isEnabledFor(logging.DEBUG):
-                extra |= {"prompt": prompt, "response": reply}
-            if summary.status == 200:
-                log.info("Request routed successfully", extra=extra)
-            else:  # the caller's fault is a warning, the router's or a provider's an error
-                level = logging.WARNING if summary.status < 500 else logging.ERROR
-                log.log(level, "Request failed", extra=extra)
+            self._log_line(summary, prompt, reply, arm)
+
+    def _log_line(
+        self, summary: t.RecentRequest, prompt: str | None, reply: str | None, arm: Arm | None
+    ) -> None:
+        """The request's JSON line, as `log` would write it, without `logging`'s
+        record, handler and write per line: built here and buffered (see
+        telemetry/logging.py)."""
+        fields = {
+            "requestId": summary.request_id,
+            "route": summary.route,
+            "workspaceId": summary.workspace_id,
+            "agentType": summary.agent_type,
+            "userId": summary.user_id,
+            "modelId": summary.model_id,
+            "endpointId": summary.endpoint_id,
+            "status": summary.status,
+            "latency": round(summary.latency_ms, 3),
+            "upstreamMs": round(summary.upstream_ms, 3),
+            "tokens": summary.prompt_tokens + summary.completion_tokens,
+            "cost": summary.cost,
+            "attempts": summary.attempts,
+        }
+        if arm is not None:
+            fields["experimentId"] = summary.experiment_id
+            fields["canaryId"] = summary.canary_id
+            fields["variant"] = summary.variant
+        if log.isEnabledFor(logging.DEBUG):
+            fields |= {"prompt": prompt, "response": reply}
+        if summary.status == 200:
+            level, message = logging.INFO, "Request routed successfully"
+        else:  # the caller's fault is a warning, the router's or a provider's an error
+            level = logging.WARNING if summary.status < 500 else logging.ERROR
+            message = "Request failed"
+        stamp = self._timestamps(time.time())
+        STDERR.add(json_line(stamp, _LEVELS[level], log.name, message, fields) + b"\n")
+
+    def flush_log(self) -> None:
+        """Write the request lines still buffered (a forked worker's exit runs
+        no atexit hook)."""
+        STDERR.write()
 
     def rejected(self, method: str, path: str, status: int, kind: str, request_id: str) -> None:
         """A request the router refused itself (401, 403, 404, 413, 429...):
