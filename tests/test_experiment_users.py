@@ -143,7 +143,8 @@ def test_a_a_with_a_few_heavy_users_keeps_false_positives_under_alpha(
 def test_no_difference_waits_until_the_test_can_speak() -> None:
     """A 45-point difference, 60 users (or 80 requests) an arm, a large
     minDetectableEffect: the always-valid test answers 1 below 100 samples,
-    so "no difference" must wait for them (it was called at 16 users)."""
+    so "no difference" must wait for them (it was called at 16 users). An
+    effect too small to find in 10^12 samples needs none (it said 3e25)."""
     rng = np.random.default_rng(1113)
     e = experiment(assignment="user", min_samples_per_variant=10, min_detectable_effect=0.3)
     judged = judge_experiment(
@@ -151,6 +152,9 @@ def test_no_difference_waits_until_the_test_can_speak() -> None:
     )
     assert judged.decision == "running"
     assert judged.results.samples_needed_per_variant == stats.MIN_SEQUENTIAL_N
+    tiny = experiment(primary_metric="latency", min_detectable_effect=1e-9)
+    slow = ArmTally(requests=500, successes=500, latency=stats.Summary(500, 1e5, 3e7))
+    assert judge_experiment(tiny, {"0": slow, "1": slow}).results.samples_needed_per_variant is None
     by_request = experiment(min_samples_per_variant=10, min_detectable_effect=0.3)
     arms = {"0": ArmTally(requests=80, successes=40), "1": ArmTally(requests=80, successes=76)}
     assert judge_experiment(by_request, arms).decision == "running"

@@ -34,6 +34,9 @@ GUARDRAIL_ALPHA = 0.01
 # The baseline's p95 means little below this many successes.
 MIN_BASELINE_LATENCIES = 20
 CONTROL_MS = 1000
+# Past this many samples a variant "needs" (a tiny minDetectableEffect), none
+# is given: no experiment gets there, and JSON clients lose integers > 2^53.
+MAX_SAMPLES_NEEDED = 10**12
 LEASE = "rollout-controller"
 
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -231,6 +234,8 @@ def _samples_needed(e: t.Experiment, control: ArmTally, alpha: float) -> int | N
         if summary.n < 2:
             return None
         n = stats.sequential_sample_size_means(summary.variance, e.min_detectable_effect, alpha)
+    if n > MAX_SAMPLES_NEEDED:
+        return None  # an effect this small against this variance: never
     # Never below the floor under which the always-valid test cannot speak.
     return max(n, e.min_samples_per_variant, stats.MIN_SEQUENTIAL_N)
 
