@@ -16,12 +16,12 @@ from typing import Any
 import msgspec
 
 from .. import types as t
-from ..catalog import utcnow
 from ..engine.exchanges import Operation
 from ..engine.executor import Call, CallFailed, Result
 from ..engine.inputs import content_length, request_type
 from ..engine.secrets import provider_error
 from ..http import ApiError, HeaderParam, Request, Response, Route, json_response, new_id
+from ..telemetry.logging import Timestamps
 
 _decode = msgspec.json.Decoder().decode
 STREAM_CONTENT_TYPE = "text/event-stream"
@@ -52,6 +52,10 @@ def deadline(req: Request, timeout_ms: int | None) -> float:
     return time.monotonic() + (timeout_ms or settings.request_timeout_ms) / 1000
 
 
+# A request's time as utcnow writes it, the date and time of day made once a second.
+_timestamp = Timestamps()
+
+
 def summary(
     req: Request,
     call: Call,
@@ -68,7 +72,7 @@ def summary(
     return t.RecentRequest(
         id=new_id(),
         request_id=call.request_id,
-        timestamp=utcnow(),
+        timestamp=_timestamp(time.time()),
         route=route,
         workspace_id=call.workspace_id,
         agent_type=call.agent_type,
