@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 from test_calls import SPEC_ROUTE, add_model, prefer
-from test_experiments_api import EXPERIMENT, results_when
+from test_experiments_api import CANARY, EXPERIMENT, results_when
 
 from conftest import model_body
 
@@ -284,6 +284,28 @@ def test_an_experiments_traffic_reads_back_by_variant(make_server, make_mock):
         assert empty.status_code == 200, empty.text
         assert empty.json()["models"] == []
         assert empty.json()["byVariant"] == ({} if "experimentId" in params else None)
+
+
+def test_a_canarys_traffic_reads_back_as_canary_and_baseline(make_server, make_mock):
+    server = make_server(MOCK_PROVIDER_KEY="provider-secret")
+    add_model(server, "old", make_mock())
+    add_model(server, "new", make_mock())
+    prefer(server, "old")
+    server.wait_for_config()
+    canary = {**CANARY, "stepDuration": 3600}  # holds its first step, 20%
+    r = server.client.post("/api/canaries", json=canary)
+    assert r.status_code == 201, r.text
+    canary_id = r.json()["id"]
+    server.wait_for_config()
+    answers = route(server, 40)
+    sides = Counter(a["variant"] for a in answers)
+    assert {a["canaryId"] for a in answers} == {canary_id} and set(sides) == {"canary", "baseline"}
+    body = analytics(server, want=40, experimentId=canary_id)
+    assert {v: f["requests"] for v, f in body["byVariant"].items()} == sides
+    only = analytics(server, want=sides["canary"], experimentId=canary_id, variant="canary")
+    assert [(m["modelId"], m["totals"]["requests"]) for m in only["models"]] == [
+        ("new", sides["canary"])
+    ]
 
 
 def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server, make_mock):
