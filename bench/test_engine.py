@@ -178,9 +178,10 @@ def test_decide_default_ranking(benchmark, engine):
 
 
 # The executor's call, positional as it makes it: breaker, stats, cost and
-# the outcome rollups (outcome, agent type, rule, failover_from, ttft).
+# the outcome rollups (outcome, agent type, rule, failover_from, ttft, and the
+# rollout and variant: None, as for a request in no canary or experiment).
 RECORD = ("model-3", "model-3-ep-0", True, 412.0, 120, 250, "ws-13", None, 0, 0, None)
-RECORD += ("success", "agent-7", "rule-42", None, None)
+RECORD += ("success", "agent-7", "rule-42", None, None, None, None)
 
 
 def test_record(benchmark, engine):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 from test_calls import SPEC_ROUTE, add_model, prefer
+from test_experiments_api import CANARY, EXPERIMENT, results_when
 
 from conftest import model_body
 
@@ -206,12 +207,105 @@ def test_workspace_analytics_budgets_and_scoped_keys(fleet):
         ({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
         ({"timeRange": "30d", "interval": "1m"}, "interval"),
         ({"interval": "3m"}, "interval"),
+        ({"experimentId": "no spaces"}, "experimentId"),
+        ({"experimentId": "x" * 129}, "experimentId"),
+        ({"variant": "-starts-with-a-dash"}, "variant"),
     ],
 )
 def test_bad_ranges_are_a_400_naming_the_parameter(server, params, field):
     r = server.client.get("/api/analytics/models", params=params)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["details"]["field"] == field
+
+
+def test_an_experiments_traffic_reads_back_by_variant(make_server, make_mock):
+    """Analytics filtered by experiment and variant count exactly the
+    requests the experiment credits to each variant, failovers included."""
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="provider-secret")
+    old, new = make_mock(latency_ms=5), make_mock(latency_ms=5, error_rate=0.2)
+    add_model(server, "old", old)
+    add_model(server, "new", new)
+    prefer(server, "old")  # new is reached by the experiment alone (and old behind it)
+    server.wait_for_config()
+    r = server.client.post("/api/experiments", json=EXPERIMENT)
+    assert r.status_code == 201, r.text
+    experiment_id = r.json()["id"]
+    server.wait_for_config()
+    ours = route(server, 80)
+    outside = [  # another agent type: out of the experiment's scope
+        server.client.post("/api/route", json={**SPEC_ROUTE, "agentType": "other"}).json()
+        for _ in range(5)
+    ]
+    assert all("variant" not in a or a["variant"] is None for a in outside)
+    results = results_when(server, experiment_id, 80)["results"]
+    n = {v["modelId"]: v["n"] for v in results["variants"]}
+    by_variant = defaultdict(list)
+    for answer in ours:
+        by_variant[answer["variant"]].append(answer)
+    served = {v: len(answers) for v, answers in by_variant.items()}
+    assert n == served and min(n.values()) > 15, results
+    everything = sum(len(a["attempts"]) for a in ours + outside)
+    analytics(server, want=everything)  # every worker's rollups are in
+
+    for variant, answers in by_variant.items():
+        want = expected(answers)
+        body = analytics(
+            server,
+            want=sum(w["attempts"] for w in want.values()),
+            experimentId=experiment_id,
+            variant=variant,
+        )
+        assert_matches(body, want)
+        # Each request's first attempt: on the variant's model, or on the
+        # fallback when the variant's breaker was open (its failure too).
+        assert sum(m["totals"]["requests"] for m in body["models"]) == n[variant]
+        assert list(body["byVariant"]) == [variant]
+        assert body["byVariant"][variant]["requests"] == n[variant]
+    assert any(len(a["attempts"]) > 1 for a in by_variant["new"]), "new did fail over to old"
+
+    both = analytics(server, want=sum(len(a["attempts"]) for a in ours), experimentId=experiment_id)
+    assert {v: f["requests"] for v, f in both["byVariant"].items()} == n
+    space = server.client.get(
+        f"/api/analytics/workspaces/{SPEC_ROUTE['workspaceId']}",
+        params={"timeRange": "1h", "experimentId": experiment_id},
+    ).json()
+    assert {v: f["requests"] for v, f in space["byVariant"].items()} == n
+    assert space["totals"]["requests"] == 80
+    unfiltered = server.client.get("/api/analytics/models", params={"timeRange": "1h"}).json()
+    assert unfiltered["byVariant"] is None  # no experiment asked for
+    assert sum(m["totals"]["requests"] for m in unfiltered["models"]) == 85
+
+    for params in (
+        {"experimentId": "experiment-none"},
+        {"experimentId": experiment_id, "variant": "canary"},
+        {"variant": "nobody"},
+    ):
+        empty = server.client.get("/api/analytics/models", params={"timeRange": "1h", **params})
+        assert empty.status_code == 200, empty.text
+        assert empty.json()["models"] == []
+        assert empty.json()["byVariant"] == ({} if "experimentId" in params else None)
+
+
+def test_a_canarys_traffic_reads_back_as_canary_and_baseline(make_server, make_mock):
+    server = make_server(MOCK_PROVIDER_KEY="provider-secret")
+    add_model(server, "old", make_mock())
+    add_model(server, "new", make_mock())
+    prefer(server, "old")
+    server.wait_for_config()
+    canary = {**CANARY, "stepDuration": 3600}  # holds its first step, 20%
+    r = server.client.post("/api/canaries", json=canary)
+    assert r.status_code == 201, r.text
+    canary_id = r.json()["id"]
+    server.wait_for_config()
+    answers = route(server, 40)
+    sides = Counter(a["variant"] for a in answers)
+    assert {a["canaryId"] for a in answers} == {canary_id} and set(sides) == {"canary", "baseline"}
+    body = analytics(server, want=40, experimentId=canary_id)
+    assert {v: f["requests"] for v, f in body["byVariant"].items()} == sides
+    only = analytics(server, want=sides["canary"], experimentId=canary_id, variant="canary")
+    assert [(m["modelId"], m["totals"]["requests"]) for m in only["models"]] == [
+        ("new", sides["canary"])
+    ]
 
 
 def test_the_overview_shows_a_failing_endpoint_beside_a_healthy_one(make_server, make_mock):

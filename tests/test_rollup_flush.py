@@ -16,7 +16,7 @@ from model_router._core import Engine
 from model_router.settings import Settings
 from model_router.store import open_store
 from model_router.telemetry import figures
-from model_router.telemetry.rollups import RollupSync, retention_ms
+from model_router.telemetry.rollups import KEY_SEPARATOR, RollupSync, retention_ms
 
 MINUTE, HOUR = 60_000, 3_600_000
 SNAPSHOT = {
@@ -48,7 +48,9 @@ def engine() -> Engine:
     return e
 
 
-def record(e: Engine, sent_ms: int, latency_ms: float, outcome: str = "success") -> None:
+def record(
+    e: Engine, sent_ms: int, latency_ms: float, outcome: str = "success", **arm: str
+) -> None:
     e.record(
         "m1",
         "m1-ep",
@@ -60,6 +62,7 @@ def record(e: Engine, sent_ms: int, latency_ms: float, outcome: str = "success")
         started_ms=sent_ms,
         outcome=outcome,
         agent_type="creative",
+        **arm,
     )
 
 
@@ -150,5 +153,29 @@ def test_what_failed_to_merge_is_merged_with_the_next_beat(run, tmp_path):
         got = totals(await store.read_rollups("m", now - MINUTE, now + MINUTE))
         assert sum(t.figures().attempts for t in got.values()) == 2
         assert sync.queue.batch is None and not sync.queue.pending
+
+    run(scenario)
+
+
+def test_cells_stored_before_the_rollout_and_variant_dimensions_read_as_none(run):
+    """A key written with six dimensions (before canaries and experiments were
+    keyed) reads as no rollout and no variant, beside the keys of today."""
+
+    async def scenario(store):
+        keep = retention_ms(48, 35)
+        now = int(time.time() * 1000)
+        minute = now - now % MINUTE
+        six = KEY_SEPARATOR.join(("m1", "m1-ep", "ws", "creative", "", "success"))
+        await store.merge_rollups({("m", minute, six, "attempts"): 3}, keep)
+        e = engine()
+        record(e, now, 10.0)
+        record(e, now, 10.0, rollout_id="experiment-1", variant="m1")
+        await RollupSync(e, store, keep).flush()
+        cells = await store.read_rollups("m", minute, minute + MINUTE)
+        by_arm = figures.tally(cells, lambda _, d: (d["rollout"], d["variant"]))
+        attempts = {arm: tally.figures().attempts for arm, tally in by_arm.items()}
+        assert attempts == {("", ""): 4, ("experiment-1", "m1"): 1}
+        by_model = figures.tally(cells, lambda _, d: (d["model"], d["outcome"]))
+        assert {k: v.figures().attempts for k, v in by_model.items()} == {("m1", "success"): 5}
 
     run(scenario)

@@ -139,6 +139,9 @@ pub struct RollupFacts<'a> {
     pub outcome: &'a str,
     pub agent_type: Option<&'a str>,
     pub rule_id: Option<&'a str>,
+    /// The canary or experiment the request is in, and its arm's label.
+    pub rollout_id: Option<&'a str>,
+    pub variant: Option<&'a str>,
     /// The failed attempt this one follows: (model, endpoint, outcome).
     pub failover_from: Option<(&'a str, &'a str, &'a str)>,
     pub ttft_ms: Option<f64>,
@@ -952,6 +955,8 @@ impl Engine {
                 agent_type: r.agent_type,
                 rule: r.rule_id,
                 outcome: r.outcome,
+                rollout: r.rollout_id,
+                variant: r.variant,
                 failover_from: r.failover_from,
                 latency_ms: o.latency_ms,
                 ttft_ms: r.ttft_ms,

@@ -676,6 +676,8 @@ fn record_folds_traffic_into_the_rollups_with_its_cost_and_skips_probes() {
         outcome: "success",
         agent_type: Some("creative"),
         rule_id: Some("r1"),
+        rollout_id: Some("experiment-1"),
+        variant: Some("m"),
         ..Default::default()
     };
     e.record(&outcome(Some(facts())), 120_500);
@@ -687,7 +689,17 @@ fn record_folds_traffic_into_the_rollups_with_its_cost_and_skips_probes() {
     assert_eq!(d.minute_ms, 60_000, "the minute the attempt was sent in");
     assert_eq!(
         d.dims,
-        ["m", "m-a", "ws", "creative", "r1", "success"].map(String::from)
+        [
+            "m",
+            "m-a",
+            "ws",
+            "creative",
+            "r1",
+            "success",
+            "experiment-1",
+            "m"
+        ]
+        .map(String::from)
     );
     assert_eq!((d.bucket.attempts, d.bucket.requests), (2, 2));
     assert_eq!(

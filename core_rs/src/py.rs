@@ -233,7 +233,7 @@ impl Engine {
                         completion_tokens=0, workspace_id=None, retry_after_ms=None,
                         cache_read_tokens=0, cache_write_tokens=0, started_ms=None,
                         outcome=None, agent_type=None, rule_id=None, failover_from=None,
-                        ttft_ms=None))]
+                        ttft_ms=None, rollout_id=None, variant=None))]
     fn record(
         &self,
         model_id: &str,
@@ -252,6 +252,8 @@ impl Engine {
         rule_id: Option<&str>,
         failover_from: Option<(PyBackedStr, PyBackedStr, PyBackedStr)>,
         ttft_ms: Option<f64>,
+        rollout_id: Option<&str>,
+        variant: Option<&str>,
     ) -> Option<i64> {
         let now = now_ms();
         let outcome = Outcome {
@@ -272,6 +274,8 @@ impl Engine {
                 outcome,
                 agent_type,
                 rule_id,
+                rollout_id,
+                variant,
                 failover_from: failover_from.as_ref().map(|(m, e, o)| (&**m, &**e, &**o)),
                 ttft_ms,
             }),

@@ -1,6 +1,6 @@
 //! Per-minute outcome buckets: every attempt folds into the bucket of the
-//! minute it was sent in and of its key (model, endpoint, workspace, agent type, rule, outcome) with
-//! exact counters and mergeable latency sketches. A worker drains its buckets
+//! minute it was sent in and of its key (model, endpoint, workspace, agent type, rule, outcome,
+//! rollout, variant) with exact counters and mergeable latency sketches. A worker drains its buckets
 //! every beat and the store adds them up, so buckets from all workers and
 //! replicas sum to the fleet's figures (docs/operations.md).
 //!
@@ -123,6 +123,9 @@ pub struct Attempt<'a> {
     pub rule: Option<&'a str>,
     /// "success", "timeout", "rate_limited", "malformed", ...
     pub outcome: &'a str,
+    /// The canary or experiment the request is in, and its arm's label.
+    pub rollout: Option<&'a str>,
+    pub variant: Option<&'a str>,
     /// The attempt this one failed over from: (model, endpoint, outcome).
     pub failover_from: Option<(&'a str, &'a str, &'a str)>,
     pub latency_ms: f64,
@@ -132,8 +135,9 @@ pub struct Attempt<'a> {
     pub cost_nanos: i64,
 }
 
-/// model, endpoint, workspace, agent type, rule, outcome.
-pub const DIMENSIONS: usize = 6;
+/// model, endpoint, workspace, agent type, rule, outcome, rollout, variant.
+/// New dimensions go last: a key stored with fewer reads them as "".
+pub const DIMENSIONS: usize = 8;
 
 /// A bucket's key as stored: its minute and dimensions ("" when absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,8 +175,22 @@ impl From<&KeyRef<'_>> for Key {
 
 impl Equivalent<Key> for KeyRef<'_> {
     fn equivalent(&self, key: &Key) -> bool {
-        self.minute_ms == key.minute_ms && self.dims.iter().zip(&key.dims).all(|(a, b)| *a == &**b)
+        self.minute_ms == key.minute_ms && self.dims.iter().zip(&key.dims).all(|(a, b)| same(a, b))
     }
+}
+
+/// String equality without a libc call: ids are short, and `memcmp` made
+/// each absent (empty) dimension cost a record ~130 ns (docs/operations.md).
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+    (&mut x).zip(&mut y).all(|(p, q)| word(p) == word(q))
+        && x.remainder().iter().zip(y.remainder()).all(|(p, q)| p == q)
 }
 
 /// One drained bucket: its minute, its key ("" for an absent dimension).
@@ -221,9 +239,18 @@ impl Rollups {
 
     pub fn record(&mut self, a: &Attempt<'_>, sent_ms: u64) {
         let minute_ms = sent_ms - sent_ms % MINUTE_MS;
-        let [endpoint, workspace, agent, rule] =
-            [a.endpoint, a.workspace, a.agent_type, a.rule].map(Option::unwrap_or_default);
-        let dims = [a.model, endpoint, workspace, agent, rule, a.outcome];
+        let [endpoint, workspace, agent, rule, rollout, variant] = [
+            a.endpoint,
+            a.workspace,
+            a.agent_type,
+            a.rule,
+            a.rollout,
+            a.variant,
+        ]
+        .map(Option::unwrap_or_default);
+        let dims = [
+            a.model, endpoint, workspace, agent, rule, a.outcome, rollout, variant,
+        ];
         if let Some(b) = self.bucket(KeyRef { minute_ms, dims }) {
             b.attempts += 1;
             b.requests += u64::from(a.failover_from.is_none());
@@ -237,7 +264,10 @@ impl Rollups {
             }
         }
         if let Some((model, endpoint, outcome)) = a.failover_from {
-            let dims = [model, endpoint, workspace, agent, rule, outcome];
+            // The request's arm, on the attempt it failed over from.
+            let dims = [
+                model, endpoint, workspace, agent, rule, outcome, rollout, variant,
+            ];
             if let Some(b) = self.bucket(KeyRef { minute_ms, dims }) {
                 b.failovers_out += 1;
             }
@@ -276,6 +306,8 @@ mod tests {
             agent_type: Some("agent"),
             rule: None,
             outcome: Box::leak(outcome.into()),
+            rollout: None,
+            variant: None,
             failover_from: None,
             latency_ms,
             ttft_ms: None,
@@ -323,6 +355,7 @@ mod tests {
             ]
         );
         assert_eq!(drained[0].dims[..5], ["m1", "ep", "ws", "agent", ""]);
+        assert_eq!(drained[0].dims[6..], ["", ""], "no rollout, no variant");
         assert!(r.drain().is_empty(), "a drain empties the buckets");
     }
 
@@ -338,6 +371,48 @@ mod tests {
         assert_eq!((of("a").requests, of("a").failovers_out), (1, 1));
         assert_eq!((of("b").requests, of("b").failovers_in), (0, 1));
         assert_eq!(drained.len(), 2);
+    }
+
+    #[test]
+    fn each_rollout_and_variant_is_its_own_key_failovers_out_included() {
+        let mut r = Rollups::default();
+        let arm = |mut a: Attempt<'static>, rollout, variant| {
+            a.rollout = Some(rollout);
+            a.variant = Some(variant);
+            a
+        };
+        r.record(&attempt("a", "success", 1.0), 0);
+        r.record(&arm(attempt("a", "success", 1.0), "exp-1", "a"), 0);
+        r.record(&arm(attempt("a", "success", 1.0), "exp-1", "a"), 0);
+        r.record(&arm(attempt("a", "timeout", 1.0), "exp-1", "b"), 0);
+        let mut failover = arm(attempt("b", "success", 1.0), "exp-1", "b");
+        failover.failover_from = Some(("a", "ep", "timeout"));
+        r.record(&failover, 0);
+        let mut drained: Vec<([String; 4], u64, u64, u64)> = r
+            .drain()
+            .into_iter()
+            .map(|d| {
+                let [model, _, _, _, _, outcome, rollout, variant] = d.dims;
+                let b = d.bucket;
+                (
+                    [model, outcome, rollout, variant],
+                    b.requests,
+                    b.failovers_in,
+                    b.failovers_out,
+                )
+            })
+            .collect();
+        drained.sort();
+        let key = |k: [&str; 4]| k.map(String::from);
+        assert_eq!(
+            drained,
+            [
+                (key(["a", "success", "", ""]), 1, 0, 0),
+                (key(["a", "success", "exp-1", "a"]), 2, 0, 0),
+                (key(["a", "timeout", "exp-1", "b"]), 1, 0, 1),
+                (key(["b", "success", "exp-1", "b"]), 0, 1, 0),
+            ]
+        );
     }
 
     #[test]
@@ -365,6 +440,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn same_is_string_equality(a in "[a-c]{0,20}", b in "[a-c]{0,20}") {
+            prop_assert_eq!(same(&a, &b), a == b);
+            prop_assert!(same(&a, &a.clone()));
+        }
+
         #[test]
         fn quantiles_are_within_alpha_of_the_exact_ones(
             mut values in prop::collection::vec(0.01f64..600_000.0, 1..400),

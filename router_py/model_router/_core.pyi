@@ -75,6 +75,8 @@ class Engine:
         rule_id: str | None = None,
         failover_from: tuple[str, str, str] | None = None,
         ttft_ms: float | None = None,
+        rollout_id: str | None = None,
+        variant: str | None = None,
     ) -> int | None:
         """Account one attempt; its cost in nano-dollars (None: model unknown).
         `prompt_tokens` counts cached ones too; cache reads and writes are
@@ -83,15 +85,17 @@ class Engine:
         change do not move it. With an `outcome` kind ("success", "timeout",
         ...) the attempt also folds into the outcome rollups (in the minute of
         `started_ms`), keyed by model,
-        endpoint, workspace, agent type, rule and outcome; `failover_from` is
-        the failed attempt it follows: (model id, endpoint id, outcome)."""
+        endpoint, workspace, agent type, rule, outcome, rollout and variant
+        (the canary or experiment id and the arm's label, as headers show
+        them); `failover_from` is the failed attempt it follows: (model id,
+        endpoint id, outcome)."""
     def take_rollups(
         self,
     ) -> tuple[
         list[
             tuple[
                 int,
-                tuple[str, str, str, str, str, str],
+                tuple[str, str, str, str, str, str, str, str],
                 tuple[int, int, int, int, int, int, int],
                 list[tuple[int, int]],
                 list[tuple[int, int]],
@@ -100,10 +104,10 @@ class Engine:
         int,
     ]:
         """Drain the outcome rollups: ([(minute start ms, (model, endpoint,
-        workspace, agent type, rule, outcome; "" when absent), (attempts,
-        requests, failovers in, failovers out, tokens in, tokens out, cost
-        nano-dollars), latency sketch bins, TTFT sketch bins), ...], attempts
-        not counted because the key bound was reached)."""
+        workspace, agent type, rule, outcome, rollout, variant; "" when
+        absent), (attempts, requests, failovers in, failovers out, tokens in,
+        tokens out, cost nano-dollars), latency sketch bins, TTFT sketch
+        bins), ...], attempts not counted because the key bound was reached)."""
     def take_breaker_transitions(self) -> list[tuple[str, int | None]]:
         """Breaker changes since the last call: (endpoint id, open until ms
         since the epoch, or None for closed)."""

@@ -907,6 +907,10 @@ class AnalyticsQuery(Query):
     workspace_id: Id | None = None
     agent_type: str | None = None
     interval: Interval | None = None
+    # A canary's or experiment's traffic, and one arm of it as the
+    # X-Model-Router-Variant header shows it (a model id, canary or baseline).
+    experiment_id: Id | None = None
+    variant: Id | None = None
 
 
 class AnalyticsRange(Body):
@@ -958,6 +962,9 @@ class ModelAnalytics(Body):
 class ModelsAnalytics(Body):
     range: AnalyticsRange
     models: list[ModelAnalytics]
+    # With ?experimentId: its traffic by variant, failovers to other models
+    # included (a variant's `requests` is the experiment's n); else null.
+    by_variant: dict[str, OutcomeFigures] | None = None
 
 
 class BudgetUse(Body):
@@ -989,6 +996,7 @@ class WorkspaceAnalytics(Body):
     by_model: dict[str, OutcomeFigures]
     by_agent_type: dict[str, OutcomeFigures]
     series: list[SeriesPoint]
+    by_variant: dict[str, OutcomeFigures] | None = None  # as ModelsAnalytics'
 
 
 ObservedStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]

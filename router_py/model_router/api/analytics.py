@@ -4,6 +4,7 @@ rollups every worker and replica adds to (docs/operations.md)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -95,7 +96,19 @@ def _matches(dims: Dims, q: t.AnalyticsQuery, workspace_id: str | None) -> bool:
         (q.model_id is None or dims["model"] == q.model_id)
         and (workspace_id is None or dims["workspace"] == workspace_id)
         and (q.agent_type is None or dims["agent_type"] == q.agent_type)
+        and (q.experiment_id is None or dims["rollout"] == q.experiment_id)
+        and (q.variant is None or dims["variant"] == q.variant)
     )
+
+
+def _by_variant(
+    cells: list[Cell], q: t.AnalyticsQuery, keep: Callable[[Dims], bool]
+) -> dict[str, t.OutcomeFigures] | None:
+    """An experiment's (or canary's) traffic by variant, when one is asked for."""
+    if q.experiment_id is None:
+        return None
+    by = tally(cells, lambda _, d: d["variant"] if keep(d) else None)
+    return {v: arm.figures() for v, arm in sorted(by.items())}
 
 
 def _series(tallies: dict[tuple[str, int], Tally], of: str = "") -> list[t.SeriesPoint]:
@@ -140,6 +153,7 @@ async def models(req: Request) -> Response:
             t.ModelAnalytics(model_id=m, totals=totals[m].figures(), series=_series(series, m))
             for m in sorted(totals)
         ],
+        by_variant=_by_variant(cells, q, keep),
     )
     return json_response(body)
 
@@ -236,6 +250,7 @@ async def workspace(req: Request) -> Response:
         by_model={m: v.figures() for m, v in sorted(by_model.items())},
         by_agent_type={a: v.figures() for a, v in sorted(by_agent.items())},
         series=_series(series),
+        by_variant=_by_variant(cells, q, keep),
     )
     return json_response(body)
 
@@ -247,7 +262,8 @@ ROUTES = [
         models,
         "Per model: totals and a time series of requests, success, errors, latency, "
         "tokens, cost and failovers (?timeRange=1h|24h|7d|30d or from/to, modelId, "
-        "workspaceId, agentType, interval)",
+        "workspaceId, agentType, experimentId, variant, interval); with experimentId, "
+        "byVariant",
         "analytics",
         "read",
         query=t.AnalyticsQuery,
@@ -268,8 +284,8 @@ ROUTES = [
         "GET",
         "/api/analytics/workspaces/{workspaceId}",
         workspace,
-        "A workspace: spend against each budget, breakdowns by model and agent type, "
-        "and the time series",
+        "A workspace: spend against each budget, breakdowns by model and agent type "
+        "(and by variant, with experimentId), and the time series",
         "analytics",
         "read",
         query=t.AnalyticsQuery,

@@ -314,6 +314,7 @@ class Executor:
         healthy = outcome in ("success", "client_error", "cancelled")
         tokens = usage.tokens if usage else Tokens()
         failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
+        arm = call.arm
         # Positional: PyO3 matches keyword names one by one, a third of the call.
         cost = self.live.engine.record(
             attempt.model_id,
@@ -332,6 +333,8 @@ class Executor:
             tries.rule_id,
             None if failed is None else (failed.model_id, failed.endpoint_id, failed.outcome),
             attempt.ttft_ms,
+            None if arm is None else arm.rollout_id,
+            None if arm is None else arm.label,
         )
         if usage is not None:
             usage.cost_nanos = cost or 0

@@ -99,6 +99,15 @@ def observed_status(success_rate: float | None) -> t.ObservedStatus:
     return "degraded" if success_rate >= 0.5 else "unhealthy"
 
 
+def dimensions(key: str) -> Dims:
+    """A stored key's dimensions by name. A key written before the last
+    dimensions were added reads them as ""; one written with more than this
+    version knows (a newer replica's) is summed over the ones it lacks."""
+    parts = key.split(KEY_SEPARATOR)
+    parts += [""] * (len(DIMENSIONS) - len(parts))
+    return dict(zip(DIMENSIONS, parts, strict=False))
+
+
 def tally(
     cells: Iterable[Cell],
     group: Callable[[int, Dims], K | None],
@@ -109,7 +118,7 @@ def tally(
     for start, key, metric, value in cells:
         dims = dims_of.get(key)
         if dims is None:
-            dims = dims_of[key] = dict(zip(DIMENSIONS, key.split(KEY_SEPARATOR), strict=True))
+            dims = dims_of[key] = dimensions(key)
         group_key = group(start, dims)
         if group_key is None:
             continue

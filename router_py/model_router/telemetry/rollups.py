@@ -31,8 +31,19 @@ COUNTERS = (
 )
 # A sketch bin's metric is its prefix and bucket index: "l-12", "t340".
 LATENCY_BIN, TTFT_BIN = "l", "t"
-# The dimensions of a key, joined by KEY_SEPARATOR (no id may hold it).
-DIMENSIONS = ("model", "endpoint", "workspace", "agent_type", "rule", "outcome")
+# The dimensions of a key, joined by KEY_SEPARATOR (no id may hold it). New
+# ones go last: a key stored before them reads them as "" (figures.tally).
+# rollout and variant: the canary or experiment id and the arm's label.
+DIMENSIONS = (
+    "model",
+    "endpoint",
+    "workspace",
+    "agent_type",
+    "rule",
+    "outcome",
+    "rollout",
+    "variant",
+)
 KEY_SEPARATOR = "\x1f"
 MAX_PENDING_CELLS = 500_000
 
