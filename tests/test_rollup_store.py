@@ -8,9 +8,9 @@ import time
 from collections import Counter
 
 import pytest
+from test_experiment_stats import finished
 
 from conftest import store_env
-from model_router import types as t
 from model_router.experiments.routing import Arm, Kind
 from model_router.experiments.tally import KEEP_MS, outcome_cells, read_arms
 from model_router.settings import Settings
@@ -119,26 +119,7 @@ def test_a_window_of_expensive_slow_requests_adds_up_without_overflow(store):
         s = store()
         start = int(time.time() * 1000)
         arm = Arm(Kind.EXPERIMENT, "e1", "0", "m", start)
-        done = t.RecentRequest(
-            id="x",
-            request_id="r",
-            timestamp="",
-            route="/v1/chat/completions",
-            workspace_id=None,
-            agent_type="agent",
-            model_id="m",
-            endpoint_id=None,
-            status=200,
-            outcome="success",
-            latency_ms=60_000.0,
-            upstream_ms=60_000.0,
-            prompt_tokens=10,
-            completion_tokens=10,
-            cost=3.0,
-            estimated=False,
-            attempts=1,
-            stream=False,
-        )
+        done = finished("r", "m", True, 60_000.0, 3.0)
         one = outcome_cells(arm, done)
         for _ in range(10):  # ten workers' flushes of 10,000 requests each
             await s.merge_rollups(Counter({c: v * 10_000 for c, v in one.items()}), KEEP_MS)
