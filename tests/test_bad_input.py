@@ -179,6 +179,9 @@ def test_an_oversized_body_is_413(seeded):
     assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
     chunked = seeded.client.post("/api/models", content=iter([big[:1_000_000], big[1_000_000:]]))
     assert chunked.status_code == 413
+    # The rest of the body is never read: the client is told not to reuse
+    # the connection (reusing it once met a closed socket).
+    assert chunked.headers["connection"] == "close"
     assert state(seeded) == before
 
 

@@ -147,7 +147,16 @@ def too_many_in_flight(cap: int) -> ApiError:
 
 
 def too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"request body over {limit} bytes", {"limit": limit})
+    # Answered before the body is read to its end: the connection cannot carry
+    # another request, and a client told so opens a new one instead of
+    # reusing it (and meeting a closed socket).
+    return ApiError(
+        413,
+        "payload_too_large",
+        f"request body over {limit} bytes",
+        {"limit": limit},
+        [("connection", "close")],
+    )
 
 
 def declared_too_large(headers: Mapping[str, str], limit: int) -> bool:
