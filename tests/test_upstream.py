@@ -4,9 +4,11 @@ server whose answers each test scripts, counting the connections it accepts."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -361,5 +363,42 @@ def test_an_answer_over_the_cap_is_refused_not_buffered():
             with pytest.raises(UpstreamError, match="over 10000 bytes"):
                 await client.send(request(url), Deadlines.within(5))
         await client.close()
+
+    run(scenario())
+
+
+def core_threads() -> int:
+    """Threads of this process named as the core's upstream thread."""
+    tasks = Path("/proc/self/task").iterdir()
+    return sum((task / "comm").read_text().strip() == "upstream" for task in tasks)
+
+
+def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
+    async def slow_then_ok(reader, writer):
+        await asyncio.sleep(0.2)
+        writer.write(OK)
+        return True
+
+    async def scenario():
+        client = UpstreamClient()
+        before = core_threads()
+        async with Server(slow_then_ok) as url:
+            # A caller that stops waiting (its own deadline, a client gone)
+            # leaves nothing behind: the late answer is dropped.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.send(request(url), Deadlines.within(5)), 0.05)
+            assert core_threads() == before + 1
+            await asyncio.sleep(0.3)
+            assert (await client.send(request(url), Deadlines.within(5))).body == b'{"ok":true}'
+            # Closing fails what is still waited for, at once.
+            waiting = asyncio.ensure_future(client.send(request(url), Deadlines.within(5)))
+            await asyncio.sleep(0.05)
+            await client.close()
+            with pytest.raises(UpstreamError, match="closed"):
+                await waiting
+        del client
+        gc.collect()
+        await asyncio.sleep(0.3)  # the answer in flight still lands, then the thread ends
+        assert core_threads() == before
 
     run(scenario())

@@ -8,6 +8,7 @@ pub mod rules;
 pub mod select;
 pub mod snapshot;
 pub mod stats;
+pub mod upstream;
 
 #[cfg(feature = "python")]
 mod py;

@@ -7,13 +7,15 @@ use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
 use crate::snapshot::{MetaValue, Snapshot};
-use pyo3::exceptions::PyValueError;
+use crate::upstream;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -448,6 +450,93 @@ fn row(d: Drained) -> RollupRow {
     )
 }
 
+/// Plain HTTP/1.1 exchanges on a thread of their own (`upstream.rs`): the
+/// event loop submits them and, when `fileno()` turns readable, takes the
+/// finished ones.
+#[pyclass(frozen, module = "model_router._core")]
+struct Upstream {
+    client: upstream::Client,
+}
+
+/// Seconds from Python as a Duration; what is not a sane wait is none.
+fn wait(seconds: f64) -> Duration {
+    Duration::from_secs_f64(if seconds.is_finite() {
+        seconds.clamp(0.0, 1e7)
+    } else {
+        0.0
+    })
+}
+
+#[pymethods]
+impl Upstream {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let client = upstream::Client::start().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(Upstream { client })
+    }
+
+    fn fileno(&self) -> i32 {
+        self.client.wake_socket().as_raw_fd()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (token, host, port, request, connect_s, head_s, done_s, max_body))]
+    fn submit(
+        &self,
+        token: u64,
+        host: String,
+        port: u16,
+        request: &[u8],
+        connect_s: f64,
+        head_s: f64,
+        done_s: f64,
+        max_body: usize,
+    ) {
+        self.client.submit(upstream::Job {
+            token,
+            host,
+            port,
+            request: request.to_vec(),
+            connect: wait(connect_s),
+            head: wait(head_s),
+            done: wait(done_s),
+            max_body,
+        });
+    }
+
+    /// The exchanges finished since the last call: ([(token, status,
+    /// headers, body), ...], [(token, timed out, message), ...]).
+    #[allow(clippy::type_complexity)]
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(
+        Vec<(u64, u16, Bound<'py, PyDict>, Bound<'py, PyBytes>)>,
+        Vec<(u64, bool, String)>,
+    )> {
+        let (mut answers, mut failures) = (Vec::new(), Vec::new());
+        for (token, outcome) in self.client.take() {
+            match outcome {
+                upstream::Outcome::Answer {
+                    status,
+                    headers,
+                    body,
+                } => {
+                    let map = PyDict::new(py);
+                    for (name, value) in headers {
+                        map.set_item(name, value)?;
+                    }
+                    answers.push((token, status, map, PyBytes::new(py, &body)));
+                }
+                upstream::Outcome::Failed { timeout, message } => {
+                    failures.push((token, timeout, message))
+                }
+            }
+        }
+        Ok((answers, failures))
+    }
+}
+
 /// Nearest-rank quantiles (0..1) of merged sketch bins, within 1%.
 #[pyfunction]
 fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
@@ -485,6 +574,7 @@ struct Decision {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Decision>()?;
+    m.add_class::<Upstream>()?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

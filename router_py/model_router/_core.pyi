@@ -3,7 +3,7 @@
 from collections.abc import Mapping
 from typing import Literal, final
 
-__all__ = ["Engine", "Decision", "sketch_quantiles", "__version__"]
+__all__ = ["Engine", "Decision", "Upstream", "sketch_quantiles", "__version__"]
 __version__: str
 
 @final
@@ -131,6 +131,34 @@ class Engine:
         self,
     ) -> list[tuple[str, str, Literal["closed", "open", "half_open"]]]:
         """Every endpoint's breaker: (model id, endpoint id, state)."""
+
+@final
+class Upstream:
+    """Plain HTTP/1.1 exchanges on a thread of the core's own
+    (engine/upstream.py carries them)."""
+
+    def __new__(cls) -> Upstream: ...
+    def fileno(self) -> int:
+        """Readable when `take` has finished exchanges."""
+    def submit(
+        self,
+        token: int,
+        host: str,
+        port: int,
+        request: bytes,
+        connect_s: float,
+        head_s: float,
+        done_s: float,
+        max_body: int,
+    ) -> None:
+        """Send `request` (head and body) to host:port: connected within
+        connect_s, the answer's head within head_s, all of it within done_s
+        and at most max_body bytes of body."""
+    def take(
+        self,
+    ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:
+        """The exchanges finished since the last call: ([(token, status,
+        headers, body), ...], [(token, timed out, message), ...])."""
 
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in

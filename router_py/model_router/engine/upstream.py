@@ -1,12 +1,19 @@
 """The pooled HTTP client that carries every upstream call of a worker.
 
 One small interface (`send`, `stream`) so the executor neither knows nor
-cares what is underneath. Underneath is a lean HTTP/1.1 client: asyncio
-protocols with httptools' C parser, kept-alive connections pooled per
-origin, TLS through the standard `ssl` module (system trust store;
-SSL_CERT_FILE is honoured). It replaced aiohttp's client after measuring
-both behind Granian: at concurrency 1 the router's added latency went from
-0.45 ms to 0.23 ms for a bare proxy (README, Performance).
+cares what is underneath. Underneath:
+
+- a plain call (`send`) to an `http://` origin is carried by the Rust core
+  (`_core.Upstream`, core_rs/src/upstream.rs) on a thread of its own: the
+  event loop hands over the request's bytes and gets the whole answer back
+  through a socket it watches, so its own thread does no socket writes,
+  reads or HTTP parsing (docs/performance.md);
+- streams, and calls to `https://` origins, use a lean HTTP/1.1 client on
+  the event loop: asyncio protocols with httptools' C parser, kept-alive
+  connections pooled per origin, TLS through the standard `ssl` module
+  (system trust store; SSL_CERT_FILE is honoured). It replaced aiohttp's
+  client after measuring both behind Granian: at concurrency 1 the router's
+  added latency went from 0.45 ms to 0.23 ms for a bare proxy.
 
 Every wait is bounded (`Deadlines`): for a free connection of the origin's
 pool (each origin has its own, so a hung provider cannot take another's
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import ssl
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -26,6 +34,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
+
+from .. import _core
 
 Origin = tuple[str, str, int]  # scheme, host, port
 
@@ -295,6 +305,60 @@ def _head(method: str, target: str, host: str, headers: dict[str, str], length: 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+class _Offloaded:
+    """The Rust core's exchanges, seen from one event loop: a future per
+    exchange, settled when the core's socket says some are finished."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._core = _core.Upstream()
+        self._waiting: dict[int, asyncio.Future[UpstreamResponse]] = {}
+        self._tokens = itertools.count()
+        loop.add_reader(self._core.fileno(), self._settle)
+
+    def exchange(
+        self, origin: Origin, request: bytes, deadlines: Deadlines, max_body: int
+    ) -> asyncio.Future[UpstreamResponse]:
+        now = self.loop.time()
+        token = next(self._tokens)
+        future = self._waiting[token] = self.loop.create_future()
+        _, host, port = origin
+        self._core.submit(
+            token,
+            host,
+            port,
+            request,
+            deadlines.connect - now,
+            deadlines.head - now,
+            deadlines.done - now,
+            max_body,
+        )
+        return future
+
+    def _settle(self) -> None:
+        answers, failures = self._core.take()
+        for token, status, headers, body in answers:
+            if future := self._waiter(token):
+                future.set_result(UpstreamResponse(status, headers, body))
+        for token, timed_out, message in failures:
+            if future := self._waiter(token):
+                future.set_exception((UpstreamTimeout if timed_out else UpstreamError)(message))
+
+    def _waiter(self, token: int) -> asyncio.Future[UpstreamResponse] | None:
+        future = self._waiting.pop(token, None)
+        return None if future is None or future.done() else future  # done: cancelled
+
+    def close(self) -> None:
+        """Stop watching; the core's thread ends once this object is gone,
+        and with it its connections. Exchanges still waited for fail."""
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._core.fileno())
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(UpstreamError("the client was closed"))
+        self._waiting.clear()
+
+
 class UpstreamClient:
     def __init__(self, pool_size: int = 512, max_body: int = 16 * 1024 * 1024):
         self.pool_size = pool_size  # connections per origin
@@ -302,6 +366,15 @@ class UpstreamClient:
         self._slots: dict[Origin, asyncio.Semaphore] = {}
         self._idle: dict[Origin, list[_Connection]] = defaultdict(list)
         self._ssl: ssl.SSLContext | None = None
+        self._offloaded: _Offloaded | None = None
+
+    def _core(self) -> _Offloaded:
+        """The core's exchanges for the running loop (a forked worker, or a
+        test's new loop, gets its own)."""
+        loop = asyncio.get_running_loop()
+        if self._offloaded is None or self._offloaded.loop is not loop:
+            self._offloaded = _Offloaded(loop)
+        return self._offloaded
 
     async def _slot(self, origin: Origin, deadlines: Deadlines) -> asyncio.Semaphore:
         """A free connection slot of the origin's pool, waited for no longer
@@ -358,13 +431,14 @@ class UpstreamClient:
         # The hot path: one future per call and a plain timer, no task
         # cancellation machinery (a timeout aborts the connection instead).
         origin, target, authority = _locate(request.url)
+        head = _head(request.method, target, authority, request.headers, len(request.body))
         slots = await self._slot(origin, deadlines)
         try:
+            if origin[0] == "http":
+                core = self._core()
+                return await core.exchange(origin, head + request.body, deadlines, self.max_body)
             conn = await self._connect(origin, deadlines)
-            conn.send(
-                _head(request.method, target, authority, request.headers, len(request.body)),
-                request.body,
-            )
+            conn.send(head, request.body)
             try:
                 status, headers, body = await conn.whole(deadlines)
             except BaseException:
@@ -412,6 +486,9 @@ class UpstreamClient:
             slots.release()
 
     async def close(self) -> None:
+        if self._offloaded is not None:
+            self._offloaded.close()
+            self._offloaded = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()

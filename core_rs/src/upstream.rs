@@ -1,0 +1,426 @@
+//! The upstream exchange of plain (non-streaming) HTTP/1.1 calls, off the
+//! Python thread.
+//!
+//! Python shapes the request bytes and waits on a future; this module sends
+//! them on a pooled kept-alive connection and reads the whole answer on its
+//! own thread (a single-threaded Tokio runtime), so the event loop's thread
+//! spends no time in socket writes, reads or HTTP parsing. Finished exchanges
+//! are queued and announced on a socket pair the event loop watches: one byte
+//! when the queue goes from empty to not empty, so under load one wake hands
+//! over many answers. No Python here and no GIL on this thread.
+//!
+//! Every wait is bounded by the job's own limits (connect, head, whole
+//! answer), an answer over `max_body` is refused, and the errors read as the
+//! Python client's do, so callers cannot tell the two apart.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
+
+/// One exchange to carry out.
+pub struct Job {
+    pub token: u64,
+    pub host: String,
+    pub port: u16,
+    /// The whole request: head and body, as Python shaped them.
+    pub request: Vec<u8>,
+    pub connect: Duration,
+    pub head: Duration,
+    pub done: Duration,
+    pub max_body: usize,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Answer {
+        status: u16,
+        /// Names lowercased, in the order received (a repeated name: the last wins
+        /// when the caller makes a map of them, as the Python client does).
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    /// `timeout`: a deadline passed (else the connection or the answer failed).
+    Failed { timeout: bool, message: String },
+}
+
+fn failed(message: String) -> Outcome {
+    Outcome::Failed {
+        timeout: false,
+        message,
+    }
+}
+
+fn timed_out(message: String) -> Outcome {
+    Outcome::Failed {
+        timeout: true,
+        message,
+    }
+}
+
+/// Finished exchanges, and the socket that says there are some.
+struct Finished {
+    queue: Mutex<Vec<(u64, Outcome)>>,
+    signal: UnixStream,
+}
+
+impl Finished {
+    fn push(&self, token: u64, outcome: Outcome) {
+        let was_empty = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.push((token, outcome));
+            queue.len() == 1
+        };
+        if was_empty {
+            // Full means a wake is pending already; nothing else can fail here
+            // that a retry would mend.
+            let _ = (&self.signal).write(&[1]);
+        }
+    }
+}
+
+type Origin = (String, u16);
+type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
+
+/// The client: a thread with its runtime, its pool and the finished queue.
+/// Dropping it ends the thread once the exchanges in flight are dropped.
+pub struct Client {
+    jobs: mpsc::UnboundedSender<Job>,
+    finished: Arc<Finished>,
+    wake: UnixStream,
+}
+
+impl Client {
+    pub fn start() -> std::io::Result<Client> {
+        let (wake, signal) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        signal.set_nonblocking(true)?;
+        let finished = Arc::new(Finished {
+            queue: Mutex::new(Vec::new()),
+            signal,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (jobs, mut incoming) = mpsc::unbounded_channel::<Job>();
+        let done = finished.clone();
+        std::thread::Builder::new()
+            .name("upstream".into())
+            .spawn(move || {
+                let pool: Pool = Arc::default();
+                runtime.block_on(async move {
+                    while let Some(job) = incoming.recv().await {
+                        tokio::spawn(carry(job, pool.clone(), done.clone()));
+                    }
+                });
+            })?;
+        Ok(Client {
+            jobs,
+            finished,
+            wake,
+        })
+    }
+
+    pub fn submit(&self, job: Job) {
+        // The thread lives as long as the sender: a send cannot fail.
+        let _ = self.jobs.send(job);
+    }
+
+    /// The exchanges finished since the last call, and the wake-up bytes read.
+    pub fn take(&self) -> Vec<(u64, Outcome)> {
+        let mut sink = [0u8; 256];
+        while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+        std::mem::take(
+            &mut *self
+                .finished
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// The socket that becomes readable when `take` has something.
+    pub fn wake_socket(&self) -> &UnixStream {
+        &self.wake
+    }
+}
+
+async fn carry(job: Job, pool: Pool, finished: Arc<Finished>) {
+    let token = job.token;
+    let outcome = exchange(job, &pool).await;
+    finished.push(token, outcome);
+}
+
+async fn exchange(job: Job, pool: &Pool) -> Outcome {
+    let start = Instant::now();
+    let (head_by, done_by) = (start + job.head.min(job.done), start + job.done);
+    let origin = (job.host, job.port);
+    let mut stream = match idle(pool, &origin) {
+        Some(stream) => stream,
+        None => match connect(&origin, start + job.connect.min(job.done)).await {
+            Ok(stream) => stream,
+            Err(outcome) => return outcome,
+        },
+    };
+    match timeout_at(done_by, stream.write_all(&job.request)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return failed(format!("connection closed by the upstream: {e}")),
+        Err(_) => return timed_out("no answer from the upstream in time".into()),
+    }
+    let mut reader = Reader {
+        stream,
+        buf: Vec::with_capacity(8192),
+        deadline: head_by,
+        phase: "head",
+    };
+    let (outcome, reusable) = reader.answer(done_by, job.max_body).await;
+    if reusable {
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.entry(origin).or_default().push(reader.stream);
+    }
+    outcome
+}
+
+/// A pooled connection still open: one the peer closed (or wrote to
+/// unasked) since it was parked is dropped.
+fn idle(pool: &Pool, origin: &Origin) -> Option<TcpStream> {
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let parked = pool.get_mut(origin)?;
+    while let Some(stream) = parked.pop() {
+        let mut probe = [0u8; 1];
+        if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock) {
+            return Some(stream);
+        }
+    }
+    None
+}
+
+async fn connect(origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
+    let (host, port) = origin;
+    match timeout_at(by, TcpStream::connect((host.as_str(), *port))).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(failed(format!("cannot connect to {host}:{port}: {e}"))),
+        Err(_) => Err(timed_out(format!(
+            "could not connect to {host}:{port} in time"
+        ))),
+    }
+}
+
+/// Reads one answer off a connection: the head by one deadline, the rest by
+/// another. `buf` holds what was read and not yet consumed.
+struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+    phase: &'static str,
+}
+
+const MAX_HEADERS: usize = 100;
+const MAX_HEAD: usize = 64 * 1024;
+
+enum Framing {
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+impl Reader {
+    /// More bytes into `buf`; Ok(false) at the connection's end.
+    async fn fill(&mut self) -> Result<bool, Outcome> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(8192);
+        }
+        match timeout_at(self.deadline, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(e)) => Err(failed(format!("connection closed by the upstream: {e}"))),
+            Err(_) => Err(timed_out(format!(
+                "no {} from the upstream in time",
+                self.phase
+            ))),
+        }
+    }
+
+    /// The answer, and whether the connection may carry another exchange.
+    async fn answer(&mut self, done_by: Instant, max_body: usize) -> (Outcome, bool) {
+        match self.read_answer(done_by, max_body).await {
+            Ok((outcome, keep_alive)) => (outcome, keep_alive && self.buf.is_empty()),
+            Err(outcome) => (outcome, false),
+        }
+    }
+
+    async fn read_answer(
+        &mut self,
+        done_by: Instant,
+        max_body: usize,
+    ) -> Result<(Outcome, bool), Outcome> {
+        let (status, headers, framing, keep_alive) = self.head().await?;
+        self.deadline = done_by;
+        self.phase = "answer";
+        let body = match framing {
+            Framing::Length(length) if length > max_body => {
+                return Err(failed(format!("answer over {max_body} bytes")))
+            }
+            Framing::Length(length) => self.exactly(length).await?,
+            Framing::Chunked => self.chunked(max_body).await?,
+            Framing::UntilClose => self.until_close(max_body).await?,
+        };
+        let reusable = keep_alive && !matches!(framing, Framing::UntilClose);
+        let outcome = Outcome::Answer {
+            status,
+            headers,
+            body,
+        };
+        Ok((outcome, reusable))
+    }
+
+    async fn head(&mut self) -> Result<(u16, Vec<(String, String)>, Framing, bool), Outcome> {
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut slots);
+            match response.parse(&self.buf) {
+                Ok(httparse::Status::Complete(length)) => {
+                    let status = response.code.unwrap_or(0);
+                    let http11 = response.version == Some(1);
+                    let head = read_head(response.headers, http11);
+                    let (headers, framing, keep_alive) = head?;
+                    self.buf.drain(..length);
+                    if (100..200).contains(&status) {
+                        continue; // an interim answer: the real one follows
+                    }
+                    let framing = if status == 204 || status == 304 {
+                        Framing::Length(0)
+                    } else {
+                        framing
+                    };
+                    return Ok((status, headers, framing, keep_alive));
+                }
+                Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                    return Err(failed("not an HTTP response: head too large".into()))
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(failed(format!("not an HTTP response: {e}"))),
+            }
+            if !self.fill().await? {
+                return Err(failed("connection closed by the upstream".into()));
+            }
+        }
+    }
+
+    async fn exactly(&mut self, length: usize) -> Result<Vec<u8>, Outcome> {
+        while self.buf.len() < length {
+            if !self.fill().await? {
+                return Err(failed("connection closed by the upstream".into()));
+            }
+        }
+        if self.buf.len() == length {
+            return Ok(std::mem::take(&mut self.buf)); // the usual case: no copy
+        }
+        Ok(self.buf.drain(..length).collect())
+    }
+
+    async fn until_close(&mut self, max_body: usize) -> Result<Vec<u8>, Outcome> {
+        loop {
+            if self.buf.len() > max_body {
+                return Err(failed(format!("answer over {max_body} bytes")));
+            }
+            if !self.fill().await? {
+                return Ok(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+
+    async fn chunked(&mut self, max_body: usize) -> Result<Vec<u8>, Outcome> {
+        let mut body = Vec::new();
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(&self.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.buf.drain(..used);
+                        break size as usize;
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if !self.fill().await? {
+                            return Err(failed("connection closed by the upstream".into()));
+                        }
+                    }
+                    Err(_) => return Err(failed("not an HTTP response: bad chunk size".into())),
+                }
+            };
+            if size == 0 {
+                return self.trailers().await.map(|()| body);
+            }
+            if body.len() + size > max_body {
+                return Err(failed(format!("answer over {max_body} bytes")));
+            }
+            body.extend(self.exactly(size).await?);
+            if self.exactly(2).await? != b"\r\n" {
+                return Err(failed("not an HTTP response: bad chunk end".into()));
+            }
+        }
+    }
+
+    /// Skips the trailer section up to the blank line that ends the body.
+    async fn trailers(&mut self) -> Result<(), Outcome> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                self.buf.drain(..end + 2);
+                if end == 0 {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.fill().await? {
+                return Err(failed("connection closed by the upstream".into()));
+            }
+        }
+    }
+}
+
+type Head = (Vec<(String, String)>, Framing, bool);
+
+fn read_head(fields: &[httparse::Header<'_>], http11: bool) -> Result<Head, Outcome> {
+    let mut headers = Vec::with_capacity(fields.len());
+    let mut framing = Framing::UntilClose;
+    let mut keep_alive = http11;
+    for field in fields {
+        let name = field.name.to_ascii_lowercase();
+        // latin-1, as the Python client decodes: every byte is a char.
+        let value: String = field.value.iter().map(|&b| b as char).collect();
+        match name.as_str() {
+            "content-length" if !matches!(framing, Framing::Chunked) => {
+                match value.trim().parse::<usize>() {
+                    Ok(length) => framing = Framing::Length(length),
+                    Err(_) => {
+                        return Err(failed("not an HTTP response: bad content-length".into()))
+                    }
+                }
+            }
+            "transfer-encoding" if value.to_ascii_lowercase().contains("chunked") => {
+                framing = Framing::Chunked
+            }
+            "connection" => {
+                let value = value.to_ascii_lowercase();
+                if value.contains("close") {
+                    keep_alive = false;
+                } else if value.contains("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+            _ => {}
+        }
+        headers.push((name, value));
+    }
+    Ok((headers, framing, keep_alive))
+}
+
+#[cfg(test)]
+#[path = "upstream_tests.rs"]
+mod tests;

@@ -1,0 +1,352 @@
+//! Exchanges against real servers on loopback, each scripted per connection.
+
+use super::*;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::Instant as StdInstant;
+
+/// A server on loopback: for each connection accepted, `script` gets the
+/// stream and the connection's number; returns the port and the count of
+/// connections accepted.
+fn serve<F>(script: F) -> (u16, Arc<AtomicUsize>)
+where
+    F: Fn(std::net::TcpStream, usize) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let script = Arc::new(script);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            thread::spawn(move || script(stream, n));
+        }
+    });
+    (port, accepted)
+}
+
+/// Reads one request (head and content-length body) off the stream.
+fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        head.push_str(&line);
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(head + &String::from_utf8(body).unwrap())
+}
+
+/// Answers every request on the connection with `answer`.
+fn answering(answer: &'static str) -> impl Fn(std::net::TcpStream, usize) + Send + Sync {
+    move |stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        while read_request(&mut reader).is_some() {
+            if stream.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn job(token: u64, port: u16, limit_ms: u64) -> Job {
+    let body = "{\"a\":1}";
+    let request = format!(
+        "POST /v1/x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    Job {
+        token,
+        host: "127.0.0.1".into(),
+        port,
+        request: request.into_bytes(),
+        connect: Duration::from_millis(limit_ms),
+        head: Duration::from_millis(limit_ms),
+        done: Duration::from_millis(limit_ms),
+        max_body: 1024,
+    }
+}
+
+/// Submits the job and waits for its outcome, as the event loop would: on
+/// the wake socket, then `take`.
+fn run(client: &Client, job: Job) -> Outcome {
+    let token = job.token;
+    client.submit(job);
+    let started = StdInstant::now();
+    loop {
+        let mut ready = client.take();
+        if let Some(i) = ready.iter().position(|(t, _)| *t == token) {
+            return ready.swap_remove(i).1;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no outcome");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn answer(status: u16, body: &str) -> Outcome {
+    Outcome::Answer {
+        status,
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// The outcome with its headers dropped, for comparing.
+fn bare(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Answer { status, body, .. } => Outcome::Answer {
+            status,
+            headers: vec![],
+            body,
+        },
+        failed => failed,
+    }
+}
+
+fn message(outcome: Outcome) -> (bool, String) {
+    match outcome {
+        Outcome::Failed { timeout, message } => (timeout, message),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_sized_answer_arrives_whole_and_its_connection_is_reused() {
+    let (port, accepted) = serve(answering(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\ncontent-length: 2\r\n\r\n{}",
+    ));
+    let client = Client::start().unwrap();
+    for token in 0..5 {
+        let outcome = run(&client, job(token, port, 2000));
+        let Outcome::Answer {
+            status,
+            headers,
+            body,
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+        assert_eq!(
+            headers[0],
+            ("content-type".into(), "application/json".into())
+        );
+        assert_eq!(headers[1], ("x-a".into(), "1".into()));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_chunked_answer_is_joined_and_its_trailers_skipped() {
+    let (port, accepted) = serve(answering(
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n5;ext=1\r\ndefgh\r\n0\r\nX-Trailer: t\r\n\r\n",
+    ));
+    let client = Client::start().unwrap();
+    for token in 0..2 {
+        assert_eq!(
+            bare(run(&client, job(token, port, 2000))),
+            answer(201, "abcdefgh")
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "kept alive after a chunked body"
+    );
+}
+
+#[test]
+fn an_answer_delimited_by_the_close_is_read_to_the_end_and_not_reused() {
+    let (port, accepted) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\npart one ");
+        thread::sleep(Duration::from_millis(20));
+        let _ = stream.write_all(b"part two");
+    });
+    let client = Client::start().unwrap();
+    for token in 0..2 {
+        assert_eq!(
+            bare(run(&client, job(token, port, 2000))),
+            answer(200, "part one part two")
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn an_interim_answer_is_skipped() {
+    let (port, _) = serve(answering(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
+    ));
+    let client = Client::start().unwrap();
+    assert_eq!(bare(run(&client, job(1, port, 2000))), answer(200, "x"));
+}
+
+#[test]
+fn the_request_arrives_as_shaped() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let (port, _) = serve(move |stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let request = read_request(&mut reader).unwrap();
+        tx.lock().unwrap().send(request).unwrap();
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+    });
+    let client = Client::start().unwrap();
+    let sent = job(1, port, 2000);
+    let expected = String::from_utf8(sent.request.clone()).unwrap();
+    assert_eq!(bare(run(&client, sent)), answer(204, ""));
+    assert_eq!(rx.recv().unwrap(), expected);
+}
+
+#[test]
+fn no_head_in_time_is_a_timeout_within_its_limit() {
+    let (port, _) = serve(|stream, _| {
+        thread::sleep(Duration::from_secs(3));
+        drop(stream);
+    });
+    let client = Client::start().unwrap();
+    let mut slow = job(1, port, 2000);
+    slow.head = Duration::from_millis(150);
+    let started = StdInstant::now();
+    let (timeout, text) = message(run(&client, slow));
+    let waited = started.elapsed();
+    assert!(timeout);
+    assert_eq!(text, "no head from the upstream in time");
+    assert!(waited >= Duration::from_millis(150) && waited < Duration::from_millis(1500));
+}
+
+#[test]
+fn a_body_that_stalls_past_the_whole_limit_is_a_timeout() {
+    let (port, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+        thread::sleep(Duration::from_secs(3));
+    });
+    let client = Client::start().unwrap();
+    let (timeout, text) = message(run(&client, job(1, port, 200)));
+    assert!(timeout);
+    assert_eq!(text, "no answer from the upstream in time");
+}
+
+#[test]
+fn an_answer_over_the_limit_is_refused_sized_chunked_or_open_ended() {
+    let big = "x".repeat(2000);
+    let sized: &'static str =
+        Box::leak(format!("HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n{big}").into_boxed_str());
+    let chunked: &'static str = Box::leak(
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n{big}\r\n0\r\n\r\n")
+            .into_boxed_str(),
+    );
+    let open: &'static str =
+        Box::leak(format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{big}").into_boxed_str());
+    let client = Client::start().unwrap();
+    for (token, script) in [sized, chunked, open].into_iter().enumerate() {
+        let (port, _) = serve(answering(script));
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout);
+        assert_eq!(text, "answer over 1024 bytes");
+    }
+}
+
+#[test]
+fn what_is_not_http_is_said_so() {
+    let client = Client::start().unwrap();
+    for (token, script) in [
+        "SMTP ready\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: many\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (port, _) = serve(answering(script));
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout);
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+    }
+}
+
+#[test]
+fn a_connection_closed_mid_answer_fails_and_a_refused_one_names_the_origin() {
+    let (port, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
+    });
+    let client = Client::start().unwrap();
+    let (_, text) = message(run(&client, job(1, port, 2000)));
+    assert_eq!(text, "connection closed by the upstream");
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (timeout, text) = message(run(&client, job(2, port, 2000)));
+    assert!(!timeout);
+    assert!(
+        text.starts_with(&format!("cannot connect to 127.0.0.1:{port}: ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
+    // Each connection answers once with keep-alive, then the server closes it.
+    let (port, accepted) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    });
+    let client = Client::start().unwrap();
+    for token in 0..3 {
+        assert_eq!(
+            bare(run(&client, job(token, port, 2000))),
+            answer(200, "ok")
+        );
+        thread::sleep(Duration::from_millis(50)); // the close reaches the runtime
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn many_exchanges_at_once_all_finish_with_few_wakes() {
+    let (port, _) = serve(answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    let client = Client::start().unwrap();
+    for token in 0..200 {
+        client.submit(job(token, port, 5000));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let started = StdInstant::now();
+    while seen.len() < 200 {
+        for (token, outcome) in client.take() {
+            assert_eq!(bare(outcome), answer(200, "ok"));
+            assert!(seen.insert(token));
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(1));
+    }
+}
