@@ -167,7 +167,6 @@ class RateLimiter:
                     if refused is None:
                         lease.held += amount
                         self._taken[slot] = self._taken.get(slot, 0) + amount
-                        self._alone.discard(slot)
                         break
                     _, _, taken = refused  # what all workers took, exactly
                     self._taken[slot] = taken
@@ -177,6 +176,9 @@ class RateLimiter:
                 self._ask_again = time.monotonic() + RETRY_S
                 self._alone.add(slot)
                 return
+            # The store answered (or the window is known to be full): admit
+            # from leases only, not on this worker's own count.
+            self._alone.discard(slot)
             lease.top_up_at = lease.held // 2
 
     async def reconcile(self) -> None:
