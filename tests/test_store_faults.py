@@ -8,6 +8,7 @@ stopped), restarted on the same port to play an outage or a wipe.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -21,7 +22,9 @@ import pytest
 import redis
 
 from conftest import ROUTER, Server, free_port, model_body
-from model_router.ratelimit import LEASE
+from model_router.ratelimit import LEASE, RETRY_S, RateLimiter
+from model_router.settings import Settings
+from model_router.store import open_store
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -184,6 +187,32 @@ def test_routing_continues_while_redis_is_down_and_counts_reach_it_after(own_red
     routed_cost = sum(round(x["cost"] * 1e9) for x in records if x["modelId"] == "m1")
     assert len(records) == 80 and abs(spend - routed_cost) <= 80  # nano-dollar rounding
     assert health(server, "/health/detailed").json()["status"] == "healthy"
+
+
+def test_a_window_the_store_counts_full_admits_no_more_once_it_is_back(own_redis):
+    """A worker counted alone while Redis was down; Redis is back, holds its
+    counts and says the window is full: the worker refuses, rather than
+    counting another limit's worth on its own."""
+    r = own_redis(persistent=True)
+
+    async def scenario() -> list[bool]:
+        store = open_store(Settings.from_env(redis_env(r)))
+        limiter = RateLimiter(store, 10, 60_000)
+        now_ms = int(time.time() * 1000)
+        assert all([(await limiter.admit("k", now_ms)).admitted for _ in range(3)])
+        await asyncio.sleep(0.1)  # background top-ups land
+        r.stop()
+        for _ in range(12):
+            await limiter.admit("k", now_ms)
+        await asyncio.sleep(0.1)  # a top-up started meanwhile fails too
+        r.start()
+        await asyncio.sleep(RETRY_S)  # the store is asked again from here
+        await limiter.reconcile()
+        after = [(await limiter.admit("k", now_ms)).admitted for _ in range(5)]
+        await store.close()
+        return after
+
+    assert asyncio.run(scenario()) == [False] * 5
 
 
 def test_a_hung_redis_costs_routing_nothing_and_admin_calls_a_bounded_503(own_redis, start_router):

@@ -1,12 +1,29 @@
 """Per-key rate limit over fixed windows, exact across workers and replicas.
 
 Admission spends from a local lease of the window's quota. A lease is taken
-from the store atomically (what all workers took + this lease <= the limit),
-a few requests' worth at a time, and refilled in the background once half of
-it is spent, so the request path waits on the store only when a burst
-outruns the lease. No worker can admit what another already holds: over any
-number of workers and replicas the limit is never exceeded. While the store
-is away each worker counts on its own against the limit.
+from the store atomically (what all workers took + this lease <= the limit)
+and topped up in the background once half of it is spent, so the request
+path waits on the store only when a burst outruns the lease. No worker can
+admit what another already holds: over any number of workers and replicas
+the limit is never exceeded. While the store is away each worker counts on
+its own against the limit.
+
+A lease's size follows the key's admissions in this worker: AHEAD_MS of the
+rate measured since the last top-up (over at least RATE_MS), and at least
+LEASE. So a busy key goes to the store about 1000 / (AHEAD_MS / 2) = 8 times
+a second per worker whatever its rate, a key this worker admits fewer than
+LEASE * 1000 / AHEAD_MS = 32 times a second takes LEASE at a time, and a
+burst of n requests leases at most max(LEASE, AHEAD_MS / RATE_MS * n).
+
+What a worker holds is also capped at 1/SHARE of what the window has left as
+far as it knows (at least 1 while there is room), so never more than
+limit / SHARE: a key near its limit is not starved by leases held elsewhere.
+The admissions leased and never used by a window's end are those in the
+hands of workers that stopped asking: at most limit / SHARE for each (with N
+workers over all replicas, N / SHARE of the limit at the very worst; far
+less in practice, as a lease is AHEAD_MS of the worker's own traffic), and
+none of the workers that kept asking. The leases of workers still asking
+shrink as the window fills.
 """
 
 from __future__ import annotations
@@ -22,7 +39,10 @@ from .store import Reservation, Store
 
 log = logging.getLogger("model_router.ratelimit")
 
-LEASE = 8  # admissions taken from the store at once
+LEASE = 8  # the smallest lease: a slow key's, and a window's first
+RATE_MS = 100  # the admission rate is measured over at least this long
+AHEAD_MS = 250  # a lease holds this long of the measured rate
+SHARE = 16  # a worker holds at most this fraction of what the window has left
 RETRY_S = 1.0  # after the store failed to answer, how long to count alone before asking again
 
 Slot = tuple[str, int]  # key id, window number
@@ -55,12 +75,37 @@ def _counter(slot: Slot) -> str:
     return f"rl:{slot[0]}:{slot[1]}"
 
 
+def _share(room: int) -> int:
+    """The most one worker may hold of a window with `room` left: 1/SHARE of
+    it, at least 1 while there is any."""
+    return min(room, max(1, room // SHARE))
+
+
+@dataclass(slots=True)
+class _Lease:
+    """One worker's lease of a key's window."""
+
+    held: int = 0  # admissions in hand
+    top_up_at: int = 0  # held when a top-up starts: half of what the last one left
+    admitted: int = 0  # spent from it in the window
+    since: tuple[int, int] | None = None  # (ms, admitted) when the last top-up started
+
+    def size(self, now_ms: int) -> int:
+        """AHEAD_MS of the admissions since the last top-up, as a rate over
+        at least RATE_MS (a burst's few requests do not make a busy key),
+        and at least LEASE."""
+        if self.since is None:
+            return LEASE
+        at, admitted = self.since
+        return max(LEASE, (self.admitted - admitted) * AHEAD_MS // max(RATE_MS, now_ms - at))
+
+
 class RateLimiter:
     def __init__(self, store: Store, limit: int, window_ms: int):
         self.store = store
         self.limit = limit
         self.window_ms = window_ms
-        self._lease: dict[Slot, int] = defaultdict(int)  # admissions in hand
+        self._lease: dict[Slot, _Lease] = defaultdict(_Lease)
         self._taken: dict[Slot, int] = {}  # what all workers held after our last take
         self._alone: set[Slot] = set()  # the store was away at the last take
         self._offline: dict[Slot, int] = defaultdict(int)  # admitted meanwhile
@@ -78,12 +123,14 @@ class RateLimiter:
         slot = (key_id, window)
         reset_s = ((window + 1) * self.window_ms - now_ms) / 1000
         self._forget_before(window)
-        if self._lease[slot] <= 0 and time.monotonic() >= self._ask_again:
-            await self._take(slot, limit)
-        if self._lease[slot] > 0:
-            self._lease[slot] -= 1
-            if self._lease[slot] == LEASE // 2:
-                self._refill(slot, limit)
+        lease = self._lease[slot]
+        if lease.held <= 0 and time.monotonic() >= self._ask_again:
+            await self._take(slot, limit, now_ms)
+        if lease.held > 0:
+            lease.held -= 1
+            lease.admitted += 1
+            if lease.held == lease.top_up_at:
+                self._refill(slot, limit, now_ms)
             return Verdict(True, limit, self._remaining(slot, limit), reset_s)
         store_away = slot in self._alone or time.monotonic() < self._ask_again
         if store_away and self._offline[slot] < limit:
@@ -93,39 +140,46 @@ class RateLimiter:
         return Verdict(False, limit, 0, reset_s)
 
     def _remaining(self, slot: Slot, limit: int) -> int:
-        return max(0, limit - self._taken.get(slot, 0) + self._lease[slot])
+        return max(0, limit - self._taken.get(slot, 0) + self._lease[slot].held)
 
-    def _refill(self, slot: Slot, limit: int) -> None:
-        task = asyncio.get_running_loop().create_task(self._take(slot, limit))
+    def _refill(self, slot: Slot, limit: int, now_ms: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._take(slot, limit, now_ms))
         self._refills.add(task)
         task.add_done_callback(self._refills.discard)
 
-    async def _take(self, slot: Slot, limit: int) -> None:
-        """Add up to LEASE admissions to the slot's lease: as many as the
-        window has room for. A store that does not answer leaves the lease as
-        it is and starts counting this worker's admissions on its own."""
+    async def _take(self, slot: Slot, limit: int, now_ms: int) -> None:
+        """Top the slot's lease up to its size, within 1/SHARE of what the
+        window has left. A store that does not answer leaves the lease as it
+        is and starts counting this worker's admissions on its own."""
+        lease = self._lease[slot]
         async with self._taking[slot]:
-            if self._lease[slot] > LEASE // 2:
+            if lease.held > lease.top_up_at:
                 return  # another waiter refilled it
             # One counter of what all workers took; nothing is "spent" apart
             # from it (that counter stays 0).
             check = Reservation(f"rl-spent:{slot[0]}", _counter(slot), limit)
-            amount = LEASE
+            amount = min(lease.size(now_ms), _share(limit - self._taken.get(slot, 0))) - lease.held
+            # Measured from here: what is admitted while the store answers counts.
+            lease.since = (now_ms, lease.admitted)
             try:
                 while amount > 0:
                     refused = await self.store.reserve([check], amount, 2 * self.window_ms)
                     if refused is None:
-                        self._lease[slot] += amount
+                        lease.held += amount
                         self._taken[slot] = self._taken.get(slot, 0) + amount
-                        self._alone.discard(slot)
-                        return
-                    _, _, taken = refused
+                        break
+                    _, _, taken = refused  # what all workers took, exactly
                     self._taken[slot] = taken
-                    amount = min(amount - 1, limit - taken)
+                    amount = min(amount - 1, _share(limit - taken) - lease.held)
             except Exception as exc:  # the store is away: no waiting on it for a while
                 log.warning("rate limit counted locally: %s", exc)
                 self._ask_again = time.monotonic() + RETRY_S
                 self._alone.add(slot)
+                return
+            # The store answered (or the window is known to be full): admit
+            # from leases only, not on this worker's own count.
+            self._alone.discard(slot)
+            lease.top_up_at = lease.held // 2
 
     async def reconcile(self) -> None:
         """Hand the store what this worker admitted on its own while it was
