@@ -451,8 +451,8 @@ fn row(d: Drained) -> RollupRow {
 }
 
 /// Plain HTTP/1.1 exchanges on a thread of their own (`upstream.rs`): the
-/// event loop submits them and, when `fileno()` turns readable, takes the
-/// finished ones.
+/// event loop submits them, dispatches them once per turn and, when `fileno()`
+/// turns readable, takes the finished ones.
 #[pyclass(frozen, module = "model_router._core")]
 struct Upstream {
     client: upstream::Client,
@@ -502,6 +502,10 @@ impl Upstream {
             done: wait(done_s),
             max_body,
         });
+    }
+
+    fn dispatch(&self) {
+        self.client.dispatch();
     }
 
     /// The exchanges finished since the last call: ([(token, status,

@@ -89,8 +89,14 @@ type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
 
 /// The client: a thread with its runtime, its pool and the finished queue.
 /// Dropping it ends the thread once the exchanges in flight are dropped.
+///
+/// Jobs are submitted in two steps, `submit` then `dispatch`: waking the
+/// runtime's thread is what a job costs its caller most (a write to the
+/// runtime's eventfd and, on a VM, an interrupt to another CPU), so the
+/// caller starts all it submitted in one turn of its loop with one wake.
 pub struct Client {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<Vec<Job>>,
+    submitted: Mutex<Vec<Job>>,
     finished: Arc<Finished>,
     wake: UnixStream,
 }
@@ -107,28 +113,41 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (jobs, mut incoming) = mpsc::unbounded_channel::<Job>();
+        let (jobs, mut incoming) = mpsc::unbounded_channel::<Vec<Job>>();
         let done = finished.clone();
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
                 let pool: Pool = Arc::default();
                 runtime.block_on(async move {
-                    while let Some(job) = incoming.recv().await {
-                        tokio::spawn(carry(job, pool.clone(), done.clone()));
+                    while let Some(batch) = incoming.recv().await {
+                        for job in batch {
+                            tokio::spawn(carry(job, pool.clone(), done.clone()));
+                        }
                     }
                 });
             })?;
         Ok(Client {
             jobs,
+            submitted: Mutex::default(),
             finished,
             wake,
         })
     }
 
+    /// Queues a job until the next `dispatch`.
     pub fn submit(&self, job: Job) {
-        // The thread lives as long as the sender: a send cannot fail.
-        let _ = self.jobs.send(job);
+        let mut submitted = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+        submitted.push(job);
+    }
+
+    /// Hands the jobs submitted so far to the runtime's thread, one wake.
+    pub fn dispatch(&self) {
+        let batch = std::mem::take(&mut *self.submitted.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            // The thread lives as long as the sender: a send cannot fail.
+            let _ = self.jobs.send(batch);
+        }
     }
 
     /// The exchanges finished since the last call, and the wake-up bytes read.

@@ -151,9 +151,11 @@ class Upstream:
         done_s: float,
         max_body: int,
     ) -> None:
-        """Send `request` (head and body) to host:port: connected within
-        connect_s, the answer's head within head_s, all of it within done_s
-        and at most max_body bytes of body."""
+        """Queue `request` (head and body) for host:port until `dispatch`:
+        connected within connect_s, the answer's head within head_s, all of
+        it within done_s and at most max_body bytes of body."""
+    def dispatch(self) -> None:
+        """Hand what was submitted to the core's thread (one wake for all)."""
     def take(
         self,
     ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:

@@ -314,6 +314,7 @@ class _Offloaded:
         self._core = _core.Upstream()
         self._waiting: dict[int, asyncio.Future[UpstreamResponse]] = {}
         self._tokens = itertools.count()
+        self._batching = False  # calls of this turn wait for its end
         loop.add_reader(self._core.fileno(), self._settle)
 
     def exchange(
@@ -333,7 +334,18 @@ class _Offloaded:
             deadlines.done - now,
             max_body,
         )
+        # The first call of a turn of the loop goes at once (no wait when
+        # calls are few); the others of the turn go together at its end, one
+        # wake of the core's thread for all of them.
+        if not self._batching:
+            self._batching = True
+            self._core.dispatch()
+            self.loop.call_soon(self._end_batch)
         return future
+
+    def _end_batch(self) -> None:
+        self._batching = False
+        self._core.dispatch()
 
     def _settle(self) -> None:
         answers, failures = self._core.take()
