@@ -339,8 +339,8 @@ class _Offloaded:
         # wake of the core's thread for all of them.
         if not self._batching:
             self._batching = True
-            self._core.dispatch()
             self.loop.call_soon(self._end_batch)
+            self._core.dispatch()
         return future
 
     def _end_batch(self) -> None:
