@@ -350,3 +350,63 @@ fn many_exchanges_at_once_all_finish_with_few_wakes() {
         thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Answers the first request with `prefix`, then `flood` bytes of `fill`,
+/// then holds the connection open for 3 s.
+fn flooding(
+    prefix: &'static str,
+    fill: u8,
+    flood: usize,
+) -> impl Fn(std::net::TcpStream, usize) + Send + Sync {
+    move |stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(prefix.as_bytes());
+        let _ = stream.write_all(&vec![fill; flood]);
+        thread::sleep(Duration::from_secs(3));
+    }
+}
+
+#[test]
+fn a_chunk_size_near_the_top_of_u64_is_refused_not_buffered() {
+    // After a first chunk, 2^64-1 plus what was read wraps past the cap's check.
+    let (port, _) = serve(flooding(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+        b'x',
+        1 << 20,
+    ));
+    let client = Client::start().unwrap();
+    let (timeout, text) = message(run(&client, job(1, port, 2000)));
+    assert!(!timeout, "{text}");
+    assert_eq!(text, "answer over 1024 bytes");
+}
+
+#[test]
+fn an_endless_chunk_size_line_or_trailer_is_refused_not_buffered() {
+    let client = Client::start().unwrap();
+    for (token, (prefix, fill)) in [
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;ext=",
+            b'e',
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1",
+            b' ',
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-t: ",
+            b't',
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (port, _) = serve(flooding(prefix, fill, 1 << 20));
+        let started = StdInstant::now();
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout, "{text}");
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
