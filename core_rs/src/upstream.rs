@@ -344,7 +344,13 @@ impl Reader {
                 match httparse::parse_chunk_size(&self.buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         self.buf.drain(..used);
-                        break size as usize;
+                        break size;
+                    }
+                    // Extensions and padding may run on forever: bounded as a head is.
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                        return Err(failed(
+                            "not an HTTP response: chunk size line too long".into(),
+                        ))
                     }
                     Ok(httparse::Status::Partial) => {
                         if !self.fill().await? {
@@ -357,25 +363,32 @@ impl Reader {
             if size == 0 {
                 return self.trailers().await.map(|()| body);
             }
-            if body.len() + size > max_body {
+            // Against what is left: a size near 2^64 would wrap a sum.
+            if size > (max_body - body.len()) as u64 {
                 return Err(failed(format!("answer over {max_body} bytes")));
             }
-            body.extend(self.exactly(size).await?);
+            body.extend(self.exactly(size as usize).await?);
             if self.exactly(2).await? != b"\r\n" {
                 return Err(failed("not an HTTP response: bad chunk end".into()));
             }
         }
     }
 
-    /// Skips the trailer section up to the blank line that ends the body.
+    /// Skips the trailer section up to the blank line that ends the body;
+    /// like a head, at most `MAX_HEAD` bytes of it.
     async fn trailers(&mut self) -> Result<(), Outcome> {
+        let mut skipped = 0;
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 self.buf.drain(..end + 2);
+                skipped += end + 2;
                 if end == 0 {
                     return Ok(());
                 }
                 continue;
+            }
+            if skipped + self.buf.len() > MAX_HEAD {
+                return Err(failed("not an HTTP response: trailers too large".into()));
             }
             if !self.fill().await? {
                 return Err(failed("connection closed by the upstream".into()));
