@@ -410,3 +410,41 @@ fn an_endless_chunk_size_line_or_trailer_is_refused_not_buffered() {
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
+
+#[test]
+fn a_length_that_is_not_one_plain_number_is_refused() {
+    let client = Client::start().unwrap();
+    for (token, script) in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (port, _) = serve(answering(script));
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout);
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+    }
+    // The same length twice says nothing new.
+    let (port, _) = serve(answering(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+    ));
+    assert_eq!(bare(run(&client, job(9, port, 2000))), answer(200, "ok"));
+}
+
+#[test]
+fn a_length_beside_chunked_is_ignored_and_the_connection_not_reused() {
+    // RFC 9112 6.3: chunked wins, and the connection must close after.
+    let (port, accepted) = serve(answering(
+        "HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ));
+    let client = Client::start().unwrap();
+    for token in 0..2 {
+        assert_eq!(
+            bare(run(&client, job(token, port, 2000))),
+            answer(200, "ok")
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
