@@ -401,23 +401,30 @@ type Head = (Vec<(String, String)>, Framing, bool);
 
 fn read_head(fields: &[httparse::Header<'_>], http11: bool) -> Result<Head, Outcome> {
     let mut headers = Vec::with_capacity(fields.len());
-    let mut framing = Framing::UntilClose;
+    let mut length = None;
+    let mut chunked = None; // once a transfer-encoding is seen: is its last coding chunked
     let mut keep_alive = http11;
     for field in fields {
         let name = field.name.to_ascii_lowercase();
         // latin-1, as the Python client decodes: every byte is a char.
         let value: String = field.value.iter().map(|&b| b as char).collect();
         match name.as_str() {
-            "content-length" if !matches!(framing, Framing::Chunked) => {
-                match value.trim().parse::<usize>() {
-                    Ok(length) => framing = Framing::Length(length),
-                    Err(_) => {
-                        return Err(failed("not an HTTP response: bad content-length".into()))
-                    }
+            "content-length" => {
+                // Digits only, and a repeat must agree (RFC 9112 6.3): two
+                // readings of where the answer ends would desync the connection.
+                let digits = value.trim();
+                let parsed = digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| digits.parse());
+                match parsed {
+                    Some(Ok(n)) if length.is_none_or(|seen| seen == n) => length = Some(n),
+                    _ => return Err(failed("not an HTTP response: bad content-length".into())),
                 }
             }
-            "transfer-encoding" if value.to_ascii_lowercase().contains("chunked") => {
-                framing = Framing::Chunked
+            "transfer-encoding" => {
+                let last = value.rsplit(',').next().unwrap_or_default().trim();
+                chunked = Some(last.eq_ignore_ascii_case("chunked"));
             }
             "connection" => {
                 let value = value.to_ascii_lowercase();
@@ -430,6 +437,15 @@ fn read_head(fields: &[httparse::Header<'_>], http11: bool) -> Result<Head, Outc
             _ => {}
         }
         headers.push((name, value));
+    }
+    let framing = match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (None, Some(length)) => Framing::Length(length),
+        // No length, or a coding that is not chunked last: the close ends it.
+        _ => Framing::UntilClose,
+    };
+    if chunked.is_some() && length.is_some() {
+        keep_alive = false; // the RFC's rule for an answer framed two ways
     }
     Ok((headers, framing, keep_alive))
 }
