@@ -402,3 +402,37 @@ def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
         assert core_threads() == before
 
     run(scenario())
+
+
+def test_a_call_given_up_closes_its_connection_at_once():
+    """A caller that stops waiting (its own timeout, a client gone) ends the
+    exchange: the upstream sees the connection close, so it can stop working
+    on an answer nobody reads, and the origin's pool bounds what stays open."""
+    opened = closed = 0
+
+    async def silent_until_closed(reader, writer):
+        nonlocal opened, closed
+        opened += 1
+        await reader.read()  # the end of the connection
+        closed += 1
+        return False
+
+    async def scenario():
+        client = UpstreamClient(pool_size=4)
+        async with Server(silent_until_closed) as url:
+
+            async def give_up() -> None:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.send(request(url), Deadlines.within(30)), 0.05)
+
+            for _ in range(5):
+                await asyncio.gather(*(give_up() for _ in range(4)))
+            for _ in range(100):
+                if closed == opened:
+                    break
+                await asyncio.sleep(0.01)
+            assert (opened, closed) == (20, 20)
+            assert client._offloaded is not None and not client._offloaded._waiting
+        await client.close()
+
+    run(scenario())
