@@ -381,6 +381,8 @@ def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
 
     async def scenario():
         client = UpstreamClient()
+        gc.collect()  # earlier tests' clients, kept by their exceptions' tracebacks
+        await asyncio.sleep(0.1)  # their threads end
         before = core_threads()
         async with Server(slow_then_ok) as url:
             # A caller that stops waiting (its own deadline, a client gone)
@@ -396,7 +398,7 @@ def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
             await client.close()
             with pytest.raises(UpstreamError, match="closed"):
                 await waiting
-        del client
+        del client, waiting  # its exception's traceback holds the call's frame
         gc.collect()
         await asyncio.sleep(0.3)  # the answer in flight still lands, then the thread ends
         assert core_threads() == before
