@@ -386,7 +386,7 @@ def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
         before = core_threads()
         async with Server(slow_then_ok) as url:
             # A caller that stops waiting (its own deadline, a client gone)
-            # leaves nothing behind: the late answer is dropped.
+            # leaves nothing behind: its exchange ends with it.
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(client.send(request(url), Deadlines.within(5)), 0.05)
             assert core_threads() == before + 1

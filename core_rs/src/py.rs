@@ -504,6 +504,11 @@ impl Upstream {
         });
     }
 
+    /// Ends the exchange and closes its connection; it is not taken.
+    fn cancel(&self, token: u64) {
+        self.client.cancel(token);
+    }
+
     /// The exchanges finished since the last call: ([(token, status,
     /// headers, body), ...], [(token, timed out, message), ...]).
     #[allow(clippy::type_complexity)]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 
 /// One exchange to carry out.
@@ -86,11 +87,18 @@ impl Finished {
 
 type Origin = (String, u16);
 type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
+/// The exchanges under way, so one the caller gave up on can be ended.
+type Carrying = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+
+enum Order {
+    Carry(Job),
+    Drop(u64),
+}
 
 /// The client: a thread with its runtime, its pool and the finished queue.
 /// Dropping it ends the thread once the exchanges in flight are dropped.
 pub struct Client {
-    jobs: mpsc::UnboundedSender<Job>,
+    orders: mpsc::UnboundedSender<Order>,
     finished: Arc<Finished>,
     wake: UnixStream,
 }
@@ -107,20 +115,34 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (jobs, mut incoming) = mpsc::unbounded_channel::<Job>();
+        let (orders, mut incoming) = mpsc::unbounded_channel::<Order>();
         let done = finished.clone();
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
                 let pool: Pool = Arc::default();
+                let carrying: Carrying = Arc::default();
                 runtime.block_on(async move {
-                    while let Some(job) = incoming.recv().await {
-                        tokio::spawn(carry(job, pool.clone(), done.clone()));
+                    while let Some(order) = incoming.recv().await {
+                        match order {
+                            Order::Carry(job) => {
+                                let token = job.token;
+                                let task = carry(job, pool.clone(), done.clone(), carrying.clone());
+                                let task = tokio::spawn(task).abort_handle();
+                                // One thread: the task cannot end before it is listed.
+                                lock(&carrying).insert(token, task);
+                            }
+                            Order::Drop(token) => {
+                                if let Some(task) = lock(&carrying).remove(&token) {
+                                    task.abort(); // and with it, its connection
+                                }
+                            }
+                        }
                     }
                 });
             })?;
         Ok(Client {
-            jobs,
+            orders,
             finished,
             wake,
         })
@@ -128,7 +150,13 @@ impl Client {
 
     pub fn submit(&self, job: Job) {
         // The thread lives as long as the sender: a send cannot fail.
-        let _ = self.jobs.send(job);
+        let _ = self.orders.send(Order::Carry(job));
+    }
+
+    /// Ends the exchange at once, closing its connection (the upstream sees
+    /// the caller leave); it will not be among those `take` returns.
+    pub fn cancel(&self, token: u64) {
+        let _ = self.orders.send(Order::Drop(token));
     }
 
     /// The exchanges finished since the last call, and the wake-up bytes read.
@@ -150,10 +178,15 @@ impl Client {
     }
 }
 
-async fn carry(job: Job, pool: Pool, finished: Arc<Finished>) {
+async fn carry(job: Job, pool: Pool, finished: Arc<Finished>, carrying: Carrying) {
     let token = job.token;
     let outcome = exchange(job, &pool).await;
+    lock(&carrying).remove(&token);
     finished.push(token, outcome);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn exchange(job: Job, pool: &Pool) -> Outcome {

@@ -448,3 +448,26 @@ fn a_length_beside_chunked_is_ignored_and_the_connection_not_reused() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_cancelled_exchange_closes_its_connection_and_is_not_taken() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let (port, _) = serve(move |stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest); // until the client closes
+        tx.lock().unwrap().send(StdInstant::now()).unwrap();
+    });
+    let client = Client::start().unwrap();
+    client.submit(job(1, port, 10_000));
+    thread::sleep(Duration::from_millis(100));
+    let cancelled = StdInstant::now();
+    client.cancel(1);
+    client.cancel(2); // nothing of that token: nothing happens
+    let closed = rx.recv_timeout(Duration::from_secs(5)).expect("still open");
+    assert!(closed.duration_since(cancelled) < Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(50));
+    assert!(client.take().is_empty());
+}

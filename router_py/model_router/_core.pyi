@@ -154,6 +154,9 @@ class Upstream:
         """Send `request` (head and body) to host:port: connected within
         connect_s, the answer's head within head_s, all of it within done_s
         and at most max_body bytes of body."""
+    def cancel(self, token: int) -> None:
+        """End the exchange at once, closing its connection; `take` will
+        not return it."""
     def take(
         self,
     ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:

@@ -318,7 +318,8 @@ class _Offloaded:
 
     def exchange(
         self, origin: Origin, request: bytes, deadlines: Deadlines, max_body: int
-    ) -> asyncio.Future[UpstreamResponse]:
+    ) -> tuple[int, asyncio.Future[UpstreamResponse]]:
+        """The exchange's token (for `cancel`) and its answer to come."""
         now = self.loop.time()
         token = next(self._tokens)
         future = self._waiting[token] = self.loop.create_future()
@@ -333,7 +334,13 @@ class _Offloaded:
             deadlines.done - now,
             max_body,
         )
-        return future
+        return token, future
+
+    def cancel(self, token: int) -> None:
+        """The caller gave up: the core closes the connection, as the Python
+        client does, so the upstream stops and the pool's bound holds."""
+        self._waiting.pop(token, None)
+        self._core.cancel(token)
 
     def _settle(self) -> None:
         answers, failures = self._core.take()
@@ -436,7 +443,14 @@ class UpstreamClient:
         try:
             if origin[0] == "http":
                 core = self._core()
-                return await core.exchange(origin, head + request.body, deadlines, self.max_body)
+                token, answer = core.exchange(origin, head + request.body, deadlines, self.max_body)
+                try:
+                    return await answer
+                except asyncio.CancelledError:
+                    core.cancel(token)
+                    raise
+                finally:
+                    del answer  # its exception's traceback holds this frame: no cycle
             conn = await self._connect(origin, deadlines)
             conn.send(head, request.body)
             try:
