@@ -438,3 +438,33 @@ def test_a_call_given_up_closes_its_connection_at_once():
         await client.close()
 
     run(scenario())
+
+
+def half_closed(port: int) -> int:
+    """This machine's connections to 127.0.0.1:port the server closed and the
+    client did not (CLOSE_WAIT): each holds a descriptor of the client's."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(int(r.split()[2].split(":")[1], 16) == port and r.split()[3] == "08" for r in rows)
+
+
+def test_pooled_connections_the_upstream_closed_are_let_go():
+    async def answer_then_close(reader, writer):
+        await asyncio.sleep(0.05)  # the calls overlap: one connection each
+        writer.write(OK)
+        await writer.drain()
+        return False  # as a server closing its idle connections does, later
+
+    async def scenario():
+        client = UpstreamClient()
+        async with Server(answer_then_close) as url:
+            port = int(url.split(":")[2].split("/")[0])
+            calls = (client.send(request(url), Deadlines.within(5)) for _ in range(40))
+            assert {r.status for r in await asyncio.gather(*calls)} == {200}
+            for _ in range(50):
+                if not half_closed(port):
+                    break
+                await asyncio.sleep(0.1)
+            assert half_closed(port) == 0
+        await client.close()
+
+    run(scenario())
