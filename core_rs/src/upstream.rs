@@ -73,7 +73,7 @@ struct Finished {
 impl Finished {
     fn push(&self, token: u64, outcome: Outcome) {
         let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = lock(&self.queue);
             queue.push((token, outcome));
             queue.len() == 1
         };
@@ -123,6 +123,7 @@ impl Client {
                 let pool: Pool = Arc::default();
                 let carrying: Carrying = Arc::default();
                 runtime.block_on(async move {
+                    tokio::spawn(reap(pool.clone()));
                     while let Some(order) = incoming.recv().await {
                         match order {
                             Order::Carry(job) => {
@@ -163,13 +164,7 @@ impl Client {
     pub fn take(&self) -> Vec<(u64, Outcome)> {
         let mut sink = [0u8; 256];
         while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
-        std::mem::take(
-            &mut *self
-                .finished
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
+        std::mem::take(&mut *lock(&self.finished.queue))
     }
 
     /// The socket that becomes readable when `take` has something.
@@ -213,24 +208,45 @@ async fn exchange(job: Job, pool: &Pool) -> Outcome {
     };
     let (outcome, reusable) = reader.answer(done_by, job.max_body).await;
     if reusable {
-        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock(pool);
         pool.entry(origin).or_default().push(reader.stream);
     }
     outcome
 }
 
-/// A pooled connection still open: one the peer closed (or wrote to
-/// unasked) since it was parked is dropped.
+/// A pooled connection still open: one the peer closed since it was
+/// parked is dropped.
 fn idle(pool: &Pool, origin: &Origin) -> Option<TcpStream> {
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pool = lock(pool);
     let parked = pool.get_mut(origin)?;
     while let Some(stream) = parked.pop() {
-        let mut probe = [0u8; 1];
-        if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock) {
+        if quiet(&stream) {
             return Some(stream);
         }
     }
     None
+}
+
+/// Whether a parked connection is as it was left: not closed by the peer,
+/// nothing written to it unasked.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+/// How often the pool lets go of connections the upstream closed: else each
+/// holds a descriptor (in CLOSE_WAIT) until its origin is called again.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+async fn reap(pool: Pool) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    loop {
+        every.tick().await;
+        lock(&pool).retain(|_, parked| {
+            parked.retain(quiet);
+            !parked.is_empty()
+        });
+    }
 }
 
 async fn connect(origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
