@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -465,6 +466,29 @@ def test_pooled_connections_the_upstream_closed_are_let_go():
                     break
                 await asyncio.sleep(0.1)
             assert half_closed(port) == 0
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_deadline_at_infinity_waits_and_one_past_or_nan_does_not():
+    """As the Python client reads them: inf is no limit; a deadline already
+    past, or NaN, is no time at all."""
+
+    async def slow_then_ok(reader, writer):
+        await asyncio.sleep(0.2)
+        writer.write(OK)
+        return True
+
+    async def scenario():
+        client = UpstreamClient()
+        loop = asyncio.get_running_loop()
+        async with Server(slow_then_ok) as url:
+            endless = Deadlines(math.inf, math.inf, math.inf)
+            assert (await client.send(request(url), endless)).status == 200
+            for at in (loop.time() - 1, math.nan):
+                with pytest.raises(TimeoutError):
+                    await client.send(request(url), Deadlines(at, at, at))
         await client.close()
 
     run(scenario())
