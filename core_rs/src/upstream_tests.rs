@@ -471,3 +471,64 @@ fn a_cancelled_exchange_closes_its_connection_and_is_not_taken() {
     thread::sleep(Duration::from_millis(50));
     assert!(client.take().is_empty());
 }
+
+#[test]
+fn an_answer_split_at_any_byte_arrives_whole_on_a_reused_connection() {
+    const ANSWERS: [&str; 3] = [
+        "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;x=1\r\n{\"ok\r\n7\r\n\":true}\r\n0\r\nx-t: 1\r\n\r\n",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+    ];
+    // The n-th request's answer is cut after byte n % its length, the halves 2 ms apart.
+    let (port, accepted) = serve(|stream, _| {
+        stream.set_nodelay(true).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        let mut n = 0;
+        while read_request(&mut reader).is_some() {
+            let answer = ANSWERS[n / 200].as_bytes();
+            let cut = (n % 200) % answer.len();
+            let _ = stream.write_all(&answer[..cut]);
+            thread::sleep(Duration::from_millis(2));
+            let _ = stream.write_all(&answer[cut..]);
+            n += 1;
+        }
+    });
+    let client = Client::start().unwrap();
+    for token in 0..(ANSWERS.len() * 200) as u64 {
+        let outcome = bare(run(&client, job(token, port, 2000)));
+        assert_eq!(outcome, answer(200, "{\"ok\":true}"), "request {token}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn endless_interim_answers_or_a_trickled_body_end_at_their_deadlines() {
+    let (interim, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        while stream.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_ok() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let (trickle, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n");
+        while stream.write_all(b"x").is_ok() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let client = Client::start().unwrap();
+    for (token, port, phase) in [(1, interim, "head"), (2, trickle, "answer")] {
+        let mut slow = job(token, port, 300);
+        slow.head = Duration::from_millis(150);
+        let started = StdInstant::now();
+        let (timeout, text) = message(run(&client, slow));
+        assert!(timeout);
+        assert_eq!(text, format!("no {phase} from the upstream in time"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
