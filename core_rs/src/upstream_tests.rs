@@ -532,3 +532,30 @@ fn endless_interim_answers_or_a_trickled_body_end_at_their_deadlines() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 }
+
+#[test]
+fn a_head_over_64_kib_or_100_fields_is_refused_however_it_arrives() {
+    let big: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+            "a".repeat(70_000)
+        )
+        .into_boxed_str(),
+    );
+    let many: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\n{}content-length: 2\r\n\r\nok",
+            (0..101)
+                .map(|i| format!("x-{i}: v\r\n"))
+                .collect::<String>()
+        )
+        .into_boxed_str(),
+    );
+    let client = Client::start().unwrap();
+    for (token, script) in [big, many].into_iter().enumerate() {
+        let (port, _) = serve(answering(script)); // in one write: all there at the first read
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout);
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+    }
+}
