@@ -335,6 +335,10 @@ impl Reader {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut slots);
             match response.parse(&self.buf) {
+                // However fast it came: the limit does not hang on the timing.
+                Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
+                    return Err(failed("not an HTTP response: head too large".into()))
+                }
                 Ok(httparse::Status::Complete(length)) => {
                     let status = response.code.unwrap_or(0);
                     let http11 = response.version == Some(1);
