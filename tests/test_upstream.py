@@ -4,14 +4,19 @@ server whose answers each test scripts, counting the connections it accepts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
+import os
 import ssl
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import scripted_upstream
+from scripted_upstream import Json
 
 from model_router.engine.upstream import (
     Deadlines,
@@ -20,6 +25,8 @@ from model_router.engine.upstream import (
     UpstreamRequest,
     UpstreamTimeout,
 )
+
+scripted = scripted_upstream.scripted  # the fixture
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
@@ -492,3 +499,38 @@ def test_a_deadline_at_infinity_waits_and_one_past_or_nan_does_not():
         await client.close()
 
     run(scenario())
+
+
+def test_a_client_outlives_a_loop_closed_with_a_call_in_flight_and_a_fork(scripted):
+    """A loop closed while a call waited (its task never ended) and a worker
+    forked from a process that used the client: the core's thread did not
+    survive either, the next loop gets its own."""
+
+    def slow(body: object) -> Json:
+        time.sleep(0.3)
+        return Json({"ok": True})
+
+    scripted.queue("/v1/x", *[slow] * 3)
+    client = UpstreamClient()
+
+    async def call() -> int:
+        response = await client.send(request(scripted.url + "/v1/x"), Deadlines.within(5))
+        return response.status
+
+    loop = asyncio.new_event_loop()
+    left = loop.create_task(call())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
+    left._log_destroy_pending = False  # type: ignore[attr-defined]  # left so on purpose
+    run(client.close())
+    assert asyncio.run(call()) == 200
+
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        with contextlib.suppress(BaseException):
+            code = 0 if asyncio.run(asyncio.wait_for(call(), 5)) == 200 else 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    run(client.close())
