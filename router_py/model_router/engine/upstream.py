@@ -357,12 +357,13 @@ class _Offloaded:
 
     def close(self) -> None:
         """Stop watching; the core's thread ends once this object is gone,
-        and with it its connections. Exchanges still waited for fail."""
+        and with it its connections. Exchanges still waited for fail (unless
+        their loop is closed: nothing can wait on them any more)."""
         if not self.loop.is_closed():
             self.loop.remove_reader(self._core.fileno())
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(UpstreamError("the client was closed"))
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(UpstreamError("the client was closed"))
         self._waiting.clear()
 
 
