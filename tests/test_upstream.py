@@ -534,3 +534,22 @@ def test_a_client_outlives_a_loop_closed_with_a_call_in_flight_and_a_fork(script
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     run(client.close())
+
+
+def test_a_connection_closed_right_after_its_answer_is_not_reused():
+    """The core looks at a pooled connection before reusing it: a FIN that
+    came with the answer is seen, however soon the next call follows."""
+
+    async def answer_and_close(reader, writer):
+        writer.write(OK)
+        return False
+
+    async def scenario():
+        server, client = Server(answer_and_close), UpstreamClient()
+        async with server as url:
+            for _ in range(50):
+                assert (await client.send(request(url), Deadlines.within(5))).status == 200
+        assert server.connections == 50
+        await client.close()
+
+    run(scenario())
