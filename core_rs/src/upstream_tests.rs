@@ -559,3 +559,21 @@ fn a_head_over_64_kib_or_100_fields_is_refused_however_it_arrives() {
         assert!(text.starts_with("not an HTTP response"), "{text}");
     }
 }
+
+#[test]
+fn a_request_the_upstream_does_not_read_ends_at_the_head_deadline() {
+    // As with the Python client: until the head, the head's deadline, whatever stalls.
+    let (port, _) = serve(|stream, _| {
+        thread::sleep(Duration::from_secs(3));
+        drop(stream);
+    });
+    let client = Client::start().unwrap();
+    let mut stuck = job(1, port, 2000);
+    stuck.request = vec![b'x'; 64 << 20]; // more than the socket buffers take
+    stuck.head = Duration::from_millis(150);
+    let started = StdInstant::now();
+    let (timeout, text) = message(run(&client, stuck));
+    assert!(timeout);
+    assert_eq!(text, "no head from the upstream in time");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
