@@ -195,10 +195,12 @@ async fn exchange(job: Job, pool: &Pool) -> Outcome {
             Err(outcome) => return outcome,
         },
     };
-    match timeout_at(done_by, stream.write_all(&job.request)).await {
+    // Sending is waiting for the head too: an upstream that does not read is
+    // one that does not answer, by the head's deadline.
+    match timeout_at(head_by, stream.write_all(&job.request)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return failed(format!("connection closed by the upstream: {e}")),
-        Err(_) => return timed_out("no answer from the upstream in time".into()),
+        Err(_) => return timed_out("no head from the upstream in time".into()),
     }
     let mut reader = Reader {
         stream,
