@@ -577,3 +577,37 @@ fn a_request_the_upstream_does_not_read_ends_at_the_head_deadline() {
     assert_eq!(text, "no head from the upstream in time");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn an_answer_sent_before_the_request_was_read_is_the_answer() {
+    // A provider refusing a request by its head (413, 401) need not read its body.
+    let (port, accepted) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok() && line != "\r\n" {
+            line.clear();
+        }
+        let mut stream = stream;
+        let _ = stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large");
+        thread::sleep(Duration::from_secs(3)); // reading none of the body
+    });
+    let client = Client::start().unwrap();
+    for token in 0..2 {
+        let mut big = job(token, port, 2000);
+        big.request = format!(
+            "POST /v1/x HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            64 << 20
+        )
+        .into_bytes();
+        big.request.resize(big.request.len() + (64 << 20), b'x');
+        let started = StdInstant::now();
+        assert_eq!(bare(run(&client, big)), answer(413, "too large"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a request not all sent: not reused"
+    );
+}
