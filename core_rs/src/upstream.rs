@@ -14,11 +14,13 @@
 //! Python client's do, so callers cannot tell the two apart.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -188,32 +190,57 @@ async fn exchange(job: Job, pool: &Pool) -> Outcome {
     let start = Instant::now();
     let (head_by, done_by) = (start + job.head.min(job.done), start + job.done);
     let origin = (job.host, job.port);
-    let mut stream = match idle(pool, &origin) {
+    let stream = match idle(pool, &origin) {
         Some(stream) => stream,
         None => match connect(&origin, start + job.connect.min(job.done)).await {
             Ok(stream) => stream,
             Err(outcome) => return outcome,
         },
     };
-    // Sending is waiting for the head too: an upstream that does not read is
-    // one that does not answer, by the head's deadline.
-    match timeout_at(head_by, stream.write_all(&job.request)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(format!("connection closed by the upstream: {e}")),
-        Err(_) => return timed_out("no head from the upstream in time".into()),
-    }
-    let mut reader = Reader {
-        stream,
-        buf: Vec::with_capacity(8192),
-        deadline: head_by,
-        phase: "head",
+    // The answer is read while the request is sent, as the Python client
+    // does: an upstream may refuse a request by its head (a 413, a 401) and
+    // never read the body. Sending is bounded by the answer's deadlines: one
+    // that does not read is one that does not answer.
+    let (outcome, reusable) = {
+        let mut reader = Reader {
+            stream: &stream,
+            buf: Vec::with_capacity(8192),
+            deadline: head_by,
+            phase: "head",
+        };
+        let mut sending = pin!(send(&stream, &job.request));
+        let mut answering = pin!(reader.answer(done_by, job.max_body));
+        let mut sent = None;
+        let (outcome, reusable) = poll_fn(|cx| {
+            if sent.is_none() {
+                if let Poll::Ready(result) = sending.as_mut().poll(cx) {
+                    sent = Some(result.is_ok());
+                }
+            }
+            answering.as_mut().poll(cx)
+        })
+        .await;
+        // A request not all sent leaves the connection mid-message.
+        (outcome, reusable && sent == Some(true))
     };
-    let (outcome, reusable) = reader.answer(done_by, job.max_body).await;
     if reusable {
-        let mut pool = lock(pool);
-        pool.entry(origin).or_default().push(reader.stream);
+        lock(pool).entry(origin).or_default().push(stream);
     }
     outcome
+}
+
+/// Writes all of `request` as the socket takes it. A failure is left for the
+/// reading side to tell: the answer may be in already.
+async fn send(stream: &TcpStream, mut request: &[u8]) -> std::io::Result<()> {
+    while !request.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(request) {
+            Ok(n) => request = &request[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A pooled connection still open: one the peer closed since it was
@@ -267,8 +294,8 @@ async fn connect(origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
 
 /// Reads one answer off a connection: the head by one deadline, the rest by
 /// another. `buf` holds what was read and not yet consumed.
-struct Reader {
-    stream: TcpStream,
+struct Reader<'a> {
+    stream: &'a TcpStream,
     buf: Vec<u8>,
     deadline: Instant,
     phase: &'static str,
@@ -283,13 +310,23 @@ enum Framing {
     UntilClose,
 }
 
-impl Reader {
+impl Reader<'_> {
     /// More bytes into `buf`; Ok(false) at the connection's end.
     async fn fill(&mut self) -> Result<bool, Outcome> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(8192);
         }
-        match timeout_at(self.deadline, self.stream.read_buf(&mut self.buf)).await {
+        let (stream, buf) = (self.stream, &mut self.buf);
+        let read = async {
+            loop {
+                stream.readable().await?;
+                match stream.try_read_buf(buf) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+            }
+        };
+        match timeout_at(self.deadline, read).await {
             Ok(Ok(n)) => Ok(n > 0),
             Ok(Err(e)) => Err(failed(format!("connection closed by the upstream: {e}"))),
             Err(_) => Err(timed_out(format!(
