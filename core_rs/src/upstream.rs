@@ -11,7 +11,9 @@
 //!
 //! Every wait is bounded by the job's own limits (connect, head, whole
 //! answer), an answer over `max_body` is refused, and the errors read as the
-//! Python client's do, so callers cannot tell the two apart.
+//! Python client's do, so callers cannot tell the two apart. A job its caller
+//! gave up on is ended (`cancel`), closing its connection, as the Python
+//! client closes one; parked connections the upstream closed are let go.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
