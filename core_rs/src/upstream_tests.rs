@@ -611,3 +611,33 @@ fn an_answer_sent_before_the_request_was_read_is_the_answer() {
         "a request not all sent: not reused"
     );
 }
+
+#[test]
+fn reuse_follows_the_version_keep_alive_and_leftovers() {
+    let client = Client::start().unwrap();
+    for (script, connections) in [
+        ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", 3),
+        (
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            1,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            3,
+        ),
+        // A body after a 304 is none of its answer, and not the next one's.
+        (
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 2\r\n\r\nok",
+            3,
+        ),
+    ] {
+        let (port, accepted) = serve(answering(script));
+        for token in 0..3 {
+            let Outcome::Answer { status, .. } = run(&client, job(token, port, 2000)) else {
+                panic!("{script}")
+            };
+            assert!(status == 200 || status == 304);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{script}");
+    }
+}
