@@ -4,13 +4,19 @@ server whose answers each test scripts, counting the connections it accepts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import math
+import os
 import ssl
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import scripted_upstream
+from scripted_upstream import Json
 
 from model_router.engine.upstream import (
     Deadlines,
@@ -19,6 +25,8 @@ from model_router.engine.upstream import (
     UpstreamRequest,
     UpstreamTimeout,
 )
+
+scripted = scripted_upstream.scripted  # the fixture
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 OK = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
@@ -381,10 +389,12 @@ def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
 
     async def scenario():
         client = UpstreamClient()
+        gc.collect()  # earlier tests' clients, kept by their exceptions' tracebacks
+        await asyncio.sleep(0.1)  # their threads end
         before = core_threads()
         async with Server(slow_then_ok) as url:
             # A caller that stops waiting (its own deadline, a client gone)
-            # leaves nothing behind: the late answer is dropped.
+            # leaves nothing behind: its exchange ends with it.
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(client.send(request(url), Deadlines.within(5)), 0.05)
             (ours,) = core_threads() - before  # other tests' threads may end meanwhile
@@ -396,9 +406,177 @@ def test_plain_calls_run_on_the_cores_thread_and_a_caller_may_give_up():
             await client.close()
             with pytest.raises(UpstreamError, match="closed"):
                 await waiting
-        del client, waiting  # its error's traceback holds the client too
+        del client, waiting  # its exception's traceback holds the call's frame
         gc.collect()
         await asyncio.sleep(0.3)  # the answer in flight still lands, then the thread ends
         assert ours not in core_threads()
+
+    run(scenario())
+
+
+def test_a_call_given_up_closes_its_connection_at_once():
+    """A caller that stops waiting (its own timeout, a client gone) ends the
+    exchange: the upstream sees the connection close, so it can stop working
+    on an answer nobody reads, and the origin's pool bounds what stays open."""
+    opened = closed = 0
+
+    async def silent_until_closed(reader, writer):
+        nonlocal opened, closed
+        opened += 1
+        await reader.read()  # the end of the connection
+        closed += 1
+        return False
+
+    async def scenario():
+        client = UpstreamClient(pool_size=4)
+        async with Server(silent_until_closed) as url:
+
+            async def give_up() -> None:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(client.send(request(url), Deadlines.within(30)), 0.05)
+
+            for _ in range(5):
+                await asyncio.gather(*(give_up() for _ in range(4)))
+            for _ in range(100):
+                if closed == opened:
+                    break
+                await asyncio.sleep(0.01)
+            assert (opened, closed) == (20, 20)
+            assert client._offloaded is not None and not client._offloaded._waiting
+        await client.close()
+
+    run(scenario())
+
+
+def half_closed(port: int) -> int:
+    """This machine's connections to 127.0.0.1:port the server closed and the
+    client did not (CLOSE_WAIT): each holds a descriptor of the client's."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(int(r.split()[2].split(":")[1], 16) == port and r.split()[3] == "08" for r in rows)
+
+
+def test_pooled_connections_the_upstream_closed_are_let_go():
+    async def answer_then_close(reader, writer):
+        await asyncio.sleep(0.05)  # the calls overlap: one connection each
+        writer.write(OK)
+        await writer.drain()
+        return False  # as a server closing its idle connections does, later
+
+    async def scenario():
+        client = UpstreamClient()
+        async with Server(answer_then_close) as url:
+            port = int(url.split(":")[2].split("/")[0])
+            calls = (client.send(request(url), Deadlines.within(5)) for _ in range(40))
+            assert {r.status for r in await asyncio.gather(*calls)} == {200}
+            for _ in range(50):
+                if not half_closed(port):
+                    break
+                await asyncio.sleep(0.1)
+            assert half_closed(port) == 0
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_deadline_at_infinity_waits_and_one_past_or_nan_does_not():
+    """As the Python client reads them: inf is no limit; a deadline already
+    past, or NaN, is no time at all."""
+
+    async def slow_then_ok(reader, writer):
+        await asyncio.sleep(0.2)
+        writer.write(OK)
+        return True
+
+    async def scenario():
+        client = UpstreamClient()
+        loop = asyncio.get_running_loop()
+        async with Server(slow_then_ok) as url:
+            endless = Deadlines(math.inf, math.inf, math.inf)
+            assert (await client.send(request(url), endless)).status == 200
+            for at in (loop.time() - 1, math.nan):
+                with pytest.raises(TimeoutError):
+                    await client.send(request(url), Deadlines(at, at, at))
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_client_outlives_a_loop_closed_with_a_call_in_flight_and_a_fork(scripted):
+    """A loop closed while a call waited (its task never ended) and a worker
+    forked from a process that used the client: the core's thread did not
+    survive either, the next loop gets its own."""
+
+    def slow(body: object) -> Json:
+        time.sleep(0.3)
+        return Json({"ok": True})
+
+    scripted.queue("/v1/x", *[slow] * 3)
+    client = UpstreamClient()
+
+    async def call() -> int:
+        response = await client.send(request(scripted.url + "/v1/x"), Deadlines.within(5))
+        return response.status
+
+    loop = asyncio.new_event_loop()
+    left = loop.create_task(call())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
+    left._log_destroy_pending = False  # type: ignore[attr-defined]  # left so on purpose
+    run(client.close())
+    assert asyncio.run(call()) == 200
+
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        with contextlib.suppress(BaseException):
+            code = 0 if asyncio.run(asyncio.wait_for(call(), 5)) == 200 else 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    run(client.close())
+
+
+def test_a_connection_closed_right_after_its_answer_is_not_reused():
+    """The core looks at a pooled connection before reusing it: a FIN that
+    came with the answer is seen, however soon the next call follows."""
+
+    async def answer_and_close(reader, writer):
+        writer.write(OK)
+        return False
+
+    async def scenario():
+        server, client = Server(answer_and_close), UpstreamClient()
+        async with server as url:
+            for _ in range(50):
+                assert (await client.send(request(url), Deadlines.within(5))).status == 200
+        assert server.connections == 50
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_call_the_core_leaves_unanswered_fails_after_its_deadline():
+    """The core answers every call by its deadline; should it not (a fault),
+    the call fails a second later instead of hanging its caller."""
+
+    async def silent(reader, writer):
+        await asyncio.sleep(5)
+        return False
+
+    async def scenario():
+        client = UpstreamClient()
+        async with Server(silent) as url:
+            loop = asyncio.get_running_loop()
+            call = asyncio.ensure_future(client.send(request(url), Deadlines.within(30)))
+            await asyncio.sleep(0.05)
+            offloaded = client._core()
+            (token,) = offloaded._due
+            offloaded._due[token] = loop.time()  # as if the core had missed it
+            started = loop.time()
+            with pytest.raises(UpstreamError, match="no outcome"):
+                await call
+            assert loop.time() - started < 1.5
+            assert not offloaded._waiting and not offloaded._due
+        await client.close()
 
     run(scenario())

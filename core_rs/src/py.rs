@@ -458,12 +458,13 @@ struct Upstream {
     client: upstream::Client,
 }
 
-/// Seconds from Python as a Duration; what is not a sane wait is none.
+/// Seconds from Python as a Duration, read as asyncio reads a deadline: NaN
+/// or past is none, inf (or more) is the longest we allow: 1e7 s, ~115 days.
 fn wait(seconds: f64) -> Duration {
-    Duration::from_secs_f64(if seconds.is_finite() {
-        seconds.clamp(0.0, 1e7)
-    } else {
+    Duration::from_secs_f64(if seconds.is_nan() {
         0.0
+    } else {
+        seconds.clamp(0.0, 1e7)
     })
 }
 
@@ -506,6 +507,11 @@ impl Upstream {
 
     fn dispatch(&self) {
         self.client.dispatch();
+    }
+
+    /// Ends the exchange and closes its connection; it is not taken.
+    fn cancel(&self, token: u64) {
+        self.client.cancel(token);
     }
 
     /// The exchanges finished since the last call: ([(token, status,

@@ -11,16 +11,21 @@
 //!
 //! Every wait is bounded by the job's own limits (connect, head, whole
 //! answer), an answer over `max_body` is refused, and the errors read as the
-//! Python client's do, so callers cannot tell the two apart.
+//! Python client's do, so callers cannot tell the two apart. A job its caller
+//! gave up on is ended (`cancel`), closing its connection, as the Python
+//! client closes one; parked connections the upstream closed are let go.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
 
 /// One exchange to carry out.
@@ -72,7 +77,7 @@ struct Finished {
 impl Finished {
     fn push(&self, token: u64, outcome: Outcome) {
         let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = lock(&self.queue);
             queue.push((token, outcome));
             queue.len() == 1
         };
@@ -86,16 +91,23 @@ impl Finished {
 
 type Origin = (String, u16);
 type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
+/// The exchanges under way, so one the caller gave up on can be ended.
+type Carrying = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+
+enum Order {
+    Carry(Vec<Job>),
+    Drop(u64),
+}
 
 /// The client: a thread with its runtime, its pool and the finished queue.
 /// Dropping it ends the thread once the exchanges in flight are dropped.
 ///
 /// Jobs are submitted in two steps, `submit` then `dispatch`: waking the
 /// runtime's thread is what a job costs its caller most (a write to the
-/// runtime's eventfd and, on a VM, an interrupt to another CPU), so the
-/// caller starts all it submitted in one turn of its loop with one wake.
+/// runtime's eventfd and, on a VM, an interrupt to another CPU), so a
+/// caller with many jobs at once dispatches them together, one wake.
 pub struct Client {
-    jobs: mpsc::UnboundedSender<Vec<Job>>,
+    orders: mpsc::UnboundedSender<Order>,
     submitted: Mutex<Vec<Job>>,
     finished: Arc<Finished>,
     wake: UnixStream,
@@ -112,23 +124,42 @@ impl Client {
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Host names are resolved on blocking threads: a resolver that hangs
+            // must not grow them to Tokio's default of 512.
+            .max_blocking_threads(8)
             .build()?;
-        let (jobs, mut incoming) = mpsc::unbounded_channel::<Vec<Job>>();
+        let (orders, mut incoming) = mpsc::unbounded_channel::<Order>();
         let done = finished.clone();
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
                 let pool: Pool = Arc::default();
+                let carrying: Carrying = Arc::default();
                 runtime.block_on(async move {
-                    while let Some(batch) = incoming.recv().await {
-                        for job in batch {
-                            tokio::spawn(carry(job, pool.clone(), done.clone()));
+                    tokio::spawn(reap(pool.clone()));
+                    while let Some(order) = incoming.recv().await {
+                        match order {
+                            Order::Carry(jobs) => {
+                                for job in jobs {
+                                    let token = job.token;
+                                    let task =
+                                        carry(job, pool.clone(), done.clone(), carrying.clone());
+                                    let task = tokio::spawn(task).abort_handle();
+                                    // One thread: the task cannot end before it is listed.
+                                    lock(&carrying).insert(token, task);
+                                }
+                            }
+                            Order::Drop(token) => {
+                                if let Some(task) = lock(&carrying).remove(&token) {
+                                    task.abort(); // and with it, its connection
+                                }
+                            }
                         }
                     }
                 });
             })?;
         Ok(Client {
-            jobs,
+            orders,
             submitted: Mutex::default(),
             finished,
             wake,
@@ -137,16 +168,26 @@ impl Client {
 
     /// Queues a job until the next `dispatch`.
     pub fn submit(&self, job: Job) {
-        let mut submitted = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
-        submitted.push(job);
+        lock(&self.submitted).push(job);
     }
 
     /// Hands the jobs submitted so far to the runtime's thread, one wake.
     pub fn dispatch(&self) {
-        let batch = std::mem::take(&mut *self.submitted.lock().unwrap_or_else(|e| e.into_inner()));
-        if !batch.is_empty() {
+        let jobs = std::mem::take(&mut *lock(&self.submitted));
+        if !jobs.is_empty() {
             // The thread lives as long as the sender: a send cannot fail.
-            let _ = self.jobs.send(batch);
+            let _ = self.orders.send(Order::Carry(jobs));
+        }
+    }
+
+    /// Ends the exchange at once, closing its connection (the upstream sees
+    /// the caller leave); it will not be among those `take` returns.
+    pub fn cancel(&self, token: u64) {
+        let mut submitted = lock(&self.submitted);
+        let before = submitted.len();
+        submitted.retain(|job| job.token != token);
+        if submitted.len() == before {
+            let _ = self.orders.send(Order::Drop(token)); // it was dispatched
         }
     }
 
@@ -154,13 +195,7 @@ impl Client {
     pub fn take(&self) -> Vec<(u64, Outcome)> {
         let mut sink = [0u8; 256];
         while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
-        std::mem::take(
-            &mut *self
-                .finished
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        )
+        std::mem::take(&mut *lock(&self.finished.queue))
     }
 
     /// The socket that becomes readable when `take` has something.
@@ -169,54 +204,107 @@ impl Client {
     }
 }
 
-async fn carry(job: Job, pool: Pool, finished: Arc<Finished>) {
+async fn carry(job: Job, pool: Pool, finished: Arc<Finished>, carrying: Carrying) {
     let token = job.token;
     let outcome = exchange(job, &pool).await;
+    lock(&carrying).remove(&token);
     finished.push(token, outcome);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn exchange(job: Job, pool: &Pool) -> Outcome {
     let start = Instant::now();
     let (head_by, done_by) = (start + job.head.min(job.done), start + job.done);
     let origin = (job.host, job.port);
-    let mut stream = match idle(pool, &origin) {
+    let stream = match idle(pool, &origin) {
         Some(stream) => stream,
         None => match connect(&origin, start + job.connect.min(job.done)).await {
             Ok(stream) => stream,
             Err(outcome) => return outcome,
         },
     };
-    match timeout_at(done_by, stream.write_all(&job.request)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(format!("connection closed by the upstream: {e}")),
-        Err(_) => return timed_out("no answer from the upstream in time".into()),
-    }
-    let mut reader = Reader {
-        stream,
-        buf: Vec::with_capacity(8192),
-        deadline: head_by,
-        phase: "head",
+    // The answer is read while the request is sent, as the Python client
+    // does: an upstream may refuse a request by its head (a 413, a 401) and
+    // never read the body. Sending is bounded by the answer's deadlines: one
+    // that does not read is one that does not answer.
+    let (outcome, reusable) = {
+        let mut reader = Reader {
+            stream: &stream,
+            buf: Vec::with_capacity(8192),
+            deadline: head_by,
+            phase: "head",
+        };
+        let mut sending = pin!(send(&stream, &job.request));
+        let mut answering = pin!(reader.answer(done_by, job.max_body));
+        let mut sent = None;
+        let (outcome, reusable) = poll_fn(|cx| {
+            if sent.is_none() {
+                if let Poll::Ready(result) = sending.as_mut().poll(cx) {
+                    sent = Some(result.is_ok());
+                }
+            }
+            answering.as_mut().poll(cx)
+        })
+        .await;
+        // A request not all sent leaves the connection mid-message.
+        (outcome, reusable && sent == Some(true))
     };
-    let (outcome, reusable) = reader.answer(done_by, job.max_body).await;
     if reusable {
-        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.entry(origin).or_default().push(reader.stream);
+        lock(pool).entry(origin).or_default().push(stream);
     }
     outcome
 }
 
-/// A pooled connection still open: one the peer closed (or wrote to
-/// unasked) since it was parked is dropped.
+/// Writes all of `request` as the socket takes it. A failure is left for the
+/// reading side to tell: the answer may be in already.
+async fn send(stream: &TcpStream, mut request: &[u8]) -> std::io::Result<()> {
+    while !request.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(request) {
+            Ok(n) => request = &request[n..],
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A pooled connection still open: one the peer closed since it was
+/// parked is dropped.
 fn idle(pool: &Pool, origin: &Origin) -> Option<TcpStream> {
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pool = lock(pool);
     let parked = pool.get_mut(origin)?;
     while let Some(stream) = parked.pop() {
-        let mut probe = [0u8; 1];
-        if matches!(stream.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock) {
+        if quiet(&stream) {
             return Some(stream);
         }
     }
     None
+}
+
+/// Whether a parked connection is as it was left: not closed by the peer,
+/// nothing written to it unasked.
+fn quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+/// How often the pool lets go of connections the upstream closed: else each
+/// holds a descriptor (in CLOSE_WAIT) until its origin is called again.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
+async fn reap(pool: Pool) {
+    let mut every = tokio::time::interval(REAP_EVERY);
+    loop {
+        every.tick().await;
+        lock(&pool).retain(|_, parked| {
+            parked.retain(quiet);
+            !parked.is_empty()
+        });
+    }
 }
 
 async fn connect(origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
@@ -235,8 +323,8 @@ async fn connect(origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
 
 /// Reads one answer off a connection: the head by one deadline, the rest by
 /// another. `buf` holds what was read and not yet consumed.
-struct Reader {
-    stream: TcpStream,
+struct Reader<'a> {
+    stream: &'a TcpStream,
     buf: Vec<u8>,
     deadline: Instant,
     phase: &'static str,
@@ -251,13 +339,23 @@ enum Framing {
     UntilClose,
 }
 
-impl Reader {
+impl Reader<'_> {
     /// More bytes into `buf`; Ok(false) at the connection's end.
     async fn fill(&mut self) -> Result<bool, Outcome> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(8192);
         }
-        match timeout_at(self.deadline, self.stream.read_buf(&mut self.buf)).await {
+        let (stream, buf) = (self.stream, &mut self.buf);
+        let read = async {
+            loop {
+                stream.readable().await?;
+                match stream.try_read_buf(buf) {
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+            }
+        };
+        match timeout_at(self.deadline, read).await {
             Ok(Ok(n)) => Ok(n > 0),
             Ok(Err(e)) => Err(failed(format!("connection closed by the upstream: {e}"))),
             Err(_) => Err(timed_out(format!(
@@ -305,6 +403,10 @@ impl Reader {
             let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut response = httparse::Response::new(&mut slots);
             match response.parse(&self.buf) {
+                // However fast it came: the limit does not hang on the timing.
+                Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
+                    return Err(failed("not an HTTP response: head too large".into()))
+                }
                 Ok(httparse::Status::Complete(length)) => {
                     let status = response.code.unwrap_or(0);
                     let http11 = response.version == Some(1);
@@ -363,7 +465,13 @@ impl Reader {
                 match httparse::parse_chunk_size(&self.buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         self.buf.drain(..used);
-                        break size as usize;
+                        break size;
+                    }
+                    // Extensions and padding may run on forever: bounded as a head is.
+                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                        return Err(failed(
+                            "not an HTTP response: chunk size line too long".into(),
+                        ))
                     }
                     Ok(httparse::Status::Partial) => {
                         if !self.fill().await? {
@@ -376,25 +484,32 @@ impl Reader {
             if size == 0 {
                 return self.trailers().await.map(|()| body);
             }
-            if body.len() + size > max_body {
+            // Against what is left: a size near 2^64 would wrap a sum.
+            if size > (max_body - body.len()) as u64 {
                 return Err(failed(format!("answer over {max_body} bytes")));
             }
-            body.extend(self.exactly(size).await?);
+            body.extend(self.exactly(size as usize).await?);
             if self.exactly(2).await? != b"\r\n" {
                 return Err(failed("not an HTTP response: bad chunk end".into()));
             }
         }
     }
 
-    /// Skips the trailer section up to the blank line that ends the body.
+    /// Skips the trailer section up to the blank line that ends the body;
+    /// like a head, at most `MAX_HEAD` bytes of it.
     async fn trailers(&mut self) -> Result<(), Outcome> {
+        let mut skipped = 0;
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 self.buf.drain(..end + 2);
+                skipped += end + 2;
                 if end == 0 {
                     return Ok(());
                 }
                 continue;
+            }
+            if skipped + self.buf.len() > MAX_HEAD {
+                return Err(failed("not an HTTP response: trailers too large".into()));
             }
             if !self.fill().await? {
                 return Err(failed("connection closed by the upstream".into()));
@@ -407,23 +522,30 @@ type Head = (Vec<(String, String)>, Framing, bool);
 
 fn read_head(fields: &[httparse::Header<'_>], http11: bool) -> Result<Head, Outcome> {
     let mut headers = Vec::with_capacity(fields.len());
-    let mut framing = Framing::UntilClose;
+    let mut length = None;
+    let mut chunked = None; // once a transfer-encoding is seen: is its last coding chunked
     let mut keep_alive = http11;
     for field in fields {
         let name = field.name.to_ascii_lowercase();
         // latin-1, as the Python client decodes: every byte is a char.
         let value: String = field.value.iter().map(|&b| b as char).collect();
         match name.as_str() {
-            "content-length" if !matches!(framing, Framing::Chunked) => {
-                match value.trim().parse::<usize>() {
-                    Ok(length) => framing = Framing::Length(length),
-                    Err(_) => {
-                        return Err(failed("not an HTTP response: bad content-length".into()))
-                    }
+            "content-length" => {
+                // Digits only, and a repeat must agree (RFC 9112 6.3): two
+                // readings of where the answer ends would desync the connection.
+                let digits = value.trim();
+                let parsed = digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| digits.parse());
+                match parsed {
+                    Some(Ok(n)) if length.is_none_or(|seen| seen == n) => length = Some(n),
+                    _ => return Err(failed("not an HTTP response: bad content-length".into())),
                 }
             }
-            "transfer-encoding" if value.to_ascii_lowercase().contains("chunked") => {
-                framing = Framing::Chunked
+            "transfer-encoding" => {
+                let last = value.rsplit(',').next().unwrap_or_default().trim();
+                chunked = Some(last.eq_ignore_ascii_case("chunked"));
             }
             "connection" => {
                 let value = value.to_ascii_lowercase();
@@ -436,6 +558,15 @@ fn read_head(fields: &[httparse::Header<'_>], http11: bool) -> Result<Head, Outc
             _ => {}
         }
         headers.push((name, value));
+    }
+    let framing = match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (None, Some(length)) => Framing::Length(length),
+        // No length, or a coding that is not chunked last: the close ends it.
+        _ => Framing::UntilClose,
+    };
+    if chunked.is_some() && length.is_some() {
+        keep_alive = false; // the RFC's rule for an answer framed two ways
     }
     Ok((headers, framing, keep_alive))
 }

@@ -352,3 +352,316 @@ fn many_exchanges_started_at_once_all_finish() {
         thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Answers the first request with `prefix`, then `flood` bytes of `fill`,
+/// then holds the connection open for 3 s.
+fn flooding(
+    prefix: &'static str,
+    fill: u8,
+    flood: usize,
+) -> impl Fn(std::net::TcpStream, usize) + Send + Sync {
+    move |stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(prefix.as_bytes());
+        let _ = stream.write_all(&vec![fill; flood]);
+        thread::sleep(Duration::from_secs(3));
+    }
+}
+
+#[test]
+fn a_chunk_size_near_the_top_of_u64_is_refused_not_buffered() {
+    // After a first chunk, 2^64-1 plus what was read wraps past the cap's check.
+    let (port, _) = serve(flooding(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\nffffffffffffffff\r\n",
+        b'x',
+        1 << 20,
+    ));
+    let client = Client::start().unwrap();
+    let (timeout, text) = message(run(&client, job(1, port, 2000)));
+    assert!(!timeout, "{text}");
+    assert_eq!(text, "answer over 1024 bytes");
+}
+
+#[test]
+fn an_endless_chunk_size_line_or_trailer_is_refused_not_buffered() {
+    let client = Client::start().unwrap();
+    for (token, (prefix, fill)) in [
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;ext=",
+            b'e',
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1",
+            b' ',
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-t: ",
+            b't',
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (port, _) = serve(flooding(prefix, fill, 1 << 20));
+        let started = StdInstant::now();
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout, "{text}");
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_length_that_is_not_one_plain_number_is_refused() {
+    let client = Client::start().unwrap();
+    for (token, script) in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (port, _) = serve(answering(script));
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout);
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+    }
+    // The same length twice says nothing new.
+    let (port, _) = serve(answering(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+    ));
+    assert_eq!(bare(run(&client, job(9, port, 2000))), answer(200, "ok"));
+}
+
+#[test]
+fn a_length_beside_chunked_is_ignored_and_the_connection_not_reused() {
+    // RFC 9112 6.3: chunked wins, and the connection must close after.
+    let (port, accepted) = serve(answering(
+        "HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ));
+    let client = Client::start().unwrap();
+    for token in 0..2 {
+        assert_eq!(
+            bare(run(&client, job(token, port, 2000))),
+            answer(200, "ok")
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_cancelled_exchange_closes_its_connection_and_is_not_taken() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    let (port, _) = serve(move |stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut rest = Vec::new();
+        let _ = reader.read_to_end(&mut rest); // until the client closes
+        tx.lock().unwrap().send(StdInstant::now()).unwrap();
+    });
+    let client = Client::start().unwrap();
+    client.submit(job(1, port, 10_000));
+    client.dispatch();
+    thread::sleep(Duration::from_millis(100));
+    let cancelled = StdInstant::now();
+    client.cancel(1);
+    client.cancel(2); // nothing of that token: nothing happens
+    let closed = rx.recv_timeout(Duration::from_secs(5)).expect("still open");
+    assert!(closed.duration_since(cancelled) < Duration::from_secs(1));
+    thread::sleep(Duration::from_millis(50));
+    assert!(client.take().is_empty());
+}
+
+#[test]
+fn an_exchange_cancelled_before_its_dispatch_never_goes_out() {
+    let (port, accepted) = serve(answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+    let client = Client::start().unwrap();
+    client.submit(job(1, port, 2000));
+    client.submit(job(2, port, 2000));
+    client.cancel(1);
+    client.dispatch();
+    let started = StdInstant::now();
+    let mut taken = Vec::new();
+    while taken.is_empty() && started.elapsed() < Duration::from_secs(5) {
+        taken = client.take();
+        thread::sleep(Duration::from_millis(1));
+    }
+    thread::sleep(Duration::from_millis(50));
+    taken.extend(client.take());
+    let tokens: Vec<u64> = taken.iter().map(|(token, _)| *token).collect();
+    assert_eq!(tokens, [2]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_answer_split_at_any_byte_arrives_whole_on_a_reused_connection() {
+    const ANSWERS: [&str; 3] = [
+        "HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;x=1\r\n{\"ok\r\n7\r\n\":true}\r\n0\r\nx-t: 1\r\n\r\n",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+    ];
+    // The n-th request's answer is cut after byte n % its length, the halves 2 ms apart.
+    let (port, accepted) = serve(|stream, _| {
+        stream.set_nodelay(true).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        let mut n = 0;
+        while read_request(&mut reader).is_some() {
+            let answer = ANSWERS[n / 200].as_bytes();
+            let cut = (n % 200) % answer.len();
+            let _ = stream.write_all(&answer[..cut]);
+            thread::sleep(Duration::from_millis(2));
+            let _ = stream.write_all(&answer[cut..]);
+            n += 1;
+        }
+    });
+    let client = Client::start().unwrap();
+    for token in 0..(ANSWERS.len() * 200) as u64 {
+        let outcome = bare(run(&client, job(token, port, 2000)));
+        assert_eq!(outcome, answer(200, "{\"ok\":true}"), "request {token}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn endless_interim_answers_or_a_trickled_body_end_at_their_deadlines() {
+    let (interim, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        while stream.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_ok() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let (trickle, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        read_request(&mut reader);
+        let mut stream = stream;
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n");
+        while stream.write_all(b"x").is_ok() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let client = Client::start().unwrap();
+    for (token, port, phase) in [(1, interim, "head"), (2, trickle, "answer")] {
+        let mut slow = job(token, port, 300);
+        slow.head = Duration::from_millis(150);
+        let started = StdInstant::now();
+        let (timeout, text) = message(run(&client, slow));
+        assert!(timeout);
+        assert_eq!(text, format!("no {phase} from the upstream in time"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_head_over_64_kib_or_100_fields_is_refused_however_it_arrives() {
+    let big: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+            "a".repeat(70_000)
+        )
+        .into_boxed_str(),
+    );
+    let many: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\n{}content-length: 2\r\n\r\nok",
+            (0..101)
+                .map(|i| format!("x-{i}: v\r\n"))
+                .collect::<String>()
+        )
+        .into_boxed_str(),
+    );
+    let client = Client::start().unwrap();
+    for (token, script) in [big, many].into_iter().enumerate() {
+        let (port, _) = serve(answering(script)); // in one write: all there at the first read
+        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
+        assert!(!timeout);
+        assert!(text.starts_with("not an HTTP response"), "{text}");
+    }
+}
+
+#[test]
+fn a_request_the_upstream_does_not_read_ends_at_the_head_deadline() {
+    // As with the Python client: until the head, the head's deadline, whatever stalls.
+    let (port, _) = serve(|stream, _| {
+        thread::sleep(Duration::from_secs(3));
+        drop(stream);
+    });
+    let client = Client::start().unwrap();
+    let mut stuck = job(1, port, 2000);
+    stuck.request = vec![b'x'; 64 << 20]; // more than the socket buffers take
+    stuck.head = Duration::from_millis(150);
+    let started = StdInstant::now();
+    let (timeout, text) = message(run(&client, stuck));
+    assert!(timeout);
+    assert_eq!(text, "no head from the upstream in time");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn an_answer_sent_before_the_request_was_read_is_the_answer() {
+    // A provider refusing a request by its head (413, 401) need not read its body.
+    let (port, accepted) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok() && line != "\r\n" {
+            line.clear();
+        }
+        let mut stream = stream;
+        let _ = stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large");
+        thread::sleep(Duration::from_secs(3)); // reading none of the body
+    });
+    let client = Client::start().unwrap();
+    for token in 0..2 {
+        let mut big = job(token, port, 2000);
+        big.request = format!(
+            "POST /v1/x HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            64 << 20
+        )
+        .into_bytes();
+        big.request.resize(big.request.len() + (64 << 20), b'x');
+        let started = StdInstant::now();
+        assert_eq!(bare(run(&client, big)), answer(413, "too large"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a request not all sent: not reused"
+    );
+}
+
+#[test]
+fn reuse_follows_the_version_keep_alive_and_leftovers() {
+    let client = Client::start().unwrap();
+    for (script, connections) in [
+        ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", 3),
+        (
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
+            1,
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            3,
+        ),
+        // A body after a 304 is none of its answer, and not the next one's.
+        (
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 2\r\n\r\nok",
+            3,
+        ),
+    ] {
+        let (port, accepted) = serve(answering(script));
+        for token in 0..3 {
+            let Outcome::Answer { status, .. } = run(&client, job(token, port, 2000)) else {
+                panic!("{script}")
+            };
+            assert!(status == 200 || status == 304);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{script}");
+    }
+}

@@ -156,6 +156,9 @@ class Upstream:
         it within done_s and at most max_body bytes of body."""
     def dispatch(self) -> None:
         """Hand what was submitted to the core's thread (one wake for all)."""
+    def cancel(self, token: int) -> None:
+        """End the exchange at once, closing its connection; `take` will
+        not return it."""
     def take(
         self,
     ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:

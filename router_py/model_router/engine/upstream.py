@@ -102,6 +102,7 @@ class UpstreamStream:
 
 
 _END = object()  # marks the end of a response body in a connection's queue
+OVERDUE_S = 1.0  # past its deadline, a call the core did not answer fails
 
 
 class _Connection(asyncio.Protocol):
@@ -313,16 +314,22 @@ class _Offloaded:
         self.loop = loop
         self._core = _core.Upstream()
         self._waiting: dict[int, asyncio.Future[UpstreamResponse]] = {}
+        self._due: dict[int, float] = {}  # token -> when its answer is overdue
+        self._watch: asyncio.TimerHandle | None = None
         self._tokens = itertools.count()
         self._batching = False  # calls of this turn wait for its end
         loop.add_reader(self._core.fileno(), self._settle)
 
     def exchange(
         self, origin: Origin, request: bytes, deadlines: Deadlines, max_body: int
-    ) -> asyncio.Future[UpstreamResponse]:
+    ) -> tuple[int, asyncio.Future[UpstreamResponse]]:
+        """The exchange's token (for `cancel`) and its answer to come."""
         now = self.loop.time()
         token = next(self._tokens)
         future = self._waiting[token] = self.loop.create_future()
+        self._due[token] = deadlines.done + OVERDUE_S
+        if self._watch is None:
+            self._watch = self.loop.call_at(now + OVERDUE_S, self._overdue)
         _, host, port = origin
         self._core.submit(
             token,
@@ -341,7 +348,24 @@ class _Offloaded:
             self._batching = True
             self.loop.call_soon(self._end_batch)
             self._core.dispatch()
-        return future
+        return token, future
+
+    def cancel(self, token: int) -> None:
+        """The caller gave up: the core closes the connection, as the Python
+        client does, so the upstream stops and the pool's bound holds."""
+        self._waiter(token)
+        self._core.cancel(token)
+
+    def _overdue(self) -> None:
+        """The core answers every call by its deadline; one it did not
+        answer (a fault in the core) fails here rather than hang its caller.
+        Runs once a second while calls are waited for."""
+        now = self.loop.time()
+        for token in [token for token, due in self._due.items() if due <= now]:
+            if future := self._waiter(token):
+                future.set_exception(UpstreamError("the upstream call got no outcome"))
+                self._core.cancel(token)
+        self._watch = self.loop.call_at(now + OVERDUE_S, self._overdue) if self._due else None
 
     def _end_batch(self) -> None:
         self._batching = False
@@ -357,18 +381,23 @@ class _Offloaded:
                 future.set_exception((UpstreamTimeout if timed_out else UpstreamError)(message))
 
     def _waiter(self, token: int) -> asyncio.Future[UpstreamResponse] | None:
+        self._due.pop(token, None)
         future = self._waiting.pop(token, None)
         return None if future is None or future.done() else future  # done: cancelled
 
     def close(self) -> None:
         """Stop watching; the core's thread ends once this object is gone,
-        and with it its connections. Exchanges still waited for fail."""
+        and with it its connections. Exchanges still waited for fail (unless
+        their loop is closed: nothing can wait on them any more)."""
+        if self._watch is not None:
+            self._watch.cancel()
         if not self.loop.is_closed():
             self.loop.remove_reader(self._core.fileno())
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(UpstreamError("the client was closed"))
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(UpstreamError("the client was closed"))
         self._waiting.clear()
+        self._due.clear()
 
 
 class UpstreamClient:
@@ -448,7 +477,14 @@ class UpstreamClient:
         try:
             if origin[0] == "http":
                 core = self._core()
-                return await core.exchange(origin, head + request.body, deadlines, self.max_body)
+                token, answer = core.exchange(origin, head + request.body, deadlines, self.max_body)
+                try:
+                    return await answer
+                except asyncio.CancelledError:
+                    core.cancel(token)
+                    raise
+                finally:
+                    del answer  # its exception's traceback holds this frame: no cycle
             conn = await self._connect(origin, deadlines)
             conn.send(head, request.body)
             try:
