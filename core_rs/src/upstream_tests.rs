@@ -52,6 +52,13 @@ fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> Option<String> {
     Some(head + &String::from_utf8(body).unwrap())
 }
 
+/// Reads one request off the connection; the stream to answer on.
+fn after_request(stream: std::net::TcpStream) -> std::net::TcpStream {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    read_request(&mut reader);
+    stream
+}
+
 /// Answers every request on the connection with `answer`.
 fn answering(answer: &'static str) -> impl Fn(std::net::TcpStream, usize) + Send + Sync {
     move |stream, _| {
@@ -127,6 +134,15 @@ fn message(outcome: Outcome) -> (bool, String) {
     }
 }
 
+/// The failure a call meets when every request is answered with `script`:
+/// not a timeout, as what the upstream sent is at fault.
+fn refusal(client: &Client, token: u64, script: &'static str) -> String {
+    let (port, _) = serve(answering(script));
+    let (timeout, text) = message(run(client, job(token, port, 2000)));
+    assert!(!timeout, "{text}");
+    text
+}
+
 #[test]
 fn a_sized_answer_arrives_whole_and_its_connection_is_reused() {
     let (port, accepted) = serve(answering(
@@ -176,9 +192,7 @@ fn a_chunked_answer_is_joined_and_its_trailers_skipped() {
 #[test]
 fn an_answer_delimited_by_the_close_is_read_to_the_end_and_not_reused() {
     let (port, accepted) = serve(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\npart one ");
         thread::sleep(Duration::from_millis(20));
         let _ = stream.write_all(b"part two");
@@ -240,9 +254,7 @@ fn no_head_in_time_is_a_timeout_within_its_limit() {
 #[test]
 fn a_body_that_stalls_past_the_whole_limit_is_a_timeout() {
     let (port, _) = serve(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
         thread::sleep(Duration::from_secs(3));
     });
@@ -265,10 +277,10 @@ fn an_answer_over_the_limit_is_refused_sized_chunked_or_open_ended() {
         Box::leak(format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{big}").into_boxed_str());
     let client = Client::start().unwrap();
     for (token, script) in [sized, chunked, open].into_iter().enumerate() {
-        let (port, _) = serve(answering(script));
-        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
-        assert!(!timeout);
-        assert_eq!(text, "answer over 1024 bytes");
+        assert_eq!(
+            refusal(&client, token as u64, script),
+            "answer over 1024 bytes"
+        );
     }
 }
 
@@ -283,9 +295,7 @@ fn what_is_not_http_is_said_so() {
     .into_iter()
     .enumerate()
     {
-        let (port, _) = serve(answering(script));
-        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
-        assert!(!timeout);
+        let text = refusal(&client, token as u64, script);
         assert!(text.starts_with("not an HTTP response"), "{text}");
     }
 }
@@ -293,9 +303,7 @@ fn what_is_not_http_is_said_so() {
 #[test]
 fn a_connection_closed_mid_answer_fails_and_a_refused_one_names_the_origin() {
     let (port, _) = serve(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
     });
     let client = Client::start().unwrap();
@@ -317,9 +325,7 @@ fn a_connection_closed_mid_answer_fails_and_a_refused_one_names_the_origin() {
 fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
     // Each connection answers once with keep-alive, then the server closes it.
     let (port, accepted) = serve(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     });
     let client = Client::start().unwrap();
@@ -361,9 +367,7 @@ fn flooding(
     flood: usize,
 ) -> impl Fn(std::net::TcpStream, usize) + Send + Sync {
     move |stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         let _ = stream.write_all(prefix.as_bytes());
         let _ = stream.write_all(&vec![fill; flood]);
         thread::sleep(Duration::from_secs(3));
@@ -423,9 +427,7 @@ fn a_length_that_is_not_one_plain_number_is_refused() {
     .into_iter()
     .enumerate()
     {
-        let (port, _) = serve(answering(script));
-        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
-        assert!(!timeout);
+        let text = refusal(&client, token as u64, script);
         assert!(text.starts_with("not an HTTP response"), "{text}");
     }
     // The same length twice says nothing new.
@@ -529,17 +531,13 @@ fn an_answer_split_at_any_byte_arrives_whole_on_a_reused_connection() {
 #[test]
 fn endless_interim_answers_or_a_trickled_body_end_at_their_deadlines() {
     let (interim, _) = serve(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         while stream.write_all(b"HTTP/1.1 102 Processing\r\n\r\n").is_ok() {
             thread::sleep(Duration::from_millis(5));
         }
     });
     let (trickle, _) = serve(|stream, _| {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        read_request(&mut reader);
-        let mut stream = stream;
+        let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n");
         while stream.write_all(b"x").is_ok() {
             thread::sleep(Duration::from_millis(5));
@@ -577,9 +575,7 @@ fn a_head_over_64_kib_or_100_fields_is_refused_however_it_arrives() {
     );
     let client = Client::start().unwrap();
     for (token, script) in [big, many].into_iter().enumerate() {
-        let (port, _) = serve(answering(script)); // in one write: all there at the first read
-        let (timeout, text) = message(run(&client, job(token as u64, port, 2000)));
-        assert!(!timeout);
+        let text = refusal(&client, token as u64, script); // one write: all in the first read
         assert!(text.starts_with("not an HTTP response"), "{text}");
     }
 }
