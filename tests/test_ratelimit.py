@@ -152,3 +152,17 @@ def test_a_fast_key_holds_at_most_a_share_of_what_the_window_has_left(store):
         await s.close()
 
     asyncio.run(scenario())
+
+
+def test_what_ended_windows_held_is_let_go(store):
+    """A worker that sees many keys and windows holds a bounded state: the
+    leases, counts and locks of windows that ended are dropped."""
+
+    async def scenario():
+        limiter = RateLimiter(store(), 100, WINDOW_MS)
+        for window in range(1_200):
+            assert (await limiter.admit(f"key-{window}", START + window * WINDOW_MS)).admitted
+        tables = (limiter._lease, limiter._taken, limiter._taking)
+        assert all(len(table) <= 1_025 for table in tables), [len(t) for t in tables]
+
+    asyncio.run(scenario())

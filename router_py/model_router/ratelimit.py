@@ -196,6 +196,11 @@ class RateLimiter:
                 for slot in [s for s in table if s[1] < window]:
                     del table[slot]
             self._alone = {s for s in self._alone if s[1] >= window}
+            # Their locks too (one per key and window would grow for ever),
+            # but none a take still holds.
+            for slot in [s for s in self._taking if s[1] < window]:
+                if not self._taking[slot].locked():
+                    del self._taking[slot]
 
 
 class FailedAuthentications:
