@@ -1,6 +1,9 @@
 """The service against its targets, side by side in one run on loopback: the
 mock provider called directly, nginx as a plain reverse proxy in front of it,
-and the router (2 workers, LOG_LEVEL=info, the full path) in front of it.
+the router (2 workers, LOG_LEVEL=info, the full path) in front of it, and the
+design's floor (`bench/forwarder.py`: Granian and the router's upstream client,
+nothing else), printed for reference: what the router adds beyond it is its
+own per-request work.
 
     .venv/bin/python bench/load.py [--seconds 5] [--rounds 3] [--only latency,streaming]
 
@@ -33,7 +36,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import streaming  # noqa: E402
-from stack import Mock, Nginx, Process, Router, ensure_tool, free_port, rss_mib  # noqa: E402
+from stack import (  # noqa: E402
+    Forwarder,
+    Mock,
+    Nginx,
+    Process,
+    Router,
+    ensure_tool,
+    free_port,
+    rss_mib,
+)
 
 PHASES = ("throughput", "latency", "streaming", "memory", "startup")
 BODY = {
@@ -117,12 +129,14 @@ class Bench:
         self.args = args
         self.mock = Mock(work)
         self.nginx = Nginx(work, self.mock.port, args.workers)
+        self.floor = Forwarder(work, self.mock.url, args.workers)
         self.stamped = Process(
             [sys.executable, str(Path(__file__).parent / "stamped_upstream.py")]
             + ["--port", str(port := free_port()), "--gap-ms", str(args.chunk_gap_ms)],
             work / "stamped.log",
         )
         self.stamped_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        self.stamped_floor = Forwarder(work, self.stamped_url, args.workers)
         self.router = Router(work, args.workers)
         self.router.add_model("bench", self.mock.url)
         self.router.add_model("stamped", self.stamped_url)
@@ -132,11 +146,12 @@ class Bench:
         self.targets = {
             "mock": (f"http://127.0.0.1:{self.mock.port}/v1/chat/completions", self.plain),
             "nginx": (f"http://127.0.0.1:{self.nginx.port}/v1/chat/completions", self.plain),
+            "floor": (self.floor.url, self.plain),
             "router": (f"{self.router.url}/v1/chat/completions", self.routed),
         }
 
     def close(self) -> None:
-        for p in (self.router, self.stamped, self.nginx, self.mock):
+        for p in (self.router, self.stamped_floor, self.stamped, self.floor, self.nginx, self.mock):
             p.stop()
 
     def rounds(self, connections: int, threads: int) -> Rounds:
@@ -161,7 +176,12 @@ class Bench:
         rounds = self.rounds(a.connections, a.threads)
         print(f"\nwrk -t{a.threads} -c{a.connections} -d{a.seconds}s, {a.rounds} rounds")
         print_wrk_rounds(rounds, 2)
-        ratio = statistics.median(r["router"]["rps"] / r["nginx"]["rps"] for r in rounds)
+
+        def share(target: str) -> float:
+            return statistics.median(r[target]["rps"] / r["nginx"]["rps"] for r in rounds)
+
+        ratio = share("router")
+        print(f"floor (bench/forwarder.py) does {100 * share('floor'):.1f}% of nginx's req/s")
         errors = sum(r["router"]["errors"] for r in rounds)
         return [
             at_most("routed non-2xx responses", errors, 0, ""),
@@ -176,7 +196,8 @@ class Bench:
         def added(target: str, key: str) -> float:
             return statistics.median(r[target][key] - r["mock"][key] for r in rounds)
 
-        print(f"nginx adds p50 {added('nginx', 'p50'):.3f} ms, p99 {added('nginx', 'p99'):.3f} ms")
+        for name in ("nginx", "floor"):
+            print(f"{name} adds p50 {added(name, 'p50'):.3f} ms, p99 {added(name, 'p99'):.3f} ms")
         return [
             at_most("added latency p50 (c=1)", added("router", "p50"), 0.25, "ms"),
             at_most("added latency p99 (c=1)", added("router", "p99"), 1.0, "ms"),
@@ -190,22 +211,27 @@ class Bench:
         rounds = [
             {
                 "upstream": streaming.measure(self.stamped_url, {}, n, "stamped"),
+                "floor": streaming.measure(self.stamped_floor.url, {}, n, "stamped"),
                 "router": streaming.measure(routed_url, auth, n, "stamped"),
             }
             for _ in range(self.args.rounds)
         ]
         print(f"\nstreams at c=1: {n} per target and round, {self.args.rounds} rounds (medians)")
         print(f"{'target':<10}{'TTFT p50 ms':>14}{'chunk p50 ms':>14}{'chunk p99 ms':>14}")
-        for name in ("upstream", "router"):
+        for name in ("upstream", "floor", "router"):
             print(
                 f"{name:<10}{median_of(rounds, name, 'ttft_p50'):>14.3f}"
                 f"{median_of(rounds, name, 'chunk_p50'):>14.3f}"
                 f"{median_of(rounds, name, 'chunk_p99'):>14.3f}"
             )
 
-        def added(key: str) -> float:
-            return statistics.median(r["router"][key] - r["upstream"][key] for r in rounds)
+        def added(key: str, target: str = "router") -> float:
+            return statistics.median(r[target][key] - r["upstream"][key] for r in rounds)
 
+        print(
+            f"floor adds TTFT p50 {added('ttft_p50', 'floor'):.3f} ms, "
+            f"chunk p99 {added('chunk_p99', 'floor'):.3f} ms"
+        )
         return [
             at_most("added time to first token p50 (c=1)", added("ttft_p50"), 0.5, "ms"),
             at_most("added per-chunk delivery p99 (c=1)", added("chunk_p99"), 0.1, "ms", "over"),

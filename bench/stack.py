@@ -186,6 +186,26 @@ http {{ access_log off; client_body_temp_path {work}/b; proxy_temp_path {work}/p
 """
 
 
+class Forwarder(Process):
+    """`bench/forwarder.py` under Granian: the router's upstream client and
+    nothing else, the same workers as the router (the design's floor)."""
+
+    def __init__(self, work: Path, upstream_url: str, workers: int = 2):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        here = str(Path(__file__).parent)
+        env = {
+            **os.environ,
+            "UPSTREAM_URL": upstream_url,
+            "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])),
+        }
+        args = [str(BIN / "granian"), "--interface", "rsgi", "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--workers", str(workers), "--loop", "uvloop"]
+        args += ["--no-ws", "--log-level", "warning", "forwarder:app"]
+        super().__init__(args, work / f"forwarder-{self.port}.log", env)
+        wait_up(f"http://127.0.0.1:{self.port}/", status=None)
+
+
 class Nginx(Process):
     """Debian's nginx-light as a plain reverse proxy in front of one upstream port,
     kept-alive upstream connections, the same number of workers as the router."""
