@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from conftest import model_body
-from model_router.engine.spend import counter_name, period_keys
+from model_router.engine.spend import TTL_MS, counter_name, period_keys
 from model_router.settings import Settings
 from model_router.store import open_store
+from model_router.store.redis import RedisStore
 
 PRICING = {"inputPer1k": 0.01, "outputPer1k": 0.03}
 ONE_REQUEST = 1 * 0.01 / 1000 + 5 * 0.03 / 1000  # the mock: 1 prompt + 5 completion tokens
@@ -82,16 +83,23 @@ def test_400_concurrent_requests_never_overspend_a_100_request_budget(
     # a fair share of the budget is still served at once.
     assert len(served) >= 40, f"only {len(served)} served"
 
-    async def recorded() -> int:
+    async def recorded() -> tuple[int, dict[str, int]]:
+        """The workspace's spend today, and each period's counter's time to live."""
         settings = Settings.from_env(
             {"REDIS_URL": redis_url, "MODEL_ROUTER_REDIS_NAMESPACE": namespace}
         )
         store = open_store(settings)
-        day = period_keys(datetime.now(UTC))["d"]
-        name = counter_name("ws", "ws-b", "d", day)
-        total = (await store.add_counters({name: 0}, 60_000))[name]
+        assert isinstance(store, RedisStore)
+        keys = period_keys(datetime.now(UTC))
+        names = {p: counter_name("ws", "ws-b", p, k) for p, k in keys.items()}
+        lives = {p: await store.client.pttl(store._counter_key(n)) for p, n in names.items()}
+        total = (await store.add_counters({names["d"]: 0}, 60_000))[names["d"]]
         await store.close()
-        return total
+        return total, lives
 
     time.sleep(1.5)  # one spend flush
-    assert asyncio.run(recorded()) == pytest.approx(round(served_cost * 1e9), abs=len(served))
+    total, lives = asyncio.run(recorded())
+    assert total == pytest.approx(round(served_cost * 1e9), abs=len(served))
+    # The flush writes every period in one call; each counter keeps its own lifetime.
+    for period, ttl in TTL_MS.items():
+        assert ttl - 60_000 < lives[period] <= ttl, (period, lives)

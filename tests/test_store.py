@@ -173,6 +173,18 @@ def test_counters_add_atomically_and_expire(store):
     run(scenario())
 
 
+def test_counters_added_together_keep_each_its_own_lifetime(store):
+    async def scenario():
+        s = store()
+        lifetimes = {"short": 50, "long": 60_000}
+        assert await s.add_counters({"short": 5, "long": 7}, lifetimes) == {"short": 5, "long": 7}
+        await asyncio.sleep(0.2)
+        assert await s.read_counters(["short", "long"]) == {"short": 0, "long": 7}
+        await s.close()
+
+    run(scenario())
+
+
 def test_counters_are_read_together_without_being_written(store):
     async def scenario():
         s = store()

@@ -73,21 +73,24 @@ class SpendSync:
         released = self.leases.begin_release()
         watched = set(workspaces) | set(self.budgeted())
         try:
-            by_period: dict[str, dict[str, int]] = {p: {} for p in TTL_MS}
+            # One write for every period: each counter lives as long as its period needs.
+            deltas: dict[str, int] = {}
+            ttls: dict[str, int] = {}
+
+            def add(name: str, period: str, delta: int) -> None:
+                deltas[name], ttls[name] = delta, TTL_MS[period]
+
             for ws in watched:
                 for period, key in keys.items():
-                    by_period[period][counter_name("ws", ws, period, key)] = workspaces.get(ws, 0)
+                    add(counter_name("ws", ws, period, key), period, workspaces.get(ws, 0))
             for model, nanos in models.items():
                 for period, key in keys.items():
-                    by_period[period][counter_name("model", model, period, key)] = nanos
+                    add(counter_name("model", model, period, key), period, nanos)
             for ws, (settled, lease) in released.items():
                 for period in self.leases.limited_periods(ws):
                     name = counter_name("reserved", ws, period, keys[period])
-                    by_period[period][name] = -(settled + lease)
-            totals: dict[str, int] = {}
-            for period, deltas in by_period.items():
-                if deltas:
-                    totals |= await self.store.add_counters(deltas, TTL_MS[period])
+                    add(name, period, -(settled + lease))
+            totals = await self.store.add_counters(deltas, ttls) if deltas else {}
         except BaseException:
             self.engine.abort_flush()
             self.leases.abort_release(released)

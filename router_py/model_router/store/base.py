@@ -19,7 +19,7 @@ a bug by its type.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -142,6 +142,13 @@ class PreconditionFailed(Exception):
         self.op = op
 
 
+def lifetimes(names: Iterable[str], ttl_ms: int | Mapping[str, int]) -> list[int]:
+    """Each counter's time to live, in the order of `names` (add_counters)."""
+    if isinstance(ttl_ms, int):
+        return [ttl_ms for _ in names]
+    return [ttl_ms[name] for name in names]
+
+
 class Store(Protocol):
     async def get(self, kind: str, id: str) -> bytes | None: ...
 
@@ -173,9 +180,12 @@ class Store(Protocol):
         cancelled; return at once if the store cannot tell (then polling does)."""
         ...
 
-    async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
-        """Add each delta to its counter (creating it with this time to live) and
-        return the new totals, atomically per counter."""
+    async def add_counters(
+        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int]
+    ) -> dict[str, int]:
+        """Add each delta to its counter (creating it with this time to live,
+        one for all or each counter's own) and return the new totals,
+        atomically per counter."""
         ...
 
     async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:

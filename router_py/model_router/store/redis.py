@@ -45,6 +45,7 @@ from .base import (
     RollupCell,
     SetEpoch,
     StoreUnavailable,
+    lifetimes,
     new_epoch,
 )
 
@@ -106,11 +107,12 @@ redis.call('PUBLISH', ARGV[1], version)
 return {1, version}
 """
 
+# ARGV: each key's delta and time to live, in pairs.
 ADD_COUNTERS = """
 local totals = {}
 for i = 1, #KEYS do
-  local total = redis.call('INCRBY', KEYS[i], ARGV[i + 1])
-  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  local total = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
   totals[i] = total
 end
 return totals
@@ -304,10 +306,13 @@ class RedisStore:
                 await asyncio.sleep(RESUBSCRIBE_S)
 
     @_reachable
-    async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+    async def add_counters(
+        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int]
+    ) -> dict[str, int]:
         names = list(deltas)
         keys = [self._counter_key(name) for name in names]
-        totals = await self._add_counters(keys=keys, args=[ttl_ms, *deltas.values()])
+        pairs = zip(deltas.values(), lifetimes(names, ttl_ms), strict=True)
+        totals = await self._add_counters(keys=keys, args=[n for pair in pairs for n in pair])
         return dict(zip(names, map(int, totals), strict=True))
 
     @_reachable

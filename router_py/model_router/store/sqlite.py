@@ -36,6 +36,7 @@ from .base import (
     RollupCell,
     SetEpoch,
     StoreUnavailable,
+    lifetimes,
     new_epoch,
 )
 
@@ -181,17 +182,19 @@ class SQLiteStore:
     async def watch_config(self, changed: Callable[[], None]) -> None:
         return
 
-    async def add_counters(self, deltas: Mapping[str, int], ttl_ms: int) -> dict[str, int]:
+    async def add_counters(
+        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int]
+    ) -> dict[str, int]:
         def add(db: sqlite3.Connection) -> dict[str, int]:
             now = int(time.time() * 1000)
             db.execute("DELETE FROM counters WHERE expires_ms <= ?", (now,))
             totals = {}
-            for name, delta in deltas.items():
+            for (name, delta), ttl in zip(deltas.items(), lifetimes(deltas, ttl_ms), strict=True):
                 (totals[name],) = db.execute(
                     "INSERT INTO counters (name, value, expires_ms) VALUES (?, ?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value "
                     "RETURNING value",
-                    (name, delta, now + ttl_ms),
+                    (name, delta, now + ttl),
                 ).fetchone()
             return totals
 
