@@ -1,6 +1,6 @@
-"""Where a routed request's time goes: py-spy samples one of the router's two
-workers while wrk keeps it busy, and the samples are folded into the stages of
-the request path.
+"""Where a routed request's time goes: py-spy samples each of the router's two
+workers while wrk keeps them busy, and the samples are folded into the stages
+of the request path.
 
     .venv/bin/python bench/profile.py [--seconds 15] [--rate 200] [--raw out.txt]
 
@@ -9,8 +9,8 @@ interpreter is what the request path queues for. Each sample is charged to the
 stage of its innermost frame that names one (see STAGES), so time in C or Rust
 called from Python counts for the Python frame that called it; Granian's Rust
 threads show up only while they hold the GIL, with no Python frame.
-Microseconds per request are the stage's GIL time over the requests this
-worker served (half of wrk's: the two workers share the load).
+Microseconds per request are the stage's GIL time, both workers together, over
+the requests wrk got answered (with `--connections 1` one worker serves them all).
 """
 
 from __future__ import annotations
@@ -85,25 +85,33 @@ def main() -> int:
                 f"{router.url}/v1/chat/completions",
                 wrk_script(work / "r.lua", router.admin_key),
             )
-            wrk(url, script, 2, args.connections, 2)  # warm up
-            raw = args.raw or work / "raw.txt"
-            spy = subprocess.Popen(
-                [str(BIN / "py-spy"), "record", "-p", str(router.worker_pids()[0])]
-                + ["-r", str(args.rate), "-d", str(args.seconds), "-f", "raw", "-o", str(raw)]
-                + ["--gil", "--nonblocking"],
-                stdout=subprocess.DEVNULL,
-            )
-            load = wrk(url, script, args.seconds + 1, args.connections, 2)
-            spy.wait(60)
-            counts = fold(raw.read_text())
+            threads = min(2, args.connections)
+            wrk(url, script, 2, args.connections, threads)  # warm up
+            raws = {pid: work / f"raw-{pid}.txt" for pid in router.worker_pids()}
+            spies = [
+                subprocess.Popen(
+                    [str(BIN / "py-spy"), "record", "-p", str(pid), "-r", str(args.rate)]
+                    + ["-d", str(args.seconds), "-f", "raw", "-o", str(out)]
+                    + ["--gil", "--nonblocking"],
+                    stdout=subprocess.DEVNULL,
+                )
+                for pid, out in raws.items()
+            ]
+            load = wrk(url, script, args.seconds + 1, args.connections, threads)
+            for spy in spies:
+                spy.wait(60)
+            raw = "".join(out.read_text() for out in raws.values() if out.exists())
+            if args.raw:
+                args.raw.write_text(raw)
+            counts = fold(raw)
         finally:
             router.close()
             mock.stop()
     samples = sum(counts.values())
-    served = load["rps"] * args.seconds / 2
+    served = load["rps"] * args.seconds
     print(f"\nwrk c={args.connections}: {load['rps']:.0f} req/s with the profiler attached")
-    held = 100 * samples / (args.rate * args.seconds)
-    print(f"the worker's threads held the GIL {held:.0f}% of the time")
+    held = 100 * samples / (args.rate * args.seconds * len(raws))
+    print(f"the workers' threads held their GIL {held:.0f}% of the time (average of the workers)")
     print(f"{'stage':<44}{'share of samples':>18}{'us per request':>16}")
     for stage, n in counts.most_common():
         print(f"{stage:<44}{100 * n / samples:>17.1f}%{n / args.rate / served * 1e6:>16.1f}")
