@@ -19,7 +19,8 @@ from typing import Any
 
 from model_router.engine.upstream import Deadlines, UpstreamClient, UpstreamRequest
 
-UPSTREAM = os.environ["UPSTREAM_URL"]
+UPSTREAM = os.environ.get("UPSTREAM_URL", "")
+HEALTH = "/__floor/health"  # answered here: the app is loaded (bench/stack.py waits for it)
 HEADERS = {"content-type": "application/json", "authorization": "Bearer mock-secret"}
 client: UpstreamClient | None = None
 
@@ -27,6 +28,9 @@ client: UpstreamClient | None = None
 async def app(scope: Any, proto: Any) -> None:
     global client
     if scope.proto != "http":
+        return
+    if scope.path == HEALTH:
+        proto.response_empty(200, [])
         return
     if client is None:  # a forked worker's own, on its own loop
         client = UpstreamClient()

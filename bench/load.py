@@ -32,6 +32,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -108,6 +109,7 @@ def at_least(name: str, value: float, limit: float, unit: str) -> Figure:
 
 
 Rounds = list[dict[str, dict[str, float]]]
+P = TypeVar("P", bound=Process)
 
 
 def median_of(rounds: Rounds, target: str, key: str) -> float:
@@ -127,17 +129,28 @@ def print_wrk_rounds(rounds: Rounds, digits: int) -> None:
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path):
         self.args = args
-        self.mock = Mock(work)
-        self.nginx = Nginx(work, self.mock.port, args.workers)
-        self.floor = Forwarder(work, self.mock.url, args.workers)
-        self.stamped = Process(
-            [sys.executable, str(Path(__file__).parent / "stamped_upstream.py")]
-            + ["--port", str(port := free_port()), "--gap-ms", str(args.chunk_gap_ms)],
-            work / "stamped.log",
+        self.started: list[Process] = []  # stopped by close(), newest first
+        try:
+            self._start(work)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, work: Path) -> None:
+        args = self.args
+        self.mock = self._started(Mock(work))
+        self.nginx = self._started(Nginx(work, self.mock.port, args.workers))
+        self.floor = self._started(Forwarder(work, self.mock.url, args.workers))
+        self.stamped = self._started(
+            Process(
+                [sys.executable, str(Path(__file__).parent / "stamped_upstream.py")]
+                + ["--port", str(port := free_port()), "--gap-ms", str(args.chunk_gap_ms)],
+                work / "stamped.log",
+            )
         )
         self.stamped_url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        self.stamped_floor = Forwarder(work, self.stamped_url, args.workers)
-        self.router = Router(work, args.workers)
+        self.stamped_floor = self._started(Forwarder(work, self.stamped_url, args.workers))
+        self.router = self._started(Router(work, args.workers))
         self.router.add_model("bench", self.mock.url)
         self.router.add_model("stamped", self.stamped_url)
         self.router.wait_for_config()
@@ -150,9 +163,13 @@ class Bench:
             "router": (f"{self.router.url}/v1/chat/completions", self.routed),
         }
 
+    def _started(self, process: P) -> P:
+        self.started.append(process)
+        return process
+
     def close(self) -> None:
-        for p in (self.router, self.stamped_floor, self.stamped, self.floor, self.nginx, self.mock):
-            p.stop()
+        for process in reversed(self.started):
+            process.stop()
 
     def rounds(self, connections: int, threads: int) -> Rounds:
         a = self.args
@@ -165,8 +182,9 @@ class Bench:
         ]
 
     def warm_up(self) -> None:
-        url, script = self.targets["router"]
-        wrk(url, script, 2, self.args.connections, self.args.threads)
+        for name in ("router", "floor"):
+            url, script = self.targets[name]
+            wrk(url, script, 2, self.args.connections, self.args.threads)
 
     def rss(self) -> list[float]:
         return [rss_mib(pid) for pid in self.router.worker_pids()]
@@ -181,7 +199,11 @@ class Bench:
             return statistics.median(r[target]["rps"] / r["nginx"]["rps"] for r in rounds)
 
         ratio = share("router")
-        print(f"floor (bench/forwarder.py) does {100 * share('floor'):.1f}% of nginx's req/s")
+        floor_errors = sum(r["floor"]["errors"] for r in rounds)
+        print(
+            f"floor (bench/forwarder.py) does {100 * share('floor'):.1f}% of nginx's req/s"
+            f" (median of the rounds' ratios; {floor_errors:.0f} non-2xx)"
+        )
         errors = sum(r["router"]["errors"] for r in rounds)
         return [
             at_most("routed non-2xx responses", errors, 0, ""),
@@ -208,6 +230,7 @@ class Bench:
         auth = {"Authorization": f"Bearer {self.router.admin_key}"}
         routed_url = f"{self.router.url}/v1/chat/completions"
         streaming.measure(routed_url, auth, 20, "stamped")  # warm up
+        streaming.measure(self.stamped_floor.url, {}, 20, "stamped")
         rounds = [
             {
                 "upstream": streaming.measure(self.stamped_url, {}, n, "stamped"),

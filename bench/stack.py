@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+from forwarder import HEALTH as FLOOR_HEALTH
 
 BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
@@ -54,6 +55,15 @@ class Process:
                 args, env=env, stdout=out, stderr=out, start_new_session=True
             )
 
+    def wait_up(self, url: str, status: int | None = None) -> None:
+        """Until `url` answers (with this status); a process that never does
+        is stopped, its workers with it, before the error goes up."""
+        try:
+            wait_up(url, status=status)
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -85,7 +95,7 @@ class Mock(Process):
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
         super().__init__(args, work / f"mock-{self.port}.log")
-        wait_up(f"http://127.0.0.1:{self.port}/__mock/stats")
+        self.wait_up(f"http://127.0.0.1:{self.port}/__mock/stats")
 
 
 class Router(Process):
@@ -114,7 +124,7 @@ class Router(Process):
         environ.pop("REDIS_URL", None)
         spawned = time.monotonic()
         super().__init__([str(BIN / "model-router"), "serve"], work / "router.log", environ)
-        wait_up(f"{self.url}/health/ready", status=200)
+        self.wait_up(f"{self.url}/health/ready", status=200)
         self.ready_s = time.monotonic() - spawned
         self.admin = httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10
@@ -203,7 +213,7 @@ class Forwarder(Process):
         args += ["--port", str(self.port), "--workers", str(workers), "--loop", "uvloop"]
         args += ["--no-ws", "--log-level", "warning", "forwarder:app"]
         super().__init__(args, work / f"forwarder-{self.port}.log", env)
-        wait_up(f"http://127.0.0.1:{self.port}/", status=None)
+        self.wait_up(f"http://127.0.0.1:{self.port}{FLOOR_HEALTH}", status=200)
 
 
 class Nginx(Process):
@@ -227,5 +237,6 @@ class Nginx(Process):
                 return
             except OSError:
                 if time.monotonic() > deadline:
+                    self.stop()
                     raise RuntimeError(f"nginx did not start: {conf}") from None
                 time.sleep(0.02)

@@ -144,9 +144,9 @@ class PreconditionFailed(Exception):
 
 def lifetimes(names: Iterable[str], ttl_ms: int | Mapping[str, int]) -> list[int]:
     """Each counter's time to live, in the order of `names` (add_counters)."""
-    if isinstance(ttl_ms, int):
-        return [ttl_ms for _ in names]
-    return [ttl_ms[name] for name in names]
+    if isinstance(ttl_ms, Mapping):
+        return [ttl_ms[name] for name in names]
+    return [ttl_ms for _ in names]
 
 
 class Store(Protocol):
