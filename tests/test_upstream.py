@@ -169,6 +169,30 @@ def test_streams_chunk_by_chunk():
     run(scenario())
 
 
+def test_a_stream_called_again_at_once_does_not_reuse_a_connection_its_upstream_closed():
+    """The event loop's client (streams, https) as the core: a pooled
+    connection is looked at before it is reused, so an upstream that closed
+    it right after answering (its FIN not yet read by the loop) costs a new
+    connection, not a failed call."""
+
+    async def answer_once(reader, writer):
+        event = b"data: 1\n\n"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(event), event))
+        await writer.drain()
+        return False  # close after each response, though HTTP/1.1 said keep-alive
+
+    async def scenario():
+        server, client = Server(answer_once), UpstreamClient()
+        async with server as url:
+            for _ in range(50):
+                async with client.stream(request(url), Deadlines.within(5)) as stream:
+                    assert [chunk async for chunk in stream.chunks] == [b"data: 1\n\n"]
+        assert server.connections == 50
+        await client.close()
+
+    run(scenario())
+
+
 def test_a_paced_stream_fails_on_a_stall_not_on_a_long_steady_stream():
     """`pace`: chunks 0.1 s apart for 0.6 s pass an idle limit of 0.25 s (the
     one timer moves on with the data); 0.6 s of silence fails after that

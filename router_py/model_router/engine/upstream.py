@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import select
 import ssl
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
@@ -265,6 +266,20 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.complete and not self.closed and self.keep_alive
 
+    def still_open(self) -> bool:
+        """Whether an idle pooled connection can carry a call: not closed, and
+        nothing came in while it was idle. An upstream that closed it right
+        after answering sent a FIN the loop may not have read yet; any byte at
+        all on an idle connection (a FIN, a TLS close_notify) ends it."""
+        if self.closed or self.transport is None:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        idle = select.poll()
+        idle.register(sock.fileno(), select.POLLIN)
+        return not idle.poll(0)
+
     def close(self) -> None:
         self.closed = True
         self._unwatch()
@@ -438,8 +453,9 @@ class UpstreamClient:
         idle = self._idle[origin]
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if conn.still_open():
                 return conn
+            conn.close()
         scheme, host, port = origin
         tls = None
         if scheme == "https":
