@@ -45,3 +45,18 @@ async def every(
             if failing:
                 log.info("%s: working again", what)
             failing = False
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]], within_s: float) -> None:
+    """Cancel the background tasks and wait for them, no longer than
+    `within_s`: a task that does not end when cancelled (seen with a config
+    reload in flight on Redis) is reported and left, so that stopping goes on
+    to its final flushes instead of hanging until the worker is killed."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=within_s)
+    if pending:
+        names = ", ".join(sorted(getattr(task.get_coro(), "__qualname__", "?") for task in pending))
+        log.warning("stopping: background work still running after %.1f s: %s", within_s, names)

@@ -32,7 +32,7 @@ from .engine.workspace_limits import WorkspaceLimits
 from .engine.write_counter import WriteCounter, counter_path
 from .experiments.controller import CONTROL_MS, Controller
 from .http import ApiError
-from .periodic import every, report_failure
+from .periodic import cancel_all, every, report_failure
 from .ratelimit import FailedAuthentications, RateLimiter, retry_after
 from .settings import Settings
 from .store import Op, SetEpoch, StoreUnavailable, open_store
@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 # Spend goes to the store this often: the most a `kill -9` of a worker loses.
 SPEND_FLUSH_MS = 100
+# Stopping waits this long for the background tasks it cancels (then flushes).
+STOP_TASKS_S = 2.0
 
 # How often breaker transitions are shared and half-open endpoints probed: a
 # hung provider found by one worker is skipped by all within this.
@@ -174,11 +176,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.prober.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks, STOP_TASKS_S)
         # After the beats: none takes a lease back.
         await self.active_health.stop()
         await self.controller.stop()
