@@ -8,7 +8,7 @@ router goes first.
 
 Each round runs `wrk -t2 -c<connections>` POST /v1/chat/completions against
 each router in turn. Prints, per router, the medians over rounds of req/s,
-wrk's p50 and the router workers' CPU time per request (all their threads,
+wrk's p50 and p99 and the router workers' CPU time per request (all their threads,
 from /proc/<pid>/task/*/schedstat: less at the mercy of the neighbours than
 the rates); then B minus A (the median of the per-round differences) and
 B / A for the rate.
@@ -28,7 +28,7 @@ from load import wrk, wrk_script  # noqa: E402
 from stack import Mock, Router  # noqa: E402
 from stream_ab import cpu_ns  # noqa: E402
 
-FIGURES = ("rps", "p50", "cpu_us")
+FIGURES = ("rps", "p50", "p99", "cpu_us")
 
 
 def main() -> int:
@@ -79,7 +79,7 @@ def main() -> int:
     print(
         f"{args.rounds} rounds x {args.seconds} s, wrk c={args.connections}, "
         f"{args.workers} worker(s) each; medians over rounds "
-        f"(p50 in ms, cpu: router workers' us per request); non-2xx {errors}"
+        f"(p50, p99 in ms, cpu: router workers' us per request); non-2xx {errors}"
     )
     print(f"{'':<8}" + "".join(f"{f:>12}" for f in FIGURES))
     for name in ("A", "B"):
