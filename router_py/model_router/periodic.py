@@ -49,9 +49,10 @@ async def every(
 
 async def cancel_all(tasks: list[asyncio.Task[None]], within_s: float) -> None:
     """Cancel the background tasks and wait for them, no longer than
-    `within_s`: a task that does not end when cancelled (seen with a config
-    reload in flight on Redis) is reported and left, so that stopping goes on
-    to its final flushes instead of hanging until the worker is killed."""
+    `within_s`: a task that does not end when cancelled (a library that drops
+    a cancellation, as redis-py did: store/redis.py) is reported and left, so
+    that stopping goes on to its final flushes instead of hanging until the
+    worker is killed."""
     for task in tasks:
         task.cancel()
     if not tasks:
