@@ -41,7 +41,8 @@ READY_STORE_WAIT_S = 0.25
 async def _store_check(req: Request, wait_s: float | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(req.service.store.ping(), wait_s)
+        async with asyncio.timeout(wait_s):  # not wait_for: on 3.11 it can drop a cancel
+            await req.service.store.ping()
     except Exception as exc:
         return {
             "status": "down",

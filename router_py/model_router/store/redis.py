@@ -67,7 +67,11 @@ def _reachable(
         try:
             result = await method(*args, **kwargs)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            _raise_dropped_cancel(cancels, exc)
             raise StoreUnavailable(f"redis: {exc}") from exc
+        except Exception as exc:
+            _raise_dropped_cancel(cancels, exc)
+            raise
         _raise_dropped_cancel(cancels)
         return result
 
@@ -79,14 +83,15 @@ def _cancels() -> int:
     return task.cancelling() if task is not None else 0
 
 
-def _raise_dropped_cancel(cancels_before: int) -> None:
+def _raise_dropped_cancel(cancels_before: int, cause: BaseException | None = None) -> None:
     """redis-py sends each command under `asyncio.wait_for`, which on Python
     3.11 returns the result and drops the caller's cancellation when both
     come at once (CPython gh-86296, fixed in 3.12): 4 in 5 cancels of a task
     looping over commands were lost, so a stopping worker's background tasks
-    never ended. A cancel that came in during the call is raised here."""
+    never ended. A cancel requested during the call and not delivered (the
+    call returned, or failed otherwise) is raised here."""
     if _cancels() > cancels_before:
-        raise asyncio.CancelledError
+        raise asyncio.CancelledError from cause
 
 
 # KEYS[1] is the version key, KEYS[2..] the document hashes (and the audit
@@ -323,6 +328,7 @@ class RedisStore:
                         if message is not None:
                             changed()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                _raise_dropped_cancel(cancels, exc)
                 log.debug("config subscription lost (%s); subscribing again", exc)
                 await asyncio.sleep(RESUBSCRIBE_S)
 
