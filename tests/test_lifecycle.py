@@ -10,7 +10,7 @@ import time
 import httpx
 
 from conftest import model_body, rule_body
-from model_router.periodic import cancel_all
+from model_router.periodic import cancel_all, every
 
 
 def test_everything_survives_a_restart(make_server):
@@ -94,3 +94,25 @@ def test_stopping_waits_for_cancelled_background_work_only_so_long(caplog):
     with caplog.at_level(logging.WARNING, logger="model_router.periodic"):
         asyncio.run(scenario())
     assert "still running after 0.2 s: " in caplog.text and "stubborn" in caplog.text
+
+
+def test_a_beat_stopped_during_a_round_lets_the_round_finish():
+    """A flush cut off after its write landed, but before it knew, would be
+    sent again by the final flush of a stopping worker (spend counted
+    twice): the beat stops between rounds, never in one."""
+    landed: list[int] = []
+    in_round = asyncio.Event()
+
+    async def flush() -> None:
+        in_round.set()
+        await asyncio.sleep(0.2)  # the write, in flight
+        landed.append(1)
+
+    async def scenario() -> None:
+        beat = asyncio.create_task(every(1, "flush", flush))
+        await in_round.wait()
+        await cancel_all([beat], 2.0)
+        assert beat.cancelled()
+        assert landed == [1]
+
+    asyncio.run(scenario())

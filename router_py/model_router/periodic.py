@@ -8,6 +8,7 @@ expected, and routing goes on), anything else an error with one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -30,12 +31,19 @@ async def every(
     on_error: Callable[[Exception], None] = lambda exc: None,
 ) -> None:
     """Run `work` every interval until cancelled; a failure is reported and
-    the next round tries again."""
+    the next round tries again. Cancelled during a round, the beat lets the
+    round finish before it stops: a flush cut off after its write landed,
+    but before it knew, would be sent again by the final flush."""
     failing = False
     while True:
         await asyncio.sleep(interval_ms / 1000)
+        this_round = asyncio.ensure_future(work())
         try:
-            await work()
+            await asyncio.shield(this_round)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await this_round
+            raise
         except Exception as exc:
             on_error(exc)
             if not failing:
