@@ -12,8 +12,10 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from conftest import ROUTER, Server, free_port, model_body
 from model_router.ratelimit import LEASE, RETRY_S, RateLimiter
 from model_router.settings import Settings
 from model_router.store import open_store
+from model_router.store.redis import ADD_COUNTERS
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "Hello"}]}
 
@@ -187,6 +190,73 @@ def test_routing_continues_while_redis_is_down_and_counts_reach_it_after(own_red
     routed_cost = sum(round(x["cost"] * 1e9) for x in records if x["modelId"] == "m1")
     assert len(records) == 80 and abs(spend - routed_cost) <= 80  # nano-dollar rounding
     assert health(server, "/health/detailed").json()["status"] == "healthy"
+
+
+class AnswerLosingProxy:
+    """A TCP proxy in front of Redis that loses Redis's answer to the first
+    command carrying `marker`: the command lands, and its sender never hears
+    of it (an answer lost on the network; the sender times out)."""
+
+    def __init__(self, redis_port: int, marker: bytes):
+        self._to, self._marker = redis_port, marker
+        self.lost = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self._to))
+            muted = threading.Event()  # this connection's answers are lost from here on
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst, muted), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, muted: threading.Event) -> None:
+        from_redis = src.getpeername()[1] == self._to
+        try:
+            while data := src.recv(65536):
+                if not from_redis and self._marker in data and not self.lost.is_set():
+                    self.lost.set()
+                    muted.set()
+                if not (from_redis and muted.is_set()):
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            src.close()
+            dst.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_spend_whose_write_landed_but_whose_answer_was_lost_is_counted_once(
+    own_redis, start_router
+):
+    """The write of a spend flush lands, its answer is lost, the flush times
+    out: sent again under its batch id, it is not counted a second time (it
+    was, when a failed flush gave its amounts back for the next one)."""
+    r = own_redis(persistent=True)
+    r.client().script_load(ADD_COUNTERS)  # else the lost answer may be "load the script first"
+    proxy = AnswerLosingProxy(r.port, b"counter:spend:model:m1:")
+    env = {**redis_env(r), "REDIS_URL": proxy.url, "MODEL_ROUTER_STORE_TIMEOUT_MS": "300"}
+    try:
+        server, key = start_router(env)
+        answers = [routed(server, key) for _ in range(20)]
+        assert [a.status_code for a in answers] == [200] * 20
+        time.sleep(1.5)  # the timeout, and the flushes after it
+        assert proxy.lost.is_set()
+        records = server.client.get("/api/metrics/requests", params={"limit": 1000}).json()
+        routed_cost = sum(round(x["cost"] * 1e9) for x in records["data"] if x["modelId"] == "m1")
+    finally:
+        proxy.close()
+    store = r.client()
+    spend = sum(int(store.get(k)) for k in store.scan_iter("{faults}:counter:spend:model:m1:d:*"))
+    assert len(records["data"]) == 40 and abs(spend - routed_cost) <= 40  # nano-dollar rounding
 
 
 def test_a_window_the_store_counts_full_admits_no_more_once_it_is_back(own_redis):

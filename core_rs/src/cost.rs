@@ -154,16 +154,6 @@ impl SpendLedger {
         self.in_flight_models.clear();
         self.base = totals;
     }
-
-    /// The flush failed: keep the amounts for the next one.
-    pub fn abort_flush(&mut self) {
-        for (ws, n) in self.in_flight.drain() {
-            add_to(self.pending.entry(ws).or_default(), n);
-        }
-        for (m, n) in self.in_flight_models.drain() {
-            add_to(self.pending_models.entry(m).or_default(), n);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -239,9 +229,11 @@ mod tests {
         assert_eq!(l.spent("ws"), [115, 215, 315]);
         let (ws, _) = l.begin_flush();
         assert_eq!(ws["ws"], 5);
-        l.abort_flush();
+        // A flush whose answer is lost stays in flight, counted once, until
+        // it is sent again and lands.
         assert_eq!(l.spent("ws"), [115, 215, 315]);
-        assert_eq!(l.begin_flush().0["ws"], 5);
+        l.end_flush(HashMap::from([("ws".to_owned(), [115, 215, 315])]));
+        assert_eq!(l.spent("ws"), [115, 215, 315]);
     }
 
     proptest! {

@@ -296,7 +296,7 @@ impl Engine {
     }
 
     /// Spend (nano-dollars) recorded since the last flush, per workspace and
-    /// per model; it stays counted as in flight until end_ or abort_flush.
+    /// per model; it stays counted as in flight until end_flush.
     fn begin_flush(&self) -> (HashMap<String, i64>, HashMap<String, i64>) {
         self.lock().engine.ledger.begin_flush()
     }
@@ -308,10 +308,6 @@ impl Engine {
             .map(|(ws, (d, w, m))| (ws, [d, w, m]))
             .collect();
         self.lock().engine.ledger.end_flush(totals);
-    }
-
-    fn abort_flush(&self) {
-        self.lock().engine.ledger.abort_flush();
     }
 
     /// This worker's view of a workspace's spend: (daily, weekly, monthly) nano-dollars.

@@ -159,9 +159,3 @@ class BudgetLeases:
             if settled or lease:
                 released[ws] = (settled, lease)
         return released
-
-    def abort_release(self, released: dict[str, tuple[int, int]]) -> None:
-        """The flush failed: all of it is still reserved, as it was."""
-        for ws, (settled, lease) in released.items():
-            self._settled[ws] += settled
-            self._lease[ws] += lease

@@ -11,7 +11,9 @@ moves settled costs out of the reserved counters and hands back unused leases.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -54,6 +56,14 @@ async def workspaces_spent(
     return totals
 
 
+@dataclass
+class _SpendWrite:
+    id: str
+    deltas: dict[str, int]
+    ttls: dict[str, int]
+    totals_of: dict[str, tuple[str, str, str]]  # each watched workspace's day, week, month
+
+
 class SpendSync:
     def __init__(
         self,
@@ -66,42 +76,52 @@ class SpendSync:
         self.store = store
         self.budgeted = budgeted  # the workspaces whose totals the budget check needs
         self.leases = leases
+        # A write whose answer was lost (a timeout: the store may have applied
+        # it) is sent again, as it was, under its id, which the store applies
+        # once; what was spent meanwhile waits for the next write. Giving the
+        # amounts back to the ledger instead would count them twice.
+        self._in_doubt: _SpendWrite | None = None
 
     async def flush(self, now: datetime | None = None) -> None:
-        keys = period_keys(now or datetime.now(UTC))
+        """Send the write in doubt, if any, then what was spent since; raise
+        (keeping the write in doubt) if the store fails."""
+        if self._in_doubt is not None:
+            await self._send(self._in_doubt)
+        self._in_doubt = self._next_write(now or datetime.now(UTC))
+        await self._send(self._in_doubt)
+
+    def _next_write(self, now: datetime) -> _SpendWrite:
+        keys = period_keys(now)
         workspaces, models = self.engine.begin_flush()
         released = self.leases.begin_release()
         watched = set(workspaces) | set(self.budgeted())
-        try:
-            # One write for every period: each counter lives as long as its period needs.
-            deltas: dict[str, int] = {}
-            ttls: dict[str, int] = {}
+        # One write for every period: each counter lives as long as its period needs.
+        write = _SpendWrite(secrets.token_hex(12), {}, {}, {})
 
-            def add(name: str, period: str, delta: int) -> None:
-                deltas[name], ttls[name] = delta, TTL_MS[period]
+        def add(name: str, period: str, delta: int) -> None:
+            write.deltas[name], write.ttls[name] = delta, TTL_MS[period]
 
-            for ws in watched:
-                for period, key in keys.items():
-                    add(counter_name("ws", ws, period, key), period, workspaces.get(ws, 0))
-            for model, nanos in models.items():
-                for period, key in keys.items():
-                    add(counter_name("model", model, period, key), period, nanos)
-            for ws, (settled, lease) in released.items():
-                for period in self.leases.limited_periods(ws):
-                    name = counter_name("reserved", ws, period, keys[period])
-                    add(name, period, -(settled + lease))
-            totals = await self.store.add_counters(deltas, ttls) if deltas else {}
-        except BaseException:
-            self.engine.abort_flush()
-            self.leases.abort_release(released)
-            raise
+        for ws in watched:
+            day, week, month = (counter_name("ws", ws, p, keys[p]) for p in ("d", "w", "m"))
+            write.totals_of[ws] = (day, week, month)
+            for period, key in keys.items():
+                add(counter_name("ws", ws, period, key), period, workspaces.get(ws, 0))
+        for model, nanos in models.items():
+            for period, key in keys.items():
+                add(counter_name("model", model, period, key), period, nanos)
+        for ws, (settled, lease) in released.items():
+            for period in self.leases.limited_periods(ws):
+                name = counter_name("reserved", ws, period, keys[period])
+                add(name, period, -(settled + lease))
+        return write
+
+    async def _send(self, write: _SpendWrite) -> None:
+        totals = (
+            await self.store.add_counters(write.deltas, write.ttls, batch=write.id)
+            if write.deltas
+            else {}
+        )
+        self._in_doubt = None
         self.engine.end_flush(
-            {
-                ws: (
-                    totals[counter_name("ws", ws, "d", keys["d"])],
-                    totals[counter_name("ws", ws, "w", keys["w"])],
-                    totals[counter_name("ws", ws, "m", keys["m"])],
-                )
-                for ws in watched
-            }
+            {ws: (totals[d], totals[w], totals[m]) for ws, (d, w, m) in write.totals_of.items()}
         )

@@ -181,11 +181,12 @@ class Store(Protocol):
         ...
 
     async def add_counters(
-        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int]
+        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int], batch: str = ""
     ) -> dict[str, int]:
         """Add each delta to its counter (creating it with this time to live,
         one for all or each counter's own) and return the new totals,
-        atomically per counter."""
+        atomically per counter. A `batch` id is applied once (remembered
+        BATCH_KEEP_MS): sent again, it adds nothing and returns the totals."""
         ...
 
     async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:

@@ -131,13 +131,20 @@ redis.call('PUBLISH', ARGV[1], version)
 return {1, version}
 """
 
-# ARGV: each key's delta and time to live, in pairs.
+# KEYS[1] is the batch's id (a key never read when ARGV[1] is empty), then the
+# counters. ARGV[1]: the batch id or "", ARGV[2] how long to remember it, then
+# each counter's delta and time to live, in pairs. A batch seen before adds
+# nothing: its counters are read.
 ADD_COUNTERS = """
 local totals = {}
-for i = 1, #KEYS do
+if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+  for i = 2, #KEYS do totals[i - 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
+  return totals
+end
+for i = 2, #KEYS do
   local total = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
   if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
-  totals[i] = total
+  totals[i - 1] = total
 end
 return totals
 """
@@ -334,12 +341,13 @@ class RedisStore:
 
     @_reachable
     async def add_counters(
-        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int]
+        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int], batch: str = ""
     ) -> dict[str, int]:
         names = list(deltas)
-        keys = [self._counter_key(name) for name in names]
+        keys = [self._batch_key(batch)] + [self._counter_key(name) for name in names]
         pairs = zip(deltas.values(), lifetimes(names, ttl_ms), strict=True)
-        totals = await self._add_counters(keys=keys, args=[n for pair in pairs for n in pair])
+        args: list[str | int] = [batch, BATCH_KEEP_MS, *(n for pair in pairs for n in pair)]
+        totals = await self._add_counters(keys=keys, args=args)
         return dict(zip(names, map(int, totals), strict=True))
 
     @_reachable

@@ -14,7 +14,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -183,11 +183,13 @@ class SQLiteStore:
         return
 
     async def add_counters(
-        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int]
+        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int], batch: str = ""
     ) -> dict[str, int]:
         def add(db: sqlite3.Connection) -> dict[str, int]:
             now = int(time.time() * 1000)
             db.execute("DELETE FROM counters WHERE expires_ms <= ?", (now,))
+            if batch and not _first_time(db, batch, now):
+                return _read_counters(db, deltas, now)
             totals = {}
             for (name, delta), ttl in zip(deltas.items(), lifetimes(deltas, ttl_ms), strict=True):
                 (totals[name],) = db.execute(
@@ -218,18 +220,7 @@ class SQLiteStore:
         return await self._run(lambda: self._transaction(claim))
 
     async def read_counters(self, names: Sequence[str]) -> dict[str, int]:
-        def read() -> dict[str, int]:
-            totals = dict.fromkeys(names, 0)
-            # One parameter however many names (SQLite caps the parameters).
-            rows = self._db.execute(
-                "SELECT name, value FROM counters WHERE expires_ms > ? "
-                "AND name IN (SELECT value FROM json_each(?))",
-                (int(time.time() * 1000), json.dumps(list(totals))),
-            )
-            totals.update(rows)
-            return totals
-
-        return await self._run(read)
+        return await self._run(lambda: _read_counters(self._db, names, int(time.time() * 1000)))
 
     async def push_recent(self, items: Sequence[bytes], keep: int) -> None:
         def push(db: sqlite3.Connection) -> None:
@@ -328,14 +319,8 @@ class SQLiteStore:
     ) -> None:
         def merge(db: sqlite3.Connection) -> None:
             now = int(time.time() * 1000)
-            if batch:
-                db.execute("DELETE FROM merged_batches WHERE expires_ms <= ?", (now,))
-                seen = db.execute(
-                    "INSERT OR IGNORE INTO merged_batches (id, expires_ms) VALUES (?, ?)",
-                    (batch, now + BATCH_KEEP_MS),
-                )
-                if seen.rowcount == 0:
-                    return  # merged before
+            if batch and not _first_time(db, batch, now):
+                return  # merged before
             db.executemany(
                 "INSERT INTO rollups (resolution, start_ms, key, metric, value) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (resolution, start_ms, key, metric) "
@@ -408,3 +393,25 @@ def _apply(db: sqlite3.Connection, ops: Sequence[Op]) -> int:
                 "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?", (op.keep,)
             )
     return version
+
+
+def _read_counters(db: sqlite3.Connection, names: Iterable[str], now: int) -> dict[str, int]:
+    totals = dict.fromkeys(names, 0)
+    # One parameter however many names (SQLite caps the parameters).
+    rows = db.execute(
+        "SELECT name, value FROM counters WHERE expires_ms > ? "
+        "AND name IN (SELECT value FROM json_each(?))",
+        (now, json.dumps(list(totals))),
+    )
+    totals.update(rows)
+    return totals
+
+
+def _first_time(db: sqlite3.Connection, batch: str, now: int) -> bool:
+    """Whether this is the first time the batch is applied (it is noted)."""
+    db.execute("DELETE FROM merged_batches WHERE expires_ms <= ?", (now,))
+    noted = db.execute(
+        "INSERT OR IGNORE INTO merged_batches (id, expires_ms) VALUES (?, ?)",
+        (batch, now + BATCH_KEEP_MS),
+    )
+    return noted.rowcount == 1
