@@ -58,6 +58,19 @@ def test_a_write_reaches_every_worker_within_a_second(make_server):
         assert len(seen) == 2 and all(v >= version for v in seen.values()), (version, seen)
 
 
+def test_request_ids_are_unique_across_workers(make_server):
+    """Each worker draws its own id prefix: forked from one parent, they
+    handed out the same ids (X-Request-Id, request records)."""
+    server = make_server(workers=2)
+    pids, ids = set(), set()
+    for _ in range(60):
+        r = httpx.get(f"{server.url}/health/detailed", headers={"Connection": "close"})
+        pids.add(r.json()["workerPid"])
+        ids.add(r.headers["x-request-id"])
+    assert len(pids) == 2, "requests never reached the second worker"
+    assert len(ids) == 60
+
+
 def test_a_generated_admin_key_is_printed_once(make_server):
     server = make_server(MODEL_ROUTER_ADMIN_KEY="")
     printed = re.findall(r"mr_[0-9a-f]+_[\w-]+", server.log_path.read_text())

@@ -16,6 +16,7 @@ from model_router.store import (
     AppendAudit,
     Clear,
     ConfigStamp,
+    CounterWrite,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -189,18 +190,21 @@ def test_counters_added_together_keep_each_its_own_lifetime(store):
     run(scenario())
 
 
-def test_counters_added_under_a_batch_id_are_added_once(store):
-    """A write whose answer was lost is sent again under its id: it adds
-    nothing the second time, and says what the counters hold."""
+def test_a_counter_write_sent_again_is_added_once(store):
+    """A write whose answer was lost is sent again as it was: the store
+    remembers each writer's last applied write, which adds nothing the
+    second time and says what the counters hold."""
 
     async def scenario():
         s = store()
-        assert await s.add_counters({"a": 5, "b": 1}, 60_000, batch="b1") == {"a": 5, "b": 1}
+        first, second = CounterWrite("w1", "1"), CounterWrite("w1", "2")
+        assert await s.add_counters({"a": 5, "b": 1}, 60_000, first) == {"a": 5, "b": 1}
         await s.add_counters({"a": 2}, 60_000)  # another worker's write, meanwhile
-        assert await s.add_counters({"a": 5, "b": 1}, 60_000, batch="b1") == {"a": 7, "b": 1}
-        assert await s.add_counters({"a": 5, "b": 1}, 60_000, batch="b2") == {"a": 12, "b": 2}
-        assert await s.add_counters({"new": 3}, 60_000, batch="b2") == {"new": 0}
-        assert await s.read_counters(["a", "b", "new"]) == {"a": 12, "b": 2, "new": 0}
+        assert await s.add_counters({"a": 5, "b": 1}, 60_000, first) == {"a": 7, "b": 1}
+        assert await s.add_counters({"a": 5, "b": 1}, 60_000, second) == {"a": 12, "b": 2}
+        assert await s.add_counters({"a": 1}, 60_000, CounterWrite("w2", "2")) == {"a": 13}
+        assert await s.add_counters({"new": 3}, 60_000, second) == {"new": 0}
+        assert await s.read_counters(["a", "b", "new"]) == {"a": 13, "b": 2, "new": 0}
         await s.close()
 
     run(scenario())

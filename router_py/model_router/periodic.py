@@ -8,7 +8,6 @@ expected, and routing goes on), anything else an error with one."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -41,8 +40,10 @@ async def every(
         try:
             await asyncio.shield(this_round)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
+            try:
                 await this_round
+            except Exception as exc:
+                report_failure(what, exc)
             raise
         except Exception as exc:
             on_error(exc)

@@ -10,6 +10,7 @@ moves settled costs out of the reserved counters and hands back unused leases.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from .._core import Engine
-from ..store import Store
+from ..store import CounterWrite, Store
 
 if TYPE_CHECKING:
     from .budgets import BudgetLeases
@@ -58,7 +59,7 @@ async def workspaces_spent(
 
 @dataclass
 class _SpendWrite:
-    id: str
+    id: CounterWrite
     deltas: dict[str, int]
     ttls: dict[str, int]
     totals_of: dict[str, tuple[str, str, str]]  # each watched workspace's day, week, month
@@ -80,23 +81,28 @@ class SpendSync:
         # it) is sent again, as it was, under its id, which the store applies
         # once; what was spent meanwhile waits for the next write. Giving the
         # amounts back to the ledger instead would count them twice.
+        self._writer = secrets.token_hex(8)
         self._in_doubt: _SpendWrite | None = None
+        # One flush at a time: a stopping worker's last flush waits for a beat's.
+        self._flushing = asyncio.Lock()
 
     async def flush(self, now: datetime | None = None) -> None:
         """Send the write in doubt, if any, then what was spent since; raise
         (keeping the write in doubt) if the store fails."""
-        if self._in_doubt is not None:
+        async with self._flushing:
+            if self._in_doubt is not None:
+                await self._send(self._in_doubt)
+            self._in_doubt = self._next_write(now or datetime.now(UTC))
             await self._send(self._in_doubt)
-        self._in_doubt = self._next_write(now or datetime.now(UTC))
-        await self._send(self._in_doubt)
 
     def _next_write(self, now: datetime) -> _SpendWrite:
         keys = period_keys(now)
+        budgeted = set(self.budgeted())
         workspaces, models = self.engine.begin_flush()
         released = self.leases.begin_release()
-        watched = set(workspaces) | set(self.budgeted())
+        watched = set(workspaces) | budgeted
         # One write for every period: each counter lives as long as its period needs.
-        write = _SpendWrite(secrets.token_hex(12), {}, {}, {})
+        write = _SpendWrite(CounterWrite(self._writer, secrets.token_hex(8)), {}, {}, {})
 
         def add(name: str, period: str, delta: int) -> None:
             write.deltas[name], write.ttls[name] = delta, TTL_MS[period]
@@ -117,7 +123,7 @@ class SpendSync:
 
     async def _send(self, write: _SpendWrite) -> None:
         totals = (
-            await self.store.add_counters(write.deltas, write.ttls, batch=write.id)
+            await self.store.add_counters(write.deltas, write.ttls, write.id)
             if write.deltas
             else {}
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 
 class StoreUnavailable(Exception):
@@ -131,6 +131,21 @@ class Reservation:
 RollupCell = tuple[str, int, str, str]
 # How long a merged batch's id is remembered: far longer than any retry.
 BATCH_KEEP_MS = 3_600_000
+# How long a writer's last applied write is remembered (add_counters): longer
+# than any outage a write stays in doubt through.
+WRITE_KEEP_MS = 7 * 86_400_000
+
+
+class CounterWrite(NamedTuple):
+    """A write of counters that a writer sends until the store answers: the
+    store remembers the id of each writer's last applied write, so the same
+    write sent again adds nothing. A writer sends a new write only once its
+    last one is known to have landed."""
+
+    writer: str
+    id: str
+
+
 ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000, "w": 1, "u": 1}
 
 
@@ -181,12 +196,16 @@ class Store(Protocol):
         ...
 
     async def add_counters(
-        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int], batch: str = ""
+        self,
+        deltas: Mapping[str, int],
+        ttl_ms: int | Mapping[str, int],
+        write: CounterWrite | None = None,
     ) -> dict[str, int]:
         """Add each delta to its counter (creating it with this time to live,
         one for all or each counter's own) and return the new totals,
-        atomically per counter. A `batch` id is applied once (remembered
-        BATCH_KEEP_MS): sent again, it adds nothing and returns the totals."""
+        atomically per counter. A `write` is applied once: the same write
+        sent again (its writer's last, remembered WRITE_KEEP_MS) adds nothing
+        and returns the totals."""
         ...
 
     async def claim_counters(self, values: Mapping[str, int], ttl_ms: int) -> dict[str, int]:

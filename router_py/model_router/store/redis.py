@@ -30,10 +30,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .base import (
     BATCH_KEEP_MS,
     ROLLUP_STEP_MS,
+    WRITE_KEEP_MS,
     AppendAudit,
     AuditRow,
     Clear,
     ConfigStamp,
+    CounterWrite,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -131,13 +133,13 @@ redis.call('PUBLISH', ARGV[1], version)
 return {1, version}
 """
 
-# KEYS[1] is the batch's id (a key never read when ARGV[1] is empty), then the
-# counters. ARGV[1]: the batch id or "", ARGV[2] how long to remember it, then
-# each counter's delta and time to live, in pairs. A batch seen before adds
-# nothing: its counters are read.
+# KEYS[1] holds the writer's last applied write (a key never read when
+# ARGV[1] is empty), then the counters. ARGV[1]: the write's id or "", ARGV[2]
+# how long to remember it, then each counter's delta and time to live, in
+# pairs. The write applied last adds nothing again: its counters are read.
 ADD_COUNTERS = """
 local totals = {}
-if ARGV[1] ~= '' and not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then
   for i = 2, #KEYS do totals[i - 1] = tonumber(redis.call('GET', KEYS[i]) or '0') end
   return totals
 end
@@ -146,6 +148,7 @@ for i = 2, #KEYS do
   if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
   totals[i - 1] = total
 end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
 return totals
 """
 
@@ -341,12 +344,16 @@ class RedisStore:
 
     @_reachable
     async def add_counters(
-        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int], batch: str = ""
+        self,
+        deltas: Mapping[str, int],
+        ttl_ms: int | Mapping[str, int],
+        write: CounterWrite | None = None,
     ) -> dict[str, int]:
         names = list(deltas)
-        keys = [self._batch_key(batch)] + [self._counter_key(name) for name in names]
+        writer, id = write or ("", "")
+        keys = [f"{self._prefix}:applied:{writer}"] + [self._counter_key(n) for n in names]
         pairs = zip(deltas.values(), lifetimes(names, ttl_ms), strict=True)
-        args: list[str | int] = [batch, BATCH_KEEP_MS, *(n for pair in pairs for n in pair)]
+        args: list[str | int] = [id, WRITE_KEEP_MS, *(n for pair in pairs for n in pair)]
         totals = await self._add_counters(keys=keys, args=args)
         return dict(zip(names, map(int, totals), strict=True))
 

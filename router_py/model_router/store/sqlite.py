@@ -21,10 +21,12 @@ from typing import TypeVar
 
 from .base import (
     BATCH_KEEP_MS,
+    WRITE_KEEP_MS,
     AppendAudit,
     AuditRow,
     Clear,
     ConfigStamp,
+    CounterWrite,
     Delete,
     ExpectAbsent,
     ExpectBody,
@@ -84,6 +86,11 @@ CREATE TABLE IF NOT EXISTS merged_batches (
     expires_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS merged_batches_by_expiry ON merged_batches (expires_ms);
+CREATE TABLE IF NOT EXISTS applied_writes (
+    writer     TEXT PRIMARY KEY,
+    id         TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollups (
     resolution TEXT NOT NULL,
     start_ms   INTEGER NOT NULL,
@@ -183,12 +190,15 @@ class SQLiteStore:
         return
 
     async def add_counters(
-        self, deltas: Mapping[str, int], ttl_ms: int | Mapping[str, int], batch: str = ""
+        self,
+        deltas: Mapping[str, int],
+        ttl_ms: int | Mapping[str, int],
+        write: CounterWrite | None = None,
     ) -> dict[str, int]:
         def add(db: sqlite3.Connection) -> dict[str, int]:
             now = int(time.time() * 1000)
             db.execute("DELETE FROM counters WHERE expires_ms <= ?", (now,))
-            if batch and not _first_time(db, batch, now):
+            if write is not None and _applied_last(db, write, now):
                 return _read_counters(db, deltas, now)
             totals = {}
             for (name, delta), ttl in zip(deltas.items(), lifetimes(deltas, ttl_ms), strict=True):
@@ -198,6 +208,12 @@ class SQLiteStore:
                     "RETURNING value",
                     (name, delta, now + ttl),
                 ).fetchone()
+            if write is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO applied_writes (writer, id, expires_ms) "
+                    "VALUES (?, ?, ?)",
+                    (write.writer, write.id, now + WRITE_KEEP_MS),
+                )
             return totals
 
         return await self._run(lambda: self._transaction(add))
@@ -405,6 +421,13 @@ def _read_counters(db: sqlite3.Connection, names: Iterable[str], now: int) -> di
     )
     totals.update(rows)
     return totals
+
+
+def _applied_last(db: sqlite3.Connection, write: CounterWrite, now: int) -> bool:
+    """Whether this is the write its writer applied last."""
+    db.execute("DELETE FROM applied_writes WHERE expires_ms <= ?", (now,))
+    row = db.execute("SELECT id FROM applied_writes WHERE writer = ?", (write.writer,)).fetchone()
+    return row is not None and row[0] == write.id
 
 
 def _first_time(db: sqlite3.Connection, batch: str, now: int) -> bool:
