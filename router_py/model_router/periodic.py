@@ -60,9 +60,8 @@ async def cancel_all(tasks: list[asyncio.Task[None]], within_s: float) -> None:
     """Cancel the background tasks and wait for them, no longer than
     `within_s`: a task that does not end when cancelled (a library that drops
     a cancellation, as redis-py does: store/redis.py makes up for it) is
-    reported and left, so
-    that stopping goes on to its final flushes instead of hanging until the
-    worker is killed."""
+    reported and left, so that stopping goes on to its final flushes instead
+    of hanging until the worker is killed."""
     for task in tasks:
         task.cancel()
     if not tasks:

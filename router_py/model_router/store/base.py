@@ -131,6 +131,8 @@ class Reservation:
 RollupCell = tuple[str, int, str, str]
 # How long a merged batch's id is remembered: far longer than any retry.
 BATCH_KEEP_MS = 3_600_000
+ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000, "w": 1, "u": 1}
+
 # How long a writer's last applied write is remembered (add_counters): longer
 # than any outage a write stays in doubt through.
 WRITE_KEEP_MS = 7 * 86_400_000
@@ -144,9 +146,6 @@ class CounterWrite(NamedTuple):
 
     writer: str
     id: str
-
-
-ROLLUP_STEP_MS = {"m": 60_000, "h": 3_600_000, "w": 1, "u": 1}
 
 
 class PreconditionFailed(Exception):
