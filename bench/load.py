@@ -61,10 +61,11 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def wrk_script(path: Path, key: str | None = None) -> Path:
-    """A wrk script posting BODY, with the router's key when given."""
+def wrk_script(path: Path, key: str | None = None, get: bool = False) -> Path:
+    """A wrk script posting BODY (or, with `get`, a plain GET), with the
+    router's key when given."""
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"' if key else ""
-    path.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), auth=auth))
+    path.write_text(auth if get else WRK_SCRIPT.format(body=json.dumps(BODY), auth=auth))
     return path
 
 

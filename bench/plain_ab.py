@@ -4,7 +4,12 @@ own PYTHONPATH) in front of one mock provider, rounds alternating which
 router goes first.
 
     .venv/bin/python bench/plain_ab.py --a /work/main/router_py --b router_py \\
-        [--rounds 7] [--seconds 5] [--connections 64] [--workers 2]
+        [--rounds 7] [--seconds 5] [--connections 64] [--workers 2] \\
+        [--env-b MODEL_ROUTER_DOOR=on] [--path /health/live]
+
+`--env-a`, `--env-b` (repeatable) set the environment of one router: one
+checkout with two settings is compared the same way. `--path` GETs that
+path instead (with the admin key) to measure a request that is not routed.
 
 Each round runs `wrk -t2 -c<connections>` POST /v1/chat/completions against
 each router in turn. Prints, per router, the medians over rounds of req/s,
@@ -41,7 +46,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--path", help="GET this path instead of routed calls")
     args = parser.parse_args()
+    envs = {
+        "A": dict(pair.split("=", 1) for pair in args.env_a),
+        "B": dict(pair.split("=", 1) for pair in args.env_b),
+    }
 
     with tempfile.TemporaryDirectory(prefix="mr-plain-ab-") as tmp:
         work = Path(tmp)
@@ -50,16 +62,18 @@ def main() -> int:
         try:
             for name, path in (("A", args.a), ("B", args.b)):
                 (work / name).mkdir()
-                routers[name] = Router(work / name, args.workers, PYTHONPATH=str(Path(path)))
+                routers[name] = Router(
+                    work / name, args.workers, PYTHONPATH=str(Path(path)), **envs[name]
+                )
                 routers[name].add_model("bench", mock.url)
                 routers[name].wait_for_config()
 
             def measure(name: str, seconds: int) -> dict[str, float]:
                 router = routers[name]
-                script = wrk_script(work / f"{name}.lua", router.admin_key)
+                script = wrk_script(work / f"{name}.lua", router.admin_key, get=bool(args.path))
                 pids = router.worker_pids()
                 before = cpu_ns(pids)
-                url = f"{router.url}/v1/chat/completions"
+                url = f"{router.url}{args.path or '/v1/chat/completions'}"
                 load = wrk(url, script, seconds, args.connections, min(2, args.connections))
                 served = load["rps"] * seconds
                 return {**load, "cpu_us": (cpu_ns(pids) - before) / served / 1000}

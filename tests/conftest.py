@@ -180,14 +180,28 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+# Who serves the port: Granian itself, or the core's front door in front of
+# it (docs/data-plane.md). Tests of the edge run on both:
+# `@pytest.mark.parametrize("edge", EDGES)`.
+EDGES = ["granian", "door"]
+
+
 @pytest.fixture
-def make_server(redis_url: str, tmp_path: Path, backend: str) -> Iterator:
+def edge() -> str | None:
+    """None: as the environment says (MODEL_ROUTER_DOOR)."""
+    return None
+
+
+@pytest.fixture
+def make_server(redis_url: str, tmp_path: Path, backend: str, edge: str | None) -> Iterator:
     """Start servers, each on a private store of the test's backend."""
     servers: list[Server] = []
 
     def make(workers: int = 1, **env: str) -> Server:
         data_dir = tmp_path / f"data-{len(servers)}"
         env = {**store_env(backend, redis_url, data_dir), **env}
+        if edge is not None:
+            env.setdefault("MODEL_ROUTER_DOOR", "on" if edge == "door" else "off")
         env["MODEL_ROUTER_WORKERS"] = str(workers)
         server = Server(env, tmp_path)
         servers.append(server)

@@ -11,12 +11,15 @@ import time
 import httpx
 import pytest
 
+from conftest import EDGES
+
 
 @pytest.fixture(params=["sqlite"])
 def backend(request):
     return request.param
 
 
+@pytest.mark.parametrize("edge", EDGES)
 def test_idle_and_slowloris_connections_do_not_starve_a_client(make_server):
     router = make_server(workers=2, MODEL_ROUTER_HEADER_READ_TIMEOUT_MS="2000")
     port = int(router.url.rsplit(":", 1)[1])

@@ -13,9 +13,10 @@ import threading
 import time
 
 import httpx
+import pytest
 import redis
 
-from conftest import ROUTER, model_body
+from conftest import EDGES, ROUTER, model_body
 
 PRICE = {"inputPer1k": 0.01, "outputPer1k": 0.03}
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "Hello"}]}
@@ -94,6 +95,7 @@ def test_kill_9_of_a_worker_loses_at_most_the_last_flush_interval(make_server, m
     assert model_spend_nanos(server) >= settled_nanos - len(settled)  # rounding per request
 
 
+@pytest.mark.parametrize("edge", EDGES)
 def test_sigterm_lets_requests_and_streams_in_flight_finish(make_server, make_mock):
     server = make_server(workers=1, MOCK_PROVIDER_KEY="k", MODEL_ROUTER_SHUTDOWN_GRACE_S="10")
     setup_model(server, make_mock("openai", latency_ms=1500, stream_chunks=6))
@@ -128,6 +130,7 @@ def test_sigterm_lets_requests_and_streams_in_flight_finish(make_server, make_mo
     assert server.proc.wait(15) == 0
 
 
+@pytest.mark.parametrize("edge", EDGES)
 def test_a_second_instance_refuses_a_port_in_use(server, tmp_path):
     second = subprocess.run(
         [str(ROUTER), "serve"], env=server.env, capture_output=True, text=True, timeout=30

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import ROUTER, free_port
+from conftest import EDGES, ROUTER, free_port
 
 NO_CONNECTION = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
 
@@ -77,8 +77,9 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-@pytest.fixture
-def serve_tls(tmp_path, pki):
+@pytest.fixture(params=EDGES)
+def serve_tls(request, tmp_path, pki):
+    """Start routers with the PKI's server certificate, on each edge."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(**env: str) -> str:
@@ -92,6 +93,7 @@ def serve_tls(tmp_path, pki):
             "MODEL_ROUTER_ADMIN_KEY": "tls-admin-key-0123456789",
             "MODEL_ROUTER_TLS_CERT": str(pki["server.crt"]),
             "MODEL_ROUTER_TLS_KEY": str(pki["server.key"]),
+            "MODEL_ROUTER_DOOR": "on" if request.param == "door" else "off",
             **env,
         }
         environ.pop("REDIS_URL", None)
@@ -127,6 +129,9 @@ def test_https_with_tls_13_at_least(serve_tls, pki):
     url = serve_tls()
     ok = httpx.get(f"{url}/health", verify=ssl.create_default_context(cafile=pki["ca.crt"]))
     assert ok.status_code == 200 and ok.json()["status"] == "healthy"
+    verify = ssl.create_default_context(cafile=pki["ca.crt"])
+    with httpx.Client(http2=True, verify=verify) as h2:  # offered by ALPN
+        assert h2.get(f"{url}/health").http_version == "HTTP/2"
     tls12 = ssl.create_default_context(cafile=pki["ca.crt"])
     tls12.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises(httpx.ConnectError):

@@ -2,6 +2,7 @@
 
 pub mod breaker;
 pub mod cost;
+pub mod door;
 pub mod engine;
 pub mod rollup;
 pub mod rules;

@@ -3,6 +3,7 @@
 
 use crate::breaker::{self, CircuitBreaker, Transition};
 use crate::cost::Tokens;
+use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
@@ -13,8 +14,9 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
-use std::sync::Mutex;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> u64 {
@@ -543,6 +545,62 @@ impl Upstream {
     }
 }
 
+/// The front door (`door.rs`) on the public port `listen_fd`, handing every
+/// request to the app on `app_socket`.
+#[pyclass(frozen, module = "model_router._core")]
+struct Door {
+    door: door::Door,
+}
+
+#[pymethods]
+impl Door {
+    #[new]
+    #[pyo3(signature = (listen_fd, app_socket, max_connections, header_read_timeout_ms, tls_cert=None, tls_key=None, tls_client_ca=None))]
+    fn new(
+        listen_fd: i32,
+        app_socket: PathBuf,
+        max_connections: usize,
+        header_read_timeout_ms: u64,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_client_ca: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                door::tls_config(&cert, &key, tls_client_ca.as_deref())
+                    .map_err(PyValueError::new_err)?,
+            )),
+            _ => None,
+        };
+        if listen_fd < 0 {
+            return Err(PyValueError::new_err("listen_fd is not a descriptor"));
+        }
+        // The door's own copy: the Python socket keeps (and closes) its own.
+        // SAFETY: the descriptor is open for the duration of this call; the
+        // caller holds the socket it belongs to.
+        let listener = unsafe { BorrowedFd::borrow_raw(listen_fd) }.try_clone_to_owned()?;
+        let door = door::Door::start(door::Settings {
+            listener: std::net::TcpListener::from(listener),
+            app_socket,
+            max_connections,
+            header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            tls,
+            app_wait: door::APP_WAIT,
+        })?;
+        Ok(Door { door })
+    }
+
+    /// Stops accepting; connections close once their requests are answered.
+    fn drain(&self) {
+        self.door.drain();
+    }
+
+    /// Whether every connection ended within `timeout_s` of a `drain`.
+    fn wait(&self, py: Python<'_>, timeout_s: f64) -> bool {
+        py.detach(|| self.door.wait(wait(timeout_s)))
+    }
+}
+
 /// Nearest-rank quantiles (0..1) of merged sketch bins, within 1%.
 #[pyfunction]
 fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
@@ -581,6 +639,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Decision>()?;
     m.add_class::<Upstream>()?;
+    m.add_class::<Door>()?;
+    m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,9 +1,18 @@
 """Type stubs for the Rust extension (core_rs/src/py.rs)."""
 
+import os
 from collections.abc import Mapping
 from typing import Literal, final
 
-__all__ = ["Engine", "Decision", "Upstream", "sketch_quantiles", "__version__"]
+__all__ = [
+    "Engine",
+    "Decision",
+    "Upstream",
+    "Door",
+    "DOOR_PEER_HEADER",
+    "sketch_quantiles",
+    "__version__",
+]
 __version__: str
 
 @final
@@ -163,6 +172,31 @@ class Upstream:
     ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:
         """The exchanges finished since the last call: ([(token, status,
         headers, body), ...], [(token, timed out, message), ...])."""
+
+@final
+class Door:
+    """The front door (core_rs/src/door.rs): accepts on the public port
+    `listen_fd` on a thread of its own and hands every request to the app on
+    `app_socket`, adding DOOR_PEER_HEADER. Raises ValueError for TLS files it
+    cannot use, OSError when it cannot start."""
+
+    def __new__(
+        cls,
+        listen_fd: int,
+        app_socket: str | os.PathLike[str],
+        max_connections: int,
+        header_read_timeout_ms: int,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        tls_client_ca: str | os.PathLike[str] | None = None,
+    ) -> Door: ...
+    def drain(self) -> None:
+        """Stop accepting; each connection closes once its requests are answered."""
+    def wait(self, timeout_s: float) -> bool:
+        """Whether every connection ended within timeout_s (after `drain`)."""
+
+# The caller's address as the door saw it, for the app behind it.
+DOOR_PEER_HEADER: str
 
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in

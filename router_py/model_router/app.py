@@ -27,9 +27,11 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from . import _core
 from . import types as t
 from .api import ROUTES
 from .audit import WRITER, Writer
+from .door import LAST_WRITES_S, PEER_HEADER, start_door
 from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
 from .ratelimit import InFlight
 from .service import Service
@@ -165,8 +167,10 @@ def declared_too_large(headers: Mapping[str, str], limit: int) -> bool:
 
 
 class App:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, door: _core.Door | None = None):
         self.settings = settings
+        # Behind the door, the caller's address comes in its header.
+        self.door = door
         self.routes = RouteTable(ROUTES)
         self.service: Service | None = None
         self._in_flight = InFlight(settings.max_in_flight_per_client)
@@ -178,6 +182,9 @@ class App:
     async def shutdown(self) -> None:
         if self.service is not None:
             await self.service.stop()
+        if self.door is not None:
+            self.door.drain()
+            await asyncio.to_thread(self.door.wait, LAST_WRITES_S)
 
     # --- the core ----------------------------------------------------------
 
@@ -384,6 +391,7 @@ class App:
 
         client = scope.get("client")
         raw_path = scope.get("raw_path")
+        peer = headers.get(PEER_HEADER, "") if self.door else client[0] if client else ""
         response, request_id = await self.respond(
             scope["method"],
             scope["path"],
@@ -391,7 +399,7 @@ class App:
             headers,
             read_body,
             started,
-            client[0] if client else "",
+            peer,
             raw_path.decode("latin-1") if raw_path else None,
         )
         head = [
@@ -451,7 +459,10 @@ class App:
             return b"".join(chunks)
 
         # Granian's RSGI scope has only the decoded path (docs/deployment.md).
-        peer = scope.client.rsplit(":", 1)[0].strip("[]")
+        if self.door is not None:
+            peer = headers.get(PEER_HEADER, "")
+        else:
+            peer = scope.client.rsplit(":", 1)[0].strip("[]")
         response, request_id = await self.respond(
             scope.method, scope.path, scope.query_string, headers, read_body, started, peer
         )
@@ -522,4 +533,4 @@ def create_app() -> App:
     """The entry point each server worker calls (Granian: ``factory=True``)."""
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    return App(settings)
+    return App(settings, start_door(settings))

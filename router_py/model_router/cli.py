@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from . import auth
+from . import auth, door
 from . import types as t
 from .catalog import KEYS, Catalog, utcnow
 from .config_io import export_config, import_config
@@ -73,9 +73,11 @@ def _granian(
     log_level: str,
     shutdown_grace_s: int | None = None,
     settings: Settings | None = None,
+    uds: Path | None = None,
 ) -> None:
     """Serve `target` with Granian; the router's `settings` add its limits
-    and TLS (the mock provider runs without)."""
+    and TLS (the mock provider runs without). On `uds`, behind the door,
+    Granian serves only the door: the edge's TLS and timeouts are the door's."""
     from granian import Granian
     from granian.constants import Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
@@ -90,17 +92,20 @@ def _granian(
             # A client that sends its headers slower than this is cut off
             # (slowloris); an idle kept-alive connection holds no worker.
             "http1_settings": HTTP1Settings(header_read_timeout=settings.header_read_timeout_ms),
-            "ssl_cert": settings.tls_cert,
-            "ssl_key": settings.tls_key,
-            "ssl_protocol_min": SSLProtocols.tls13,
-            "ssl_ca": settings.tls_client_ca,
-            "ssl_client_verify": settings.tls_client_ca is not None,
         }
+        if uds is None:
+            limits |= {
+                "ssl_cert": settings.tls_cert,
+                "ssl_key": settings.tls_key,
+                "ssl_protocol_min": SSLProtocols.tls13,
+                "ssl_ca": settings.tls_client_ca,
+                "ssl_client_verify": settings.tls_client_ca is not None,
+            }
+    where: dict[str, Any] = {"uds": uds} if uds is not None else {"address": host, "port": port}
     Granian(
         target,
         factory=True,
-        address=host,
-        port=port,
+        **where,
         interface=Interfaces(interface),
         workers=workers,
         loop=Loops.uvloop,
@@ -130,10 +135,18 @@ def port_taken(host: str, port: int) -> OSError | None:
 
 
 def serve(settings: Settings) -> int:
-    taken = port_taken(settings.host, settings.port)
-    if taken is not None:
+    public: socket.socket | None = None  # the door's port, open while the workers run
+    app_socket: Path | None = None
+    try:
+        if settings.door:
+            public, app_socket = door.bind(settings)
+        else:
+            taken = port_taken(settings.host, settings.port)
+            if taken is not None:
+                raise taken
+    except OSError as exc:
         print(
-            f"model-router: cannot listen on {settings.host}:{settings.port}: {taken.strerror} "
+            f"model-router: cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
             "(another model-router or another program holds it); not starting",
             file=sys.stderr,
         )
@@ -173,7 +186,10 @@ def serve(settings: Settings) -> int:
         settings.log_level,
         settings.shutdown_grace_s,
         settings,
+        app_socket,
     )
+    if public is not None:
+        public.close()
     return 0
 
 

@@ -63,6 +63,9 @@ class Settings:
     rollup_minutes_keep_hours: int = 48  # minute buckets of the outcome rollups
     rollup_hours_keep_days: int = 35  # hour buckets
     interface: str = "rsgi"
+    # The core's front door owns the port and hands requests to Granian on a
+    # private socket (docs/data-plane.md).
+    door: bool = False
     # Active health monitoring of endpoints with a healthCheckUrl (issue 9).
     health_probe_interval_ms: int = 10_000
     health_probe_timeout_ms: int = 5_000
@@ -162,6 +165,7 @@ class Settings:
             ),
             upstream_pool=read("MODEL_ROUTER_UPSTREAM_POOL", _int_in(1, 100_000), d.upstream_pool),
             interface=read("MODEL_ROUTER_INTERFACE", _one_of(("rsgi", "asgi")), d.interface),
+            door=read("MODEL_ROUTER_DOOR", _bool, d.door),
             recent_requests=read(
                 "MODEL_ROUTER_RECENT_REQUESTS", _int_in(1, 1_000_000), d.recent_requests
             ),

@@ -1,0 +1,387 @@
+//! The front door (docs/data-plane.md, step 1): each worker process accepts
+//! on the service's public port here, on a thread of its own, and hands every
+//! request to the Python app on its private Unix socket, the bodies streamed
+//! both ways. The door owns the edge: HTTP/1.1 and HTTP/2, TLS 1.3 with an
+//! optional client CA, the connection limit, the header read timeout, the
+//! caller's address and the drain on SIGTERM. It serves nothing itself yet:
+//! what the app answers is what the caller gets.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client as AppClient;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+/// The caller's address, as the door saw it, for the app's per-address
+/// limits. The app trusts it only from its private socket; the door replaces
+/// any a caller sends.
+pub const PEER_HEADER: &str = "x-model-router-peer";
+
+/// Headers of one connection, not of the message (RFC 9110, 7.6.1): the door
+/// does not pass them on either way.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub struct Settings {
+    /// The public port, bound by `model-router serve` and shared by the workers.
+    pub listener: StdListener,
+    pub app_socket: PathBuf,
+    /// Connections this door serves at once; past it, it stops accepting.
+    pub max_connections: usize,
+    /// A client slower than this to send a request's head, or to finish its
+    /// TLS handshake, is cut off (slowloris).
+    pub header_read_timeout: Duration,
+    pub tls: Option<Arc<ServerConfig>>,
+    /// How long a request waits for the app's socket to take it (the app
+    /// starting): what a caller would wait in Granian's backlog.
+    pub app_wait: Duration,
+}
+
+/// `Settings::app_wait` in the service: the app is ready in about a second.
+pub const APP_WAIT: Duration = Duration::from_secs(10);
+
+/// TLS 1.3 only, HTTP/2 or HTTP/1.1 by ALPN; with `client_ca`, every client
+/// must show a certificate it signed.
+pub fn tls_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read the client CA {}: {e}", path.display()))?
+            {
+                let ca =
+                    ca.map_err(|e| format!("cannot read the client CA {}: {e}", path.display()))?;
+                roots
+                    .add(ca)
+                    .map_err(|e| format!("the client CA {}: {e}", path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("the client CA {}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A running door. `drain` stops it accepting; `wait` for its connections.
+pub struct Door {
+    drain: watch::Sender<bool>,
+    finished: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Door {
+    pub fn start(settings: Settings) -> io::Result<Door> {
+        settings.listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (drain, draining) = watch::channel(false);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("door".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(settings.listener) {
+                        Ok(listener) => {
+                            let app = AppSocket {
+                                path: Arc::from(settings.app_socket),
+                                wait: settings.app_wait,
+                            };
+                            let edge = Edge::new(app, settings.header_read_timeout, settings.tls);
+                            serve(listener, edge, settings.max_connections, draining).await
+                        }
+                        Err(e) => eprintln!("model-router: the door cannot listen: {e}"),
+                    }
+                });
+                let _ = done.send(());
+            })?;
+        Ok(Door {
+            drain,
+            finished: Mutex::new(finished),
+        })
+    }
+
+    /// Stops accepting; each connection ends once its requests are answered
+    /// (HTTP/1.1: after the one in flight; HTTP/2: GOAWAY).
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
+    }
+
+    /// Whether every connection ended within `timeout` (after a `drain`).
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        !matches!(
+            finished.recv_timeout(timeout),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    edge: Edge,
+    max_connections: usize,
+    mut draining: watch::Receiver<bool>,
+) {
+    let edge = Arc::new(edge);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    while !*draining.borrow() {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = draining.changed() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = draining.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of descriptors or memory, or the client left first:
+                // accepting again at once would spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (edge, watcher) = (edge.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            edge.connection(stream, peer.ip().to_canonical(), watcher)
+                .await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What every connection shares: the HTTP server's settings, TLS, and the
+/// way to the app.
+struct Edge {
+    http: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    app: AppSocket,
+}
+
+impl Edge {
+    fn new(app: AppSocket, header_read_timeout: Duration, tls: Option<Arc<ServerConfig>>) -> Edge {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout);
+        Edge {
+            http,
+            header_read_timeout,
+            tls: tls.map(TlsAcceptor::from),
+            app,
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: IpAddr, watcher: Watcher) {
+        let peer = HeaderValue::from_str(&peer.to_string()).expect("an address is a header value");
+        // The caller's connection has connections to the app of its own, and
+        // they end with it: one worker serves a kept-alive caller throughout,
+        // as when Granian held the port, and a caller that leaves is seen to.
+        let app: AppClient<AppSocket, Incoming> =
+            AppClient::builder(TokioExecutor::new()).build(self.app.clone());
+        let service = service_fn(move |request| {
+            let (app, peer) = (app.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(forward(&app, request, peer).await) }
+        });
+        match &self.tls {
+            None => {
+                let _ = watcher
+                    .watch(self.http.serve_connection(TokioIo::new(stream), service))
+                    .await;
+            }
+            Some(tls) => {
+                let handshake = tokio::time::timeout(self.header_read_timeout, tls.accept(stream));
+                if let Ok(Ok(stream)) = handshake.await {
+                    let _ = watcher
+                        .watch(self.http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// The app's answer to `request`, streamed; if the app cannot be reached
+/// (stopping, or gone), a 503 the caller can retry.
+async fn forward(
+    app: &AppClient<AppSocket, Incoming>,
+    mut request: Request<Incoming>,
+    peer: HeaderValue,
+) -> Response<Body> {
+    // An HTTP/2 request names its host in the URI; the app reads a header.
+    let host = request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    // The app frames the request afresh; hyper has checked the caller's framing.
+    headers.insert(HeaderName::from_static(PEER_HEADER), peer);
+    if let (false, Some(host)) = (headers.contains_key(header::HOST), host) {
+        headers.insert(header::HOST, host);
+    }
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    *request.uri_mut() = match Uri::try_from(format!("http://app{path}")) {
+        Ok(uri) => uri,
+        Err(_) => {
+            return unavailable(
+                StatusCode::BAD_REQUEST,
+                "the request's target is not a path",
+            )
+        }
+    };
+    *request.version_mut() = Version::HTTP_11;
+    match app.request(request).await {
+        Ok(answer) => {
+            let (mut head, body) = answer.into_parts();
+            // The app's `connection: close` (after a 413 it did not read the
+            // body of, or while it stops) is the caller's too; HTTP/2 drops it.
+            let close = head.headers.get(header::CONNECTION).is_some_and(|v| {
+                v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+            });
+            strip_hop_by_hop(&mut head.headers);
+            if close {
+                head.headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Response::from_parts(head, body.boxed())
+        }
+        Err(_) => unavailable(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the service is starting or stopping",
+        ),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The door's own answer, in the router's error shape (the app writes every
+/// other error).
+fn unavailable(status: StatusCode, message: &str) -> Response<Body> {
+    let kind = if status == StatusCode::BAD_REQUEST {
+        "invalid_request"
+    } else {
+        "unavailable"
+    };
+    let body = serde_json::json!({"error": {"type": kind, "message": message, "details": null}});
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Connects to the app's Unix socket, whatever the URI says.
+#[derive(Clone)]
+struct AppSocket {
+    path: Arc<Path>,
+    wait: Duration,
+}
+
+impl tower_service::Service<Uri> for AppSocket {
+    type Response = TokioIo<UnixStream>;
+    type Error = io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = io::Result<TokioIo<UnixStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (path, wait) = (self.path.clone(), self.wait);
+        Box::pin(async move {
+            // Granian makes the socket as its worker starts serving, after
+            // the door has started: until then, wait as in a backlog.
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                match UnixStream::connect(&*path).await {
+                    Ok(stream) => return Ok(TokioIo::new(stream)),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                        ) && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "door_tests.rs"]
+mod tests;

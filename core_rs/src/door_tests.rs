@@ -1,0 +1,217 @@
+//! The door in process: a real listener, a real app on a Unix socket (a
+//! thread that answers each request with the head it received), raw clients.
+
+use super::*;
+use std::io::{Read, Write};
+use std::net::TcpStream as StdStream;
+use std::os::unix::net::UnixListener;
+
+/// An app that answers every request with the request's own head as its
+/// body, and the number of its connection in `App-Connection`.
+fn echo_app(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for (number, mut conn) in listener.incoming().flatten().enumerate() {
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = seen.drain(..end + 4).collect();
+                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\nApp-Connection: {number}\r\n\r\n", head.len());
+                        if conn
+                            .write_all(answer.as_bytes())
+                            .and_then(|_| conn.write_all(&head))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn door(app_socket: PathBuf) -> (Door, u16) {
+    door_waiting(app_socket, Duration::from_millis(100))
+}
+
+fn door_waiting(app_socket: PathBuf, app_wait: Duration) -> (Door, u16) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let door = Door::start(Settings {
+        listener,
+        app_socket,
+        max_connections: 64,
+        header_read_timeout: Duration::from_secs(5),
+        tls: None,
+        app_wait,
+    })
+    .unwrap();
+    (door, port)
+}
+
+/// Sends `raw` and reads until the server closes the connection.
+fn exchange(port: u16, raw: &str) -> String {
+    let mut client = StdStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    client.write_all(raw.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = client.read_to_string(&mut answer);
+    answer
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("door-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("app.sock")
+}
+
+#[test]
+fn hands_the_app_the_callers_address_and_not_one_it_claims() {
+    let socket = scratch("peer");
+    echo_app(&socket);
+    let (_door, port) = door(socket);
+    let answer = exchange(
+        port,
+        "GET /v1/x?y=1 HTTP/1.1\r\nHost: h\r\nX-Model-Router-Peer: 10.0.0.9\r\nKeep-Alive: timeout=99\r\nConnection: close\r\n\r\n",
+    );
+    let lower = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(lower.contains("get /v1/x?y=1 http/1.1"), "{answer}");
+    assert!(
+        lower.contains("x-model-router-peer: 127.0.0.1\r\n"),
+        "{answer}"
+    );
+    assert!(!lower.contains("10.0.0.9"), "{answer}");
+    // The caller's connection headers, and the app's, stay on their own hop.
+    assert!(
+        !lower.contains("timeout=99") && !lower.contains("timeout=5"),
+        "{answer}"
+    );
+}
+
+/// One whole answer (with a content-length) from `client`, lowercased.
+fn read_answer(client: &mut StdStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got).to_ascii_lowercase();
+            }
+        }
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before a whole answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Each answer's `App-Connection`, for requests sent one after another on one connection.
+fn app_connections(client: &mut StdStream, requests: usize) -> Vec<String> {
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    (0..requests)
+        .map(|_| {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .unwrap();
+            let answer = read_answer(client);
+            let line = answer.lines().find(|l| l.starts_with("app-connection:"));
+            line.unwrap_or_else(|| panic!("{answer}")).to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn a_callers_connection_keeps_its_own_connection_to_the_app() {
+    let socket = scratch("affinity");
+    echo_app(&socket);
+    let (_door, port) = door(socket);
+    let mut first = StdStream::connect(("127.0.0.1", port)).unwrap();
+    let mut second = StdStream::connect(("127.0.0.1", port)).unwrap();
+    let a = app_connections(&mut first, 3);
+    let b = app_connections(&mut second, 2);
+    let a_again = app_connections(&mut first, 1);
+    assert!(
+        a.iter().chain(&a_again).all(|c| *c == a[0]),
+        "{a:?} {a_again:?}"
+    );
+    assert!(b.iter().all(|c| *c == b[0]) && b[0] != a[0], "{a:?} {b:?}");
+}
+
+#[test]
+fn answers_503_to_retry_when_the_app_is_away() {
+    let (_door, port) = door(scratch("away"));
+    let answer = exchange(
+        port,
+        "GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#"{"error":{"details":null,"message":"the service is starting or stopping","type":"unavailable"}}"#), "{answer}");
+}
+
+#[test]
+fn waits_for_an_app_still_starting() {
+    let socket = scratch("starting");
+    let (_door, port) = door_waiting(socket.clone(), Duration::from_secs(5));
+    let starting = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        echo_app(&socket);
+    });
+    let answer = exchange(
+        port,
+        "GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    starting.join().unwrap();
+}
+
+#[test]
+fn a_drained_door_finishes_its_connections_and_accepts_no_more() {
+    let socket = scratch("drain");
+    echo_app(&socket);
+    let (door, port) = door(socket);
+    // A kept-alive connection, idle after one answer, is closed by the drain.
+    let mut kept = StdStream::connect(("127.0.0.1", port)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(kept.read(&mut buf).unwrap() > 0);
+    door.drain();
+    assert!(door.wait(Duration::from_secs(5)), "connections still open");
+    let mut rest = Vec::new();
+    assert_eq!(
+        kept.read_to_end(&mut rest).unwrap(),
+        0,
+        "the idle connection was closed"
+    );
+    // The listener is the worker's (shared with the others): a drained door
+    // leaves what queues on it to them, and serves nothing more itself.
+    if let Ok(mut late) = StdStream::connect(("127.0.0.1", port)) {
+        late.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let _ = late.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(matches!(late.read(&mut buf), Ok(0) | Err(_)));
+    }
+}
