@@ -160,7 +160,7 @@ class Router(Process):
             f"/api/agents/{agent}/preferences", json={"preferredModels": list(model_ids)}
         ).raise_for_status()
 
-    def wait_for_config(self, seconds: float = 5) -> None:
+    def wait_for_config(self, seconds: float = 15) -> None:
         """Until every worker runs the stored config (fresh connections reach each)."""
         want = self.admin.get("/api/config/export").json()["configVersion"]
         current: set[int] = set()

@@ -21,7 +21,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client as AppClient;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -231,8 +230,10 @@ impl Edge {
         // The caller's connection has connections to the app of its own, and
         // they end with it: one worker serves a kept-alive caller throughout,
         // as when Granian held the port, and a caller that leaves is seen to.
-        let app: AppClient<AppSocket, Incoming> =
-            AppClient::builder(TokioExecutor::new()).build(self.app.clone());
+        let app = AppLink {
+            socket: self.app.clone(),
+            idle: Arc::default(),
+        };
         let service = service_fn(move |request| {
             let (app, peer) = (app.clone(), peer.clone());
             async move { Ok::<_, Infallible>(forward(&app, request, peer).await) }
@@ -258,7 +259,7 @@ impl Edge {
 /// The app's answer to `request`, streamed; if the app cannot be reached
 /// (stopping, or gone), a 503 the caller can retry.
 async fn forward(
-    app: &AppClient<AppSocket, Incoming>,
+    app: &AppLink,
     mut request: Request<Incoming>,
     peer: HeaderValue,
 ) -> Response<Body> {
@@ -274,20 +275,17 @@ async fn forward(
     if let (false, Some(host)) = (headers.contains_key(header::HOST), host) {
         headers.insert(header::HOST, host);
     }
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-    *request.uri_mut() = match Uri::try_from(format!("http://app{path}")) {
-        Ok(uri) => uri,
-        Err(_) => {
-            return unavailable(
-                StatusCode::BAD_REQUEST,
-                "the request's target is not a path",
-            )
-        }
+    // The app is asked by path (an HTTP/2 request's URI is absolute).
+    let Some(path) = request.uri().path_and_query().cloned() else {
+        return unavailable(
+            StatusCode::BAD_REQUEST,
+            "the request's target is not a path",
+        );
     };
+    *request.uri_mut() = Uri::from(path);
     *request.version_mut() = Version::HTTP_11;
-    match app.request(request).await {
-        Ok(answer) => {
-            let (mut head, body) = answer.into_parts();
+    match app.send(request).await {
+        Ok((mut head, body)) => {
             // The app's `connection: close` (after a 413 it did not read the
             // body of, or while it stops) is the caller's too; HTTP/2 drops it.
             let close = head.headers.get(header::CONNECTION).is_some_and(|v| {
@@ -300,7 +298,7 @@ async fn forward(
                 head.headers
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Response::from_parts(head, body.boxed())
+            Response::from_parts(head, body)
         }
         Err(_) => unavailable(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -341,44 +339,140 @@ fn unavailable(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// Connects to the app's Unix socket, whatever the URI says.
+/// The app's Unix socket.
 #[derive(Clone)]
 struct AppSocket {
     path: Arc<Path>,
     wait: Duration,
 }
 
-impl tower_service::Service<Uri> for AppSocket {
-    type Response = TokioIo<UnixStream>;
-    type Error = io::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = io::Result<TokioIo<UnixStream>>> + Send>>;
+impl AppSocket {
+    async fn connect(&self) -> io::Result<UnixStream> {
+        // Granian makes the socket as its worker starts serving, after the
+        // door has started: until then, wait as in a backlog.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            match UnixStream::connect(&*self.path).await {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                    ) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                connected => return connected,
+            }
+        }
+    }
+}
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+type AppSender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// One caller's connection's connections to the app: HTTP/1.1, one request
+/// at a time each, kept while idle for the caller's next request. They close
+/// when the caller's connection does (they are dropped with it), or when an
+/// answer is not read to its end (the caller left).
+#[derive(Clone)]
+struct AppLink {
+    socket: AppSocket,
+    idle: Arc<Mutex<Vec<AppSender>>>,
+}
+
+impl AppLink {
+    /// The app's answer's head, and its body, which gives the connection
+    /// back once it has been read to its end.
+    async fn send(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<(hyper::http::response::Parts, Body), Box<dyn std::error::Error + Send + Sync>>
+    {
+        let mut request = request;
+        loop {
+            let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let fresh = kept.is_none();
+            let mut sender = match kept {
+                Some(sender) => sender,
+                None => self.connect().await?,
+            };
+            match sender.ready().await {
+                Err(_) if !fresh => continue, // the app closed it while idle
+                ready => ready?,
+            }
+            match sender.try_send_request(request).await {
+                Ok(answer) => {
+                    let (head, body) = answer.into_parts();
+                    let mut body = GiveBack {
+                        body,
+                        sender: Some(sender),
+                        idle: self.idle.clone(),
+                    };
+                    if hyper::body::Body::is_end_stream(&body.body) {
+                        body.give_back(); // nothing to read: hyper may not poll it
+                    }
+                    return Ok((head, body.boxed()));
+                }
+                // Closed by the app before the request left: send it on another.
+                Err(mut failed) if !fresh && failed.message().is_some() => {
+                    request = failed.take_message().expect("checked");
+                }
+                Err(failed) => return Err(failed.into_error().into()),
+            }
+        }
     }
 
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let (path, wait) = (self.path.clone(), self.wait);
-        Box::pin(async move {
-            // Granian makes the socket as its worker starts serving, after
-            // the door has started: until then, wait as in a backlog.
-            let deadline = tokio::time::Instant::now() + wait;
-            loop {
-                match UnixStream::connect(&*path).await {
-                    Ok(stream) => return Ok(TokioIo::new(stream)),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                        ) && tokio::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(5)).await
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        })
+    async fn connect(&self) -> Result<AppSender, Box<dyn std::error::Error + Send + Sync>> {
+        let stream = self.socket.connect().await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // Ends when the sender is dropped, closing the socket.
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+}
+
+/// An answer's body that hands its connection back to the caller's idle
+/// ones once read to its end; dropped before (the caller left), it drops the
+/// connection, and the app sees the caller go.
+struct GiveBack {
+    body: Incoming,
+    sender: Option<AppSender>,
+    idle: Arc<Mutex<Vec<AppSender>>>,
+}
+
+impl GiveBack {
+    fn give_back(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(sender);
+        }
+    }
+}
+
+impl hyper::body::Body for GiveBack {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // Ended: hyper stops polling after the last frame of a sized body.
+        if matches!(polled, Poll::Ready(None)) || hyper::body::Body::is_end_stream(&self.body) {
+            self.give_back();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -215,3 +215,28 @@ fn a_drained_door_finishes_its_connections_and_accepts_no_more() {
         assert!(matches!(late.read(&mut buf), Ok(0) | Err(_)));
     }
 }
+
+#[test]
+fn a_caller_that_leaves_closes_its_connection_to_the_app() {
+    let socket = scratch("leaves");
+    // An app that never answers, and says when its connection closes.
+    let listener = UnixListener::bind(&socket).unwrap();
+    let (closed, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        while conn.read(&mut buf).is_ok_and(|n| n > 0) {}
+        let _ = closed.send(());
+    });
+    let (_door, port) = door(socket);
+    let mut caller = StdStream::connect(("127.0.0.1", port)).unwrap();
+    caller
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(caller);
+    assert!(
+        seen.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the app's connection outlived its caller"
+    );
+}
