@@ -61,6 +61,10 @@ pub struct Settings {
     pub app_wait: Duration,
 }
 
+/// The largest head the app's server (Granian, HTTP/1.1: its default
+/// `max_buffer_size`) reads: the door takes as much on HTTP/2 as on HTTP/1.1.
+const APP_MAX_HEAD: u32 = 8192 + 4096 * 100;
+
 /// `Settings::app_wait` in the service: the app is ready in about a second.
 pub const APP_WAIT: Duration = Duration::from_secs(10);
 
@@ -218,6 +222,9 @@ impl Edge {
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
+        // hyper's HTTP/2 default (16 KiB of headers) refuses heads that
+        // Granian alone took; the app's HTTP/1.1 reads this much.
+        http.http2().max_header_list_size(APP_MAX_HEAD);
         Edge {
             http,
             header_read_timeout,
