@@ -11,6 +11,7 @@ use std::io;
 use std::net::{IpAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -64,6 +65,9 @@ pub struct Settings {
 /// The largest head the app's server (Granian, HTTP/1.1: its default
 /// `max_buffer_size`) reads: the door takes as much on HTTP/2 as on HTTP/1.1.
 const APP_MAX_HEAD: u32 = 8192 + 4096 * 100;
+
+/// How long a caller's idle connection to the app stays open.
+const APP_IDLE: Duration = Duration::from_secs(1);
 
 /// `Settings::app_wait` in the service: the app is ready in about a second.
 pub const APP_WAIT: Duration = Duration::from_secs(10);
@@ -238,8 +242,13 @@ impl Edge {
         // The caller's connection has connections to the app of its own, and
         // they end with it: one worker serves a kept-alive caller throughout,
         // as when Granian held the port, and a caller that leaves is seen to.
-        let app: AppClient<AppSocket, Incoming> =
-            AppClient::builder(TokioExecutor::new()).build(self.app.clone());
+        // An idle one closes soon: a kept-alive caller between requests then
+        // costs the worker one descriptor, not three (its own and both ends
+        // of the app's), as with Granian alone.
+        let app: AppClient<AppSocket, Body> = AppClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(APP_IDLE)
+            .pool_timer(TokioTimer::new())
+            .build(self.app.clone());
         let service = service_fn(move |request| {
             let (app, peer) = (app.clone(), peer.clone());
             async move { Ok::<_, Infallible>(forward(&app, request, peer).await) }
@@ -265,7 +274,7 @@ impl Edge {
 /// The app's answer to `request`, streamed; if the app cannot be reached
 /// (stopping, or gone), a 503 the caller can retry.
 async fn forward(
-    app: &AppClient<AppSocket, Incoming>,
+    app: &AppClient<AppSocket, Body>,
     mut request: Request<Incoming>,
     peer: HeaderValue,
 ) -> Response<Body> {
@@ -292,6 +301,17 @@ async fn forward(
         }
     };
     *request.version_mut() = Version::HTTP_11;
+    // A caller's body that breaks off or is badly framed fails the app's
+    // request too: that is the caller's error, not the app's absence.
+    let body_broke = Arc::new(AtomicBool::new(false));
+    let broke = body_broke.clone();
+    let request = request.map(|body| {
+        body.map_err(move |e| {
+            broke.store(true, Ordering::Relaxed);
+            e
+        })
+        .boxed()
+    });
     match app.request(request).await {
         Ok(answer) => {
             let (mut head, body) = answer.into_parts();
@@ -309,6 +329,10 @@ async fn forward(
             }
             Response::from_parts(head, body.boxed())
         }
+        Err(_) if body_broke.load(Ordering::Relaxed) => unavailable(
+            StatusCode::BAD_REQUEST,
+            "the request's body ended before it was complete",
+        ),
         Err(_) => unavailable(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is starting or stopping",
