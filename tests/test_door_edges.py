@@ -389,3 +389,41 @@ def test_a_broken_request_body_is_the_callers_error_not_a_retry_later(make_serve
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500, answer  # no 503 with Retry-After, no 500
     assert b"retry-after" not in answer.lower()
+
+
+def test_a_worker_killed_and_respawned_serves_again(make_server):
+    server = make_server()
+    pid = httpx.get(f"{server.url}/health/detailed", timeout=5).json()["workerPid"]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            answer = httpx.get(f"{server.url}/health/detailed", timeout=2)
+            if answer.status_code == 200 and answer.json()["workerPid"] != pid:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "no worker serves after the kill"
+        time.sleep(0.2)
+
+
+def test_expect_continue_is_answered_by_the_app(make_server):
+    """A body the app refuses unread gets its 413 before the caller is told to
+    send it; one the app reads gets `100 Continue` and then its answer."""
+    server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
+
+    def head(length: int) -> bytes:
+        return (
+            f"POST /api/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.admin_key}\r\n"
+            f"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        ).encode()
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head(64 * 1_048_576))
+        assert s.recv(65536).startswith(b"HTTP/1.1 413 "), "told to send a refused body"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head(2))
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"{}")
+        assert s.recv(65536).startswith(b"HTTP/1.1 400 ")  # the app read the body

@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
@@ -305,13 +305,20 @@ async fn forward(
     // request too: that is the caller's error, not the app's absence.
     let body_broke = Arc::new(AtomicBool::new(false));
     let broke = body_broke.clone();
-    let request = request.map(|body| {
+    let mut request = request.map(|body| {
         body.map_err(move |e| {
             broke.store(true, Ordering::Relaxed);
             e
         })
         .boxed()
     });
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        request = after_continue(request);
+    }
     match app.request(request).await {
         Ok(answer) => {
             let (mut head, body) = answer.into_parts();
@@ -337,6 +344,61 @@ async fn forward(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is starting or stopping",
         ),
+    }
+}
+
+/// The caller's body held back until the app asks for it with its own
+/// `100 Continue`: hyper tells a caller to send its body when the door first
+/// reads it, and a body the app refuses unread (413) must not be sent.
+fn after_continue(mut request: Request<Body>) -> Request<Body> {
+    let (asked, ask) = oneshot::channel();
+    let asked = Mutex::new(Some(asked));
+    hyper::ext::on_informational(&mut request, move |answer| {
+        if answer.status() == StatusCode::CONTINUE {
+            if let Some(asked) = asked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = asked.send(());
+            }
+        }
+    });
+    request.map(|body| {
+        AfterContinue {
+            ask: Some(ask),
+            body,
+        }
+        .boxed()
+    })
+}
+
+struct AfterContinue {
+    /// Resolves on the app's `100 Continue` (or when it can no longer come).
+    ask: Option<oneshot::Receiver<()>>,
+    body: Body,
+}
+
+impl hyper::body::Body for AfterContinue {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(ask) = self.ask.as_mut() {
+            match std::future::Future::poll(Pin::new(ask), cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => self.ask = None,
+                // The app answered without asking for the body: it is not sent.
+                Poll::Ready(Err(_)) => {
+                    self.ask = None;
+                    self.body = Empty::new().map_err(|never| match never {}).boxed();
+                }
+            }
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
