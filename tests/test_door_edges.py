@@ -17,6 +17,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived
 
 from conftest import EDGES, model_body
+from model_router.door import PEER_HEADER
 
 pytestmark = pytest.mark.parametrize("edge", EDGES)
 
@@ -427,3 +428,32 @@ def test_expect_continue_is_answered_by_the_app(make_server):
         assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"{}")
         assert s.recv(65536).startswith(b"HTTP/1.1 400 ")  # the app read the body
+
+
+def test_no_spelling_of_the_peer_header_chooses_the_callers_address(make_server):
+    """Duplicates, case, HTTP/2: the caller's bad keys count under its own
+    address whatever address headers it sends."""
+    server = make_server(MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="3")
+    claims = [
+        (PEER_HEADER.upper(), "10.1.1.1"),
+        (PEER_HEADER, "10.1.1.2"),
+        ("X-Model-Router-Peer", "10.1.1.3"),
+    ]
+    headers = [("authorization", "Bearer mr_nope_wrong"), *claims]
+    transport = httpx.HTTPTransport(local_address="127.0.0.4", http2=True, http1=False)
+    statuses = []
+    with httpx.Client(transport=transport, timeout=5) as h2:
+        for _ in range(2):
+            statuses.append(h2.get(f"{server.url}/api/models", headers=headers).status_code)
+    raw = (
+        b"GET /api/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer mr_nope_wrong\r\n"
+        + b"".join(f"{name}: {value}\r\n".encode() for name, value in claims)
+        + b"Connection: close\r\n\r\n"
+    )
+    for _ in range(2):
+        with socket.create_connection(
+            ("127.0.0.1", server.port), source_address=("127.0.0.4", 0)
+        ) as s:
+            s.sendall(raw)
+            statuses.append(int(s.recv(65536).split(b" ", 2)[1]))
+    assert statuses == [401, 401, 401, 429]
