@@ -240,11 +240,11 @@ impl Edge {
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: IpAddr, watcher: Watcher) {
         let peer = HeaderValue::from_str(&peer.to_string()).expect("an address is a header value");
         // The caller's connection has connections to the app of its own, and
-        // they end with it: one worker serves a kept-alive caller throughout,
-        // as when Granian held the port, and a caller that leaves is seen to.
-        // An idle one closes soon: a kept-alive caller between requests then
-        // costs the worker one descriptor, not three (its own and both ends
-        // of the app's), as with Granian alone.
+        // they end with it: a caller that leaves is seen to. An idle one
+        // closes soon: a kept-alive caller between requests then costs the
+        // worker one descriptor, not three (its own and both ends of the
+        // app's), as with Granian alone; after a pause it may reach another
+        // worker's app (the workers share its socket).
         let app: AppClient<AppSocket, Body> = AppClient::builder(TokioExecutor::new())
             .pool_idle_timeout(APP_IDLE)
             .pool_timer(TokioTimer::new())
