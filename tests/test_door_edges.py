@@ -84,7 +84,11 @@ def test_a_caller_that_leaves_mid_stream_cancels_the_upstream_call(make_server):
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as caller:
             caller.sendall(head + call)
             assert upstream.accepted.wait(10)
-            assert b"hi" in caller.recv(65536)
+            streamed = b""
+            while b"hi" not in streamed:  # the first chunk reached the caller
+                part = caller.recv(65536)
+                assert part, streamed
+                streamed += part
         left = time.monotonic()
         assert upstream.closed.wait(10), "the upstream call was not cancelled"
         assert time.monotonic() - left < 3
@@ -457,3 +461,31 @@ def test_no_spelling_of_the_peer_header_chooses_the_callers_address(make_server)
             s.sendall(raw)
             statuses.append(int(s.recv(65536).split(b" ", 2)[1]))
     assert statuses == [401, 401, 401, 429]
+
+
+def test_calls_in_flight_when_a_worker_is_killed_end_promptly(make_server, make_mock):
+    mock = make_mock()
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="k")
+    _with_model(server, mock.operation_url)
+    mock.behave(latencyMs=3000)
+    call = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {**server.auth(server.admin_key), "Connection": "close"}
+    pid = httpx.get(f"{server.url}/health/detailed", timeout=5).json()["workerPid"]
+
+    def chat() -> str:
+        try:
+            r = httpx.post(
+                f"{server.url}/v1/chat/completions", json=call, headers=headers, timeout=20
+            )
+            return str(r.status_code)
+        except httpx.TransportError as exc:
+            return type(exc).__name__
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        calls = [pool.submit(chat) for _ in range(8)]
+        time.sleep(1)
+        os.kill(pid, 9)
+        started = time.monotonic()
+        outcomes = [c.result() for c in calls]
+    assert time.monotonic() - started < 10, outcomes
+    assert "ReadTimeout" not in outcomes and "200" in outcomes, outcomes
