@@ -11,13 +11,14 @@ use std::io;
 use std::net::{IpAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -25,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
@@ -59,6 +60,15 @@ pub struct Settings {
     /// starting): what a caller would wait in Granian's backlog.
     pub app_wait: Duration,
 }
+
+/// The largest head the app's server (Granian, HTTP/1.1: its default
+/// `max_buffer_size`) reads: the door takes as much on HTTP/2 as on HTTP/1.1.
+const APP_MAX_HEAD: u32 = 8192 + 4096 * 100;
+
+/// How long a caller's idle connection to the app stays open: a kept-alive
+/// caller between requests then costs the worker one descriptor, as with
+/// Granian alone, not three (its own and both ends of the app's).
+const APP_IDLE: Duration = Duration::from_secs(1);
 
 /// `Settings::app_wait` in the service: the app is ready in about a second.
 pub const APP_WAIT: Duration = Duration::from_secs(10);
@@ -217,6 +227,9 @@ impl Edge {
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout);
+        // hyper's HTTP/2 default (16 KiB of headers) refuses heads that
+        // Granian alone took; the app's HTTP/1.1 reads this much.
+        http.http2().max_header_list_size(APP_MAX_HEAD);
         Edge {
             http,
             header_read_timeout,
@@ -228,8 +241,7 @@ impl Edge {
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: IpAddr, watcher: Watcher) {
         let peer = HeaderValue::from_str(&peer.to_string()).expect("an address is a header value");
         // The caller's connection has connections to the app of its own, and
-        // they end with it: one worker serves a kept-alive caller throughout,
-        // as when Granian held the port, and a caller that leaves is seen to.
+        // they end with it: a caller that leaves is seen to go.
         let app = AppLink {
             socket: self.app.clone(),
             idle: Arc::default(),
@@ -284,6 +296,24 @@ async fn forward(
     };
     *request.uri_mut() = Uri::from(path);
     *request.version_mut() = Version::HTTP_11;
+    // A caller's body that breaks off or is badly framed fails the app's
+    // request too: that is the caller's error, not the app's absence.
+    let body_broke = Arc::new(AtomicBool::new(false));
+    let broke = body_broke.clone();
+    let mut request = request.map(|body| {
+        body.map_err(move |e| {
+            broke.store(true, Ordering::Relaxed);
+            e
+        })
+        .boxed()
+    });
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        request = after_continue(request);
+    }
     match app.send(request).await {
         Ok((mut head, body)) => {
             // The app's `connection: close` (after a 413 it did not read the
@@ -300,10 +330,69 @@ async fn forward(
             }
             Response::from_parts(head, body)
         }
+        Err(_) if body_broke.load(Ordering::Relaxed) => unavailable(
+            StatusCode::BAD_REQUEST,
+            "the request's body ended before it was complete",
+        ),
         Err(_) => unavailable(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is starting or stopping",
         ),
+    }
+}
+
+/// The caller's body held back until the app asks for it with its own
+/// `100 Continue`: hyper tells a caller to send its body when the door first
+/// reads it, and a body the app refuses unread (413) must not be sent.
+fn after_continue(mut request: Request<Body>) -> Request<Body> {
+    let (asked, ask) = oneshot::channel();
+    let asked = Mutex::new(Some(asked));
+    hyper::ext::on_informational(&mut request, move |answer| {
+        if answer.status() == StatusCode::CONTINUE {
+            if let Some(asked) = asked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = asked.send(());
+            }
+        }
+    });
+    request.map(|body| {
+        AfterContinue {
+            ask: Some(ask),
+            body,
+        }
+        .boxed()
+    })
+}
+
+struct AfterContinue {
+    /// Resolves on the app's `100 Continue` (or when it can no longer come).
+    ask: Option<oneshot::Receiver<()>>,
+    body: Body,
+}
+
+impl hyper::body::Body for AfterContinue {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(ask) = self.ask.as_mut() {
+            match std::future::Future::poll(Pin::new(ask), cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => self.ask = None,
+                // The app answered without asking for the body: it is not sent.
+                Poll::Ready(Err(_)) => {
+                    self.ask = None;
+                    self.body = Empty::new().map_err(|never| match never {}).boxed();
+                }
+            }
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -367,16 +456,30 @@ impl AppSocket {
     }
 }
 
-type AppSender = hyper::client::conn::http1::SendRequest<Incoming>;
+type AppSender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// A caller's idle connections to the app, newest last, each with the time
+/// it went idle; `sweeping` while a task closes those idle for APP_IDLE.
+#[derive(Default)]
+struct Idle {
+    senders: Vec<(tokio::time::Instant, AppSender)>,
+    sweeping: bool,
+}
 
 /// One caller's connection's connections to the app: HTTP/1.1, one request
-/// at a time each, kept while idle for the caller's next request. They close
-/// when the caller's connection does (they are dropped with it), or when an
-/// answer is not read to its end (the caller left).
+/// at a time each, kept while idle for the caller's next request, for
+/// APP_IDLE at most. They close when the caller's connection does (they are
+/// dropped with it), or when an answer is not read to its end (the caller
+/// left). The workers share the app's socket: a caller that pauses longer
+/// than APP_IDLE may be served by another worker next.
 #[derive(Clone)]
 struct AppLink {
     socket: AppSocket,
-    idle: Arc<Mutex<Vec<AppSender>>>,
+    idle: Arc<Mutex<Idle>>,
+}
+
+fn lock(idle: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+    idle.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AppLink {
@@ -384,15 +487,15 @@ impl AppLink {
     /// back once it has been read to its end.
     async fn send(
         &self,
-        request: Request<Incoming>,
+        request: Request<Body>,
     ) -> Result<(hyper::http::response::Parts, Body), Box<dyn std::error::Error + Send + Sync>>
     {
         let mut request = request;
         loop {
-            let kept = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let kept = lock(&self.idle).senders.pop();
             let fresh = kept.is_none();
             let mut sender = match kept {
-                Some(sender) => sender,
+                Some((_, sender)) => sender,
                 None => self.connect().await?,
             };
             match sender.ready().await {
@@ -431,22 +534,40 @@ impl AppLink {
     }
 }
 
+/// Closes a caller's connections to the app once idle for APP_IDLE; ends
+/// when none is idle (or the caller's connection is gone). One task per
+/// caller's connection at most, waking once per APP_IDLE.
+async fn sweep(idle: Weak<Mutex<Idle>>) {
+    loop {
+        tokio::time::sleep(APP_IDLE).await;
+        let Some(idle) = idle.upgrade() else { return };
+        let mut idle = lock(&idle);
+        idle.senders.retain(|(since, _)| since.elapsed() < APP_IDLE);
+        if idle.senders.is_empty() {
+            idle.sweeping = false;
+            return;
+        }
+    }
+}
+
 /// An answer's body that hands its connection back to the caller's idle
 /// ones once read to its end; dropped before (the caller left), it drops the
 /// connection, and the app sees the caller go.
 struct GiveBack {
     body: Incoming,
     sender: Option<AppSender>,
-    idle: Arc<Mutex<Vec<AppSender>>>,
+    idle: Arc<Mutex<Idle>>,
 }
 
 impl GiveBack {
     fn give_back(&mut self) {
         if let Some(sender) = self.sender.take() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(sender);
+            let mut idle = lock(&self.idle);
+            idle.senders.push((tokio::time::Instant::now(), sender));
+            if !idle.sweeping {
+                idle.sweeping = true;
+                tokio::spawn(sweep(Arc::downgrade(&self.idle)));
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
+from granian.rsgi import ProtocolError as RSGIProtocolError
 
 from . import _core
 from . import types as t
@@ -146,6 +147,12 @@ def too_many_in_flight(cap: int) -> ApiError:
         {"limit": cap},
         [("retry-after", "1")],
     )
+
+
+def body_cut_short() -> ApiError:
+    # The client's error (it stopped sending, or framed the body badly), not
+    # the router's: a 400, never a 500.
+    return ApiError(400, "invalid_json", "the request's body ended before it was complete")
 
 
 def too_large(limit: int) -> ApiError:
@@ -445,18 +452,21 @@ class App:
         async def read_body(limit: int) -> bytes:
             if declared_too_large(headers, limit):
                 raise too_large(limit)
-            if headers.get("content-length") is not None:
-                body: bytes = await proto()
-                if len(body) > limit:
-                    raise too_large(limit)
-                return body
-            chunks, size = [], 0
-            async for chunk in proto:  # no declared length: count as it comes
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                chunks.append(chunk)
-            return b"".join(chunks)
+            try:
+                if headers.get("content-length") is not None:
+                    body: bytes = await proto()
+                    if len(body) > limit:
+                        raise too_large(limit)
+                    return body
+                chunks, size = [], 0
+                async for chunk in proto:  # no declared length: count as it comes
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(limit)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+            except RSGIProtocolError as exc:  # the body broke off
+                raise body_cut_short() from exc
 
         # Granian's RSGI scope has only the decoded path (docs/deployment.md).
         if self.door is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -162,7 +163,8 @@ def serve(settings: Settings) -> int:
             flush=True,
         )
     # Every worker writes its Prometheus samples here; /metrics merges them.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="model-router-metrics-")
+    metrics_dir = tempfile.mkdtemp(prefix="model-router-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         generated = _with_catalog(settings, lambda c: ensure_admin_key(c, settings))
     except StoreUnavailable as exc:
@@ -177,19 +179,25 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
             flush=True,
         )
-    _granian(
-        "model_router.app:create_app",
-        settings.interface,
-        settings.host,
-        settings.port,
-        settings.workers,
-        settings.log_level,
-        settings.shutdown_grace_s,
-        settings,
-        app_socket,
-    )
-    if public is not None:
-        public.close()
+    try:
+        _granian(
+            "model_router.app:create_app",
+            settings.interface,
+            settings.host,
+            settings.port,
+            settings.workers,
+            settings.log_level,
+            settings.shutdown_grace_s,
+            settings,
+            app_socket,
+        )
+    finally:
+        # The workers are gone: what they shared would stay in /tmp each run.
+        if public is not None:
+            public.close()
+        if app_socket is not None:
+            shutil.rmtree(app_socket.parent, ignore_errors=True)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

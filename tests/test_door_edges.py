@@ -1,0 +1,491 @@
+"""The edge under attack and odd clients, whoever serves it (Granian itself or
+the core's front door, docs/data-plane.md): each test runs on both edges and
+expects the door to do no worse than Granian alone."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import DataReceived, ResponseReceived
+
+from conftest import EDGES, model_body
+from model_router.door import PEER_HEADER
+
+pytestmark = pytest.mark.parametrize("edge", EDGES)
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request):
+    return request.param
+
+
+_CHUNK = (
+    b'data: {"id": "c1", "object": "chat.completion.chunk", "created": 1700000000, '
+    b'"model": "gpt", "choices": [{"index": 0, "delta": {"role": "assistant", '
+    b'"content": "hi"}, "finish_reason": null}]}\n\n'
+)
+
+
+class StallingUpstream:
+    """A provider that starts a stream, sends one chunk and then nothing,
+    noting when the router closes the connection (how it cancels a call)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1/chat/completions"
+        self.accepted = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            conn.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
+            conn.sendall(b"%x\r\n%s\r\n" % (len(_CHUNK), _CHUNK))
+            self.accepted.set()
+            while conn.recv(65536):
+                pass
+            self.closed.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _with_model(server, url: str) -> None:
+    server.client.post("/api/models", json=model_body("m1")).raise_for_status()
+    endpoint = {"url": url, "apiKeyEnv": "MOCK_PROVIDER_KEY"}
+    server.client.post("/api/models/m1/endpoints", json=endpoint).raise_for_status()
+    server.wait_for_config()
+
+
+def test_a_caller_that_leaves_mid_stream_cancels_the_upstream_call(make_server):
+    upstream = StallingUpstream()
+    server = make_server(MOCK_PROVIDER_KEY="k")
+    try:
+        _with_model(server, upstream.url)
+        call = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {server.admin_key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(call)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as caller:
+            caller.sendall(head + call)
+            assert upstream.accepted.wait(10)
+            streamed = b""
+            while b"hi" not in streamed:  # the first chunk reached the caller
+                part = caller.recv(65536)
+                assert part, streamed
+                streamed += part
+        left = time.monotonic()
+        assert upstream.closed.wait(10), "the upstream call was not cancelled"
+        assert time.monotonic() - left < 3
+    finally:
+        upstream.close()
+
+
+def test_a_caller_that_resets_an_http2_stream_cancels_the_upstream_call(make_server):
+    upstream = StallingUpstream()
+    server = make_server(MOCK_PROVIDER_KEY="k")
+    try:
+        _with_model(server, upstream.url)
+        call = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+        h2 = H2Connection(H2Configuration(client_side=True))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            h2.initiate_connection()
+            head = [
+                (":method", "POST"),
+                (":path", "/v1/chat/completions"),
+                (":scheme", "http"),
+                (":authority", "x"),
+                ("authorization", f"Bearer {server.admin_key}"),
+                ("content-type", "application/json"),
+                ("content-length", str(len(call))),
+            ]
+            h2.send_headers(1, head)
+            h2.send_data(1, call, end_stream=True)
+            s.sendall(h2.data_to_send())
+            streamed = False
+            while not streamed:
+                for event in h2.receive_data(s.recv(65536)):
+                    streamed |= isinstance(event, DataReceived) and b"hi" in event.data
+                s.sendall(h2.data_to_send())
+            # The caller resets the stream and keeps its connection.
+            h2.reset_stream(1)
+            s.sendall(h2.data_to_send())
+            left = time.monotonic()
+            assert upstream.closed.wait(10), "the upstream call was not cancelled"
+            assert time.monotonic() - left < 3
+    finally:
+        upstream.close()
+
+
+def test_a_body_far_over_the_limit_gets_its_413_promptly(make_server):
+    server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
+    size = 64 * 1_048_576
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {server.admin_key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head)
+        started = time.monotonic()
+
+        def upload() -> None:
+            chunk = b"x" * 65536
+            try:
+                for _ in range(size // len(chunk)):
+                    s.sendall(chunk)
+            except OSError:
+                pass  # the server stopped reading: expected
+
+        threading.Thread(target=upload, daemon=True).start()
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer and (part := s.recv(65536)):
+                answer += part
+        except ConnectionResetError:
+            pass
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert time.monotonic() - started < 5
+
+
+def test_http2_requests_with_many_headers_are_served(make_server, edge):
+    server = make_server()
+    many = {f"x-extra-{i}": "v" for i in range(120)}
+    with httpx.Client(http1=False, http2=True, base_url=server.url, timeout=10) as h2:
+        answer = h2.get("/health", headers=many)
+    if edge == "door" and answer.status_code == 431:
+        # The door speaks HTTP/1.1 to the app, and Granian's HTTP/1.1 reads
+        # at most 100 header lines (hyper's fixed limit). Known, not fixed.
+        pytest.xfail("over 100 headers on HTTP/2 pass Granian alone, not the door")
+    assert answer.status_code == 200, answer.text
+
+
+def test_http1_requests_with_99_headers_are_served(make_server):
+    server = make_server()
+    many = {f"x-extra-{i}": "v" for i in range(90)}
+    with httpx.Client(base_url=server.url, timeout=10) as h1:
+        answer = h1.get("/health", headers=many)
+        assert answer.status_code == 200, answer.text
+
+
+def test_http2_requests_with_a_large_header_are_served(make_server):
+    server = make_server()
+    with httpx.Client(http1=False, http2=True, base_url=server.url, timeout=10) as h2:
+        answer = h2.get("/health", headers={"x-large": "v" * 32_768})
+        assert answer.status_code == 200, answer.text
+
+
+def test_many_http2_streams_of_one_caller_do_not_shut_out_other_callers(make_server, make_mock):
+    mock = make_mock()
+    server = make_server(MODEL_ROUTER_MAX_CONNECTIONS="16", MOCK_PROVIDER_KEY="k")
+    _with_model(server, mock.operation_url)
+    mock.behave(latencyMs=1000)
+    call = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+    headers = server.auth(server.admin_key)
+    with httpx.Client(http1=False, http2=True, base_url=server.url, timeout=30) as h2:
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            calls = [
+                pool.submit(h2.post, "/v1/chat/completions", json=call, headers=headers)
+                for _ in range(24)
+            ]
+            assert [c.result().status_code for c in calls] == [200] * 24
+        # The caller stays connected; another caller is still served at once.
+        answer = httpx.get(f"{server.url}/health", timeout=5)
+        assert answer.status_code == 200
+
+
+def test_sigterm_with_idle_kept_alive_connections_exits_promptly(make_server, edge):
+    if edge == "granian":
+        pytest.skip("Granian alone waits out the grace period (over 25 s) here")
+    server = make_server(MODEL_ROUTER_SHUTDOWN_GRACE_S="30")
+    h1 = httpx.Client(base_url=server.url, timeout=5)
+    h2 = httpx.Client(http1=False, http2=True, base_url=server.url, timeout=5)
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        assert h1.get("/health").status_code == 200
+        assert h2.get("/health").status_code == 200
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(15)
+        server.proc.wait(25)
+        assert time.monotonic() - started < 8
+    finally:
+        h1.close()
+        h2.close()
+        silent.close()
+
+
+def _raw(port: int, data: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
+def test_odd_but_valid_http1_requests(make_server):
+    server = make_server()
+    port = server.port
+    # Two pipelined requests, then one that closes.
+    pipelined = _raw(
+        port,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nHEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert pipelined.count(b"HTTP/1.1 ") == 3, pipelined.decode()
+    # HTTP/1.0, no Host.
+    old = _raw(port, b"GET /health HTTP/1.0\r\n\r\n")
+    assert old.startswith(b"HTTP/1.") and b" 200 " in old.split(b"\r\n")[0], old
+    assert old.rstrip().endswith(b"}"), old
+    # Expect: 100-continue with a chunked body.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /health HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        first = s.recv(65536)
+        s.sendall(b"2\r\n{}\r\n0\r\n\r\n")
+        rest = b""
+        while chunk := s.recv(65536):
+            rest += chunk
+    answered = first + rest
+    assert b"HTTP/1.1 100" in answered or b"HTTP/1.1 4" in first or b"HTTP/1.1 2" in first
+    assert answered.count(b"HTTP/1.1 ") >= 1
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_connections_that_come_and_go_leave_no_descriptors_behind(make_server):
+    server = make_server()
+    pid = httpx.get(f"{server.url}/health/detailed", timeout=5).json()["workerPid"]
+    with httpx.Client(base_url=server.url, timeout=5) as warm:
+        warm.get("/health")
+    before = _open_fds(pid)
+    for i in range(2_000):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            if i % 2:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+    time.sleep(2)
+    assert _open_fds(pid) - before < 20
+
+
+def test_the_servers_temporary_directories_go_with_it(make_server, tmp_path):
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    server = make_server(TMPDIR=str(private_tmp))
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    server.stop()
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_an_http2_body_far_over_the_limit_gets_its_413_promptly(make_server):
+    server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
+    h2 = H2Connection(H2Configuration(client_side=True))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        h2.initiate_connection()
+        head = [
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            (":scheme", "http"),
+            (":authority", "x"),
+            ("authorization", f"Bearer {server.admin_key}"),
+            ("content-type", "application/json"),
+        ]  # no length: the body streams
+        h2.send_headers(1, head)
+        s.sendall(h2.data_to_send())
+        started = time.monotonic()
+        status = None
+        s.setblocking(False)
+        while status is None and time.monotonic() - started < 10:
+            window = min(h2.local_flow_control_window(1), 16_384)
+            if window > 0:
+                h2.send_data(1, b"x" * window)
+            try:
+                s.sendall(h2.data_to_send())
+            except BlockingIOError:
+                pass
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            assert data, "the door closed the connection"
+            for event in h2.receive_data(data):
+                if isinstance(event, ResponseReceived):
+                    status = dict(event.headers)[b":status"]
+        assert status == b"413"
+        assert time.monotonic() - started < 5
+
+
+def test_an_http2_caller_idle_past_the_header_timeout_is_still_served(make_server):
+    server = make_server(MODEL_ROUTER_HEADER_READ_TIMEOUT_MS="500")
+    headers = server.auth(server.admin_key)
+    with httpx.Client(http1=False, http2=True, base_url=server.url, timeout=10) as h2:
+        for _ in range(3):
+            assert h2.get("/health").status_code == 200
+            time.sleep(1.5)  # the app's side of the door may close an idle connection
+            answer = h2.post("/api/models", json={"bad": 1}, headers=headers)
+            assert answer.status_code == 400, answer.text
+
+
+def test_idle_kept_alive_callers_cost_a_worker_one_descriptor_each(make_server):
+    """Behind the door a caller's connection in use costs the worker three
+    descriptors (the caller's, and both ends of its connection to the app);
+    an idle one must cost one, as with Granian alone, or a worker runs out of
+    descriptors with a third of the callers (seen under a limit of 450 with
+    200 callers: Granian failing to accept, and once the whole server
+    stopping)."""
+    server = make_server()
+    pid = httpx.get(f"{server.url}/health/detailed", timeout=5).json()["workerPid"]
+    before = _open_fds(pid)
+    callers = [httpx.Client(base_url=server.url, timeout=10) for _ in range(200)]
+    try:
+        assert [caller.get("/health").status_code for caller in callers] == [200] * 200
+        time.sleep(3)  # every caller idle
+        assert _open_fds(pid) - before < 250
+    finally:
+        for caller in callers:
+            caller.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hex
+        b"Content-Length: 100\r\n\r\n{}",  # and the caller stops sending
+    ],
+    ids=["malformed-chunk", "cut-short"],
+)
+def test_a_broken_request_body_is_the_callers_error_not_a_retry_later(make_server, body):
+    server = make_server()
+    head = (
+        f"POST /api/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.admin_key}\r\n"
+        "Content-Type: application/json\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head + body)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer  # no 503 with Retry-After, no 500
+    assert b"retry-after" not in answer.lower()
+
+
+def test_a_worker_killed_and_respawned_serves_again(make_server):
+    server = make_server()
+    pid = httpx.get(f"{server.url}/health/detailed", timeout=5).json()["workerPid"]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            answer = httpx.get(f"{server.url}/health/detailed", timeout=2)
+            if answer.status_code == 200 and answer.json()["workerPid"] != pid:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "no worker serves after the kill"
+        time.sleep(0.2)
+
+
+def test_expect_continue_is_answered_by_the_app(make_server):
+    """A body the app refuses unread gets its 413 before the caller is told to
+    send it; one the app reads gets `100 Continue` and then its answer."""
+    server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
+
+    def head(length: int) -> bytes:
+        return (
+            f"POST /api/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.admin_key}\r\n"
+            f"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        ).encode()
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head(64 * 1_048_576))
+        assert s.recv(65536).startswith(b"HTTP/1.1 413 "), "told to send a refused body"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(head(2))
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"{}")
+        assert s.recv(65536).startswith(b"HTTP/1.1 400 ")  # the app read the body
+
+
+def test_no_spelling_of_the_peer_header_chooses_the_callers_address(make_server):
+    """Duplicates, case, HTTP/2: the caller's bad keys count under its own
+    address whatever address headers it sends."""
+    server = make_server(MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="3")
+    claims = [
+        (PEER_HEADER.upper(), "10.1.1.1"),
+        (PEER_HEADER, "10.1.1.2"),
+        ("X-Model-Router-Peer", "10.1.1.3"),
+    ]
+    headers = [("authorization", "Bearer mr_nope_wrong"), *claims]
+    transport = httpx.HTTPTransport(local_address="127.0.0.4", http2=True, http1=False)
+    statuses = []
+    with httpx.Client(transport=transport, timeout=5) as h2:
+        for _ in range(2):
+            statuses.append(h2.get(f"{server.url}/api/models", headers=headers).status_code)
+    raw = (
+        b"GET /api/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer mr_nope_wrong\r\n"
+        + b"".join(f"{name}: {value}\r\n".encode() for name, value in claims)
+        + b"Connection: close\r\n\r\n"
+    )
+    for _ in range(2):
+        with socket.create_connection(
+            ("127.0.0.1", server.port), source_address=("127.0.0.4", 0)
+        ) as s:
+            s.sendall(raw)
+            statuses.append(int(s.recv(65536).split(b" ", 2)[1]))
+    assert statuses == [401, 401, 401, 429]
+
+
+def test_calls_in_flight_when_a_worker_is_killed_end_promptly(make_server, make_mock):
+    mock = make_mock()
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="k")
+    _with_model(server, mock.operation_url)
+    mock.behave(latencyMs=3000)
+    call = {"model": "m1", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {**server.auth(server.admin_key), "Connection": "close"}
+    pid = httpx.get(f"{server.url}/health/detailed", timeout=5).json()["workerPid"]
+
+    def chat() -> str:
+        try:
+            r = httpx.post(
+                f"{server.url}/v1/chat/completions", json=call, headers=headers, timeout=20
+            )
+            return str(r.status_code)
+        except httpx.TransportError as exc:
+            return type(exc).__name__
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        calls = [pool.submit(chat) for _ in range(8)]
+        time.sleep(1)
+        os.kill(pid, 9)
+        started = time.monotonic()
+        outcomes = [c.result() for c in calls]
+    assert time.monotonic() - started < 10, outcomes
+    assert "ReadTimeout" not in outcomes and "200" in outcomes, outcomes
