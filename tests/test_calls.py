@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import model_body
+from conftest import EDGES, model_body
 
 PRICING = {"inputPer1k": 0.01, "outputPer1k": 0.03}
 SPEC_ROUTE = {
@@ -320,6 +320,7 @@ def test_an_error_event_inside_a_stream_is_a_failure_and_fails_over_before_the_f
     assert recent["outcome"] == "stream_error"
 
 
+@pytest.mark.parametrize("edge", EDGES)
 def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(router, make_mock):
     mock = make_mock("openai", stream_chunks=20, latency_ms=4000)
     add_model(router, "m1", mock)

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
-from granian.rsgi import ProtocolError as RSGIProtocolError
+from granian.rsgi import ProtocolClosed, ProtocolError
 
 from . import _core
 from . import types as t
@@ -465,7 +465,7 @@ class App:
                         raise too_large(limit)
                     chunks.append(chunk)
                 return b"".join(chunks)
-            except RSGIProtocolError as exc:  # the body broke off
+            except (ProtocolError, ProtocolClosed) as exc:  # the body broke off
                 raise body_cut_short() from exc
 
         # Granian's RSGI scope has only the decoded path (docs/deployment.md).
