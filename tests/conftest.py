@@ -182,6 +182,20 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def raw_exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
+    """Everything a server on loopback sends back for the raw bytes `data`,
+    until it closes the connection (or goes quiet for `timeout`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
 # Who serves the port: Granian itself, or the core's front door in front of
 # it (docs/data-plane.md). Tests of the edge run on both:
 # `@pytest.mark.parametrize("edge", EDGES)`.

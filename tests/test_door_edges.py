@@ -16,7 +16,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived
 
-from conftest import EDGES, model_body
+from conftest import EDGES, model_body, raw_exchange
 from model_router.door import PEER_HEADER
 
 pytestmark = pytest.mark.parametrize("edge", EDGES)
@@ -70,76 +70,86 @@ def _with_model(server, url: str) -> None:
     server.wait_for_config()
 
 
-def test_a_caller_that_leaves_mid_stream_cancels_the_upstream_call(make_server):
+STREAM_CALL = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.fixture
+def stalled(make_server):
+    """A router whose model m1 is a StallingUpstream, and the upstream."""
     upstream = StallingUpstream()
     server = make_server(MOCK_PROVIDER_KEY="k")
     try:
         _with_model(server, upstream.url)
-        call = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-        head = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {server.admin_key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(call)}\r\n\r\n"
-        ).encode()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as caller:
-            caller.sendall(head + call)
-            assert upstream.accepted.wait(10)
-            streamed = b""
-            while b"hi" not in streamed:  # the first chunk reached the caller
-                part = caller.recv(65536)
-                assert part, streamed
-                streamed += part
+        yield server, upstream
+    finally:
+        upstream.close()
+
+
+def _h1_chat_head(server, length: int) -> bytes:
+    """The head of an HTTP/1.1 POST /v1/chat/completions with the admin key."""
+    return (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {server.admin_key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_caller_that_leaves_mid_stream_cancels_the_upstream_call(stalled):
+    server, upstream = stalled
+    call = STREAM_CALL
+    head = _h1_chat_head(server, len(call))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as caller:
+        caller.sendall(head + call)
+        assert upstream.accepted.wait(10)
+        streamed = b""
+        while b"hi" not in streamed:  # the first chunk reached the caller
+            part = caller.recv(65536)
+            assert part, streamed
+            streamed += part
+    left = time.monotonic()
+    assert upstream.closed.wait(10), "the upstream call was not cancelled"
+    assert time.monotonic() - left < 3
+
+
+def _h2_chat_head(server, extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
+    """The head of an HTTP/2 POST /v1/chat/completions with the admin key."""
+    return [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        ("authorization", f"Bearer {server.admin_key}"),
+        ("content-type", "application/json"),
+        *(extra or []),
+    ]
+
+
+def test_a_caller_that_resets_an_http2_stream_cancels_the_upstream_call(stalled):
+    server, upstream = stalled
+    call = STREAM_CALL
+    h2 = H2Connection(H2Configuration(client_side=True))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        h2.initiate_connection()
+        h2.send_headers(1, _h2_chat_head(server, [("content-length", str(len(call)))]))
+        h2.send_data(1, call, end_stream=True)
+        s.sendall(h2.data_to_send())
+        streamed = False
+        while not streamed:
+            for event in h2.receive_data(s.recv(65536)):
+                streamed |= isinstance(event, DataReceived) and b"hi" in event.data
+            s.sendall(h2.data_to_send())
+        # The caller resets the stream and keeps its connection.
+        h2.reset_stream(1)
+        s.sendall(h2.data_to_send())
         left = time.monotonic()
         assert upstream.closed.wait(10), "the upstream call was not cancelled"
         assert time.monotonic() - left < 3
-    finally:
-        upstream.close()
-
-
-def test_a_caller_that_resets_an_http2_stream_cancels_the_upstream_call(make_server):
-    upstream = StallingUpstream()
-    server = make_server(MOCK_PROVIDER_KEY="k")
-    try:
-        _with_model(server, upstream.url)
-        call = b'{"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
-        h2 = H2Connection(H2Configuration(client_side=True))
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            h2.initiate_connection()
-            head = [
-                (":method", "POST"),
-                (":path", "/v1/chat/completions"),
-                (":scheme", "http"),
-                (":authority", "x"),
-                ("authorization", f"Bearer {server.admin_key}"),
-                ("content-type", "application/json"),
-                ("content-length", str(len(call))),
-            ]
-            h2.send_headers(1, head)
-            h2.send_data(1, call, end_stream=True)
-            s.sendall(h2.data_to_send())
-            streamed = False
-            while not streamed:
-                for event in h2.receive_data(s.recv(65536)):
-                    streamed |= isinstance(event, DataReceived) and b"hi" in event.data
-                s.sendall(h2.data_to_send())
-            # The caller resets the stream and keeps its connection.
-            h2.reset_stream(1)
-            s.sendall(h2.data_to_send())
-            left = time.monotonic()
-            assert upstream.closed.wait(10), "the upstream call was not cancelled"
-            assert time.monotonic() - left < 3
-    finally:
-        upstream.close()
 
 
 def test_a_body_far_over_the_limit_gets_its_413_promptly(make_server):
     server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
     size = 64 * 1_048_576
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-        f"Authorization: Bearer {server.admin_key}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {size}\r\n\r\n"
-    ).encode()
+    head = _h1_chat_head(server, size)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(head)
         started = time.monotonic()
@@ -230,30 +240,18 @@ def test_sigterm_with_idle_kept_alive_connections_exits_promptly(make_server, ed
         silent.close()
 
 
-def _raw(port: int, data: bytes, timeout: float = 5) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        received = b""
-        try:
-            while chunk := s.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pass
-        return received
-
-
 def test_odd_but_valid_http1_requests(make_server):
     server = make_server()
     port = server.port
     # Two pipelined requests, then one that closes.
-    pipelined = _raw(
+    pipelined = raw_exchange(
         port,
         b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nHEAD /health HTTP/1.1\r\nHost: x\r\n\r\n"
         b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert pipelined.count(b"HTTP/1.1 ") == 3, pipelined.decode()
     # HTTP/1.0, no Host.
-    old = _raw(port, b"GET /health HTTP/1.0\r\n\r\n")
+    old = raw_exchange(port, b"GET /health HTTP/1.0\r\n\r\n")
     assert old.startswith(b"HTTP/1.") and b" 200 " in old.split(b"\r\n")[0], old
     assert old.rstrip().endswith(b"}"), old
     # Expect: 100-continue with a chunked body.
@@ -306,15 +304,7 @@ def test_an_http2_body_far_over_the_limit_gets_its_413_promptly(make_server):
     h2 = H2Connection(H2Configuration(client_side=True))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         h2.initiate_connection()
-        head = [
-            (":method", "POST"),
-            (":path", "/v1/chat/completions"),
-            (":scheme", "http"),
-            (":authority", "x"),
-            ("authorization", f"Bearer {server.admin_key}"),
-            ("content-type", "application/json"),
-        ]  # no length: the body streams
-        h2.send_headers(1, head)
+        h2.send_headers(1, _h2_chat_head(server))  # no length: the body streams
         s.sendall(h2.data_to_send())
         started = time.monotonic()
         status = None
