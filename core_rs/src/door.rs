@@ -289,7 +289,7 @@ async fn forward(
     }
     // The app is asked by path (an HTTP/2 request's URI is absolute).
     let Some(path) = request.uri().path_and_query().cloned() else {
-        return unavailable(
+        return own_answer(
             StatusCode::BAD_REQUEST,
             "the request's target is not a path",
         );
@@ -330,11 +330,11 @@ async fn forward(
             }
             Response::from_parts(head, body)
         }
-        Err(_) if body_broke.load(Ordering::Relaxed) => unavailable(
+        Err(_) if body_broke.load(Ordering::Relaxed) => own_answer(
             StatusCode::BAD_REQUEST,
             "the request's body ended before it was complete",
         ),
-        Err(_) => unavailable(
+        Err(_) => own_answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is starting or stopping",
         ),
@@ -404,7 +404,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The door's own answer, in the router's error shape (the app writes every
 /// other error).
-fn unavailable(status: StatusCode, message: &str) -> Response<Body> {
+fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
     let kind = if status == StatusCode::BAD_REQUEST {
         "invalid_request"
     } else {
