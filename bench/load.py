@@ -5,7 +5,8 @@ design's floor (`bench/forwarder.py`: Granian and the router's upstream client,
 nothing else), printed for reference: what the router adds beyond it is its
 own per-request work.
 
-    .venv/bin/python bench/load.py [--seconds 5] [--rounds 3] [--only latency,streaming]
+    .venv/bin/python bench/load.py [--seconds 5] [--rounds 3] [--only latency,streaming] \\
+        [--env MODEL_ROUTER_DOOR=on]
 
 Phases (all by default; --only picks some):
   throughput  wrk -c64 POST /v1/chat/completions; routed req/s >= 70% of nginx's
@@ -151,7 +152,7 @@ class Bench:
         )
         self.stamped_url = f"http://127.0.0.1:{port}/v1/chat/completions"
         self.stamped_floor = self._started(Forwarder(work, self.stamped_url, args.workers))
-        self.router = self._started(Router(work, args.workers))
+        self.router = self._started(Router(work, args.workers, **dict(args.env)))
         self.router.add_model("bench", self.mock.url)
         self.router.add_model("stamped", self.stamped_url)
         self.router.wait_for_config()
@@ -285,6 +286,14 @@ def main() -> int:
     parser.add_argument("--stream-requests", type=int, default=100)
     parser.add_argument("--chunk-gap-ms", type=float, default=2.0)
     parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=lambda pair: tuple(pair.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="set in the router's environment (MODEL_ROUTER_DOOR=on: behind the door)",
+    )
     args = parser.parse_args()
     only = args.only.split(",")
     if unknown := set(only) - set(PHASES):
