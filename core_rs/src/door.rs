@@ -70,6 +70,10 @@ const APP_MAX_HEAD: u32 = 8192 + 4096 * 100;
 /// Granian alone, not three (its own and both ends of the app's).
 const APP_IDLE: Duration = Duration::from_secs(1);
 
+/// A request body past this (or of no declared length) waits for the app's
+/// `100 Continue`; smaller ones fit in the socket's buffer at once.
+const LARGE_BODY: u64 = 64 * 1024;
+
 /// `Settings::app_wait` in the service: the app is ready in about a second.
 pub const APP_WAIT: Duration = Duration::from_secs(10);
 
@@ -311,7 +315,21 @@ async fn forward(
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue {
+    // A large or unsized body goes to the app only once it asks for it: an
+    // app that answers first (a 413) and closes would otherwise fail the
+    // door's write, and its answer be lost to a 503.
+    let large = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(!hyper::body::Body::is_end_stream(request.body()), |n| {
+            n > LARGE_BODY
+        });
+    if large && !expects_continue {
+        let expect = HeaderValue::from_static("100-continue");
+        request.headers_mut().insert(header::EXPECT, expect);
+    }
+    if expects_continue || large {
         request = after_continue(request);
     }
     match app.send(request).await {
