@@ -5,7 +5,10 @@ expects the door to do no worse than Granian alone."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import json
 import os
+import re
 import socket
 import threading
 import time
@@ -14,7 +17,7 @@ import httpx
 import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, ResponseReceived
+from h2.events import DataReceived, ResponseReceived, StreamEnded
 
 from conftest import EDGES, model_body, raw_exchange
 from model_router.door import PEER_HEADER
@@ -146,31 +149,47 @@ def test_a_caller_that_resets_an_http2_stream_cancels_the_upstream_call(stalled)
         assert time.monotonic() - left < 3
 
 
-def test_a_body_far_over_the_limit_gets_its_413_promptly(make_server):
+def _refused_as_too_large(status: bytes, body: bytes) -> None:
+    """The app's own 413, whole: its status and its error, in OpenAI's shape."""
+    assert status == b"413", body[:200]
+    error = json.loads(body)["error"]
+    assert error["type"] == "payload_too_large" and error["details"] == {"limit": 1_048_576}
+
+
+@pytest.mark.parametrize("framing", ["declared", "chunked"])
+def test_a_body_far_over_the_limit_gets_its_413_promptly(make_server, framing):
     server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
-    size = 64 * 1_048_576
+    size, piece = 64 * 1_048_576, b"x" * 65536
     head = _h1_chat_head(server, size)
+    if framing == "chunked":
+        head = head.replace(f"Content-Length: {size}".encode(), b"Transfer-Encoding: chunked")
+        piece = b"10000\r\n" + piece + b"\r\n"
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(head)
         started = time.monotonic()
 
         def upload() -> None:
-            chunk = b"x" * 65536
             try:
-                for _ in range(size // len(chunk)):
-                    s.sendall(chunk)
+                for _ in range(size // 65536):
+                    s.sendall(piece)
             except OSError:
                 pass  # the server stopped reading: expected
 
         threading.Thread(target=upload, daemon=True).start()
         answer = b""
         try:
-            while b"\r\n\r\n" not in answer and (part := s.recv(65536)):
+            while part := s.recv(65536):
                 answer += part
+                head_end = answer.find(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", answer[:head_end])
+                if length and len(answer) >= head_end + 4 + int(length[1]):
+                    break
         except ConnectionResetError:
             pass
-        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert time.monotonic() - started < 5
+        status_line, _, rest = answer.partition(b"\r\n")
+        _refused_as_too_large(status_line.split()[1], rest.partition(b"\r\n\r\n")[2])
+        assert re.search(rb"(?i)\r\nconnection: *close\r\n", answer)
 
 
 def test_http2_requests_with_many_headers_are_served(make_server, edge):
@@ -306,17 +325,15 @@ def test_an_http2_body_far_over_the_limit_gets_its_413_promptly(make_server):
         h2.initiate_connection()
         h2.send_headers(1, _h2_chat_head(server))  # no length: the body streams
         s.sendall(h2.data_to_send())
-        started = time.monotonic()
-        status = None
+        started, status, body, ended, unsent = time.monotonic(), None, b"", False, b""
         s.setblocking(False)
-        while status is None and time.monotonic() - started < 10:
+        while not ended and time.monotonic() - started < 10:
             window = min(h2.local_flow_control_window(1), 16_384)
-            if window > 0:
+            if window > 0 and status is None:
                 h2.send_data(1, b"x" * window)
-            try:
-                s.sendall(h2.data_to_send())
-            except BlockingIOError:
-                pass
+            unsent += h2.data_to_send()
+            with contextlib.suppress(BlockingIOError):
+                unsent = unsent[s.send(unsent) :]
             try:
                 data = s.recv(65536)
             except BlockingIOError:
@@ -324,10 +341,31 @@ def test_an_http2_body_far_over_the_limit_gets_its_413_promptly(make_server):
                 continue
             assert data, "the door closed the connection"
             for event in h2.receive_data(data):
-                if isinstance(event, ResponseReceived):
+                if isinstance(event, ResponseReceived) and event.stream_id == 1:
                     status = dict(event.headers)[b":status"]
-        assert status == b"413"
+                elif isinstance(event, DataReceived) and event.stream_id == 1:
+                    body += event.data
+                elif isinstance(event, StreamEnded) and event.stream_id == 1:
+                    ended = True
         assert time.monotonic() - started < 5
+        _refused_as_too_large(status or b"none", body)
+        # The caller's connection carries on: only the stream was refused.
+        s.setblocking(True)
+        s.settimeout(10)
+        health_head = [
+            (":method", "GET"),
+            (":path", "/health"),
+            (":scheme", "http"),
+            (":authority", "x"),
+        ]
+        h2.send_headers(3, health_head, end_stream=True)
+        s.sendall(h2.data_to_send())
+        health = None
+        while health is None and (data := s.recv(65536)):
+            for event in h2.receive_data(data):
+                if isinstance(event, ResponseReceived) and event.stream_id == 3:
+                    health = dict(event.headers)[b":status"]
+        assert health == b"200"
 
 
 def test_an_http2_caller_idle_past_the_header_timeout_is_still_served(make_server):

@@ -7,6 +7,7 @@
 //! what the app answers is what the caller gets.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -17,11 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -55,6 +56,9 @@ pub struct Settings {
     /// A client slower than this to send a request's head, or to finish its
     /// TLS handshake, is cut off (slowloris).
     pub header_read_timeout: Duration,
+    /// The app's limit on a request's body (`MODEL_ROUTER_MAX_BODY_BYTES`),
+    /// which the door keeps for bodies of no declared length.
+    pub max_body: u64,
     pub tls: Option<Arc<ServerConfig>>,
     /// How long a request waits for the app's socket to take it (the app
     /// starting): what a caller would wait in Granian's backlog.
@@ -145,7 +149,12 @@ impl Door {
                                 path: Arc::from(settings.app_socket),
                                 wait: settings.app_wait,
                             };
-                            let edge = Edge::new(app, settings.header_read_timeout, settings.tls);
+                            let edge = Edge::new(
+                                app,
+                                settings.header_read_timeout,
+                                settings.max_body,
+                                settings.tls,
+                            );
                             serve(listener, edge, settings.max_connections, draining).await
                         }
                         Err(e) => eprintln!("model-router: the door cannot listen: {e}"),
@@ -214,19 +223,26 @@ async fn serve(
     graceful.shutdown().await;
 }
 
-type Body = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
 
 /// What every connection shares: the HTTP server's settings, TLS, and the
 /// way to the app.
 struct Edge {
     http: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
+    max_body: u64,
     tls: Option<TlsAcceptor>,
     app: AppSocket,
 }
 
 impl Edge {
-    fn new(app: AppSocket, header_read_timeout: Duration, tls: Option<Arc<ServerConfig>>) -> Edge {
+    fn new(
+        app: AppSocket,
+        header_read_timeout: Duration,
+        max_body: u64,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> Edge {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -237,6 +253,7 @@ impl Edge {
         Edge {
             http,
             header_read_timeout,
+            max_body,
             tls: tls.map(TlsAcceptor::from),
             app,
         }
@@ -250,9 +267,10 @@ impl Edge {
             socket: self.app.clone(),
             idle: Arc::default(),
         };
+        let max_body = self.max_body;
         let service = service_fn(move |request| {
             let (app, peer) = (app.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(forward(&app, request, peer).await) }
+            async move { Ok::<_, Infallible>(forward(&app, request, peer, max_body).await) }
         });
         match &self.tls {
             None => {
@@ -278,6 +296,7 @@ async fn forward(
     app: &AppLink,
     mut request: Request<Incoming>,
     peer: HeaderValue,
+    max_body: u64,
 ) -> Response<Body> {
     // An HTTP/2 request names its host in the URI; the app reads a header.
     let host = request
@@ -304,35 +323,40 @@ async fn forward(
     // request too: that is the caller's error, not the app's absence.
     let body_broke = Arc::new(AtomicBool::new(false));
     let broke = body_broke.clone();
-    let mut request = request.map(|body| {
+    let request = request.map(|body| {
         body.map_err(move |e| {
             broke.store(true, Ordering::Relaxed);
-            e
+            BoxError::from(e)
         })
         .boxed()
     });
-    let expects_continue = request
-        .headers()
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    // A large or unsized body goes to the app only once it asks for it: an
-    // app that answers first (a 413) and closes would otherwise fail the
-    // door's write, and its answer be lost to a 503.
-    let large = request
+    let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map_or(!hyper::body::Body::is_end_stream(request.body()), |n| {
-            n > LARGE_BODY
-        });
-    if large && !expects_continue {
-        let expect = HeaderValue::from_static("100-continue");
-        request.headers_mut().insert(header::EXPECT, expect);
-    }
-    if expects_continue || large {
-        request = after_continue(request);
-    }
-    match app.send(request).await {
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let no_length = declared.is_none() && !hyper::body::Body::is_end_stream(request.body());
+    // A body of no declared length is cut off past the app's limit, and the
+    // app asked again with the head alone, declaring one byte too many: the
+    // app answers its 413 unread. Were the body sent on, the app would answer
+    // and close while the door still wrote, and its answer be lost to a 503.
+    let head = no_length.then(|| {
+        let r = &request;
+        (r.method().clone(), r.uri().clone(), r.headers().clone())
+    });
+    let request = if no_length {
+        request.map(|body| Limited::new(body, max_body as usize).boxed())
+    } else {
+        request
+    };
+    let answer = match app.send(held_for_continue(request, declared)).await {
+        Err(e) if caused_by::<LengthLimitError>(&*e) => {
+            let head = head.expect("kept for a body of no declared length");
+            let over = declaring(head, max_body + 1);
+            app.send(held_for_continue(over, Some(max_body + 1))).await
+        }
+        answer => answer,
+    };
+    match answer {
         Ok((mut head, body)) => {
             // The app's `connection: close` (after a 413 it did not read the
             // body of, or while it stops) is the caller's too; HTTP/2 drops it.
@@ -359,10 +383,44 @@ async fn forward(
     }
 }
 
-/// The caller's body held back until the app asks for it with its own
-/// `100 Continue`: hyper tells a caller to send its body when the door first
-/// reads it, and a body the app refuses unread (413) must not be sent.
-fn after_continue(mut request: Request<Body>) -> Request<Body> {
+/// A request with `head` and no body, which declares `length` bytes of one.
+fn declaring((method, uri, headers): (Method, Uri, HeaderMap), length: u64) -> Request<Body> {
+    let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    request
+}
+
+/// Whether `error`, or an error it came from, is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
+}
+
+/// A large body (over LARGE_BODY, or of no declared length) goes to the app
+/// only once the app asks for it: an app that answers first (a 413) and
+/// closes would otherwise fail the door's write, and its answer be lost.
+fn held_for_continue(mut request: Request<Body>, declared: Option<u64>) -> AppRequest {
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let large = declared.map_or(!hyper::body::Body::is_end_stream(request.body()), |n| {
+        n > LARGE_BODY
+    });
+    if !(expects_continue || large) {
+        return AppRequest {
+            request,
+            answer_read: None,
+        };
+    }
+    if !expects_continue {
+        let expect = HeaderValue::from_static("100-continue");
+        request.headers_mut().insert(header::EXPECT, expect);
+    }
     let (asked, ask) = oneshot::channel();
     let asked = Mutex::new(Some(asked));
     hyper::ext::on_informational(&mut request, move |answer| {
@@ -372,41 +430,84 @@ fn after_continue(mut request: Request<Body>) -> Request<Body> {
             }
         }
     });
-    request.map(|body| {
+    let (answer_read, read) = oneshot::channel();
+    let request = request.map(|body| {
         AfterContinue {
             ask: Some(ask),
+            answer_read: read,
+            withheld: false,
             body,
         }
         .boxed()
-    })
+    });
+    AppRequest {
+        request,
+        answer_read: Some(answer_read),
+    }
 }
 
+/// A request for the app, and what its answer's body drops once read to its
+/// end, for a body held back until the app asks for it.
+struct AppRequest {
+    request: Request<Body>,
+    answer_read: Option<oneshot::Sender<()>>,
+}
+
+/// The caller's body held back until the app asks for it with its own
+/// `100 Continue`: hyper tells a caller to send its body when the door first
+/// reads it, and a body the app refuses unread (413) must not be sent.
 struct AfterContinue {
-    /// Resolves on the app's `100 Continue` (or when it can no longer come).
+    /// Resolves on the app's `100 Continue`, or fails when its answer comes
+    /// without one.
     ask: Option<oneshot::Receiver<()>>,
+    /// Fails once the app's answer has been read to its end (or dropped).
+    answer_read: oneshot::Receiver<()>,
+    /// The app answered without asking: once its answer has been read, the
+    /// app's connection, which owes the app a body, is closed.
+    withheld: bool,
     body: Body,
 }
 
+/// What ends a request whose body the app never asked for.
+#[derive(Debug)]
+struct Withheld;
+
+impl std::fmt::Display for Withheld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the app answered without asking for the body")
+    }
+}
+
+impl std::error::Error for Withheld {}
+
 impl hyper::body::Body for AfterContinue {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(ask) = self.ask.as_mut() {
-            match std::future::Future::poll(Pin::new(ask), cx) {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(ask) = this.ask.as_mut() {
+            match Pin::new(ask).poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(())) => self.ask = None,
-                // The app answered without asking for the body: it is not sent.
+                Poll::Ready(Ok(())) => this.ask = None,
                 Poll::Ready(Err(_)) => {
-                    self.ask = None;
-                    self.body = Empty::new().map_err(|never| match never {}).boxed();
+                    this.ask = None;
+                    this.withheld = true;
+                    // The caller's body is let go: HTTP/2 tells it to stop.
+                    this.body = Empty::new().map_err(|never| match never {}).boxed();
                 }
             }
         }
-        Pin::new(&mut self.body).poll_frame(cx)
+        if this.withheld {
+            return match Pin::new(&mut this.answer_read).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => Poll::Ready(Some(Err(Withheld.into()))),
+            };
+        }
+        Pin::new(&mut this.body).poll_frame(cx)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -505,10 +606,12 @@ impl AppLink {
     /// back once it has been read to its end.
     async fn send(
         &self,
-        request: Request<Body>,
-    ) -> Result<(hyper::http::response::Parts, Body), Box<dyn std::error::Error + Send + Sync>>
-    {
-        let mut request = request;
+        request: AppRequest,
+    ) -> Result<(hyper::http::response::Parts, Body), BoxError> {
+        let AppRequest {
+            mut request,
+            answer_read,
+        } = request;
         loop {
             let kept = lock(&self.idle).senders.pop();
             let fresh = kept.is_none();
@@ -527,11 +630,12 @@ impl AppLink {
                         body,
                         sender: Some(sender),
                         idle: self.idle.clone(),
+                        answer_read,
                     };
                     if hyper::body::Body::is_end_stream(&body.body) {
                         body.give_back(); // nothing to read: hyper may not poll it
                     }
-                    return Ok((head, body.boxed()));
+                    return Ok((head, body.map_err(BoxError::from).boxed()));
                 }
                 // Closed by the app before the request left: send it on another.
                 Err(mut failed) if !fresh && failed.message().is_some() => {
@@ -542,7 +646,7 @@ impl AppLink {
         }
     }
 
-    async fn connect(&self) -> Result<AppSender, Box<dyn std::error::Error + Send + Sync>> {
+    async fn connect(&self) -> Result<AppSender, BoxError> {
         let stream = self.socket.connect().await?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -575,10 +679,13 @@ struct GiveBack {
     body: Incoming,
     sender: Option<AppSender>,
     idle: Arc<Mutex<Idle>>,
+    /// Dropped once the answer has been read: see `AfterContinue`.
+    answer_read: Option<oneshot::Sender<()>>,
 }
 
 impl GiveBack {
     fn give_back(&mut self) {
+        self.answer_read = None;
         if let Some(sender) = self.sender.take() {
             let mut idle = lock(&self.idle);
             idle.senders.push((tokio::time::Instant::now(), sender));

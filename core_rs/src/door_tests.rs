@@ -50,6 +50,7 @@ fn door_waiting(app_socket: PathBuf, app_wait: Duration) -> (Door, u16) {
         app_socket,
         max_connections: 64,
         header_read_timeout: Duration::from_secs(5),
+        max_body: 1 << 20,
         tls: None,
         app_wait,
     })
@@ -239,4 +240,82 @@ fn a_caller_that_leaves_closes_its_connection_to_the_app() {
         seen.recv_timeout(Duration::from_secs(5)).is_ok(),
         "the app's connection outlived its caller"
     );
+}
+
+/// An app that keeps a body limit as the router's does: a declared length
+/// over `limit` is refused unread, naming the length; a body of no declared
+/// length is asked for (`100 Continue`) and its bytes counted into `seen`.
+fn limited_app(path: &Path, limit: usize, seen: Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 65536];
+                let head_end = loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+                let declared = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|v| v.trim().parse::<usize>().unwrap());
+                if let Some(length) = declared.filter(|n| *n > limit) {
+                    let body = format!("declared {length}");
+                    let answer = format!("HTTP/1.1 413 Payload Too Large\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = conn.write_all(answer.as_bytes());
+                    return;
+                }
+                assert!(head.contains("expect: 100-continue\r\n"), "{head}");
+                conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+                seen.fetch_add(got.len() - head_end, Ordering::Relaxed);
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    seen.fetch_add(n, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_body_of_no_declared_length_is_cut_off_at_the_limit_and_refused_by_the_app() {
+    let socket = scratch("limit");
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let limit = 1 << 20; // `door_waiting`'s max_body
+    limited_app(&socket, limit, seen.clone());
+    let (_door, port) = door(socket);
+    let mut client = StdStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .write_all(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    // 4 MiB in chunks of 64 KiB, while the answer is read.
+    let mut writer = client.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let chunk = [b"10000\r\n".as_slice(), &[b'x'; 65536], b"\r\n"].concat();
+        for _ in 0..64 {
+            if writer.write_all(&chunk).is_err() {
+                return; // the door stopped reading: expected
+            }
+        }
+    });
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let answer = read_answer(&mut client);
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(
+        answer.ends_with(&format!("declared {}", limit + 1)),
+        "{answer}"
+    );
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    // What reached the app: at most the limit, and its chunks' framing.
+    let framing = 16 * (limit / 65536 + 2);
+    assert!(seen.load(Ordering::Relaxed) <= limit + framing, "{seen:?}");
 }

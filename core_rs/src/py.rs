@@ -555,12 +555,14 @@ struct Door {
 #[pymethods]
 impl Door {
     #[new]
-    #[pyo3(signature = (listen_fd, app_socket, max_connections, header_read_timeout_ms, tls_cert=None, tls_key=None, tls_client_ca=None))]
+    #[pyo3(signature = (listen_fd, app_socket, max_connections, header_read_timeout_ms, max_body_bytes, tls_cert=None, tls_key=None, tls_client_ca=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         listen_fd: i32,
         app_socket: PathBuf,
         max_connections: usize,
         header_read_timeout_ms: u64,
+        max_body_bytes: u64,
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         tls_client_ca: Option<PathBuf>,
@@ -584,6 +586,7 @@ impl Door {
             app_socket,
             max_connections,
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
+            max_body: max_body_bytes,
             tls,
             app_wait: door::APP_WAIT,
         })?;

@@ -177,7 +177,9 @@ class Upstream:
 class Door:
     """The front door (core_rs/src/door.rs): accepts on the public port
     `listen_fd` on a thread of its own and hands every request to the app on
-    `app_socket`, adding DOOR_PEER_HEADER. Raises ValueError for TLS files it
+    `app_socket`, adding DOOR_PEER_HEADER; a body of no declared length is
+    cut off past `max_body_bytes` (the app's limit) and refused by the app.
+    Raises ValueError for TLS files it
     cannot use, OSError when it cannot start."""
 
     def __new__(
@@ -186,6 +188,7 @@ class Door:
         app_socket: str | os.PathLike[str],
         max_connections: int,
         header_read_timeout_ms: int,
+        max_body_bytes: int,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         tls_client_ca: str | os.PathLike[str] | None = None,

@@ -60,6 +60,7 @@ def start_door(settings: Settings) -> _core.Door | None:
         os.environ[APP_SOCKET_ENV],
         settings.max_connections,
         settings.header_read_timeout_ms,
+        settings.max_body_bytes,
         settings.tls_cert,
         settings.tls_key,
         settings.tls_client_ca,
