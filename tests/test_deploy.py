@@ -411,17 +411,21 @@ def test_image_build_steps_wheel_into_a_fresh_venv_started_with_the_images_comma
     subprocess.run(
         [tool("maturin"), "build", "--release", "--quiet", "--out", str(wheels)],
         cwd=ROOT,
-        # The venv's Python, and the target/ dir `make build` filled: no full rebuild.
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "CARGO_TARGET_DIR": "target"},
+        # The venv, as `make build` names it (PyO3's build script reruns when
+        # VIRTUAL_ENV changes), and the target/ dir it filled: no rebuild.
+        env={
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "VIRTUAL_ENV": str(BIN.parent),
+            "CARGO_TARGET_DIR": "target",
+        },
         check=True,
         timeout=300,
     )
     (wheel,) = wheels.glob("*.whl")
     fresh = tmp_path / "venv"
     venv.create(fresh, with_pip=True)
-    subprocess.run(
-        [fresh / "bin/pip", "install", "--quiet", "--no-cache-dir", wheel], check=True, timeout=300
-    )
+    subprocess.run([fresh / "bin/pip", "install", "--quiet", wheel], check=True, timeout=300)
     port = free_port()
     env = {
         "PATH": f"{fresh / 'bin'}:/usr/bin:/bin",
