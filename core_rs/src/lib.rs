@@ -4,6 +4,7 @@ pub mod breaker;
 pub mod cost;
 pub mod door;
 pub mod engine;
+pub mod keys;
 pub mod rollup;
 pub mod rules;
 pub mod select;

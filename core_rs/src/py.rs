@@ -5,6 +5,7 @@ use crate::breaker::{self, CircuitBreaker, Transition};
 use crate::cost::Tokens;
 use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
+use crate::keys;
 use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
 use crate::snapshot::{MetaValue, Snapshot};
@@ -545,6 +546,53 @@ impl Upstream {
     }
 }
 
+/// The API keys a worker accepts (`keys.rs`): the stored ones, and the
+/// admin key the service is started with.
+#[pyclass(frozen, module = "model_router._core")]
+struct Keys {
+    keys: keys::Keys,
+}
+
+#[pymethods]
+impl Keys {
+    #[new]
+    #[pyo3(signature = (records, bootstrap_hash=None))]
+    fn new(
+        records: Vec<(String, String, String, Option<String>)>,
+        bootstrap_hash: Option<&str>,
+    ) -> PyResult<Self> {
+        let records = records
+            .into_iter()
+            .map(|(id, role, secret_hash, workspace_id)| {
+                let role = keys::Role::parse(&role)
+                    .ok_or_else(|| PyValueError::new_err(format!("key {id}: no role {role:?}")))?;
+                Ok(keys::KeyRecord {
+                    id,
+                    role,
+                    secret_hash,
+                    workspace_id,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Keys {
+            keys: keys::Keys::new(bootstrap_hash, records),
+        })
+    }
+
+    /// (key id, role, workspace id) of `key`, or None.
+    fn verify(&self, key: &str) -> Option<(&str, &'static str, Option<&str>)> {
+        self.keys
+            .verify(key)
+            .map(|p| (p.key_id, p.role.name(), p.workspace_id))
+    }
+}
+
+/// The SHA-256 of a whole API key, in hex, as the store keeps it.
+#[pyfunction]
+fn hash_key(key: &str) -> String {
+    keys::hash_hex(key)
+}
+
 /// The front door (`door.rs`) on the public port `listen_fd`, handing every
 /// request to the app on `app_socket`.
 #[pyclass(frozen, module = "model_router._core")]
@@ -643,6 +691,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decision>()?;
     m.add_class::<Upstream>()?;
     m.add_class::<Door>()?;
+    m.add_class::<Keys>()?;
+    m.add_function(wrap_pyfunction!(hash_key, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -10,6 +10,8 @@ __all__ = [
     "Upstream",
     "Door",
     "DOOR_PEER_HEADER",
+    "Keys",
+    "hash_key",
     "sketch_quantiles",
     "__version__",
 ]
@@ -172,6 +174,27 @@ class Upstream:
     ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:
         """The exchanges finished since the last call: ([(token, status,
         headers, body), ...], [(token, timed out, message), ...])."""
+
+@final
+class Keys:
+    """The API keys a worker accepts (core_rs/src/keys.rs): `records` as the
+    store keeps them, (id, role, secret_hash, workspace_id), and the admin
+    key the service was started with, by its hash. A record whose hash is
+    not SHA-256 hex matches no key. Raises ValueError for an unknown role."""
+
+    def __new__(
+        cls,
+        records: list[tuple[str, str, str, str | None]],
+        bootstrap_hash: str | None = None,
+    ) -> Keys: ...
+    def verify(
+        self, key: str
+    ) -> tuple[str, Literal["admin", "operator", "agent", "viewer"], str | None] | None:
+        """(key id, role, workspace id) of `key`, or None. A miss costs what
+        a hit does: the key is hashed and compared in constant time either way."""
+
+def hash_key(key: str) -> str:
+    """The SHA-256 of a whole API key, in hex, as the store keeps it."""
 
 @final
 class Door:

@@ -1,19 +1,16 @@
 """API keys: minting, hashing and the per-request check.
 
-A key reads ``mr_<id>_<secret>``. Only the SHA-256 of the whole key is stored;
-the id in it finds the stored record without a scan, and the hashes are then
-compared in constant time. The check is an in-process lookup in the worker's
-live config; only a key created in the last moment on another worker costs
-one store read.
+A key reads ``mr_<id>_<secret>``. Only the SHA-256 of the whole key is stored.
+The check is the core's (`_core.Keys`, core_rs/src/keys.rs), an in-process
+lookup in the table the worker's live config loads with the snapshot.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 
+from . import _core
 from . import types as t
 from .http import ApiError, Permission
 
@@ -28,8 +25,6 @@ PERMISSIONS: dict[str, frozenset[Permission]] = {
 
 # What a key scoped to one workspace may still do: these act inside a workspace.
 SCOPED_PERMISSIONS: frozenset[Permission] = frozenset({"read", "route", "configure_workspace"})
-
-BOOTSTRAP_KEY_ID = "bootstrap-admin"
 
 
 @dataclass(frozen=True)
@@ -66,8 +61,7 @@ class Principal:
             )
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+hash_key = _core.hash_key
 
 
 def mint_key(
@@ -84,13 +78,6 @@ def mint_key(
         created_at=now,
     )
     return key, record
-
-
-def key_id_of(key: str) -> str | None:
-    parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "mr" or not parts[1]:
-        return None
-    return parts[1]
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -124,19 +111,3 @@ def invalid_key() -> ApiError:
         "invalid or revoked API key",
         headers=[("www-authenticate", "Bearer")],
     )
-
-
-def verify(key: str, record: t.ApiKey | None) -> Principal:
-    # Hash even when there is no record, so a miss costs what a hit does.
-    presented = hash_key(key)
-    expected = record.secret_hash if record is not None else "0" * 64
-    if not hmac.compare_digest(presented, expected) or record is None:
-        raise invalid_key()
-    return Principal(record.id, record.role, record.workspace_id)
-
-
-def bootstrap_principal(key: str, admin_key_hash: str | None) -> Principal | None:
-    """The admin key from MODEL_ROUTER_ADMIN_KEY, which lives in no store."""
-    if admin_key_hash is not None and hmac.compare_digest(hash_key(key), admin_key_hash):
-        return Principal(BOOTSTRAP_KEY_ID, "admin")
-    return None

@@ -85,6 +85,7 @@ class Service:
             self.catalog,
             t.EngineSettings(fail_open=settings.fail_open, min_samples=settings.min_samples),
             writes,
+            auth.hash_key(settings.admin_key) if settings.admin_key else None,
         )
         self.budgets = BudgetLeases(self.live, self.store)
         self.workspace_limits = WorkspaceLimits(self.live, self.store)
@@ -131,7 +132,6 @@ class Service:
         self.controller = Controller(self.catalog)
         self.started_at = time.time()
         self.pid = os.getpid()
-        self._admin_key_hash = auth.hash_key(settings.admin_key) if settings.admin_key else None
         self._tasks: list[asyncio.Task[None]] = []
         self._store_changed = asyncio.Event()
 
@@ -249,17 +249,13 @@ class Service:
         key = auth.bearer_token(authorization)
         if self.jwt is not None and auth.looks_like_jwt(key):
             return await self.jwt.authenticate(key)
-        principal = auth.bootstrap_principal(key, self._admin_key_hash)
-        if principal is not None:
-            return principal
-        key_id = auth.key_id_of(key)
-        if key_id is None:
-            raise auth.invalid_key()
-        # No store read for an id we do not know: a miss costs what a hit does,
-        # so timing tells nothing of which ids exist. A key created through
+        # No store read for a key we do not know. A key created through
         # another worker is already here (the request caught up with that
         # write); through another replica, once its publish arrives.
-        return auth.verify(key, self.live.keys.get(key_id))
+        found = self.live.key_table.verify(key)
+        if found is None:
+            raise auth.invalid_key()
+        return auth.Principal(*found)
 
     async def check_rate(self, principal: auth.Principal) -> list[tuple[str, str]]:
         """Admit one request of the key, or 429; the X-RateLimit-* headers."""

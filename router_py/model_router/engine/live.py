@@ -26,7 +26,7 @@ from collections import defaultdict
 import msgspec
 
 from .. import types as t
-from .._core import Engine
+from .._core import Engine, Keys
 from ..catalog import (
     AGENTS,
     CANARIES,
@@ -49,7 +49,13 @@ log = logging.getLogger("model_router.engine")
 
 
 class LiveConfig:
-    def __init__(self, catalog: Catalog, settings: t.EngineSettings, writes: WriteCounter):
+    def __init__(
+        self,
+        catalog: Catalog,
+        settings: t.EngineSettings,
+        writes: WriteCounter,
+        admin_key_hash: str | None,
+    ):
         self.catalog = catalog
         self.settings = settings
         self.writes = writes
@@ -59,6 +65,10 @@ class LiveConfig:
         self.version = -1  # nothing loaded yet
         self.reset: ConfigStamp | None = None  # the store's stamp, while it is a reset
         self.keys: dict[str, t.ApiKey] = {}
+        # What a request's key is checked against: these keys, and the admin
+        # key the service was started with (MODEL_ROUTER_ADMIN_KEY).
+        self._admin_key_hash = admin_key_hash
+        self.key_table = Keys([], admin_key_hash)
         self.models: dict[str, t.SnapshotModel] = {}
         self.model_names: dict[str, str] = {}  # id or version -> model id
         self.agent_types: set[str] = set()  # those with preferences or named by a rule
@@ -164,6 +174,10 @@ class LiveConfig:
         self.workspaces = document.workspace_configs
         self.rollouts = rollouts
         self.keys = keys
+        self.key_table = Keys(
+            [(k.id, k.role, k.secret_hash, k.workspace_id) for k in keys.values()],
+            self._admin_key_hash,
+        )
         self.loaded_at = time.time()
         self.reset = None
         metrics.STORE_RESET.set(0)
