@@ -20,6 +20,7 @@ import pytest
 
 from conftest import lease_free, model_body
 from model_router import types as t
+from model_router._core import Clients
 from model_router.engine.health import LEASE, STATE_KIND, judge
 from model_router.service import Service
 from model_router.settings import Settings
@@ -265,7 +266,7 @@ def test_the_prober_counts_on_from_its_own_result_when_the_store_read_predates_i
     server.close()  # its config stays in the store, for a prober of our own
 
     async def scenario() -> t.ProbeVerdict:
-        service = Service(Settings.from_env(server.env))
+        service = Service(Settings.from_env(server.env), Clients(0))
         monitor = service.active_health
         try:
             await service.live.refresh()

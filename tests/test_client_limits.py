@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from conftest import free_port, model_body
+from model_router._core import Clients
 from model_router.ratelimit import FailedAuthentications
 from model_router.settings import Settings
 from model_router.store import open_store
@@ -158,7 +159,7 @@ def test_failures_counted_alone_while_the_store_is_away_are_forgotten_each_minut
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
     }
     store = open_store(Settings.from_env(env))
-    failures = FailedAuthentications(store, limit=1)
+    failures = FailedAuthentications(store, limit=1, clients=Clients(0))
     minute = 29_000_000 * 60_000
 
     async def scenario() -> None:
@@ -166,9 +167,9 @@ def test_failures_counted_alone_while_the_store_is_away_are_forgotten_each_minut
             await failures.failed(f"10.0.{i // 256}.{i % 256}", minute)
         assert await failures.failed("10.9.9.9", minute) is None
         assert await failures.failed("10.9.9.9", minute) is not None  # blocked, alone
-        assert len(failures._alone) == 301 and len(failures._blocked) == 1
+        assert len(failures._alone) == 301 and failures.clients.unblock_ended(minute) == 1
         await failures.failed("10.9.9.10", minute + 60_000)
-        assert len(failures._alone) == 1 and not failures._blocked
+        assert len(failures._alone) == 1 and failures.clients.unblock_ended(minute + 60_000) == 0
         await store.close()
 
     asyncio.run(scenario())

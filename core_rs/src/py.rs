@@ -2,6 +2,7 @@
 //! its tests live in the pure-Rust modules.
 
 use crate::breaker::{self, CircuitBreaker, Transition};
+use crate::clients;
 use crate::cost::Tokens;
 use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
@@ -546,6 +547,43 @@ impl Upstream {
     }
 }
 
+/// Each client address's requests in progress and block (`clients.rs`).
+#[pyclass(frozen, module = "model_router._core")]
+struct Clients {
+    clients: clients::Clients,
+}
+
+#[pymethods]
+impl Clients {
+    #[new]
+    fn new(max_in_flight: u32) -> Self {
+        Clients {
+            clients: clients::Clients::new(max_in_flight),
+        }
+    }
+
+    /// Counts one more request of `address`; False, counting nothing, at its cap.
+    fn enter(&self, address: &str) -> bool {
+        self.clients.enter(address)
+    }
+
+    fn leave(&self, address: &str) {
+        self.clients.leave(address)
+    }
+
+    fn block(&self, address: &str, until_ms: u64, now_ms: u64) {
+        self.clients.block(address, until_ms, now_ms)
+    }
+
+    fn blocked_for(&self, address: &str, now_ms: u64) -> Option<u64> {
+        self.clients.blocked_for(address, now_ms)
+    }
+
+    fn unblock_ended(&self, now_ms: u64) -> usize {
+        self.clients.unblock_ended(now_ms)
+    }
+}
+
 /// The API keys a worker accepts (`keys.rs`): the stored ones, and the
 /// admin key the service is started with.
 #[pyclass(frozen, module = "model_router._core")]
@@ -692,6 +730,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Upstream>()?;
     m.add_class::<Door>()?;
     m.add_class::<Keys>()?;
+    m.add_class::<Clients>()?;
     m.add_function(wrap_pyfunction!(hash_key, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;

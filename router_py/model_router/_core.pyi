@@ -11,6 +11,7 @@ __all__ = [
     "Door",
     "DOOR_PEER_HEADER",
     "Keys",
+    "Clients",
     "hash_key",
     "sketch_quantiles",
     "__version__",
@@ -174,6 +175,24 @@ class Upstream:
     ) -> tuple[list[tuple[int, int, dict[str, str], bytes]], list[tuple[int, bool, str]]]:
         """The exchanges finished since the last call: ([(token, status,
         headers, body), ...], [(token, timed out, message), ...])."""
+
+@final
+class Clients:
+    """Each client address's standing in this worker (core_rs/src/clients.rs):
+    its requests in progress, capped at `max_in_flight` (0: no cap), and its
+    block after too many failed authentications. Times are ms since the epoch."""
+
+    def __new__(cls, max_in_flight: int) -> Clients: ...
+    def enter(self, address: str) -> bool:
+        """Count one more request of `address`; False, counting nothing, at its cap."""
+    def leave(self, address: str) -> None:
+        """One request `enter` counted is over."""
+    def block(self, address: str, until_ms: int, now_ms: int) -> None:
+        """Block `address` until `until_ms`; blocks ended by `now_ms` are forgotten."""
+    def blocked_for(self, address: str, now_ms: int) -> int | None:
+        """How long (ms) `address` is still blocked, if it is."""
+    def unblock_ended(self, now_ms: int) -> int:
+        """Forget the blocks ended by `now_ms`; how many are left."""
 
 @final
 class Keys:

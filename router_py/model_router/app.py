@@ -34,7 +34,6 @@ from .api import ROUTES
 from .audit import WRITER, Writer
 from .door import LAST_WRITES_S, PEER_HEADER, start_door
 from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
-from .ratelimit import InFlight
 from .service import Service
 from .settings import Settings
 from .store import StoreUnavailable
@@ -180,10 +179,10 @@ class App:
         self.door = door
         self.routes = RouteTable(ROUTES)
         self.service: Service | None = None
-        self._in_flight = InFlight(settings.max_in_flight_per_client)
+        self.clients = _core.Clients(settings.max_in_flight_per_client)
 
     async def startup(self) -> None:
-        self.service = Service(self.settings)
+        self.service = Service(self.settings, self.clients)
         await self.service.start()
 
     async def shutdown(self) -> None:
@@ -215,7 +214,7 @@ class App:
         writer = WRITER.set(None)
         entered = False
         try:
-            entered = self._in_flight.enter(address)
+            entered = self.clients.enter(address)
             if not entered:
                 raise too_many_in_flight(self.settings.max_in_flight_per_client)
             response = await self._handle(
@@ -231,7 +230,7 @@ class App:
             )
             if response.stream is not None:
                 # The request lasts until its stream ends.
-                response.stream = _Leaving(response.stream, self._in_flight, address)
+                response.stream = _Leaving(response.stream, self.clients, address)
                 entered = False
         except ApiError as err:
             response = error_response(err, error_shape(path, headers))
@@ -253,7 +252,7 @@ class App:
         finally:
             WRITER.reset(writer)
             if entered:
-                self._in_flight.leave(address)
+                self.clients.leave(address)
         return response, request_id
 
     def client_address(self, headers: Mapping[str, str], peer: str) -> str:
@@ -496,9 +495,9 @@ class _Leaving:
     """A response stream that, when it ends or is closed (even before its
     first chunk), counts its request as no longer in flight."""
 
-    def __init__(self, stream: AsyncIterator[bytes], in_flight: InFlight, address: str):
+    def __init__(self, stream: AsyncIterator[bytes], clients: _core.Clients, address: str):
         self._stream = stream
-        self._in_flight = in_flight
+        self._clients = clients
         self._address: str | None = address
 
     def __aiter__(self) -> _Leaving:
@@ -517,7 +516,7 @@ class _Leaving:
 
     def _leave(self) -> None:
         if self._address is not None:
-            self._in_flight.leave(self._address)
+            self._clients.leave(self._address)
             self._address = None
 
 

@@ -35,6 +35,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+from ._core import Clients
 from .store import Reservation, Store
 
 log = logging.getLogger("model_router.ratelimit")
@@ -210,27 +211,24 @@ class FailedAuthentications:
     instead. A worker that saw an address over its limit answers every
     request from it 429 until the minute ends, without checking the key, so
     guessing stops paying; other workers learn it from the address's next
-    failure there. While the store is away each worker counts on its own."""
+    failure there. While the store is away each worker counts on its own.
+    The worker's blocks are the core's (`clients`), for every path a request
+    takes through the worker."""
 
     WINDOW_MS = 60_000
 
-    def __init__(self, store: Store, limit: int):
+    def __init__(self, store: Store, limit: int, clients: Clients):
         self.store = store
         self.limit = limit
-        self._blocked: dict[str, int] = {}  # address -> ms when its window ends
+        self.clients = clients
         self._alone: dict[Slot, int] = defaultdict(int)  # counted while the store was away
         self._window = 0  # the minute the tables hold
 
     def blocked_for(self, address: str, now_ms: int | None = None) -> float | None:
         """Seconds until the address may try again, if it is blocked here."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        until = self._blocked.get(address)
-        if until is None:
-            return None
-        if until <= now_ms:
-            del self._blocked[address]
-            return None
-        return (until - now_ms) / 1000
+        wait_ms = self.clients.blocked_for(address, now_ms)
+        return None if wait_ms is None else wait_ms / 1000
 
     async def failed(self, address: str, now_ms: int | None = None) -> float | None:
         """Count one failure; the seconds to wait when it is over the limit."""
@@ -238,7 +236,7 @@ class FailedAuthentications:
         window = now_ms // self.WINDOW_MS
         if window != self._window:  # a new minute: what the last ones held is over
             self._window = window
-            self._blocked = {a: u for a, u in self._blocked.items() if u > now_ms}
+            self.clients.unblock_ended(now_ms)
             self._alone = defaultdict(int, {s: n for s, n in self._alone.items() if s[1] >= window})
         name = f"authfail:{address}:{window}"
         try:
@@ -249,29 +247,5 @@ class FailedAuthentications:
             total = self._alone[(address, window)]
         if total <= self.limit:
             return None
-        self._blocked[address] = (window + 1) * self.WINDOW_MS
+        self.clients.block(address, (window + 1) * self.WINDOW_MS, now_ms)
         return self.blocked_for(address, now_ms)
-
-
-class InFlight:
-    """Requests in progress per client address, in this worker, capped: one
-    address cannot hold every worker's attention (0 lifts the cap)."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self._count: dict[str, int] = {}
-
-    def enter(self, address: str) -> bool:
-        """Count one more request of the address; False when at its cap."""
-        count = self._count.get(address, 0)
-        if self.cap and count >= self.cap:
-            return False
-        self._count[address] = count + 1
-        return True
-
-    def leave(self, address: str) -> None:
-        count = self._count[address] - 1
-        if count:
-            self._count[address] = count
-        else:
-            del self._count[address]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import auth
 from . import types as t
+from ._core import Clients
 from .audit import Auditor
 from .catalog import Catalog, utcnow
 from .engine.breakers import BreakerSync, Prober
@@ -65,7 +66,8 @@ def jwt_verifier(settings: Settings) -> JwtVerifier | None:
 
 
 class Service:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, clients: Clients):
+        """`clients`: the worker's table of client addresses (the app's)."""
         self.settings = settings
         self.store = open_store(settings)
         writes = WriteCounter(counter_path(settings.port))
@@ -98,7 +100,9 @@ class Service:
         self.limiter = RateLimiter(
             self.store, settings.rate_limit_max, settings.rate_limit_window_ms
         )
-        self.failed_auth = FailedAuthentications(self.store, settings.auth_failures_per_minute)
+        self.failed_auth = FailedAuthentications(
+            self.store, settings.auth_failures_per_minute, clients
+        )
         self.client = UpstreamClient(settings.upstream_pool, settings.max_upstream_body_bytes)
         self.executor = Executor(
             self.live,
