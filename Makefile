@@ -14,13 +14,15 @@ EXT_STAMP := $(VENV)/.extension
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "maturin>=1.7,<2"
+	$(PIP) install --quiet "maturin>=1.7,<2" "uv>=0.5"
 	touch $@
 
-# maturin installs the package (editable), its dependencies and the dev extras.
+# maturin installs the package (editable), its dependencies and the dev extras,
+# with uv: pip took 146 s to install them into a fresh venv from a warm cache,
+# uv 10 s.
 $(EXT_STAMP): $(STAMP) Cargo.toml core_rs/Cargo.toml $(shell find core_rs/src -name '*.rs')
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
-		$(VENV)/bin/maturin develop --release --extras dev
+		$(VENV)/bin/maturin develop --uv --release --extras dev
 	touch $@
 
 install: $(STAMP)
