@@ -318,6 +318,14 @@ def test_the_servers_temporary_directories_go_with_it(make_server, tmp_path):
     assert list(private_tmp.iterdir()) == []
 
 
+def test_a_long_tmpdir_still_serves(make_server, tmp_path):
+    # Too long for a Unix socket's path: the door's app socket goes to /tmp.
+    long_tmp = tmp_path / ("t" * 100)
+    long_tmp.mkdir()
+    server = make_server(TMPDIR=str(long_tmp))
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
 def test_an_http2_body_far_over_the_limit_gets_its_413_promptly(make_server):
     server = make_server(MODEL_ROUTER_MAX_BODY_BYTES="1048576")
     h2 = H2Connection(H2Configuration(client_side=True))

@@ -25,6 +25,8 @@ FD_ENV = "MODEL_ROUTER_DOOR_FD"
 APP_SOCKET_ENV = "MODEL_ROUTER_APP_SOCKET"
 # The caller's address as the door saw it; trusted only behind the door.
 PEER_HEADER: str = _core.DOOR_PEER_HEADER
+# The room for a Unix socket's path (sun_path, with its closing NUL, on Linux).
+SOCKET_PATH_MAX = 108
 # At the worker's end, how long the door's last answers may take to leave.
 LAST_WRITES_S = 2.0
 
@@ -43,10 +45,22 @@ def bind(settings: Settings) -> tuple[socket.socket, Path]:
         public.close()
         raise
     public.set_inheritable(True)
-    app_socket = Path(tempfile.mkdtemp(prefix="model-router-app-")) / "app.sock"  # mode 0700
+    app_socket = _private_socket_path()
     os.environ[FD_ENV] = str(public.fileno())
     os.environ[APP_SOCKET_ENV] = str(app_socket)
     return public, app_socket
+
+
+def _private_socket_path() -> Path:
+    """A path for the app's socket in a new directory only we may enter (mode
+    0700), in TMPDIR, or in /tmp when TMPDIR is too long for a socket's path
+    (108 bytes on Linux)."""
+    for parent in (None, "/tmp"):
+        path = Path(tempfile.mkdtemp(prefix="model-router-app-", dir=parent)) / "app.sock"
+        if len(os.fsencode(path)) < SOCKET_PATH_MAX:
+            return path
+        path.parent.rmdir()
+    raise OSError(f"no temporary directory short enough for a socket's path: {path}")
 
 
 def start_door(settings: Settings) -> _core.Door | None:
