@@ -31,9 +31,12 @@ build: $(EXT_STAMP)
 run: build
 	$(VENV)/bin/model-router serve
 
+# pytest runs on TEST_WORKERS processes (pytest-xdist): the suite is mostly
+# waiting on servers it starts, and two processes halved its time here.
+TEST_WORKERS ?= 2
 test: build
 	scripts/with-private-redis.sh scripts/with-chromium.sh \
-		bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q --durations=25'
+		bash -c 'cargo test --quiet && $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --durations=25'
 
 # Engine micro-benchmarks (pytest-benchmark), then bench/load.py: the mock, nginx
 # as a plain reverse proxy and the router side by side in one run, each figure

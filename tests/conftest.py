@@ -2,7 +2,9 @@
 
 Every API test drives a real `model-router serve` process over HTTP. Store
 tests and servers run once on SQLite and once on a real Redis: the private one
-`make test` starts (MODEL_ROUTER_TEST_REDIS_URL), or one this file starts.
+`make test` starts (MODEL_ROUTER_TEST_REDIS_URL), or one this file starts. Run
+in parallel (`pytest -n`, as `make test` does), each pytest-xdist worker starts
+its own: tests count the commands a Redis has served.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("MODEL_ROUTER_TEST_REDIS_URL")
-    if url:
+    if url and "PYTEST_XDIST_WORKER" not in os.environ:
         yield url
         return
     binary = shutil.which("redis-server")
