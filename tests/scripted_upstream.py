@@ -79,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = raw.decode(errors="replace")
         path = self.path.split("?")[0]
         headers = {k.lower(): v for k, v in self.headers.items()}
-        response = self.server.scripted._record_and_pop(path, headers, body)
+        response = self.server.scripted._record_and_pop(path, headers, body, raw)
         if callable(response):
             response = response(body)
         if response is None:
@@ -135,6 +135,7 @@ class ScriptedUpstream:
         self._queues: dict[str, deque[Script]] = defaultdict(deque)
         self._lock = threading.Lock()
         self.received: list[tuple[str, dict[str, str], Any]] = []
+        self.raw_bodies: list[bytes] = []  # the bodies of `received`, as sent
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.scripted = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -151,9 +152,12 @@ class ScriptedUpstream:
         """The JSON bodies received (at this path), in order."""
         return [body for p, _, body in self.received if path is None or p == path]
 
-    def _record_and_pop(self, path: str, headers: dict[str, str], body: Any) -> Script | None:
+    def _record_and_pop(
+        self, path: str, headers: dict[str, str], body: Any, raw: bytes
+    ) -> Script | None:
         with self._lock:
             self.received.append((path, headers, body))
+            self.raw_bodies.append(raw)
             queue = self._queues.get(path)
             return queue.popleft() if queue else None
 

@@ -1268,6 +1268,39 @@ def test_dropped_params_are_accepted_and_not_sent(router, scripted):
     assert "seed" not in upstream_body(scripted, requests=1)
 
 
+# Numbers as written, escapes kept, odd spacing inside values, an unknown
+# vendor field: what a decode and re-encode would change. `seed` is dropped.
+AS_SENT = (
+    b'{"messages":[{"role":"user","content":"caf\\u00e9 \\/ \\ud83d\\ude00"}],'
+    b' "model" : "m1", "temperature":1.0e0,"seed":7,'
+    b'"x_vendor":{"n":[1 , 2.50],"big":123456789012345678901234567890},"max_tokens":10}'
+)
+AS_SHAPED = (
+    b'{"messages":[{"role":"user","content":"caf\\u00e9 \\/ \\ud83d\\ude00"}],'
+    b'"model":"m1-upstream","temperature":1.0e0,'
+    b'"x_vendor":{"n":[1 , 2.50],"big":123456789012345678901234567890},"max_tokens":10}'
+)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_same_format_body_reaches_the_provider_byte_for_byte(router, scripted, provider):
+    one_model(router, scripted, provider, dropParams=["seed"])
+    reply = (
+        Json(openai_completion("ok"))
+        if provider == "openai"
+        else Json(anthropic_message(text_block("ok")))
+    )
+    scripted.queue(PATHS[provider], reply)
+    path = "/v1/chat/completions" if provider == "openai" else "/v1/messages"
+    r = httpx.post(
+        router.url + path,
+        content=AS_SENT,
+        headers={**router.auth(router.admin_key), "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    assert scripted.raw_bodies == [AS_SHAPED]
+
+
 def test_top_k_is_refused_for_an_openai_provider_in_anthropics_shape(router, scripted):
     one_model(router, scripted, "openai")
     body = {

@@ -9,7 +9,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from model_router import types as t
+from model_router._core import same_format_body
 from model_router.engine.exchanges import (
     EXCHANGES,
     AnthropicEvents,
@@ -240,6 +244,42 @@ def test_response_format_is_a_forced_tool_and_comes_back_as_content():
     choice = out["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": '{"city":"Oslo"}'}
     assert choice["finish_reason"] == "stop"
+
+
+SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8)
+json_values = st.recursive(
+    SCALARS | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+NAMES = st.sampled_from(["model", "seed", "temperature", "messages", "x", "\u00e9"]) | st.text(
+    max_size=6
+)
+
+
+@given(
+    st.lists(st.tuples(NAMES, json_values), max_size=8),
+    st.sets(NAMES, max_size=3),
+    st.booleans(),
+)
+def test_same_format_shaping_reads_as_the_body_with_model_set_and_drops_out(members, drop, spaced):
+    """What the provider reads is what a decoder reads from the caller's body,
+    `model` set in its place (else last), the dropped parameters gone; a
+    member sent twice is read once, with its last value."""
+    encode = (lambda v: json.dumps(v).encode()) if spaced else msgspec.json.encode
+    sep, colon = (b" , ", b" : ") if spaced else (b",", b":")
+    raw = b"{" + sep.join(encode(k) + colon + encode(v) for k, v in members) + b"}"
+    read = msgspec.json.decode(raw)
+    expected = {**{k: v for k, v in read.items() if k not in drop or k == "model"}, "model": "v"}
+    shaped = same_format_body(raw, "v", sorted(drop))
+    assert list(msgspec.json.decode(shaped).items()) == list(expected.items())
+
+
+def test_a_same_format_body_the_core_cannot_read_is_refused_not_raised():
+    model = t.SnapshotModel("m", "v", "openai", "chat", "active", [], [], None, [], None, [], None)
+    with pytest.raises(Refused) as refused:
+        EXCHANGES[(Operation.CHAT, Format.OPENAI)].body(b"[1]", {}, model)
+    assert refused.value.code == "invalid_json" and "JSON object" in refused.value.message
 
 
 # --- answers and streams -----------------------------------------------------------------

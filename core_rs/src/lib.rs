@@ -9,6 +9,7 @@ pub mod keys;
 pub mod rollup;
 pub mod rules;
 pub mod select;
+pub mod shape;
 pub mod snapshot;
 pub mod stats;
 pub mod upstream;

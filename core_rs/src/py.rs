@@ -9,6 +9,7 @@ use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::keys;
 use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
+use crate::shape;
 use crate::snapshot::{MetaValue, Snapshot};
 use crate::upstream;
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -691,6 +692,21 @@ impl Door {
 }
 
 /// Nearest-rank quantiles (0..1) of merged sketch bins, within 1%.
+/// The upstream body of a same-format request (`shape.rs`); ValueError when
+/// `body` is not one JSON object.
+#[pyfunction]
+fn same_format_body<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    model: &str,
+    drop: Vec<PyBackedStr>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let drop: Vec<&str> = drop.iter().map(|d| &**d).collect();
+    let shaped = shape::same_format(body, model, &drop)
+        .map_err(|e| PyValueError::new_err(format!("invalid body: {e}")))?;
+    Ok(PyBytes::new(py, &shaped))
+}
+
 #[pyfunction]
 fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
     rollup::quantiles(&bins, &quantiles)
@@ -734,6 +750,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hash_key, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
+    m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -14,6 +14,7 @@ __all__ = [
     "Clients",
     "hash_key",
     "sketch_quantiles",
+    "same_format_body",
     "__version__",
 ]
 __version__: str
@@ -246,3 +247,8 @@ DOOR_PEER_HEADER: str
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in
     ms, within 1% of the exact values; None when there are no values."""
+
+def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
+    """The upstream body of a request in the provider's own format: `body` as
+    sent, with `model` set and `drop` taken out. ValueError when `body` is not
+    one JSON object."""

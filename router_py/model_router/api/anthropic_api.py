@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import msgspec
-
 from .. import types as t
+from .._core import same_format_body
 from ..engine.exchanges import Format, Operation
 from ..engine.executor import Call, CallFailed
 from ..engine.inputs import content_length
@@ -65,6 +64,7 @@ def _call(
         user_id=caller_user(req, user, user_id),
         request_type="chat",
         operation=Operation.MESSAGES,
+        raw=req.raw_body,
         body=raw,
         content_length=length,
         deadline=deadline(req, None),
@@ -96,9 +96,8 @@ async def count_tokens(req: Request) -> Response:
             continue
         endpoint = live.endpoints[endpoint_ids[0]]
         url = endpoint.url.partition("?")[0].rstrip("/") + "/count_tokens"
-        body = {**raw, "model": model.version}
-        headers = adapter.headers(endpoint, call.forwarded)
-        request = UpstreamRequest(url, headers, msgspec.json.encode(body))
+        body = same_format_body(call.raw, model.version, [])
+        request = UpstreamRequest(url, adapter.headers(endpoint, call.forwarded), body)
         try:
             deadlines = Deadlines.within(call.deadline - time.monotonic())
             upstream = await executor.client.send(request, deadlines)

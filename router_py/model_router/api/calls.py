@@ -280,6 +280,7 @@ async def route_request(req: Request) -> Response:
         user_id=caller_user(req, body.user_id),
         request_type=request_type(None, body.metadata),
         operation=Operation.CHAT,
+        raw=msgspec.json.encode(chat),
         body=chat,
         content_length=content_length(body.prompt, body.messages),
         deadline=deadline(req, body.timeout_ms),

@@ -89,6 +89,7 @@ async def _call(
         user_id=caller_user(req, user, user_field),
         request_type=request_type,
         operation=operation,
+        raw=req.raw_body,
         body=raw,
         content_length=length(checked),
         deadline=deadline(req, None),

@@ -99,7 +99,8 @@ class Prober:
         if endpoint.health_check_url:
             return health_check_request(model, endpoint, endpoint.health_check_url)
         operation, body = probe_body(model)
-        return ADAPTERS[model.provider].prepare(operation, model, endpoint, body, {})[1]
+        raw = msgspec.json.encode(body)
+        return ADAPTERS[model.provider].prepare(operation, model, endpoint, raw, body, {})[1]
 
     async def probe(self, model_id: str, endpoint_id: str) -> None:
         model, endpoint = self.live.models.get(model_id), self.live.endpoints.get(endpoint_id)

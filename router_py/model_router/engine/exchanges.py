@@ -4,8 +4,9 @@ A front door (OpenAI's chat completions, Anthropic's messages, embeddings,
 legacy completions, the Responses API) and a provider's wire format select
 an `Exchange`: it makes the upstream body, reads the whole answer and reads
 (and, across formats, translates) the stream, event by event. Same-format
-traffic passes through as sent: only `model` is set (and parameters the
-model drops removed); the answer is read for accounting, not rewritten.
+traffic passes through as sent, byte for byte: only `model` is set (and
+parameters the model drops removed); the answer is read for accounting, not
+rewritten.
 
 Reading is typed (translate/wire.py): anything a provider sends that does
 not decode raises, and the executor counts the attempt as malformed.
@@ -22,6 +23,7 @@ from typing import Any
 import msgspec
 
 from .. import types as t
+from .._core import same_format_body
 from .sse import Event
 from .translate import Refused, Tokens, to_anthropic, to_openai, wire
 
@@ -200,15 +202,18 @@ def _anthropic_answer(body: bytes) -> tuple[wire.AnthropicMessage, Tokens]:
     return message, tokens
 
 
-def _without(body: dict[str, Any], drop: frozenset[str]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k not in drop} if drop else body
-
-
 class Exchange(abc.ABC):
     """Passes the caller's body through to a provider of the same format."""
 
-    def body(self, call: dict[str, Any], model: t.SnapshotModel) -> dict[str, Any]:
-        return {**_without(call, frozenset(model.drop_params)), "model": model.version}
+    def body(self, raw: bytes, call: dict[str, Any], model: t.SnapshotModel) -> bytes:
+        """The upstream body, from the caller's as sent (`raw`) and as read
+        (`call`): here `raw` byte for byte but `model` and the parameters the
+        model drops (the core's shaping). The front doors decoded `raw`
+        already; should the core read it otherwise, the caller hears why."""
+        try:
+            return same_format_body(raw, model.version, model.drop_params)
+        except ValueError as exc:
+            raise Refused("", str(exc), "invalid_json") from None
 
     @abc.abstractmethod
     def answer(self, body: bytes, call: dict[str, Any], model_id: str) -> Answer:
@@ -231,9 +236,11 @@ class OpenAIChat(Exchange):
 class OpenAIChatToAnthropic(Exchange):
     """An OpenAI client's chat request on an Anthropic model."""
 
-    def body(self, call: dict[str, Any], model: t.SnapshotModel) -> dict[str, Any]:
-        return to_anthropic.request(
-            call, model.version, _max_tokens(model), frozenset(model.drop_params)
+    def body(self, raw: bytes, call: dict[str, Any], model: t.SnapshotModel) -> bytes:
+        return _encode(
+            to_anthropic.request(
+                call, model.version, _max_tokens(model), frozenset(model.drop_params)
+            )
         )
 
     def answer(self, body: bytes, call: dict[str, Any], model_id: str) -> Answer:
@@ -265,8 +272,8 @@ class AnthropicMessages(Exchange):
 class AnthropicMessagesToOpenAI(Exchange):
     """An Anthropic client's messages request on an OpenAI-style model."""
 
-    def body(self, call: dict[str, Any], model: t.SnapshotModel) -> dict[str, Any]:
-        return to_openai.request(call, model.version, frozenset(model.drop_params))
+    def body(self, raw: bytes, call: dict[str, Any], model: t.SnapshotModel) -> bytes:
+        return _encode(to_openai.request(call, model.version, frozenset(model.drop_params)))
 
     def answer(self, body: bytes, call: dict[str, Any], model_id: str) -> Answer:
         completion, tokens = _openai_answer(body)

@@ -66,7 +66,8 @@ class Call:
     user_id: str | None
     request_type: str
     operation: Operation
-    body: dict[str, Any]
+    raw: bytes  # the body as sent
+    body: dict[str, Any]  # the body as read
     content_length: int
     deadline: float  # time.monotonic()
     model: str | None = None
@@ -290,7 +291,7 @@ class Executor:
                 endpoint = self.live.endpoints[endpoint_id]
                 try:
                     exchange, request = adapter.prepare(
-                        call.operation, model, endpoint, call.body, call.forwarded
+                        call.operation, model, endpoint, call.raw, call.body, call.forwarded
                     )
                 except Refused as refused:
                     tries.refused = tries.refused or refused

@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from .. import types as t
 from .exchanges import Exchange, Format, Operation, exchange_for
 from .translate import Refused
@@ -27,8 +25,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic endpoint must see (beta features, the API version it wrote for).
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 CHAT_PATH = "/chat/completions"
-
-_encode = msgspec.json.Encoder().encode
 
 
 class KeyFiles:
@@ -102,13 +98,15 @@ class Adapter:
         operation: Operation,
         model: t.SnapshotModel,
         endpoint: t.Endpoint,
+        raw: bytes,
         body: dict[str, Any],
         forwarded: Mapping[str, str],
     ) -> tuple[Exchange, UpstreamRequest]:
-        """The exchange and the upstream request of one attempt; Refused when
-        the model cannot take this request."""
+        """The exchange and the upstream request of one attempt, from the
+        caller's body as sent (`raw`) and as read (`body`); Refused when the
+        model cannot take this request."""
         exchange = exchange_for(operation, model, self.format)
-        upstream = _encode(exchange.body(body, model))
+        upstream = exchange.body(raw, body, model)
         url = self.url(endpoint, operation)
         return exchange, UpstreamRequest(url, self.headers(endpoint, forwarded), upstream)
 
