@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from model_router import types as t
-from model_router._core import same_format_body
+from model_router._core import read_anthropic_message, read_openai_chat, same_format_body
 from model_router.engine.exchanges import (
     EXCHANGES,
     AnthropicEvents,
@@ -283,6 +283,135 @@ def test_a_same_format_body_the_core_cannot_read_is_refused_not_raised():
 
 
 # --- answers and streams -----------------------------------------------------------------
+
+
+def _or_wrong(right: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly the right shape, now and then any JSON value in its place."""
+    return st.one_of(right, right, right, json_values)
+
+
+def _fields(optional: dict[str, st.SearchStrategy[Any]], **required: st.SearchStrategy[Any]):
+    return st.fixed_dictionaries(
+        {k: _or_wrong(v) for k, v in required.items()},
+        optional={k: _or_wrong(v) for k, v in optional.items()},
+    )
+
+
+COUNTS = st.integers(-2, 10**8 + 2) | st.sampled_from([0, 5, 1.0, "3", True])
+TEXTS = st.none() | st.text(max_size=6)
+TOOL_CALL = _fields(
+    {
+        "id": TEXTS,
+        "type": TEXTS,
+        "index": st.integers(-1, 3),
+        "function": _fields({"name": TEXTS, "arguments": TEXTS}),
+    }
+)
+OPENAI_ANSWERS = _fields(
+    {
+        "id": st.text(max_size=4),
+        "usage": st.none()
+        | _fields(
+            {
+                "prompt_tokens": COUNTS,
+                "completion_tokens": COUNTS,
+                "prompt_tokens_details": st.none()
+                | _fields(
+                    {
+                        "cached_tokens": st.none() | COUNTS,
+                        "cache_creation_tokens": st.none() | COUNTS,
+                    }
+                ),
+            }
+        ),
+    },
+    choices=st.lists(
+        _fields(
+            {"finish_reason": TEXTS},
+            message=_fields(
+                {
+                    "content": TEXTS,
+                    "refusal": TEXTS,
+                    "tool_calls": st.none() | st.lists(TOOL_CALL, max_size=2),
+                }
+            ),
+        ),
+        max_size=2,
+    ),
+)
+ANTHROPIC_ANSWERS = _fields(
+    {
+        "id": st.text(max_size=4),
+        "stop_reason": TEXTS,
+        "usage": st.none()
+        | _fields(
+            {
+                name: st.none() | COUNTS
+                for name in (
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_input_tokens",
+                    "cache_creation_input_tokens",
+                )
+            }
+        ),
+    },
+    content=st.lists(
+        _fields(
+            {"text": TEXTS, "id": TEXTS, "name": TEXTS, "thinking": TEXTS, "input": json_values},
+            type=st.sampled_from(["text", "tool_use", "thinking"]),
+        ),
+        max_size=3,
+    ),
+)
+
+
+def _python_openai_reading(body: bytes) -> tuple[Any, ...]:
+    completion = wire.decode_openai_completion(body)
+    tokens = Tokens()
+    if completion.usage is not None:
+        tokens.add_openai(completion.usage)
+    choice = completion.choices[0]
+    text, finish = choice.message.content or "", choice.finish_reason
+    return tokens.prompt, tokens.completion, tokens.cache_read, tokens.cache_write, text, finish
+
+
+def _python_anthropic_reading(body: bytes) -> tuple[Any, ...]:
+    message = wire.decode_anthropic_message(body)
+    tokens = Tokens()
+    if message.usage is not None:
+        tokens.add_anthropic(message.usage)
+    text = "".join(b.text or "" for b in message.content if b.type == "text")
+    return (
+        tokens.prompt,
+        tokens.completion,
+        tokens.cache_read,
+        tokens.cache_write,
+        text,
+        message.stop_reason,
+    )
+
+
+def _same_reading(core: Any, python: Any, body: bytes) -> None:
+    try:
+        expected = python(body)
+    except msgspec.ValidationError:
+        with pytest.raises(ValueError):
+            core(body)
+        return
+    assert core(body) == expected
+
+
+@given(OPENAI_ANSWERS)
+def test_the_core_reads_an_openai_answer_as_wire_py_declares_it(doc):
+    """The core's reading of a same-format answer (wire.rs) and wire.py's
+    typed one accept the same answers and read the same counts and text."""
+    _same_reading(read_openai_chat, _python_openai_reading, msgspec.json.encode(doc))
+
+
+@given(ANTHROPIC_ANSWERS)
+def test_the_core_reads_an_anthropic_answer_as_wire_py_declares_it(doc):
+    _same_reading(read_anthropic_message, _python_anthropic_reading, msgspec.json.encode(doc))
 
 
 def test_an_anthropic_tool_stream_becomes_openai_chunks_with_cache_usage():

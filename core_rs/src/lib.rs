@@ -13,6 +13,7 @@ pub mod shape;
 pub mod snapshot;
 pub mod stats;
 pub mod upstream;
+pub mod wire;
 
 #[cfg(feature = "python")]
 mod py;

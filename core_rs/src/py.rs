@@ -12,6 +12,7 @@ use crate::rules::RequestFacts;
 use crate::shape;
 use crate::snapshot::{MetaValue, Snapshot};
 use crate::upstream;
+use crate::wire;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
@@ -707,6 +708,34 @@ fn same_format_body<'py>(
     Ok(PyBytes::new(py, &shaped))
 }
 
+/// What accounting reads of a whole answer (`wire.rs`): (prompt, completion,
+/// cache_read, cache_write, text, finish_reason); ValueError when it is not
+/// of its format's shape.
+type AnswerReading = (Option<u64>, Option<u64>, u64, u64, String, Option<String>);
+
+fn answer_reading(read: Result<wire::Reading, wire::Malformed>) -> PyResult<AnswerReading> {
+    let r = read.map_err(|e| PyValueError::new_err(e.0))?;
+    let t = r.tokens;
+    Ok((
+        t.prompt,
+        t.completion,
+        t.cache_read,
+        t.cache_write,
+        r.text,
+        r.finish_reason,
+    ))
+}
+
+#[pyfunction]
+fn read_openai_chat(body: &[u8]) -> PyResult<AnswerReading> {
+    answer_reading(wire::openai_chat(body))
+}
+
+#[pyfunction]
+fn read_anthropic_message(body: &[u8]) -> PyResult<AnswerReading> {
+    answer_reading(wire::anthropic_message(body))
+}
+
 #[pyfunction]
 fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
     rollup::quantiles(&bins, &quantiles)
@@ -751,6 +780,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
+    m.add_function(wrap_pyfunction!(read_openai_chat, m)?)?;
+    m.add_function(wrap_pyfunction!(read_anthropic_message, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

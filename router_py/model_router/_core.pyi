@@ -15,6 +15,8 @@ __all__ = [
     "hash_key",
     "sketch_quantiles",
     "same_format_body",
+    "read_openai_chat",
+    "read_anthropic_message",
     "__version__",
 ]
 __version__: str
@@ -252,3 +254,14 @@ def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
     """The upstream body of a request in the provider's own format: `body` as
     sent, with `model` set and `drop` taken out. ValueError when `body` is not
     one JSON object."""
+
+# (prompt, completion, cache_read, cache_write, text, finish_reason)
+_AnswerReading = tuple[int | None, int | None, int, int, str, str | None]
+
+def read_openai_chat(body: bytes) -> _AnswerReading:
+    """What accounting reads of an OpenAI chat completion; ValueError (what
+    and where) when it is not of that shape."""
+
+def read_anthropic_message(body: bytes) -> _AnswerReading:
+    """What accounting reads of an Anthropic message; ValueError when it is
+    not of that shape."""

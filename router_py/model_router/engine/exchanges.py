@@ -8,8 +8,9 @@ traffic passes through as sent, byte for byte: only `model` is set (and
 parameters the model drops removed); the answer is read for accounting, not
 rewritten.
 
-Reading is typed (translate/wire.py): anything a provider sends that does
-not decode raises, and the executor counts the attempt as malformed.
+Reading is typed (translate/wire.py; a same-format whole answer, the core's
+wire.rs, to the same shapes): anything a provider sends that does not decode
+raises, and the executor counts the attempt as malformed.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ import abc
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .. import types as t
-from .._core import same_format_body
+from .._core import read_anthropic_message, read_openai_chat, same_format_body
 from .sse import Event
 from .translate import Refused, Tokens, to_anthropic, to_openai, wire
+
+if TYPE_CHECKING:
+    from .._core import _AnswerReading
 
 _encode = msgspec.json.Encoder().encode
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; a model's own limit wins
@@ -223,11 +227,15 @@ class Exchange(abc.ABC):
         raise Refused("stream", "this API does not stream")
 
 
+def _as_sent(body: bytes, reading: _AnswerReading) -> Answer:
+    """A same-format answer, passed back as sent, as the core read it."""
+    prompt, completion, cache_read, cache_write, text, finish_reason = reading
+    return Answer(body, text, Tokens(prompt, completion, cache_read, cache_write), finish_reason)
+
+
 class OpenAIChat(Exchange):
     def answer(self, body: bytes, call: dict[str, Any], model_id: str) -> Answer:
-        completion, tokens = _openai_answer(body)
-        choice = completion.choices[0]
-        return Answer(body, choice.message.content or "", tokens, choice.finish_reason)
+        return _as_sent(body, read_openai_chat(body))
 
     def stream(self, call: dict[str, Any], model_id: str) -> StreamReader:
         return OpenAIChunks()
@@ -261,9 +269,7 @@ class OpenAIChatToAnthropic(Exchange):
 
 class AnthropicMessages(Exchange):
     def answer(self, body: bytes, call: dict[str, Any], model_id: str) -> Answer:
-        message, tokens = _anthropic_answer(body)
-        text = "".join(b.text or "" for b in message.content if b.type == "text")
-        return Answer(body, text, tokens, message.stop_reason)
+        return _as_sent(body, read_anthropic_message(body))
 
     def stream(self, call: dict[str, Any], model_id: str) -> StreamReader:
         return AnthropicEvents()

@@ -1,0 +1,419 @@
+//! What the router reads of a provider's whole answer in its caller's own
+//! format: the token counts, the text and why it ended. The reading is the
+//! one `router_py/model_router/engine/translate/wire.py` declares for the
+//! same answers (a differential test holds the two together, in
+//! `tests/test_translate.py`): an answer of another shape — a count that is
+//! a string, negative or over `MAX_COUNT`, `choices: [1]` — is `Malformed`,
+//! the provider's failure, never a crash. Members the router does not read
+//! are not looked at, except that their types are checked where wire.py
+//! declares them.
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// A token count a provider may report for one call; more is a broken provider.
+pub const MAX_COUNT: u64 = 100_000_000;
+
+/// The token counts a provider reported (`Tokens` in Python). `prompt`
+/// counts every prompt token, cached ones included (OpenAI's meaning); None:
+/// the provider did not say.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+/// What accounting reads of a whole answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reading {
+    pub tokens: Usage,
+    /// The answer's text (the first choice's content; Anthropic's text blocks).
+    pub text: String,
+    pub finish_reason: Option<String>,
+}
+
+/// Why an answer is not of the shape its format promises: what was expected
+/// and where (`$.usage.prompt_tokens`), as msgspec says it in wire.py.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Read<T> = Result<T, Malformed>;
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn expected(what: &str, got: &Value, at: &str) -> Malformed {
+    Malformed(format!(
+        "Expected `{what}`, got `{}` - at `{at}`",
+        kind(got)
+    ))
+}
+
+/// A JSON document's members (`at` names it in errors).
+fn object<'a>(value: &'a Value, at: &str) -> Read<&'a Map<String, Value>> {
+    value
+        .as_object()
+        .ok_or_else(|| expected("object", value, at))
+}
+
+/// A member that may be absent or null.
+fn member<'a>(doc: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    doc.get(name).filter(|v| !v.is_null())
+}
+
+fn string<'a>(value: &'a Value, at: &str) -> Read<&'a str> {
+    value.as_str().ok_or_else(|| expected("str", value, at))
+}
+
+/// An optional string member: absent, null or a string.
+fn optional_string<'a>(doc: &'a Map<String, Value>, name: &str, at: &str) -> Read<Option<&'a str>> {
+    member(doc, name)
+        .map(|v| string(v, &format!("{at}.{name}")))
+        .transpose()
+}
+
+/// A member wire.py declares `str` with a default: absent, or a string.
+fn defaulted_string(doc: &Map<String, Value>, name: &str, at: &str) -> Read<()> {
+    doc.get(name)
+        .map_or(Ok(()), |v| string(v, &format!("{at}.{name}")).map(drop))
+}
+
+fn count(value: &Value, at: &str) -> Read<u64> {
+    match value {
+        Value::Number(n) if !n.is_f64() => match n.as_u64() {
+            Some(c) if c <= MAX_COUNT => Ok(c),
+            Some(_) => Err(Malformed(format!(
+                "Expected `int` <= {MAX_COUNT} - at `{at}`"
+            ))),
+            None => Err(Malformed(format!("Expected `int` >= 0 - at `{at}`"))),
+        },
+        other => Err(expected("int", other, at)),
+    }
+}
+
+/// A count wire.py declares with a default of 0: absent, or a count (null is not one).
+fn defaulted_count(doc: &Map<String, Value>, name: &str, at: &str) -> Read<u64> {
+    doc.get(name)
+        .map_or(Ok(0), |v| count(v, &format!("{at}.{name}")))
+}
+
+/// A count that may be absent or null.
+fn optional_count(doc: &Map<String, Value>, name: &str, at: &str) -> Read<Option<u64>> {
+    member(doc, name)
+        .map(|v| count(v, &format!("{at}.{name}")))
+        .transpose()
+}
+
+fn array<'a>(value: &'a Value, at: &str) -> Read<&'a Vec<Value>> {
+    value.as_array().ok_or_else(|| expected("array", value, at))
+}
+
+fn parse(body: &[u8]) -> Read<Value> {
+    serde_json::from_slice(body).map_err(|e| Malformed(format!("JSON is malformed: {e}")))
+}
+
+/// An OpenAI chat completion (`OpenAICompletion` in wire.py).
+pub fn openai_chat(body: &[u8]) -> Read<Reading> {
+    let doc = parse(body)?;
+    let doc = object(&doc, "$")?;
+    defaulted_string(doc, "id", "$")?;
+    let choices = array(
+        doc.get("choices").ok_or_else(|| missing("choices", "$"))?,
+        "$.choices",
+    )?;
+    if choices.is_empty() {
+        return Err(Malformed(
+            "Expected `array` of length >= 1 - at `$.choices`".into(),
+        ));
+    }
+    let mut first = None;
+    for (i, choice) in choices.iter().enumerate() {
+        let at = format!("$.choices[{i}]");
+        let choice = object(choice, &at)?;
+        let message = choice
+            .get("message")
+            .ok_or_else(|| missing("message", &at))?;
+        let at_message = format!("{at}.message");
+        let message = object(message, &at_message)?;
+        let content = optional_string(message, "content", &at_message)?;
+        optional_string(message, "refusal", &at_message)?;
+        if let Some(calls) = member(message, "tool_calls") {
+            tool_calls(calls, &format!("{at_message}.tool_calls"))?;
+        }
+        let finish_reason = optional_string(choice, "finish_reason", &at)?;
+        first.get_or_insert((content, finish_reason));
+    }
+    let (content, finish_reason) = first.expect("one choice at least");
+    let mut tokens = Usage::default();
+    if let Some(usage) = member(doc, "usage") {
+        openai_usage(&mut tokens, usage, "$.usage")?;
+    }
+    Ok(Reading {
+        tokens,
+        text: content.unwrap_or_default().to_owned(),
+        finish_reason: finish_reason.map(str::to_owned),
+    })
+}
+
+fn missing(name: &str, at: &str) -> Malformed {
+    Malformed(format!(
+        "Object missing required field `{name}` - at `{at}`"
+    ))
+}
+
+fn tool_calls(value: &Value, at: &str) -> Read<()> {
+    for (i, call) in array(value, at)?.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        let call = object(call, &at)?;
+        optional_string(call, "id", &at)?;
+        optional_string(call, "type", &at)?;
+        if let Some(index) = member(call, "index") {
+            if !index.is_i64() && !index.is_u64() {
+                return Err(expected("int", index, &format!("{at}.index")));
+            }
+        }
+        if let Some(function) = member(call, "function") {
+            let at = format!("{at}.function");
+            let function = object(function, &at)?;
+            optional_string(function, "name", &at)?;
+            optional_string(function, "arguments", &at)?;
+        }
+    }
+    Ok(())
+}
+
+/// OpenAI's usage (`Tokens.add_openai` in Python).
+fn openai_usage(tokens: &mut Usage, usage: &Value, at: &str) -> Read<()> {
+    let usage = object(usage, at)?;
+    tokens.prompt = Some(defaulted_count(usage, "prompt_tokens", at)?);
+    tokens.completion = Some(defaulted_count(usage, "completion_tokens", at)?);
+    if let Some(details) = member(usage, "prompt_tokens_details") {
+        let at = format!("{at}.prompt_tokens_details");
+        let details = object(details, &at)?;
+        tokens.cache_read = optional_count(details, "cached_tokens", &at)?.unwrap_or(0);
+        tokens.cache_write = optional_count(details, "cache_creation_tokens", &at)?.unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// An Anthropic message (`AnthropicMessage` in wire.py).
+pub fn anthropic_message(body: &[u8]) -> Read<Reading> {
+    let doc = parse(body)?;
+    let doc = object(&doc, "$")?;
+    defaulted_string(doc, "id", "$")?;
+    let content = array(
+        doc.get("content").ok_or_else(|| missing("content", "$"))?,
+        "$.content",
+    )?;
+    let mut text = String::new();
+    for (i, block) in content.iter().enumerate() {
+        let at = format!("$.content[{i}]");
+        let block = object(block, &at)?;
+        let kind = string(
+            block.get("type").ok_or_else(|| missing("type", &at))?,
+            &format!("{at}.type"),
+        )?;
+        let block_text = optional_string(block, "text", &at)?;
+        for name in ["id", "name", "thinking"] {
+            optional_string(block, name, &at)?;
+        }
+        if kind == "text" {
+            text.push_str(block_text.unwrap_or_default());
+        }
+    }
+    let stop_reason = optional_string(doc, "stop_reason", "$")?;
+    let mut tokens = Usage::default();
+    if let Some(usage) = member(doc, "usage") {
+        anthropic_usage(&mut tokens, usage, "$.usage")?;
+    }
+    Ok(Reading {
+        tokens,
+        text,
+        finish_reason: stop_reason.map(str::to_owned),
+    })
+}
+
+/// Anthropic's usage (`Tokens.add_anthropic` in Python): input, cache reads
+/// and cache writes are counted apart; their sum is the prompt.
+fn anthropic_usage(tokens: &mut Usage, usage: &Value, at: &str) -> Read<()> {
+    let usage = object(usage, at)?;
+    if let Some(read) = optional_count(usage, "cache_read_input_tokens", at)? {
+        tokens.cache_read = read;
+    }
+    if let Some(written) = optional_count(usage, "cache_creation_input_tokens", at)? {
+        tokens.cache_write = written;
+    }
+    if let Some(input) = optional_count(usage, "input_tokens", at)? {
+        tokens.prompt = Some(input + tokens.cache_read + tokens.cache_write);
+    }
+    if let Some(output) = optional_count(usage, "output_tokens", at)? {
+        tokens.completion = Some(output);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openai(body: &str) -> Read<Reading> {
+        openai_chat(body.as_bytes())
+    }
+
+    #[test]
+    fn an_openai_answer_gives_its_counts_text_and_finish() {
+        let body = r#"{"id":"c1","choices":[{"message":{"role":"assistant","content":"hé"},"finish_reason":"stop"},
+            {"message":{"content":"second"}}],
+            "usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15,
+                     "prompt_tokens_details":{"cached_tokens":4,"cache_creation_tokens":null}}}"#;
+        let reading = openai(body).unwrap();
+        let tokens = Usage {
+            prompt: Some(12),
+            completion: Some(3),
+            cache_read: 4,
+            cache_write: 0,
+        };
+        assert_eq!(
+            reading,
+            Reading {
+                tokens,
+                text: "hé".into(),
+                finish_reason: Some("stop".into())
+            }
+        );
+    }
+
+    #[test]
+    fn an_openai_answer_without_usage_says_nothing_of_tokens() {
+        let reading = openai(
+            r#"{"choices":[{"message":{"tool_calls":[{"id":"t","index":0}]}}],"usage":null}"#,
+        );
+        let reading = reading.unwrap();
+        assert_eq!(reading.tokens, Usage::default());
+        assert_eq!((reading.text.as_str(), reading.finish_reason), ("", None));
+        // usage present but empty: wire.py's defaults, 0 and 0
+        let reading = openai(r#"{"choices":[{"message":{}}],"usage":{}}"#).unwrap();
+        assert_eq!(
+            (reading.tokens.prompt, reading.tokens.completion),
+            (Some(0), Some(0))
+        );
+    }
+
+    #[test]
+    fn openai_answers_of_the_wrong_shape_are_malformed_and_say_where() {
+        for (body, says) in [
+            (
+                r#"{"choices":[1]}"#,
+                "Expected `object`, got `int` - at `$.choices[0]`",
+            ),
+            (r#"{"choices":[]}"#, "length >= 1 - at `$.choices`"),
+            (
+                r#"{"choices":[{}]}"#,
+                "missing required field `message` - at `$.choices[0]`",
+            ),
+            (
+                r#"{"choices":[{"message":null}]}"#,
+                "got `null` - at `$.choices[0].message`",
+            ),
+            (
+                r#"{"choices":[{"message":{"content":1}}]}"#,
+                "got `int` - at `$.choices[0].message.content`",
+            ),
+            (
+                r#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":-1}}"#,
+                ">= 0 - at `$.usage.prompt_tokens`",
+            ),
+            (
+                r#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":"12"}}"#,
+                "got `str` - at `$.usage.prompt_tokens`",
+            ),
+            (
+                r#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":1.0}}"#,
+                "got `float`",
+            ),
+            (
+                r#"{"choices":[{"message":{}}],"usage":{"prompt_tokens":null}}"#,
+                "got `null`",
+            ),
+            (
+                r#"{"choices":[{"message":{}}],"usage":{"completion_tokens":100000001}}"#,
+                "<= 100000000",
+            ),
+            (
+                r#"{"choices":[{"message":{}}],"id":null}"#,
+                "got `null` - at `$.id`",
+            ),
+            (
+                r#"{"choices":[{"message":{"tool_calls":[{"function":{"name":2}}]}}]}"#,
+                "tool_calls[0].function.name",
+            ),
+            (r#"[1]"#, "Expected `object`, got `array` - at `$`"),
+            ("{oops", "JSON is malformed"),
+        ] {
+            let err = openai(body).unwrap_err();
+            assert!(err.0.contains(says), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_anthropic_answer_sums_its_prompt_and_joins_its_text() {
+        let body = r#"{"id":"m","content":[{"type":"text","text":"a"},{"type":"tool_use","id":"t","name":"f","input":{"x":[1]}},
+            {"type":"thinking","thinking":"hm"},{"type":"text","text":"b"}],"stop_reason":"tool_use",
+            "usage":{"input_tokens":10,"output_tokens":5,"cache_read_input_tokens":100,"cache_creation_input_tokens":20}}"#;
+        let reading = anthropic_message(body.as_bytes()).unwrap();
+        let tokens = Usage {
+            prompt: Some(130),
+            completion: Some(5),
+            cache_read: 100,
+            cache_write: 20,
+        };
+        assert_eq!(
+            reading,
+            Reading {
+                tokens,
+                text: "ab".into(),
+                finish_reason: Some("tool_use".into())
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_answers_of_the_wrong_shape_are_malformed() {
+        for (body, says) in [
+            (
+                r#"{"content":"not blocks"}"#,
+                "Expected `array`, got `str` - at `$.content`",
+            ),
+            (
+                r#"{"content":[{"text":"x"}]}"#,
+                "missing required field `type` - at `$.content[0]`",
+            ),
+            (
+                r#"{"content":[],"usage":{"input_tokens":"12"}}"#,
+                "at `$.usage.input_tokens`",
+            ),
+            (r#"{"content":[],"stop_reason":3}"#, "at `$.stop_reason`"),
+            (r#"{}"#, "missing required field `content` - at `$`"),
+        ] {
+            let err = anthropic_message(body.as_bytes()).unwrap_err();
+            assert!(err.0.contains(says), "{body}: {err}");
+        }
+    }
+}
