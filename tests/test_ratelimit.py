@@ -162,7 +162,7 @@ def test_what_ended_windows_held_is_let_go(store):
         limiter = RateLimiter(store(), 100, WINDOW_MS)
         for window in range(1_200):
             assert (await limiter.admit(f"key-{window}", START + window * WINDOW_MS)).admitted
-        tables = (limiter._lease, limiter._taken, limiter._taking)
+        tables = (limiter.leases, limiter._taking)
         assert all(len(table) <= 1_025 for table in tables), [len(t) for t in tables]
 
     asyncio.run(scenario())

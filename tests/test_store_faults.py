@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from conftest import ROUTER, Server, free_port, model_body
-from model_router.ratelimit import LEASE, RETRY_S, RateLimiter
+from model_router.ratelimit import LEASE, RETRY_MS, RateLimiter
 from model_router.settings import Settings
 from model_router.store import open_store
 from model_router.store.redis import ADD_COUNTERS
@@ -284,7 +284,7 @@ def test_a_window_the_store_counts_full_admits_no_more_once_it_is_back(own_redis
             await limiter.admit("k", now_ms)
         await asyncio.sleep(0.1)  # a top-up started meanwhile fails too
         r.start()
-        await asyncio.sleep(RETRY_S)  # the store is asked again from here
+        await asyncio.sleep(RETRY_MS / 1000)  # the store is asked again from here
         await limiter.reconcile()
         after = [(await limiter.admit("k", now_ms)).admitted for _ in range(5)]
         await store.close()

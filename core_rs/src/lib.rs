@@ -6,6 +6,7 @@ pub mod cost;
 pub mod door;
 pub mod engine;
 pub mod keys;
+pub mod leases;
 pub mod rollup;
 pub mod rules;
 pub mod select;

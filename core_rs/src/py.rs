@@ -7,6 +7,7 @@ use crate::cost::Tokens;
 use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::keys;
+use crate::leases;
 use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
 use crate::shape;
@@ -586,6 +587,77 @@ impl Clients {
     }
 }
 
+/// One worker's rate-limit leases (`leases.rs`).
+#[pyclass(frozen, module = "model_router._core")]
+struct Leases {
+    leases: leases::Leases,
+}
+
+/// What `Leases.spend` came to: the first of its tuple.
+const SPENT_LEASED: u8 = 0;
+const SPENT_ALONE: u8 = 1;
+const SPENT_TAKE: u8 = 2;
+const SPENT_REFUSED: u8 = 3;
+
+#[pymethods]
+impl Leases {
+    #[new]
+    fn new() -> Self {
+        Leases {
+            leases: leases::Leases::default(),
+        }
+    }
+
+    /// (what it came to, remaining, top up now).
+    fn spend(
+        &self,
+        key: &str,
+        window: i64,
+        limit: i64,
+        may_take: bool,
+        now_mono_ms: u64,
+    ) -> (u8, i64, bool) {
+        match self.leases.spend(key, window, limit, may_take, now_mono_ms) {
+            leases::Spent::Leased { remaining, top_up } => (SPENT_LEASED, remaining, top_up),
+            leases::Spent::Alone { remaining } => (SPENT_ALONE, remaining, false),
+            leases::Spent::Take => (SPENT_TAKE, 0, false),
+            leases::Spent::Refused => (SPENT_REFUSED, 0, false),
+        }
+    }
+
+    fn begin_take(&self, key: &str, window: i64, limit: i64, now_ms: i64) -> Option<i64> {
+        self.leases.begin_take(key, window, limit, now_ms)
+    }
+
+    fn granted(&self, key: &str, window: i64, amount: i64) {
+        self.leases.granted(key, window, amount)
+    }
+
+    fn refused(&self, key: &str, window: i64, limit: i64, amount: i64, taken: i64) -> i64 {
+        self.leases.refused(key, window, limit, amount, taken)
+    }
+
+    fn store_away(&self, key: &str, window: i64, now_mono_ms: u64) {
+        self.leases.store_away(key, window, now_mono_ms)
+    }
+
+    fn take_ended(&self, key: &str, window: i64) {
+        self.leases.take_ended(key, window)
+    }
+
+    fn offline(&self) -> Vec<(String, i64, i64)> {
+        self.leases.offline()
+    }
+
+    fn handed_over(&self, key: &str, window: i64, count: i64) {
+        self.leases.handed_over(key, window, count)
+    }
+
+    fn __len__(&self) -> usize {
+        self.leases.len()
+    }
+}
+
 /// The API keys a worker accepts (`keys.rs`): the stored ones, and the
 /// admin key the service is started with.
 #[pyclass(frozen, module = "model_router._core")]
@@ -776,6 +848,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Door>()?;
     m.add_class::<Keys>()?;
     m.add_class::<Clients>()?;
+    m.add_class::<Leases>()?;
+    m.add("SPENT_LEASED", SPENT_LEASED)?;
+    m.add("SPENT_ALONE", SPENT_ALONE)?;
+    m.add("SPENT_TAKE", SPENT_TAKE)?;
+    m.add("SPENT_REFUSED", SPENT_REFUSED)?;
+    m.add("LEASE", leases::LEASE)?;
+    m.add("RATE_MS", leases::RATE_MS)?;
+    m.add("AHEAD_MS", leases::AHEAD_MS)?;
+    m.add("SHARE", leases::SHARE)?;
+    m.add("RETRY_MS", leases::RETRY_MS)?;
     m.add_function(wrap_pyfunction!(hash_key, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;

@@ -12,6 +12,16 @@ __all__ = [
     "DOOR_PEER_HEADER",
     "Keys",
     "Clients",
+    "Leases",
+    "SPENT_LEASED",
+    "SPENT_ALONE",
+    "SPENT_TAKE",
+    "SPENT_REFUSED",
+    "LEASE",
+    "RATE_MS",
+    "AHEAD_MS",
+    "SHARE",
+    "RETRY_MS",
     "hash_key",
     "sketch_quantiles",
     "same_format_body",
@@ -196,6 +206,43 @@ class Clients:
         """How long (ms) `address` is still blocked, if it is."""
     def unblock_ended(self, now_ms: int) -> int:
         """Forget the blocks ended by `now_ms`; how many are left."""
+
+@final
+class Leases:
+    """One worker's rate-limit leases (core_rs/src/leases.rs): the admissions
+    in hand per (key, window), spent on each request; taking a lease from the
+    store is the caller's (ratelimit.py). `now_mono_ms` is a monotonic clock,
+    `now_ms` the wall clock windows are counted on."""
+
+    def __new__(cls) -> Leases: ...
+    def spend(
+        self, key: str, window: int, limit: int, may_take: bool, now_mono_ms: int
+    ) -> tuple[int, int, bool]:
+        """(SPENT_LEASED, ALONE, TAKE or REFUSED; remaining; top up now). TAKE:
+        the lease is empty and may_take: take one, then spend again."""
+    def begin_take(self, key: str, window: int, limit: int, now_ms: int) -> int | None:
+        """The amount to reserve (<= 0: none, but end with take_ended); None:
+        refilled meanwhile, nothing to do."""
+    def granted(self, key: str, window: int, amount: int) -> None: ...
+    def refused(self, key: str, window: int, limit: int, amount: int, taken: int) -> int:
+        """The store refused, all workers having taken `taken`: the next amount."""
+    def store_away(self, key: str, window: int, now_mono_ms: int) -> None:
+        """Count alone, and ask the store no more for a while."""
+    def take_ended(self, key: str, window: int) -> None: ...
+    def offline(self) -> list[tuple[str, int, int]]:
+        """(key, window, count) admitted alone and not yet handed to the store."""
+    def handed_over(self, key: str, window: int, count: int) -> None: ...
+    def __len__(self) -> int: ...
+
+SPENT_LEASED: int
+SPENT_ALONE: int
+SPENT_TAKE: int
+SPENT_REFUSED: int
+LEASE: int  # the smallest lease: a slow key's, and a window's first
+RATE_MS: int  # the admission rate is measured over at least this long
+AHEAD_MS: int  # a lease holds this long of the measured rate
+SHARE: int  # a worker holds at most this fraction of what the window has left
+RETRY_MS: int  # after the store failed to answer, how long to count alone
 
 @final
 class Keys:

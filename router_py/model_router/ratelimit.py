@@ -35,18 +35,37 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from ._core import Clients
+from ._core import (
+    AHEAD_MS,
+    LEASE,
+    RATE_MS,
+    RETRY_MS,
+    SHARE,
+    SPENT_ALONE,
+    SPENT_LEASED,
+    SPENT_TAKE,
+    Clients,
+    Leases,
+)
 from .store import Reservation, Store
 
 log = logging.getLogger("model_router.ratelimit")
 
-LEASE = 8  # the smallest lease: a slow key's, and a window's first
-RATE_MS = 100  # the admission rate is measured over at least this long
-AHEAD_MS = 250  # a lease holds this long of the measured rate
-SHARE = 16  # a worker holds at most this fraction of what the window has left
-RETRY_S = 1.0  # after the store failed to answer, how long to count alone before asking again
+# The leases' constants are the core's; named here with the why (above).
+__all__ = [
+    "AHEAD_MS",
+    "LEASE",
+    "RATE_MS",
+    "RETRY_MS",
+    "SHARE",
+    "FailedAuthentications",
+    "RateLimiter",
+    "Verdict",
+    "retry_after",
+]
 
 Slot = tuple[str, int]  # key id, window number
+KEPT_LOCKS = 1024  # past this many, the locks of windows that ended go
 
 
 def retry_after(seconds: float) -> str:
@@ -76,42 +95,20 @@ def _counter(slot: Slot) -> str:
     return f"rl:{slot[0]}:{slot[1]}"
 
 
-def _share(room: int) -> int:
-    """The most one worker may hold of a window with `room` left: 1/SHARE of
-    it, at least 1 while there is any."""
-    return min(room, max(1, room // SHARE))
-
-
-@dataclass(slots=True)
-class _Lease:
-    """One worker's lease of a key's window."""
-
-    held: int = 0  # admissions in hand
-    top_up_at: int = 0  # held when a top-up starts: half of what the last one left
-    admitted: int = 0  # spent from it in the window
-    since: tuple[int, int] | None = None  # (ms, admitted) when the last top-up started
-
-    def size(self, now_ms: int) -> int:
-        """AHEAD_MS of the admissions since the last top-up, as a rate over
-        at least RATE_MS (a burst's few requests do not make a busy key),
-        and at least LEASE."""
-        if self.since is None:
-            return LEASE
-        at, admitted = self.since
-        return max(LEASE, (self.admitted - admitted) * AHEAD_MS // max(RATE_MS, now_ms - at))
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 class RateLimiter:
+    """Admissions are spent from the core's leases (`_core.Leases`, one
+    table per worker); taking a lease from the store is this class's."""
+
     def __init__(self, store: Store, limit: int, window_ms: int):
         self.store = store
         self.limit = limit
         self.window_ms = window_ms
-        self._lease: dict[Slot, _Lease] = defaultdict(_Lease)
-        self._taken: dict[Slot, int] = {}  # what all workers held after our last take
-        self._alone: set[Slot] = set()  # the store was away at the last take
-        self._offline: dict[Slot, int] = defaultdict(int)  # admitted meanwhile
+        self.leases = Leases()
         self._taking: dict[Slot, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._ask_again = 0.0  # time.monotonic() before which the store is not asked
         self._refills: set[asyncio.Task[None]] = set()
 
     async def admit(
@@ -121,27 +118,18 @@ class RateLimiter:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         limit = self.limit if limit is None else limit
         window = now_ms // self.window_ms
-        slot = (key_id, window)
         reset_s = ((window + 1) * self.window_ms - now_ms) / 1000
-        self._forget_before(window)
-        lease = self._lease[slot]
-        if lease.held <= 0 and time.monotonic() >= self._ask_again:
-            await self._take(slot, limit, now_ms)
-        if lease.held > 0:
-            lease.held -= 1
-            lease.admitted += 1
-            if lease.held == lease.top_up_at:
-                self._refill(slot, limit, now_ms)
-            return Verdict(True, limit, self._remaining(slot, limit), reset_s)
-        store_away = slot in self._alone or time.monotonic() < self._ask_again
-        if store_away and self._offline[slot] < limit:
-            self._alone.add(slot)
-            self._offline[slot] += 1  # the store is away: this worker's own count
-            return Verdict(True, limit, limit - self._offline[slot], reset_s)
-        return Verdict(False, limit, 0, reset_s)
-
-    def _remaining(self, slot: Slot, limit: int) -> int:
-        return max(0, limit - self._taken.get(slot, 0) + self._lease[slot].held)
+        spent, remaining, top_up = self.leases.spend(key_id, window, limit, True, _monotonic_ms())
+        if spent == SPENT_TAKE:
+            self._forget_locks_before(window)
+            await self._take((key_id, window), limit, now_ms)
+            spent, remaining, top_up = self.leases.spend(
+                key_id, window, limit, False, _monotonic_ms()
+            )
+        if top_up:
+            self._refill((key_id, window), limit, now_ms)
+        admitted = spent in (SPENT_LEASED, SPENT_ALONE)
+        return Verdict(admitted, limit, remaining, reset_s)
 
     def _refill(self, slot: Slot, limit: int, now_ms: int) -> None:
         task = asyncio.get_running_loop().create_task(self._take(slot, limit, now_ms))
@@ -152,53 +140,39 @@ class RateLimiter:
         """Top the slot's lease up to its size, within 1/SHARE of what the
         window has left. A store that does not answer leaves the lease as it
         is and starts counting this worker's admissions on its own."""
-        lease = self._lease[slot]
+        key_id, window = slot
         async with self._taking[slot]:
-            if lease.held > lease.top_up_at:
+            amount = self.leases.begin_take(key_id, window, limit, now_ms)
+            if amount is None:
                 return  # another waiter refilled it
             # One counter of what all workers took; nothing is "spent" apart
             # from it (that counter stays 0).
-            check = Reservation(f"rl-spent:{slot[0]}", _counter(slot), limit)
-            amount = min(lease.size(now_ms), _share(limit - self._taken.get(slot, 0))) - lease.held
-            # Measured from here: what is admitted while the store answers counts.
-            lease.since = (now_ms, lease.admitted)
+            check = Reservation(f"rl-spent:{key_id}", _counter(slot), limit)
             try:
                 while amount > 0:
                     refused = await self.store.reserve([check], amount, 2 * self.window_ms)
                     if refused is None:
-                        lease.held += amount
-                        self._taken[slot] = self._taken.get(slot, 0) + amount
+                        self.leases.granted(key_id, window, amount)
                         break
                     _, _, taken = refused  # what all workers took, exactly
-                    self._taken[slot] = taken
-                    amount = min(amount - 1, _share(limit - taken) - lease.held)
+                    amount = self.leases.refused(key_id, window, limit, amount, taken)
             except Exception as exc:  # the store is away: no waiting on it for a while
                 log.warning("rate limit counted locally: %s", exc)
-                self._ask_again = time.monotonic() + RETRY_S
-                self._alone.add(slot)
+                self.leases.store_away(key_id, window, _monotonic_ms())
                 return
-            # The store answered (or the window is known to be full): admit
-            # from leases only, not on this worker's own count.
-            self._alone.discard(slot)
-            lease.top_up_at = lease.held // 2
+            self.leases.take_ended(key_id, window)
 
     async def reconcile(self) -> None:
         """Hand the store what this worker admitted on its own while it was
         away (a beat): from then on it counts against the window for all."""
-        for slot in list(self._offline):
-            alone = self._offline[slot]
-            await self.store.add_counters({_counter(slot): alone}, 2 * self.window_ms)
-            self._taken[slot] = self._taken.get(slot, 0) + alone
-            del self._offline[slot]
+        for key_id, window, alone in self.leases.offline():
+            await self.store.add_counters({_counter((key_id, window)): alone}, 2 * self.window_ms)
+            self.leases.handed_over(key_id, window, alone)
 
-    def _forget_before(self, window: int) -> None:
-        if len(self._lease) > 1024:  # windows that ended: nothing left to spend
-            for table in (self._lease, self._taken, self._offline):
-                for slot in [s for s in table if s[1] < window]:
-                    del table[slot]
-            self._alone = {s for s in self._alone if s[1] >= window}
-            # Their locks too (one per key and window would grow for ever),
-            # but none a take still holds.
+    def _forget_locks_before(self, window: int) -> None:
+        """The locks of windows that ended (one per key and window would
+        grow for ever), but none a take still holds."""
+        if len(self._taking) > KEPT_LOCKS:
             for slot in [s for s in self._taking if s[1] < window]:
                 if not self._taking[slot].locked():
                     del self._taking[slot]
