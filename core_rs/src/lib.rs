@@ -5,6 +5,7 @@ pub mod clients;
 pub mod cost;
 pub mod door;
 pub mod engine;
+pub mod failover;
 pub mod keys;
 pub mod leases;
 pub mod rollup;

@@ -6,6 +6,7 @@ use crate::clients;
 use crate::cost::Tokens;
 use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
+use crate::failover;
 use crate::keys;
 use crate::leases;
 use crate::rollup::{self, Drained};
@@ -808,6 +809,19 @@ fn read_anthropic_message(body: &[u8]) -> PyResult<AnswerReading> {
     answer_reading(wire::anthropic_message(body))
 }
 
+/// What an answer's status makes of an attempt (`failover.rs`): its outcome's label.
+#[pyfunction]
+fn answer_outcome(status: u16) -> &'static str {
+    failover::Outcome::of_status(status).label()
+}
+
+/// The wait (ms) a `Retry-After` value asks for, at `now_ms`; None when it
+/// is not one.
+#[pyfunction]
+fn retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
+    failover::retry_after_ms(value, UNIX_EPOCH + Duration::from_millis(now_ms))
+}
+
 #[pyfunction]
 fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
     rollup::quantiles(&bins, &quantiles)
@@ -862,6 +876,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
+    m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
+    m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;
+    let failing = failover::Outcome::ALL
+        .iter()
+        .filter(|o| o.fails_over())
+        .map(|o| o.label());
+    m.add(
+        "FAILOVER_OUTCOMES",
+        pyo3::types::PyFrozenSet::new(m.py(), failing)?,
+    )?;
     m.add_function(wrap_pyfunction!(read_openai_chat, m)?)?;
     m.add_function(wrap_pyfunction!(read_anthropic_message, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

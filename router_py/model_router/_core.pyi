@@ -25,6 +25,9 @@ __all__ = [
     "hash_key",
     "sketch_quantiles",
     "same_format_body",
+    "answer_outcome",
+    "retry_after_ms",
+    "FAILOVER_OUTCOMES",
     "read_openai_chat",
     "read_anthropic_message",
     "__version__",
@@ -312,3 +315,16 @@ def read_openai_chat(body: bytes) -> _AnswerReading:
 def read_anthropic_message(body: bytes) -> _AnswerReading:
     """What accounting reads of an Anthropic message; ValueError when it is
     not of that shape."""
+
+def answer_outcome(status: int) -> str:
+    """What an answer's status makes of an attempt: "success" (200),
+    "rate_limited" (429), "upstream_error" (5xx, 401, 403, 408, 409: fail
+    over) or "client_error" (any other: the caller's)."""
+
+def retry_after_ms(value: str, now_ms: int) -> int | None:
+    """The wait a Retry-After value asks for (delay-seconds or an HTTP-date),
+    at most a day; None when it is neither."""
+
+# The attempt outcomes that move a call on to its next candidate; the others
+# (success, client_error, cancelled) leave the endpoint healthy.
+FAILOVER_OUTCOMES: frozenset[str]

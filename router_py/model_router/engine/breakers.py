@@ -23,9 +23,10 @@ from typing import Any
 import msgspec
 
 from .. import types as t
+from .._core import FAILOVER_OUTCOMES, answer_outcome
 from ..store import Store
 from .exchanges import Operation
-from .executor import FAILOVER_4XX, Timeouts
+from .executor import Timeouts
 from .live import LiveConfig
 from .providers import ADAPTERS
 from .upstream import Deadlines, UpstreamClient, UpstreamRequest
@@ -117,7 +118,7 @@ class Prober:
             )
             response = await self.client.send(self._request(model, endpoint), deadlines)
             # Any answer but overload or a refused key: the endpoint is back.
-            if response.status >= 500 or response.status in FAILOVER_4XX:
+            if answer_outcome(response.status) in FAILOVER_OUTCOMES:
                 error = f"status {response.status}"
         except Exception as exc:  # refused, unreachable, timed out: not back
             error = f"{type(exc).__name__}: {exc}"

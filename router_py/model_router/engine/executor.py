@@ -10,22 +10,23 @@ engine (breaker, stats, cost). A stream fails over only until its first byte
 is sent to the client. A candidate that cannot take the request (a parameter
 its provider lacks, an operation it does not serve) is skipped without being
 charged; when no candidate could, the caller gets a 400 naming the parameter.
+Which statuses fail over, and a provider's Retry-After, are the core's
+(`core_rs/src/failover.rs`), as the door will read them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import msgspec
 
 from .. import types as t
-from .._core import Decision
+from .._core import FAILOVER_OUTCOMES, Decision, answer_outcome
+from .._core import retry_after_ms as _retry_after_ms
 from ..experiments.routing import Arm, Candidates
 from ..ratelimit import retry_after
 from .budgets import BudgetLeases, BudgetRefused, Hold, prompt_tokens_at_most
@@ -40,7 +41,6 @@ from .workspace_limits import NeverFits, TokenHold, WorkspaceLimited, WorkspaceL
 
 log = logging.getLogger("model_router.executor")
 
-FAILOVER_4XX = {401, 403, 408, 409, 429}
 NO_HOLD = Hold("", 0)  # nothing reserved: no budget, or the store is away
 
 
@@ -50,9 +50,6 @@ class Holds:
 
     budget: Hold = NO_HOLD
     tokens: TokenHold | None = None
-
-
-MAX_RETRY_AFTER_MS = 86_400_000  # a provider asking for more than a day is not believed
 
 
 @dataclass
@@ -133,18 +130,7 @@ class CallFailed(Exception):
 
 def retry_after_ms(headers: dict[str, str]) -> int | None:
     value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return int(min(max(0.0, seconds * 1000), MAX_RETRY_AFTER_MS))
+    return _retry_after_ms(value, int(time.time() * 1000)) if value else None
 
 
 def retry_after_header(ms: int) -> tuple[str, str]:
@@ -312,7 +298,7 @@ class Executor:
     ) -> None:
         latency = attempt.elapsed_ms()
         # The endpoint did its job even when the caller erred or left.
-        healthy = outcome in ("success", "client_error", "cancelled")
+        healthy = outcome not in FAILOVER_OUTCOMES
         tokens = usage.tokens if usage else Tokens()
         failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
         arm = call.arm
@@ -365,8 +351,8 @@ class Executor:
     ) -> None:
         """Account a non-200 answer: fail over, or raise CallFailed carrying
         the provider's answer back to the caller."""
-        if status in FAILOVER_4XX or status >= 500:
-            outcome = "rate_limited" if status == 429 else "upstream_error"
+        outcome = answer_outcome(status)
+        if outcome in FAILOVER_OUTCOMES:
             error = body[:200].decode("utf-8", "replace")
             self._record(
                 call, attempt, tries, outcome, status, error, retry_after=retry_after_ms(headers)
