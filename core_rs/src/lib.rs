@@ -1,6 +1,7 @@
 //! model-router's hot path. Pure Rust below `py`; only `py.rs` knows Python.
 
 pub mod breaker;
+pub mod chat;
 pub mod clients;
 pub mod cost;
 pub mod door;

@@ -2,6 +2,7 @@
 //! its tests live in the pure-Rust modules.
 
 use crate::breaker::{self, CircuitBreaker, Transition};
+use crate::chat;
 use crate::clients;
 use crate::cost::Tokens;
 use crate::door;
@@ -809,6 +810,13 @@ fn read_anthropic_message(body: &[u8]) -> PyResult<AnswerReading> {
     answer_reading(wire::anthropic_message(body))
 }
 
+/// The door's reading of a chat completions body (`chat.rs`): (model,
+/// stream, user, content chars), or None when it is Python's to read.
+#[pyfunction]
+fn read_chat_call(body: &[u8]) -> Option<(String, bool, Option<String>, u64)> {
+    chat::read(body).map(|c| (c.model, c.stream, c.user, c.content_chars))
+}
+
 /// What an answer's status makes of an attempt (`failover.rs`): its outcome's label.
 #[pyfunction]
 fn answer_outcome(status: u16) -> &'static str {
@@ -877,6 +885,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
+    m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;
     m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;
     let failing = failover::Outcome::ALL
         .iter()

@@ -26,6 +26,7 @@ __all__ = [
     "sketch_quantiles",
     "same_format_body",
     "answer_outcome",
+    "read_chat_call",
     "retry_after_ms",
     "FAILOVER_OUTCOMES",
     "read_openai_chat",
@@ -328,3 +329,8 @@ def retry_after_ms(value: str, now_ms: int) -> int | None:
 # The attempt outcomes that move a call on to its next candidate; the others
 # (success, client_error, cancelled) leave the endpoint healthy.
 FAILOVER_OUTCOMES: frozenset[str]
+
+def read_chat_call(body: bytes) -> tuple[str, bool, str | None, int] | None:
+    """The door's reading of a chat completions body: (model, stream, user,
+    characters of the messages' text), or None when the body is Python's to
+    read (one it refuses, or may)."""
