@@ -7,6 +7,7 @@ experiments/tally.py)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections import Counter
 
@@ -16,6 +17,7 @@ import pytest
 from scipy import stats as sp
 
 from model_router import types as t
+from model_router._core import unit_hash
 from model_router.catalog import EXPERIMENTS, Catalog
 from model_router.experiments import stats
 from model_router.experiments.controller import (
@@ -78,13 +80,21 @@ def test_a_a_latency_experiments_read_continuously_keep_false_positives_under_al
     assert rejected / runs <= ALPHA + 0.01
 
 
+@pytest.mark.parametrize("parts", [["c1", "req-1"], ["e", "alice"], ["", ""], ["é", "x\x1fy"]])
+def test_the_assignment_hash_is_blake2b_as_every_replica_computes_it(parts) -> None:
+    """The core's hash is the one workers computed with hashlib before it:
+    a rolling update keeps every request and user on its arm."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    assert unit_hash(parts) == int.from_bytes(digest, "big") / 2**64
+
+
 def test_a_a_experiments_with_unequal_weights_keep_false_positives_under_alpha() -> None:
     """A 1:3 split drawn by the router's own hash: the counts match the
     weights (no SRM), and the test read after every request errs no more
     than alpha."""
     rollouts = Rollouts([], [experiment(variants=[t.Variant("m-a", 1), t.Variant("m-b", 3)])])
-    compiled = rollouts.scopes[1]["a"]
-    counts = Counter(compiled.arm(f"r{i}", None).variant for i in range(20_000))  # type: ignore[call-arg]
+    arms = (rollouts.arm(None, "a", None, None, f"r{i}", None) for i in range(20_000))
+    counts = Counter(arm.variant for arm in arms if arm is not None)
     assert stats.sample_ratio_mismatch([counts["0"], counts["1"]], [1, 3])[1] is False
     assert 0.24 < counts["0"] / 20_000 < 0.26
     rng = np.random.default_rng(16)
@@ -309,10 +319,10 @@ def run_canary(
     for second in range(1, limit_s + 1):
         now_ms = second * 1000
         rollouts = Rollouts([c], [])
-        compiled = rollouts.scopes[1]["agent"]
         for _ in range(requests_per_s):
             seq += 1
-            arm = compiled.arm(f"r{seq}")  # type: ignore[call-arg]
+            arm = rollouts.arm(None, "agent", None, c.baseline_model_id, f"r{seq}", None)
+            assert arm is not None
             ok = rng.random() >= error_rates[arm.variant]
             cost = 0.001 if ok else 0.0
             done = finished(
@@ -364,10 +374,13 @@ def test_the_newest_of_a_canary_and_an_experiment_on_a_scope_routes() -> None:
         state="ended", decision="winner: m-b", winner="m-b", created_at="2026-01-01T00:00:00.000Z"
     )
     later = canary(scope=won.scope, created_at="2026-01-02T00:00:00.000Z")
-    assert Rollouts([later], [won]).scopes[1]["a"].id == later.id
+    routed = Rollouts([later], [won]).arm(None, "a", None, later.baseline_model_id, "q", None)
+    assert routed is not None and routed.rollout_id == later.id
     promoted = canary(scope=won.scope, state="promoted", percent=100.0)
     newer = experiment(id="e2", created_at="2026-01-02T00:00:00.000Z")
-    assert Rollouts([promoted], [newer]).scopes[1]["a"].id == "e2"
+    baseline = promoted.baseline_model_id
+    routed = Rollouts([promoted], [newer]).arm(None, "a", None, baseline, "q", None)
+    assert routed is not None and routed.rollout_id == "e2"
 
 
 def test_nothing_to_route_leaves_the_request_path_a_single_test() -> None:
@@ -375,4 +388,6 @@ def test_nothing_to_route_leaves_the_request_path_a_single_test() -> None:
     assert Rollouts.of(done, [experiment(state="ended", decision="no difference")]) is None
     newer = canary(id="c2", created_at="2026-02-01T00:00:00.000Z", state="promoted", percent=100.0)
     rollouts = Rollouts.of([newer, canary()], [])
-    assert rollouts is not None and rollouts.scopes[1]["agent"].id == "c2"
+    assert rollouts is not None
+    routed = rollouts.arm(None, "agent", None, newer.baseline_model_id, "q", None)
+    assert routed is not None and routed.rollout_id == "c2"

@@ -215,7 +215,6 @@ def test_two_workers_per_user_sums_are_exact_through_the_store(backend, redis_ur
         window_start_ms=int(time.time() * 1000),  # the store keeps 90 days of windows
     )
     rollouts = Rollouts([], [e])
-    compiled = rollouts.scopes[1]["a"]
     rng = np.random.default_rng(36)
     requests = []
     for u in range(300):
@@ -230,7 +229,8 @@ def test_two_workers_per_user_sums_are_exact_through_the_store(backend, redis_ur
         workers = [TallySync(store), TallySync(store)]
         for step, i in enumerate(order):
             user, ok, ms, cost = requests[i]
-            arm = compiled.arm(f"r{i}", user)  # type: ignore[call-arg]
+            arm = rollouts.arm(None, "a", None, None, f"r{i}", user)
+            assert arm is not None
             workers[step % 2].record(arm, finished(f"r{i}", arm.model_id, ok, ms, cost, user))
             mine = truth.setdefault(arm.variant, {}).setdefault(user, Counter())
             us = round(ms * 1000) if ok else 0
@@ -273,7 +273,8 @@ def test_a_flush_cut_off_by_a_redis_stall_counts_once(backend, redis_url, tmp_pa
     if backend != "redis":
         pytest.skip("a stall of the server is Redis's")
     e = experiment(assignment="user", window_start_ms=int(time.time() * 1000))
-    arm = Rollouts([], [e]).scopes[1]["a"].arm("r1", "alice")  # type: ignore[call-arg]
+    arm = Rollouts([], [e]).arm(None, "a", None, None, "r1", "alice")
+    assert arm is not None
 
     async def scenario() -> ArmTally:
         store = open_store(Settings.from_env(store_env(backend, redis_url, tmp_path)))

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod failover;
 pub mod keys;
 pub mod leases;
+pub mod rollouts;
 pub mod rollup;
 pub mod rules;
 pub mod select;

@@ -10,6 +10,7 @@ use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::failover;
 use crate::keys;
 use crate::leases;
+use crate::rollouts;
 use crate::rollup::{self, Drained};
 use crate::rules::RequestFacts;
 use crate::shape;
@@ -660,6 +661,102 @@ impl Leases {
     }
 }
 
+/// The active canaries and experiments (`rollouts.rs`).
+#[pyclass(frozen, module = "model_router._core")]
+struct Rollouts {
+    rollouts: rollouts::Rollouts,
+}
+
+/// An arm `Rollouts.assign` names other than an experiment's variant (>= 0).
+const ARM_WINNER: i64 = -1;
+const ARM_CANARY: i64 = -2;
+const ARM_BASELINE: i64 = -3;
+
+type RolloutEntry = (
+    u8,
+    String,
+    String,
+    Option<(String, f64)>,
+    Option<(bool, Vec<f64>, bool)>,
+);
+
+#[pymethods]
+impl Rollouts {
+    /// Entries oldest first: (scope: 0 rule, 1 agent type, 2 workspace; its
+    /// value; the rollout's id; a canary's (baseline model, share), or an
+    /// experiment's (by user, cumulative weights, ended on its winner)).
+    #[new]
+    fn new(entries: Vec<RolloutEntry>) -> PyResult<Self> {
+        let mut table = Vec::with_capacity(entries.len());
+        for (scope, value, id, canary, experiment) in entries {
+            let scope = match scope {
+                0 => rollouts::Scope::Rule,
+                1 => rollouts::Scope::AgentType,
+                2 => rollouts::Scope::Workspace,
+                _ => return Err(PyValueError::new_err(format!("no scope {scope}"))),
+            };
+            let rollout = match (canary, experiment) {
+                (Some((baseline_model, share)), None) => rollouts::Rollout::Canary {
+                    id,
+                    baseline_model,
+                    share,
+                },
+                (None, Some((by_user, cumulative, ended_on_winner))) => {
+                    rollouts::Rollout::Experiment {
+                        id,
+                        by_user,
+                        cumulative,
+                        ended_on_winner,
+                    }
+                }
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "a rollout is a canary or an experiment",
+                    ))
+                }
+            };
+            table.push((scope, value, rollout));
+        }
+        Ok(Rollouts {
+            rollouts: rollouts::Rollouts::new(table),
+        })
+    }
+
+    /// (the rollout's index in the entries, its arm: a variant >= 0, or
+    /// ARM_WINNER, ARM_CANARY, ARM_BASELINE), or None.
+    fn assign(
+        &self,
+        rule_id: Option<&str>,
+        agent_type: &str,
+        workspace_id: Option<&str>,
+        first_model: Option<&str>,
+        request_id: &str,
+        user_id: Option<&str>,
+    ) -> Option<(usize, i64)> {
+        let (index, arm) = self.rollouts.assign(
+            rule_id,
+            agent_type,
+            workspace_id,
+            first_model,
+            request_id,
+            user_id,
+        )?;
+        let arm = match arm {
+            rollouts::Arm::Variant(i) => i as i64,
+            rollouts::Arm::Winner => ARM_WINNER,
+            rollouts::Arm::Canary => ARM_CANARY,
+            rollouts::Arm::Baseline => ARM_BASELINE,
+        };
+        Some((index, arm))
+    }
+}
+
+#[pyfunction]
+fn unit_hash(parts: Vec<PyBackedStr>) -> f64 {
+    let parts: Vec<&str> = parts.iter().map(|p| &**p).collect();
+    rollouts::unit_hash(&parts)
+}
+
 /// The API keys a worker accepts (`keys.rs`): the stored ones, and the
 /// admin key the service is started with.
 #[pyclass(frozen, module = "model_router._core")]
@@ -871,6 +968,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Keys>()?;
     m.add_class::<Clients>()?;
     m.add_class::<Leases>()?;
+    m.add_class::<Rollouts>()?;
+    m.add_function(wrap_pyfunction!(unit_hash, m)?)?;
+    m.add("ARM_WINNER", ARM_WINNER)?;
+    m.add("ARM_CANARY", ARM_CANARY)?;
+    m.add("ARM_BASELINE", ARM_BASELINE)?;
     m.add("SPENT_LEASED", SPENT_LEASED)?;
     m.add("SPENT_ALONE", SPENT_ALONE)?;
     m.add("SPENT_TAKE", SPENT_TAKE)?;

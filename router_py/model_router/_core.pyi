@@ -13,6 +13,11 @@ __all__ = [
     "Keys",
     "Clients",
     "Leases",
+    "Rollouts",
+    "unit_hash",
+    "ARM_WINNER",
+    "ARM_CANARY",
+    "ARM_BASELINE",
     "SPENT_LEASED",
     "SPENT_ALONE",
     "SPENT_TAKE",
@@ -247,6 +252,45 @@ RATE_MS: int  # the admission rate is measured over at least this long
 AHEAD_MS: int  # a lease holds this long of the measured rate
 SHARE: int  # a worker holds at most this fraction of what the window has left
 RETRY_MS: int  # after the store failed to answer, how long to count alone
+
+@final
+class Rollouts:
+    """The active canaries and experiments (core_rs/src/rollouts.rs)."""
+
+    def __new__(
+        cls,
+        entries: list[
+            tuple[
+                int,
+                str,
+                str,
+                tuple[str, float] | None,
+                tuple[bool, list[float], bool] | None,
+            ]
+        ],
+    ) -> Rollouts:
+        """Entries oldest first (the newest on a scope wins): (scope: 0 rule,
+        1 agent type, 2 workspace; its value; the rollout's id; a canary's
+        (baseline model, share 0-1), or an experiment's (by user, the
+        weights' running sums over their total, ended on its winner))."""
+    def assign(
+        self,
+        rule_id: str | None,
+        agent_type: str,
+        workspace_id: str | None,
+        first_model: str | None,
+        request_id: str,
+        user_id: str | None,
+    ) -> tuple[int, int] | None:
+        """(the rollout's index among the entries, its arm: a variant >= 0,
+        ARM_WINNER, ARM_CANARY or ARM_BASELINE), or None."""
+
+ARM_WINNER: int
+ARM_CANARY: int
+ARM_BASELINE: int
+
+def unit_hash(parts: list[str]) -> float:
+    """A uniform number in [0, 1): BLAKE2b-64 of the parts joined by 0x1f."""
 
 @final
 class Keys:

@@ -22,17 +22,21 @@ The arm's model is tried first; the decision's other candidates follow as
 fallbacks (so a failing canary still gets an answer from the baseline, and
 counts as the canary's failure, as does a canary routing cannot use at all:
 breakers open, say).
+
+The scopes' lookup, the hash and the draw are the core's
+(`core_rs/src/rollouts.rs`), which the door will use too; this module
+compiles the rollouts for it and keeps what each arm means.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
 from .. import types as t
-from .._core import Decision
+from .._core import ARM_CANARY, ARM_WINNER, Decision
+from .._core import Rollouts as CoreRollouts
 from .tally import unit_fields
 
 Candidates = list[tuple[str, list[str]]]
@@ -70,12 +74,6 @@ class Arm:
         return self.model_id if self.kind is Kind.EXPERIMENT else self.variant
 
 
-def unit_hash(*parts: str) -> float:
-    """A uniform number in [0, 1) from the parts, the same on every worker."""
-    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
-
-
 class _Experiment:
     """An experiment as the request path sees it: its arms made once."""
 
@@ -109,14 +107,14 @@ class _Experiment:
             else None
         )
 
-    def arm(self, request_id: str, user_id: str | None) -> Arm:
-        if self.winner is not None:
+    def core(self) -> tuple[None, tuple[bool, list[float], bool]]:
+        return None, (self.by_user, list(self.cumulative), self.winner is not None)
+
+    def arm(self, picked: int) -> Arm:
+        if picked == ARM_WINNER:
+            assert self.winner is not None
             return self.winner
-        u = unit_hash(self.id, user_id if self.by_user and user_id else request_id)
-        for arm, edge in zip(self.arms, self.cumulative, strict=True):
-            if u < edge:
-                return arm
-        return self.arms[-1]
+        return self.arms[picked]
 
 
 class _Canary:
@@ -130,16 +128,18 @@ class _Canary:
             Kind.CANARY, c.id, BASELINE_ARM, c.baseline_model_id, c.window_start_ms, counted
         )
 
-    def arm(self, request_id: str) -> Arm:
-        if self.share >= 1 or unit_hash(self.id, request_id) < self.share:
-            return self.canary
-        return self.baseline
+    def core(self) -> tuple[tuple[str, float], None]:
+        return (self.baseline_model_id, self.share), None
+
+    def arm(self, picked: int) -> Arm:
+        return self.canary if picked == ARM_CANARY else self.baseline
 
 
 Compiled = _Experiment | _Canary
 
 
 def _scope_key(scope: t.RolloutScope) -> tuple[int, str]:
+    """The core's scope (0: rule, 1: agent type, 2: workspace) and its value."""
     if scope.rule_id is not None:
         return 0, scope.rule_id
     if scope.agent_type is not None:
@@ -150,9 +150,6 @@ def _scope_key(scope: t.RolloutScope) -> tuple[int, str]:
 
 class Rollouts:
     def __init__(self, canaries: list[t.Canary], experiments: list[t.Experiment]):
-        # Index 0: by rule id, 1: by agent type, 2: by workspace id.
-        self.scopes: tuple[dict[str, Compiled], ...] = ({}, {}, {})
-        # The newest on a scope wins, canary or experiment alike.
         active: list[tuple[str, t.RolloutScope, Compiled]] = [
             (c.created_at, c.scope, _Canary(c))
             for c in canaries
@@ -163,14 +160,34 @@ class Rollouts:
             for e in experiments
             if e.state == "running" or (e.auto_end and e.winner is not None)
         ]
-        for _, scope, compiled in sorted(active, key=lambda a: a[0]):
-            which, value = _scope_key(scope)
-            self.scopes[which][value] = compiled
+        # Oldest first: the newest on a scope wins, canary or experiment alike.
+        active.sort(key=lambda a: a[0])
+        self.compiled = [compiled for _, _, compiled in active]
+        self.core = CoreRollouts([(*_scope_key(scope), c.id, *c.core()) for _, scope, c in active])
 
     @classmethod
     def of(cls, canaries: list[t.Canary], experiments: list[t.Experiment]) -> Rollouts | None:
         rollouts = cls(canaries, experiments)
-        return rollouts if any(rollouts.scopes) else None
+        return rollouts if rollouts.compiled else None
+
+    def arm(
+        self,
+        rule_id: str | None,
+        agent_type: str,
+        workspace_id: str | None,
+        first_model: str | None,
+        request_id: str,
+        user_id: str | None,
+    ) -> Arm | None:
+        """The request's arm, or None (not in any rollout). `first_model`:
+        the model routing put first."""
+        found = self.core.assign(
+            rule_id, agent_type, workspace_id, first_model, request_id, user_id
+        )
+        if found is None:
+            return None
+        index, picked = found
+        return self.compiled[index].arm(picked)
 
     def assign(
         self,
@@ -184,23 +201,13 @@ class Rollouts:
         """The request's arm and the candidates to try, or None (not in any).
         `decide_model` gives a model's candidate entry (model, endpoints) when
         routing did not rank it."""
-        by_rule, by_agent, by_workspace = self.scopes
-        found = (
-            (decision.rule_id is not None and by_rule.get(decision.rule_id))
-            or by_agent.get(agent_type)
-            or (workspace_id is not None and by_workspace.get(workspace_id))
-        )
-        if not found:
-            return None
         candidates = decision.candidates
-        if isinstance(found, _Canary):
-            if not candidates or candidates[0][0] != found.baseline_model_id:
-                return None
-            arm = found.arm(request_id)
-            if arm is found.baseline:
-                return arm, candidates
-        else:
-            arm = found.arm(request_id, user_id)
+        first_model = candidates[0][0] if candidates else None
+        arm = self.arm(decision.rule_id, agent_type, workspace_id, first_model, request_id, user_id)
+        if arm is None:
+            return None
+        if arm.variant == BASELINE_ARM:
+            return arm, candidates
         first = next((c for c in candidates if c[0] == arm.model_id), None)
         if first is None:
             first = decide_model(arm.model_id)
