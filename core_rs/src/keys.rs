@@ -9,7 +9,8 @@ use std::collections::HashMap;
 
 use ring::digest;
 
-/// What a key may do (`auth.py`, `PERMISSIONS`, says what each allows).
+/// What a key may do: its role's permissions, fewer when it is scoped to a
+/// workspace. The one table of them: `auth.py` reads it from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Admin,
@@ -18,7 +19,70 @@ pub enum Role {
     Viewer,
 }
 
+/// An act the API guards (each route names the one it needs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Look at models, rules, health, config.
+    Read,
+    /// Change a model's status or health.
+    Operate,
+    /// Write models, endpoints, rules, agent preferences; import and export.
+    Configure,
+    /// Write the config of the key's own workspace.
+    ConfigureWorkspace,
+    /// Create, list and revoke API keys.
+    ManageKeys,
+    /// Ask for routing decisions and model calls.
+    Route,
+    /// Read the audit trail of admin writes.
+    Audit,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 7] = [
+        Permission::Read,
+        Permission::Operate,
+        Permission::Configure,
+        Permission::ConfigureWorkspace,
+        Permission::ManageKeys,
+        Permission::Route,
+        Permission::Audit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Operate => "operate",
+            Permission::Configure => "configure",
+            Permission::ConfigureWorkspace => "configure_workspace",
+            Permission::ManageKeys => "manage_keys",
+            Permission::Route => "route",
+            Permission::Audit => "audit",
+        }
+    }
+
+    /// What a key scoped to one workspace may still do: these act inside one.
+    pub fn within_a_workspace(self) -> bool {
+        matches!(
+            self,
+            Permission::Read | Permission::Route | Permission::ConfigureWorkspace
+        )
+    }
+}
+
 impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Operator, Role::Agent, Role::Viewer];
+
+    pub fn allows(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Operator => matches!(permission, Read | Operate | Route),
+            Role::Agent => matches!(permission, Read | Route),
+            Role::Viewer => permission == Read,
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Role> {
         Some(match name {
             "admin" => Role::Admin,
@@ -220,6 +284,27 @@ mod tests {
         let keys = Keys::new(None, [damaged, record("a1b2c3", KEY, Role::Viewer, None)]);
         assert_eq!(keys.verify("mr_bad_x"), None);
         assert_eq!(keys.verify(KEY).map(|p| p.role), Some(Role::Viewer));
+    }
+
+    #[test]
+    fn each_role_allows_what_the_api_reference_says() {
+        let allowed = |role: Role| -> Vec<&str> {
+            Permission::ALL
+                .iter()
+                .filter(|p| role.allows(**p))
+                .map(|p| p.name())
+                .collect()
+        };
+        assert_eq!(allowed(Role::Admin).len(), Permission::ALL.len());
+        assert_eq!(allowed(Role::Operator), ["read", "operate", "route"]);
+        assert_eq!(allowed(Role::Agent), ["read", "route"]);
+        assert_eq!(allowed(Role::Viewer), ["read"]);
+        let scoped: Vec<&str> = Permission::ALL
+            .iter()
+            .filter(|p| p.within_a_workspace())
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(scoped, ["read", "configure_workspace", "route"]);
     }
 
     #[test]

@@ -798,6 +798,25 @@ impl Keys {
     }
 }
 
+/// The roles and what each allows (`keys.rs`): ([(role, [permission, ...])],
+/// [the permissions a workspace-scoped key keeps]).
+#[pyfunction]
+fn permissions() -> (Vec<(&'static str, Vec<&'static str>)>, Vec<&'static str>) {
+    let all = keys::Permission::ALL;
+    let roles = keys::Role::ALL
+        .iter()
+        .map(|role| {
+            let allowed = all.iter().filter(|p| role.allows(**p)).map(|p| p.name());
+            (role.name(), allowed.collect())
+        })
+        .collect();
+    let scoped = all
+        .iter()
+        .filter(|p| p.within_a_workspace())
+        .map(|p| p.name());
+    (roles, scoped.collect())
+}
+
 /// The SHA-256 of a whole API key, in hex, as the store keeps it.
 #[pyfunction]
 fn hash_key(key: &str) -> String {
@@ -983,6 +1002,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SHARE", leases::SHARE)?;
     m.add("RETRY_MS", leases::RETRY_MS)?;
     m.add_function(wrap_pyfunction!(hash_key, m)?)?;
+    m.add_function(wrap_pyfunction!(permissions, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;

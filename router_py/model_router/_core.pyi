@@ -28,6 +28,7 @@ __all__ = [
     "SHARE",
     "RETRY_MS",
     "hash_key",
+    "permissions",
     "sketch_quantiles",
     "same_format_body",
     "answer_outcome",
@@ -309,6 +310,10 @@ class Keys:
     ) -> tuple[str, Literal["admin", "operator", "agent", "viewer"], str | None] | None:
         """(key id, role, workspace id) of `key`, or None. A miss costs what
         a hit does: the key is hashed and compared in constant time either way."""
+
+def permissions() -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """([(role, the permissions it allows)], the permissions a key scoped to
+    a workspace keeps): the one table of them (core_rs/src/keys.rs)."""
 
 def hash_key(key: str) -> str:
     """The SHA-256 of a whole API key, in hex, as the store keeps it."""

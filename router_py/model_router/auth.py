@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import cast
 
 from . import _core
 from . import types as t
 from .http import ApiError, Permission
 
-PERMISSIONS: dict[str, frozenset[Permission]] = {
-    "admin": frozenset(
-        {"read", "operate", "configure", "configure_workspace", "manage_keys", "route", "audit"}
-    ),
-    "operator": frozenset({"read", "operate", "route"}),
-    "agent": frozenset({"read", "route"}),
-    "viewer": frozenset({"read"}),
-}
 
-# What a key scoped to one workspace may still do: these act inside a workspace.
-SCOPED_PERMISSIONS: frozenset[Permission] = frozenset({"read", "route", "configure_workspace"})
+def _permissions() -> tuple[dict[str, frozenset[Permission]], frozenset[Permission]]:
+    roles, scoped = _core.permissions()
+    return (
+        {role: frozenset(cast(list[Permission], allowed)) for role, allowed in roles},
+        frozenset(cast(list[Permission], scoped)),
+    )
+
+
+# What each role may do, and what a key scoped to one workspace may still do
+# (these act inside a workspace): the core's table, which the door reads too.
+PERMISSIONS, SCOPED_PERMISSIONS = _permissions()
 
 
 @dataclass(frozen=True)
