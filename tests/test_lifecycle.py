@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 
 import httpx
 
 from conftest import model_body, rule_body
+from model_router.http import new_id
 from model_router.periodic import cancel_all, every
+
+
+def test_a_forked_worker_mints_ids_of_its_own():
+    """Granian forks its workers from a process that has minted ids already:
+    each child draws its own prefix, or workers would hand out the same ids."""
+    parent = new_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == len(parent) == 22
+    assert child[:12] != parent[:12] and new_id()[:12] == parent[:12]
 
 
 def test_everything_survives_a_restart(make_server):

@@ -7,6 +7,7 @@ pub mod cost;
 pub mod door;
 pub mod engine;
 pub mod failover;
+pub mod ids;
 pub mod keys;
 pub mod leases;
 pub mod rollouts;

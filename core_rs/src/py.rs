@@ -8,6 +8,7 @@ use crate::cost::Tokens;
 use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::failover;
+use crate::ids;
 use crate::keys;
 use crate::leases;
 use crate::rollouts;
@@ -817,6 +818,12 @@ fn permissions() -> (Vec<(&'static str, Vec<&'static str>)>, Vec<&'static str>) 
     (roles, scoped.collect())
 }
 
+/// A new id (`ids.rs`): unique across workers, replicas and restarts.
+#[pyfunction]
+fn new_id() -> String {
+    ids::new_id()
+}
+
 /// The SHA-256 of a whole API key, in hex, as the store keeps it.
 #[pyfunction]
 fn hash_key(key: &str) -> String {
@@ -1003,6 +1010,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RETRY_MS", leases::RETRY_MS)?;
     m.add_function(wrap_pyfunction!(hash_key, m)?)?;
     m.add_function(wrap_pyfunction!(permissions, m)?)?;
+    m.add_function(wrap_pyfunction!(new_id, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;

@@ -28,6 +28,7 @@ __all__ = [
     "SHARE",
     "RETRY_MS",
     "hash_key",
+    "new_id",
     "permissions",
     "sketch_quantiles",
     "same_format_body",
@@ -314,6 +315,11 @@ class Keys:
 def permissions() -> tuple[list[tuple[str, list[str]]], list[str]]:
     """([(role, the permissions it allows)], the permissions a key scoped to
     a workspace keeps): the one table of them (core_rs/src/keys.rs)."""
+
+def new_id() -> str:
+    """A new id of 22 hex digits, unique across workers, replicas and
+    restarts: a random prefix per process (drawn again in a forked child),
+    then a counter."""
 
 def hash_key(key: str) -> str:
     """The SHA-256 of a whole API key, in hex, as the store keeps it."""

@@ -9,16 +9,15 @@ app uses that to validate and authorize, the OpenAPI document to describe.
 from __future__ import annotations
 
 import functools
-import itertools
-import os
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
 import msgspec
+
+from . import _core
 
 if TYPE_CHECKING:
     from .auth import Principal
@@ -36,25 +35,8 @@ Permission = Literal[
 
 JSON = "application/json"
 
-# Ids unique across workers and restarts without a syscall each: a random
-# prefix per process, then a counter. Granian forks its workers from a process
-# that has imported this module: each child draws its own prefix, or every
-# worker would hand out the same ids.
-_ID_PREFIX = ""
-_id_counter = itertools.count(1)
-
-
-def _new_id_prefix() -> None:
-    global _ID_PREFIX, _id_counter
-    _ID_PREFIX, _id_counter = secrets.token_hex(6), itertools.count(1)
-
-
-_new_id_prefix()
-os.register_at_fork(after_in_child=_new_id_prefix)
-
-
-def new_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):010x}"
+# Ids unique across workers, replicas and restarts: the core's (ids.rs).
+new_id = _core.new_id
 
 
 class ApiError(Exception):
