@@ -383,15 +383,18 @@ async fn forward(
     }
 }
 
-/// A request with `head` and no body, which declares `length` bytes of one.
+/// A request with `head` and no body, which declares `length` bytes of one
+/// and expects to be asked for them: it never sends them, whatever `length`
+/// (under LARGE_BODY too, for a small limit), and the app's connection,
+/// which would owe them, is closed once the answer is read.
 fn declaring((method, uri, headers): (Method, Uri, HeaderMap), length: u64) -> Request<Body> {
     let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
-    request
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    let headers = request.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
     request
 }
 
