@@ -192,6 +192,21 @@ def test_the_core_reads_an_anthropic_answer_as_wire_py_declares_it(doc):
     _same_reading(read_anthropic_message, _python_anthropic_reading, msgspec.json.encode(doc))
 
 
+DEEP = b"[" * 300 + b"]" * 300  # past serde_json's 128 levels of a whole tree
+
+
+def test_members_the_router_does_not_read_are_skipped_whatever_their_depth_or_numbers():
+    """A tool's deeply nested input, a number no float holds in a member
+    nobody reads, a count of -0: wire.py reads these answers, so must the core."""
+    tool_use = b'{"type": "tool_use", "id": "t", "name": "f", "input": ' + DEEP + b"}"
+    usage = b'"usage": {"input_tokens": -0, "output_tokens": 2}'
+    anthropic = b'{"content": [' + tool_use + b'], "x": 1e999, ' + usage + b"}"
+    assert read_anthropic_message(anthropic) == _python_anthropic_reading(anthropic)
+    assert read_anthropic_message(anthropic)[:2] == (0, 2)
+    openai = b'{"choices": [{"message": {"content": "a"}, "logprobs": ' + DEEP + b'}], "n": -1e999}'
+    assert read_openai_chat(openai) == _python_openai_reading(openai)
+
+
 def _python_chat_facts(body: bytes) -> tuple[Any, ...]:
     raw = msgspec.json.decode(body)
     checked = msgspec.convert(raw, t.ChatCompletionRequest)

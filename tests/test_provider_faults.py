@@ -132,6 +132,32 @@ def test_a_stream_that_stalls_ends_with_an_error_event_not_silence(make_server, 
     assert recent["outcome"] == "stream_error"
 
 
+def test_a_stream_broken_after_its_first_content_counts_against_its_endpoint(make_server, scripted):
+    """Too late to fail over, but the endpoint's failure all the same: with a
+    threshold of one failure its breaker opens, on every worker."""
+    router = make_server()
+    body = model_body("m1", breaker={"cooldownMs": 60_000, "failureThreshold": 1})
+    assert router.client.post("/api/models", json=body).status_code == 201
+    endpoint = {"id": "m1-ep", "url": scripted.url + "/v1/chat/completions"}
+    assert router.client.post("/api/models/m1/endpoints", json=endpoint).status_code == 201
+    prefer(router, "m1")
+    router.wait_for_config()
+    events = openai_stream("one two three")
+    # The bad event comes once the first content is out (before it, it would fail over).
+    scripted.queue("/v1/chat/completions", Sse([*events[:2], (None, "1", 0.3), *events[2:]]))
+    status, text = stream_chat(router)
+    assert status == 200 and '"upstream_error"' in text
+    time.sleep(1.0)  # the opening is shared within BREAKER_SYNC_MS
+    for _ in range(4):  # whichever worker answers
+        r = httpx.post(
+            f"{router.url}/v1/chat/completions",
+            headers={**router.auth(router.admin_key), **HEADERS},
+            json=CHAT,
+        )
+        assert r.status_code == 503 and r.json()["error"]["type"] == "breakers_open", r.text
+    assert len(scripted.received) == 1
+
+
 @pytest.mark.parametrize(
     "bad",
     ["1", '{"choices": [1]}', '{"choices": [], "usage": {"prompt_tokens": -5}}'],

@@ -889,7 +889,6 @@ impl Door {
     }
 }
 
-/// Nearest-rank quantiles (0..1) of merged sketch bins, within 1%.
 /// The upstream body of a same-format request (`shape.rs`); ValueError when
 /// `body` is not one JSON object.
 #[pyfunction]
@@ -953,6 +952,7 @@ fn retry_after_ms(value: &str, now_ms: u64) -> Option<u64> {
     failover::retry_after_ms(value, UNIX_EPOCH + Duration::from_millis(now_ms))
 }
 
+/// Nearest-rank quantiles (0..1) of merged sketch bins, within 1%.
 #[pyfunction]
 fn sketch_quantiles(bins: Vec<(i32, u64)>, quantiles: Vec<f64>) -> Vec<Option<f64>> {
     rollup::quantiles(&bins, &quantiles)
@@ -1017,14 +1017,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
     m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;
     m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;
-    let failing = failover::Outcome::ALL
-        .iter()
-        .filter(|o| o.fails_over())
-        .map(|o| o.label());
-    m.add(
-        "FAILOVER_OUTCOMES",
-        pyo3::types::PyFrozenSet::new(m.py(), failing)?,
-    )?;
+    let labels = |keep: fn(&failover::Outcome) -> bool| {
+        let kept = failover::Outcome::ALL
+            .iter()
+            .filter(|o| keep(o))
+            .map(|o| o.label());
+        pyo3::types::PyFrozenSet::new(m.py(), kept)
+    };
+    m.add("FAILOVER_OUTCOMES", labels(|o| o.fails_over())?)?;
+    m.add("HEALTHY_OUTCOMES", labels(|o| o.healthy())?)?;
     m.add_function(wrap_pyfunction!(read_openai_chat, m)?)?;
     m.add_function(wrap_pyfunction!(read_anthropic_message, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -2,13 +2,14 @@
 //! format: the token counts, the text and why it ended. The reading is the
 //! one `router_py/model_router/engine/translate/wire.py` declares for the
 //! same answers (a differential test holds the two together, in
-//! `tests/test_translate.py`): an answer of another shape — a count that is
+//! `tests/test_core_readings.py`): an answer of another shape — a count that is
 //! a string, negative or over `MAX_COUNT`, `choices: [1]` — is `Malformed`,
 //! the provider's failure, never a crash. Members the router does not read
 //! are not looked at, except that their types are checked where wire.py
 //! declares them.
 
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use std::collections::HashMap;
 use std::fmt;
 
 /// A token count a provider may report for one call; more is a broken provider.
@@ -47,95 +48,116 @@ impl fmt::Display for Malformed {
 
 type Read<T> = Result<T, Malformed>;
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+/// A JSON value's type, as msgspec names it, from its first character.
+fn kind(value: &RawValue) -> &'static str {
+    let text = value.get();
+    match text.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "bool",
+        Some(b'"') => "str",
+        Some(b'[') => "array",
+        Some(b'{') => "object",
+        _ if text.contains(['.', 'e', 'E']) => "float",
+        _ => "int",
     }
 }
 
-fn expected(what: &str, got: &Value, at: &str) -> Malformed {
+fn expected(what: &str, got: &RawValue, at: &str) -> Malformed {
     Malformed(format!(
         "Expected `{what}`, got `{}` - at `{at}`",
         kind(got)
     ))
 }
 
-/// A JSON document's members (`at` names it in errors).
-fn object<'a>(value: &'a Value, at: &str) -> Read<&'a Map<String, Value>> {
-    value
-        .as_object()
-        .ok_or_else(|| expected("object", value, at))
+/// An object's members, their values as sent: members the router does not
+/// read are only skipped (any depth, any number). A name sent twice: the
+/// last value, as a decoder keeps it.
+type Members<'a> = HashMap<String, &'a RawValue>;
+
+fn object<'a>(value: &'a RawValue, at: &str) -> Read<Members<'a>> {
+    if kind(value) != "object" {
+        return Err(expected("object", value, at));
+    }
+    serde_json::from_str(value.get()).map_err(|e| Malformed(format!("{e} - at `{at}`")))
+}
+
+fn array<'a>(value: &'a RawValue, at: &str) -> Read<Vec<&'a RawValue>> {
+    if kind(value) != "array" {
+        return Err(expected("array", value, at));
+    }
+    serde_json::from_str(value.get()).map_err(|e| Malformed(format!("{e} - at `{at}`")))
 }
 
 /// A member that may be absent or null.
-fn member<'a>(doc: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    doc.get(name).filter(|v| !v.is_null())
+fn member<'a>(doc: &Members<'a>, name: &str) -> Option<&'a RawValue> {
+    doc.get(name).copied().filter(|v| kind(v) != "null")
 }
 
-fn string<'a>(value: &'a Value, at: &str) -> Read<&'a str> {
-    value.as_str().ok_or_else(|| expected("str", value, at))
+fn string(value: &RawValue, at: &str) -> Read<String> {
+    if kind(value) != "str" {
+        return Err(expected("str", value, at));
+    }
+    serde_json::from_str(value.get()).map_err(|e| Malformed(format!("{e} - at `{at}`")))
 }
 
 /// An optional string member: absent, null or a string.
-fn optional_string<'a>(doc: &'a Map<String, Value>, name: &str, at: &str) -> Read<Option<&'a str>> {
+fn optional_string(doc: &Members, name: &str, at: &str) -> Read<Option<String>> {
     member(doc, name)
         .map(|v| string(v, &format!("{at}.{name}")))
         .transpose()
 }
 
 /// A member wire.py declares `str` with a default: absent, or a string.
-fn defaulted_string(doc: &Map<String, Value>, name: &str, at: &str) -> Read<()> {
+fn defaulted_string(doc: &Members, name: &str, at: &str) -> Read<()> {
     doc.get(name)
         .map_or(Ok(()), |v| string(v, &format!("{at}.{name}")).map(drop))
 }
 
-fn count(value: &Value, at: &str) -> Read<u64> {
-    match value {
-        Value::Number(n) if !n.is_f64() => match n.as_u64() {
-            Some(c) if c <= MAX_COUNT => Ok(c),
-            Some(_) => Err(Malformed(format!(
-                "Expected `int` <= {MAX_COUNT} - at `{at}`"
-            ))),
-            None => Err(Malformed(format!("Expected `int` >= 0 - at `{at}`"))),
-        },
-        other => Err(expected("int", other, at)),
+/// A token count: a JSON integer (`-0` is 0) in 0..=MAX_COUNT.
+fn count(value: &RawValue, at: &str) -> Read<u64> {
+    if kind(value) != "int" {
+        return Err(expected("int", value, at));
+    }
+    let text = value.get();
+    if let Some(magnitude) = text.strip_prefix('-') {
+        return match magnitude.bytes().all(|b| b == b'0') {
+            true => Ok(0),
+            false => Err(Malformed(format!("Expected `int` >= 0 - at `{at}`"))),
+        };
+    }
+    match text.parse::<u64>() {
+        Ok(c) if c <= MAX_COUNT => Ok(c),
+        _ => Err(Malformed(format!(
+            "Expected `int` <= {MAX_COUNT} - at `{at}`"
+        ))),
     }
 }
 
 /// A count wire.py declares with a default of 0: absent, or a count (null is not one).
-fn defaulted_count(doc: &Map<String, Value>, name: &str, at: &str) -> Read<u64> {
+fn defaulted_count(doc: &Members, name: &str, at: &str) -> Read<u64> {
     doc.get(name)
         .map_or(Ok(0), |v| count(v, &format!("{at}.{name}")))
 }
 
 /// A count that may be absent or null.
-fn optional_count(doc: &Map<String, Value>, name: &str, at: &str) -> Read<Option<u64>> {
+fn optional_count(doc: &Members, name: &str, at: &str) -> Read<Option<u64>> {
     member(doc, name)
         .map(|v| count(v, &format!("{at}.{name}")))
         .transpose()
 }
 
-fn array<'a>(value: &'a Value, at: &str) -> Read<&'a Vec<Value>> {
-    value.as_array().ok_or_else(|| expected("array", value, at))
-}
-
-fn parse(body: &[u8]) -> Read<Value> {
+fn parse(body: &[u8]) -> Read<&RawValue> {
     serde_json::from_slice(body).map_err(|e| Malformed(format!("JSON is malformed: {e}")))
 }
 
 /// An OpenAI chat completion (`OpenAICompletion` in wire.py).
 pub fn openai_chat(body: &[u8]) -> Read<Reading> {
-    let doc = parse(body)?;
-    let doc = object(&doc, "$")?;
-    defaulted_string(doc, "id", "$")?;
+    let doc = object(parse(body)?, "$")?;
+    defaulted_string(&doc, "id", "$")?;
     let choices = array(
-        doc.get("choices").ok_or_else(|| missing("choices", "$"))?,
+        doc.get("choices")
+            .copied()
+            .ok_or_else(|| missing("choices", "$"))?,
         "$.choices",
     )?;
     if choices.is_empty() {
@@ -149,26 +171,27 @@ pub fn openai_chat(body: &[u8]) -> Read<Reading> {
         let choice = object(choice, &at)?;
         let message = choice
             .get("message")
+            .copied()
             .ok_or_else(|| missing("message", &at))?;
         let at_message = format!("{at}.message");
         let message = object(message, &at_message)?;
-        let content = optional_string(message, "content", &at_message)?;
-        optional_string(message, "refusal", &at_message)?;
-        if let Some(calls) = member(message, "tool_calls") {
+        let content = optional_string(&message, "content", &at_message)?;
+        optional_string(&message, "refusal", &at_message)?;
+        if let Some(calls) = member(&message, "tool_calls") {
             tool_calls(calls, &format!("{at_message}.tool_calls"))?;
         }
-        let finish_reason = optional_string(choice, "finish_reason", &at)?;
+        let finish_reason = optional_string(&choice, "finish_reason", &at)?;
         first.get_or_insert((content, finish_reason));
     }
     let (content, finish_reason) = first.expect("one choice at least");
     let mut tokens = Usage::default();
-    if let Some(usage) = member(doc, "usage") {
+    if let Some(usage) = member(&doc, "usage") {
         openai_usage(&mut tokens, usage, "$.usage")?;
     }
     Ok(Reading {
         tokens,
-        text: content.unwrap_or_default().to_owned(),
-        finish_reason: finish_reason.map(str::to_owned),
+        text: content.unwrap_or_default(),
+        finish_reason,
     })
 }
 
@@ -178,82 +201,87 @@ fn missing(name: &str, at: &str) -> Malformed {
     ))
 }
 
-fn tool_calls(value: &Value, at: &str) -> Read<()> {
-    for (i, call) in array(value, at)?.iter().enumerate() {
+fn tool_calls(value: &RawValue, at: &str) -> Read<()> {
+    for (i, call) in array(value, at)?.into_iter().enumerate() {
         let at = format!("{at}[{i}]");
         let call = object(call, &at)?;
-        optional_string(call, "id", &at)?;
-        optional_string(call, "type", &at)?;
-        if let Some(index) = member(call, "index") {
-            if !index.is_i64() && !index.is_u64() {
+        optional_string(&call, "id", &at)?;
+        optional_string(&call, "type", &at)?;
+        if let Some(index) = member(&call, "index") {
+            if kind(index) != "int" {
                 return Err(expected("int", index, &format!("{at}.index")));
             }
         }
-        if let Some(function) = member(call, "function") {
+        if let Some(function) = member(&call, "function") {
             let at = format!("{at}.function");
             let function = object(function, &at)?;
-            optional_string(function, "name", &at)?;
-            optional_string(function, "arguments", &at)?;
+            optional_string(&function, "name", &at)?;
+            optional_string(&function, "arguments", &at)?;
         }
     }
     Ok(())
 }
 
 /// OpenAI's usage (`Tokens.add_openai` in Python).
-fn openai_usage(tokens: &mut Usage, usage: &Value, at: &str) -> Read<()> {
+fn openai_usage(tokens: &mut Usage, usage: &RawValue, at: &str) -> Read<()> {
     let usage = object(usage, at)?;
-    tokens.prompt = Some(defaulted_count(usage, "prompt_tokens", at)?);
-    tokens.completion = Some(defaulted_count(usage, "completion_tokens", at)?);
-    if let Some(details) = member(usage, "prompt_tokens_details") {
+    tokens.prompt = Some(defaulted_count(&usage, "prompt_tokens", at)?);
+    tokens.completion = Some(defaulted_count(&usage, "completion_tokens", at)?);
+    if let Some(details) = member(&usage, "prompt_tokens_details") {
         let at = format!("{at}.prompt_tokens_details");
         let details = object(details, &at)?;
-        tokens.cache_read = optional_count(details, "cached_tokens", &at)?.unwrap_or(0);
-        tokens.cache_write = optional_count(details, "cache_creation_tokens", &at)?.unwrap_or(0);
+        tokens.cache_read = optional_count(&details, "cached_tokens", &at)?.unwrap_or(0);
+        tokens.cache_write = optional_count(&details, "cache_creation_tokens", &at)?.unwrap_or(0);
     }
     Ok(())
 }
 
 /// An Anthropic message (`AnthropicMessage` in wire.py).
 pub fn anthropic_message(body: &[u8]) -> Read<Reading> {
-    let doc = parse(body)?;
-    let doc = object(&doc, "$")?;
-    defaulted_string(doc, "id", "$")?;
+    let doc = object(parse(body)?, "$")?;
+    defaulted_string(&doc, "id", "$")?;
     let content = array(
-        doc.get("content").ok_or_else(|| missing("content", "$"))?,
+        doc.get("content")
+            .copied()
+            .ok_or_else(|| missing("content", "$"))?,
         "$.content",
     )?;
     let mut text = String::new();
-    for (i, block) in content.iter().enumerate() {
+    for (i, block) in content.into_iter().enumerate() {
         let at = format!("$.content[{i}]");
         let block = object(block, &at)?;
-        let kind = string(
-            block.get("type").ok_or_else(|| missing("type", &at))?,
+        let block_type = string(
+            block
+                .get("type")
+                .copied()
+                .ok_or_else(|| missing("type", &at))?,
             &format!("{at}.type"),
         )?;
-        let block_text = optional_string(block, "text", &at)?;
+        let block_text = optional_string(&block, "text", &at)?;
         for name in ["id", "name", "thinking"] {
-            optional_string(block, name, &at)?;
+            optional_string(&block, name, &at)?;
         }
-        if kind == "text" {
-            text.push_str(block_text.unwrap_or_default());
+        if block_type == "text" {
+            text.push_str(&block_text.unwrap_or_default());
         }
     }
-    let stop_reason = optional_string(doc, "stop_reason", "$")?;
+    let stop_reason = optional_string(&doc, "stop_reason", "$")?;
     let mut tokens = Usage::default();
-    if let Some(usage) = member(doc, "usage") {
+    if let Some(usage) = member(&doc, "usage") {
         anthropic_usage(&mut tokens, usage, "$.usage")?;
     }
     Ok(Reading {
         tokens,
         text,
-        finish_reason: stop_reason.map(str::to_owned),
+        finish_reason: stop_reason,
     })
 }
 
 /// Anthropic's usage (`Tokens.add_anthropic` in Python): input, cache reads
 /// and cache writes are counted apart; their sum is the prompt.
-fn anthropic_usage(tokens: &mut Usage, usage: &Value, at: &str) -> Read<()> {
+fn anthropic_usage(tokens: &mut Usage, usage: &RawValue, at: &str) -> Read<()> {
     let usage = object(usage, at)?;
+    let usage = &usage;
     if let Some(read) = optional_count(usage, "cache_read_input_tokens", at)? {
         tokens.cache_read = read;
     }
@@ -392,6 +420,24 @@ mod tests {
                 finish_reason: Some("tool_use".into())
             }
         );
+    }
+
+    #[test]
+    fn members_not_read_are_skipped_whatever_their_depth_or_numbers() {
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        let body = format!(
+            r#"{{"content":[{{"type":"tool_use","id":"t","name":"f","input":{deep}}}],"x":1e999,
+                "usage":{{"input_tokens":-0,"output_tokens":2}},"stop_reason":"tool_use"}}"#
+        );
+        let reading = anthropic_message(body.as_bytes()).unwrap();
+        assert_eq!(
+            (reading.tokens.prompt, reading.tokens.completion),
+            (Some(0), Some(2))
+        );
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"a"}},"logprobs":{deep}}}],"n":-1e999}}"#
+        );
+        assert_eq!(openai(&body).unwrap().text, "a");
     }
 
     #[test]

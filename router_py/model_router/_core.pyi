@@ -36,6 +36,7 @@ __all__ = [
     "read_chat_call",
     "retry_after_ms",
     "FAILOVER_OUTCOMES",
+    "HEALTHY_OUTCOMES",
     "read_openai_chat",
     "read_anthropic_message",
     "__version__",
@@ -381,9 +382,11 @@ def retry_after_ms(value: str, now_ms: int) -> int | None:
     """The wait a Retry-After value asks for (delay-seconds or an HTTP-date),
     at most a day; None when it is neither."""
 
-# The attempt outcomes that move a call on to its next candidate; the others
-# (success, client_error, cancelled) leave the endpoint healthy.
+# The attempt outcomes that move a call on to its next candidate.
 FAILOVER_OUTCOMES: frozenset[str]
+# Those that leave the endpoint healthy (success, client_error, cancelled); a
+# stream_error neither fails over nor does.
+HEALTHY_OUTCOMES: frozenset[str]
 
 def read_chat_call(body: bytes) -> tuple[str, bool, str | None, int] | None:
     """The door's reading of a chat completions body: (model, stream, user,

@@ -96,7 +96,10 @@ async def count_tokens(req: Request) -> Response:
             continue
         endpoint = live.endpoints[endpoint_ids[0]]
         url = endpoint.url.partition("?")[0].rstrip("/") + "/count_tokens"
-        body = same_format_body(call.raw, model.version, [])
+        try:
+            body = same_format_body(call.raw, model.version, [])
+        except ValueError as exc:  # read otherwise by the core than by the front door
+            raise ApiError(400, "invalid_request_error", str(exc)) from None
         request = UpstreamRequest(url, adapter.headers(endpoint, call.forwarded), body)
         try:
             deadlines = Deadlines.within(call.deadline - time.monotonic())

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from .. import types as t
-from .._core import FAILOVER_OUTCOMES, Decision, answer_outcome
+from .._core import FAILOVER_OUTCOMES, HEALTHY_OUTCOMES, Decision, answer_outcome
 from .._core import retry_after_ms as _retry_after_ms
 from ..experiments.routing import Arm, Candidates
 from ..ratelimit import retry_after
@@ -298,7 +298,7 @@ class Executor:
     ) -> None:
         latency = attempt.elapsed_ms()
         # The endpoint did its job even when the caller erred or left.
-        healthy = outcome not in FAILOVER_OUTCOMES
+        healthy = outcome in HEALTHY_OUTCOMES
         tokens = usage.tokens if usage else Tokens()
         failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
         arm = call.arm
