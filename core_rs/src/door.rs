@@ -305,6 +305,7 @@ async fn forward(
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
+    join_cookie_crumbs(headers);
     // The app frames the request afresh; hyper has checked the caller's framing.
     headers.insert(HeaderName::from_static(PEER_HEADER), peer);
     if let (false, Some(host)) = (headers.contains_key(header::HOST), host) {
@@ -522,6 +523,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// HTTP/2 may send a cookie in crumbs, one field each (RFC 9113, 8.2.3); the
+/// app's HTTP/1.1 hop gets them as one field, joined by "; ", as an
+/// HTTP/1.1 caller sends it.
+fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let crumbs = headers.get_all(header::COOKIE);
+    if crumbs.iter().nth(1).is_none() {
+        return;
+    }
+    let joined = crumbs
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    let joined = HeaderValue::from_bytes(&joined).expect("header values joined by \"; \" are one");
+    headers.insert(header::COOKIE, joined);
 }
 
 /// The door's own answer, in the router's error shape (the app writes every

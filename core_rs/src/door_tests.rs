@@ -327,3 +327,18 @@ fn a_body_of_no_declared_length_is_cut_off_at_the_limit_and_refused_by_the_app()
         assert!(seen.load(Ordering::Relaxed) <= most, "{seen:?}");
     }
 }
+
+#[test]
+fn cookie_crumbs_of_http2_reach_the_app_as_one_field() {
+    let mut headers = HeaderMap::new();
+    for crumb in ["a=1", "b=2", "c=3"] {
+        headers.append(header::COOKIE, HeaderValue::from_static(crumb));
+    }
+    join_cookie_crumbs(&mut headers);
+    let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+    assert_eq!(cookies, [HeaderValue::from_static("a=1; b=2; c=3")]);
+    let mut one = HeaderMap::new();
+    one.insert(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+    join_cookie_crumbs(&mut one);
+    assert_eq!(one[header::COOKIE], "a=1; b=2");
+}
