@@ -358,11 +358,14 @@ def test_a_verdict_on_an_endpoint_no_longer_probed_or_another_url_is_dropped(
     assert not lease_free(server, LEASE)
     # Neither endpoint probed any more: the prober drops their verdicts, and
     # gives the lease back; no worker takes it while there is nothing to probe.
+    # (A worker still on the old config may take it for a beat: it had URLs
+    # to probe. Hence the wait for every worker, and for the lease.)
     set_health_url(server, "a", None)
     set_health_url(server, "b", None)
+    server.wait_for_config()
     deadline = time.time() + 3
-    while shared_probes(server):
-        assert time.time() < deadline, shared_probes(server)
+    while shared_probes(server) or not lease_free(server, LEASE):
+        assert time.time() < deadline, (shared_probes(server), lease_free(server, LEASE))
         time.sleep(0.1)
     for _ in range(3):
         time.sleep(0.5)  # the lease beat is every second
