@@ -75,29 +75,37 @@ fn expected(what: &str, got: &RawValue, at: &str) -> Malformed {
 type Members<'a> = HashMap<String, &'a RawValue>;
 
 fn object<'a>(value: &'a RawValue, at: &str) -> Read<Members<'a>> {
-    if kind(value) != "object" {
-        return Err(expected("object", value, at));
+    typed(value, "object", at)
+}
+
+fn array<'a>(value: &'a RawValue, at: &str) -> Read<Vec<&'a RawValue>> {
+    typed(value, "array", at)
+}
+
+fn string(value: &RawValue, at: &str) -> Read<String> {
+    typed(value, "str", at)
+}
+
+/// `value` read as a `T`, once its JSON type is `what`.
+fn typed<'a, T: serde::Deserialize<'a>>(value: &'a RawValue, what: &str, at: &str) -> Read<T> {
+    if kind(value) != what {
+        return Err(expected(what, value, at));
     }
     serde_json::from_str(value.get()).map_err(|e| Malformed(format!("{e} - at `{at}`")))
 }
 
-fn array<'a>(value: &'a RawValue, at: &str) -> Read<Vec<&'a RawValue>> {
-    if kind(value) != "array" {
-        return Err(expected("array", value, at));
-    }
-    serde_json::from_str(value.get()).map_err(|e| Malformed(format!("{e} - at `{at}`")))
+/// A member wire.py requires.
+fn required<'a>(doc: &Members<'a>, name: &str, at: &str) -> Read<&'a RawValue> {
+    doc.get(name).copied().ok_or_else(|| {
+        Malformed(format!(
+            "Object missing required field `{name}` - at `{at}`"
+        ))
+    })
 }
 
 /// A member that may be absent or null.
 fn member<'a>(doc: &Members<'a>, name: &str) -> Option<&'a RawValue> {
     doc.get(name).copied().filter(|v| kind(v) != "null")
-}
-
-fn string(value: &RawValue, at: &str) -> Read<String> {
-    if kind(value) != "str" {
-        return Err(expected("str", value, at));
-    }
-    serde_json::from_str(value.get()).map_err(|e| Malformed(format!("{e} - at `{at}`")))
 }
 
 /// An optional string member: absent, null or a string.
@@ -154,12 +162,7 @@ fn parse(body: &[u8]) -> Read<&RawValue> {
 pub fn openai_chat(body: &[u8]) -> Read<Reading> {
     let doc = object(parse(body)?, "$")?;
     defaulted_string(&doc, "id", "$")?;
-    let choices = array(
-        doc.get("choices")
-            .copied()
-            .ok_or_else(|| missing("choices", "$"))?,
-        "$.choices",
-    )?;
+    let choices = array(required(&doc, "choices", "$")?, "$.choices")?;
     if choices.is_empty() {
         return Err(Malformed(
             "Expected `array` of length >= 1 - at `$.choices`".into(),
@@ -169,10 +172,7 @@ pub fn openai_chat(body: &[u8]) -> Read<Reading> {
     for (i, choice) in choices.iter().enumerate() {
         let at = format!("$.choices[{i}]");
         let choice = object(choice, &at)?;
-        let message = choice
-            .get("message")
-            .copied()
-            .ok_or_else(|| missing("message", &at))?;
+        let message = required(&choice, "message", &at)?;
         let at_message = format!("{at}.message");
         let message = object(message, &at_message)?;
         let content = optional_string(&message, "content", &at_message)?;
@@ -193,12 +193,6 @@ pub fn openai_chat(body: &[u8]) -> Read<Reading> {
         text: content.unwrap_or_default(),
         finish_reason,
     })
-}
-
-fn missing(name: &str, at: &str) -> Malformed {
-    Malformed(format!(
-        "Object missing required field `{name}` - at `{at}`"
-    ))
 }
 
 fn tool_calls(value: &RawValue, at: &str) -> Read<()> {
@@ -240,23 +234,12 @@ fn openai_usage(tokens: &mut Usage, usage: &RawValue, at: &str) -> Read<()> {
 pub fn anthropic_message(body: &[u8]) -> Read<Reading> {
     let doc = object(parse(body)?, "$")?;
     defaulted_string(&doc, "id", "$")?;
-    let content = array(
-        doc.get("content")
-            .copied()
-            .ok_or_else(|| missing("content", "$"))?,
-        "$.content",
-    )?;
+    let content = array(required(&doc, "content", "$")?, "$.content")?;
     let mut text = String::new();
     for (i, block) in content.into_iter().enumerate() {
         let at = format!("$.content[{i}]");
         let block = object(block, &at)?;
-        let block_type = string(
-            block
-                .get("type")
-                .copied()
-                .ok_or_else(|| missing("type", &at))?,
-            &format!("{at}.type"),
-        )?;
+        let block_type = string(required(&block, "type", &at)?, &format!("{at}.type"))?;
         let block_text = optional_string(&block, "text", &at)?;
         for name in ["id", "name", "thinking"] {
             optional_string(&block, name, &at)?;
