@@ -38,6 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def within_one_minute(seconds: float) -> None:
+    """Waits, if need be, for the next minute, so that the next `seconds` fall
+    inside one minute of the clock: the window the per-minute limits count in."""
+    if time.time() % 60 > 60 - seconds:
+        time.sleep(60.5 - time.time() % 60)
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     url = os.environ.get("MODEL_ROUTER_TEST_REDIS_URL")

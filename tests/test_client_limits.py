@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from conftest import free_port, model_body
+from conftest import free_port, model_body, within_one_minute
 from model_router._core import Clients
 from model_router.ratelimit import FailedAuthentications
 from model_router.settings import Settings
@@ -33,6 +33,7 @@ def _from(address: str, key: str = "mr_nope_wrong") -> dict[str, str]:
 
 def test_failed_authentications_are_limited_per_address_exactly_across_workers(make_server):
     server = make_server(workers=2, MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="5", **BEHIND_INGRESS)
+    within_one_minute(10)  # failures are counted per minute: not across the turn of one
     answers = [httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.1")) for _ in range(12)]
     assert [r.status_code for r in answers] == [401] * 5 + [429] * 7
     refused = answers[-1]
@@ -47,6 +48,7 @@ def test_failed_authentications_are_limited_per_address_exactly_across_workers(m
 
 def test_an_address_over_its_failures_is_refused_even_with_a_good_key(make_server):
     server = make_server(MODEL_ROUTER_AUTH_FAILURES_PER_MINUTE="3", **BEHIND_INGRESS)
+    within_one_minute(5)
     codes = [
         httpx.get(f"{server.url}/api/models", headers=_from("10.0.0.3")).status_code
         for _ in range(4)

@@ -6,12 +6,10 @@ core_rs/src/door_tests.rs too."""
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
-from conftest import EDGES, raw_exchange
+from conftest import EDGES, raw_exchange, within_one_minute
 from model_router.door import PEER_HEADER
 
 pytestmark = pytest.mark.parametrize("edge", EDGES)
@@ -32,9 +30,7 @@ def test_a_caller_cannot_choose_the_address_its_limits_count_under(make_server):
             headers = {"Authorization": "Bearer mr_nope_wrong", PEER_HEADER: claimed}
             return client.get(f"{server.url}/api/models", headers=headers).status_code
 
-    # Failures are counted per minute: not across the turn of one.
-    while not 1 <= time.time() % 60 <= 55:
-        time.sleep(0.5)
+    within_one_minute(5)  # failures are counted per minute: not across the turn of one
     # Claiming a new address each time does not escape the count of the real one...
     assert [refused_from("127.0.0.2", f"10.9.9.{i}") for i in range(4)] == [401] * 3 + [429]
     # ...nor does claiming another's get it blocked: each real address counts alone.

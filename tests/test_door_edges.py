@@ -19,7 +19,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded
 
-from conftest import EDGES, model_body, raw_exchange
+from conftest import EDGES, model_body, raw_exchange, within_one_minute
 from model_router.door import PEER_HEADER
 
 pytestmark = pytest.mark.parametrize("edge", EDGES)
@@ -494,6 +494,7 @@ def test_no_spelling_of_the_peer_header_chooses_the_callers_address(make_server)
     headers = [("authorization", "Bearer mr_nope_wrong"), *claims]
     transport = httpx.HTTPTransport(local_address="127.0.0.4", http2=True, http1=False)
     statuses = []
+    within_one_minute(5)
     with httpx.Client(transport=transport, timeout=5) as h2:
         for _ in range(2):
             statuses.append(h2.get(f"{server.url}/api/models", headers=headers).status_code)
