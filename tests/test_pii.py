@@ -8,6 +8,7 @@ import random
 import pytest
 
 from model_router import auth
+from model_router.telemetry import pii
 from model_router.telemetry.pii import _mask, mask
 
 
@@ -64,9 +65,10 @@ def test_the_fast_paths_mask_as_the_patterns_do():
 
 def test_key_ids_are_never_masked_in_the_lines_that_name_them(monkeypatch):
     """A key id is 12 hex digits; one drawn all digits would read as a phone
-    number (1 draw in 280), and the audit line naming its writer would lose it."""
+    number (1 draw in 280), and the audit line naming its writer would lose it.
+    Rules, endpoints, canaries and experiments draw theirs the same way."""
     draws = iter(["817634880756", "81763488075a", "ffffffffffff"])
-    monkeypatch.setattr(auth.secrets, "token_hex", lambda n: next(draws))
+    monkeypatch.setattr(pii.secrets, "token_hex", lambda n: next(draws))
     assert mask("817634880756") == "[PHONE]"
     key, record = auth.mint_key("operator", None, None, "2026-11-30T00:00:00Z")
     assert record.id == "81763488075a" and key.startswith("mr_81763488075a_")

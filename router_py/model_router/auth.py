@@ -14,6 +14,7 @@ from typing import cast
 from . import _core
 from . import types as t
 from .http import ApiError, Permission
+from .telemetry.pii import hex_id
 
 
 def _permissions() -> tuple[dict[str, frozenset[Permission]], frozenset[Permission]]:
@@ -69,9 +70,7 @@ hash_key = _core.hash_key
 def mint_key(
     role: t.Role, workspace_id: str | None, name: str | None, now: str
 ) -> tuple[str, t.ApiKey]:
-    key_id = secrets.token_hex(6)
-    while key_id.isdigit():  # 1 draw in 280: log masking would read it as a phone number
-        key_id = secrets.token_hex(6)
+    key_id = hex_id(6)
     key = f"mr_{key_id}_{secrets.token_urlsafe(32)}"
     record = t.ApiKey(
         id=key_id,

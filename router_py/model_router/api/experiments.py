@@ -5,7 +5,6 @@ routes under it within a config reload."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from ..experiments.tally import (
 )
 from ..http import ApiError, Handler, Request, Response, Route, json_response, not_found
 from ..store import Delete, ExpectAbsent, ExpectBody, PreconditionFailed
+from ..telemetry.pii import hex_id
 from ..validation import Problem, raise_problems
 from .calls import workspace
 from .writes import apply, update
@@ -100,7 +100,7 @@ async def create_canary(req: Request) -> Response:
     await _scope_taken(req, body.scope)
     now = _now_ms()
     canary = t.Canary(
-        id=body.id or f"canary-{secrets.token_hex(6)}",
+        id=body.id or f"canary-{hex_id(6)}",
         model_id=body.model_id,
         baseline_model_id=body.baseline_model_id,
         scope=body.scope,
@@ -220,7 +220,7 @@ async def create_experiment(req: Request) -> Response:
     experiment = t.Experiment(
         **{
             **fields,
-            "id": body.id or f"experiment-{secrets.token_hex(6)}",
+            "id": body.id or f"experiment-{hex_id(6)}",
             "state": "running",
             "decision": "running",
             "window_start_ms": now,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import msgspec
@@ -12,6 +11,7 @@ from ..catalog import ENDPOINTS, HEALTH, MODELS, iso, utcnow
 from ..http import ApiError, Request, Response, Route, json_response, not_found
 from ..store import ExpectAbsent, ExpectPresent
 from ..telemetry import figures
+from ..telemetry.pii import hex_id
 from ..tenancy import model_visible
 from ..validation import parse_time
 from .health import ModelsHealth
@@ -145,7 +145,7 @@ async def add_endpoint(req: Request) -> Response:
     endpoint = t.Endpoint(
         **{
             **fields,
-            "id": body.id or f"ep-{secrets.token_hex(6)}",
+            "id": body.id or f"ep-{hex_id(6)}",
             "model_id": model_id,
             "created_at": utcnow(),
         }

@@ -3,14 +3,13 @@ the config snapshot; every change is live in every worker within a second."""
 
 from __future__ import annotations
 
-import secrets
-
 import msgspec
 
 from .. import types as t
 from ..catalog import MODELS, RULES, utcnow
 from ..http import Request, Response, Route, json_response, not_found
 from ..store import Delete, ExpectAbsent, ExpectPresent
+from ..telemetry.pii import hex_id
 from ..tenancy import rule_visible
 from ..validation import raise_problems, rule_problems
 from .writes import apply, update
@@ -35,7 +34,7 @@ async def add_rule(req: Request) -> Response:
     rule = t.RoutingRule(
         **{
             **fields,
-            "id": body.id or f"rule-{secrets.token_hex(6)}",
+            "id": body.id or f"rule-{hex_id(6)}",
             "created_at": now,
             "updated_at": now,
         }
