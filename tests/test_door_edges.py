@@ -114,6 +114,46 @@ def test_a_caller_that_leaves_mid_stream_cancels_the_upstream_call(stalled):
     assert time.monotonic() - left < 3
 
 
+@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
+@pytest.mark.parametrize("stays_s", [0, 0.5])  # gone before the watch starts, and after
+def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
+    make_server, interface, stays_s
+):
+    """The answer is awaited whole; a caller gone before it closes the
+    provider's connection (no tokens spent for nobody), and the request is
+    accounted as 499 with its attempt cancelled, its in-flight place given back."""
+    upstream = StallingUpstream()
+    server = make_server(
+        LOG_LEVEL="info",
+        MOCK_PROVIDER_KEY="k",
+        MODEL_ROUTER_INTERFACE=interface,
+        MODEL_ROUTER_MAX_IN_FLIGHT_PER_CLIENT="1",
+    )
+    try:
+        _with_model(server, upstream.url)
+        call = b'{"model": "m1", "messages": [{"role": "user", "content": "hi"}]}'
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as caller:
+            caller.sendall(_h1_chat_head(server, len(call)) + call)
+            assert upstream.accepted.wait(10)
+            time.sleep(stays_s)
+        left = time.monotonic()
+        assert upstream.closed.wait(10), "the upstream call was not cancelled"
+        assert time.monotonic() - left < 3
+    finally:
+        upstream.close()
+    deadline = time.monotonic() + 5  # (asked from the caller's address: its one place is free)
+    while (recent := server.client.get("/api/metrics/requests?limit=1").json()["data"]) == []:
+        assert time.monotonic() < deadline, "the request was not accounted"
+        time.sleep(0.1)
+    assert (recent[0]["status"], recent[0]["outcome"], recent[0]["attempts"]) == (
+        499,
+        "cancelled",
+        1,
+    )
+    assert recent[0]["attemptDetails"][0]["outcome"] == "cancelled"
+    assert '"status":499' in server.log_path.read_text()
+
+
 def _h2_chat_head(server, extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
     """The head of an HTTP/2 POST /v1/chat/completions with the admin key."""
     return [

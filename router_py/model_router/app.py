@@ -204,10 +204,12 @@ class App:
         started: float,
         peer: str = "",
         raw_path: str | None = None,
+        caller_left: Callable[[], Awaitable[object]] | None = None,
     ) -> tuple[Response, str]:
         """The response to one request, and the request's id. `path` is
         decoded; `raw_path`, when the server gives it, is as sent, and is
-        what routing splits (so `%2F` stays inside its segment)."""
+        what routing splits (so `%2F` stays inside its segment).
+        `caller_left` waits until the caller's connection closes."""
         request_id = headers.get("x-request-id", "")[:128] or new_id()
         address = self.client_address(headers, peer)
         # Servers may run requests in one context: no writer outlives its request.
@@ -227,6 +229,7 @@ class App:
                 request_id,
                 started,
                 address,
+                caller_left,
             )
             if response.stream is not None:
                 # The request lasts until its stream ends.
@@ -275,6 +278,7 @@ class App:
         request_id: str,
         started: float,
         address: str,
+        caller_left: Callable[[], Awaitable[object]] | None,
     ) -> Response:
         service = self.service
         if service is None:
@@ -284,6 +288,7 @@ class App:
         route, params = self.routes.match(method, path, raw_path)
         request = Request(method, path, params, headers, service, started=started)
         request.request_id = request_id
+        request.caller_left = caller_left
         limits: list[tuple[str, str]] = []
         if route.permission is not None:
             principal = await service.authenticate(credentials(headers), address)
@@ -395,6 +400,10 @@ class App:
                     break
             return b"".join(chunks)
 
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
         client = scope.get("client")
         raw_path = scope.get("raw_path")
         peer = headers.get(PEER_HEADER, "") if self.door else client[0] if client else ""
@@ -407,6 +416,7 @@ class App:
             started,
             peer,
             raw_path.decode("latin-1") if raw_path else None,
+            disconnected,
         )
         head = [
             (b"content-type", response.content_type.encode()),
@@ -425,10 +435,6 @@ class App:
 
         async def send_chunk(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
 
         await self._stream_until_disconnect(stream, send_chunk, disconnected)
         with contextlib.suppress(Exception):
@@ -473,7 +479,14 @@ class App:
         else:
             peer = scope.client.rsplit(":", 1)[0].strip("[]")
         response, request_id = await self.respond(
-            scope.method, scope.path, scope.query_string, headers, read_body, started, peer
+            scope.method,
+            scope.path,
+            scope.query_string,
+            headers,
+            read_body,
+            started,
+            peer,
+            caller_left=proto.client_disconnect,
         )
         head = [
             ("content-type", response.content_type),

@@ -8,6 +8,7 @@ app uses that to validate and authorize, the OpenAPI document to describe.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -105,6 +106,51 @@ class Request:
     principal: Principal | None = None
     started: float = 0.0  # time.perf_counter() when the request arrived
     request_id: str = ""
+    # Waits until the caller's connection closes (the server's own signal).
+    caller_left: Callable[[], Awaitable[object]] | None = None
+
+
+class CallerWatch:
+    """Cancels the request's task when its caller leaves (the connection
+    closes) before `close`: whatever the task awaits is cancelled with it,
+    an upstream call included. `left` says whether it did.
+
+    The watch starts only once the request has lasted WATCH_AFTER_S: watching
+    costs a task, about 25 µs of a worker's CPU (an eighth of a routed call,
+    measured with `bench/plain_ab.py`), and most calls that end sooner are
+    answered before a departure would matter. A caller gone by then is seen
+    at once."""
+
+    WATCH_AFTER_S = 0.1
+
+    def __init__(self, req: Request):
+        self.left = False
+        self._task = asyncio.current_task()
+        self._watch: asyncio.Future[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        if req.caller_left is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.WATCH_AFTER_S, self._start, req.caller_left)
+
+    def _start(self, caller_left: Callable[[], Awaitable[object]]) -> None:
+        self._timer = None
+        self._watch = asyncio.ensure_future(caller_left())
+        self._watch.add_done_callback(self._leaving)
+
+    def _leaving(self, watch: asyncio.Future[object]) -> None:
+        if watch.cancelled() or self._watch is None:  # closed first
+            return
+        if watch.exception() is None and self._task is not None:
+            self.left = True
+            self._task.cancel()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
 
 
 Handler = Callable[[Request], Awaitable[Response]]

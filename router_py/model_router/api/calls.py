@@ -8,6 +8,7 @@ anthropic_api.py; all of them build a `Call` and hand it to `answer`.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,10 +18,19 @@ import msgspec
 
 from .. import types as t
 from ..engine.exchanges import Operation
-from ..engine.executor import Call, CallFailed, Result
+from ..engine.executor import Call, CallCancelled, CallFailed, Result
 from ..engine.inputs import content_length, request_type
 from ..engine.secrets import provider_error
-from ..http import ApiError, HeaderParam, Request, Response, Route, json_response, new_id
+from ..http import (
+    ApiError,
+    CallerWatch,
+    HeaderParam,
+    Request,
+    Response,
+    Route,
+    json_response,
+    new_id,
+)
 from ..telemetry.logging import Timestamps
 
 _decode = msgspec.json.Decoder().decode
@@ -29,6 +39,8 @@ STREAM_CONTENT_TYPE = "text/event-stream"
 # over budget (402), the provider's refusal relayed (4XX), every attempt
 # failed (502), nothing eligible or every breaker open (503), too late (504).
 CALL_ERRORS: tuple[int | str, ...] = (400, 402, 404, "4XX", 502, 503, 504)
+# What a call whose caller left is accounted as (nobody reads the answer).
+CALLER_LEFT = 499
 
 
 def workspace(req: Request, asked: str | None) -> str | None:
@@ -215,10 +227,7 @@ async def answer(
         response = Response(b"", 200, STREAM_CONTENT_TYPE, headers)
         response.stream = _observed_stream(req, call, route, result, chunks)
         return response
-    try:
-        result = await executor.complete(call)
-    except CallFailed as failed:
-        raise observe_failure(req, call, route, failed) from None
+    result = await complete(req, call, route)
     assert result.answer is not None
     req.service.observer.observe(
         summary(req, call, route, 200, "success", result),
@@ -230,6 +239,31 @@ async def answer(
     response = Response(result.answer.body)
     response.headers += router_headers(req, call, result, len(result.attempts))
     return response
+
+
+async def complete(req: Request, call: Call, route: str) -> Result:
+    """The whole answer to a call. A failed call is accounted and its error
+    raised; a call whose caller leaves first is cancelled, its upstream call
+    closed, and accounted with nginx's 499 ("client closed request"). Its
+    attempts stay out of the call's canary or experiment tally: a caller
+    leaving says nothing of the model."""
+    watch = CallerWatch(req)
+    try:
+        return await req.service.executor.complete(call)
+    except CallFailed as failed:
+        raise observe_failure(req, call, route, failed) from None
+    except asyncio.CancelledError as cut:
+        if not watch.left:
+            raise
+        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        attempts = cut.attempts if isinstance(cut, CallCancelled) else []
+        left = summary(req, call, route, CALLER_LEFT, "cancelled", attempts=attempts)
+        req.service.observer.observe(left, attempts)
+        error = ApiError(CALLER_LEFT, "client_closed_request", "the caller left before the answer")
+        error.observed = True
+        raise error from None
+    finally:
+        watch.close()
 
 
 async def _observed_stream(
@@ -288,10 +322,7 @@ async def route_request(req: Request) -> Response:
         capabilities=body.capabilities or None,
         metadata=body.metadata,
     )
-    try:
-        result = await req.service.executor.complete(call)
-    except CallFailed as failed:
-        raise observe_failure(req, call, "/api/route", failed) from None
+    result = await complete(req, call, "/api/route")
     assert result.answer is not None
     done = summary(req, call, "/api/route", 200, "success", result)
     req.service.observer.observe(done, result.attempts, body.prompt, result.answer.text, call.arm)

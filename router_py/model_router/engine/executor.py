@@ -16,6 +16,7 @@ Which statuses fail over, and a provider's Retry-After, are the core's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -99,6 +100,16 @@ class Result:
     upstream_ms: float
     rule_id: str | None
     answer: Answer | None = None
+
+
+class CallCancelled(asyncio.CancelledError):
+    """A whole call cancelled (its caller left, the server stopping): still a
+    cancellation to every layer above, and what its attempts came to, the
+    one cut short recorded as `cancelled`."""
+
+    def __init__(self, attempts: list[t.AttemptReport]):
+        super().__init__()
+        self.attempts = attempts
 
 
 class CallFailed(Exception):
@@ -468,16 +479,20 @@ class Executor:
         return decision, hold
 
     async def complete(self, call: Call) -> Result:
-        decision, hold = await self._admit(call)
-        result: Result | None = None
+        tries = _Tries()
         try:
-            result = await self._complete(call, decision)
-            return result
-        finally:
-            self._settle(hold, result.usage if result else None)
+            decision, hold = await self._admit(call)
+            tries.rule_id = decision.rule_id
+            result: Result | None = None
+            try:
+                result = await self._complete(call, decision, tries)
+                return result
+            finally:
+                self._settle(hold, result.usage if result else None)
+        except asyncio.CancelledError:
+            raise CallCancelled(tries.attempts) from None
 
-    async def _complete(self, call: Call, decision: Decision) -> Result:
-        tries = _Tries(rule_id=decision.rule_id)
+    async def _complete(self, call: Call, decision: Decision, tries: _Tries) -> Result:
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
             remaining = call.deadline - time.monotonic()
             deadlines = Deadlines.within(
@@ -487,6 +502,9 @@ class Executor:
             )
             try:
                 response = await self.client.send(request, deadlines)
+            except asyncio.CancelledError:  # its upstream call closed; not the endpoint's fault
+                self._record(call, attempt, tries, "cancelled", None)
+                raise
             except TimeoutError as exc:
                 self._record(call, attempt, tries, "timeout", None, str(exc))
                 continue
