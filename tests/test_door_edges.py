@@ -151,7 +151,8 @@ def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
         1,
     )
     assert recent[0]["attemptDetails"][0]["outcome"] == "cancelled"
-    assert '"status":499' in server.log_path.read_text()
+    line = next(line for line in server.log_path.read_text().splitlines() if '"status":499' in line)
+    assert '"level":"info"' in line and "the caller left" in line
 
 
 def _h2_chat_head(server, extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:

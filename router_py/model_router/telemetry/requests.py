@@ -118,6 +118,8 @@ class RequestObserver:
             fields |= {"prompt": prompt, "response": reply}
         if summary.status == 200:
             level, message = logging.INFO, "Request routed successfully"
+        elif summary.outcome == "cancelled":  # a whole answer's caller left (499)
+            level, message = logging.INFO, "Request cancelled: the caller left"
         else:  # the caller's fault is a warning, the router's or a provider's an error
             level = logging.WARNING if summary.status < 500 else logging.ERROR
             message = "Request failed"
