@@ -122,7 +122,9 @@ pub struct Outcome<'a> {
     pub model_id: &'a str,
     pub endpoint_id: Option<&'a str>,
     pub workspace_id: Option<&'a str>,
-    pub success: bool,
+    /// Whether the endpoint did its job; None: no verdict (its caller left
+    /// before the answer), which leaves its breaker and latency stats alone.
+    pub success: Option<bool>,
     pub latency_ms: f64,
     pub tokens: Tokens,
     pub retry_after_ms: Option<u64>,
@@ -934,17 +936,20 @@ impl Engine {
     pub fn record(&mut self, o: &Outcome<'_>, now_ms: u64) -> Option<Nanos> {
         let snap = self.snapshot.clone();
         let mi = snap.model_position(o.model_id)?;
-        if let Some((emi, ei)) = o.endpoint_id.and_then(|id| snap.endpoint_position(id)) {
-            if emi == mi {
-                let breaker = &mut self.breakers[mi][ei];
-                if let Some(t) = breaker.record(o.success, now_ms, o.started_ms, o.retry_after_ms) {
-                    self.transitions
-                        .push((snap.models[mi].endpoints[ei].id.clone(), t));
+        if let Some(success) = o.success {
+            if let Some((emi, ei)) = o.endpoint_id.and_then(|id| snap.endpoint_position(id)) {
+                if emi == mi {
+                    let breaker = &mut self.breakers[mi][ei];
+                    if let Some(t) = breaker.record(success, now_ms, o.started_ms, o.retry_after_ms)
+                    {
+                        self.transitions
+                            .push((snap.models[mi].endpoints[ei].id.clone(), t));
+                    }
+                    self.endpoint_stats[mi][ei].record(success, o.latency_ms, now_ms);
                 }
-                self.endpoint_stats[mi][ei].record(o.success, o.latency_ms, now_ms);
             }
+            self.model_stats[mi].record(success, o.latency_ms, now_ms);
         }
-        self.model_stats[mi].record(o.success, o.latency_ms, now_ms);
         let cost = self.facts[mi].price.map_or(0, |p| p.cost(&o.tokens));
         self.ledger.add(o.workspace_id, o.model_id, cost);
         if let Some(r) = &o.rollup {

@@ -71,7 +71,7 @@ fn fail(e: &mut Engine, endpoint: &str, times: usize) {
                 model_id: &model,
                 endpoint_id: Some(endpoint),
                 workspace_id: None,
-                success: false,
+                success: Some(false),
                 latency_ms: 5.0,
                 tokens: Tokens::default(),
                 retry_after_ms: None,
@@ -146,7 +146,7 @@ fn observed_latency_and_success_count_only_past_min_samples() {
         model_id: "slow",
         endpoint_id: Some("slow-a"),
         workspace_id: None,
-        success: true,
+        success: Some(true),
         latency_ms: latency,
         tokens: Tokens::default(),
         retry_after_ms: None,
@@ -296,7 +296,7 @@ fn budgets_stop_a_workspace_and_name_limit_and_spend() {
                 model_id: "m",
                 endpoint_id: Some("m-a"),
                 workspace_id: Some("ws-1"),
-                success: true,
+                success: Some(true),
                 latency_ms: 1.0,
                 tokens: Tokens {
                     completion: tokens,
@@ -375,6 +375,33 @@ fn open_breakers_move_traffic_and_say_until_when() {
 }
 
 #[test]
+fn an_attempt_with_no_verdict_is_costed_but_moves_no_breaker_or_stats() {
+    let mut e = engine(json!({"version": 1, "models": [model("a")]}));
+    fail(&mut e, "a-a", 4); // one failure short of opening
+    let left = Outcome {
+        model_id: "a",
+        endpoint_id: Some("a-a"),
+        workspace_id: Some("ws"),
+        success: None,
+        latency_ms: 900.0,
+        tokens: Tokens {
+            prompt: 1000,
+            ..Tokens::default()
+        },
+        retry_after_ms: None,
+        started_ms: 1_000,
+        rollup: None,
+    };
+    let cost = e.record(&left, 1_000).unwrap();
+    assert!(cost > 0, "what was sent is costed");
+    assert_eq!(e.ledger.spent("ws")[0], cost);
+    assert_eq!(e.model_summary(0, 1_000).samples, 4, "no latency sample");
+    assert_eq!(e.endpoint_summary(0, 0, 1_000).samples, 4);
+    fail(&mut e, "a-a", 1); // the fifth failure in a row: nothing reset the count
+    assert_eq!(decide(&mut e, facts()).candidates[0].endpoints, [1]);
+}
+
+#[test]
 fn with_active_probes_no_caller_is_sent_to_a_half_open_endpoint() {
     let mut e = engine(json!({"version": 1, "models": [model("a")],
                               "settings": {"activeProbes": true}}));
@@ -388,7 +415,7 @@ fn with_active_probes_no_caller_is_sent_to_a_half_open_endpoint() {
         model_id: "a",
         endpoint_id: Some("a-a"),
         workspace_id: None,
-        success: true,
+        success: Some(true),
         latency_ms: 1.0,
         tokens: Tokens::default(),
         retry_after_ms: None,
@@ -661,7 +688,7 @@ fn record_folds_traffic_into_the_rollups_with_its_cost_and_skips_probes() {
         model_id: "m",
         endpoint_id: Some("m-a"),
         workspace_id: Some("ws"),
-        success: true,
+        success: Some(true),
         latency_ms: 250.0,
         tokens: Tokens {
             prompt: 1000,

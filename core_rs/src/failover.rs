@@ -69,7 +69,9 @@ impl Outcome {
     }
 
     /// Whether the endpoint did its job (its breaker and health count it
-    /// so): it did when the caller erred or left.
+    /// so): it did when the caller erred, or left a stream it had begun. (A
+    /// whole answer's caller leaving first is no verdict either way: that
+    /// attempt is recorded with none, `Engine::record`'s `success` None.)
     pub fn healthy(self) -> bool {
         matches!(
             self,

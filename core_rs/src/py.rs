@@ -251,7 +251,7 @@ impl Engine {
         &self,
         model_id: &str,
         endpoint_id: Option<&str>,
-        success: bool,
+        success: Option<bool>,
         latency_ms: f64,
         prompt_tokens: u64,
         completion_tokens: u64,

@@ -98,7 +98,7 @@ class Engine:
         self,
         model_id: str,
         endpoint_id: str | None,
-        success: bool,
+        success: bool | None,
         latency_ms: float,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
@@ -116,8 +116,10 @@ class Engine:
         variant: str | None = None,
     ) -> int | None:
         """Account one attempt; its cost in nano-dollars (None: model unknown).
-        `prompt_tokens` counts cached ones too; cache reads and writes are
-        priced at the model's cache prices. `started_ms` (when the attempt was
+        `success` None is no verdict (the caller left before the answer): the
+        breaker and latency stats are left alone. `prompt_tokens` counts
+        cached ones too; cache reads and writes are priced at the model's
+        cache prices. `started_ms` (when the attempt was
         sent; default now): outcomes of attempts sent before the breaker's last
         change do not move it. With an `outcome` kind ("success", "timeout",
         ...) the attempt also folds into the outcome rollups (in the minute of

@@ -18,7 +18,7 @@ import msgspec
 
 from .. import types as t
 from ..engine.exchanges import Operation
-from ..engine.executor import Call, CallCancelled, CallFailed, Result
+from ..engine.executor import Call, CallCancelled, CallFailed, Result, Usage
 from ..engine.inputs import content_length, request_type
 from ..engine.secrets import provider_error
 from ..http import (
@@ -77,8 +77,9 @@ def summary(
     result: Result | None = None,
     attempts: list[t.AttemptReport] | None = None,
     stream: bool = False,
+    usage: Usage | None = None,  # with no result: what a call cut short was sent with
 ) -> t.RecentRequest:
-    usage = result.usage if result else None
+    usage = result.usage if result else usage
     tried = result.attempts if result else attempts or []
     arm = call.arm
     return t.RecentRequest(
@@ -247,23 +248,28 @@ async def complete(req: Request, call: Call, route: str) -> Result:
     closed, and accounted with nginx's 499 ("client closed request"). Its
     attempts stay out of the call's canary or experiment tally: a caller
     leaving says nothing of the model."""
-    watch = CallerWatch(req)
+    executor = req.service.executor
+    watch: CallerWatch | None = None
     try:
-        return await req.service.executor.complete(call)
+        admitted = await executor.admit(call)
+        # Once admitted: a cancel while holds are being taken could leave one behind.
+        watch = CallerWatch(req)
+        return await executor.complete(call, admitted)
     except CallFailed as failed:
         raise observe_failure(req, call, route, failed) from None
-    except asyncio.CancelledError as cut:
-        if not watch.left:
+    except CallCancelled as cut:  # every cancel of `complete` is one
+        if watch is None or not watch.left:
             raise
         asyncio.current_task().uncancel()  # type: ignore[union-attr]
-        attempts = cut.attempts if isinstance(cut, CallCancelled) else []
-        left = summary(req, call, route, CALLER_LEFT, "cancelled", attempts=attempts)
-        req.service.observer.observe(left, attempts)
+        tried, usage = cut.attempts, cut.usage
+        left = summary(req, call, route, CALLER_LEFT, "cancelled", attempts=tried, usage=usage)
+        req.service.observer.observe(left, tried)
         error = ApiError(CALLER_LEFT, "client_closed_request", "the caller left before the answer")
         error.observed = True
         raise error from None
     finally:
-        watch.close()
+        if watch is not None:
+            watch.close()
 
 
 async def _observed_stream(

@@ -53,6 +53,10 @@ class Holds:
     tokens: TokenHold | None = None
 
 
+# A call let through: its decision and what it holds, until `complete` settles them.
+Admitted = tuple[Decision, Holds]
+
+
 @dataclass
 class Call:
     """One request to route: the front door's body, as sent, plus the
@@ -105,11 +109,12 @@ class Result:
 class CallCancelled(asyncio.CancelledError):
     """A whole call cancelled (its caller left, the server stopping): still a
     cancellation to every layer above, and what its attempts came to, the
-    one cut short recorded as `cancelled`."""
+    one cut short recorded as `cancelled` with the usage it was sent with."""
 
-    def __init__(self, attempts: list[t.AttemptReport]):
+    def __init__(self, attempts: list[t.AttemptReport], usage: Usage | None):
         super().__init__()
         self.attempts = attempts
+        self.usage = usage
 
 
 class CallFailed(Exception):
@@ -173,6 +178,7 @@ class _Tries:
     upstream_ms: float = 0.0
     retry_after: list[int] = field(default_factory=list)
     rule_id: str | None = None  # the rule that chose the candidates, for the rollups
+    cut_short: Usage | None = None  # what an attempt cancelled mid-way was sent with
 
 
 @dataclass(frozen=True)
@@ -306,10 +312,14 @@ class Executor:
         error: str | None = None,
         usage: Usage | None = None,
         retry_after: int | None = None,
+        judged: bool = True,
     ) -> None:
+        """Account an attempt; `judged` False: it says nothing of its
+        endpoint (cut short before the answer), so its breaker and latency
+        stats are left alone."""
         latency = attempt.elapsed_ms()
         # The endpoint did its job even when the caller erred or left.
-        healthy = outcome in HEALTHY_OUTCOMES
+        healthy = outcome in HEALTHY_OUTCOMES if judged else None
         tokens = usage.tokens if usage else Tokens()
         failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
         arm = call.arm
@@ -468,7 +478,7 @@ class Executor:
         used = usage.prompt_tokens + usage.completion_tokens if usage else 0
         self.workspace_limits.settle(holds.tokens, used)
 
-    async def _admit(self, call: Call) -> tuple[Decision, Holds]:
+    async def admit(self, call: Call) -> Admitted:
         """Route the call and hold it against its workspace's limits. Its
         canary or experiment arm is attached only once the call is admitted:
         a 402 or 429 of the router's own is no outcome of the arm's model."""
@@ -478,19 +488,22 @@ class Executor:
         call.arm = arm
         return decision, hold
 
-    async def complete(self, call: Call) -> Result:
-        tries = _Tries()
+    async def complete(self, call: Call, admitted: Admitted) -> Result:
+        """The admitted call's attempts, in turn, until one answers; its holds
+        settled. Cancelled (its caller left), it raises CallCancelled with
+        what its attempts came to."""
+        decision, hold = admitted
+        tries = _Tries(rule_id=decision.rule_id)
         try:
-            decision, hold = await self._admit(call)
-            tries.rule_id = decision.rule_id
-            result: Result | None = None
-            try:
-                result = await self._complete(call, decision, tries)
-                return result
-            finally:
-                self._settle(hold, result.usage if result else None)
+            result = await self._complete(call, decision, tries)
         except asyncio.CancelledError:
-            raise CallCancelled(tries.attempts) from None
+            self._settle(hold, tries.cut_short)
+            raise CallCancelled(tries.attempts, tries.cut_short) from None
+        except BaseException:
+            self._settle(hold, None)
+            raise
+        self._settle(hold, result.usage)
+        return result
 
     async def _complete(self, call: Call, decision: Decision, tries: _Tries) -> Result:
         for attempt, exchange, request, timeouts in self._plan(call, decision, tries):
@@ -502,8 +515,13 @@ class Executor:
             )
             try:
                 response = await self.client.send(request, deadlines)
-            except asyncio.CancelledError:  # its upstream call closed; not the endpoint's fault
-                self._record(call, attempt, tries, "cancelled", None)
+            except asyncio.CancelledError:
+                # Its upstream call is closed. What was sent counts (the
+                # provider read the prompt); of the endpoint it says nothing.
+                tries.cut_short = self._usage(call, Tokens(), 0)
+                self._record(
+                    call, attempt, tries, "cancelled", None, usage=tries.cut_short, judged=False
+                )
                 raise
             except TimeoutError as exc:
                 self._record(call, attempt, tries, "timeout", None, str(exc))
@@ -538,7 +556,7 @@ class Executor:
         """Open the stream on the first candidate that yields a first event.
         Returns the result so far (finished when the iterator ends) and the
         bytes to send, the first of them already read."""
-        decision, hold = await self._admit(call)
+        decision, hold = await self.admit(call)
         try:
             return await self._stream(call, decision, hold)
         except BaseException:
