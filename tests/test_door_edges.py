@@ -88,10 +88,10 @@ def stalled(make_server):
         upstream.close()
 
 
-def _h1_chat_head(server, length: int) -> bytes:
-    """The head of an HTTP/1.1 POST /v1/chat/completions with the admin key."""
+def _h1_chat_head(server, length: int, path: str = "/v1/chat/completions") -> bytes:
+    """The head of an HTTP/1.1 POST (of a chat call) with the admin key."""
     return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\n"
         f"Authorization: Bearer {server.admin_key}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
@@ -114,10 +114,30 @@ def test_a_caller_that_leaves_mid_stream_cancels_the_upstream_call(stalled):
     assert time.monotonic() - left < 3
 
 
-@pytest.mark.parametrize("interface", ["rsgi", "asgi"])
-@pytest.mark.parametrize("stays_s", [0, 0.5])  # gone before the watch starts, and after
+_WHOLE_CALLS = {
+    "/v1/chat/completions": {"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
+    "/v1/messages": {
+        "model": "m1",
+        "max_tokens": 9,
+        "messages": [{"role": "user", "content": "hi"}],
+    },
+    "/api/route": {"agentType": "m1", "prompt": "hi"},
+}
+
+
+@pytest.mark.parametrize(
+    ("interface", "stays_s", "path"),  # gone before the watch starts (0 s), and after
+    [
+        ("rsgi", 0, "/v1/chat/completions"),
+        ("rsgi", 0.5, "/v1/chat/completions"),
+        ("asgi", 0, "/v1/chat/completions"),
+        ("asgi", 0.5, "/v1/chat/completions"),
+        ("rsgi", 0.5, "/v1/messages"),
+        ("rsgi", 0.5, "/api/route"),
+    ],
+)
 def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
-    make_server, interface, stays_s
+    make_server, interface, stays_s, path
 ):
     """The answer is awaited whole; a caller gone before it closes the
     provider's connection (no tokens spent for nobody), and the request is
@@ -131,9 +151,9 @@ def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
     )
     try:
         _with_model(server, upstream.url)
-        call = b'{"model": "m1", "messages": [{"role": "user", "content": "hi"}]}'
+        call = json.dumps(_WHOLE_CALLS[path]).encode()
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as caller:
-            caller.sendall(_h1_chat_head(server, len(call)) + call)
+            caller.sendall(_h1_chat_head(server, len(call), path) + call)
             assert upstream.accepted.wait(10)
             time.sleep(stays_s)
         left = time.monotonic()
