@@ -17,6 +17,7 @@ from test_calls import SPEC_ROUTE, add_model, prefer
 from test_experiments_api import CANARY, EXPERIMENT, results_when
 
 from conftest import model_body
+from model_router.telemetry.figures import Tally
 
 ALPHA = 0.01
 
@@ -473,3 +474,18 @@ def test_the_workspace_list_and_health_read_spend_without_writing(backend, make_
     namespace = server.env["MODEL_ROUTER_REDIS_NAMESPACE"]
     written = list(redis.Redis.from_url(redis_url).scan_iter(f"{{{namespace}}}:counter:spend:*"))
     assert written == []
+
+
+def test_callers_leaving_are_no_verdict_on_observed_health():
+    """A `cancelled` attempt (its caller gone) counts as an attempt, but the
+    observed success rate, and so the status, is over the others."""
+    tally = Tally()
+    tally.add("success", "attempts", 9)
+    tally.add("cancelled", "attempts", 91)
+    observed = tally.observed(300)
+    assert (observed.attempts, observed.success_rate, observed.status) == (100, 1.0, "healthy")
+    tally.add("timeout", "attempts", 9)
+    assert tally.observed(300).success_rate == 0.5
+    only_left = Tally()
+    only_left.add("cancelled", "attempts", 3)
+    assert only_left.observed(300).status == "unknown"

@@ -171,6 +171,8 @@ def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
         1,
     )
     assert recent[0]["attemptDetails"][0]["outcome"] == "cancelled"
+    cut_at = recent[0]["attemptDetails"][0]["endpointId"]
+    assert (recent[0]["modelId"], recent[0]["endpointId"]) == ("m1", cut_at)
     # The provider read the prompt: it counts, estimated, against the workspace.
     assert recent[0]["promptTokens"] > 0 and recent[0]["estimated"] is True
     line = next(line for line in server.log_path.read_text().splitlines() if '"status":499' in line)

@@ -197,6 +197,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// An attempt that came to no verdict (its caller left before the
+    /// answer) gives back the probe slot it may have held: the next request
+    /// may test the endpoint, not wait out `probe_timeout_ms`.
+    pub fn no_verdict(&mut self, now_ms: u64) {
+        if self.state(now_ms) == State::HalfOpen {
+            self.probes.pop();
+        }
+    }
+
     /// Take on a transition another worker or replica made.
     pub fn adopt(&mut self, transition: Transition, now_ms: u64) {
         match (transition, self.state) {
@@ -288,6 +297,19 @@ mod tests {
         assert!(!b.take_probe(10_101), "one probe at a time");
         b.record(true, 10_200, 10_200, None);
         assert_eq!(b.state(10_200), State::Closed);
+    }
+
+    #[test]
+    fn a_probe_with_no_verdict_gives_its_slot_back() {
+        let mut b = breaker();
+        for _ in 0..5 {
+            b.record(false, 100, 100, None);
+        }
+        assert!(b.take_probe(10_100));
+        assert!(!b.take_probe(10_101));
+        b.no_verdict(10_150); // its caller left
+        assert_eq!(b.state(10_150), State::HalfOpen, "still to be tested");
+        assert!(b.take_probe(10_160), "the next request may test it");
     }
 
     #[test]

@@ -936,18 +936,24 @@ impl Engine {
     pub fn record(&mut self, o: &Outcome<'_>, now_ms: u64) -> Option<Nanos> {
         let snap = self.snapshot.clone();
         let mi = snap.model_position(o.model_id)?;
-        if let Some(success) = o.success {
-            if let Some((emi, ei)) = o.endpoint_id.and_then(|id| snap.endpoint_position(id)) {
-                if emi == mi {
-                    let breaker = &mut self.breakers[mi][ei];
-                    if let Some(t) = breaker.record(success, now_ms, o.started_ms, o.retry_after_ms)
-                    {
-                        self.transitions
-                            .push((snap.models[mi].endpoints[ei].id.clone(), t));
+        if let Some((emi, ei)) = o.endpoint_id.and_then(|id| snap.endpoint_position(id)) {
+            if emi == mi {
+                let breaker = &mut self.breakers[mi][ei];
+                match o.success {
+                    Some(success) => {
+                        if let Some(t) =
+                            breaker.record(success, now_ms, o.started_ms, o.retry_after_ms)
+                        {
+                            self.transitions
+                                .push((snap.models[mi].endpoints[ei].id.clone(), t));
+                        }
+                        self.endpoint_stats[mi][ei].record(success, o.latency_ms, now_ms);
                     }
-                    self.endpoint_stats[mi][ei].record(success, o.latency_ms, now_ms);
+                    None => breaker.no_verdict(now_ms),
                 }
             }
+        }
+        if let Some(success) = o.success {
             self.model_stats[mi].record(success, o.latency_ms, now_ms);
         }
         let cost = self.facts[mi].price.map_or(0, |p| p.cost(&o.tokens));

@@ -257,12 +257,21 @@ async def complete(req: Request, call: Call, route: str) -> Result:
         return await executor.complete(call, admitted)
     except CallFailed as failed:
         raise observe_failure(req, call, route, failed) from None
-    except CallCancelled as cut:  # every cancel of `complete` is one
-        if watch is None or not watch.left:
+    except CallCancelled as cut:
+        task = asyncio.current_task()
+        # Not the caller's cancel, or not only its (the server stopping too): it goes on.
+        if watch is None or not watch.left or (task is not None and task.uncancel()):
             raise
-        asyncio.current_task().uncancel()  # type: ignore[union-attr]
         tried, usage = cut.attempts, cut.usage
         left = summary(req, call, route, CALLER_LEFT, "cancelled", attempts=tried, usage=usage)
+        if tried:  # the model and endpoint it was cut short at
+            last = tried[-1]
+            left = msgspec.structs.replace(
+                left,
+                model_id=last.model_id,
+                endpoint_id=last.endpoint_id,
+                upstream_ms=round(cut.upstream_ms, 3),
+            )
         req.service.observer.observe(left, tried)
         error = ApiError(CALLER_LEFT, "client_closed_request", "the caller left before the answer")
         error.observed = True

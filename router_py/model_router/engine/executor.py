@@ -111,10 +111,11 @@ class CallCancelled(asyncio.CancelledError):
     cancellation to every layer above, and what its attempts came to, the
     one cut short recorded as `cancelled` with the usage it was sent with."""
 
-    def __init__(self, attempts: list[t.AttemptReport], usage: Usage | None):
+    def __init__(self, tries: _Tries):
         super().__init__()
-        self.attempts = attempts
-        self.usage = usage
+        self.attempts = tries.attempts
+        self.usage = tries.cut_short
+        self.upstream_ms = tries.upstream_ms
 
 
 class CallFailed(Exception):
@@ -318,7 +319,7 @@ class Executor:
         endpoint (cut short before the answer), so its breaker and latency
         stats are left alone."""
         latency = attempt.elapsed_ms()
-        # The endpoint did its job even when the caller erred or left.
+        # The endpoint did its job when the caller erred, or left a stream it had begun.
         healthy = outcome in HEALTHY_OUTCOMES if judged else None
         tokens = usage.tokens if usage else Tokens()
         failed = tries.attempts[-1] if tries.attempts else None  # this one is a failover
@@ -498,7 +499,7 @@ class Executor:
             result = await self._complete(call, decision, tries)
         except asyncio.CancelledError:
             self._settle(hold, tries.cut_short)
-            raise CallCancelled(tries.attempts, tries.cut_short) from None
+            raise CallCancelled(tries) from None
         except BaseException:
             self._settle(hold, None)
             raise
@@ -516,8 +517,8 @@ class Executor:
             try:
                 response = await self.client.send(request, deadlines)
             except asyncio.CancelledError:
-                # Its upstream call is closed. What was sent counts (the
-                # provider read the prompt); of the endpoint it says nothing.
+                # Its upstream call is closed. The prompt counts (the provider
+                # may have read it); of the endpoint it says nothing.
                 tries.cut_short = self._usage(call, Tokens(), 0)
                 self._record(
                     call, attempt, tries, "cancelled", None, usage=tries.cut_short, judged=False

@@ -18,6 +18,8 @@ from ..store import Store
 from .rollups import COUNTERS, DIMENSIONS, KEY_SEPARATOR, LATENCY_BIN, TTFT_BIN
 
 NANOS_PER_USD = 1_000_000_000
+# An attempt whose caller left: no verdict on its endpoint's health.
+NO_VERDICT = "cancelled"
 QUANTILES = [0.5, 0.95, 0.99]
 
 K = TypeVar("K", bound=Hashable)
@@ -55,7 +57,8 @@ class Tally:
 
     def observed(self, window_seconds: int) -> t.Observed:
         attempts = self.counters["attempts"]
-        rate = self.outcomes["success"] / attempts if attempts else None
+        judged = attempts - self.outcomes[NO_VERDICT]
+        rate = self.outcomes["success"] / judged if judged else None
         status = observed_status(rate)
         return t.Observed(
             status=status,
