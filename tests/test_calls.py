@@ -3,6 +3,7 @@ loopback, driven over HTTP and through the official OpenAI SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -12,6 +13,7 @@ import openai
 import pytest
 
 from conftest import EDGES, model_body
+from model_router.api.calls import _Begun
 
 PRICING = {"inputPer1k": 0.01, "outputPer1k": 0.03}
 SPEC_ROUTE = {
@@ -338,6 +340,28 @@ def test_a_client_that_leaves_mid_stream_cancels_the_upstream_call(router, make_
     time.sleep(1.5)
     recent = router.client.get("/api/metrics/requests?limit=1").json()["data"][0]
     assert recent["outcome"] == "cancelled" and recent["latencyMs"] < 3000
+
+
+def test_a_stream_closed_before_its_first_chunk_was_sent_still_cleans_up():
+    """A response whose start failed closes its stream unsent: begun, it runs
+    the cleanup (upstream call, holds, accounting) an unstarted generator
+    would skip."""
+    cleaned: list[str] = []
+
+    async def chunks(name: str):
+        try:
+            yield b"a"
+            yield b"b"
+        finally:
+            cleaned.append(name)
+
+    async def scenario() -> None:
+        await chunks("unstarted").aclose()
+        await (await _Begun.begin(chunks("begun"))).aclose()
+        assert [c async for c in await _Begun.begin(chunks("read"))] == [b"a", b"b"]
+
+    asyncio.run(scenario())
+    assert cleaned == ["begun", "read"]  # "unstarted" ran nothing: why streams are begun
 
 
 def test_costs_are_exact_and_spent_budgets_stop_a_workspace_across_workers(make_server, make_mock):

@@ -212,3 +212,12 @@ def test_a_stream_whose_client_left_before_it_started_gives_its_place_back(
     call = {"model": "m1", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=call, headers=headers, timeout=10)
     assert r.status_code == 200, r.text
+    # ...and each stream that lost its caller is accounted, cancelled.
+    deadline = time.monotonic() + 5
+    while True:
+        recent = server.client.get("/api/metrics/requests?limit=10").json()["data"]
+        outcomes = sorted(x["outcome"] for x in recent)
+        if outcomes == ["cancelled"] * 4 + ["success"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert outcomes == ["cancelled"] * 4 + ["success"], outcomes

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -226,7 +226,7 @@ async def answer(
         # The attempt that streams is recorded when the stream ends.
         headers = router_headers(req, call, result, len(result.attempts) + 1)
         response = Response(b"", 200, STREAM_CONTENT_TYPE, headers)
-        response.stream = _observed_stream(req, call, route, result, chunks)
+        response.stream = await _Begun.begin(_observed_stream(req, call, route, result, chunks))
         return response
     result = await complete(req, call, route)
     assert result.answer is not None
@@ -283,7 +283,7 @@ async def complete(req: Request, call: Call, route: str) -> Result:
 
 async def _observed_stream(
     req: Request, call: Call, route: str, result: Result, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         async for chunk in chunks:
             yield chunk
@@ -295,6 +295,32 @@ async def _observed_stream(
             result.attempts,
             arm=call.arm,
         )
+
+
+class _Begun:
+    """A response stream begun up to its first chunk (in memory already: the
+    executor read up to the first content). An async generator closed before
+    its first step runs none of its code, so a stream whose response never
+    started (`app._closed_if_unsent`) would leave its upstream call, holds
+    and accounting to the garbage collector; begun, closing it at any point
+    runs its cleanup."""
+
+    def __init__(self, chunks: AsyncGenerator[bytes, None], first: bytes | None):
+        self._chunks, self._first = chunks, first
+
+    @classmethod
+    async def begin(cls, chunks: AsyncGenerator[bytes, None]) -> _Begun:
+        return cls(chunks, await anext(chunks, None))
+
+    def __aiter__(self) -> _Begun:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first, self._first = self._first, None
+        return first if first is not None else await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
 
 
 # --- POST /api/route -------------------------------------------------------------
