@@ -67,7 +67,8 @@ class StallingUpstream:
 
 
 def _with_model(server, url: str) -> None:
-    server.client.post("/api/models", json=model_body("m1")).raise_for_status()
+    pricing = {"inputPer1k": 0.01, "outputPer1k": 0.03}
+    server.client.post("/api/models", json=model_body("m1", pricing=pricing)).raise_for_status()
     endpoint = {"url": url, "apiKeyEnv": "MOCK_PROVIDER_KEY"}
     server.client.post("/api/models/m1/endpoints", json=endpoint).raise_for_status()
     server.wait_for_config()
@@ -173,8 +174,9 @@ def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
     assert recent[0]["attemptDetails"][0]["outcome"] == "cancelled"
     cut_at = recent[0]["attemptDetails"][0]["endpointId"]
     assert (recent[0]["modelId"], recent[0]["endpointId"]) == ("m1", cut_at)
-    # The provider read the prompt: it counts, estimated, against the workspace.
+    # The provider may have read the prompt: it counts, estimated, and is paid for.
     assert recent[0]["promptTokens"] > 0 and recent[0]["estimated"] is True
+    assert recent[0]["cost"] == pytest.approx(recent[0]["promptTokens"] * 0.01 / 1000)
     line = next(line for line in server.log_path.read_text().splitlines() if '"status":499' in line)
     assert '"level":"info"' in line and "the caller left" in line
 
