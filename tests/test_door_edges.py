@@ -177,8 +177,13 @@ def test_a_caller_that_leaves_a_plain_call_cancels_the_upstream_call(
     # The provider may have read the prompt: it counts, estimated, and is paid for.
     assert recent[0]["promptTokens"] > 0 and recent[0]["estimated"] is True
     assert recent[0]["cost"] == pytest.approx(recent[0]["promptTokens"] * 0.01 / 1000)
-    line = next(line for line in server.log_path.read_text().splitlines() if '"status":499' in line)
-    assert '"level":"info"' in line and "the caller left" in line
+    deadline = time.monotonic() + 5  # request lines are written by a beat of their own
+    while not (
+        lines := [x for x in server.log_path.read_text().splitlines() if '"status":499' in x]
+    ):
+        assert time.monotonic() < deadline, "the request's line was not written"
+        time.sleep(0.05)
+    assert '"level":"info"' in lines[0] and "the caller left" in lines[0]
 
 
 def _h2_chat_head(server, extra: list[tuple[str, str]] | None = None) -> list[tuple[str, str]]:
