@@ -252,7 +252,6 @@ def test_spend_whose_write_landed_but_whose_answer_was_lost_is_counted_once(
         answers = [routed(server, key) for _ in range(20)]
         assert [a.status_code for a in answers] == [200] * 20
         assert proxy.lost.wait(5)
-        # A request record pushed again after a lost answer is listed twice: one each.
         costs: dict[str, int] = {}
         spend = -1
         deadline = time.time() + 10
@@ -265,6 +264,30 @@ def test_spend_whose_write_landed_but_whose_answer_was_lost_is_counted_once(
     finally:
         proxy.close()
     assert len(costs) == 40 and abs(spend - sum(costs.values())) <= 40  # nano-dollar rounding
+
+
+def test_a_record_whose_push_landed_but_whose_answer_was_lost_is_listed_once(
+    own_redis, start_router
+):
+    """The records' push lands, its answer is lost: sent again as it was, the
+    store holds it twice, and /api/metrics/requests lists each record once."""
+    r = own_redis(persistent=True)
+    proxy = AnswerLosingProxy(r.port, b"LPUSH")
+    env = {**redis_env(r), "REDIS_URL": proxy.url, "MODEL_ROUTER_STORE_TIMEOUT_MS": "300"}
+    try:
+        server, _ = start_router(env)  # its 20 warm-up calls are recorded
+        assert proxy.lost.wait(5)
+        held, ids = 0, []
+        deadline = time.time() + 10
+        while time.time() < deadline and not (held > 20 and len(set(ids)) == 20):
+            time.sleep(0.3)  # the timeout, and the push sent again
+            held = r.client().llen("{faults}:recent")
+            listed = server.client.get("/api/metrics/requests", params={"limit": 1000})
+            ids = [x["id"] for x in listed.json()["data"]]
+    finally:
+        proxy.close()
+    assert held > 20, "the lost push was not sent again"
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 20
 
 
 def test_a_window_the_store_counts_full_admits_no_more_once_it_is_back(own_redis):

@@ -36,7 +36,11 @@ async def prometheus(req: Request) -> Response:
 async def recent_requests(req: Request) -> Response:
     q: t.RecentQuery = req.query
     raw = await req.service.store.recent(q.limit)
-    items = [msgspec.json.decode(item, type=t.RecentRequest) for item in raw]
+    items, listed = [], set()
+    for record in (msgspec.json.decode(item, type=t.RecentRequest) for item in raw):
+        if record.id not in listed:  # a push sent again after its answer was lost
+            listed.add(record.id)
+            items.append(record)
     principal = req.principal
     if principal is not None and principal.workspace_id is not None:
         items = [i for i in items if i.workspace_id == principal.workspace_id]
