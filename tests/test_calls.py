@@ -456,7 +456,11 @@ def test_logs_are_json_with_pii_masked(make_server, make_mock):
         "/api/route", json={**SPEC_ROUTE, "id": "req-pii", "prompt": secret_prompt}
     )
     assert r.status_code == 200
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5  # request lines are written by a beat of their own
+    while '"req-pii"' not in router.log_path.read_text():
+        assert time.monotonic() < deadline, "the request's line was not written"
+        time.sleep(0.05)
+    time.sleep(0.2)  # a second line would be as late
     lines = [
         json.loads(line)
         for line in router.log_path.read_text().splitlines()
