@@ -3,8 +3,9 @@
 //! request to the Python app on its private Unix socket, the bodies streamed
 //! both ways. The door owns the edge: HTTP/1.1 and HTTP/2, TLS 1.3 with an
 //! optional client CA, the connection limit, the header read timeout, the
-//! caller's address and the drain on SIGTERM. It serves nothing itself yet:
-//! what the app answers is what the caller gets.
+//! caller's address and the drain on SIGTERM. It serves the routed calls it
+//! can itself (`routed.rs`) once the app has installed their plan; what the
+//! app answers is what the caller gets for every other request.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +31,9 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+
+use crate::routed::{self, Routing};
+use crate::upstream;
 
 /// The caller's address, as the door saw it, for the app's per-address
 /// limits. The app trusts it only from its private socket; the door replaces
@@ -63,6 +67,8 @@ pub struct Settings {
     /// How long a request waits for the app's socket to take it (the app
     /// starting): what a caller would wait in Granian's backlog.
     pub app_wait: Duration,
+    /// The routed calls the door serves itself, shared with the app.
+    pub routing: Arc<Routing>,
 }
 
 /// The largest head the app's server (Granian, HTTP/1.1: its default
@@ -149,11 +155,17 @@ impl Door {
                                 path: Arc::from(settings.app_socket),
                                 wait: settings.app_wait,
                             };
+                            let pool = upstream::Pool::default();
+                            tokio::spawn(upstream::reap(pool.clone()));
                             let edge = Edge::new(
                                 app,
                                 settings.header_read_timeout,
                                 settings.max_body,
                                 settings.tls,
+                                Calls {
+                                    routing: settings.routing,
+                                    pool,
+                                },
                             );
                             serve(listener, edge, settings.max_connections, draining).await
                         }
@@ -226,14 +238,21 @@ async fn serve(
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
-/// What every connection shares: the HTTP server's settings, TLS, and the
-/// way to the app.
+/// What every connection shares: the HTTP server's settings, TLS, the way
+/// to the app and the routed calls the door serves.
 struct Edge {
     http: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     max_body: u64,
     tls: Option<TlsAcceptor>,
     app: AppSocket,
+    calls: Arc<Calls>,
+}
+
+/// The routed calls the door serves, and its connections to their upstreams.
+struct Calls {
+    routing: Arc<Routing>,
+    pool: upstream::Pool,
 }
 
 impl Edge {
@@ -242,6 +261,7 @@ impl Edge {
         header_read_timeout: Duration,
         max_body: u64,
         tls: Option<Arc<ServerConfig>>,
+        calls: Calls,
     ) -> Edge {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
@@ -256,11 +276,13 @@ impl Edge {
             max_body,
             tls: tls.map(TlsAcceptor::from),
             app,
+            calls: Arc::new(calls),
         }
     }
 
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: IpAddr, watcher: Watcher) {
-        let peer = HeaderValue::from_str(&peer.to_string()).expect("an address is a header value");
+        let address: Arc<str> = Arc::from(peer.to_string());
+        let peer = HeaderValue::from_str(&address).expect("an address is a header value");
         // The caller's connection has connections to the app of its own, and
         // they end with it: a caller that leaves is seen to go.
         let app = AppLink {
@@ -268,9 +290,22 @@ impl Edge {
             idle: Arc::default(),
         };
         let max_body = self.max_body;
-        let service = service_fn(move |request| {
-            let (app, peer) = (app.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(forward(&app, request, peer, max_body).await) }
+        let calls = self.calls.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let (app, peer, calls, address) =
+                (app.clone(), peer.clone(), calls.clone(), address.clone());
+            async move {
+                let mut request = request.map(|body| body.map_err(BoxError::from).boxed());
+                // The door's verdict comes from the door alone.
+                request.headers_mut().remove(routed::VERDICT_HEADER);
+                if routable(&request, max_body) {
+                    request = match route(&calls, request, &address).await {
+                        Ok(answer) => return Ok::<_, Infallible>(answer),
+                        Err(request) => request,
+                    };
+                }
+                Ok(forward(&app, request, peer, max_body).await)
+            }
         });
         match &self.tls {
             None => {
@@ -290,11 +325,81 @@ impl Edge {
     }
 }
 
+/// Whether `request` may be a routed call the door serves: the route, a
+/// declared length of a body that fits in memory at once, no `Expect` (the
+/// app answers those as it did).
+fn routable(request: &Request<Body>, max_body: u64) -> bool {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    request.method() == Method::POST
+        && request.uri().path() == routed::ROUTE
+        && request.uri().query().is_none()
+        && declared.is_some_and(|n| n <= LARGE_BODY.min(max_body))
+        && !request.headers().contains_key(header::EXPECT)
+        && json_or_none(request.headers().get(header::CONTENT_TYPE))
+}
+
+/// A JSON media type, or none declared (`is_json` in app.py).
+fn json_or_none(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let media = value.split(';').next().unwrap_or_default().trim();
+    let media = media.to_ascii_lowercase();
+    media.is_empty()
+        || media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"))
+}
+
+/// The door's answer to a routed call, or the request back for the app
+/// (with the door's verdict, once it admitted the call).
+async fn route(
+    calls: &Calls,
+    request: Request<Body>,
+    peer: &str,
+) -> Result<Response<Body>, Request<Body>> {
+    let started = std::time::Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Ok(own_answer(
+                StatusCode::BAD_REQUEST,
+                "the request's body ended before it was complete",
+            ))
+        }
+    };
+    let asked = routed::Asked {
+        headers: &parts.headers,
+        body: &body,
+        peer,
+        started,
+    };
+    match routed::serve(&calls.routing, &calls.pool, asked).await {
+        routed::Served::Answer(answer) => {
+            Ok(answer.map(|body| Full::new(body).map_err(|never| match never {}).boxed()))
+        }
+        routed::Served::ToApp(verdict) => {
+            if let Some(verdict) = verdict.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                let name = HeaderName::from_static(routed::VERDICT_HEADER);
+                parts.headers.insert(name, verdict);
+            }
+            let body = Full::new(body).map_err(|never| match never {}).boxed();
+            Err(Request::from_parts(parts, body))
+        }
+    }
+}
+
 /// The app's answer to `request`, streamed; if the app cannot be reached
 /// (stopping, or gone), a 503 the caller can retry.
 async fn forward(
     app: &AppLink,
-    mut request: Request<Incoming>,
+    mut request: Request<Body>,
     peer: HeaderValue,
     max_body: u64,
 ) -> Response<Body> {
@@ -327,7 +432,7 @@ async fn forward(
     let request = request.map(|body| {
         body.map_err(move |e| {
             broke.store(true, Ordering::Relaxed);
-            BoxError::from(e)
+            e
         })
         .boxed()
     });

@@ -57,6 +57,7 @@ fn door_with(app_socket: PathBuf, app_wait: Duration, max_body: u64) -> (Door, u
         max_body,
         tls: None,
         app_wait,
+        routing: Arc::new(crate::routed::Routing::new().unwrap()),
     })
     .unwrap();
     (door, port)

@@ -1,5 +1,6 @@
 //! model-router's hot path. Pure Rust below `py`; only `py.rs` knows Python.
 
+pub mod announce;
 pub mod breaker;
 pub mod chat;
 pub mod clients;
@@ -12,6 +13,7 @@ pub mod keys;
 pub mod leases;
 pub mod rollouts;
 pub mod rollup;
+pub mod routed;
 pub mod rules;
 pub mod select;
 pub mod shape;

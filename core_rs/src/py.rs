@@ -13,6 +13,7 @@ use crate::keys;
 use crate::leases;
 use crate::rollouts;
 use crate::rollup::{self, Drained};
+use crate::routed;
 use crate::rules::RequestFacts;
 use crate::shape;
 use crate::snapshot::{MetaValue, Snapshot};
@@ -42,23 +43,25 @@ struct Ids {
     endpoints: Vec<Vec<Py<PyString>>>,
 }
 
-struct State {
-    engine: engine::Engine,
-    ids: Ids,
-}
-
 /// The routing engine of one worker: load a snapshot per config version, then
-/// `decide` before and `record` after each upstream attempt.
+/// `decide` before and `record` after each upstream attempt. The door shares
+/// it (`engine`). `ids` match the engine's snapshot: whoever holds both locks
+/// them in that order, ids first.
 #[pyclass(frozen, module = "model_router._core")]
 struct Engine {
-    state: Mutex<State>,
+    engine: Arc<Mutex<engine::Engine>>,
+    ids: Mutex<Ids>,
+}
+
+/// A panic while holding a lock cannot leave a table half-updated in a way
+/// later calls trip over, so the guard is recovered.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Engine {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the engine half-updated
-        // in a way later calls trip over, so recover the guard.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, engine::Engine> {
+        lock(&self.engine)
     }
 }
 
@@ -83,10 +86,8 @@ impl Engine {
     fn new(seed: Option<u64>) -> Self {
         let seed = seed.unwrap_or_else(|| now_ms() ^ (std::process::id() as u64) << 32);
         Engine {
-            state: Mutex::new(State {
-                engine: engine::Engine::new(seed),
-                ids: Ids::default(),
-            }),
+            engine: Arc::new(Mutex::new(engine::Engine::new(seed))),
+            ids: Mutex::default(),
         }
     }
 
@@ -114,30 +115,30 @@ impl Engine {
                 .collect(),
         };
         let version = snapshot.version;
-        let mut state = self.lock();
-        state.engine.load(snapshot);
-        state.ids = ids;
+        let mut current = lock(&self.ids);
+        self.lock().load(snapshot);
+        *current = ids;
         Ok(version)
     }
 
     #[getter]
     fn version(&self) -> u64 {
-        self.lock().engine.snapshot().version
+        self.lock().snapshot().version
     }
 
     #[getter]
     fn model_count(&self) -> usize {
-        self.lock().engine.snapshot().models.len()
+        self.lock().snapshot().models.len()
     }
 
     #[getter]
     fn endpoint_count(&self) -> usize {
-        self.lock().engine.snapshot().endpoint_count()
+        self.lock().snapshot().endpoint_count()
     }
 
     #[getter]
     fn rule_count(&self) -> usize {
-        self.lock().engine.snapshot().rules.len()
+        self.lock().snapshot().rules.len()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -158,7 +159,8 @@ impl Engine {
         limit: Option<usize>,
         explain: bool,
     ) -> PyResult<Decision> {
-        let mut state = self.lock();
+        let ids = lock(&self.ids);
+        let mut engine = self.lock();
         let mut facts = RequestFacts {
             agent_type,
             request_type,
@@ -168,14 +170,14 @@ impl Engine {
             ..Default::default()
         };
         if let Some(meta) = metadata {
-            for key in &state.engine.snapshot().metadata_keys {
+            for key in &engine.snapshot().metadata_keys {
                 if let Some(value) = meta.get_item(key)?.as_ref().and_then(meta_value) {
                     facts.metadata.insert(key.clone(), value);
                 }
             }
         }
         let caps = capabilities.unwrap_or_default();
-        let d = state.engine.decide(
+        let d = engine.decide(
             &DecideInput {
                 facts,
                 capabilities: &caps,
@@ -185,8 +187,7 @@ impl Engine {
             },
             now_ms(),
         );
-        let snap = state.engine.snapshot();
-        let ids = &state.ids;
+        let snap = engine.snapshot();
         let candidates = PyList::empty(py);
         for c in &d.candidates {
             let endpoints = PyList::new(
@@ -293,7 +294,7 @@ impl Engine {
                 ttft_ms,
             }),
         };
-        self.lock().engine.record(&outcome, now)
+        self.lock().record(&outcome, now)
     }
 
     /// Drain the outcome rollups (see _core.pyi), and how many attempts the
@@ -301,15 +302,15 @@ impl Engine {
     #[allow(clippy::type_complexity)]
     fn take_rollups(&self) -> (Vec<RollupRow>, u64) {
         let mut state = self.lock();
-        let dropped = state.engine.rollups.dropped();
-        let rows = state.engine.rollups.drain().into_iter().map(row).collect();
+        let dropped = state.rollups.dropped();
+        let rows = state.rollups.drain().into_iter().map(row).collect();
         (rows, dropped)
     }
 
     /// Spend (nano-dollars) recorded since the last flush, per workspace and
     /// per model; it stays counted as in flight until end_flush.
     fn begin_flush(&self) -> (HashMap<String, i64>, HashMap<String, i64>) {
-        self.lock().engine.ledger.begin_flush()
+        self.lock().ledger.begin_flush()
     }
 
     /// The store's totals per workspace: (daily, weekly, monthly) nano-dollars.
@@ -318,19 +319,18 @@ impl Engine {
             .into_iter()
             .map(|(ws, (d, w, m))| (ws, [d, w, m]))
             .collect();
-        self.lock().engine.ledger.end_flush(totals);
+        self.lock().ledger.end_flush(totals);
     }
 
     /// This worker's view of a workspace's spend: (daily, weekly, monthly) nano-dollars.
     fn spent(&self, workspace_id: &str) -> (i64, i64, i64) {
-        let [d, w, m] = self.lock().engine.ledger.spent(workspace_id);
+        let [d, w, m] = self.lock().ledger.spent(workspace_id);
         (d, w, m)
     }
 
     /// (rule id, rule name, decisions it has matched) for every rule.
     fn rule_matches(&self) -> Vec<(String, String, u64)> {
         self.lock()
-            .engine
             .rule_matches()
             .map(|(r, n)| (r.id.clone(), r.name.clone(), n))
             .collect()
@@ -339,8 +339,8 @@ impl Engine {
     /// Rolling figures of a model: (samples, success rate, p50, p95, p99 ms).
     fn model_stats(&self, model_id: &str) -> Option<(u32, f64, f64, f64, f64)> {
         let mut state = self.lock();
-        let mi = state.engine.snapshot().model_position(model_id)?;
-        let s = state.engine.model_summary(mi, now_ms());
+        let mi = state.snapshot().model_position(model_id)?;
+        let s = state.model_summary(mi, now_ms());
         Some((s.samples, s.success_rate, s.p50_ms, s.p95_ms, s.p99_ms))
     }
 
@@ -349,7 +349,6 @@ impl Engine {
         let mut state = self.lock();
         let now = now_ms();
         let ids: Vec<String> = state
-            .engine
             .snapshot()
             .models
             .iter()
@@ -357,7 +356,7 @@ impl Engine {
             .collect();
         ids.into_iter()
             .enumerate()
-            .map(|(mi, id)| (id, state.engine.health_score(mi, now)))
+            .map(|(mi, id)| (id, state.health_score(mi, now)))
             .collect()
     }
 
@@ -367,7 +366,6 @@ impl Engine {
     fn take_breaker_transitions(&self) -> Vec<(String, Option<u64>)> {
         let mut state = self.lock();
         state
-            .engine
             .take_transitions()
             .into_iter()
             .map(|(id, t)| (id, open_until(t)))
@@ -382,27 +380,25 @@ impl Engine {
             Some(until_ms) => Transition::Opened { until_ms },
             None => Transition::Closed,
         };
-        self.lock()
-            .engine
-            .adopt_transition(endpoint_id, t, now_ms())
+        self.lock().adopt_transition(endpoint_id, t, now_ms())
     }
 
     /// Half-open endpoints due for the router's own probe: (model id, endpoint id).
     fn due_probes(&self) -> Vec<(String, String)> {
-        self.lock().engine.due_probes(now_ms())
+        self.lock().due_probes(now_ms())
     }
 
     fn breaker_state(&self, endpoint_id: &str) -> Option<(&'static str, Option<u64>)> {
         let state = self.lock();
-        let (mi, ei) = state.engine.snapshot().endpoint_position(endpoint_id)?;
-        Some(breaker_view(state.engine.breaker(mi, ei), now_ms()))
+        let (mi, ei) = state.snapshot().endpoint_position(endpoint_id)?;
+        Some(breaker_view(state.breaker(mi, ei), now_ms()))
     }
 
     /// Every endpoint's breaker: (model id, endpoint id, state).
     fn breaker_states(&self) -> Vec<(String, String, &'static str)> {
         let state = self.lock();
         let now = now_ms();
-        let snap = state.engine.snapshot();
+        let snap = state.snapshot();
         snap.models
             .iter()
             .enumerate()
@@ -413,7 +409,7 @@ impl Engine {
                     .map(move |(ei, e)| (mi, ei, m, e))
             })
             .map(|(mi, ei, m, e)| {
-                let (name, _) = breaker_view(state.engine.breaker(mi, ei), now);
+                let (name, _) = breaker_view(state.breaker(mi, ei), now);
                 (m.id.clone(), e.id.clone(), name)
             })
             .collect()
@@ -557,7 +553,7 @@ impl Upstream {
 /// Each client address's requests in progress and block (`clients.rs`).
 #[pyclass(frozen, module = "model_router._core")]
 struct Clients {
-    clients: clients::Clients,
+    clients: Arc<clients::Clients>,
 }
 
 #[pymethods]
@@ -565,7 +561,7 @@ impl Clients {
     #[new]
     fn new(max_in_flight: u32) -> Self {
         Clients {
-            clients: clients::Clients::new(max_in_flight),
+            clients: Arc::new(clients::Clients::new(max_in_flight)),
         }
     }
 
@@ -594,7 +590,7 @@ impl Clients {
 /// One worker's rate-limit leases (`leases.rs`).
 #[pyclass(frozen, module = "model_router._core")]
 struct Leases {
-    leases: leases::Leases,
+    leases: Arc<leases::Leases>,
 }
 
 /// What `Leases.spend` came to: the first of its tuple.
@@ -608,7 +604,7 @@ impl Leases {
     #[new]
     fn new() -> Self {
         Leases {
-            leases: leases::Leases::default(),
+            leases: Arc::default(),
         }
     }
 
@@ -762,7 +758,7 @@ fn unit_hash(parts: Vec<PyBackedStr>) -> f64 {
 /// admin key the service is started with.
 #[pyclass(frozen, module = "model_router._core")]
 struct Keys {
-    keys: keys::Keys,
+    keys: Arc<keys::Keys>,
 }
 
 #[pymethods]
@@ -787,7 +783,7 @@ impl Keys {
             })
             .collect::<PyResult<Vec<_>>>()?;
         Ok(Keys {
-            keys: keys::Keys::new(bootstrap_hash, records),
+            keys: Arc::new(keys::Keys::new(bootstrap_hash, records)),
         })
     }
 
@@ -831,10 +827,60 @@ fn hash_key(key: &str) -> String {
 }
 
 /// The front door (`door.rs`) on the public port `listen_fd`, handing every
-/// request to the app on `app_socket`.
+/// request it does not serve itself (`routed.rs`) to the app on `app_socket`.
 #[pyclass(frozen, module = "model_router._core")]
 struct Door {
     door: door::Door,
+    routing: Arc<routed::Routing>,
+}
+
+/// An endpoint of the door's plan: (id, host, port, target, authority,
+/// (key header, value) or None, connect ms, first byte ms, attempt ms).
+type PlanEndpoint = (
+    String,
+    String,
+    u16,
+    String,
+    String,
+    Option<(String, String)>,
+    u64,
+    u64,
+    u64,
+);
+
+/// An attempt of a call the door served, as the app's `AttemptReport` has it.
+type DoorAttempt = (
+    String,
+    String,
+    &'static str,
+    Option<u16>,
+    f64,
+    Option<String>,
+    Option<u64>,
+);
+
+/// A call the door served (or saw its caller leave), for the app's accounting.
+#[pyclass(frozen, get_all, module = "model_router._core")]
+struct DoorCall {
+    request_id: String,
+    workspace_id: Option<String>,
+    agent_type: String,
+    user_id: Option<String>,
+    model_id: Option<String>,
+    endpoint_id: Option<String>,
+    status: u16,
+    outcome: &'static str,
+    latency_ms: f64,
+    upstream_ms: f64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cost_nanos: i64,
+    estimated: bool,
+    attempts: Vec<DoorAttempt>,
+    /// The answer's text.
+    reply: Option<String>,
+    /// When it ended, ms since the epoch.
+    ended_ms: u64,
 }
 
 #[pymethods]
@@ -866,6 +912,7 @@ impl Door {
         // SAFETY: the descriptor is open for the duration of this call; the
         // caller holds the socket it belongs to.
         let listener = unsafe { BorrowedFd::borrow_raw(listen_fd) }.try_clone_to_owned()?;
+        let routing = Arc::new(routed::Routing::new()?);
         let door = door::Door::start(door::Settings {
             listener: std::net::TcpListener::from(listener),
             app_socket,
@@ -874,8 +921,158 @@ impl Door {
             max_body: max_body_bytes,
             tls,
             app_wait: door::APP_WAIT,
+            routing: routing.clone(),
         })?;
-        Ok(Door { door })
+        Ok(Door { door, routing })
+    }
+
+    /// From now on the door serves the routed calls it can from these tables
+    /// (docs/data-plane.md, step 3): `models`: (id, version, dropped
+    /// parameters, endpoints), every model a chat call may be routed to.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (keys, engine, clients, leases, writes_path, writes_seen, model_names,
+                        agent_types, models, held_workspaces, rollouts, rate_limit,
+                        rate_window_ms, max_attempts, request_timeout_ms, max_upstream_body,
+                        client_address_header=None))]
+    fn install(
+        &self,
+        keys: &Keys,
+        engine: &Engine,
+        clients: &Clients,
+        leases: &Leases,
+        writes_path: PathBuf,
+        writes_seen: i64,
+        model_names: HashMap<String, String>,
+        agent_types: Vec<String>,
+        models: Vec<(String, String, Vec<String>, Vec<PlanEndpoint>)>,
+        held_workspaces: Vec<String>,
+        rollouts: bool,
+        rate_limit: i64,
+        rate_window_ms: i64,
+        max_attempts: usize,
+        request_timeout_ms: u64,
+        max_upstream_body: usize,
+        client_address_header: Option<String>,
+    ) -> PyResult<()> {
+        if rate_window_ms <= 0 {
+            return Err(PyValueError::new_err("rate_window_ms must be positive"));
+        }
+        let ms = Duration::from_millis;
+        let models = models
+            .into_iter()
+            .map(|(id, version, drop, endpoints)| {
+                let endpoints = endpoints
+                    .into_iter()
+                    .map(
+                        |(id, host, port, target, authority, key, connect, first_byte, attempt)| {
+                            let endpoint = routed::EndpointPlan {
+                                host,
+                                port,
+                                target,
+                                authority,
+                                key,
+                                connect: ms(connect),
+                                first_byte: ms(first_byte),
+                                attempt: ms(attempt),
+                            };
+                            (id, endpoint)
+                        },
+                    )
+                    .collect();
+                let model = routed::ModelPlan {
+                    version,
+                    drop,
+                    endpoints,
+                };
+                (id, model)
+            })
+            .collect();
+        self.routing.install(Some(routed::Plan {
+            keys: keys.keys.clone(),
+            engine: engine.engine.clone(),
+            clients: clients.clients.clone(),
+            leases: leases.leases.clone(),
+            writes: routed::Writes::open(&writes_path, writes_seen)?,
+            model_names,
+            agent_types: agent_types.into_iter().collect(),
+            models,
+            held_workspaces: held_workspaces.into_iter().collect(),
+            rollouts,
+            rate_limit,
+            rate_window_ms,
+            max_attempts,
+            request_timeout: ms(request_timeout_ms),
+            max_upstream_body,
+            client_address_header: client_address_header.map(|h| h.to_ascii_lowercase()),
+        }));
+        Ok(())
+    }
+
+    /// The door serves no routed call from now on: the app serves them all.
+    fn withdraw(&self) {
+        self.routing.install(None);
+    }
+
+    /// The socket that turns readable when `take` has something.
+    fn fileno(&self) -> i32 {
+        self.routing.accounts.wake_socket().as_raw_fd()
+    }
+
+    /// What the door queued since the last call: (the calls it served or
+    /// saw cut short, [(key id, window, limit, now ms) of a lease to top up]).
+    #[allow(clippy::type_complexity)]
+    fn take(&self) -> (Vec<DoorCall>, Vec<(String, i64, i64, i64)>) {
+        let (mut calls, mut top_ups) = (Vec::new(), Vec::new());
+        for account in self.routing.accounts.take() {
+            match account {
+                routed::Account::Call(c) => {
+                    let c = *c;
+                    let attempts = c
+                        .attempts
+                        .into_iter()
+                        .map(|a| {
+                            let label = a.outcome.label();
+                            let (status, error) = (a.status, a.error);
+                            (
+                                a.model_id,
+                                a.endpoint_id,
+                                label,
+                                status,
+                                a.latency_ms,
+                                error,
+                                a.retry_after_ms,
+                            )
+                        })
+                        .collect();
+                    calls.push(DoorCall {
+                        request_id: c.request_id,
+                        workspace_id: c.workspace_id,
+                        agent_type: c.agent_type,
+                        user_id: c.user_id,
+                        model_id: c.model_id,
+                        endpoint_id: c.endpoint_id,
+                        status: c.status,
+                        outcome: c.outcome.label(),
+                        latency_ms: c.latency_ms,
+                        upstream_ms: c.upstream_ms,
+                        prompt_tokens: c.tokens.prompt,
+                        completion_tokens: c.tokens.completion,
+                        cost_nanos: c.cost,
+                        estimated: c.estimated,
+                        attempts,
+                        reply: c.reply,
+                        ended_ms: c.ended_ms,
+                    })
+                }
+                routed::Account::TopUp {
+                    key_id,
+                    window,
+                    limit,
+                    now_ms,
+                } => top_ups.push((key_id, window, limit, now_ms)),
+            }
+        }
+        (calls, top_ups)
     }
 
     /// Stops accepting; connections close once their requests are answered.
@@ -991,6 +1188,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decision>()?;
     m.add_class::<Upstream>()?;
     m.add_class::<Door>()?;
+    m.add_class::<DoorCall>()?;
     m.add_class::<Keys>()?;
     m.add_class::<Clients>()?;
     m.add_class::<Leases>()?;
@@ -1012,6 +1210,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(permissions, m)?)?;
     m.add_function(wrap_pyfunction!(new_id, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;
+    m.add("DOOR_VERDICT_HEADER", routed::VERDICT_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;

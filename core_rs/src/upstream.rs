@@ -15,9 +15,10 @@
 //! gave up on is ended (`cancel`), closing its connection, as the Python
 //! client closes one; parked connections the upstream closed are let go.
 
+use crate::announce::Announced;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
@@ -68,29 +69,9 @@ fn timed_out(message: String) -> Outcome {
     }
 }
 
-/// Finished exchanges, and the socket that says there are some.
-struct Finished {
-    queue: Mutex<Vec<(u64, Outcome)>>,
-    signal: UnixStream,
-}
-
-impl Finished {
-    fn push(&self, token: u64, outcome: Outcome) {
-        let was_empty = {
-            let mut queue = lock(&self.queue);
-            queue.push((token, outcome));
-            queue.len() == 1
-        };
-        if was_empty {
-            // Full means a wake is pending already; nothing else can fail here
-            // that a retry would mend.
-            let _ = (&self.signal).write(&[1]);
-        }
-    }
-}
-
 type Origin = (String, u16);
-type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
+/// Kept-alive connections, per origin.
+pub type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
 /// The exchanges under way, so one the caller gave up on can be ended.
 type Carrying = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 
@@ -110,18 +91,14 @@ pub struct Client {
     orders: mpsc::UnboundedSender<Order>,
     submitted: Mutex<Vec<Job>>,
     finished: Arc<Finished>,
-    wake: UnixStream,
 }
+
+/// Finished exchanges, announced to the caller's event loop.
+type Finished = Announced<(u64, Outcome)>;
 
 impl Client {
     pub fn start() -> std::io::Result<Client> {
-        let (wake, signal) = UnixStream::pair()?;
-        wake.set_nonblocking(true)?;
-        signal.set_nonblocking(true)?;
-        let finished = Arc::new(Finished {
-            queue: Mutex::new(Vec::new()),
-            signal,
-        });
+        let finished = Arc::new(Finished::new()?);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             // Host names are resolved on blocking threads: a resolver that hangs
@@ -162,7 +139,6 @@ impl Client {
             orders,
             submitted: Mutex::default(),
             finished,
-            wake,
         })
     }
 
@@ -193,14 +169,12 @@ impl Client {
 
     /// The exchanges finished since the last call, and the wake-up bytes read.
     pub fn take(&self) -> Vec<(u64, Outcome)> {
-        let mut sink = [0u8; 256];
-        while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
-        std::mem::take(&mut *lock(&self.finished.queue))
+        self.finished.take()
     }
 
     /// The socket that becomes readable when `take` has something.
     pub fn wake_socket(&self) -> &UnixStream {
-        &self.wake
+        self.finished.wake_socket()
     }
 }
 
@@ -208,14 +182,16 @@ async fn carry(job: Job, pool: Pool, finished: Arc<Finished>, carrying: Carrying
     let token = job.token;
     let outcome = exchange(job, &pool).await;
     lock(&carrying).remove(&token);
-    finished.push(token, outcome);
+    finished.push((token, outcome));
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn exchange(job: Job, pool: &Pool) -> Outcome {
+/// One exchange on a connection of `pool` (or a new one), which goes back
+/// to the pool when the answer leaves it reusable.
+pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
     let start = Instant::now();
     let (head_by, done_by) = (start + job.head.min(job.done), start + job.done);
     let origin = (job.host, job.port);
@@ -296,7 +272,8 @@ fn quiet(stream: &TcpStream) -> bool {
 /// holds a descriptor (in CLOSE_WAIT) until its origin is called again.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
-async fn reap(pool: Pool) {
+/// Lets go of the pool's connections the upstream closed, every REAP_EVERY, for ever.
+pub async fn reap(pool: Pool) {
     let mut every = tokio::time::interval(REAP_EVERY);
     loop {
         every.tick().await;

@@ -9,7 +9,9 @@ __all__ = [
     "Decision",
     "Upstream",
     "Door",
+    "DoorCall",
     "DOOR_PEER_HEADER",
+    "DOOR_VERDICT_HEADER",
     "Keys",
     "Clients",
     "Leases",
@@ -351,9 +353,73 @@ class Door:
         """Stop accepting; each connection closes once its requests are answered."""
     def wait(self, timeout_s: float) -> bool:
         """Whether every connection ended within timeout_s (after `drain`)."""
+    def install(
+        self,
+        keys: Keys,
+        engine: Engine,
+        clients: Clients,
+        leases: Leases,
+        writes_path: str | os.PathLike[str],
+        writes_seen: int,
+        model_names: Mapping[str, str],
+        agent_types: list[str],
+        models: list[tuple[str, str, list[str], list[_PlanEndpoint]]],
+        held_workspaces: list[str],
+        rollouts: bool,
+        rate_limit: int,
+        rate_window_ms: int,
+        max_attempts: int,
+        request_timeout_ms: int,
+        max_upstream_body: int,
+        client_address_header: str | None = None,
+    ) -> None:
+        """From now on the door serves the routed calls it can from these
+        tables (door_calls.py); `models`: (id, version, dropped parameters,
+        endpoints), every model a chat call may be routed to. OSError when
+        `writes_path` cannot be mapped."""
+    def withdraw(self) -> None:
+        """The door serves no routed call from now on."""
+    def fileno(self) -> int:
+        """The socket that turns readable when `take` has something."""
+    def take(self) -> tuple[list[DoorCall], list[tuple[str, int, int, int]]]:
+        """What the door queued since the last call: the calls it served (or
+        saw cut short), and (key id, window, limit, now ms) of each lease to
+        top up."""
+
+# An endpoint of the door's plan: (id, host, port, target, authority,
+# (key header, value) or None, connect ms, first byte ms, attempt ms).
+_PlanEndpoint = tuple[str, str, int, str, str, tuple[str, str] | None, int, int, int]
+
+# An attempt of a call the door served: (model, endpoint, outcome, status,
+# latency ms, error, retry after ms).
+_DoorAttempt = tuple[str, str, str, int | None, float, str | None, int | None]
+
+@final
+class DoorCall:
+    """A call the door served, or whose caller left (status 499)."""
+
+    request_id: str
+    workspace_id: str | None
+    agent_type: str
+    user_id: str | None
+    model_id: str | None
+    endpoint_id: str | None
+    status: int
+    outcome: str
+    latency_ms: float
+    upstream_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nanos: int
+    estimated: bool
+    attempts: list[_DoorAttempt]
+    reply: str | None
+    ended_ms: int
 
 # The caller's address as the door saw it, for the app behind it.
 DOOR_PEER_HEADER: str
+# The door's verdict on a call it admitted and hands to the app (hex JSON).
+DOOR_VERDICT_HEADER: str
 
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in

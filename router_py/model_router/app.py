@@ -33,6 +33,7 @@ from . import types as t
 from .api import ROUTES
 from .audit import WRITER, Writer
 from .door import LAST_WRITES_S, PEER_HEADER, start_door
+from .door_calls import VERDICT_HEADER, DoorCalls, DoorVerdict, read_verdict
 from .http import ApiError, Request, Response, RouteTable, new_id, too_deep
 from .service import Service
 from .settings import Settings
@@ -180,17 +181,24 @@ class App:
         self.routes = RouteTable(ROUTES)
         self.service: Service | None = None
         self.clients = _core.Clients(settings.max_in_flight_per_client)
+        self.door_calls: DoorCalls | None = None
 
     async def startup(self) -> None:
         self.service = Service(self.settings, self.clients)
         await self.service.start()
+        if self.door is not None:
+            self.door_calls = DoorCalls(self.door, self.service, self.clients)
+            self.door_calls.start()
 
     async def shutdown(self) -> None:
-        if self.service is not None:
-            await self.service.stop()
+        # The door's last calls first: the service's final flushes hold them.
         if self.door is not None:
             self.door.drain()
             await asyncio.to_thread(self.door.wait, LAST_WRITES_S)
+        if self.door_calls is not None:
+            self.door_calls.finish()
+        if self.service is not None:
+            await self.service.stop()
 
     # --- the core ----------------------------------------------------------
 
@@ -286,14 +294,19 @@ class App:
         if service.live.behind():
             await service.live.catch_up()
         route, params = self.routes.match(method, path, raw_path)
+        verdict = self._door_verdict(headers)
+        if verdict is not None:  # the door admitted the call and had it this long
+            started -= verdict.elapsed_ms / 1000
         request = Request(method, path, params, headers, service, started=started)
         request.request_id = request_id
         request.caller_left = caller_left
+        request.door_tries = verdict.tries if verdict is not None else None
         limits: list[tuple[str, str]] = []
         if route.permission is not None:
             principal = await service.authenticate(credentials(headers), address)
             principal.authorize(route.permission, params.get("workspaceId"))
-            limits = await service.check_rate(principal)
+            if verdict is None:  # else the door spent the key's admission
+                limits = await service.check_rate(principal)
             request.principal = principal
             if route.audited:
                 WRITER.set(Writer(principal, method, path, request_id))
@@ -324,6 +337,11 @@ class App:
         response = await route.handler(request)
         response.headers += limits
         return response
+
+    def _door_verdict(self, headers: Mapping[str, str]) -> DoorVerdict | None:
+        """The door's verdict on a call it admitted; trusted only behind it."""
+        value = headers.get(VERDICT_HEADER) if self.door is not None else None
+        return read_verdict(value) if value else None
 
     @staticmethod
     async def _stream_until_disconnect(

@@ -22,6 +22,7 @@ from . import _core
 
 if TYPE_CHECKING:
     from .auth import Principal
+    from .door_calls import DoorTries
     from .service import Service
 
 Permission = Literal[
@@ -108,6 +109,8 @@ class Request:
     request_id: str = ""
     # Waits until the caller's connection closes (the server's own signal).
     caller_left: Callable[[], Awaitable[object]] | None = None
+    # What the door's attempts at this call came to (it hands over failures).
+    door_tries: DoorTries | None = None
 
 
 class CallerWatch:

@@ -127,11 +127,12 @@ class RateLimiter:
                 key_id, window, limit, False, _monotonic_ms()
             )
         if top_up:
-            self._refill((key_id, window), limit, now_ms)
+            self.refill((key_id, window), limit, now_ms)
         admitted = spent in (SPENT_LEASED, SPENT_ALONE)
         return Verdict(admitted, limit, remaining, reset_s)
 
-    def _refill(self, slot: Slot, limit: int, now_ms: int) -> None:
+    def refill(self, slot: Slot, limit: int, now_ms: int) -> None:
+        """Top the slot's lease up in the background (half of it is spent)."""
         task = asyncio.get_running_loop().create_task(self._take(slot, limit, now_ms))
         self._refills.add(task)
         task.add_done_callback(self._refills.discard)

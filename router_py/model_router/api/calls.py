@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from .. import types as t
+from ..door_calls import failed_at_door
 from ..engine.exchanges import Operation
 from ..engine.executor import Call, CallCancelled, CallFailed, Result, Usage
 from ..engine.inputs import content_length, request_type
@@ -249,6 +250,8 @@ async def complete(req: Request, call: Call, route: str) -> Result:
     attempts stay out of the call's canary or experiment tally: a caller
     leaving says nothing of the model."""
     executor = req.service.executor
+    if req.door_tries is not None:  # the door made the attempts; none is made again
+        raise observe_failure(req, call, route, failed_at_door(executor, req.door_tries))
     watch: CallerWatch | None = None
     try:
         admitted = await executor.admit(call)

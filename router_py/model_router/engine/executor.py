@@ -381,11 +381,16 @@ class Executor:
             )
             return
         self._record(call, attempt, tries, "client_error", status)
-        raise CallFailed(
+        raise self.client_error(status, tries.attempts, body)
+
+    @staticmethod
+    def client_error(status: int, attempts: list[t.AttemptReport], body: bytes) -> CallFailed:
+        """The provider refused the caller's request: its answer goes back."""
+        return CallFailed(
             status,
             "upstream_client_error",
             f"the model's provider rejected the request ({status})",
-            tries.attempts,
+            attempts,
             upstream_body=body,
         )
 
@@ -401,8 +406,7 @@ class Executor:
         return Usage(estimate, estimated=True)
 
     def _failed(self, call: Call, tries: _Tries) -> CallFailed:
-        attempts = tries.attempts
-        if not attempts and tries.refused is not None:
+        if not tries.attempts and tries.refused is not None:
             refused = tries.refused
             return CallFailed(
                 400,
@@ -411,8 +415,16 @@ class Executor:
                 param=refused.param,
                 code=refused.code,
             )
+        passed = time.monotonic() >= call.deadline
+        return self.failed(tries.attempts, tries.retry_after, passed)
+
+    @staticmethod
+    def failed(
+        attempts: list[t.AttemptReport], retry_after: list[int], deadline_passed: bool
+    ) -> CallFailed:
+        """No attempt answered (or none could be made): why, for the caller."""
         if attempts and all(a.outcome == "rate_limited" for a in attempts):
-            wait = min(tries.retry_after) if tries.retry_after else None
+            wait = min(retry_after) if retry_after else None
             return CallFailed(
                 429,
                 "rate_limited",
@@ -420,7 +432,7 @@ class Executor:
                 attempts,
                 headers=[retry_after_header(wait)] if wait is not None else [],
             )
-        if attempts and time.monotonic() >= call.deadline:
+        if attempts and deadline_passed:
             return CallFailed(504, "deadline_exceeded", "the request's deadline passed", attempts)
         return CallFailed(
             502,

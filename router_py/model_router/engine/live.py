@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import msgspec
 
@@ -79,6 +80,9 @@ class LiveConfig:
         # When the first operator's health report in the snapshot expires (ms).
         self.next_override_expiry_ms: int | None = None
         self.last_error: str | None = None
+        # Called after every check of the store's config, whatever it found
+        # (the door's plan follows the config and the writes seen).
+        self.on_checked: list[Callable[[], None]] = []
         self._reloading = asyncio.Lock()
 
     def behind(self) -> bool:
@@ -97,11 +101,20 @@ class LiveConfig:
             except Exception as exc:
                 self.failed(exc)
                 self.writes_seen = target  # don't retry on every request
+            finally:
+                self._checked()
 
     async def refresh(self) -> bool:
         """Reload when the store's config moved forward; True if it did."""
         async with self._reloading:
-            return await self._reload_if_moved()
+            try:
+                return await self._reload_if_moved()
+            finally:
+                self._checked()
+
+    def _checked(self) -> None:
+        for listener in self.on_checked:
+            listener()
 
     async def refresh_quietly(self) -> None:
         """refresh(), keeping a failure for health instead of raising it (the

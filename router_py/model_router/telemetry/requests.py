@@ -61,9 +61,9 @@ class RequestObserver:
         arm: Arm | None = None,
     ) -> None:
         """Account a finished request, just after its response is handed over."""
-        asyncio.get_running_loop().call_soon(self._account, summary, attempts, prompt, reply, arm)
+        asyncio.get_running_loop().call_soon(self.account, summary, attempts, prompt, reply, arm)
 
-    def _account(
+    def account(
         self,
         summary: t.RecentRequest,
         attempts: list[t.AttemptReport],

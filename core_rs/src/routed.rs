@@ -1,0 +1,902 @@
+//! The routed calls the door serves itself (docs/data-plane.md, step 3): an
+//! OpenAI chat completion, whole (not streamed), with an API key, to models
+//! whose endpoints speak OpenAI's format over `http://`. The door reads the
+//! call, spends the key's rate-limit lease, decides, calls the candidates in
+//! turn and answers a success, from the tables Python installs at each
+//! config load (`Plan`) and shares with its own path (keys, client
+//! addresses, leases, the engine).
+//!
+//! What it cannot serve goes to the app, before anything is spent, as the
+//! caller sent it (`Served::ToApp(None)`): a body or header the app would
+//! refuse (so every error message stays the app's), a key the door does not
+//! know (the app counts failed authentications), an empty lease, a
+//! workspace with a budget or per-minute limits, a call a canary or an
+//! experiment may take, a config a write on this instance has moved past.
+//! A call the door admitted and could not answer (no candidate, every
+//! attempt failed, the provider refused it) goes to the app with its
+//! verdict (`VERDICT_HEADER`): the app renders the error from what the door
+//! tried, and tries nothing again. Every finished call's facts are queued
+//! (`Account`) for the app's event loop, which accounts them in batches
+//! (metrics, the log line, the record): one definition of each.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::announce::Announced;
+use crate::chat;
+use crate::clients::Clients;
+use crate::cost::{Nanos, Tokens};
+use crate::engine::{DecideInput, Engine, Outcome, RollupFacts};
+use crate::failover;
+use crate::ids;
+use crate::keys::{Keys, Permission};
+use crate::leases::{Leases, Spent};
+use crate::rules::RequestFacts;
+use crate::shape;
+use crate::upstream::{self, Job};
+use crate::wire;
+
+/// The one call the door serves.
+pub const ROUTE: &str = "/v1/chat/completions";
+
+/// The door's verdict on a call it admitted and hands to the app (hex of a
+/// JSON document): the app trusts it only from the door, which removes any
+/// a caller sends.
+pub const VERDICT_HEADER: &str = "x-model-router-door-verdict";
+
+/// One endpoint the door may call: where, with which key, how long each
+/// wait may last.
+pub struct EndpointPlan {
+    pub host: String,
+    pub port: u16,
+    /// The request's target (path and query) and its Host header.
+    pub target: String,
+    pub authority: String,
+    /// (header, value) carrying the provider key, if it has one.
+    pub key: Option<(String, String)>,
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub attempt: Duration,
+}
+
+/// One model the door may call: its name upstream, the parameters it drops
+/// and its endpoints by id.
+pub struct ModelPlan {
+    pub version: String,
+    pub drop: Vec<String>,
+    pub endpoints: HashMap<String, EndpointPlan>,
+}
+
+/// The shared count of config writes made on this instance
+/// (`engine/write_counter.py`) and the count the plan was made at: once it
+/// moved, the app catches up first, and serves the call.
+pub struct Writes {
+    map: memmap2::Mmap,
+    seen: i64,
+}
+
+impl Writes {
+    pub fn open(path: &Path, seen: i64) -> io::Result<Writes> {
+        let file = File::open(path)?;
+        // SAFETY: the file is the workers' counter, 8 bytes, only ever
+        // resized from 0 to 8 by its creator before any plan is made.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        if map.len() < 8 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "no write count"));
+        }
+        Ok(Writes { map, seen })
+    }
+
+    fn moved(&self) -> bool {
+        // SAFETY: the map is 8 bytes and page-aligned; Python writes the
+        // count whole (an aligned 8-byte store).
+        let count = unsafe { &*(self.map.as_ptr() as *const AtomicI64) };
+        count.load(Ordering::Acquire) > self.seen
+    }
+}
+
+/// Everything the door serves calls from, installed whole by the app.
+pub struct Plan {
+    pub keys: Arc<Keys>,
+    pub engine: Arc<Mutex<Engine>>,
+    pub clients: Arc<Clients>,
+    pub leases: Arc<Leases>,
+    pub writes: Writes,
+    /// A model id or version -> the model's id.
+    pub model_names: HashMap<String, String>,
+    /// Agent types a call may name as its `model`.
+    pub agent_types: HashSet<String>,
+    /// Every model a chat call may be routed to, by id.
+    pub models: HashMap<String, ModelPlan>,
+    /// Workspaces whose calls hold budget or per-minute tokens: the app's.
+    pub held_workspaces: HashSet<String>,
+    /// A canary or an experiment may take calls that name no model.
+    pub rollouts: bool,
+    pub rate_limit: i64,
+    pub rate_window_ms: i64,
+    pub max_attempts: usize,
+    pub request_timeout: Duration,
+    pub max_upstream_body: usize,
+    /// MODEL_ROUTER_CLIENT_ADDRESS_HEADER, lowercased.
+    pub client_address_header: Option<String>,
+}
+
+/// One attempt, as the app's records and errors name it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub model_id: String,
+    pub endpoint_id: String,
+    pub outcome: failover::Outcome,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// A finished call's facts, for the app's accounting.
+#[derive(Debug)]
+pub struct CallRecord {
+    pub request_id: String,
+    pub workspace_id: Option<String>,
+    pub agent_type: String,
+    pub user_id: Option<String>,
+    pub model_id: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub status: u16,
+    pub outcome: failover::Outcome,
+    pub latency_ms: f64,
+    pub upstream_ms: f64,
+    pub tokens: Tokens,
+    pub cost: Nanos,
+    pub estimated: bool,
+    pub attempts: Vec<Attempt>,
+    /// The answer's text (the log's DEBUG lines show it).
+    pub reply: Option<String>,
+    /// When it ended, ms since the epoch.
+    pub ended_ms: u64,
+}
+
+/// What the door queues for the app's event loop.
+#[derive(Debug)]
+pub enum Account {
+    Call(Box<CallRecord>),
+    /// A key's lease is half spent: the app tops it up from the store.
+    TopUp {
+        key_id: String,
+        window: i64,
+        limit: i64,
+        now_ms: i64,
+    },
+}
+
+/// The door's side of routed calls: the installed plan and the accounts.
+pub struct Routing {
+    plan: RwLock<Option<Arc<Plan>>>,
+    pub accounts: Announced<Account>,
+}
+
+impl Routing {
+    pub fn new() -> io::Result<Routing> {
+        Ok(Routing {
+            plan: RwLock::default(),
+            accounts: Announced::new()?,
+        })
+    }
+
+    /// The plan calls are served from from now on; None: the app serves all.
+    pub fn install(&self, plan: Option<Plan>) {
+        *self.plan.write().unwrap_or_else(|e| e.into_inner()) = plan.map(Arc::new);
+    }
+
+    fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What became of a call the door was asked.
+pub enum Served {
+    Answer(Response<Bytes>),
+    /// The app's to answer; with the door's verdict once it admitted the call.
+    ToApp(Option<String>),
+}
+
+/// A routed call's request, as the door read it.
+pub struct Asked<'a> {
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    /// The caller's address, as the door accepted it.
+    pub peer: &'a str,
+    pub started: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn since_ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A header's one value, as text; Err when it is repeated or not visible
+/// ASCII (the app reads those its own way).
+fn one<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let text = value.to_str().map_err(|_| ())?;
+    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(());
+    }
+    Ok(Some(text))
+}
+
+/// The routing headers' checks (`ROUTING_HEADERS` in api/calls.py, which
+/// the app answers 400 to): Err for a value the app would refuse.
+fn routing_header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ()> {
+    let Some(value) = one(headers, name)?.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let valid = match name {
+        "x-agent-type" => value.len() <= 64,
+        "x-user-id" => value.len() <= 256,
+        "x-workspace-id" => {
+            let mut bytes = value.bytes();
+            let first = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+            first
+                && value.len() <= 128
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b".:_@-".contains(&b))
+        }
+        _ => unreachable!("not a routing header: {name}"),
+    };
+    if valid {
+        Ok(Some(value))
+    } else {
+        Err(())
+    }
+}
+
+/// The bearer token a call presents (`Authorization`, or Anthropic's
+/// `x-api-key`), if it is well formed.
+fn token(headers: &HeaderMap) -> Option<&str> {
+    let authorization = match one(headers, "authorization").ok()? {
+        Some(value) => value,
+        None => return one(headers, "x-api-key").ok()?.map(str::trim),
+    };
+    let (scheme, token) = authorization.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// `App.client_address`: the peer, or the last entry of the configured header.
+fn client_address(plan: &Plan, headers: &HeaderMap, peer: &str) -> Option<String> {
+    let forwarded = match &plan.client_address_header {
+        Some(name) => one(headers, name).ok()?,
+        None => None,
+    };
+    match forwarded.filter(|v| !v.is_empty()) {
+        Some(value) => {
+            let last = value.rsplit(',').next().unwrap_or_default().trim();
+            Some(last.chars().take(64).collect())
+        }
+        None => Some(peer.to_owned()),
+    }
+}
+
+/// What the caller gets for a rough token count of `chars` characters
+/// (`estimate_tokens` in the executor).
+fn estimate_tokens(chars: u64) -> u64 {
+    if chars == 0 {
+        0
+    } else {
+        chars.div_ceil(4).max(1)
+    }
+}
+
+/// The first `chars` characters of `text`.
+fn clipped(text: &str, chars: usize) -> String {
+    text.chars().take(chars).collect()
+}
+
+/// The routing inputs of an admitted call.
+struct Call {
+    request_id: String,
+    agent_type: String,
+    workspace_id: Option<String>,
+    user_id: Option<String>,
+    model: Option<String>,
+    content_chars: u64,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// An admitted call's attempts so far. Dropped unsettled (the caller left
+/// mid-attempt: hyper drops the call), it accounts the attempt cut short as
+/// the app does (`CallCancelled`): no verdict on the endpoint, the prompt's
+/// estimate charged, a 499. Either way it gives the address's slot back.
+struct Tries<'p> {
+    plan: &'p Plan,
+    routing: &'p Routing,
+    call: Call,
+    address: String,
+    rule_id: Option<String>,
+    attempts: Vec<Attempt>,
+    upstream_ms: f64,
+    retry_after: Vec<u64>,
+    /// The attempt under way: (model, endpoint, started, started at epoch ms).
+    current: Option<(String, String, Instant, u64)>,
+}
+
+impl Tries<'_> {
+    /// Account an attempt in the engine; its cost (with `tokens`).
+    fn record(
+        &mut self,
+        outcome: failover::Outcome,
+        status: Option<u16>,
+        error: Option<String>,
+        tokens: Tokens,
+        retry_after_ms: Option<u64>,
+        judged: bool,
+    ) -> Nanos {
+        let (model_id, endpoint_id, started, started_ms) =
+            self.current.take().expect("an attempt under way");
+        let latency_ms = since_ms(started);
+        let cost = {
+            let failed = self.attempts.last();
+            let mut engine = self.plan.engine.lock().unwrap_or_else(|e| e.into_inner());
+            engine.record(
+                &Outcome {
+                    model_id: &model_id,
+                    endpoint_id: Some(&endpoint_id),
+                    workspace_id: self.call.workspace_id.as_deref(),
+                    success: judged.then(|| outcome.healthy()),
+                    latency_ms,
+                    tokens,
+                    retry_after_ms,
+                    started_ms,
+                    rollup: Some(RollupFacts {
+                        outcome: outcome.label(),
+                        agent_type: Some(&self.call.agent_type),
+                        rule_id: self.rule_id.as_deref(),
+                        rollout_id: None,
+                        variant: None,
+                        failover_from: failed.map(|a| {
+                            (
+                                a.model_id.as_str(),
+                                a.endpoint_id.as_str(),
+                                a.outcome.label(),
+                            )
+                        }),
+                        ttft_ms: None,
+                    }),
+                },
+                now_ms(),
+            )
+        };
+        if let Some(wait) = retry_after_ms {
+            self.retry_after.push(wait);
+        }
+        self.upstream_ms += latency_ms;
+        self.attempts.push(Attempt {
+            model_id,
+            endpoint_id,
+            outcome,
+            status,
+            latency_ms: (latency_ms * 1000.0).round() / 1000.0,
+            error,
+            retry_after_ms,
+        });
+        cost.unwrap_or(0)
+    }
+
+    /// The usage of an answer's `tokens` (`Executor._usage`): as reported,
+    /// else estimated from the prompt's and the reply's characters.
+    fn usage(&self, tokens: wire::Usage, reply_chars: u64) -> (Tokens, bool) {
+        let estimated = tokens.prompt.is_none() || tokens.completion.is_none();
+        let tokens = Tokens {
+            prompt: tokens
+                .prompt
+                .unwrap_or_else(|| estimate_tokens(self.call.content_chars)),
+            completion: tokens
+                .completion
+                .unwrap_or_else(|| estimate_tokens(reply_chars)),
+            cache_read: tokens.cache_read,
+            cache_write: tokens.cache_write,
+        };
+        (tokens, estimated)
+    }
+
+    fn account(&self, answered: Answered) {
+        let last = self.attempts.last();
+        self.routing
+            .accounts
+            .push(Account::Call(Box::new(CallRecord {
+                request_id: self.call.request_id.clone(),
+                workspace_id: self.call.workspace_id.clone(),
+                agent_type: self.call.agent_type.clone(),
+                user_id: self.call.user_id.clone(),
+                model_id: last.map(|a| a.model_id.clone()),
+                endpoint_id: last.map(|a| a.endpoint_id.clone()),
+                status: answered.status,
+                outcome: answered.outcome,
+                latency_ms: (since_ms(self.call.started) * 1000.0).round() / 1000.0,
+                upstream_ms: (self.upstream_ms * 1000.0).round() / 1000.0,
+                tokens: answered.tokens,
+                cost: answered.cost,
+                estimated: answered.estimated,
+                attempts: self.attempts.clone(),
+                reply: answered.reply,
+                ended_ms: now_ms(),
+            })));
+    }
+
+    /// The verdict the app renders the failure from (`Executor._failed`).
+    fn verdict(&self, client_error: Option<(u16, &[u8])>) -> String {
+        let attempts: Vec<_> = self
+            .attempts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "modelId": a.model_id,
+                    "endpointId": a.endpoint_id,
+                    "outcome": a.outcome.label(),
+                    "status": a.status,
+                    "latencyMs": a.latency_ms,
+                    "error": a.error,
+                    "retryAfterMs": a.retry_after_ms,
+                })
+            })
+            .collect();
+        let client_error = client_error.map(|(status, body)| {
+            serde_json::json!({"status": status, "body": hex(&body[..body.len().min(MAX_RELAYED)])})
+        });
+        let tries = serde_json::json!({
+            "attempts": attempts,
+            "upstreamMs": self.upstream_ms,
+            "retryAfterMs": self.retry_after,
+            "deadlinePassed": Instant::now() >= self.call.deadline,
+            "clientError": client_error,
+        });
+        verdict(self.call.started, Some(tries))
+    }
+}
+
+impl Drop for Tries<'_> {
+    fn drop(&mut self) {
+        if self.current.is_some() {
+            let prompt = estimate_tokens(self.call.content_chars);
+            let tokens = Tokens {
+                prompt,
+                ..Tokens::default()
+            };
+            let cost = self.record(
+                failover::Outcome::Cancelled,
+                None,
+                None,
+                tokens,
+                None,
+                false,
+            );
+            self.account(Answered {
+                status: CALLER_LEFT,
+                outcome: failover::Outcome::Cancelled,
+                tokens,
+                cost,
+                estimated: true,
+                reply: None,
+            });
+        }
+        self.plan.clients.leave(&self.address);
+    }
+}
+
+/// What a call was answered with, for its record.
+struct Answered {
+    status: u16,
+    outcome: failover::Outcome,
+    tokens: Tokens,
+    cost: Nanos,
+    estimated: bool,
+    reply: Option<String>,
+}
+
+/// nginx's "client closed request": a call whose caller left.
+const CALLER_LEFT: u16 = 499;
+
+/// A provider's refusal is relayed to the app up to this much: the app shows
+/// it decoded (JSON) or its first 500 characters.
+const MAX_RELAYED: usize = 128 * 1024;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The verdict header's value: how long the door had the call, and what it
+/// tried (None: nothing yet; the app routes it, without spending the key's
+/// rate limit again).
+fn verdict(started: Instant, tries: Option<serde_json::Value>) -> String {
+    let doc = serde_json::json!({"elapsedMs": since_ms(started), "tries": tries});
+    hex(doc.to_string().as_bytes())
+}
+
+/// Serve the chat completion `asked`, or say it is the app's.
+pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -> Served {
+    let Some(plan) = routing.plan() else {
+        return Served::ToApp(None);
+    };
+    let Some((call, key_id, address)) = admissible(&plan, &asked) else {
+        return Served::ToApp(None);
+    };
+    // From here the call counts: against its address, then its key's limit.
+    if !plan.clients.enter(&address) {
+        return Served::ToApp(None);
+    }
+    let mut tries = Tries {
+        plan: &plan,
+        routing,
+        call,
+        address,
+        rule_id: None,
+        attempts: Vec::new(),
+        upstream_ms: 0.0,
+        retry_after: Vec::new(),
+        current: None,
+    };
+    let Some(limits) = spend(&plan, routing, &key_id) else {
+        return Served::ToApp(None);
+    };
+    let Some(candidates) = decide(&plan, &mut tries) else {
+        return Served::ToApp(Some(verdict(tries.call.started, None)));
+    };
+    let mut tried = 0;
+    for (model_id, endpoint_ids) in candidates {
+        let Some(model) = plan.models.get(&model_id) else {
+            continue; // not the door's: only a plan made wrong would list it
+        };
+        let drop: Vec<&str> = model.drop.iter().map(String::as_str).collect();
+        let Ok(body) = shape::same_format(asked.body, &model.version, &drop) else {
+            continue; // the app says why, if no other model answers
+        };
+        for endpoint_id in endpoint_ids {
+            let now = Instant::now();
+            if tried == plan.max_attempts || now >= tries.call.deadline {
+                return failed(tries);
+            }
+            let Some(endpoint) = model.endpoints.get(&endpoint_id) else {
+                continue;
+            };
+            tried += 1;
+            let attempt_time = endpoint.attempt.min(tries.call.deadline - now);
+            let job = Job {
+                token: 0,
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+                request: request_bytes(endpoint, &body),
+                connect: endpoint.connect,
+                head: endpoint.first_byte,
+                done: attempt_time,
+                max_body: plan.max_upstream_body,
+            };
+            tries.current = Some((model_id.clone(), endpoint_id, now, now_ms()));
+            let zero = Tokens::default();
+            let (status, headers, answer) = match upstream::exchange(job, pool).await {
+                upstream::Outcome::Failed { timeout, message } => {
+                    let (outcome, error) = if timeout {
+                        (failover::Outcome::Timeout, message)
+                    } else {
+                        (failover::Outcome::ConnectError, clipped(&message, 200))
+                    };
+                    tries.record(outcome, None, Some(error), zero, None, true);
+                    continue;
+                }
+                upstream::Outcome::Answer {
+                    status,
+                    headers,
+                    body,
+                } => (status, headers, body),
+            };
+            if status != 200 {
+                let outcome = failover::Outcome::of_status(status);
+                if !outcome.fails_over() {
+                    tries.record(
+                        failover::Outcome::ClientError,
+                        Some(status),
+                        None,
+                        zero,
+                        None,
+                        true,
+                    );
+                    return Served::ToApp(Some(tries.verdict(Some((status, &answer)))));
+                }
+                let error = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
+                let retry_after = headers
+                    .iter()
+                    .rev()
+                    .find(|(name, _)| name == "retry-after")
+                    .and_then(|(_, v)| failover::retry_after_ms(v, SystemTime::now()));
+                tries.record(outcome, Some(status), Some(error), zero, retry_after, true);
+                continue;
+            }
+            let reading = match wire::openai_chat(&answer) {
+                Ok(reading) => reading,
+                Err(malformed) => {
+                    let error =
+                        clipped(&format!("unreadable answer (ValueError: {malformed})"), 300);
+                    tries.record(
+                        failover::Outcome::Malformed,
+                        Some(200),
+                        Some(error),
+                        zero,
+                        None,
+                        true,
+                    );
+                    continue;
+                }
+            };
+            let reply_chars = reading.text.chars().count() as u64;
+            let (tokens, estimated) = tries.usage(reading.tokens, reply_chars);
+            let cost = tries.record(
+                failover::Outcome::Success,
+                Some(200),
+                None,
+                tokens,
+                None,
+                true,
+            );
+            let response = answer_response(&tries, answer, &limits);
+            tries.account(Answered {
+                status: 200,
+                outcome: failover::Outcome::Success,
+                tokens,
+                cost,
+                estimated,
+                reply: Some(reading.text),
+            });
+            return Served::Answer(response);
+        }
+    }
+    failed(tries)
+}
+
+/// Every candidate tried and none answered: the app renders why; with no
+/// attempt at all (every candidate refused the body), the app routes it.
+fn failed(tries: Tries<'_>) -> Served {
+    if tries.attempts.is_empty() {
+        return Served::ToApp(Some(verdict(tries.call.started, None)));
+    }
+    Served::ToApp(Some(tries.verdict(None)))
+}
+
+/// The call's routing inputs, its key's id and its address, if the door may
+/// serve it; nothing is spent.
+fn admissible(plan: &Plan, asked: &Asked<'_>) -> Option<(Call, String, String)> {
+    if plan.writes.moved() {
+        return None;
+    }
+    let headers = asked.headers;
+    let address = client_address(plan, headers, asked.peer)?;
+    if plan.clients.blocked_for(&address, now_ms()).is_some() {
+        return None;
+    }
+    let principal = plan.keys.verify(token(headers)?)?;
+    if !principal.role.allows(Permission::Route) {
+        return None;
+    }
+    let facts = chat::read(asked.body)?;
+    if facts.stream {
+        return None;
+    }
+    let agent_header = routing_header(headers, "x-agent-type").ok()?;
+    let workspace_header = routing_header(headers, "x-workspace-id").ok()?;
+    let user_header = routing_header(headers, "x-user-id").ok()?;
+    let workspace_id = match (principal.workspace_id, workspace_header) {
+        (Some(own), Some(asked)) if own != asked => return None, // the app's 403
+        (own, asked) => asked.or(own).map(str::to_owned),
+    };
+    if workspace_id
+        .as_ref()
+        .is_some_and(|w| plan.held_workspaces.contains(w))
+    {
+        return None;
+    }
+    let mut agent_type = agent_header.unwrap_or("default").to_owned();
+    let model = match plan.model_names.get(&facts.model) {
+        Some(id) => Some(id.clone()),
+        None if facts.model == "auto" => None,
+        None if plan.agent_types.contains(&facts.model) => {
+            agent_type = facts.model.clone();
+            None
+        }
+        None => return None, // the app's 404
+    };
+    if model.is_none() && plan.rollouts {
+        return None;
+    }
+    let request_id = match one(headers, "x-request-id").ok()? {
+        Some(id) if !id.is_empty() => clipped(id, 128),
+        _ => ids::new_id(),
+    };
+    let user_id = user_header
+        .map(str::to_owned)
+        .or(facts.user.filter(|u| !u.is_empty()));
+    let call = Call {
+        request_id,
+        agent_type,
+        workspace_id,
+        user_id,
+        model,
+        content_chars: facts.content_chars,
+        started: asked.started,
+        deadline: asked.started + plan.request_timeout,
+    };
+    Some((call, principal.key_id.to_owned(), address))
+}
+
+/// One admission of the key from this worker's lease, and the rate-limit
+/// headers; None when the lease is empty (the app takes one from the
+/// store) or the key is over its limit (the app answers the 429).
+fn spend(plan: &Plan, routing: &Routing, key_id: &str) -> Option<[(HeaderName, HeaderValue); 3]> {
+    let now = now_ms() as i64;
+    let window = now / plan.rate_window_ms;
+    let monotonic = monotonic_ms();
+    let remaining = match plan
+        .leases
+        .spend(key_id, window, plan.rate_limit, false, monotonic)
+    {
+        Spent::Leased { remaining, top_up } => {
+            if top_up {
+                routing.accounts.push(Account::TopUp {
+                    key_id: key_id.to_owned(),
+                    window,
+                    limit: plan.rate_limit,
+                    now_ms: now,
+                });
+            }
+            remaining
+        }
+        Spent::Alone { remaining } => remaining,
+        Spent::Take | Spent::Refused => return None,
+    };
+    let reset_ms = (window + 1) * plan.rate_window_ms - now;
+    // `retry_after` in ratelimit.py: whole seconds, rounded up, at least 1.
+    let reset_s = ((reset_ms + 999) / 1000).max(1);
+    Some([
+        (
+            HeaderName::from_static("x-ratelimit-limit"),
+            plan.rate_limit.into(),
+        ),
+        (
+            HeaderName::from_static("x-ratelimit-remaining"),
+            remaining.into(),
+        ),
+        (HeaderName::from_static("x-ratelimit-reset"), reset_s.into()),
+    ])
+}
+
+/// Milliseconds on the monotonic clock the leases keep their pace by:
+/// Python's `time.monotonic` (CLOCK_MONOTONIC), which the app's path reads.
+fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1000 + now.tv_nsec as u64 / 1_000_000
+}
+
+/// The engine's candidates for the call, as ids, up to the attempts it may
+/// make; None when it has none (the app decides again, and says why).
+fn decide(plan: &Plan, tries: &mut Tries<'_>) -> Option<Vec<(String, Vec<String>)>> {
+    let call = &tries.call;
+    let mut engine = plan.engine.lock().unwrap_or_else(|e| e.into_inner());
+    let decision = engine.decide(
+        &DecideInput {
+            facts: RequestFacts {
+                agent_type: &call.agent_type,
+                request_type: "chat",
+                workspace_id: call.workspace_id.as_deref(),
+                user_id: call.user_id.as_deref(),
+                content_length: call.content_chars,
+                metadata: HashMap::new(),
+            },
+            capabilities: &[],
+            model: call.model.as_deref(),
+            limit: Some(plan.max_attempts),
+            explain: false,
+        },
+        now_ms(),
+    );
+    if decision.error.is_some() {
+        return None;
+    }
+    let snapshot = engine.snapshot();
+    tries.rule_id = match decision.source {
+        crate::engine::Source::Rule(ri) => Some(snapshot.rules[ri].id.clone()),
+        _ => None,
+    };
+    let candidates = decision
+        .candidates
+        .iter()
+        .map(|c| {
+            let model = &snapshot.models[c.model];
+            let endpoints = c.endpoints.iter().map(|&ei| model.endpoints[ei].id.clone());
+            (model.id.clone(), endpoints.collect())
+        })
+        .collect();
+    Some(candidates)
+}
+
+/// The upstream request, as the app's client frames it (`_head` in
+/// engine/upstream.py, the adapter's headers).
+fn request_bytes(endpoint: &EndpointPlan, body: &[u8]) -> Vec<u8> {
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\ncontent-type: application/json\r\n",
+        endpoint.target,
+        endpoint.authority,
+        body.len()
+    );
+    if let Some((name, value)) = &endpoint.key {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// The success the caller gets: the provider's answer as sent, with the
+/// router's headers (`router_headers` in api/calls.py) and the key's limits.
+fn answer_response(
+    tries: &Tries<'_>,
+    answer: Vec<u8>,
+    limits: &[(HeaderName, HeaderValue); 3],
+) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(answer));
+    *response.status_mut() = StatusCode::OK;
+    let overhead = (since_ms(tries.call.started) - tries.upstream_ms).max(0.0);
+    let last = tries
+        .attempts
+        .last()
+        .expect("an answer came from an attempt");
+    let text = |value: &str| HeaderValue::from_str(value).ok();
+    let headers = response.headers_mut();
+    let ours = [
+        ("content-type", text("application/json")),
+        ("x-request-id", text(&tries.call.request_id)),
+        ("x-model-router-model", text(&last.model_id)),
+        ("x-model-router-endpoint", text(&last.endpoint_id)),
+        ("x-model-router-attempts", Some(tries.attempts.len().into())),
+        (
+            "x-model-router-overhead-ms",
+            text(&format!("{overhead:.3}")),
+        ),
+    ];
+    for (name, value) in ours {
+        if let Some(value) = value {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    for (name, value) in limits {
+        headers.insert(name.clone(), value.clone());
+    }
+    response
+}
+
+#[cfg(test)]
+#[path = "routed_tests.rs"]
+mod tests;

@@ -1,0 +1,219 @@
+"""The routed calls the door serves itself (docs/data-plane.md, step 3),
+seen from the app: the plan it serves them from, installed after every
+config check, and the accounting of what it served, taken in batches.
+
+The door serves an OpenAI chat completion, whole, with an API key, when
+every model a chat call may be routed to speaks OpenAI's format over
+`http://` (core_rs/src/routed.rs says what else it leaves to the app). Its
+calls are accounted here exactly as the app's own: the same metrics, log
+line and record (`RequestObserver.account`). A call it admitted and could
+not answer comes to the app with its verdict (`DOOR_VERDICT_HEADER`), from
+which the app renders the error (`failed_at_door`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from . import _core
+from . import types as t
+from .engine.exchanges import Format
+from .engine.executor import CallFailed, Executor
+from .engine.providers import ADAPTERS, api_key
+from .engine.upstream import _locate
+from .engine.write_counter import counter_path
+from .http import new_id
+from .telemetry.logging import Timestamps
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = logging.getLogger("model_router.door")
+
+VERDICT_HEADER: str = _core.DOOR_VERDICT_HEADER
+# The model types a chat call may be routed to (Operation.CHAT's).
+CHAT_MODEL_TYPES = frozenset({"chat", "multimodal"})
+ROUTE = "/v1/chat/completions"
+
+
+class DoorRefusal(msgspec.Struct, rename="camel"):
+    """A provider's answer that is the caller's error (a 4xx that does not
+    fail over): its status and body, in hex."""
+
+    status: int
+    body: str
+
+
+class DoorTries(msgspec.Struct, rename="camel"):
+    """What the door's attempts at a call came to."""
+
+    attempts: list[t.AttemptReport]
+    upstream_ms: float
+    retry_after_ms: list[int]
+    deadline_passed: bool
+    client_error: DoorRefusal | None = None
+
+
+class DoorVerdict(msgspec.Struct, rename="camel"):
+    """The door admitted the call (its key's rate limit is spent): how long
+    it had it, and what it tried (None: nothing; the app routes it)."""
+
+    elapsed_ms: float
+    tries: DoorTries | None = None
+
+
+_decode_verdict = msgspec.json.Decoder(DoorVerdict).decode
+_ModelPlan = tuple[str, str, list[str], list["_core._PlanEndpoint"]]
+
+
+def read_verdict(value: str) -> DoorVerdict | None:
+    """The verdict in the door's header; None, logged, if it is not one (the
+    app then serves the call as any other)."""
+    try:
+        return _decode_verdict(bytes.fromhex(value))
+    except (ValueError, msgspec.DecodeError) as exc:
+        log.error("the door's verdict is unreadable: %s", exc)
+        return None
+
+
+def failed_at_door(executor: Executor, tries: DoorTries) -> CallFailed:
+    """The error for a call whose attempts the door made (and recorded in
+    the engine): as if this worker had made them."""
+    refusal = tries.client_error
+    if refusal is not None:
+        return executor.client_error(refusal.status, tries.attempts, bytes.fromhex(refusal.body))
+    return executor.failed(tries.attempts, tries.retry_after_ms, tries.deadline_passed)
+
+
+class DoorCalls:
+    """The door's routed calls in one worker: `install` after every config
+    check, `start` to account what it serves, `finish` once it is drained."""
+
+    def __init__(self, door: _core.Door, service: Service, clients: _core.Clients):
+        self.door = door
+        self.service = service
+        self.clients = clients
+        self._timestamps = Timestamps()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.door.fileno(), self.account)
+        self.service.live.on_checked.append(self.install)
+        self.install()
+
+    def finish(self) -> None:
+        """The door has stopped: account its last calls."""
+        self.door.withdraw()
+        if self._loop is not None:
+            self._loop.remove_reader(self.door.fileno())
+        self.account()
+
+    def install(self) -> None:
+        """The door's plan from the live config: withdrawn while any model a
+        chat call may reach is not the door's to call."""
+        service = self.service
+        live, executor = service.live, service.executor
+        if live.version < 0 or live.reset is not None:
+            self.door.withdraw()
+            return
+        models: list[_ModelPlan] = []
+        for model in live.models.values():
+            if model.model_type not in CHAT_MODEL_TYPES:
+                continue
+            adapter = ADAPTERS[model.provider]
+            if adapter.format is not Format.OPENAI:
+                self.door.withdraw()
+                return
+            endpoints = []
+            for endpoint in model.endpoints:
+                (scheme, host, port), target, authority = _locate(endpoint.url)
+                if scheme != "http":
+                    self.door.withdraw()
+                    return
+                key = api_key(endpoint)
+                header = (adapter.key_header, adapter.key_prefix + key) if key else None
+                timeouts = executor.timeouts.of(endpoint)
+                endpoints.append(
+                    (
+                        endpoint.id,
+                        host,
+                        port,
+                        target,
+                        authority,
+                        header,
+                        timeouts.connect_ms,
+                        timeouts.first_byte_ms,
+                        timeouts.attempt_ms,
+                    )
+                )
+            models.append((model.id, model.version, list(model.drop_params), endpoints))
+        held = [
+            workspace
+            for workspace in live.workspaces
+            if service.budgets.applies(workspace) or service.workspace_limits.applies(workspace)
+        ]
+        try:
+            self._install(models, held)
+        except OSError as exc:  # the write counter cannot be mapped: the app serves all
+            log.error("the door serves no routed call: %s", exc)
+            self.door.withdraw()
+
+    def _install(self, models: list[_ModelPlan], held: list[str]) -> None:
+        service = self.service
+        live, settings = service.live, service.settings
+        self.door.install(
+            live.key_table,
+            live.engine,
+            self.clients,
+            service.limiter.leases,
+            counter_path(settings.port),
+            live.writes_seen,
+            live.model_names,
+            sorted(live.agent_types),
+            models,
+            held,
+            live.rollouts is not None,
+            settings.rate_limit_max,
+            settings.rate_limit_window_ms,
+            settings.max_attempts,
+            settings.request_timeout_ms,
+            settings.max_upstream_body_bytes,
+            settings.client_address_header,
+        )
+
+    def account(self) -> None:
+        """Account the calls the door finished, and top up the leases it half spent."""
+        calls, top_ups = self.door.take()
+        service = self.service
+        for key_id, window, limit, now_ms in top_ups:
+            service.limiter.refill((key_id, window), limit, now_ms)
+        for call in calls:
+            attempts = [t.AttemptReport(*attempt) for attempt in call.attempts]
+            summary = t.RecentRequest(
+                id=new_id(),
+                request_id=call.request_id,
+                timestamp=self._timestamps(call.ended_ms / 1000),
+                route=ROUTE,
+                workspace_id=call.workspace_id,
+                agent_type=call.agent_type,
+                model_id=call.model_id,
+                endpoint_id=call.endpoint_id,
+                status=call.status,
+                outcome=call.outcome,
+                latency_ms=call.latency_ms,
+                upstream_ms=call.upstream_ms,
+                prompt_tokens=call.prompt_tokens,
+                completion_tokens=call.completion_tokens,
+                cost=call.cost_nanos / 1e9,
+                estimated=call.estimated,
+                attempts=len(attempts),
+                stream=False,
+                user_id=call.user_id,
+                attempt_details=[msgspec.structs.replace(a, error=None) for a in attempts],
+            )
+            service.observer.account(summary, attempts, None, call.reply, None)
