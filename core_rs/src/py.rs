@@ -933,7 +933,7 @@ impl Door {
     #[pyo3(signature = (keys, engine, clients, leases, writes_path, writes_seen, model_names,
                         agent_types, models, held_workspaces, rollouts, rate_limit,
                         rate_window_ms, max_attempts, request_timeout_ms, max_upstream_body,
-                        client_address_header=None))]
+                        pool_size, client_address_header=None))]
     fn install(
         &self,
         keys: &Keys,
@@ -952,6 +952,7 @@ impl Door {
         max_attempts: usize,
         request_timeout_ms: u64,
         max_upstream_body: usize,
+        pool_size: usize,
         client_address_header: Option<String>,
     ) -> PyResult<()> {
         if rate_window_ms <= 0 {
@@ -1003,6 +1004,7 @@ impl Door {
             max_attempts,
             request_timeout: ms(request_timeout_ms),
             max_upstream_body,
+            pool_size,
             client_address_header: client_address_header.map(|h| h.to_ascii_lowercase()),
         }));
         Ok(())

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::announce::Announced;
 use crate::chat;
@@ -126,6 +127,8 @@ pub struct Plan {
     pub max_attempts: usize,
     pub request_timeout: Duration,
     pub max_upstream_body: usize,
+    /// Connections at once to one upstream origin (MODEL_ROUTER_UPSTREAM_POOL).
+    pub pool_size: usize,
     /// MODEL_ROUTER_CLIENT_ADDRESS_HEADER, lowercased.
     pub client_address_header: Option<String>,
 }
@@ -178,10 +181,12 @@ pub enum Account {
     },
 }
 
-/// The door's side of routed calls: the installed plan and the accounts.
+/// The door's side of routed calls: the installed plan, the accounts, and
+/// the connections each upstream origin may still take.
 pub struct Routing {
     plan: RwLock<Option<Arc<Plan>>>,
     pub accounts: Announced<Account>,
+    slots: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
 }
 
 impl Routing {
@@ -189,7 +194,34 @@ impl Routing {
         Ok(Routing {
             plan: RwLock::default(),
             accounts: Announced::new()?,
+            slots: Mutex::default(),
         })
+    }
+
+    /// A connection slot of the endpoint's origin, waited for `within` at
+    /// most, as the app's client waits for one (each origin has its own, so
+    /// a hung provider cannot take another's).
+    async fn slot(
+        &self,
+        endpoint: &EndpointPlan,
+        size: usize,
+        within: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        let slots = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let origin = (endpoint.host.clone(), endpoint.port);
+            slots
+                .entry(origin)
+                .or_insert_with(|| Arc::new(Semaphore::new(size)))
+                .clone()
+        };
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        tokio::time::timeout(within, slots.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The plan calls are served from from now on; None: the app serves all.
@@ -593,6 +625,18 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
             };
             tries.current = Some((model_id.clone(), endpoint_id, now, now_ms()));
             let zero = Tokens::default();
+            let Some(_slot) = routing.slot(endpoint, plan.pool_size, attempt_time).await else {
+                let error = "no free connection to the upstream in time".to_owned();
+                tries.record(
+                    failover::Outcome::Timeout,
+                    None,
+                    Some(error),
+                    zero,
+                    None,
+                    true,
+                );
+                continue;
+            };
             let (status, headers, answer) = match upstream::exchange(job, pool).await {
                 upstream::Outcome::Failed { timeout, message } => {
                     let (outcome, error) = if timeout {

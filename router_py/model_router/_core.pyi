@@ -371,6 +371,7 @@ class Door:
         max_attempts: int,
         request_timeout_ms: int,
         max_upstream_body: int,
+        pool_size: int,
         client_address_header: str | None = None,
     ) -> None:
         """From now on the door serves the routed calls it can from these

@@ -114,27 +114,35 @@ class DoorCalls:
         self.account()
 
     def install(self) -> None:
-        """The door's plan from the live config: withdrawn while any model a
-        chat call may reach is not the door's to call."""
-        service = self.service
-        live, executor = service.live, service.executor
-        if live.version < 0 or live.reset is not None:
+        """The door's plan from the live config, or none (the app serves
+        every call) while any model a chat call may reach is not the door's
+        to call, or the plan cannot be made."""
+        try:
+            models = self._models()
+            if models is None:
+                self.door.withdraw()
+            else:
+                self._install(models)
+        except Exception:
             self.door.withdraw()
-            return
+            raise
+
+    def _models(self) -> list[_ModelPlan] | None:
+        live, executor = self.service.live, self.service.executor
+        if live.version < 0 or live.reset is not None:
+            return None
         models: list[_ModelPlan] = []
         for model in live.models.values():
             if model.model_type not in CHAT_MODEL_TYPES:
                 continue
             adapter = ADAPTERS[model.provider]
             if adapter.format is not Format.OPENAI:
-                self.door.withdraw()
-                return
+                return None
             endpoints = []
             for endpoint in model.endpoints:
                 (scheme, host, port), target, authority = _locate(endpoint.url)
                 if scheme != "http":
-                    self.door.withdraw()
-                    return
+                    return None
                 key = api_key(endpoint)
                 header = (adapter.key_header, adapter.key_prefix + key) if key else None
                 timeouts = executor.timeouts.of(endpoint)
@@ -152,20 +160,16 @@ class DoorCalls:
                     )
                 )
             models.append((model.id, model.version, list(model.drop_params), endpoints))
+        return models
+
+    def _install(self, models: list[_ModelPlan]) -> None:
+        service = self.service
+        live, settings = service.live, service.settings
         held = [
             workspace
             for workspace in live.workspaces
             if service.budgets.applies(workspace) or service.workspace_limits.applies(workspace)
         ]
-        try:
-            self._install(models, held)
-        except OSError as exc:  # the write counter cannot be mapped: the app serves all
-            log.error("the door serves no routed call: %s", exc)
-            self.door.withdraw()
-
-    def _install(self, models: list[_ModelPlan], held: list[str]) -> None:
-        service = self.service
-        live, settings = service.live, service.settings
         self.door.install(
             live.key_table,
             live.engine,
@@ -183,6 +187,7 @@ class DoorCalls:
             settings.max_attempts,
             settings.request_timeout_ms,
             settings.max_upstream_body_bytes,
+            settings.upstream_pool,
             settings.client_address_header,
         )
 
@@ -216,4 +221,4 @@ class DoorCalls:
                 user_id=call.user_id,
                 attempt_details=[msgspec.structs.replace(a, error=None) for a in attempts],
             )
-            service.observer.account(summary, attempts, None, call.reply, None)
+            service.observer.served_by_door(summary, attempts, call.reply)

@@ -114,7 +114,10 @@ class LiveConfig:
 
     def _checked(self) -> None:
         for listener in self.on_checked:
-            listener()
+            try:
+                listener()
+            except Exception:  # a listener's bug must not fail the check (or a request)
+                log.exception("a config listener failed")
 
     async def refresh_quietly(self) -> None:
         """refresh(), keeping a failure for health instead of raising it (the

@@ -51,6 +51,11 @@ REJECTED = Counter(
     "Requests the router itself refused, by status and error type",
     ["status", "type"],
 )
+DOOR_CALLS = Counter(
+    "model_router_door_calls",
+    "Routed calls the front door served itself (MODEL_ROUTER_DOOR=on), by HTTP status",
+    ["status"],
+)
 ATTEMPTS = Counter(
     "model_router_upstream_attempts",
     "Upstream attempts by model, endpoint and outcome",

@@ -89,6 +89,13 @@ class RequestObserver:
         if log.isEnabledFor(logging.INFO):
             self._log_line(summary, prompt, reply, arm)
 
+    def served_by_door(
+        self, summary: t.RecentRequest, attempts: list[t.AttemptReport], reply: str | None
+    ) -> None:
+        """Account a call the front door served itself (door_calls.py)."""
+        self._metrics.inc(metrics.DOOR_CALLS, (str(summary.status),))
+        self.account(summary, attempts, None, reply, None)
+
     def _log_line(
         self, summary: t.RecentRequest, prompt: str | None, reply: str | None, arm: Arm | None
     ) -> None:

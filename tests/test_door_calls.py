@@ -1,0 +1,161 @@
+"""The routed calls the front door serves itself (docs/data-plane.md, step
+3), end to end: each scenario on both edges, with the same assertions, so
+that what the door answers and accounts is what the app would have."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from test_calls import add_model, prefer
+
+from conftest import EDGES
+
+pytestmark = pytest.mark.parametrize("edge", EDGES)
+
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello door"}]}
+
+
+@pytest.fixture
+def router(make_server):
+    return make_server(MOCK_PROVIDER_KEY="provider-secret")
+
+
+def door_calls(server) -> dict[str, float]:
+    """model_router_door_calls_total by status, from /metrics (merged)."""
+    counts = {}
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("model_router_door_calls_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('"')[1]] = float(value)
+    return counts
+
+
+def chat(server, body=CHAT, **headers: str) -> httpx.Response:
+    return server.client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def records(server, count: int) -> list[dict]:
+    """The latest `count` request records, once all are in the store."""
+    deadline = time.time() + 5
+    while True:
+        data = server.client.get(f"/api/metrics/requests?limit={count}").json()["data"]
+        routed = [r for r in data if r["route"] == "/v1/chat/completions"]
+        if len(routed) >= count or time.time() > deadline:
+            return routed
+        time.sleep(0.05)
+
+
+def test_a_chat_completion_is_answered_and_accounted_alike_on_both_edges(router, make_mock, edge):
+    mock = make_mock("openai")
+    add_model(router, "m1", mock)
+    prefer(router, "m1")
+    router.wait_for_config()
+    r = chat(router, **{"X-Agent-Type": "creative", "X-User-Id": "u-7", "X-Request-Id": "rq-1"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "Mock reply to: hello door"
+    assert r.headers["x-request-id"] == "rq-1"
+    assert (r.headers["x-model-router-model"], r.headers["x-model-router-endpoint"]) == (
+        "m1",
+        "m1-ep0",
+    )
+    assert r.headers["x-model-router-attempts"] == "1"
+    assert float(r.headers["x-model-router-overhead-ms"]) >= 0
+    assert int(r.headers["x-ratelimit-remaining"]) < int(r.headers["x-ratelimit-limit"])
+    [record] = records(router, 1)
+    assert record["requestId"] == "rq-1" and record["status"] == 200
+    assert (record["agentType"], record["userId"]) == ("creative", "u-7")
+    assert (record["modelId"], record["outcome"]) == ("m1", "success")
+    assert record["promptTokens"] > 0 and record["cost"] > 0 and not record["estimated"]
+    assert [a["outcome"] for a in record["attemptDetails"]] == ["success"]
+    time.sleep(1.2)  # the metrics beat
+    served = door_calls(router)
+    assert served == ({"200": 1.0} if edge == "door" else {})
+
+
+def test_when_every_attempt_fails_the_error_is_the_apps_and_nothing_is_tried_twice(
+    router, make_mock, edge
+):
+    first, second = make_mock("openai"), make_mock("openai")
+    first.behave(status=500)
+    second.behave(status=503)
+    add_model(router, "m1", first, second)
+    prefer(router, "m1")
+    router.wait_for_config()
+    r = chat(router)
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["type"] == "upstream_unavailable"
+    assert error["message"] == "every attempt failed (2 tried)"
+    tried = [(a["endpointId"], a["outcome"], a["status"]) for a in error["details"]["attempts"]]
+    assert tried == [("m1-ep0", "upstream_error", 500), ("m1-ep1", "upstream_error", 503)]
+    assert (first.requests(), second.requests()) == (1, 1)
+    [record] = records(router, 1)
+    assert (record["status"], record["outcome"], record["attempts"]) == (
+        502,
+        "upstream_unavailable",
+        2,
+    )
+
+
+def test_a_provider_refusing_the_callers_request_is_relayed_as_the_app_relays_it(
+    router, make_mock, edge
+):
+    mock, backup = make_mock("openai"), make_mock("openai")
+    mock.behave(status=400)
+    add_model(router, "m1", mock, backup)
+    prefer(router, "m1")
+    router.wait_for_config()
+    r = chat(router)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "upstream_client_error"
+    assert error["details"]["upstream"]["error"]["type"] == "api_error"
+    assert (mock.requests(), backup.requests()) == (1, 0)
+
+
+def test_the_rate_limit_counts_every_call_once_whichever_path_serves_it(
+    make_server, make_mock, edge
+):
+    server = make_server(RATE_LIMIT_MAX="20", MOCK_PROVIDER_KEY="k")
+    mock = make_mock("openai")
+    add_model(server, "m1", mock)
+    prefer(server, "m1")
+    server.wait_for_config()
+    key = server.client.post("/api/keys", json={"role": "agent"}).json()["key"]
+    asked = [
+        httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, headers=server.auth(key))
+        for _ in range(21)
+    ]
+    assert [r.status_code for r in asked] == [200] * 20 + [429]
+    remaining = [int(r.headers["x-ratelimit-remaining"]) for r in asked]
+    assert remaining == [*range(19, -1, -1), 0]
+    assert asked[-1].json()["error"]["type"] == "rate_limited"
+    assert mock.requests() == 20
+
+
+def test_a_workspace_with_a_budget_is_held_to_it_on_both_edges(router, make_mock, edge):
+    mock = make_mock("openai")
+    add_model(router, "m1", mock)
+    prefer(router, "m1")
+    r = router.client.post(
+        "/api/workspaces/ws-b/config", json={"budgetLimits": {"daily": 0.000001}}
+    )
+    assert r.status_code in (200, 201), r.text
+    router.wait_for_config()
+    asked = [chat(router, **{"X-Workspace-Id": "ws-b"}) for _ in range(3)]
+    assert asked[-1].status_code == 402, [r.text for r in asked]
+    assert asked[-1].json()["error"]["type"] == "budget_exceeded"
+
+
+def test_a_config_write_is_routed_under_at_once(router, make_mock, edge):
+    first, second = make_mock("openai"), make_mock("openai")
+    add_model(router, "m1", first)
+    add_model(router, "m2", second)
+    router.wait_for_config()
+    assert chat(router, {**CHAT, "model": "m1"}).headers["x-model-router-model"] == "m1"
+    r = router.client.patch("/api/models/m1/status", json={"status": "inactive"})
+    assert r.status_code == 200, r.text
+    after = chat(router, {**CHAT, "model": "m1"})
+    assert after.status_code == 503, after.text
