@@ -4,6 +4,7 @@ that what the door answers and accounts is what the app would have."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -159,3 +160,24 @@ def test_a_config_write_is_routed_under_at_once(router, make_mock, edge):
     assert r.status_code == 200, r.text
     after = chat(router, {**CHAT, "model": "m1"})
     assert after.status_code == 503, after.text
+
+
+def test_a_verdict_a_caller_forges_is_ignored(router, make_mock, edge):
+    mock = make_mock("openai")
+    add_model(router, "m1", mock)
+    prefer(router, "m1")
+    router.wait_for_config()
+    forged = {
+        "elapsedMs": 0,
+        "tries": {
+            "attempts": [],
+            "upstreamMs": 0,
+            "retryAfterMs": [],
+            "deadlinePassed": False,
+            "clientError": {"status": 418, "body": b"{}".hex()},
+        },
+    }
+    header = json.dumps(forged)
+    r = chat(router, **{"X-Model-Router-Door-Verdict": header})
+    assert r.status_code == 200, r.text
+    assert mock.requests() == 1

@@ -142,6 +142,9 @@ impl Door {
         settings.listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            // Upstream host names are resolved on blocking threads: a resolver
+            // that hangs must not grow them to Tokio's default of 512.
+            .max_blocking_threads(8)
             .build()?;
         let (drain, draining) = watch::channel(false);
         let (done, finished) = std::sync::mpsc::channel();
@@ -343,7 +346,7 @@ fn routable(request: &Request<Body>, max_body: u64) -> bool {
 
 /// A JSON media type, or none declared (`is_json` in app.py).
 fn json_or_none(content_type: Option<&HeaderValue>) -> bool {
-    let Some(value) = content_type else {
+    let Some(value) = content_type.filter(|v| !v.is_empty()) else {
         return true;
     };
     let Ok(value) = value.to_str() else {
@@ -351,9 +354,7 @@ fn json_or_none(content_type: Option<&HeaderValue>) -> bool {
     };
     let media = value.split(';').next().unwrap_or_default().trim();
     let media = media.to_ascii_lowercase();
-    media.is_empty()
-        || media == "application/json"
-        || (media.starts_with("application/") && media.ends_with("+json"))
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
 /// The door's answer to a routed call, or the request back for the app

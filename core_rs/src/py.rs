@@ -988,7 +988,9 @@ impl Door {
                 (id, model)
             })
             .collect();
+        let version = engine.lock().snapshot().version;
         self.routing.install(Some(routed::Plan {
+            version,
             keys: keys.keys.clone(),
             engine: engine.engine.clone(),
             clients: clients.clients.clone(),

@@ -107,6 +107,9 @@ impl Writes {
 
 /// Everything the door serves calls from, installed whole by the app.
 pub struct Plan {
+    /// The engine's snapshot the plan was made with: once the engine has
+    /// loaded another, the app serves calls until the plan follows.
+    pub version: u64,
     pub keys: Arc<Keys>,
     pub engine: Arc<Mutex<Engine>>,
     pub clients: Arc<Clients>,
@@ -371,6 +374,8 @@ struct Tries<'p> {
     retry_after: Vec<u64>,
     /// The attempt under way: (model, endpoint, started, started at epoch ms).
     current: Option<(String, String, Instant, u64)>,
+    /// The key's rate limit, once an admission is spent.
+    limits: Option<Limits>,
 }
 
 impl Tries<'_> {
@@ -476,34 +481,53 @@ impl Tries<'_> {
             })));
     }
 
-    /// The verdict the app renders the failure from (`Executor._failed`).
-    fn verdict(&self, client_error: Option<(u16, &[u8])>) -> String {
-        let attempts: Vec<_> = self
-            .attempts
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "modelId": a.model_id,
-                    "endpointId": a.endpoint_id,
-                    "outcome": a.outcome.label(),
-                    "status": a.status,
-                    "latencyMs": a.latency_ms,
-                    "error": a.error,
-                    "retryAfterMs": a.retry_after_ms,
+    /// The call, for the app, with the door's verdict: how long the door
+    /// had it, the key's rate limit it spent, and what it tried (None:
+    /// nothing, the app routes it), as `Executor._failed` reads it.
+    fn handover(&self, tried: Tried<'_>) -> Served {
+        let client_error = match tried {
+            Tried::Nothing => None,
+            Tried::AllFailed => Some(None),
+            Tried::Refused { status, body } => Some(Some((status, body))),
+        };
+        let tries = client_error.map(|client_error| {
+            let attempts: Vec<_> = self
+                .attempts
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "modelId": a.model_id,
+                        "endpointId": a.endpoint_id,
+                        "outcome": a.outcome.label(),
+                        "status": a.status,
+                        "latencyMs": a.latency_ms,
+                        "error": a.error,
+                        "retryAfterMs": a.retry_after_ms,
+                    })
                 })
+                .collect();
+            let client_error = client_error.map(|(status, body)| {
+                let body = &body[..body.len().min(MAX_RELAYED)];
+                serde_json::json!({"status": status, "body": hex(body)})
+            });
+            serde_json::json!({
+                "attempts": attempts,
+                "upstreamMs": self.upstream_ms,
+                "retryAfterMs": self.retry_after,
+                "deadlinePassed": Instant::now() >= self.call.deadline,
+                "clientError": client_error,
             })
-            .collect();
-        let client_error = client_error.map(|(status, body)| {
-            serde_json::json!({"status": status, "body": hex(&body[..body.len().min(MAX_RELAYED)])})
         });
-        let tries = serde_json::json!({
-            "attempts": attempts,
-            "upstreamMs": self.upstream_ms,
-            "retryAfterMs": self.retry_after,
-            "deadlinePassed": Instant::now() >= self.call.deadline,
-            "clientError": client_error,
+        let limits = self
+            .limits
+            .as_ref()
+            .map(|l| [l.limit, l.remaining, l.reset_s]);
+        let doc = serde_json::json!({
+            "elapsedMs": since_ms(self.call.started),
+            "rateLimit": limits,
+            "tries": tries,
         });
-        verdict(self.call.started, Some(tries))
+        Served::ToApp(Some(ascii_json(&doc)))
     }
 }
 
@@ -536,6 +560,16 @@ impl Drop for Tries<'_> {
     }
 }
 
+/// What the door's attempts at a call it hands to the app came to.
+enum Tried<'a> {
+    /// None made: the app routes the call.
+    Nothing,
+    /// Every attempt failed.
+    AllFailed,
+    /// The provider refused the caller's request: its answer goes back.
+    Refused { status: u16, body: &'a [u8] },
+}
+
 /// What a call was answered with, for its record.
 struct Answered {
     status: u16,
@@ -549,20 +583,30 @@ struct Answered {
 /// nginx's "client closed request": a call whose caller left.
 const CALLER_LEFT: u16 = 499;
 
-/// A provider's refusal is relayed to the app up to this much: the app shows
-/// it decoded (JSON) or its first 500 characters.
-const MAX_RELAYED: usize = 128 * 1024;
+/// A provider's refusal is relayed to the app up to this much (in hex, in a
+/// header): the app shows it decoded (JSON) or its first 500 characters.
+const MAX_RELAYED: usize = 32 * 1024;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The verdict header's value: how long the door had the call, and what it
-/// tried (None: nothing yet; the app routes it, without spending the key's
-/// rate limit again).
-fn verdict(started: Instant, tries: Option<serde_json::Value>) -> String {
-    let doc = serde_json::json!({"elapsedMs": since_ms(started), "tries": tries});
-    hex(doc.to_string().as_bytes())
+/// `doc` as JSON in visible ASCII, a header's value: every character past
+/// ASCII written as its `\u` escape (outside strings JSON has none).
+fn ascii_json(doc: &serde_json::Value) -> String {
+    let text = doc.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Serve the chat completion `asked`, or say it is the app's.
@@ -587,12 +631,14 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
         upstream_ms: 0.0,
         retry_after: Vec::new(),
         current: None,
+        limits: None,
     };
-    let Some(limits) = spend(&plan, routing, &key_id) else {
+    tries.limits = spend(&plan, routing, &key_id);
+    if tries.limits.is_none() {
         return Served::ToApp(None);
-    };
+    }
     let Some(candidates) = decide(&plan, &mut tries) else {
-        return Served::ToApp(Some(verdict(tries.call.started, None)));
+        return tries.handover(Tried::Nothing);
     };
     let mut tried = 0;
     for (model_id, endpoint_ids) in candidates {
@@ -612,20 +658,11 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
                 continue;
             };
             tried += 1;
-            let attempt_time = endpoint.attempt.min(tries.call.deadline - now);
-            let job = Job {
-                token: 0,
-                host: endpoint.host.clone(),
-                port: endpoint.port,
-                request: request_bytes(endpoint, &body),
-                connect: endpoint.connect,
-                head: endpoint.first_byte,
-                done: attempt_time,
-                max_body: plan.max_upstream_body,
-            };
+            let attempt_by = now + endpoint.attempt.min(tries.call.deadline - now);
             tries.current = Some((model_id.clone(), endpoint_id, now, now_ms()));
             let zero = Tokens::default();
-            let Some(_slot) = routing.slot(endpoint, plan.pool_size, attempt_time).await else {
+            let slot = routing.slot(endpoint, plan.pool_size, attempt_by - now);
+            let Some(_slot) = slot.await else {
                 let error = "no free connection to the upstream in time".to_owned();
                 tries.record(
                     failover::Outcome::Timeout,
@@ -636,6 +673,17 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
                     true,
                 );
                 continue;
+            };
+            // The attempt's waits run from its start: a wait for the slot counts.
+            let job = Job {
+                token: 0,
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+                request: request_bytes(endpoint, &body),
+                connect: endpoint.connect,
+                head: endpoint.first_byte,
+                done: attempt_by.saturating_duration_since(Instant::now()),
+                max_body: plan.max_upstream_body,
             };
             let (status, headers, answer) = match upstream::exchange(job, pool).await {
                 upstream::Outcome::Failed { timeout, message } => {
@@ -664,7 +712,10 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
                         None,
                         true,
                     );
-                    return Served::ToApp(Some(tries.verdict(Some((status, &answer)))));
+                    return tries.handover(Tried::Refused {
+                        status,
+                        body: &answer,
+                    });
                 }
                 let error = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
                 let retry_after = headers
@@ -701,7 +752,7 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
                 None,
                 true,
             );
-            let response = answer_response(&tries, answer, &limits);
+            let response = answer_response(&tries, answer);
             tries.account(Answered {
                 status: 200,
                 outcome: failover::Outcome::Success,
@@ -720,9 +771,9 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
 /// attempt at all (every candidate refused the body), the app routes it.
 fn failed(tries: Tries<'_>) -> Served {
     if tries.attempts.is_empty() {
-        return Served::ToApp(Some(verdict(tries.call.started, None)));
+        return tries.handover(Tried::Nothing);
     }
-    Served::ToApp(Some(tries.verdict(None)))
+    tries.handover(Tried::AllFailed)
 }
 
 /// The call's routing inputs, its key's id and its address, if the door may
@@ -737,8 +788,11 @@ fn admissible(plan: &Plan, asked: &Asked<'_>) -> Option<(Call, String, String)> 
         return None;
     }
     let principal = plan.keys.verify(token(headers)?)?;
-    if !principal.role.allows(Permission::Route) {
-        return None;
+    let scoped = principal.workspace_id.is_some();
+    if !principal.role.allows(Permission::Route)
+        || (scoped && !Permission::Route.within_a_workspace())
+    {
+        return None; // the app's 403
     }
     let facts = chat::read(asked.body)?;
     if facts.stream {
@@ -767,8 +821,10 @@ fn admissible(plan: &Plan, asked: &Asked<'_>) -> Option<(Call, String, String)> 
         }
         None => return None, // the app's 404
     };
-    if model.is_none() && plan.rollouts {
-        return None;
+    match &model {
+        None if plan.rollouts => return None,
+        Some(id) if !plan.models.contains_key(id) => return None, // not a chat model
+        _ => {}
     }
     let request_id = match one(headers, "x-request-id").ok()? {
         Some(id) if !id.is_empty() => clipped(id, 128),
@@ -785,22 +841,31 @@ fn admissible(plan: &Plan, asked: &Asked<'_>) -> Option<(Call, String, String)> 
         model,
         content_chars: facts.content_chars,
         started: asked.started,
-        deadline: asked.started + plan.request_timeout,
+        // From the body's end, as the app's handler sets it.
+        deadline: Instant::now() + plan.request_timeout,
     };
     Some((call, principal.key_id.to_owned(), address))
 }
 
-/// One admission of the key from this worker's lease, and the rate-limit
-/// headers; None when the lease is empty (the app takes one from the
-/// store) or the key is over its limit (the app answers the 429).
-fn spend(plan: &Plan, routing: &Routing, key_id: &str) -> Option<[(HeaderName, HeaderValue); 3]> {
+/// A key's rate limit as its `X-RateLimit-*` headers say it.
+struct Limits {
+    limit: i64,
+    remaining: i64,
+    /// Whole seconds until the window ends, at least 1 (`retry_after` in ratelimit.py).
+    reset_s: i64,
+}
+
+/// One admission of the key from this worker's lease, as the app spends
+/// one (`RateLimiter.admit`); None when the app must take a lease from the
+/// store first (nothing is spent) or the key is over its limit (the app
+/// answers the 429).
+fn spend(plan: &Plan, routing: &Routing, key_id: &str) -> Option<Limits> {
     let now = now_ms() as i64;
     let window = now / plan.rate_window_ms;
-    let monotonic = monotonic_ms();
-    let remaining = match plan
+    let spent = plan
         .leases
-        .spend(key_id, window, plan.rate_limit, false, monotonic)
-    {
+        .spend(key_id, window, plan.rate_limit, true, monotonic_ms());
+    let remaining = match spent {
         Spent::Leased { remaining, top_up } => {
             if top_up {
                 routing.accounts.push(Account::TopUp {
@@ -816,19 +881,11 @@ fn spend(plan: &Plan, routing: &Routing, key_id: &str) -> Option<[(HeaderName, H
         Spent::Take | Spent::Refused => return None,
     };
     let reset_ms = (window + 1) * plan.rate_window_ms - now;
-    // `retry_after` in ratelimit.py: whole seconds, rounded up, at least 1.
-    let reset_s = ((reset_ms + 999) / 1000).max(1);
-    Some([
-        (
-            HeaderName::from_static("x-ratelimit-limit"),
-            plan.rate_limit.into(),
-        ),
-        (
-            HeaderName::from_static("x-ratelimit-remaining"),
-            remaining.into(),
-        ),
-        (HeaderName::from_static("x-ratelimit-reset"), reset_s.into()),
-    ])
+    Some(Limits {
+        limit: plan.rate_limit,
+        remaining,
+        reset_s: ((reset_ms + 999) / 1000).max(1),
+    })
 }
 
 /// Milliseconds on the monotonic clock the leases keep their pace by:
@@ -848,6 +905,9 @@ fn monotonic_ms() -> u64 {
 fn decide(plan: &Plan, tries: &mut Tries<'_>) -> Option<Vec<(String, Vec<String>)>> {
     let call = &tries.call;
     let mut engine = plan.engine.lock().unwrap_or_else(|e| e.into_inner());
+    if engine.snapshot().version != plan.version {
+        return None; // the config moved on: the app serves the call
+    }
     let decision = engine.decide(
         &DecideInput {
             facts: RequestFacts {
@@ -905,11 +965,7 @@ fn request_bytes(endpoint: &EndpointPlan, body: &[u8]) -> Vec<u8> {
 
 /// The success the caller gets: the provider's answer as sent, with the
 /// router's headers (`router_headers` in api/calls.py) and the key's limits.
-fn answer_response(
-    tries: &Tries<'_>,
-    answer: Vec<u8>,
-    limits: &[(HeaderName, HeaderValue); 3],
-) -> Response<Bytes> {
+fn answer_response(tries: &Tries<'_>, answer: Vec<u8>) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(answer));
     *response.status_mut() = StatusCode::OK;
     let overhead = (since_ms(tries.call.started) - tries.upstream_ms).max(0.0);
@@ -935,8 +991,15 @@ fn answer_response(
             headers.insert(HeaderName::from_static(name), value);
         }
     }
-    for (name, value) in limits {
-        headers.insert(name.clone(), value.clone());
+    if let Some(l) = &tries.limits {
+        let limits = [
+            ("x-ratelimit-limit", l.limit),
+            ("x-ratelimit-remaining", l.remaining),
+            ("x-ratelimit-reset", l.reset_s),
+        ];
+        for (name, value) in limits {
+            headers.insert(HeaderName::from_static(name), value.into());
+        }
     }
     response
 }

@@ -136,6 +136,7 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
     let mut names = HashMap::new();
     names.insert("m".to_owned(), "m".to_owned());
     names.insert("m-v1".to_owned(), "m".to_owned());
+    names.insert("e".to_owned(), "e".to_owned()); // a model no chat call reaches
     let endpoints = ports
         .iter()
         .enumerate()
@@ -163,6 +164,7 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
         },
     );
     routing.install(Some(Plan {
+        version: 1,
         keys,
         engine: engine.clone(),
         clients: Arc::new(Clients::new(0)),
@@ -238,14 +240,14 @@ fn calls(setup: &Setup) -> Vec<CallRecord> {
 }
 
 fn verdict_of(served: Served) -> Value {
-    let Served::ToApp(Some(hex)) = served else {
+    let Served::ToApp(Some(verdict)) = served else {
         panic!("no verdict")
     };
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    serde_json::from_slice(&bytes).unwrap()
+    assert!(
+        verdict.bytes().all(|b| (0x20..0x7f).contains(&b)),
+        "{verdict}"
+    );
+    serde_json::from_str(&verdict).unwrap()
 }
 
 #[test]
@@ -379,6 +381,7 @@ fn calls_the_door_cannot_serve_go_to_the_app_untouched_and_spend_nothing() {
     let stream = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#;
     let unknown_model = r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#;
     let bad_body = r#"{"model":"m","messages":[]}"#;
+    let embedding = r#"{"model":"e","messages":[{"role":"user","content":"x"}]}"#;
     let cases: Vec<(HeaderMap, &str)> = vec![
         (headers(&[]), BODY),
         (headers(&[("authorization", "Bearer mr_k1_wrong")]), BODY),
@@ -386,6 +389,7 @@ fn calls_the_door_cannot_serve_go_to_the_app_untouched_and_spend_nothing() {
         (keyed(), stream),
         (keyed(), unknown_model),
         (keyed(), bad_body),
+        (keyed(), embedding),
         (
             {
                 let mut h = keyed();
@@ -530,5 +534,40 @@ fn an_origin_with_no_free_connection_times_the_attempt_out_within_its_time() {
         started.elapsed() < Duration::from_secs(2),
         "the attempt's 500 ms, not more"
     );
+    assert_eq!(served.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_verdict_is_one_header_of_ascii_json_with_the_limit_the_door_spent() {
+    let (port, _) = upstream(vec![answer(404, r#"{"error":"modèle inconnu"}"#)]);
+    let setup = setup(&[port], 100);
+    let verdict = verdict_of(ask(&setup, &keyed(), BODY));
+    assert_eq!(
+        verdict["rateLimit"],
+        json!([1000, 999, verdict["rateLimit"][2]])
+    );
+    let refusal = &verdict["tries"]["clientError"];
+    assert_eq!(
+        refusal["body"],
+        hex(r#"{"error":"modèle inconnu"}"#.as_bytes())
+    );
+    let failed = verdict_of(Served::ToApp(Some(ascii_json(&json!({"e": "é😀"})))));
+    assert_eq!(failed["e"], "é😀");
+}
+
+#[test]
+fn a_plan_older_than_the_engines_config_hands_the_call_over_admitted() {
+    let (port, served) = upstream(vec![answer(200, REPLY)]);
+    let setup = setup(&[port], 100);
+    let doc = json!({"version": 2, "models": [model("m", &[port])]});
+    let snapshot = Snapshot::load(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    setup.engine.lock().unwrap().load(snapshot);
+    let verdict = verdict_of(ask(&setup, &keyed(), BODY));
+    assert_eq!(
+        verdict["tries"],
+        Value::Null,
+        "nothing tried: the app routes it"
+    );
+    assert_eq!(verdict["rateLimit"][1], 999, "the admission it spent");
     assert_eq!(served.load(Ordering::SeqCst), 0);
 }

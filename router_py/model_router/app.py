@@ -305,8 +305,8 @@ class App:
         if route.permission is not None:
             principal = await service.authenticate(credentials(headers), address)
             principal.authorize(route.permission, params.get("workspaceId"))
-            if verdict is None:  # else the door spent the key's admission
-                limits = await service.check_rate(principal)
+            # Once the door admitted the call, the admission it spent stands.
+            limits = verdict.limits() if verdict else await service.check_rate(principal)
             request.principal = principal
             if route.audited:
                 WRITER.set(Writer(principal, method, path, request_id))

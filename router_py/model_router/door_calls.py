@@ -27,6 +27,7 @@ from .engine.providers import ADAPTERS, api_key
 from .engine.upstream import _locate
 from .engine.write_counter import counter_path
 from .http import new_id
+from .ratelimit import Verdict
 from .telemetry.logging import Timestamps
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ VERDICT_HEADER: str = _core.DOOR_VERDICT_HEADER
 # The model types a chat call may be routed to (Operation.CHAT's).
 CHAT_MODEL_TYPES = frozenset({"chat", "multimodal"})
 ROUTE = "/v1/chat/completions"
+# The door's calls are accounted at most this often: under load one wake of
+# the loop accounts many (their records, log lines and metrics go out on
+# beats of their own anyway).
+BATCH_S = 0.002
 
 
 class DoorRefusal(msgspec.Struct, rename="camel"):
@@ -59,11 +64,20 @@ class DoorTries(msgspec.Struct, rename="camel"):
 
 
 class DoorVerdict(msgspec.Struct, rename="camel"):
-    """The door admitted the call (its key's rate limit is spent): how long
-    it had it, and what it tried (None: nothing; the app routes it)."""
+    """The door admitted the call: how long it had it, the key's rate limit
+    it spent (limit, remaining, seconds to the window's end), and what it
+    tried (None: nothing; the app routes it)."""
 
     elapsed_ms: float
+    rate_limit: tuple[int, int, int] | None = None
     tries: DoorTries | None = None
+
+    def limits(self) -> list[tuple[str, str]]:
+        """The X-RateLimit-* headers of the admission the door spent."""
+        if self.rate_limit is None:
+            return []
+        limit, remaining, reset_s = self.rate_limit
+        return Verdict(True, limit, remaining, reset_s).headers()
 
 
 _decode_verdict = msgspec.json.Decoder(DoorVerdict).decode
@@ -74,8 +88,8 @@ def read_verdict(value: str) -> DoorVerdict | None:
     """The verdict in the door's header; None, logged, if it is not one (the
     app then serves the call as any other)."""
     try:
-        return _decode_verdict(bytes.fromhex(value))
-    except (ValueError, msgspec.DecodeError) as exc:
+        return _decode_verdict(value)
+    except msgspec.DecodeError as exc:
         log.error("the door's verdict is unreadable: %s", exc)
         return None
 
@@ -99,18 +113,40 @@ class DoorCalls:
         self.clients = clients
         self._timestamps = Timestamps()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: asyncio.TimerHandle | None = None
+        self._failure: str | None = None  # why the last install failed, logged once
+        self._finished = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self.door.fileno(), self.account)
+        self._loop.add_reader(self.door.fileno(), self._woken)
         self.service.live.on_checked.append(self.install)
         self.install()
 
+    def _woken(self) -> None:
+        """The door queued a call: account it, and those that follow within
+        BATCH_S, in one turn of the loop."""
+        assert self._loop is not None
+        self._loop.remove_reader(self.door.fileno())
+        self._batch = self._loop.call_later(BATCH_S, self._batched)
+
+    def _batched(self) -> None:
+        assert self._loop is not None
+        self._batch = None
+        try:
+            self.account()
+        finally:
+            self._loop.add_reader(self.door.fileno(), self._woken)
+
     def finish(self) -> None:
-        """The door has stopped: account its last calls."""
+        """The door has stopped: account its last calls (no lease is topped
+        up any more: the store is closing)."""
+        self._finished = True
         self.door.withdraw()
         if self._loop is not None:
             self._loop.remove_reader(self.door.fileno())
+        if self._batch is not None:
+            self._batch.cancel()
         self.account()
 
     def install(self) -> None:
@@ -118,14 +154,18 @@ class DoorCalls:
         every call) while any model a chat call may reach is not the door's
         to call, or the plan cannot be made."""
         try:
-            models = self._models()
+            models = None if self._finished else self._models()
             if models is None:
                 self.door.withdraw()
             else:
                 self._install(models)
-        except Exception:
+            self._failure = None
+        except Exception as exc:  # a config the door cannot read (a bad URL, key file)
             self.door.withdraw()
-            raise
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._failure:
+                log.error("the door serves no routed call until the config is fixed: %s", failure)
+            self._failure = failure
 
     def _models(self) -> list[_ModelPlan] | None:
         live, executor = self.service.live, self.service.executor
@@ -195,10 +235,13 @@ class DoorCalls:
         """Account the calls the door finished, and top up the leases it half spent."""
         calls, top_ups = self.door.take()
         service = self.service
-        for key_id, window, limit, now_ms in top_ups:
+        for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)
         for call in calls:
             attempts = [t.AttemptReport(*attempt) for attempt in call.attempts]
+            details = [
+                t.AttemptReport(m, e, o, s, ms, None, r) for m, e, o, s, ms, _, r in call.attempts
+            ]
             summary = t.RecentRequest(
                 id=new_id(),
                 request_id=call.request_id,
@@ -219,6 +262,6 @@ class DoorCalls:
                 attempts=len(attempts),
                 stream=False,
                 user_id=call.user_id,
-                attempt_details=[msgspec.structs.replace(a, error=None) for a in attempts],
+                attempt_details=details,
             )
             service.observer.served_by_door(summary, attempts, call.reply)
