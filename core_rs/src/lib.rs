@@ -9,6 +9,7 @@ pub mod door;
 pub mod engine;
 pub mod failover;
 pub mod ids;
+pub mod key_files;
 pub mod keys;
 pub mod leases;
 pub mod rollouts;

@@ -9,6 +9,7 @@ use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::failover;
 use crate::ids;
+use crate::key_files;
 use crate::keys;
 use crate::leases;
 use crate::rollouts;
@@ -826,6 +827,12 @@ fn hash_key(key: &str) -> String {
     keys::hash_hex(key)
 }
 
+/// The provider key in a file (`key_files.rs`), or None.
+#[pyfunction]
+fn read_key_file(path: PathBuf) -> Option<String> {
+    key_files::KEY_FILES.read(&path)
+}
+
 /// The front door (`door.rs`) on the public port `listen_fd`, handing every
 /// request it does not serve itself (`routed.rs`) to the app on `app_socket`.
 #[pyclass(frozen, module = "model_router._core")]
@@ -835,18 +842,35 @@ struct Door {
 }
 
 /// An endpoint of the door's plan: (id, host, port, target, authority,
-/// (key header, value) or None, connect ms, first byte ms, attempt ms).
+/// (key header, prefix, key or None, key file or None) or None, connect ms,
+/// first byte ms, attempt ms).
 type PlanEndpoint = (
     String,
     String,
     u16,
     String,
     String,
-    Option<(String, String)>,
+    Option<PlanKey>,
     u64,
     u64,
     u64,
 );
+type PlanKey = (String, String, Option<String>, Option<PathBuf>);
+
+fn provider_key((header, prefix, key, file): PlanKey) -> Option<routed::ProviderKey> {
+    match (key, file) {
+        (_, Some(path)) => Some(routed::ProviderKey::File {
+            header,
+            prefix,
+            path,
+        }),
+        (Some(key), None) => Some(routed::ProviderKey::Fixed {
+            header,
+            value: format!("{prefix}{key}"),
+        }),
+        (None, None) => None,
+    }
+}
 
 /// An attempt of a call the door served, as the app's `AttemptReport` has it.
 type DoorAttempt = (
@@ -971,7 +995,7 @@ impl Door {
                                 port,
                                 target,
                                 authority,
-                                key,
+                                key: key.and_then(provider_key),
                                 connect: ms(connect),
                                 first_byte: ms(first_byte),
                                 attempt: ms(attempt),
@@ -1211,6 +1235,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SHARE", leases::SHARE)?;
     m.add("RETRY_MS", leases::RETRY_MS)?;
     m.add_function(wrap_pyfunction!(hash_key, m)?)?;
+    m.add_function(wrap_pyfunction!(read_key_file, m)?)?;
     m.add_function(wrap_pyfunction!(permissions, m)?)?;
     m.add_function(wrap_pyfunction!(new_id, m)?)?;
     m.add("DOOR_PEER_HEADER", door::PEER_HEADER)?;

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,6 +39,7 @@ use crate::cost::{Nanos, Tokens};
 use crate::engine::{DecideInput, Engine, Outcome, RollupFacts};
 use crate::failover;
 use crate::ids;
+use crate::key_files::KEY_FILES;
 use crate::keys::{Keys, Permission};
 use crate::leases::{Leases, Spent};
 use crate::rules::RequestFacts;
@@ -62,11 +63,39 @@ pub struct EndpointPlan {
     /// The request's target (path and query) and its Host header.
     pub target: String,
     pub authority: String,
-    /// (header, value) carrying the provider key, if it has one.
-    pub key: Option<(String, String)>,
+    /// The provider key, if it has one.
+    pub key: Option<ProviderKey>,
     pub connect: Duration,
     pub first_byte: Duration,
     pub attempt: Duration,
+}
+
+/// Where an endpoint's provider key comes from, and the header that carries it.
+pub enum ProviderKey {
+    /// Read once (an environment variable): the header's whole value.
+    Fixed { header: String, value: String },
+    /// Read from a file as the app reads it (`key_files.rs`), after `prefix`.
+    File {
+        header: String,
+        prefix: String,
+        path: PathBuf,
+    },
+}
+
+impl ProviderKey {
+    /// The header and its value now; None while a key file has no key.
+    fn header(&self) -> Option<(&str, String)> {
+        match self {
+            ProviderKey::Fixed { header, value } => Some((header, value.clone())),
+            ProviderKey::File {
+                header,
+                prefix,
+                path,
+            } => KEY_FILES
+                .read(path)
+                .map(|key| (header.as_str(), format!("{prefix}{key}"))),
+        }
+    }
 }
 
 /// One model the door may call: its name upstream, the parameters it drops
@@ -954,7 +983,7 @@ fn request_bytes(endpoint: &EndpointPlan, body: &[u8]) -> Vec<u8> {
         endpoint.authority,
         body.len()
     );
-    if let Some((name, value)) = &endpoint.key {
+    if let Some((name, value)) = endpoint.key.as_ref().and_then(ProviderKey::header) {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     head.push_str("\r\n");

@@ -146,7 +146,10 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
                 port: *port,
                 target: "/v1/chat/completions".into(),
                 authority: format!("127.0.0.1:{port}"),
-                key: Some(("authorization".into(), "Bearer upstream-key".into())),
+                key: Some(ProviderKey::Fixed {
+                    header: "authorization".into(),
+                    value: "Bearer upstream-key".into(),
+                }),
                 connect: Duration::from_secs(1),
                 first_byte: Duration::from_secs(1),
                 attempt: Duration::from_millis(500),
@@ -293,7 +296,10 @@ fn the_upstream_gets_the_callers_body_with_the_models_name_and_its_dropped_param
         port: 1,
         target: "/v1/chat/completions?x=1".into(),
         authority: "h:1".into(),
-        key: Some(("api-key".into(), "k".into())),
+        key: Some(ProviderKey::Fixed {
+            header: "api-key".into(),
+            value: "k".into(),
+        }),
         connect: Duration::ZERO,
         first_byte: Duration::ZERO,
         attempt: Duration::ZERO,

@@ -30,6 +30,7 @@ __all__ = [
     "SHARE",
     "RETRY_MS",
     "hash_key",
+    "read_key_file",
     "new_id",
     "permissions",
     "sketch_quantiles",
@@ -329,6 +330,11 @@ def new_id() -> str:
 def hash_key(key: str) -> str:
     """The SHA-256 of a whole API key, in hex, as the store keeps it."""
 
+def read_key_file(path: str | os.PathLike[str]) -> str | None:
+    """The provider key in a file (core_rs/src/key_files.rs): its text,
+    trimmed, read again within a second of a change; None when the file is
+    gone, unreadable, not text or empty."""
+
 @final
 class Door:
     """The front door (core_rs/src/door.rs): accepts on the public port
@@ -388,8 +394,10 @@ class Door:
         top up."""
 
 # An endpoint of the door's plan: (id, host, port, target, authority,
-# (key header, value) or None, connect ms, first byte ms, attempt ms).
-_PlanEndpoint = tuple[str, str, int, str, str, tuple[str, str] | None, int, int, int]
+# (key header, prefix, key or None, key file or None) or None, connect ms,
+# first byte ms, attempt ms).
+_PlanKey = tuple[str, str, str | None, str | None]
+_PlanEndpoint = tuple[str, str, int, str, str, _PlanKey | None, int, int, int]
 
 # An attempt of a call the door served: (model, endpoint, outcome, status,
 # latency ms, error, retry after ms).

@@ -178,13 +178,17 @@ class DoorCalls:
             adapter = ADAPTERS[model.provider]
             if adapter.format is not Format.OPENAI:
                 return None
-            endpoints = []
+            endpoints: list[_core._PlanEndpoint] = []
             for endpoint in model.endpoints:
                 (scheme, host, port), target, authority = _locate(endpoint.url)
                 if scheme != "http":
                     return None
-                key = api_key(endpoint)
-                header = (adapter.key_header, adapter.key_prefix + key) if key else None
+                key = (
+                    adapter.key_header,
+                    adapter.key_prefix,
+                    api_key(endpoint) if not endpoint.api_key_file else None,
+                    endpoint.api_key_file,  # read by the door, as `api_key` reads it
+                )
                 timeouts = executor.timeouts.of(endpoint)
                 endpoints.append(
                     (
@@ -193,7 +197,7 @@ class DoorCalls:
                         port,
                         target,
                         authority,
-                        header,
+                        key,
                         timeouts.connect_ms,
                         timeouts.first_byte_ms,
                         timeouts.attempt_ms,

@@ -10,12 +10,12 @@ translate/.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .. import types as t
+from .._core import read_key_file
 from .exchanges import Exchange, Format, Operation, exchange_for
 from .translate import Refused
 from .upstream import UpstreamRequest
@@ -27,39 +27,10 @@ ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 CHAT_PATH = "/chat/completions"
 
 
-class KeyFiles:
-    """Provider keys read from files (a mounted Kubernetes Secret, a file a
-    Vault agent renders): re-read when the file changes, looked at no more
-    than once a second so the request path pays no system call."""
-
-    RECHECK_S = 1.0
-
-    def __init__(self) -> None:
-        self._keys: dict[str, tuple[float, int, str | None]] = {}  # checked at, mtime, key
-
-    def read(self, path: str) -> str | None:
-        now = time.monotonic()
-        checked, mtime, key = self._keys.get(path, (-self.RECHECK_S, -1, None))
-        if now - checked < self.RECHECK_S:
-            return key
-        try:
-            current = os.stat(path).st_mtime_ns
-            if current != mtime:
-                with open(path, encoding="utf-8") as f:
-                    key, mtime = f.read().strip() or None, current
-        except OSError:
-            key, mtime = None, -1  # gone or unreadable: no key, the provider says 401
-        self._keys[path] = (now, mtime, key)
-        return key
-
-
-KEY_FILES = KeyFiles()
-
-
 def api_key(endpoint: t.Endpoint) -> str | None:
     """The endpoint's provider key: from its file, else its environment variable."""
-    if endpoint.api_key_file:
-        return KEY_FILES.read(endpoint.api_key_file)
+    if endpoint.api_key_file:  # re-read within a second of a change (core_rs/src/key_files.rs)
+        return read_key_file(endpoint.api_key_file)
     return os.environ.get(endpoint.api_key_env) if endpoint.api_key_env else None
 
 
