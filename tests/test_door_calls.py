@@ -5,7 +5,11 @@ that what the door answers and accounts is what the app would have."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -181,3 +185,68 @@ def test_a_verdict_a_caller_forges_is_ignored(router, make_mock, edge):
     r = chat(router, **{"X-Model-Router-Door-Verdict": header})
     assert r.status_code == 200, r.text
     assert mock.requests() == 1
+
+
+def _processes_of_a_burst(server, count: int) -> Counter[str]:
+    """Which worker processes answered one routed call on each of `count`
+    connections opened at once (as a load generator opens them): the
+    prefixes of the request ids they minted (one per process,
+    core_rs/src/ids.rs)."""
+    body = json.dumps(CHAT).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+        f"{server.admin_key}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
+    sockets = []
+    for _ in range(count):  # every SYN before any answer
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", server.port))
+        sockets.append(s)
+    prefixes: Counter[str] = Counter()
+    for s in sockets:
+        s.setblocking(True)
+        s.settimeout(10)
+        s.sendall(request)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        s.close()
+        head = answer.split(b"\r\n\r\n", 1)[0].decode()
+        assert head.startswith("HTTP/1.1 200"), head
+        request_id = next(
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")
+            if line.lower().startswith("x-request-id:")
+        )
+        prefixes[request_id[:12]] += 1
+    return prefixes
+
+
+def test_fresh_connections_are_spread_over_the_workers_and_a_respawned_worker_takes_its_share(
+    make_server, make_mock, edge
+):
+    """Each worker accepts on a socket of its own (the kernel spreads
+    connections by their addresses: of 100 opened at once, at least 25 reach
+    each worker but for a chance under 1e-6; from one shared socket the door
+    that woke first took most of a burst); a worker killed outright is
+    respawned onto its socket, and no connection waits for it."""
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="k")
+    add_model(server, "m1", make_mock("openai"))
+    prefer(server, "m1")
+    server.wait_for_config()
+    counts = _processes_of_a_burst(server, 100)
+    assert len(counts) == 2 and min(counts.values()) >= 25, counts
+    pids = {server.client.get("/health/detailed").json()["workerPid"] for _ in range(20)}
+    os.kill(min(pids), signal.SIGKILL)
+    deadline = time.time() + 20
+    while True:
+        time.sleep(0.2)
+        try:
+            after = _processes_of_a_burst(server, 40)
+        except (OSError, AssertionError):
+            after = Counter()
+        if len(after) == 2 and set(after) != set(counts):
+            break
+        assert time.time() < deadline, f"no respawned worker took connections: {after}"

@@ -120,29 +120,15 @@ def _granian(
     ).serve()
 
 
-def port_taken(host: str, port: int) -> OSError | None:
-    """Whether another process listens on the port. Granian binds with
-    SO_REUSEPORT, so a second instance would start and silently share the
-    traffic; this probe binds without it (SO_REUSEADDR only lets it past
-    connections of a previous run in TIME_WAIT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            return exc
-    return None
-
-
 def serve(settings: Settings) -> int:
-    public: socket.socket | None = None  # the door's port, open while the workers run
+    public: list[socket.socket] = []  # the door's port, open while the workers run
+    instance: int | None = None  # the door's instance lock, held while serving
     app_socket: Path | None = None
     try:
         if settings.door:
-            public, app_socket = door.bind(settings)
+            public, app_socket, instance = door.bind(settings)
         else:
-            taken = port_taken(settings.host, settings.port)
+            taken = door.port_taken(settings.host, settings.port)
             if taken is not None:
                 raise taken
     except OSError as exc:
@@ -193,8 +179,10 @@ def serve(settings: Settings) -> int:
         )
     finally:
         # The workers are gone: what they shared would stay in /tmp each run.
-        if public is not None:
-            public.close()
+        for listener in public:
+            listener.close()
+        if instance is not None:
+            os.close(instance)
         if app_socket is not None:
             shutil.rmtree(app_socket.parent, ignore_errors=True)
         shutil.rmtree(metrics_dir, ignore_errors=True)
