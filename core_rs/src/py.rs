@@ -883,29 +883,24 @@ type DoorAttempt = (
     Option<u64>,
 );
 
-/// A call the door served (or saw its caller leave), for the app's accounting.
-#[pyclass(frozen, get_all, module = "model_router._core")]
-struct DoorCall {
-    request_id: String,
-    workspace_id: Option<String>,
-    agent_type: String,
-    user_id: Option<String>,
-    model_id: Option<String>,
-    endpoint_id: Option<String>,
-    status: u16,
-    outcome: &'static str,
-    latency_ms: f64,
-    upstream_ms: f64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cost_nanos: i64,
-    estimated: bool,
-    attempts: Vec<DoorAttempt>,
-    /// The answer's text.
-    reply: Option<String>,
-    /// When it ended, ms since the epoch.
-    ended_ms: u64,
-}
+/// A call the door served (or saw its caller leave), for the app's
+/// accounting: ((request id, workspace, agent type, user, model, endpoint),
+/// (status, outcome, latency ms, upstream ms, prompt tokens, completion
+/// tokens, cost nanos, estimated, ended at ms), attempts, reply). Tuples: a
+/// batch is read once, where an object's fields would be made at each read.
+type DoorCall = (
+    (
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    (u16, &'static str, f64, f64, u64, u64, i64, bool, u64),
+    Vec<DoorAttempt>,
+    Option<String>,
+);
 
 #[pymethods]
 impl Door {
@@ -1072,25 +1067,29 @@ impl Door {
                             )
                         })
                         .collect();
-                    calls.push(DoorCall {
-                        request_id: c.request_id,
-                        workspace_id: c.workspace_id,
-                        agent_type: c.agent_type,
-                        user_id: c.user_id,
-                        model_id: c.model_id,
-                        endpoint_id: c.endpoint_id,
-                        status: c.status,
-                        outcome: c.outcome.label(),
-                        latency_ms: c.latency_ms,
-                        upstream_ms: c.upstream_ms,
-                        prompt_tokens: c.tokens.prompt,
-                        completion_tokens: c.tokens.completion,
-                        cost_nanos: c.cost,
-                        estimated: c.estimated,
+                    calls.push((
+                        (
+                            c.request_id,
+                            c.workspace_id,
+                            c.agent_type,
+                            c.user_id,
+                            c.model_id,
+                            c.endpoint_id,
+                        ),
+                        (
+                            c.status,
+                            c.outcome.label(),
+                            c.latency_ms,
+                            c.upstream_ms,
+                            c.tokens.prompt,
+                            c.tokens.completion,
+                            c.cost,
+                            c.estimated,
+                            c.ended_ms,
+                        ),
                         attempts,
-                        reply: c.reply,
-                        ended_ms: c.ended_ms,
-                    })
+                        c.reply,
+                    ))
                 }
                 routed::Account::TopUp {
                     key_id,
@@ -1216,7 +1215,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decision>()?;
     m.add_class::<Upstream>()?;
     m.add_class::<Door>()?;
-    m.add_class::<DoorCall>()?;
     m.add_class::<Keys>()?;
     m.add_class::<Clients>()?;
     m.add_class::<Leases>()?;

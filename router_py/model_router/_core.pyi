@@ -9,7 +9,6 @@ __all__ = [
     "Decision",
     "Upstream",
     "Door",
-    "DoorCall",
     "DOOR_PEER_HEADER",
     "DOOR_VERDICT_HEADER",
     "Keys",
@@ -388,7 +387,7 @@ class Door:
         """The door serves no routed call from now on."""
     def fileno(self) -> int:
         """The socket that turns readable when `take` has something."""
-    def take(self) -> tuple[list[DoorCall], list[tuple[str, int, int, int]]]:
+    def take(self) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]]]:
         """What the door queued since the last call: the calls it served (or
         saw cut short), and (key id, window, limit, now ms) of each lease to
         top up."""
@@ -403,27 +402,16 @@ _PlanEndpoint = tuple[str, str, int, str, str, _PlanKey | None, int, int, int]
 # latency ms, error, retry after ms).
 _DoorAttempt = tuple[str, str, str, int | None, float, str | None, int | None]
 
-@final
-class DoorCall:
-    """A call the door served, or whose caller left (status 499)."""
-
-    request_id: str
-    workspace_id: str | None
-    agent_type: str
-    user_id: str | None
-    model_id: str | None
-    endpoint_id: str | None
-    status: int
-    outcome: str
-    latency_ms: float
-    upstream_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    cost_nanos: int
-    estimated: bool
-    attempts: list[_DoorAttempt]
-    reply: str | None
-    ended_ms: int
+# A call the door served (or whose caller left: status 499): ((request id,
+# workspace, agent type, user, model, endpoint), (status, outcome, latency
+# ms, upstream ms, prompt tokens, completion tokens, cost nanos, estimated,
+# ended at ms), attempts, reply).
+_DoorCall = tuple[
+    tuple[str, str | None, str, str | None, str | None, str | None],
+    tuple[int, str, float, float, int, int, int, bool, int],
+    list[_DoorAttempt],
+    str | None,
+]
 
 # The caller's address as the door saw it, for the app behind it.
 DOOR_PEER_HEADER: str

@@ -241,31 +241,36 @@ class DoorCalls:
         service = self.service
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)
-        for call in calls:
-            attempts = [t.AttemptReport(*attempt) for attempt in call.attempts]
-            details = [
-                t.AttemptReport(m, e, o, s, ms, None, r) for m, e, o, s, ms, _, r in call.attempts
-            ]
+        for names, figures, tried, reply in calls:
+            request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
+            status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated, ended = (
+                figures
+            )
+            attempts = [t.AttemptReport(*attempt) for attempt in tried]
+            # The record names no provider's message: the same reports when none has one.
+            details = attempts
+            if any(a.error is not None for a in attempts):
+                details = [msgspec.structs.replace(a, error=None) for a in attempts]
             summary = t.RecentRequest(
                 id=new_id(),
-                request_id=call.request_id,
-                timestamp=self._timestamps(call.ended_ms / 1000),
+                request_id=request_id,
+                timestamp=self._timestamps(ended / 1000),
                 route=ROUTE,
-                workspace_id=call.workspace_id,
-                agent_type=call.agent_type,
-                model_id=call.model_id,
-                endpoint_id=call.endpoint_id,
-                status=call.status,
-                outcome=call.outcome,
-                latency_ms=call.latency_ms,
-                upstream_ms=call.upstream_ms,
-                prompt_tokens=call.prompt_tokens,
-                completion_tokens=call.completion_tokens,
-                cost=call.cost_nanos / 1e9,
-                estimated=call.estimated,
+                workspace_id=workspace_id,
+                agent_type=agent_type,
+                model_id=model_id,
+                endpoint_id=endpoint_id,
+                status=status,
+                outcome=outcome,
+                latency_ms=latency_ms,
+                upstream_ms=upstream_ms,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost=cost / 1e9,
+                estimated=estimated,
                 attempts=len(attempts),
                 stream=False,
-                user_id=call.user_id,
+                user_id=user_id,
                 attempt_details=details,
             )
-            service.observer.served_by_door(summary, attempts, call.reply)
+            service.observer.served_by_door(summary, attempts, reply)
