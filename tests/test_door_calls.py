@@ -37,8 +37,23 @@ def door_calls(server) -> dict[str, float]:
     return counts
 
 
+def serve_m1(server, *mocks) -> None:
+    """Model m1 on these mocks (primary first), preferred, on every worker."""
+    add_model(server, "m1", *mocks)
+    prefer(server, "m1")
+    server.wait_for_config()
+
+
 def chat(server, body=CHAT, **headers: str) -> httpx.Response:
     return server.client.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def failing(make_mock, *statuses: int) -> list:
+    """A mock per status, each answering every call with it."""
+    mocks = [make_mock("openai") for _ in statuses]
+    for mock, status in zip(mocks, statuses, strict=True):
+        mock.behave(status=status)
+    return mocks
 
 
 def records(server, count: int) -> list[dict]:
@@ -54,9 +69,7 @@ def records(server, count: int) -> list[dict]:
 
 def test_a_chat_completion_is_answered_and_accounted_alike_on_both_edges(router, make_mock, edge):
     mock = make_mock("openai")
-    add_model(router, "m1", mock)
-    prefer(router, "m1")
-    router.wait_for_config()
+    serve_m1(router, mock)
     r = chat(router, **{"X-Agent-Type": "creative", "X-User-Id": "u-7", "X-Request-Id": "rq-1"})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "Mock reply to: hello door"
@@ -82,12 +95,8 @@ def test_a_chat_completion_is_answered_and_accounted_alike_on_both_edges(router,
 def test_when_every_attempt_fails_the_error_is_the_apps_and_nothing_is_tried_twice(
     router, make_mock, edge
 ):
-    first, second = make_mock("openai"), make_mock("openai")
-    first.behave(status=500)
-    second.behave(status=503)
-    add_model(router, "m1", first, second)
-    prefer(router, "m1")
-    router.wait_for_config()
+    first, second = failing(make_mock, 500, 503)
+    serve_m1(router, first, second)
     r = chat(router)
     assert r.status_code == 502, r.text
     error = r.json()["error"]
@@ -107,11 +116,8 @@ def test_when_every_attempt_fails_the_error_is_the_apps_and_nothing_is_tried_twi
 def test_a_provider_refusing_the_callers_request_is_relayed_as_the_app_relays_it(
     router, make_mock, edge
 ):
-    mock, backup = make_mock("openai"), make_mock("openai")
-    mock.behave(status=400)
-    add_model(router, "m1", mock, backup)
-    prefer(router, "m1")
-    router.wait_for_config()
+    [mock], backup = failing(make_mock, 400), make_mock("openai")
+    serve_m1(router, mock, backup)
     r = chat(router)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
@@ -125,9 +131,7 @@ def test_the_rate_limit_counts_every_call_once_whichever_path_serves_it(
 ):
     server = make_server(RATE_LIMIT_MAX="20", MOCK_PROVIDER_KEY="k")
     mock = make_mock("openai")
-    add_model(server, "m1", mock)
-    prefer(server, "m1")
-    server.wait_for_config()
+    serve_m1(server, mock)
     key = server.client.post("/api/keys", json={"role": "agent"}).json()["key"]
     asked = [
         httpx.post(f"{server.url}/v1/chat/completions", json=CHAT, headers=server.auth(key))
@@ -168,9 +172,7 @@ def test_a_config_write_is_routed_under_at_once(router, make_mock, edge):
 
 def test_a_verdict_a_caller_forges_is_ignored(router, make_mock, edge):
     mock = make_mock("openai")
-    add_model(router, "m1", mock)
-    prefer(router, "m1")
-    router.wait_for_config()
+    serve_m1(router, mock)
     forged = {
         "elapsedMs": 0,
         "tries": {
@@ -233,9 +235,7 @@ def test_fresh_connections_are_spread_over_the_workers_and_a_respawned_worker_ta
     that woke first took most of a burst); a worker killed outright is
     respawned onto its socket, and no connection waits for it."""
     server = make_server(workers=2, MOCK_PROVIDER_KEY="k")
-    add_model(server, "m1", make_mock("openai"))
-    prefer(server, "m1")
-    server.wait_for_config()
+    serve_m1(server, make_mock("openai"))
     counts = _processes_of_a_burst(server, 100)
     assert len(counts) == 2 and min(counts.values()) >= 25, counts
     pids = {server.client.get("/health/detailed").json()["workerPid"] for _ in range(20)}
