@@ -250,3 +250,23 @@ def test_fresh_connections_are_spread_over_the_workers_and_a_respawned_worker_ta
         if len(after) == 2 and set(after) != set(counts):
             break
         assert time.time() < deadline, f"no respawned worker took connections: {after}"
+
+
+def test_after_a_reload_every_socket_of_the_port_is_served(make_server, make_mock, edge):
+    """On SIGHUP Granian starts each new worker before it stops the old one
+    (each new worker waits for its predecessor's socket): after the reload a
+    burst is answered whole, by the two new workers."""
+    server = make_server(workers=2, MOCK_PROVIDER_KEY="k")
+    serve_m1(server, make_mock("openai"))
+    before = _processes_of_a_burst(server, 20)
+    os.kill(server.proc.pid, signal.SIGHUP)
+    deadline = time.time() + 30
+    while True:
+        time.sleep(0.5)
+        try:
+            after = _processes_of_a_burst(server, 100)
+        except (OSError, AssertionError):
+            after = Counter()
+        if len(after) == 2 and not set(after) & set(before):
+            break
+        assert time.time() < deadline, f"not reloaded onto both sockets: {after}"

@@ -82,13 +82,15 @@ mod tests {
             let pid = libc::fork();
             drop(held);
             if pid == 0 {
-                let id = new_id();
+                let id = std::panic::catch_unwind(new_id).unwrap_or_default();
                 libc::write(pipe[1], id.as_ptr().cast(), id.len());
                 libc::_exit(0);
             }
+            libc::close(pipe[1]); // a child that wrote nothing ends the read
             let mut buf = [0u8; 22];
-            assert_eq!(libc::read(pipe[0], buf.as_mut_ptr().cast(), 22), 22);
+            let read = libc::read(pipe[0], buf.as_mut_ptr().cast(), 22);
             libc::waitpid(pid, std::ptr::null_mut(), 0);
+            assert_eq!(read, 22, "the child minted an id");
             let child = std::str::from_utf8(&buf).unwrap();
             assert_ne!(child[..12], parent[..12]);
             assert_eq!(&child[12..], "0000000001", "a count of its own");

@@ -91,9 +91,18 @@ mod tests {
             .set_modified(later)
             .unwrap();
         assert_eq!(files.read(&path).as_deref(), Some("second"));
+        // Looked at again with the same modification time: not read again.
+        std::fs::write(&path, "third").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(later).unwrap();
+        files.files.lock().unwrap().get_mut(&path).unwrap().checked -= RECHECK;
+        assert_eq!(files.read(&path).as_deref(), Some("second"));
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         files.files.lock().unwrap().get_mut(&path).unwrap().checked -= RECHECK;
         assert_eq!(files.read(&path), None, "not text: no key");
+        std::fs::write(&path, "fourth").unwrap();
+        files.files.lock().unwrap().get_mut(&path).unwrap().checked -= RECHECK;
+        assert_eq!(files.read(&path).as_deref(), Some("fourth"));
         std::fs::remove_file(&path).unwrap();
         files.files.lock().unwrap().get_mut(&path).unwrap().checked -= RECHECK;
         assert_eq!(files.read(&path), None, "gone: no key");

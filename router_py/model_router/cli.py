@@ -122,15 +122,13 @@ def _granian(
 
 def serve(settings: Settings) -> int:
     public: list[socket.socket] = []  # the door's port, open while the workers run
-    instance: int | None = None  # the door's instance lock, held while serving
     app_socket: Path | None = None
     try:
+        # Held while serving: Granian's workers and the door's share the port
+        # (SO_REUSEPORT), where a second instance must not join them.
+        instance = door.claim_port(settings.host, settings.port)
         if settings.door:
-            public, app_socket, instance = door.bind(settings)
-        else:
-            taken = door.port_taken(settings.host, settings.port)
-            if taken is not None:
-                raise taken
+            public, app_socket = door.bind(settings)
     except OSError as exc:
         print(
             f"model-router: cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
@@ -181,8 +179,7 @@ def serve(settings: Settings) -> int:
         # The workers are gone: what they shared would stay in /tmp each run.
         for listener in public:
             listener.close()
-        if instance is not None:
-            os.close(instance)
+        os.close(instance)
         if app_socket is not None:
             shutil.rmtree(app_socket.parent, ignore_errors=True)
         shutil.rmtree(metrics_dir, ignore_errors=True)

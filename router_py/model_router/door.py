@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,10 @@ PEER_HEADER: str = _core.DOOR_PEER_HEADER
 SOCKET_PATH_MAX = 108
 # At the worker's end, how long the door's last answers may take to leave.
 LAST_WRITES_S = 2.0
+# How long a starting worker waits for a socket of the port no door serves.
+CLAIM_WAIT_S = 30.0
+
+log = logging.getLogger("model_router.door")
 
 
 def port_taken(host: str, port: int) -> OSError | None:
@@ -71,33 +77,35 @@ def _lock(port: int, name: str) -> int | None:
     return fd
 
 
-def bind(settings: Settings) -> tuple[list[socket.socket], Path, int]:
-    """The public port: one socket per worker (SO_REUSEPORT), after the
-    instance's lock and a probe that finds the port free; a private path for
-    the app's socket; the lock's descriptor, to keep open while serving.
-    Raises OSError when the port is taken."""
-    instance = _lock(settings.port, "serve")
+def claim_port(host: str, port: int) -> int:
+    """This instance's hold on the port, door or not: a lock named after it
+    (its descriptor, to keep open while serving), then a probe that finds
+    the port free. Raises OSError when another instance or program holds it."""
+    instance = _lock(port, "serve")
     if instance is None:
         raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
-    try:
-        taken = port_taken(settings.host, settings.port)
-        if taken is not None:
-            raise taken
-        listeners: list[socket.socket] = []
-        try:
-            for _ in range(settings.workers):
-                listeners.append(_listener(settings))
-        except OSError:
-            for listener in listeners:
-                listener.close()
-            raise
-    except OSError:
+    taken = port_taken(host, port)
+    if taken is not None:
         os.close(instance)
+        raise taken
+    return instance
+
+
+def bind(settings: Settings) -> tuple[list[socket.socket], Path]:
+    """The public port (claimed already): one socket per worker
+    (SO_REUSEPORT), and a private path for the app's socket."""
+    listeners: list[socket.socket] = []
+    try:
+        for _ in range(settings.workers):
+            listeners.append(_listener(settings))
+        app_socket = _private_socket_path()
+    except OSError:
+        for listener in listeners:
+            listener.close()
         raise
-    app_socket = _private_socket_path()
     os.environ[FD_ENV] = ",".join(str(listener.fileno()) for listener in listeners)
     os.environ[APP_SOCKET_ENV] = str(app_socket)
-    return listeners, app_socket, instance
+    return listeners, app_socket
 
 
 def _listener(settings: Settings) -> socket.socket:
@@ -117,11 +125,21 @@ def _listener(settings: Settings) -> socket.socket:
 
 def _claim(port: int, fds: list[str]) -> str:
     """This worker's socket: the first whose lock no other worker holds
-    (kept for the worker's life); the first socket if all are held."""
-    for index, fd in enumerate(fds):
-        if _lock(port, f"door-{index}") is not None:
-            return fd
-    return fds[0]
+    (kept for the worker's life). On a reload Granian starts each new worker
+    before it stops the old one (3.5 s later), so a new worker waits for its
+    predecessor's socket rather than share another's and leave one without
+    a door; after CLAIM_WAIT_S it shares the first."""
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        for index, fd in enumerate(fds):
+            if _lock(port, f"door-{index}") is not None:
+                return fd
+        if time.monotonic() > deadline:
+            log.warning(
+                "no socket of the port is free after %.0f s: sharing the first", CLAIM_WAIT_S
+            )
+            return fds[0]
+        time.sleep(0.05)
 
 
 def _private_socket_path() -> Path:
@@ -142,8 +160,9 @@ def start_door(settings: Settings) -> _core.Door | None:
     fds = os.environ.get(FD_ENV)
     if fds is None:
         return None
+    listeners = fds.split(",")
     door = _core.Door(
-        int(_claim(settings.port, fds.split(","))),
+        int(_claim(settings.port, listeners)),
         os.environ[APP_SOCKET_ENV],
         settings.max_connections,
         settings.header_read_timeout_ms,
@@ -152,6 +171,10 @@ def start_door(settings: Settings) -> _core.Door | None:
         settings.tls_key,
         settings.tls_client_ca,
     )
+    # The door holds a copy of its own: the worker needs none of the
+    # inherited sockets, and a process it started must not keep them open.
+    for fd in listeners:
+        os.close(int(fd))
     _drain_on_stop(door)
     return door
 

@@ -241,36 +241,44 @@ class DoorCalls:
         service = self.service
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)
-        for names, figures, tried, reply in calls:
-            request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
-            status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated, ended = (
-                figures
-            )
-            attempts = [t.AttemptReport(*attempt) for attempt in tried]
-            # The record names no provider's message: the same reports when none has one.
-            details = attempts
-            if any(a.error is not None for a in attempts):
-                details = [msgspec.structs.replace(a, error=None) for a in attempts]
-            summary = t.RecentRequest(
-                id=new_id(),
-                request_id=request_id,
-                timestamp=self._timestamps(ended / 1000),
-                route=ROUTE,
-                workspace_id=workspace_id,
-                agent_type=agent_type,
-                model_id=model_id,
-                endpoint_id=endpoint_id,
-                status=status,
-                outcome=outcome,
-                latency_ms=latency_ms,
-                upstream_ms=upstream_ms,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                cost=cost / 1e9,
-                estimated=estimated,
-                attempts=len(attempts),
-                stream=False,
-                user_id=user_id,
-                attempt_details=details,
-            )
-            service.observer.served_by_door(summary, attempts, reply)
+        for call in calls:
+            try:
+                self._account(call)
+            except Exception:  # one call's bug must not lose the rest of the batch
+                log.exception("a call the door served could not be accounted")
+
+    def _account(self, call: _core._DoorCall) -> None:
+        names, figures, tried, reply = call
+        service = self.service
+        request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
+        status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated, ended = (
+            figures
+        )
+        attempts = [t.AttemptReport(*attempt) for attempt in tried]
+        # The record names no provider's message: the same reports when none has one.
+        details = attempts
+        if any(a.error is not None for a in attempts):
+            details = [msgspec.structs.replace(a, error=None) for a in attempts]
+        summary = t.RecentRequest(
+            id=new_id(),
+            request_id=request_id,
+            timestamp=self._timestamps(ended / 1000),
+            route=ROUTE,
+            workspace_id=workspace_id,
+            agent_type=agent_type,
+            model_id=model_id,
+            endpoint_id=endpoint_id,
+            status=status,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            upstream_ms=upstream_ms,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost=cost / 1e9,
+            estimated=estimated,
+            attempts=len(attempts),
+            stream=False,
+            user_id=user_id,
+            attempt_details=details,
+        )
+        service.observer.served_by_door(summary, attempts, reply)
