@@ -12,6 +12,7 @@ import time
 from collections import Counter
 
 import httpx
+import openai
 import pytest
 from test_calls import add_model, prefer
 
@@ -267,3 +268,63 @@ def test_after_a_reload_every_socket_of_the_port_is_served(make_server, make_moc
     before = _processes_of_a_burst(server, 20)
     os.kill(server.proc.pid, signal.SIGHUP)
     _burst_until_replaced(server, before, replaced=2)
+
+
+def test_a_stream_is_relayed_and_accounted_alike_on_both_edges(router, make_mock, edge):
+    """The official SDK's stream: the same content, headers and record
+    whichever edge serves it."""
+    mock = make_mock("openai")
+    serve_m1(router, mock)
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=router.admin_key, max_retries=0)
+    with client.chat.completions.with_streaming_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "hello door"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"X-Request-Id": "rq-s"},
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-request-id"] == "rq-s"
+        assert response.headers["x-model-router-endpoint"] == "m1-ep0"
+        assert response.headers["x-model-router-attempts"] == "1"
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Mock reply to: hello door"
+    usage = chunks[-1].usage
+    [record] = records(router, 1)
+    assert (record["requestId"], record["status"], record["outcome"]) == ("rq-s", 200, "success")
+    assert record["stream"] and not record["estimated"]
+    assert (record["promptTokens"], record["completionTokens"]) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
+    time.sleep(1.2)  # the metrics beat
+    assert door_calls(router) == ({"200": 1.0} if edge == "door" else {})
+
+
+def test_a_stream_that_fails_mid_way_ends_with_the_error_event_on_both_edges(
+    router, make_mock, edge
+):
+    """Before its first content a broken stream fails over; after, the
+    caller's client reads the error event and nothing is tried again."""
+    early, late, good = (make_mock("openai") for _ in range(3))
+    early.behave(streamError=True, streamErrorAt=0)
+    late.behave(streamError=True, streamErrorAt=4, latencyMs=80)  # reads apart
+    serve_m1(router, early, good)
+    body = {**CHAT, "stream": True}
+    r = chat(router, body)
+    assert r.status_code == 200 and r.headers["x-model-router-attempts"] == "2"
+    assert r.headers["x-model-router-endpoint"] == "m1-ep1"
+    assert '"upstream_error"' not in r.text and r.text.endswith("data: [DONE]\n\n")
+    add_model(router, "m2", late, good)
+    router.wait_for_config()
+    r = chat(router, {**body, "model": "m2"})
+    assert r.status_code == 200 and r.headers["x-model-router-endpoint"] == "m2-ep0"
+    assert r.text.endswith(
+        'data: {"error":{"message":"the model\'s stream failed","type":"upstream_error"}}\n\n'
+    )
+    assert good.requests() == 1
+    first, failed = sorted(records(router, 2), key=lambda r: r["timestamp"])
+    assert [a["outcome"] for a in first["attemptDetails"]] == ["stream_error", "success"]
+    assert (failed["status"], failed["outcome"]) == (200, "stream_error")

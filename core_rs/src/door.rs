@@ -385,6 +385,9 @@ async fn route(
         routed::Served::Answer(answer) => {
             Ok(answer.map(|body| Full::new(body).map_err(|never| match never {}).boxed()))
         }
+        routed::Served::Stream(answer) => {
+            Ok(answer.map(|body| body.map_err(|never| match never {}).boxed()))
+        }
         routed::Served::ToApp(verdict) => {
             if let Some(verdict) = verdict.and_then(|v| HeaderValue::from_str(&v).ok()) {
                 let name = HeaderName::from_static(routed::VERDICT_HEADER);

@@ -19,7 +19,9 @@ pub mod rules;
 pub mod select;
 pub mod shape;
 pub mod snapshot;
+pub mod sse;
 pub mod stats;
+pub mod streamed;
 pub mod upstream;
 pub mod wire;
 

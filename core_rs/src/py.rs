@@ -841,19 +841,14 @@ struct Door {
     routing: Arc<routed::Routing>,
 }
 
-/// An endpoint of the door's plan: (id, host, port, target, authority,
-/// (key header, prefix, key or None, key file or None) or None, connect ms,
-/// first byte ms, attempt ms).
+/// An endpoint of the door's plan: (id, (host, port, target, authority),
+/// (key header, prefix, key or None, key file or None) or None, (connect,
+/// first byte, attempt, first token, stream idle) ms).
 type PlanEndpoint = (
     String,
-    String,
-    u16,
-    String,
-    String,
+    (String, u16, String, String),
     Option<PlanKey>,
-    u64,
-    u64,
-    u64,
+    (u64, u64, u64, u64, u64),
 );
 type PlanKey = (String, String, Option<String>, Option<PathBuf>);
 
@@ -897,7 +892,7 @@ type DoorCall = (
         Option<String>,
         Option<String>,
     ),
-    (u16, &'static str, f64, f64, u64, u64, i64, bool, u64),
+    (u16, &'static str, f64, f64, u64, u64, i64, bool, u64, bool),
     Vec<DoorAttempt>,
     Option<String>,
 );
@@ -983,21 +978,22 @@ impl Door {
             .map(|(id, version, drop, endpoints)| {
                 let endpoints = endpoints
                     .into_iter()
-                    .map(
-                        |(id, host, port, target, authority, key, connect, first_byte, attempt)| {
-                            let endpoint = routed::EndpointPlan {
-                                host,
-                                port,
-                                target,
-                                authority,
-                                key: key.and_then(provider_key),
-                                connect: ms(connect),
-                                first_byte: ms(first_byte),
-                                attempt: ms(attempt),
-                            };
-                            (id, endpoint)
-                        },
-                    )
+                    .map(|(id, (host, port, target, authority), key, timeouts)| {
+                        let (connect, first_byte, attempt, first_token, stream_idle) = timeouts;
+                        let endpoint = routed::EndpointPlan {
+                            host,
+                            port,
+                            target,
+                            authority,
+                            key: key.and_then(provider_key),
+                            connect: ms(connect),
+                            first_byte: ms(first_byte),
+                            attempt: ms(attempt),
+                            first_token: ms(first_token),
+                            stream_idle: ms(stream_idle),
+                        };
+                        (id, endpoint)
+                    })
                     .collect();
                 let model = routed::ModelPlan {
                     version,
@@ -1086,6 +1082,7 @@ impl Door {
                             c.cost,
                             c.estimated,
                             c.ended_ms,
+                            c.stream,
                         ),
                         attempts,
                         c.reply,

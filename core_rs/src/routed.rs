@@ -44,6 +44,7 @@ use crate::keys::{Keys, Permission};
 use crate::leases::{Leases, Spent};
 use crate::rules::RequestFacts;
 use crate::shape;
+use crate::streamed;
 use crate::upstream::{self, Job};
 use crate::wire;
 
@@ -67,7 +68,11 @@ pub struct EndpointPlan {
     pub key: Option<ProviderKey>,
     pub connect: Duration,
     pub first_byte: Duration,
+    /// A whole answer's.
     pub attempt: Duration,
+    /// A stream's: until its first content, and between two reads.
+    pub first_token: Duration,
+    pub stream_idle: Duration,
 }
 
 /// Where an endpoint's provider key comes from, and the header that carries it.
@@ -198,6 +203,7 @@ pub struct CallRecord {
     pub reply: Option<String>,
     /// When it ended, ms since the epoch.
     pub ended_ms: u64,
+    pub stream: bool,
 }
 
 /// What the door queues for the app's event loop.
@@ -269,6 +275,7 @@ impl Routing {
 /// What became of a call the door was asked.
 pub enum Served {
     Answer(Response<Bytes>),
+    Stream(Response<streamed::Body>),
     /// The app's to answer; with the door's verdict once it admitted the call.
     ToApp(Option<String>),
 }
@@ -288,7 +295,7 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn since_ms(start: Instant) -> f64 {
+pub(crate) fn since_ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -372,44 +379,47 @@ fn estimate_tokens(chars: u64) -> u64 {
 }
 
 /// The first `chars` characters of `text`.
-fn clipped(text: &str, chars: usize) -> String {
+pub(crate) fn clipped(text: &str, chars: usize) -> String {
     text.chars().take(chars).collect()
 }
 
 /// The routing inputs of an admitted call.
-struct Call {
+pub(crate) struct Call {
     request_id: String,
     agent_type: String,
     workspace_id: Option<String>,
     user_id: Option<String>,
     model: Option<String>,
     content_chars: u64,
+    stream: bool,
     started: Instant,
-    deadline: Instant,
+    pub(crate) deadline: Instant,
 }
 
 /// An admitted call's attempts so far. Dropped unsettled (the caller left
 /// mid-attempt: hyper drops the call), it accounts the attempt cut short as
 /// the app does (`CallCancelled`): no verdict on the endpoint, the prompt's
 /// estimate charged, a 499. Either way it gives the address's slot back.
-struct Tries<'p> {
-    plan: &'p Plan,
-    routing: &'p Routing,
-    call: Call,
+pub(crate) struct Tries {
+    plan: Arc<Plan>,
+    routing: Arc<Routing>,
+    pub(crate) call: Call,
     address: String,
     rule_id: Option<String>,
-    attempts: Vec<Attempt>,
+    pub(crate) attempts: Vec<Attempt>,
     upstream_ms: f64,
     retry_after: Vec<u64>,
     /// The attempt under way: (model, endpoint, started, started at epoch ms).
-    current: Option<(String, String, Instant, u64)>,
+    pub(crate) current: Option<(String, String, Instant, u64)>,
     /// The key's rate limit, once an admission is spent.
     limits: Option<Limits>,
+    /// The streaming attempt's time to its first content.
+    pub(crate) ttft_ms: Option<f64>,
 }
 
-impl Tries<'_> {
+impl Tries {
     /// Account an attempt in the engine; its cost (with `tokens`).
-    fn record(
+    pub(crate) fn record(
         &mut self,
         outcome: failover::Outcome,
         status: Option<u16>,
@@ -447,7 +457,7 @@ impl Tries<'_> {
                                 a.outcome.label(),
                             )
                         }),
-                        ttft_ms: None,
+                        ttft_ms: self.ttft_ms,
                     }),
                 },
                 now_ms(),
@@ -471,7 +481,7 @@ impl Tries<'_> {
 
     /// The usage of an answer's `tokens` (`Executor._usage`): as reported,
     /// else estimated from the prompt's and the reply's characters.
-    fn usage(&self, tokens: wire::Usage, reply_chars: u64) -> (Tokens, bool) {
+    pub(crate) fn usage(&self, tokens: wire::Usage, reply_chars: u64) -> (Tokens, bool) {
         let estimated = tokens.prompt.is_none() || tokens.completion.is_none();
         let tokens = Tokens {
             prompt: tokens
@@ -486,7 +496,7 @@ impl Tries<'_> {
         (tokens, estimated)
     }
 
-    fn account(&self, answered: Answered) {
+    pub(crate) fn account(&self, answered: Answered) {
         let last = self.attempts.last();
         self.routing
             .accounts
@@ -507,6 +517,7 @@ impl Tries<'_> {
                 attempts: self.attempts.clone(),
                 reply: answered.reply,
                 ended_ms: now_ms(),
+                stream: self.call.stream,
             })));
     }
 
@@ -560,7 +571,7 @@ impl Tries<'_> {
     }
 }
 
-impl Drop for Tries<'_> {
+impl Drop for Tries {
     fn drop(&mut self) {
         if self.current.is_some() {
             let prompt = estimate_tokens(self.call.content_chars);
@@ -600,13 +611,13 @@ enum Tried<'a> {
 }
 
 /// What a call was answered with, for its record.
-struct Answered {
-    status: u16,
-    outcome: failover::Outcome,
-    tokens: Tokens,
-    cost: Nanos,
-    estimated: bool,
-    reply: Option<String>,
+pub(crate) struct Answered {
+    pub(crate) status: u16,
+    pub(crate) outcome: failover::Outcome,
+    pub(crate) tokens: Tokens,
+    pub(crate) cost: Nanos,
+    pub(crate) estimated: bool,
+    pub(crate) reply: Option<String>,
 }
 
 /// nginx's "client closed request": a call whose caller left.
@@ -639,7 +650,7 @@ fn ascii_json(doc: &serde_json::Value) -> String {
 }
 
 /// Serve the chat completion `asked`, or say it is the app's.
-pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -> Served {
+pub async fn serve(routing: &Arc<Routing>, pool: &upstream::Pool, asked: Asked<'_>) -> Served {
     let Some(plan) = routing.plan() else {
         return Served::ToApp(None);
     };
@@ -651,8 +662,8 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
         return Served::ToApp(None);
     }
     let mut tries = Tries {
-        plan: &plan,
-        routing,
+        plan: plan.clone(),
+        routing: routing.clone(),
         call,
         address,
         rule_id: None,
@@ -661,6 +672,7 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
         retry_after: Vec::new(),
         current: None,
         limits: None,
+        ttft_ms: None,
     };
     tries.limits = spend(&plan, routing, &key_id);
     if tries.limits.is_none() {
@@ -687,12 +699,16 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
                 continue;
             };
             tried += 1;
-            let attempt_by = now + endpoint.attempt.min(tries.call.deadline - now);
+            let left = tries.call.deadline - now;
+            let limit = match tries.call.stream {
+                true => endpoint.first_token.min(left),
+                false => endpoint.attempt.min(left),
+            };
             tries.current = Some((model_id.clone(), endpoint_id, now, now_ms()));
-            let zero = Tokens::default();
-            let slot = routing.slot(endpoint, plan.pool_size, attempt_by - now);
-            let Some(_slot) = slot.await else {
+            let slot = routing.slot(endpoint, plan.pool_size, limit);
+            let Some(slot) = slot.await else {
                 let error = "no free connection to the upstream in time".to_owned();
+                let zero = Tokens::default();
                 tries.record(
                     failover::Outcome::Timeout,
                     None,
@@ -711,94 +727,132 @@ pub async fn serve(routing: &Routing, pool: &upstream::Pool, asked: Asked<'_>) -
                 request: request_bytes(endpoint, &body),
                 connect: endpoint.connect,
                 head: endpoint.first_byte,
-                done: attempt_by.saturating_duration_since(Instant::now()),
+                done: (now + limit).saturating_duration_since(Instant::now()),
                 max_body: plan.max_upstream_body,
             };
-            let (status, headers, answer) = match upstream::exchange(job, pool).await {
-                upstream::Outcome::Failed { timeout, message } => {
-                    let (outcome, error) = if timeout {
-                        (failover::Outcome::Timeout, message)
-                    } else {
-                        (failover::Outcome::ConnectError, clipped(&message, 200))
-                    };
-                    tries.record(outcome, None, Some(error), zero, None, true);
-                    continue;
-                }
-                upstream::Outcome::Answer {
-                    status,
-                    headers,
-                    body,
-                } => (status, headers, body),
+            let step = match tries.call.stream {
+                true => streamed::attempt(&mut tries, job, pool, endpoint.stream_idle).await,
+                false => whole(&mut tries, job, pool).await,
             };
-            if status != 200 {
-                let outcome = failover::Outcome::of_status(status);
-                if !outcome.fails_over() {
-                    tries.record(
-                        failover::Outcome::ClientError,
-                        Some(status),
-                        None,
-                        zero,
-                        None,
-                        true,
-                    );
-                    return tries.handover(Tried::Refused {
-                        status,
-                        body: &answer,
-                    });
-                }
-                let error = String::from_utf8_lossy(&answer[..answer.len().min(200)]).into_owned();
-                let retry_after = headers
-                    .iter()
-                    .rev()
-                    .find(|(name, _)| name == "retry-after")
-                    .and_then(|(_, v)| failover::retry_after_ms(v, SystemTime::now()));
-                tries.record(outcome, Some(status), Some(error), zero, retry_after, true);
-                continue;
+            match step {
+                Step::Next => {}
+                Step::Answered(served) => return served,
+                Step::Streaming(stream) => return streamed::begin(tries, stream, slot),
             }
-            let reading = match wire::openai_chat(&answer) {
-                Ok(reading) => reading,
-                Err(malformed) => {
-                    let error =
-                        clipped(&format!("unreadable answer (ValueError: {malformed})"), 300);
-                    tries.record(
-                        failover::Outcome::Malformed,
-                        Some(200),
-                        Some(error),
-                        zero,
-                        None,
-                        true,
-                    );
-                    continue;
-                }
-            };
-            let reply_chars = reading.text.chars().count() as u64;
-            let (tokens, estimated) = tries.usage(reading.tokens, reply_chars);
-            let cost = tries.record(
-                failover::Outcome::Success,
-                Some(200),
-                None,
-                tokens,
-                None,
-                true,
-            );
-            let response = answer_response(&tries, answer);
-            tries.account(Answered {
-                status: 200,
-                outcome: failover::Outcome::Success,
-                tokens,
-                cost,
-                estimated,
-                reply: Some(reading.text),
-            });
-            return Served::Answer(response);
         }
     }
     failed(tries)
 }
 
+/// What an attempt came to.
+pub(crate) enum Step {
+    /// On to the next candidate.
+    Next,
+    Answered(Served),
+    /// A stream's first content is in: the stream is the caller's.
+    Streaming(streamed::Started),
+}
+
+/// An attempt at a whole answer.
+async fn whole(tries: &mut Tries, job: Job, pool: &upstream::Pool) -> Step {
+    let (status, headers, answer) = match upstream::exchange(job, pool).await {
+        upstream::Outcome::Failed { timeout, message } => {
+            tries.unanswered(timeout, message);
+            return Step::Next;
+        }
+        upstream::Outcome::Answer {
+            status,
+            headers,
+            body,
+        } => (status, headers, body),
+    };
+    if status != 200 {
+        return tries.not_ok(status, &headers, answer);
+    }
+    let zero = Tokens::default();
+    let reading = match wire::openai_chat(&answer) {
+        Ok(reading) => reading,
+        Err(malformed) => {
+            let error = unreadable(&malformed);
+            let outcome = failover::Outcome::Malformed;
+            tries.record(outcome, Some(200), Some(error), zero, None, true);
+            return Step::Next;
+        }
+    };
+    let reply_chars = reading.text.chars().count() as u64;
+    let (tokens, estimated) = tries.usage(reading.tokens, reply_chars);
+    let outcome = failover::Outcome::Success;
+    let cost = tries.record(outcome, Some(200), None, tokens, None, true);
+    let last = tries
+        .attempts
+        .last()
+        .expect("an answer came from an attempt");
+    let attempts = tries.attempts.len();
+    let response = answered(
+        tries,
+        Bytes::from(answer),
+        "application/json",
+        last,
+        attempts,
+    );
+    tries.account(Answered {
+        status: 200,
+        outcome,
+        tokens,
+        cost,
+        estimated,
+        reply: Some(reading.text),
+    });
+    Step::Answered(Served::Answer(response))
+}
+
+/// `_malformed` in executor.py: why an answer could not be read.
+pub(crate) fn unreadable(malformed: &impl std::fmt::Display) -> String {
+    clipped(&format!("unreadable answer (ValueError: {malformed})"), 300)
+}
+
+impl Tries {
+    /// The attempt got no answer: a deadline passed, or the connection failed.
+    pub(crate) fn unanswered(&mut self, timeout: bool, message: String) {
+        let (outcome, error) = match timeout {
+            true => (failover::Outcome::Timeout, message),
+            false => (failover::Outcome::ConnectError, clipped(&message, 200)),
+        };
+        self.record(outcome, None, Some(error), Tokens::default(), None, true);
+    }
+
+    /// An answer that is not a 200: the provider's refusal of the caller's
+    /// request goes back (through the app), any other failure moves on.
+    pub(crate) fn not_ok(
+        &mut self,
+        status: u16,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Step {
+        let zero = Tokens::default();
+        let outcome = failover::Outcome::of_status(status);
+        if !outcome.fails_over() {
+            let outcome = failover::Outcome::ClientError;
+            self.record(outcome, Some(status), None, zero, None, true);
+            return Step::Answered(self.handover(Tried::Refused {
+                status,
+                body: &body,
+            }));
+        }
+        let error = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        let retry_after = headers
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "retry-after")
+            .and_then(|(_, v)| failover::retry_after_ms(v, SystemTime::now()));
+        self.record(outcome, Some(status), Some(error), zero, retry_after, true);
+        Step::Next
+    }
+}
+
 /// Every candidate tried and none answered: the app renders why; with no
 /// attempt at all (every candidate refused the body), the app routes it.
-fn failed(tries: Tries<'_>) -> Served {
+fn failed(tries: Tries) -> Served {
     if tries.attempts.is_empty() {
         return tries.handover(Tried::Nothing);
     }
@@ -824,9 +878,6 @@ fn admissible(plan: &Plan, asked: &Asked<'_>) -> Option<(Call, String, String)> 
         return None; // the app's 403
     }
     let facts = chat::read(asked.body)?;
-    if facts.stream {
-        return None;
-    }
     let agent_header = routing_header(headers, "x-agent-type").ok()?;
     let workspace_header = routing_header(headers, "x-workspace-id").ok()?;
     let user_header = routing_header(headers, "x-user-id").ok()?;
@@ -869,6 +920,7 @@ fn admissible(plan: &Plan, asked: &Asked<'_>) -> Option<(Call, String, String)> 
         user_id,
         model,
         content_chars: facts.content_chars,
+        stream: facts.stream,
         started: asked.started,
         // From the body's end, as the app's handler sets it.
         deadline: Instant::now() + plan.request_timeout,
@@ -931,7 +983,7 @@ fn monotonic_ms() -> u64 {
 
 /// The engine's candidates for the call, as ids, up to the attempts it may
 /// make; None when it has none (the app decides again, and says why).
-fn decide(plan: &Plan, tries: &mut Tries<'_>) -> Option<Vec<(String, Vec<String>)>> {
+fn decide(plan: &Plan, tries: &mut Tries) -> Option<Vec<(String, Vec<String>)>> {
     let call = &tries.call;
     let mut engine = plan.engine.lock().unwrap_or_else(|e| e.into_inner());
     if engine.snapshot().version != plan.version {
@@ -993,23 +1045,26 @@ fn request_bytes(endpoint: &EndpointPlan, body: &[u8]) -> Vec<u8> {
 }
 
 /// The success the caller gets: the provider's answer as sent, with the
-/// router's headers (`router_headers` in api/calls.py) and the key's limits.
-fn answer_response(tries: &Tries<'_>, answer: Vec<u8>) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(answer));
+/// router's headers (`router_headers` in api/calls.py) and the key's limits;
+/// `last` is the attempt that answers, the `attempts`-th.
+pub(crate) fn answered<B>(
+    tries: &Tries,
+    body: B,
+    content_type: &'static str,
+    last: &Attempt,
+    attempts: usize,
+) -> Response<B> {
+    let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
     let overhead = (since_ms(tries.call.started) - tries.upstream_ms).max(0.0);
-    let last = tries
-        .attempts
-        .last()
-        .expect("an answer came from an attempt");
     let text = |value: &str| HeaderValue::from_str(value).ok();
     let headers = response.headers_mut();
     let ours = [
-        ("content-type", text("application/json")),
+        ("content-type", Some(HeaderValue::from_static(content_type))),
         ("x-request-id", text(&tries.call.request_id)),
         ("x-model-router-model", text(&last.model_id)),
         ("x-model-router-endpoint", text(&last.endpoint_id)),
-        ("x-model-router-attempts", Some(tries.attempts.len().into())),
+        ("x-model-router-attempts", Some(attempts.into())),
         (
             "x-model-router-overhead-ms",
             text(&format!("{overhead:.3}")),

@@ -50,13 +50,32 @@ fn upstream(answers: Vec<String>) -> (u16, Arc<AtomicUsize>) {
                         std::thread::sleep(Duration::from_secs(5));
                         return;
                     }
-                    stream.write_all(answer.as_bytes()).unwrap();
+                    let (answer, hang_up) = match answer.strip_suffix(HANG_UP) {
+                        Some(answer) => (answer.to_owned(), true),
+                        None => (answer, false),
+                    };
+                    for (i, part) in answer.split(PAUSE).enumerate() {
+                        if i > 0 {
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        if stream.write_all(part.as_bytes()).is_err() {
+                            return; // the door hung up
+                        }
+                    }
+                    if hang_up {
+                        return;
+                    }
                 }
             });
         }
     });
     (port, served)
 }
+
+/// Where a scripted answer waits 100 ms before the rest.
+const PAUSE: &str = "<pause>";
+/// At a scripted answer's end: the upstream closes the connection.
+const HANG_UP: &str = "<hang up>";
 
 fn answer(status: u16, body: &str) -> String {
     format!(
@@ -83,7 +102,7 @@ fn model(id: &str, ports: &[u16]) -> Value {
 }
 
 struct Setup {
-    routing: Routing,
+    routing: Arc<Routing>,
     pool: upstream::Pool,
     engine: Arc<Mutex<Engine>>,
     leases: Arc<Leases>,
@@ -132,7 +151,7 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
         FILES.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::write(&path, 0i64.to_ne_bytes()).unwrap();
-    let routing = Routing::new().unwrap();
+    let routing = Arc::new(Routing::new().unwrap());
     let mut names = HashMap::new();
     names.insert("m".to_owned(), "m".to_owned());
     names.insert("m-v1".to_owned(), "m".to_owned());
@@ -153,6 +172,8 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
                 connect: Duration::from_secs(1),
                 first_byte: Duration::from_secs(1),
                 attempt: Duration::from_millis(500),
+                first_token: Duration::from_millis(500),
+                stream_idle: Duration::from_millis(300),
             };
             (format!("m-{i}"), plan)
         })
@@ -303,6 +324,8 @@ fn the_upstream_gets_the_callers_body_with_the_models_name_and_its_dropped_param
         connect: Duration::ZERO,
         first_byte: Duration::ZERO,
         attempt: Duration::ZERO,
+        first_token: Duration::ZERO,
+        stream_idle: Duration::ZERO,
     };
     let shaped = shape::same_format(BODY.as_bytes(), "m-v1", &["seed"]).unwrap();
     let bytes = String::from_utf8(request_bytes(&endpoint, &shaped)).unwrap();
@@ -384,7 +407,6 @@ fn a_provider_refusing_the_callers_request_goes_back_through_the_app_without_fai
 fn calls_the_door_cannot_serve_go_to_the_app_untouched_and_spend_nothing() {
     let (port, served) = upstream(vec![answer(200, REPLY)]);
     let setup = setup(&[port], 100);
-    let stream = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#;
     let unknown_model = r#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#;
     let bad_body = r#"{"model":"m","messages":[]}"#;
     let embedding = r#"{"model":"e","messages":[{"role":"user","content":"x"}]}"#;
@@ -392,7 +414,6 @@ fn calls_the_door_cannot_serve_go_to_the_app_untouched_and_spend_nothing() {
         (headers(&[]), BODY),
         (headers(&[("authorization", "Bearer mr_k1_wrong")]), BODY),
         (headers(&[("authorization", "Basic abc")]), BODY),
-        (keyed(), stream),
         (keyed(), unknown_model),
         (keyed(), bad_body),
         (keyed(), embedding),
@@ -576,4 +597,239 @@ fn a_plan_older_than_the_engines_config_hands_the_call_over_admitted() {
     );
     assert_eq!(verdict["rateLimit"][1], 999, "the admission it spent");
     assert_eq!(served.load(Ordering::SeqCst), 0);
+}
+
+// --- streams -------------------------------------------------------------
+
+const STREAM: &str =
+    r#"{"model":"m","messages":[{"role":"user","content":"Say hello"}],"stream":true}"#;
+
+/// An event stream's answer, chunked: each part one chunk.
+fn streamed(parts: &[&str]) -> String {
+    let mut text =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_owned();
+    for part in parts {
+        if *part == PAUSE {
+            text.push_str(PAUSE);
+        } else {
+            text.push_str(&format!("{:x}\r\n{part}\r\n", part.len()));
+        }
+    }
+    text + "0\r\n\r\n"
+}
+
+fn event(delta: &str) -> String {
+    format!("data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{delta}}}]}}\n\n")
+}
+
+const ROLE: &str = r#"{"role":"assistant"}"#;
+const DONE: &str = "data: [DONE]\n\n";
+const USAGE: &str = "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+
+/// A streamed call as the caller gets it: the head, each frame of the body,
+/// and the call's record (made once the stream ended), all within `leave_after`
+/// frames if set (the caller then leaves).
+fn stream_call(
+    setup: &Setup,
+    body: &str,
+    leave_after: Option<usize>,
+) -> (Response<()>, Vec<String>, Vec<CallRecord>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let served = serve(
+            &setup.routing,
+            &setup.pool,
+            Asked {
+                headers: &keyed(),
+                body: body.as_bytes(),
+                peer: "10.0.0.1",
+                started: Instant::now(),
+            },
+        )
+        .await;
+        let Served::Stream(response) = served else {
+            panic!("not streamed")
+        };
+        let (head, mut body) = response.into_parts();
+        let mut frames = Vec::new();
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let data = frame.unwrap().into_data().unwrap();
+            frames.push(String::from_utf8(data.to_vec()).unwrap());
+            if leave_after == Some(frames.len()) {
+                drop(body);
+                // The pump sees the caller gone, and accounts the call.
+                for _ in 0..100 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    if !calls_peek(setup) {
+                        continue;
+                    }
+                    break;
+                }
+                return (Response::from_parts(head, ()), frames, calls(setup));
+            }
+        }
+        (Response::from_parts(head, ()), frames, calls(setup))
+    })
+}
+
+fn calls_peek(setup: &Setup) -> bool {
+    let taken = setup.routing.accounts.take();
+    let any = !taken.is_empty();
+    for account in taken {
+        setup.routing.accounts.push(account);
+    }
+    any
+}
+
+#[test]
+fn a_stream_is_relayed_read_by_read_from_its_first_content_and_accounted_at_its_end() {
+    let hello = event(r#"{"content":"Hello"}"#);
+    let there = event(r#"{"content":" there"}"#);
+    let (port, _) = upstream(vec![streamed(&[
+        &event(ROLE),
+        PAUSE,
+        &hello,
+        PAUSE,
+        &(there.clone() + USAGE),
+        DONE,
+    ])]);
+    let setup = setup(&[port], 100);
+    let (head, frames, calls) = stream_call(&setup, STREAM, None);
+    assert_eq!(head.status(), 200);
+    let h = head.headers();
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert_eq!(h["cache-control"], "no-cache");
+    assert_eq!(h["x-model-router-model"], "m");
+    assert_eq!(h["x-model-router-endpoint"], "m-0");
+    assert_eq!(h["x-model-router-attempts"], "1");
+    assert_eq!(h["x-ratelimit-remaining"], "999");
+    // Held back until the first content, then one frame per read.
+    let role = event(ROLE);
+    assert_eq!(frames[0], role + &hello);
+    assert_eq!(frames[1..].concat(), there + USAGE + DONE);
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert!(call.stream);
+    assert_eq!(
+        (call.status, call.outcome),
+        (200, failover::Outcome::Success)
+    );
+    assert_eq!((call.tokens.prompt, call.tokens.completion), (5, 2));
+    assert!(!call.estimated);
+    assert_eq!(call.cost, 9_000_000); // 5 at $1/1k, 2 at $2/1k
+    assert_eq!(call.attempts.len(), 1);
+}
+
+#[test]
+fn a_stream_that_breaks_before_its_first_content_fails_over_and_the_caller_sees_none_of_it() {
+    use failover::Outcome::*;
+    let error = "data: {\"error\":{\"message\":\"overloaded\"}}\n\n";
+    let cases = [
+        (
+            error,
+            StreamError,
+            r#"error event in stream: b'{"error":{"message":"overloaded"}}'"#,
+        ),
+        (
+            "data: {\"choices\":7}\n\n",
+            Malformed,
+            "unreadable answer (ValueError: Expected `array`, got `int` - at `$.choices`)",
+        ),
+        ("", StreamError, "stream ended before any content"),
+    ];
+    for (bad, outcome, error) in cases {
+        let (broken, _) = upstream(vec![streamed(&[&event(ROLE), bad])]);
+        let (good, _) = upstream(vec![streamed(&[&event(r#"{"content":"Hi"}"#), DONE])]);
+        let setup = setup(&[broken, good], 100);
+        let (head, frames, calls) = stream_call(&setup, STREAM, None);
+        assert_eq!(head.headers()["x-model-router-endpoint"], "m-1");
+        assert_eq!(head.headers()["x-model-router-attempts"], "2");
+        assert_eq!(frames.concat(), event(r#"{"content":"Hi"}"#) + DONE);
+        let attempts = &calls[0].attempts;
+        assert_eq!(
+            (attempts[0].outcome, attempts[1].outcome),
+            (outcome, Success)
+        );
+        assert_eq!(attempts[0].error.as_deref(), Some(error));
+        // No usage came: the tokens are estimated ("Hi": 1; the prompt's 9 characters: 3).
+        assert!(calls[0].estimated);
+        assert_eq!((calls[0].tokens.prompt, calls[0].tokens.completion), (3, 1));
+    }
+}
+
+#[test]
+fn a_stream_that_fails_after_its_first_content_ends_with_an_error_event() {
+    let hello = event(r#"{"content":"Hello"}"#);
+    // One upstream stalls past the idle limit (300 ms), one hangs up mid-stream.
+    let stalls = streamed(&[&hello, PAUSE, PAUSE, PAUSE, PAUSE, DONE]);
+    let cut = streamed(&[&hello]).replace("0\r\n\r\n", HANG_UP);
+    for (answer, error) in [
+        (
+            stalls,
+            "UpstreamTimeout: the stream stalled (no data for 0.3 s)",
+        ),
+        (cut, "UpstreamError: connection closed by the upstream"),
+    ] {
+        let (port, _) = upstream(vec![answer]);
+        let setup = setup(&[port], 100);
+        let (_, frames, calls) = stream_call(&setup, STREAM, None);
+        assert_eq!(frames[0], hello);
+        assert_eq!(
+            frames.last().unwrap(),
+            "data: {\"error\":{\"message\":\"the model's stream failed\",\"type\":\"upstream_error\"}}\n\n"
+        );
+        let call = &calls[0];
+        assert_eq!(
+            (call.status, call.outcome),
+            (200, failover::Outcome::StreamError)
+        );
+        assert_eq!(
+            call.attempts.len(),
+            1,
+            "no failover once the caller has content"
+        );
+        assert_eq!(call.attempts[0].error.as_deref(), Some(error));
+        assert_eq!(call.tokens.completion, 2); // "Hello", estimated
+    }
+}
+
+#[test]
+fn a_caller_that_leaves_mid_stream_ends_the_upstream_call_and_is_accounted_cancelled() {
+    let hello = event(r#"{"content":"Hello"}"#);
+    let (port, _) = upstream(vec![streamed(&[
+        &hello, PAUSE, &hello, PAUSE, &hello, PAUSE, DONE,
+    ])]);
+    let setup = setup(&[port], 100);
+    let (_, frames, calls) = stream_call(&setup, STREAM, Some(1));
+    assert_eq!(frames, [hello]);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        (calls[0].status, calls[0].outcome),
+        (200, failover::Outcome::Cancelled)
+    );
+    // Its connection was closed, not parked for another call.
+    assert!(setup
+        .pool
+        .lock()
+        .unwrap()
+        .values()
+        .all(|parked| parked.is_empty()));
+}
+
+#[test]
+fn a_stream_refused_by_status_fails_over_or_goes_back_through_the_app() {
+    let (busy, _) = upstream(vec![answer(429, r#"{"error":"slow down"}"#)]);
+    let (good, _) = upstream(vec![streamed(&[&event(r#"{"content":"Hi"}"#), DONE])]);
+    let setup = setup(&[busy, good], 100);
+    let (head, _, calls) = stream_call(&setup, STREAM, None);
+    assert_eq!(head.headers()["x-model-router-attempts"], "2");
+    assert_eq!(calls[0].attempts[0].outcome, failover::Outcome::RateLimited);
+    let (refusing, _) = upstream(vec![answer(400, r#"{"error":"bad"}"#)]);
+    let setup = setup_with(&[refusing], 100, 8);
+    let verdict = verdict_of(ask(&setup, &keyed(), STREAM));
+    assert_eq!(verdict["tries"]["clientError"]["status"], 400);
 }

@@ -1,5 +1,6 @@
-//! The upstream exchange of plain (non-streaming) HTTP/1.1 calls, off the
-//! Python thread.
+//! The upstream exchange of HTTP/1.1 calls, off the Python thread: whole
+//! answers (`exchange`, and `Client` for the app), and streams read as
+//! they arrive (`open`, for the door).
 //!
 //! Python shapes the request bytes and waits on a future; this module sends
 //! them on a pooled kept-alive connection and reads the whole answer on its
@@ -195,12 +196,9 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
     let start = Instant::now();
     let (head_by, done_by) = (start + job.head.min(job.done), start + job.done);
     let origin = (job.host, job.port);
-    let stream = match idle(pool, &origin) {
-        Some(stream) => stream,
-        None => match connect(&origin, start + job.connect.min(job.done)).await {
-            Ok(stream) => stream,
-            Err(outcome) => return outcome,
-        },
+    let stream = match connection(pool, &origin, start + job.connect.min(job.done)).await {
+        Ok(stream) => stream,
+        Err(outcome) => return outcome,
     };
     // The answer is read while the request is sent, as the Python client
     // does: an upstream may refuse a request by its head (a 413, a 401) and
@@ -232,6 +230,215 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
         lock(pool).entry(origin).or_default().push(stream);
     }
     outcome
+}
+
+/// An answer read as it arrives (a stream's): its head, then its body one
+/// read at a time (`next`), or whole (`rest`). Read to its end, its
+/// connection goes back to the pool when it may carry another exchange;
+/// dropped before (the caller left, a read failed), it is closed.
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    framing: Framing,
+    /// Bytes left of the body (sized) or of the chunk under way (chunked);
+    /// None: a chunk's size line is next.
+    left: Option<usize>,
+    received: usize,
+    max_body: usize,
+    keep_alive: bool,
+    /// The body's last bytes were read: its end is next.
+    ended: bool,
+    origin: Origin,
+    pool: Pool,
+}
+
+/// The answer to `job` up to its head, by the job's `connect` and `head`
+/// limits (`done` bounds them both); its body is the caller's to read.
+pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
+    let start = Instant::now();
+    let head_by = start + job.head.min(job.done);
+    let origin = (job.host, job.port);
+    let stream = connection(pool, &origin, start + job.connect.min(job.done)).await?;
+    // The head is read while the request is sent, as `exchange` does.
+    let (head, sent, buf) = {
+        let mut reader = Reader {
+            stream: &stream,
+            buf: Vec::with_capacity(8192),
+            deadline: head_by,
+            phase: "head",
+        };
+        let mut sending = pin!(send(&stream, &job.request));
+        let mut sent = None;
+        let head = {
+            let mut heading = pin!(reader.head());
+            poll_fn(|cx| {
+                if sent.is_none() {
+                    if let Poll::Ready(result) = sending.as_mut().poll(cx) {
+                        sent = Some(result.is_ok());
+                    }
+                }
+                heading.as_mut().poll(cx)
+            })
+            .await
+        };
+        (head, sent, reader.buf)
+    };
+    let (status, headers, framing, keep_alive) = head?;
+    let left = match framing {
+        Framing::Length(length) if length > job.max_body => {
+            return Err(failed(format!("answer over {} bytes", job.max_body)))
+        }
+        Framing::Length(length) => Some(length),
+        Framing::Chunked | Framing::UntilClose => None,
+    };
+    Ok(Streaming {
+        status,
+        headers,
+        stream: Some(stream),
+        buf,
+        framing,
+        left,
+        received: 0,
+        max_body: job.max_body,
+        ended: false,
+        // A request not all sent leaves the connection mid-message.
+        keep_alive: keep_alive && sent == Some(true),
+        origin,
+        pool: pool.clone(),
+    })
+}
+
+impl Streaming {
+    /// The body's next bytes, all that one read brought (framing taken
+    /// off), by `by`; None at its end.
+    pub async fn next(&mut self, by: Instant) -> Result<Option<Vec<u8>>, Outcome> {
+        let Some(stream) = self.stream.as_ref() else {
+            return Ok(None);
+        };
+        if self.ended {
+            self.end();
+            return Ok(None);
+        }
+        let mut reader = Reader {
+            stream,
+            buf: std::mem::take(&mut self.buf),
+            deadline: by,
+            phase: "data",
+        };
+        let read = match self.framing {
+            Framing::Length(_) => sized(&mut reader, &mut self.left).await,
+            Framing::Chunked => chunks(&mut reader, &mut self.left).await,
+            Framing::UntilClose => until_close(&mut reader).await,
+        };
+        self.buf = reader.buf;
+        let (data, ended) = read?;
+        self.ended = ended;
+        if data.is_empty() && ended {
+            self.end();
+            return Ok(None);
+        }
+        self.received += data.len();
+        if self.received > self.max_body {
+            self.stream = None;
+            return Err(failed(format!("answer over {} bytes", self.max_body)));
+        }
+        Ok(Some(data))
+    }
+
+    /// The whole body (an answer that is not a stream), by `by`.
+    pub async fn rest(mut self, by: Instant) -> Result<Vec<u8>, Outcome> {
+        let mut body = Vec::new();
+        while let Some(data) = self.next(by).await? {
+            body.extend(data);
+        }
+        Ok(body)
+    }
+
+    /// The body has ended: its connection goes back to the pool if it may
+    /// carry another exchange.
+    fn end(&mut self) {
+        let stream = self.stream.take();
+        let reusable =
+            self.keep_alive && self.buf.is_empty() && !matches!(self.framing, Framing::UntilClose);
+        if let (true, Some(stream)) = (reusable, stream) {
+            lock(&self.pool)
+                .entry(self.origin.clone())
+                .or_default()
+                .push(stream);
+        }
+    }
+}
+
+/// A body's next bytes, and whether they are its last.
+type Read = Result<(Vec<u8>, bool), Outcome>;
+
+/// A sized body's next bytes: what is in, else one read's worth.
+async fn sized(reader: &mut Reader<'_>, left: &mut Option<usize>) -> Read {
+    let remaining = left.unwrap_or(0);
+    if remaining == 0 {
+        return Ok((Vec::new(), true));
+    }
+    if reader.buf.is_empty() && !reader.fill().await? {
+        return Err(failed("connection closed by the upstream".into()));
+    }
+    let taken = remaining.min(reader.buf.len());
+    *left = Some(remaining - taken);
+    Ok((reader.buf.drain(..taken).collect(), taken == remaining))
+}
+
+/// A body the connection's close ends: what is in, else one read's worth.
+async fn until_close(reader: &mut Reader<'_>) -> Read {
+    if reader.buf.is_empty() && !reader.fill().await? {
+        return Ok((Vec::new(), true));
+    }
+    Ok((std::mem::take(&mut reader.buf), false))
+}
+
+/// A chunked body's next bytes: the data of every chunk that is in (one
+/// read at least), its framing taken off.
+async fn chunks(reader: &mut Reader<'_>, left: &mut Option<usize>) -> Read {
+    let mut data = Vec::new();
+    loop {
+        match *left {
+            Some(0) => {
+                if reader.buf.len() < 2 && !data.is_empty() {
+                    return Ok((data, false));
+                }
+                if reader.exactly(2).await? != b"\r\n" {
+                    return Err(failed("not an HTTP response: bad chunk end".into()));
+                }
+                *left = None;
+            }
+            Some(size) => {
+                if reader.buf.is_empty() {
+                    if !data.is_empty() {
+                        return Ok((data, false));
+                    }
+                    if !reader.fill().await? {
+                        return Err(failed("connection closed by the upstream".into()));
+                    }
+                }
+                let taken = size.min(reader.buf.len());
+                data.extend(reader.buf.drain(..taken));
+                *left = Some(size - taken);
+            }
+            None => {
+                if !data.is_empty()
+                    && httparse::parse_chunk_size(&reader.buf).is_ok_and(|s| s.is_partial())
+                {
+                    return Ok((data, false));
+                }
+                let size = reader.chunk_size().await?;
+                if size == 0 {
+                    reader.trailers().await?;
+                    return Ok((data, true));
+                }
+                *left = Some(usize::try_from(size).unwrap_or(usize::MAX));
+            }
+        }
+    }
 }
 
 /// Writes all of `request` as the socket takes it. A failure is left for the
@@ -281,6 +488,14 @@ pub async fn reap(pool: Pool) {
             parked.retain(quiet);
             !parked.is_empty()
         });
+    }
+}
+
+/// A kept-alive connection to `origin`, else a new one by `by`.
+async fn connection(pool: &Pool, origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
+    match idle(pool, origin) {
+        Some(stream) => Ok(stream),
+        None => connect(origin, by).await,
     }
 }
 
@@ -438,26 +653,7 @@ impl Reader<'_> {
     async fn chunked(&mut self, max_body: usize) -> Result<Vec<u8>, Outcome> {
         let mut body = Vec::new();
         loop {
-            let size = loop {
-                match httparse::parse_chunk_size(&self.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.buf.drain(..used);
-                        break size;
-                    }
-                    // Extensions and padding may run on forever: bounded as a head is.
-                    Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
-                        return Err(failed(
-                            "not an HTTP response: chunk size line too long".into(),
-                        ))
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if !self.fill().await? {
-                            return Err(failed("connection closed by the upstream".into()));
-                        }
-                    }
-                    Err(_) => return Err(failed("not an HTTP response: bad chunk size".into())),
-                }
-            };
+            let size = self.chunk_size().await?;
             if size == 0 {
                 return self.trailers().await.map(|()| body);
             }
@@ -468,6 +664,30 @@ impl Reader<'_> {
             body.extend(self.exactly(size as usize).await?);
             if self.exactly(2).await? != b"\r\n" {
                 return Err(failed("not an HTTP response: bad chunk end".into()));
+            }
+        }
+    }
+
+    /// A chunk's size, its line read.
+    async fn chunk_size(&mut self) -> Result<u64, Outcome> {
+        loop {
+            match httparse::parse_chunk_size(&self.buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    self.buf.drain(..used);
+                    return Ok(size);
+                }
+                // Extensions and padding may run on forever: bounded as a head is.
+                Ok(httparse::Status::Partial) if self.buf.len() > MAX_HEAD => {
+                    return Err(failed(
+                        "not an HTTP response: chunk size line too long".into(),
+                    ))
+                }
+                Ok(httparse::Status::Partial) => {
+                    if !self.fill().await? {
+                        return Err(failed("connection closed by the upstream".into()));
+                    }
+                }
+                Err(_) => return Err(failed("not an HTTP response: bad chunk size".into())),
             }
         }
     }

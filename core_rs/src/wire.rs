@@ -195,8 +195,67 @@ pub fn openai_chat(body: &[u8]) -> Read<Reading> {
     })
 }
 
-fn tool_calls(value: &RawValue, at: &str) -> Read<()> {
-    for (i, call) in array(value, at)?.into_iter().enumerate() {
+/// What accounting reads of one event of an OpenAI chat stream (a chunk).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ChunkReading {
+    /// The chunk is the provider's error (`error` is set).
+    pub error: bool,
+    /// Content has come, or the answer's end (a finish reason).
+    pub started: bool,
+    /// Characters of content.
+    pub text_chars: u64,
+}
+
+/// A chunk of an OpenAI chat stream (`OpenAIChunk` in wire.py, as
+/// `OpenAIChunks.feed` in exchanges.py reads it); its usage, if it has one,
+/// onto the stream's `tokens` (a malformed chunk leaves them as they were).
+pub fn openai_chunk(data: &[u8], tokens: &mut Usage) -> Read<ChunkReading> {
+    let doc = object(parse(data)?, "$")?;
+    defaulted_string(&doc, "id", "$")?;
+    let mut reading = ChunkReading::default();
+    if let Some(choices) = doc.get("choices") {
+        for (i, choice) in array(choices, "$.choices")?.into_iter().enumerate() {
+            let at = format!("$.choices[{i}]");
+            let choice = object(choice, &at)?;
+            if let Some(delta) = member(&choice, "delta") {
+                let at = format!("{at}.delta");
+                let delta = object(delta, &at)?;
+                let content = optional_string(&delta, "content", &at)?.unwrap_or_default();
+                let refusal = optional_string(&delta, "refusal", &at)?.unwrap_or_default();
+                let calls = match member(&delta, "tool_calls") {
+                    Some(calls) => tool_calls(calls, &format!("{at}.tool_calls"))?,
+                    None => 0,
+                };
+                if !content.is_empty() || calls > 0 || !refusal.is_empty() {
+                    reading.started = true;
+                    reading.text_chars += content.chars().count() as u64;
+                }
+            }
+            if optional_string(&choice, "finish_reason", &at)?.is_some_and(|r| !r.is_empty()) {
+                reading.started = true;
+            }
+            if let Some(index) = choice.get("index") {
+                if kind(index) != "int" {
+                    return Err(expected("int", index, &format!("{at}.index")));
+                }
+            }
+        }
+    }
+    let mut counted = *tokens;
+    if let Some(usage) = member(&doc, "usage") {
+        openai_usage(&mut counted, usage, "$.usage")?;
+    }
+    reading.error = member(&doc, "error").is_some();
+    if !reading.error {
+        *tokens = counted;
+    }
+    Ok(reading)
+}
+
+/// The tool calls' count, once each is of its shape.
+fn tool_calls(value: &RawValue, at: &str) -> Read<usize> {
+    let calls = array(value, at)?;
+    for (i, call) in calls.iter().enumerate() {
         let at = format!("{at}[{i}]");
         let call = object(call, &at)?;
         optional_string(&call, "id", &at)?;
@@ -213,7 +272,7 @@ fn tool_calls(value: &RawValue, at: &str) -> Read<()> {
             optional_string(&function, "arguments", &at)?;
         }
     }
-    Ok(())
+    Ok(calls.len())
 }
 
 /// OpenAI's usage (`Tokens.add_openai` in Python).

@@ -392,11 +392,13 @@ class Door:
         saw cut short), and (key id, window, limit, now ms) of each lease to
         top up."""
 
-# An endpoint of the door's plan: (id, host, port, target, authority,
-# (key header, prefix, key or None, key file or None) or None, connect ms,
-# first byte ms, attempt ms).
+# An endpoint of the door's plan: (id, (host, port, target, authority),
+# (key header, prefix, key or None, key file or None) or None, (connect,
+# first byte, attempt, first token, stream idle) ms).
 _PlanKey = tuple[str, str, str | None, str | None]
-_PlanEndpoint = tuple[str, str, int, str, str, _PlanKey | None, int, int, int]
+_PlanEndpoint = tuple[
+    str, tuple[str, int, str, str], _PlanKey | None, tuple[int, int, int, int, int]
+]
 
 # An attempt of a call the door served: (model, endpoint, outcome, status,
 # latency ms, error, retry after ms).
@@ -405,10 +407,10 @@ _DoorAttempt = tuple[str, str, str, int | None, float, str | None, int | None]
 # A call the door served (or whose caller left: status 499): ((request id,
 # workspace, agent type, user, model, endpoint), (status, outcome, latency
 # ms, upstream ms, prompt tokens, completion tokens, cost nanos, estimated,
-# ended at ms), attempts, reply).
+# ended at ms, streamed), attempts, reply).
 _DoorCall = tuple[
     tuple[str, str | None, str, str | None, str | None, str | None],
-    tuple[int, str, float, float, int, int, int, bool, int],
+    tuple[int, str, float, float, int, int, int, bool, int, bool],
     list[_DoorAttempt],
     str | None,
 ]

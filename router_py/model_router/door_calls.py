@@ -190,19 +190,14 @@ class DoorCalls:
                     endpoint.api_key_file,  # read by the door, as `api_key` reads it
                 )
                 timeouts = executor.timeouts.of(endpoint)
-                endpoints.append(
-                    (
-                        endpoint.id,
-                        host,
-                        port,
-                        target,
-                        authority,
-                        key,
-                        timeouts.connect_ms,
-                        timeouts.first_byte_ms,
-                        timeouts.attempt_ms,
-                    )
+                waits = (
+                    timeouts.connect_ms,
+                    timeouts.first_byte_ms,
+                    timeouts.attempt_ms,
+                    timeouts.first_token_ms,
+                    timeouts.stream_idle_ms,
                 )
+                endpoints.append((endpoint.id, (host, port, target, authority), key, waits))
             models.append((model.id, model.version, list(model.drop_params), endpoints))
         return models
 
@@ -251,9 +246,8 @@ class DoorCalls:
         names, figures, tried, reply = call
         service = self.service
         request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
-        status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated, ended = (
-            figures
-        )
+        status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated = figures[:8]
+        ended, stream = figures[8:]
         attempts = [t.AttemptReport(*attempt) for attempt in tried]
         # The record names no provider's message: the same reports when none has one.
         details = attempts
@@ -277,7 +271,7 @@ class DoorCalls:
             cost=cost / 1e9,
             estimated=estimated,
             attempts=len(attempts),
-            stream=False,
+            stream=stream,
             user_id=user_id,
             attempt_details=details,
         )
