@@ -21,10 +21,12 @@ from model_router._core import (
     read_anthropic_message,
     read_chat_call,
     read_openai_chat,
+    read_openai_chunk,
     same_format_body,
 )
-from model_router.engine.exchanges import EXCHANGES, Format, Operation
+from model_router.engine.exchanges import EXCHANGES, Format, OpenAIChunks, Operation
 from model_router.engine.inputs import content_length
+from model_router.engine.sse import Event
 from model_router.engine.translate import Refused, Tokens, wire
 
 SCALARS = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=8)
@@ -190,6 +192,47 @@ def test_the_core_reads_an_openai_answer_as_wire_py_declares_it(doc):
 @given(ANTHROPIC_ANSWERS)
 def test_the_core_reads_an_anthropic_answer_as_wire_py_declares_it(doc):
     _same_reading(read_anthropic_message, _python_anthropic_reading, msgspec.json.encode(doc))
+
+
+OPENAI_CHUNKS = _fields(
+    {
+        "id": st.text(max_size=4),
+        "choices": st.lists(
+            _fields(
+                {
+                    "index": st.integers(0, 2),
+                    "finish_reason": TEXTS,
+                    "delta": st.none()
+                    | _fields(
+                        {
+                            "content": TEXTS,
+                            "refusal": TEXTS,
+                            "tool_calls": st.none() | st.lists(TOOL_CALL, max_size=2),
+                        }
+                    ),
+                }
+            ),
+            max_size=2,
+        ),
+        "usage": OPENAI_ANSWERS.map(lambda doc: doc.get("usage")),
+        "error": st.none() | json_values,
+    }
+)
+
+
+def _python_chunk_reading(data: bytes) -> tuple[Any, ...]:
+    reader = OpenAIChunks()
+    reader.feed(Event(None, data, data))
+    state, tokens = reader.state, reader.state.tokens
+    counts = (tokens.prompt, tokens.completion, tokens.cache_read, tokens.cache_write)
+    return state.error is not None, state.started, state.text_chars, counts
+
+
+@given(OPENAI_CHUNKS)
+def test_the_door_reads_a_stream_chunk_as_the_apps_reader_does(doc):
+    """A stream's event, as the door reads it (wire.rs) and as the app's
+    `OpenAIChunks` does: the same chunks refused, the same verdicts and counts."""
+    _same_reading(read_openai_chunk, _python_chunk_reading, msgspec.json.encode(doc))
 
 
 DEEP = b"[" * 300 + b"]" * 300  # past serde_json's 128 levels of a whole tree

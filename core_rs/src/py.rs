@@ -1153,6 +1153,20 @@ fn read_anthropic_message(body: &[u8]) -> PyResult<AnswerReading> {
     answer_reading(wire::anthropic_message(body))
 }
 
+/// What the door reads of one event of an OpenAI chat stream (`wire.rs`):
+/// (error, started, content chars, (prompt, completion, cache_read,
+/// cache_write) after it); ValueError when it is not a chunk.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn read_openai_chunk(
+    data: &[u8],
+) -> PyResult<(bool, bool, u64, (Option<u64>, Option<u64>, u64, u64))> {
+    let mut t = wire::Usage::default();
+    let r = wire::openai_chunk(data, &mut t).map_err(|e| PyValueError::new_err(e.0))?;
+    let tokens = (t.prompt, t.completion, t.cache_read, t.cache_write);
+    Ok((r.error, r.started, r.text_chars, tokens))
+}
+
 /// The door's reading of a chat completions body (`chat.rs`): (model,
 /// stream, user, content chars), or None when it is Python's to read.
 #[pyfunction]
@@ -1250,6 +1264,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FAILOVER_OUTCOMES", labels(|o| o.fails_over())?)?;
     m.add("HEALTHY_OUTCOMES", labels(|o| o.healthy())?)?;
     m.add_function(wrap_pyfunction!(read_openai_chat, m)?)?;
+    m.add_function(wrap_pyfunction!(read_openai_chunk, m)?)?;
     m.add_function(wrap_pyfunction!(read_anthropic_message, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

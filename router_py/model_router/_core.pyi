@@ -40,6 +40,7 @@ __all__ = [
     "FAILOVER_OUTCOMES",
     "HEALTHY_OUTCOMES",
     "read_openai_chat",
+    "read_openai_chunk",
     "read_anthropic_message",
     "__version__",
 ]
@@ -435,6 +436,13 @@ _AnswerReading = tuple[int | None, int | None, int, int, str, str | None]
 def read_openai_chat(body: bytes) -> _AnswerReading:
     """What accounting reads of an OpenAI chat completion; ValueError (what
     and where) when it is not of that shape."""
+
+def read_openai_chunk(
+    data: bytes,
+) -> tuple[bool, bool, int, tuple[int | None, int | None, int, int]]:
+    """What the door reads of one event of an OpenAI chat stream: (error,
+    started, content characters, the tokens after it); ValueError when it
+    is not a chunk."""
 
 def read_anthropic_message(body: bytes) -> _AnswerReading:
     """What accounting reads of an Anthropic message; ValueError when it is
