@@ -731,7 +731,10 @@ pub async fn serve(routing: &Arc<Routing>, pool: &upstream::Pool, asked: Asked<'
                 max_body: plan.max_upstream_body,
             };
             let step = match tries.call.stream {
-                true => streamed::attempt(&mut tries, job, pool, endpoint.stream_idle).await,
+                true => {
+                    let idle = endpoint.stream_idle;
+                    streamed::attempt(&mut tries, job, pool, limit, idle).await
+                }
                 false => whole(&mut tries, job, pool).await,
             };
             match step {

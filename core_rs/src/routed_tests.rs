@@ -737,7 +737,7 @@ fn a_stream_that_breaks_before_its_first_content_fails_over_and_the_caller_sees_
         (
             "data: {\"choices\":7}\n\n",
             Malformed,
-            "unreadable answer (ValueError: Expected `array`, got `int` - at `$.choices`)",
+            "unreadable answer (ValidationError: Expected `array`, got `int` - at `$.choices`)",
         ),
         ("", StreamError, "stream ended before any content"),
     ];

@@ -21,6 +21,9 @@ impl std::fmt::Display for TooLarge {
 
 pub struct Events {
     buffer: Vec<u8>,
+    /// How much of `buffer` was searched for an event's end already: an
+    /// event that arrives in many reads is not searched again from its start.
+    searched: usize,
     max_event: usize,
 }
 
@@ -28,6 +31,7 @@ impl Events {
     pub fn new(max_event: usize) -> Events {
         Events {
             buffer: Vec::new(),
+            searched: 0,
             max_event,
         }
     }
@@ -50,14 +54,16 @@ impl Events {
             self.buffer.extend_from_slice(chunk);
         }
         let mut events = Vec::new();
-        let mut start = 0;
-        while let Some(end) = find(&self.buffer[start..], b"\n\n") {
-            if let Some(event) = event(&self.buffer[start..start + end]) {
+        let (mut start, mut from) = (0, self.searched.saturating_sub(1));
+        while let Some(end) = find(&self.buffer[from..], b"\n\n") {
+            let end = from + end;
+            if let Some(event) = event(&self.buffer[start..end]) {
                 events.push(event);
             }
-            start += end + 2;
+            (start, from) = (end + 2, end + 2);
         }
         self.buffer.drain(..start);
+        self.searched = self.buffer.len();
         if self.buffer.len() > self.max_event {
             return Err(TooLarge(self.max_event));
         }
@@ -128,6 +134,20 @@ mod tests {
         assert_eq!(out[0].data, b"a\nb");
         assert_eq!(out[0].raw, b"event: ping\ndata:a\ndata: b\n\n");
         assert_eq!(datas(events.feed(b"event: x\n\n").unwrap()), [""]);
+    }
+
+    #[test]
+    fn an_event_whose_end_is_split_over_reads_or_that_comes_in_many_is_found_once_whole() {
+        let mut events = Events::new(1 << 20);
+        assert_eq!(events.feed(b"data: x\n").unwrap(), vec![]);
+        assert_eq!(datas(events.feed(b"\ndata: y\n").unwrap()), ["x"]);
+        assert_eq!(datas(events.feed(b"\n").unwrap()), ["y"]);
+        // 4,000 reads of a 400 KB event: each read searched once.
+        events.feed(b"data: ").unwrap();
+        for _ in 0..4000 {
+            assert_eq!(events.feed(&[b'a'; 100]).unwrap(), vec![]);
+        }
+        assert_eq!(events.feed(b"\n\n").unwrap()[0].data.len(), 400_000);
     }
 
     #[test]

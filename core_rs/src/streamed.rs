@@ -37,21 +37,22 @@ pub struct Started {
     idle: Duration,
 }
 
-/// An attempt at a stream, up to its first content (`job.done`: the
-/// first-token limit); `idle`: the longest wait between two reads after.
+/// An attempt at a stream, up to its first content, which must come within
+/// `first_token` of its head; `idle`: the longest wait between two reads after.
 pub(crate) async fn attempt(
     tries: &mut Tries,
     job: Job,
     pool: &upstream::Pool,
+    first_token: Duration,
     idle: Duration,
 ) -> Step {
-    let first_token = job.done;
     let max_event = job.max_body;
     let mut stream = match upstream::open(job, pool).await {
         Ok(stream) => stream,
         Err(outcome) => return unanswered(tries, outcome),
     };
-    let until = tokio::time::Instant::now() + first_token;
+    let mut last_data = tokio::time::Instant::now();
+    let until = last_data + first_token;
     if stream.status != 200 {
         let (status, headers) = (stream.status, std::mem::take(&mut stream.headers));
         return match stream.rest(until).await {
@@ -63,6 +64,7 @@ pub(crate) async fn attempt(
     while !chunks.started && chunks.error.is_none() {
         match stream.next(until).await {
             Ok(Some(data)) => {
+                last_data = tokio::time::Instant::now();
                 if let Err(malformed) = chunks.feed(&data, &mut first, false) {
                     let outcome = Outcome::Malformed;
                     tries.record(
@@ -77,7 +79,7 @@ pub(crate) async fn attempt(
                 }
             }
             Ok(None) => break,
-            Err(outcome) => return unanswered(tries, stalled(outcome, first_token)),
+            Err(outcome) => return unanswered(tries, stalled(outcome, until - last_data)),
         }
     }
     if !chunks.started || chunks.error.is_some() {
@@ -132,12 +134,20 @@ fn seconds(waited: Duration) -> String {
     if s == 0.0 {
         return "0".to_owned();
     }
-    let digits = (2 - s.log10().floor() as i32).max(0) as usize;
-    let text = format!("{s:.digits$}");
-    match text.contains('.') {
+    // Three significant digits; the exponent is the rounded value's.
+    let scientific = format!("{s:.2e}");
+    let (mantissa, exponent) = scientific.split_once('e').expect("an exponent");
+    let exponent: i32 = exponent.parse().expect("a number");
+    let trimmed = |text: &str| match text.contains('.') {
         true => text.trim_end_matches('0').trim_end_matches('.').to_owned(),
-        false => text,
+        false => text.to_owned(),
+    };
+    if !(-4..3).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trimmed(mantissa), exponent.abs());
     }
+    let digits = (2 - exponent) as usize;
+    trimmed(&format!("{s:.digits$}"))
 }
 
 /// The caller's answer: the head now, with the events held back; the rest
@@ -201,13 +211,12 @@ async fn pump(
         match read {
             Ok(Some(data)) => {
                 let mut out = Vec::new();
-                let fed = chunks.feed(&data, &mut out, true);
+                if let Err(unreadable) = chunks.feed(&data, &mut out, true) {
+                    chunks.error = Some(unreadable);
+                }
                 if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
                     left = chunks.error.is_none();
                     break;
-                }
-                if let Err(malformed) = fed {
-                    chunks.error = Some(malformed);
                 }
                 if chunks.error.is_some() {
                     break;
@@ -280,13 +289,13 @@ impl Chunks {
     }
 
     /// The events one read completes, onto `out` as the caller gets them;
-    /// Err for one that cannot be read. Once the stream is the caller's
-    /// (`begun`), an error event ends what is passed on.
+    /// Err for one that cannot be read (said as the app says it). Once the
+    /// stream is the caller's (`begun`), an error event ends what is passed on.
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>, begun: bool) -> Result<(), String> {
-        let events = self
-            .events
-            .feed(data)
-            .map_err(|e| unreadable("EventTooLarge", &e))?;
+        let events = self.events.feed(data).map_err(|e| match begun {
+            true => format!("EventTooLarge: {e}"), // `_forward`'s own words
+            false => unreadable("EventTooLarge", &e),
+        })?;
         for event in events {
             if event.data == b"[DONE]" {
                 self.done = true;
@@ -294,7 +303,7 @@ impl Chunks {
                 out.extend(event.raw);
             } else {
                 let reading = wire::openai_chunk(&event.data, &mut self.tokens)
-                    .map_err(|e| unreadable("ValueError", &e))?;
+                    .map_err(|e| unreadable(msgspec_error(&e), &e))?;
                 if reading.error {
                     let data = &event.data[..event.data.len().min(300)];
                     self.error = Some(format!("error event in stream: {}", bytes_repr(data)));
@@ -309,6 +318,14 @@ impl Chunks {
             }
         }
         Ok(())
+    }
+}
+
+/// The msgspec error the app's decoder raises for what `malformed` says.
+fn msgspec_error(malformed: &wire::Malformed) -> &'static str {
+    match malformed.0.starts_with(wire::NOT_JSON) {
+        true => "DecodeError",
+        false => "ValidationError",
     }
 }
 
@@ -376,6 +393,11 @@ mod tests {
             (1.2345, "1.23"),
             (120.0, "120"),
             (0.001, "0.001"),
+            (29.96, "30"),
+            (999.4, "999"),
+            (999.5, "1e+03"),
+            (3600.0, "3.6e+03"),
+            (0.00004, "4e-05"),
         ];
         for (s, text) in cases {
             assert_eq!(seconds(Duration::from_secs_f64(s)), text);

@@ -241,17 +241,32 @@ pub struct Streaming {
     pub headers: Vec<(String, String)>,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
-    framing: Framing,
-    /// Bytes left of the body (sized) or of the chunk under way (chunked);
-    /// None: a chunk's size line is next.
-    left: Option<usize>,
+    body: Body,
     received: usize,
     max_body: usize,
     keep_alive: bool,
-    /// The body's last bytes were read: its end is next.
-    ended: bool,
     origin: Origin,
     pool: Pool,
+}
+
+/// Where a streamed body's reading is.
+enum Body {
+    /// Bytes left of a sized body.
+    Sized(usize),
+    Chunked(Chunk),
+    UntilClose,
+    Ended,
+}
+
+/// Where a chunked body's reading is.
+#[derive(Clone, Copy)]
+enum Chunk {
+    Size,
+    /// Bytes left of the chunk's data.
+    Data(usize),
+    /// The CRLF after a chunk's data.
+    End,
+    Trailers,
 }
 
 /// The answer to `job` up to its head, by the job's `connect` and `head`
@@ -261,13 +276,14 @@ pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
     let head_by = start + job.head.min(job.done);
     let origin = (job.host, job.port);
     let stream = connection(pool, &origin, start + job.connect.min(job.done)).await?;
-    // The head is read while the request is sent, as `exchange` does.
+    // The head is read while the request is sent, as `exchange` does; a
+    // stream's content comes after it all, so a 200 waits for the rest to go.
     let (head, sent, buf) = {
         let mut reader = Reader {
             stream: &stream,
             buf: Vec::with_capacity(8192),
             deadline: head_by,
-            phase: "head",
+            phase: "answer", // as the app's client says it of a stream
         };
         let mut sending = pin!(send(&stream, &job.request));
         let mut sent = None;
@@ -283,26 +299,28 @@ pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
             })
             .await
         };
+        if sent.is_none() && matches!(head, Ok((200, ..))) {
+            sent = timeout_at(head_by, sending).await.ok().map(|r| r.is_ok());
+        }
         (head, sent, reader.buf)
     };
     let (status, headers, framing, keep_alive) = head?;
-    let left = match framing {
+    let body = match framing {
         Framing::Length(length) if length > job.max_body => {
             return Err(failed(format!("answer over {} bytes", job.max_body)))
         }
-        Framing::Length(length) => Some(length),
-        Framing::Chunked | Framing::UntilClose => None,
+        Framing::Length(length) => Body::Sized(length),
+        Framing::Chunked => Body::Chunked(Chunk::Size),
+        Framing::UntilClose => Body::UntilClose,
     };
     Ok(Streaming {
         status,
         headers,
         stream: Some(stream),
         buf,
-        framing,
-        left,
+        body,
         received: 0,
         max_body: job.max_body,
-        ended: false,
         // A request not all sent leaves the connection mid-message.
         keep_alive: keep_alive && sent == Some(true),
         origin,
@@ -317,24 +335,29 @@ impl Streaming {
         let Some(stream) = self.stream.as_ref() else {
             return Ok(None);
         };
-        if self.ended {
-            self.end();
-            return Ok(None);
-        }
         let mut reader = Reader {
             stream,
             buf: std::mem::take(&mut self.buf),
             deadline: by,
-            phase: "data",
+            phase: "answer",
         };
-        let read = match self.framing {
-            Framing::Length(_) => sized(&mut reader, &mut self.left).await,
-            Framing::Chunked => chunks(&mut reader, &mut self.left).await,
-            Framing::UntilClose => until_close(&mut reader).await,
+        let read = match &mut self.body {
+            Body::Sized(left) => sized(&mut reader, left).await,
+            Body::Chunked(chunk) => chunks(&mut reader, chunk).await,
+            Body::UntilClose => until_close(&mut reader).await,
+            Body::Ended => Ok((Vec::new(), true)),
         };
         self.buf = reader.buf;
-        let (data, ended) = read?;
-        self.ended = ended;
+        let (data, ended) = match read {
+            // As the app's client: a clean close ends a body not kept alive.
+            Err(Outcome::Failed { message, .. }) if message == CLOSED && !self.keep_alive => {
+                (Vec::new(), true)
+            }
+            read => read?,
+        };
+        if ended {
+            self.body = Body::Ended;
+        }
         if data.is_empty() && ended {
             self.end();
             return Ok(None);
@@ -360,8 +383,7 @@ impl Streaming {
     /// carry another exchange.
     fn end(&mut self) {
         let stream = self.stream.take();
-        let reusable =
-            self.keep_alive && self.buf.is_empty() && !matches!(self.framing, Framing::UntilClose);
+        let reusable = self.keep_alive && self.buf.is_empty();
         if let (true, Some(stream)) = (reusable, stream) {
             lock(&self.pool)
                 .entry(self.origin.clone())
@@ -371,21 +393,22 @@ impl Streaming {
     }
 }
 
+const CLOSED: &str = "connection closed by the upstream";
+
 /// A body's next bytes, and whether they are its last.
 type Read = Result<(Vec<u8>, bool), Outcome>;
 
 /// A sized body's next bytes: what is in, else one read's worth.
-async fn sized(reader: &mut Reader<'_>, left: &mut Option<usize>) -> Read {
-    let remaining = left.unwrap_or(0);
-    if remaining == 0 {
+async fn sized(reader: &mut Reader<'_>, left: &mut usize) -> Read {
+    if *left == 0 {
         return Ok((Vec::new(), true));
     }
     if reader.buf.is_empty() && !reader.fill().await? {
-        return Err(failed("connection closed by the upstream".into()));
+        return Err(failed(CLOSED.into()));
     }
-    let taken = remaining.min(reader.buf.len());
-    *left = Some(remaining - taken);
-    Ok((reader.buf.drain(..taken).collect(), taken == remaining))
+    let taken = (*left).min(reader.buf.len());
+    *left -= taken;
+    Ok((reader.buf.drain(..taken).collect(), *left == 0))
 }
 
 /// A body the connection's close ends: what is in, else one read's worth.
@@ -397,46 +420,61 @@ async fn until_close(reader: &mut Reader<'_>) -> Read {
 }
 
 /// A chunked body's next bytes: the data of every chunk that is in (one
-/// read at least), its framing taken off.
-async fn chunks(reader: &mut Reader<'_>, left: &mut Option<usize>) -> Read {
+/// read at least), its framing taken off. What was read goes out before a
+/// framing error that follows it, as the app's parser hands it over.
+async fn chunks(reader: &mut Reader<'_>, chunk: &mut Chunk) -> Read {
     let mut data = Vec::new();
     loop {
-        match *left {
-            Some(0) => {
-                if reader.buf.len() < 2 && !data.is_empty() {
+        // Waiting for more bytes is for when nothing is in hand.
+        let step = match *chunk {
+            Chunk::Size => {
+                let partial = httparse::parse_chunk_size(&reader.buf).is_ok_and(|s| s.is_partial());
+                if partial && !data.is_empty() {
                     return Ok((data, false));
                 }
-                if reader.exactly(2).await? != b"\r\n" {
-                    return Err(failed("not an HTTP response: bad chunk end".into()));
-                }
-                *left = None;
+                reader.chunk_size().await.map(|size| match size {
+                    0 => Chunk::Trailers,
+                    size => Chunk::Data(usize::try_from(size).unwrap_or(usize::MAX)),
+                })
             }
-            Some(size) => {
+            Chunk::Data(left) => {
                 if reader.buf.is_empty() {
                     if !data.is_empty() {
                         return Ok((data, false));
                     }
                     if !reader.fill().await? {
-                        return Err(failed("connection closed by the upstream".into()));
+                        return Err(failed(CLOSED.into()));
                     }
                 }
-                let taken = size.min(reader.buf.len());
+                let taken = left.min(reader.buf.len());
                 data.extend(reader.buf.drain(..taken));
-                *left = Some(size - taken);
+                Ok(if taken == left {
+                    Chunk::End
+                } else {
+                    Chunk::Data(left - taken)
+                })
             }
-            None => {
-                if !data.is_empty()
-                    && httparse::parse_chunk_size(&reader.buf).is_ok_and(|s| s.is_partial())
-                {
+            Chunk::End => {
+                if reader.buf.len() < 2 && !data.is_empty() {
                     return Ok((data, false));
                 }
-                let size = reader.chunk_size().await?;
-                if size == 0 {
-                    reader.trailers().await?;
-                    return Ok((data, true));
+                match reader.exactly(2).await {
+                    Ok(end) if end == b"\r\n" => Ok(Chunk::Size),
+                    Ok(_) => Err(failed("not an HTTP response: bad chunk end".into())),
+                    Err(e) => Err(e),
                 }
-                *left = Some(usize::try_from(size).unwrap_or(usize::MAX));
             }
+            Chunk::Trailers => {
+                if !data.is_empty() {
+                    return Ok((data, false));
+                }
+                return reader.trailers().await.map(|()| (data, true));
+            }
+        };
+        match step {
+            Ok(next) => *chunk = next,
+            Err(_) if !data.is_empty() => return Ok((data, false)),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -661,3 +661,128 @@ fn reuse_follows_the_version_keep_alive_and_leftovers() {
         assert_eq!(accepted.load(Ordering::SeqCst), connections, "{script}");
     }
 }
+
+// --- streams read as they arrive (`open`) ---------------------------------
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What `open` reads of the answer to `job`, read by read (a pool's
+/// connections are the runtime's): each read's bytes (as text), then
+/// Err(message) if one failed.
+fn stream_reads(
+    runtime: &tokio::runtime::Runtime,
+    job: Job,
+    pool: &Pool,
+) -> Vec<Result<String, String>> {
+    runtime.block_on(async {
+        let mut reads = Vec::new();
+        let mut stream = match open(job, pool).await {
+            Ok(stream) => stream,
+            Err(outcome) => return vec![Err(message(outcome).1)],
+        };
+        loop {
+            let by = Instant::now() + Duration::from_millis(500);
+            match stream.next(by).await {
+                Ok(Some(data)) => reads.push(Ok(String::from_utf8(data).unwrap())),
+                Ok(None) => return reads,
+                Err(outcome) => {
+                    reads.push(Err(message(outcome).1));
+                    return reads;
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_streamed_body_comes_read_by_read_and_its_connection_goes_back_once_read_to_its_end() {
+    let (port, accepted) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        while read_request(&mut reader).is_some() {
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            stream
+                .write_all(format!("{head}3\r\nabc\r\n2\r\nde\r\n").as_bytes())
+                .unwrap();
+            thread::sleep(Duration::from_millis(50));
+            // The terminal chunk's trailers end after a pause: the data is not held for them.
+            stream.write_all(b"1\r\nf\r\n0\r\n").unwrap();
+            thread::sleep(Duration::from_millis(50));
+            stream.write_all(b"\r\n").unwrap();
+        }
+    });
+    let (pool, runtime) = (Pool::default(), runtime());
+    for _ in 0..2 {
+        let reads = stream_reads(&runtime, job(1, port, 2000), &pool);
+        assert_eq!(reads, [Ok("abcde".to_owned()), Ok("f".to_owned())]);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection was reused"
+    );
+}
+
+#[test]
+fn what_was_read_goes_out_before_a_framing_error_and_a_clean_close_ends_a_body_not_kept_alive() {
+    let (bad, _) = serve(|stream, _| {
+        let mut stream = after_request(stream);
+        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream
+            .write_all(format!("{head}5\r\nhello\r\nzz\r\n").as_bytes())
+            .unwrap();
+        thread::sleep(Duration::from_millis(300));
+    });
+    let reads = stream_reads(&runtime(), job(1, bad, 2000), &Pool::default());
+    let expected = [
+        Ok("hello".to_owned()),
+        Err("not an HTTP response: bad chunk size".to_owned()),
+    ];
+    assert_eq!(reads, expected);
+    // Cut short with `connection: close`: the app's client reads its end there.
+    let (closing, _) = serve(|stream, _| {
+        let mut stream = after_request(stream);
+        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+        stream
+            .write_all(format!("{head}5\r\nhello\r\n").as_bytes())
+            .unwrap();
+    });
+    let reads = stream_reads(&runtime(), job(1, closing, 2000), &Pool::default());
+    assert_eq!(reads, [Ok("hello".to_owned())]);
+}
+
+#[test]
+fn a_stream_whose_head_comes_before_the_request_is_read_gets_all_of_the_request() {
+    let (port, _) = serve(|stream, _| {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut stream = stream;
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap(); // the request line: answer at once
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = reader.read_until(b'!', &mut rest); // all of the body, to its last byte
+        let answer = format!(
+            "{:x}\r\n{}\r\n0\r\n\r\n",
+            rest.len().to_string().len(),
+            rest.len()
+        );
+        stream.write_all(answer.as_bytes()).unwrap();
+    });
+    let body = "x".repeat(8 << 20) + "!";
+    let mut job = job(1, port, 5000);
+    job.request = format!(
+        "POST /v1/x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    let reads = stream_reads(&runtime(), job, &Pool::default());
+    assert_eq!(reads.len(), 1);
+    assert!(reads[0].as_ref().unwrap().parse::<usize>().unwrap() > 8 << 20);
+}

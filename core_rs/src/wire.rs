@@ -154,8 +154,11 @@ fn optional_count(doc: &Members, name: &str, at: &str) -> Read<Option<u64>> {
         .transpose()
 }
 
+/// How a `Malformed` that is not JSON at all begins.
+pub const NOT_JSON: &str = "JSON is malformed";
+
 fn parse(body: &[u8]) -> Read<&RawValue> {
-    serde_json::from_slice(body).map_err(|e| Malformed(format!("JSON is malformed: {e}")))
+    serde_json::from_slice(body).map_err(|e| Malformed(format!("{NOT_JSON}: {e}")))
 }
 
 /// An OpenAI chat completion (`OpenAICompletion` in wire.py).
