@@ -481,7 +481,7 @@ impl Tries {
 
     /// The usage of an answer's `tokens` (`Executor._usage`): as reported,
     /// else estimated from the prompt's and the reply's characters.
-    pub(crate) fn usage(&self, tokens: wire::Usage, reply_chars: u64) -> (Tokens, bool) {
+    fn usage(&self, tokens: wire::Usage, reply_chars: u64) -> (Tokens, bool) {
         let estimated = tokens.prompt.is_none() || tokens.completion.is_none();
         let tokens = Tokens {
             prompt: tokens
@@ -496,7 +496,30 @@ impl Tries {
         (tokens, estimated)
     }
 
-    pub(crate) fn account(&self, answered: Answered) {
+    /// The answering attempt's end (its `outcome`, a 200's): recorded with
+    /// the answer's usage (estimated from `reply_chars` where it says
+    /// none), and the call queued for the app's accounting.
+    pub(crate) fn settle(
+        &mut self,
+        outcome: failover::Outcome,
+        error: Option<String>,
+        usage: wire::Usage,
+        reply_chars: u64,
+        reply: Option<String>,
+    ) {
+        let (tokens, estimated) = self.usage(usage, reply_chars);
+        let cost = self.record(outcome, Some(200), error, tokens, None, true);
+        self.account(Answered {
+            status: 200,
+            outcome,
+            tokens,
+            cost,
+            estimated,
+            reply,
+        });
+    }
+
+    fn account(&self, answered: Answered) {
         let last = self.attempts.last();
         self.routing
             .accounts
@@ -611,13 +634,13 @@ enum Tried<'a> {
 }
 
 /// What a call was answered with, for its record.
-pub(crate) struct Answered {
-    pub(crate) status: u16,
-    pub(crate) outcome: failover::Outcome,
-    pub(crate) tokens: Tokens,
-    pub(crate) cost: Nanos,
-    pub(crate) estimated: bool,
-    pub(crate) reply: Option<String>,
+struct Answered {
+    status: u16,
+    outcome: failover::Outcome,
+    tokens: Tokens,
+    cost: Nanos,
+    estimated: bool,
+    reply: Option<String>,
 }
 
 /// nginx's "client closed request": a call whose caller left.
@@ -753,7 +776,7 @@ pub(crate) enum Step {
     Next,
     Answered(Served),
     /// A stream's first content is in: the stream is the caller's.
-    Streaming(streamed::Started),
+    Streaming(Box<streamed::Started>),
 }
 
 /// An attempt at a whole answer.
@@ -783,29 +806,21 @@ async fn whole(tries: &mut Tries, job: Job, pool: &upstream::Pool) -> Step {
         }
     };
     let reply_chars = reading.text.chars().count() as u64;
-    let (tokens, estimated) = tries.usage(reading.tokens, reply_chars);
     let outcome = failover::Outcome::Success;
-    let cost = tries.record(outcome, Some(200), None, tokens, None, true);
+    tries.settle(
+        outcome,
+        None,
+        reading.tokens,
+        reply_chars,
+        Some(reading.text),
+    );
     let last = tries
         .attempts
         .last()
         .expect("an answer came from an attempt");
     let attempts = tries.attempts.len();
-    let response = answered(
-        tries,
-        Bytes::from(answer),
-        "application/json",
-        last,
-        attempts,
-    );
-    tries.account(Answered {
-        status: 200,
-        outcome,
-        tokens,
-        cost,
-        estimated,
-        reply: Some(reading.text),
-    });
+    let body = Bytes::from(answer);
+    let response = answered(tries, body, "application/json", last, attempts);
     Step::Answered(Served::Answer(response))
 }
 

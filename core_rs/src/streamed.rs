@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::cost::Tokens;
 use crate::failover::Outcome;
-use crate::routed::{self, since_ms, Answered, Step, Tries};
+use crate::routed::{self, since_ms, Step, Tries};
 use crate::sse;
 use crate::upstream::{self, Job, Streaming};
 use crate::wire;
@@ -98,12 +98,12 @@ pub(crate) async fn attempt(
     }
     let (_, _, started, _) = tries.current.as_ref().expect("an attempt under way");
     tries.ttft_ms = Some(since_ms(*started));
-    Step::Streaming(Started {
+    Step::Streaming(Box::new(Started {
         stream,
         chunks,
         first,
         idle,
-    })
+    }))
 }
 
 fn unanswered(tries: &mut Tries, outcome: upstream::Outcome) -> Step {
@@ -153,7 +153,11 @@ fn seconds(waited: Duration) -> String {
 /// The caller's answer: the head now, with the events held back; the rest
 /// pumped from the upstream as it comes, on a task of its own that accounts
 /// the call when the stream ends.
-pub(crate) fn begin(tries: Tries, started: Started, slot: OwnedSemaphorePermit) -> routed::Served {
+pub(crate) fn begin(
+    tries: Tries,
+    started: Box<Started>,
+    slot: OwnedSemaphorePermit,
+) -> routed::Served {
     let (sender, receiver) = mpsc::channel(1);
     let (model_id, endpoint_id, _, _) = tries.current.clone().expect("an attempt under way");
     // The attempt that streams is recorded when the stream ends.
@@ -171,7 +175,7 @@ pub(crate) fn begin(tries: Tries, started: Started, slot: OwnedSemaphorePermit) 
         chunks,
         first,
         idle,
-    } = started;
+    } = *started;
     let body = Body {
         first: Some(Bytes::from(first)),
         receiver,
@@ -252,17 +256,8 @@ async fn pump(
         (None, true) => Outcome::Cancelled,
         (None, false) => Outcome::Success,
     };
-    let (tokens, estimated) = tries.usage(chunks.tokens, chunks.text_chars);
     let error = chunks.error.take();
-    let cost = tries.record(outcome, Some(200), error, tokens, None, true);
-    tries.account(Answered {
-        status: 200,
-        outcome,
-        tokens,
-        cost,
-        estimated,
-        reply: None,
-    });
+    tries.settle(outcome, error, chunks.tokens, chunks.text_chars, None);
 }
 
 /// A stream's events as `OpenAIChunks` reads them: what the caller gets,

@@ -23,7 +23,7 @@ use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -211,20 +211,15 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
             deadline: head_by,
             phase: "head",
         };
-        let mut sending = pin!(send(&stream, &job.request));
+        let mut sending = Sending::new(job.request);
         let mut answering = pin!(reader.answer(done_by, job.max_body));
-        let mut sent = None;
         let (outcome, reusable) = poll_fn(|cx| {
-            if sent.is_none() {
-                if let Poll::Ready(result) = sending.as_mut().poll(cx) {
-                    sent = Some(result.is_ok());
-                }
-            }
+            let _ = sending.poll(&stream, cx);
             answering.as_mut().poll(cx)
         })
         .await;
         // A request not all sent leaves the connection mid-message.
-        (outcome, reusable && sent == Some(true))
+        (outcome, reusable && sending.done())
     };
     if reusable {
         lock(pool).entry(origin).or_default().push(stream);
@@ -240,10 +235,14 @@ pub struct Streaming {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     stream: Option<TcpStream>,
+    /// The request, still sent while the answer is read, as the app's client
+    /// writes one through its transport.
+    sending: Sending,
     buf: Vec<u8>,
     body: Body,
     received: usize,
     max_body: usize,
+    /// The head lets the connection carry another exchange.
     keep_alive: bool,
     origin: Origin,
     pool: Pool,
@@ -276,33 +275,24 @@ pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
     let head_by = start + job.head.min(job.done);
     let origin = (job.host, job.port);
     let stream = connection(pool, &origin, start + job.connect.min(job.done)).await?;
-    // The head is read while the request is sent, as `exchange` does; a
-    // stream's content comes after it all, so a 200 waits for the rest to go.
-    let (head, sent, buf) = {
+    // The head is read while the request is sent, as `exchange` does.
+    let mut sending = Sending::new(job.request);
+    let (head, buf) = {
         let mut reader = Reader {
             stream: &stream,
             buf: Vec::with_capacity(8192),
             deadline: head_by,
             phase: "answer", // as the app's client says it of a stream
         };
-        let mut sending = pin!(send(&stream, &job.request));
-        let mut sent = None;
         let head = {
             let mut heading = pin!(reader.head());
             poll_fn(|cx| {
-                if sent.is_none() {
-                    if let Poll::Ready(result) = sending.as_mut().poll(cx) {
-                        sent = Some(result.is_ok());
-                    }
-                }
+                let _ = sending.poll(&stream, cx);
                 heading.as_mut().poll(cx)
             })
             .await
         };
-        if sent.is_none() && matches!(head, Ok((200, ..))) {
-            sent = timeout_at(head_by, sending).await.ok().map(|r| r.is_ok());
-        }
-        (head, sent, reader.buf)
+        (head, reader.buf)
     };
     let (status, headers, framing, keep_alive) = head?;
     let body = match framing {
@@ -317,12 +307,12 @@ pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
         status,
         headers,
         stream: Some(stream),
+        sending,
         buf,
         body,
         received: 0,
         max_body: job.max_body,
-        // A request not all sent leaves the connection mid-message.
-        keep_alive: keep_alive && sent == Some(true),
+        keep_alive,
         origin,
         pool: pool.clone(),
     })
@@ -341,11 +331,21 @@ impl Streaming {
             deadline: by,
             phase: "answer",
         };
-        let read = match &mut self.body {
-            Body::Sized(left) => sized(&mut reader, left).await,
-            Body::Chunked(chunk) => chunks(&mut reader, chunk).await,
-            Body::UntilClose => until_close(&mut reader).await,
-            Body::Ended => Ok((Vec::new(), true)),
+        let read = {
+            let mut reading = pin!(async {
+                match &mut self.body {
+                    Body::Sized(left) => sized(&mut reader, left).await,
+                    Body::Chunked(chunk) => chunks(&mut reader, chunk).await,
+                    Body::UntilClose => until_close(&mut reader).await,
+                    Body::Ended => Ok((Vec::new(), true)),
+                }
+            });
+            let sending = &mut self.sending;
+            poll_fn(|cx| {
+                let _ = sending.poll(stream, cx);
+                reading.as_mut().poll(cx)
+            })
+            .await
         };
         self.buf = reader.buf;
         let (data, ended) = match read {
@@ -356,6 +356,9 @@ impl Streaming {
             read => read?,
         };
         if ended {
+            if matches!(self.body, Body::UntilClose) {
+                self.keep_alive = false; // the close ended it
+            }
             self.body = Body::Ended;
         }
         if data.is_empty() && ended {
@@ -383,7 +386,8 @@ impl Streaming {
     /// carry another exchange.
     fn end(&mut self) {
         let stream = self.stream.take();
-        let reusable = self.keep_alive && self.buf.is_empty();
+        // A request not all sent leaves the connection mid-message.
+        let reusable = self.keep_alive && self.sending.done() && self.buf.is_empty();
         if let (true, Some(stream)) = (reusable, stream) {
             lock(&self.pool)
                 .entry(self.origin.clone())
@@ -458,9 +462,13 @@ async fn chunks(reader: &mut Reader<'_>, chunk: &mut Chunk) -> Read {
                 if reader.buf.len() < 2 && !data.is_empty() {
                     return Ok((data, false));
                 }
-                match reader.exactly(2).await {
-                    Ok(end) if end == b"\r\n" => Ok(Chunk::Size),
-                    Ok(_) => Err(failed("not an HTTP response: bad chunk end".into())),
+                // Checked before it is taken: a bad end stays, and says so again.
+                match reader.at_least(2).await {
+                    Ok(()) if reader.buf.starts_with(b"\r\n") => {
+                        reader.buf.drain(..2);
+                        Ok(Chunk::Size)
+                    }
+                    Ok(()) => Err(failed("not an HTTP response: bad chunk end".into())),
                     Err(e) => Err(e),
                 }
             }
@@ -479,18 +487,43 @@ async fn chunks(reader: &mut Reader<'_>, chunk: &mut Chunk) -> Read {
     }
 }
 
-/// Writes all of `request` as the socket takes it. A failure is left for the
-/// reading side to tell: the answer may be in already.
-async fn send(stream: &TcpStream, mut request: &[u8]) -> std::io::Result<()> {
-    while !request.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(request) {
-            Ok(n) => request = &request[n..],
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+/// A request on its way: how much of it the socket took. A failure is left
+/// for the reading side to tell: the answer may be in already.
+struct Sending {
+    request: Vec<u8>,
+    written: usize,
+    failed: bool,
+}
+
+impl Sending {
+    fn new(request: Vec<u8>) -> Sending {
+        Sending {
+            request,
+            written: 0,
+            failed: false,
         }
     }
-    Ok(())
+
+    /// Writes what the socket takes; Ready once all of it went, or a write failed.
+    fn poll(&mut self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.failed && self.written < self.request.len() {
+            match stream.poll_write_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => self.failed = true,
+                Poll::Ready(Ok(())) => match stream.try_write(&self.request[self.written..]) {
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => self.failed = true,
+                },
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// All of the request went.
+    fn done(&self) -> bool {
+        !self.failed && self.written == self.request.len()
+    }
 }
 
 /// A pooled connection still open: one the peer closed since it was
@@ -665,12 +698,18 @@ impl Reader<'_> {
         }
     }
 
-    async fn exactly(&mut self, length: usize) -> Result<Vec<u8>, Outcome> {
+    /// Until `buf` holds `length` bytes.
+    async fn at_least(&mut self, length: usize) -> Result<(), Outcome> {
         while self.buf.len() < length {
             if !self.fill().await? {
-                return Err(failed("connection closed by the upstream".into()));
+                return Err(failed(CLOSED.into()));
             }
         }
+        Ok(())
+    }
+
+    async fn exactly(&mut self, length: usize) -> Result<Vec<u8>, Outcome> {
+        self.at_least(length).await?;
         if self.buf.len() == length {
             return Ok(std::mem::take(&mut self.buf)); // the usual case: no copy
         }

@@ -728,29 +728,36 @@ fn a_streamed_body_comes_read_by_read_and_its_connection_goes_back_once_read_to_
     );
 }
 
-#[test]
-fn what_was_read_goes_out_before_a_framing_error_and_a_clean_close_ends_a_body_not_kept_alive() {
-    let (bad, _) = serve(|stream, _| {
+/// An upstream that answers the request with `head` and `body` at once,
+/// then waits a while before it hangs up.
+fn answering_once(head: &'static str, body: &'static str) -> u16 {
+    let (port, _) = serve(move |stream, _| {
         let mut stream = after_request(stream);
-        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-        stream
-            .write_all(format!("{head}5\r\nhello\r\nzz\r\n").as_bytes())
-            .unwrap();
+        let _ = stream.write_all(format!("{head}{body}").as_bytes());
         thread::sleep(Duration::from_millis(300));
     });
-    let reads = stream_reads(&runtime(), job(1, bad, 2000), &Pool::default());
-    let expected = [
-        Ok("hello".to_owned()),
-        Err("not an HTTP response: bad chunk size".to_owned()),
+    port
+}
+
+#[test]
+fn what_was_read_goes_out_before_a_framing_error_and_a_clean_close_ends_a_body_not_kept_alive() {
+    let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+    let cases = [
+        ("5\r\nhello\r\nzz\r\n", "bad chunk size"),
+        // A chunk longer than it said: its end is not skipped over.
+        ("5\r\nhelloXX\r\n0\r\n\r\n", "bad chunk end"),
     ];
-    assert_eq!(reads, expected);
+    for (body, error) in cases {
+        let port = answering_once(chunked, body);
+        let reads = stream_reads(&runtime(), job(1, port, 2000), &Pool::default());
+        let error = format!("not an HTTP response: {error}");
+        assert_eq!(reads, [Ok("hello".to_owned()), Err(error)]);
+    }
     // Cut short with `connection: close`: the app's client reads its end there.
     let (closing, _) = serve(|stream, _| {
         let mut stream = after_request(stream);
         let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
-        stream
-            .write_all(format!("{head}5\r\nhello\r\n").as_bytes())
-            .unwrap();
+        let _ = stream.write_all(format!("{head}5\r\nhello\r\n").as_bytes());
     });
     let reads = stream_reads(&runtime(), job(1, closing, 2000), &Pool::default());
     assert_eq!(reads, [Ok("hello".to_owned())]);
@@ -762,9 +769,10 @@ fn a_stream_whose_head_comes_before_the_request_is_read_gets_all_of_the_request(
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let mut stream = stream;
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap(); // the request line: answer at once
+        // The request line only: the stream begins before the rest is read.
+        reader.read_line(&mut line).unwrap();
         stream
-            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
             .unwrap();
         let mut rest = Vec::new();
         let _ = reader.read_until(b'!', &mut rest); // all of the body, to its last byte
@@ -783,6 +791,7 @@ fn a_stream_whose_head_comes_before_the_request_is_read_gets_all_of_the_request(
     )
     .into_bytes();
     let reads = stream_reads(&runtime(), job, &Pool::default());
-    assert_eq!(reads.len(), 1);
-    assert!(reads[0].as_ref().unwrap().parse::<usize>().unwrap() > 8 << 20);
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert_eq!(reads[0], Ok("first".to_owned()));
+    assert!(reads[1].as_ref().unwrap().parse::<usize>().unwrap() > 8 << 20);
 }
