@@ -459,10 +459,18 @@ async fn chunks(reader: &mut Reader<'_>, chunk: &mut Chunk) -> Read {
                 })
             }
             Chunk::End => {
+                // Checked before it is taken (a bad end stays, and says so
+                // again), and as soon as a byte of it is in.
+                let start = &reader.buf[..reader.buf.len().min(2)];
+                if !b"\r\n".starts_with(start) {
+                    return match data.is_empty() {
+                        true => Err(failed("not an HTTP response: bad chunk end".into())),
+                        false => Ok((data, false)),
+                    };
+                }
                 if reader.buf.len() < 2 && !data.is_empty() {
                     return Ok((data, false));
                 }
-                // Checked before it is taken: a bad end stays, and says so again.
                 match reader.at_least(2).await {
                     Ok(()) if reader.buf.starts_with(b"\r\n") => {
                         reader.buf.drain(..2);
@@ -516,6 +524,10 @@ impl Sending {
                     Err(_) => self.failed = true,
                 },
             }
+        }
+        if !self.failed && self.written > 0 {
+            // All of it went: a stream's prompt is not held for the stream's life.
+            (self.request, self.written) = (Vec::new(), 0);
         }
         Poll::Ready(())
     }

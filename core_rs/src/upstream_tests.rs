@@ -744,8 +744,9 @@ fn what_was_read_goes_out_before_a_framing_error_and_a_clean_close_ends_a_body_n
     let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
     let cases = [
         ("5\r\nhello\r\nzz\r\n", "bad chunk size"),
-        // A chunk longer than it said: its end is not skipped over.
+        // A chunk longer than it said: its end is not skipped over, nor waited for.
         ("5\r\nhelloXX\r\n0\r\n\r\n", "bad chunk end"),
+        ("5\r\nhelloX", "bad chunk end"),
     ];
     for (body, error) in cases {
         let port = answering_once(chunked, body);
