@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::Frame;
+use hyper::body::Frame;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::cost::Tokens;
@@ -358,7 +358,7 @@ pub struct Body {
     receiver: mpsc::Receiver<Bytes>,
 }
 
-impl http_body::Body for Body {
+impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = Infallible;
 
