@@ -160,9 +160,8 @@ class Server:
 
     def wait_for_config(self, timeout: float = 10.0) -> None:
         """Until every worker runs the stored config version (writes go live
-        within the poll interval; fresh connections reach every worker, if
-        unevenly: behind the door one worker may take most of them for a
-        while, so this waits longer than a write takes)."""
+        within the poll interval; fresh connections reach every worker, as
+        the kernel spreads them by their addresses)."""
         want = self.client.get("/api/config/export").json()["configVersion"]
         workers = int(self.env["MODEL_ROUTER_WORKERS"])
         current: set[int] = set()

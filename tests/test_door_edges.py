@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -609,4 +610,42 @@ def test_calls_in_flight_when_a_worker_is_killed_end_promptly(make_server, make_
         started = time.monotonic()
         outcomes = [c.result() for c in calls]
     assert time.monotonic() - started < 10, outcomes
-    assert "ReadTimeout" not in outcomes and "200" in outcomes, outcomes
+    # The dead worker's calls break off; the other worker's are answered,
+    # those its door handed to its app too (no 503: not the dead worker's app).
+    assert "200" in outcomes, outcomes
+    assert set(outcomes) <= {"200", "RemoteProtocolError", "ReadError"}, outcomes
+
+
+def _accepting_pid(port: int, caller_port: int) -> int:
+    """The process holding the loopback connection from `caller_port` to
+    `port` that was accepted on the port (from /proc: its inode, then its
+    holder)."""
+    ends = (f"0100007F:{port:04X}", f"0100007F:{caller_port:04X}")
+    with open("/proc/net/tcp") as table:
+        inode = next(f[9] for f in map(str.split, table) if (f[1], f[2]) == ends)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                        return int(pid)
+    raise AssertionError("no process holds the connection")
+
+
+def test_each_worker_hands_requests_to_its_own_app(make_server):
+    """What a worker's door hands to the app is served by that worker's app
+    (as with Granian alone, where a worker serves what it accepts), so a
+    worker's death ends only its own calls."""
+    server = make_server(workers=2)
+    accepted_by: set[int] = set()
+    for _ in range(40):
+        caller = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        try:
+            caller.request("GET", "/health/detailed")
+            served_by = json.loads(caller.getresponse().read())["workerPid"]
+            door = _accepting_pid(server.port, caller.sock.getsockname()[1])
+        finally:
+            caller.close()
+        assert served_by == door
+        accepted_by.add(door)
+    assert len(accepted_by) == 2, "both workers took connections"

@@ -64,9 +64,6 @@ pub struct Settings {
     /// which the door keeps for bodies of no declared length.
     pub max_body: u64,
     pub tls: Option<Arc<ServerConfig>>,
-    /// How long a request waits for the app's socket to take it (the app
-    /// starting): what a caller would wait in Granian's backlog.
-    pub app_wait: Duration,
     /// The routed calls the door serves itself, shared with the app.
     pub routing: Arc<Routing>,
 }
@@ -83,9 +80,6 @@ const APP_IDLE: Duration = Duration::from_secs(1);
 /// A request body past this (or of no declared length) waits for the app's
 /// `100 Continue`; smaller ones fit in the socket's buffer at once.
 const LARGE_BODY: u64 = 64 * 1024;
-
-/// `Settings::app_wait` in the service: the app is ready in about a second.
-pub const APP_WAIT: Duration = Duration::from_secs(10);
 
 /// TLS 1.3 only, HTTP/2 or HTTP/1.1 by ALPN; with `client_ca`, every client
 /// must show a certificate it signed.
@@ -156,7 +150,6 @@ impl Door {
                         Ok(listener) => {
                             let app = AppSocket {
                                 path: Arc::from(settings.app_socket),
-                                wait: settings.app_wait,
                             };
                             let pool = upstream::Pool::default();
                             tokio::spawn(upstream::reap(pool.clone()));
@@ -677,31 +670,17 @@ fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// The app's Unix socket.
+/// The worker's app's Unix socket. It listens before the door starts
+/// (door.py, `own_app_socket`): a starting app's connections wait in its
+/// backlog, and one refused means the app is gone (stopping).
 #[derive(Clone)]
 struct AppSocket {
     path: Arc<Path>,
-    wait: Duration,
 }
 
 impl AppSocket {
     async fn connect(&self) -> io::Result<UnixStream> {
-        // Granian makes the socket as its worker starts serving, after the
-        // door has started: until then, wait as in a backlog.
-        let deadline = tokio::time::Instant::now() + self.wait;
-        loop {
-            match UnixStream::connect(&*self.path).await {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                    ) && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(5)).await
-                }
-                connected => return connected,
-            }
-        }
+        UnixStream::connect(&*self.path).await
     }
 }
 
@@ -719,8 +698,7 @@ struct Idle {
 /// at a time each, kept while idle for the caller's next request, for
 /// APP_IDLE at most. They close when the caller's connection does (they are
 /// dropped with it), or when an answer is not read to its end (the caller
-/// left). The workers share the app's socket: a caller that pauses longer
-/// than APP_IDLE may be served by another worker next.
+/// left).
 #[derive(Clone)]
 struct AppLink {
     socket: AppSocket,

@@ -39,14 +39,10 @@ fn echo_app(path: &Path) {
 }
 
 fn door(app_socket: PathBuf) -> (Door, u16) {
-    door_waiting(app_socket, Duration::from_millis(100))
+    door_with(app_socket, 1 << 20)
 }
 
-fn door_waiting(app_socket: PathBuf, app_wait: Duration) -> (Door, u16) {
-    door_with(app_socket, app_wait, 1 << 20)
-}
-
-fn door_with(app_socket: PathBuf, app_wait: Duration, max_body: u64) -> (Door, u16) {
+fn door_with(app_socket: PathBuf, max_body: u64) -> (Door, u16) {
     let listener = StdListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let door = Door::start(Settings {
@@ -56,7 +52,6 @@ fn door_with(app_socket: PathBuf, app_wait: Duration, max_body: u64) -> (Door, u
         header_read_timeout: Duration::from_secs(5),
         max_body,
         tls: None,
-        app_wait,
         routing: Arc::new(crate::routed::Routing::new().unwrap()),
     })
     .unwrap();
@@ -177,22 +172,6 @@ fn answers_503_to_retry_when_the_app_is_away() {
 }
 
 #[test]
-fn waits_for_an_app_still_starting() {
-    let socket = scratch("starting");
-    let (_door, port) = door_waiting(socket.clone(), Duration::from_secs(5));
-    let starting = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        echo_app(&socket);
-    });
-    let answer = exchange(
-        port,
-        "GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-    );
-    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    starting.join().unwrap();
-}
-
-#[test]
 fn a_drained_door_finishes_its_connections_and_accepts_no_more() {
     let socket = scratch("drain");
     echo_app(&socket);
@@ -296,7 +275,7 @@ fn a_body_of_no_declared_length_is_cut_off_at_the_limit_and_refused_by_the_app()
         let socket = scratch(&format!("limit-{limit}"));
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         limited_app(&socket, limit, seen.clone());
-        let (_door, port) = door_with(socket, Duration::from_millis(100), limit as u64);
+        let (_door, port) = door_with(socket, limit as u64);
         let mut client = StdStream::connect(("127.0.0.1", port)).unwrap();
         client
             .write_all(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")

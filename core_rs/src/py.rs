@@ -934,7 +934,6 @@ impl Door {
             header_read_timeout: Duration::from_millis(header_read_timeout_ms),
             max_body: max_body_bytes,
             tls,
-            app_wait: door::APP_WAIT,
             routing: routing.clone(),
         })?;
         Ok(Door { door, routing })

@@ -1,6 +1,7 @@
 """The front door (docs/data-plane.md): with MODEL_ROUTER_DOOR on, the Rust
-core accepts on the public port in each worker and hands every request to
-this app, which Granian serves on a private Unix socket.
+core accepts on the public port in each worker and hands every request it
+does not serve itself to this worker's app, which Granian serves on a
+private Unix socket of the worker's own (`own_app_socket`).
 
 `model-router serve` binds the port (`bind`): one listening socket per
 worker, with SO_REUSEPORT, so that the kernel spreads new connections
@@ -24,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +42,8 @@ APP_SOCKET_ENV = "MODEL_ROUTER_APP_SOCKET"
 PEER_HEADER: str = _core.DOOR_PEER_HEADER
 # The room for a Unix socket's path (sun_path, with its closing NUL, on Linux).
 SOCKET_PATH_MAX = 108
+# The highest process id Linux hands out (pid_max's ceiling), in a worker's socket's name.
+PID_MAX = 4_194_304
 # At the worker's end, how long the door's last answers may take to leave.
 LAST_WRITES_S = 2.0
 # How long a starting worker waits for a socket of the port no door serves.
@@ -145,25 +149,77 @@ def _claim(port: int, fds: list[str]) -> str:
 def _private_socket_path() -> Path:
     """A path for the app's socket in a new directory only we may enter (mode
     0700), in TMPDIR, or in /tmp when TMPDIR is too long for a socket's path
-    (108 bytes on Linux)."""
+    (108 bytes on Linux), its workers' own sockets' included."""
     for parent in (None, "/tmp"):
         path = Path(tempfile.mkdtemp(prefix="model-router-app-", dir=parent)) / "app.sock"
-        if len(os.fsencode(path)) < SOCKET_PATH_MAX:
+        if len(os.fsencode(_worker_socket(path, PID_MAX))) < SOCKET_PATH_MAX:
             return path
         path.parent.rmdir()
     raise OSError(f"no temporary directory short enough for a socket's path: {path}")
 
 
+def own_app_socket(shared: str, backlog: int) -> str:
+    """This worker's own socket for its app, in place of the shared one.
+
+    Granian serves the app on one Unix socket (`shared`) that every worker
+    takes connections from: a door would hand a call to any worker's app,
+    and a worker's death would fail calls other workers' doors had handed
+    to it (a 503 where Granian alone fails only the dead worker's calls).
+    Forked by Granian with that socket open and before it serves, the
+    worker binds a socket of its own beside it and puts it on the shared
+    socket's descriptor (dup2), which Granian's worker then serves. Should
+    Granian hold no such descriptor (another version), the shared path.
+    """
+    descriptors = _listening_on(shared)
+    if not descriptors:
+        log.warning("Granian's socket for the app is not open here: the workers share it")
+        return shared
+    path = str(_worker_socket(Path(shared), os.getpid()))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as own:
+        own.bind(path)
+        own.listen(backlog)
+        own.setblocking(os.get_blocking(descriptors[0]))
+        for fd in descriptors:
+            os.dup2(own.fileno(), fd)
+    return path
+
+
+def _worker_socket(shared: Path, pid: int) -> Path:
+    """The socket of the worker `pid`, beside the shared one."""
+    return shared.with_name(f"app-{pid}.sock")
+
+
+def _listening_on(path: str) -> list[int]:
+    """This process's descriptors of a Unix socket that listens on `path`."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            probe = socket.socket(fileno=fd)
+        except OSError:
+            continue  # the listing's own descriptor, closed by now
+        try:
+            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if probe.family == socket.AF_UNIX and listening and probe.getsockname() == path:
+                found.append(fd)
+        finally:
+            probe.detach()
+    return found
+
+
 def start_door(settings: Settings) -> _core.Door | None:
     """In a worker `serve` started with the door on: the door on the port it
-    inherited, drained when the worker is told to stop. None otherwise."""
+    inherited, handing to this worker's app, drained when the worker is told
+    to stop. None otherwise."""
     fds = os.environ.get(FD_ENV)
     if fds is None:
         return None
     listeners = fds.split(",")
     door = _core.Door(
         int(_claim(settings.port, listeners)),
-        os.environ[APP_SOCKET_ENV],
+        own_app_socket(os.environ[APP_SOCKET_ENV], settings.backlog),
         settings.max_connections,
         settings.header_read_timeout_ms,
         settings.max_body_bytes,
