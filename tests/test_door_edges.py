@@ -622,7 +622,8 @@ def _accepting_pid(port: int, caller_port: int) -> int:
     holder)."""
     ends = (f"0100007F:{port:04X}", f"0100007F:{caller_port:04X}")
     with open("/proc/net/tcp") as table:
-        inode = next(f[9] for f in map(str.split, table) if (f[1], f[2]) == ends)
+        inode = next((f[9] for f in map(str.split, table) if (f[1], f[2]) == ends), None)
+    assert inode is not None, "the connection is not in /proc/net/tcp"
     for pid in filter(str.isdigit, os.listdir("/proc")):
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):

@@ -672,7 +672,7 @@ fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
 
 /// The worker's app's Unix socket. It listens before the door starts
 /// (door.py, `own_app_socket`): a starting app's connections wait in its
-/// backlog, and one refused means the app is gone (stopping).
+/// backlog, and one refused means the app is gone (stopped serving).
 #[derive(Clone)]
 struct AppSocket {
     path: Arc<Path>,

@@ -161,27 +161,32 @@ def _private_socket_path() -> Path:
 def own_app_socket(shared: str, backlog: int) -> str:
     """This worker's own socket for its app, in place of the shared one.
 
-    Granian serves the app on one Unix socket (`shared`) that every worker
-    takes connections from: a door would hand a call to any worker's app,
-    and a worker's death would fail calls other workers' doors had handed
-    to it (a 503 where Granian alone fails only the dead worker's calls).
-    Forked by Granian with that socket open and before it serves, the
-    worker binds a socket of its own beside it and puts it on the shared
-    socket's descriptor (dup2), which Granian's worker then serves. Should
-    Granian hold no such descriptor (another version), the shared path.
+    Granian binds the app's Unix socket (`shared`) in its main process, and
+    every worker listens on it and takes connections from it: a door would
+    hand a call to any worker's app, and a worker's death would fail calls
+    other workers' doors had handed to it (a 503 where Granian alone fails
+    only the dead worker's calls). Forked by Granian with that socket open,
+    and before Granian's worker serves, the worker binds a socket of its own
+    beside it and puts it on the shared socket's descriptor (dup2), which
+    Granian's worker then listens on and serves.
     """
-    descriptors = _listening_on(shared)
+    descriptors = _bound_to(os.path.realpath(shared))  # Granian binds the resolved path
     if not descriptors:
-        log.warning("Granian's socket for the app is not open here: the workers share it")
-        return shared
-    path = str(_worker_socket(Path(shared), os.getpid()))
+        raise RuntimeError(
+            f"Granian's socket for the app ({shared}) is not open in this worker: "
+            "this Granian passes its workers their socket in a way the door does not know"
+        )
+    path = _worker_socket(Path(shared), os.getpid())
+    path.unlink(missing_ok=True)  # a dead worker's, whose process id this one has
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as own:
-        own.bind(path)
+        own.bind(str(path))
+        # Listening from now on: the door's first requests wait in its queue
+        # until Granian's worker serves.
         own.listen(backlog)
         own.setblocking(os.get_blocking(descriptors[0]))
         for fd in descriptors:
             os.dup2(own.fileno(), fd)
-    return path
+    return str(path)
 
 
 def _worker_socket(shared: Path, pid: int) -> Path:
@@ -189,8 +194,8 @@ def _worker_socket(shared: Path, pid: int) -> Path:
     return shared.with_name(f"app-{pid}.sock")
 
 
-def _listening_on(path: str) -> list[int]:
-    """This process's descriptors of a Unix socket that listens on `path`."""
+def _bound_to(path: str) -> list[int]:
+    """This process's descriptors of a Unix stream socket bound to `path`."""
     found = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
@@ -201,8 +206,8 @@ def _listening_on(path: str) -> list[int]:
         except OSError:
             continue  # the listing's own descriptor, closed by now
         try:
-            listening = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-            if probe.family == socket.AF_UNIX and listening and probe.getsockname() == path:
+            unix_stream = (probe.family, probe.type) == (socket.AF_UNIX, socket.SOCK_STREAM)
+            if unix_stream and probe.getsockname() == path:
                 found.append(fd)
         finally:
             probe.detach()
