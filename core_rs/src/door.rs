@@ -361,12 +361,7 @@ async fn route(
     let (mut parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => {
-            return Ok(own_answer(
-                StatusCode::BAD_REQUEST,
-                "the request's body ended before it was complete",
-            ))
-        }
+        Err(_) => return Ok(incomplete_body()),
     };
     let asked = routed::Asked {
         headers: &parts.headers,
@@ -375,9 +370,7 @@ async fn route(
         started,
     };
     match routed::serve(&calls.routing, &calls.pool, asked).await {
-        routed::Served::Answer(answer) => {
-            Ok(answer.map(|body| Full::new(body).map_err(|never| match never {}).boxed()))
-        }
+        routed::Served::Answer(answer) => Ok(answer.map(full)),
         routed::Served::Stream(answer) => {
             Ok(answer.map(|body| body.map_err(|never| match never {}).boxed()))
         }
@@ -386,7 +379,7 @@ async fn route(
                 let name = HeaderName::from_static(routed::VERDICT_HEADER);
                 parts.headers.insert(name, verdict);
             }
-            let body = Full::new(body).map_err(|never| match never {}).boxed();
+            let body = full(body);
             Err(Request::from_parts(parts, body))
         }
     }
@@ -448,6 +441,15 @@ async fn forward(
     });
     let request = if no_length {
         request.map(|body| Limited::new(body, max_body as usize).boxed())
+    } else if declared.is_some_and(|n| 0 < n && n <= LARGE_BODY) && !expects_continue(&request) {
+        // A small body goes with its head, in one write: the app answers some
+        // requests unread (a 404), and closes a connection whose body had not
+        // all come by then, under the door's next request on it (a 503).
+        let (parts, body) = request.into_parts();
+        match body.collect().await {
+            Ok(body) => Request::from_parts(parts, full(body.to_bytes())),
+            Err(_) => return incomplete_body(),
+        }
     } else {
         request
     };
@@ -475,10 +477,7 @@ async fn forward(
             }
             Response::from_parts(head, body)
         }
-        Err(_) if body_broke.load(Ordering::Relaxed) => own_answer(
-            StatusCode::BAD_REQUEST,
-            "the request's body ended before it was complete",
-        ),
+        Err(_) if body_broke.load(Ordering::Relaxed) => incomplete_body(),
         Err(_) => own_answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is starting or stopping",
@@ -501,6 +500,23 @@ fn declaring((method, uri, headers): (Method, Uri, HeaderMap), length: u64) -> R
     request
 }
 
+/// Whether the caller waits for a `100 Continue` before it sends the body.
+fn expects_continue(request: &Request<Body>) -> bool {
+    request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// The door's answer to a caller whose body breaks off or is badly framed:
+/// the caller's error, not one to retry.
+fn incomplete_body() -> Response<Body> {
+    own_answer(
+        StatusCode::BAD_REQUEST,
+        "the request's body ended before it was complete",
+    )
+}
+
 /// Whether `error`, or an error it came from, is an `E`.
 fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
@@ -510,10 +526,7 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
 /// only once the app asks for it: an app that answers first (a 413) and
 /// closes would otherwise fail the door's write, and its answer be lost.
 fn held_for_continue(mut request: Request<Body>, declared: Option<u64>) -> AppRequest {
-    let expects_continue = request
-        .headers()
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue = expects_continue(&request);
     let large = declared.map_or(!hyper::body::Body::is_end_stream(request.body()), |n| {
         n > LARGE_BODY
     });
@@ -644,6 +657,11 @@ fn join_cookie_crumbs(headers: &mut HeaderMap) {
     headers.insert(header::COOKIE, joined);
 }
 
+/// A body that is all in memory.
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 /// The door's own answer, in the router's error shape (the app writes every
 /// other error).
 fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
@@ -653,11 +671,7 @@ fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
         "unavailable"
     };
     let body = serde_json::json!({"error": {"type": kind, "message": message, "details": null}});
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
