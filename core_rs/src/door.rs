@@ -72,9 +72,11 @@ pub struct Settings {
 /// `max_buffer_size`) reads: the door takes as much on HTTP/2 as on HTTP/1.1.
 const APP_MAX_HEAD: u32 = 8192 + 4096 * 100;
 
-/// How long a caller's idle connection to the app stays open: a kept-alive
-/// caller between requests then costs the worker one descriptor, as with
-/// Granian alone, not three (its own and both ends of the app's).
+/// How long a caller's idle connection to the app stays open at most: a
+/// kept-alive caller between requests then costs the worker one descriptor,
+/// as with Granian alone, not three (its own and both ends of the app's).
+/// Under half the app's header read timeout too, which the app's server
+/// closes an idle connection after (`Idle::limit`).
 const APP_IDLE: Duration = Duration::from_secs(1);
 
 /// A request body past this (or of no declared length) waits for the app's
@@ -283,7 +285,7 @@ impl Edge {
         // they end with it: a caller that leaves is seen to go.
         let app = AppLink {
             socket: self.app.clone(),
-            idle: Arc::default(),
+            idle: Arc::new(Mutex::new(Idle::new(self.header_read_timeout))),
         };
         let max_body = self.max_body;
         let calls = self.calls.clone();
@@ -361,7 +363,7 @@ async fn route(
     let (mut parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => return Ok(incomplete_body()),
+        Err(_) => return Ok(body_cut_short()),
     };
     let asked = routed::Asked {
         headers: &parts.headers,
@@ -441,15 +443,6 @@ async fn forward(
     });
     let request = if no_length {
         request.map(|body| Limited::new(body, max_body as usize).boxed())
-    } else if declared.is_some_and(|n| 0 < n && n <= LARGE_BODY) && !expects_continue(&request) {
-        // A small body goes with its head, in one write: the app answers some
-        // requests unread (a 404), and closes a connection whose body had not
-        // all come by then, under the door's next request on it (a 503).
-        let (parts, body) = request.into_parts();
-        match body.collect().await {
-            Ok(body) => Request::from_parts(parts, full(body.to_bytes())),
-            Err(_) => return incomplete_body(),
-        }
     } else {
         request
     };
@@ -477,7 +470,7 @@ async fn forward(
             }
             Response::from_parts(head, body)
         }
-        Err(_) if body_broke.load(Ordering::Relaxed) => incomplete_body(),
+        Err(_) if body_broke.load(Ordering::Relaxed) => body_cut_short(),
         Err(_) => own_answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "the service is starting or stopping",
@@ -500,17 +493,9 @@ fn declaring((method, uri, headers): (Method, Uri, HeaderMap), length: u64) -> R
     request
 }
 
-/// Whether the caller waits for a `100 Continue` before it sends the body.
-fn expects_continue(request: &Request<Body>) -> bool {
-    request
-        .headers()
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
 /// The door's answer to a caller whose body breaks off or is badly framed:
 /// the caller's error, not one to retry.
-fn incomplete_body() -> Response<Body> {
+fn body_cut_short() -> Response<Body> {
     own_answer(
         StatusCode::BAD_REQUEST,
         "the request's body ended before it was complete",
@@ -526,7 +511,10 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
 /// only once the app asks for it: an app that answers first (a 413) and
 /// closes would otherwise fail the door's write, and its answer be lost.
 fn held_for_continue(mut request: Request<Body>, declared: Option<u64>) -> AppRequest {
-    let expects_continue = expects_continue(&request);
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let large = declared.map_or(!hyper::body::Body::is_end_stream(request.body()), |n| {
         n > LARGE_BODY
     });
@@ -701,16 +689,27 @@ impl AppSocket {
 type AppSender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// A caller's idle connections to the app, newest last, each with the time
-/// it went idle; `sweeping` while a task closes those idle for APP_IDLE.
-#[derive(Default)]
+/// it went idle; `sweeping` while a task closes those idle for `limit`.
 struct Idle {
     senders: Vec<(tokio::time::Instant, AppSender)>,
     sweeping: bool,
+    limit: Duration,
+}
+
+impl Idle {
+    /// For an app that closes connections idle for `header_read_timeout`.
+    fn new(header_read_timeout: Duration) -> Idle {
+        Idle {
+            senders: Vec::new(),
+            sweeping: false,
+            limit: APP_IDLE.min(header_read_timeout / 2),
+        }
+    }
 }
 
 /// One caller's connection's connections to the app: HTTP/1.1, one request
 /// at a time each, kept while idle for the caller's next request, for
-/// APP_IDLE at most. They close when the caller's connection does (they are
+/// `Idle::limit` at most. They close when the caller's connection does (they are
 /// dropped with it), or when an answer is not read to its end (the caller
 /// left).
 #[derive(Clone)]
@@ -735,7 +734,12 @@ impl AppLink {
             answer_read,
         } = request;
         loop {
-            let kept = lock(&self.idle).senders.pop();
+            let kept = {
+                let mut idle = lock(&self.idle);
+                let limit = idle.limit;
+                idle.senders.retain(|(since, _)| since.elapsed() < limit);
+                idle.senders.pop()
+            };
             let fresh = kept.is_none();
             let mut sender = match kept {
                 Some((_, sender)) => sender,
@@ -745,12 +749,18 @@ impl AppLink {
                 Err(_) if !fresh => continue, // the app closed it while idle
                 ready => ready?,
             }
+            let with_body = !hyper::body::Body::is_end_stream(request.body());
             match sender.try_send_request(request).await {
                 Ok(answer) => {
                     let (head, body) = answer.into_parts();
+                    // The app answers an error (a 404, a bad query) without
+                    // reading the body, and then closes the connection unless
+                    // it could drain what was left in one read: the door's
+                    // next request on it would fail (a 503).
+                    let unread = with_body && !head.status.is_success();
                     let mut body = GiveBack {
                         body,
-                        sender: Some(sender),
+                        sender: (!unread).then_some(sender),
                         idle: self.idle.clone(),
                         answer_read,
                     };
@@ -778,15 +788,15 @@ impl AppLink {
     }
 }
 
-/// Closes a caller's connections to the app once idle for APP_IDLE; ends
+/// Closes a caller's connections to the app once idle for their limit; ends
 /// when none is idle (or the caller's connection is gone). One task per
-/// caller's connection at most, waking once per APP_IDLE.
-async fn sweep(idle: Weak<Mutex<Idle>>) {
+/// caller's connection at most, waking once per limit.
+async fn sweep(idle: Weak<Mutex<Idle>>, limit: Duration) {
     loop {
-        tokio::time::sleep(APP_IDLE).await;
+        tokio::time::sleep(limit).await;
         let Some(idle) = idle.upgrade() else { return };
         let mut idle = lock(&idle);
-        idle.senders.retain(|(since, _)| since.elapsed() < APP_IDLE);
+        idle.senders.retain(|(since, _)| since.elapsed() < limit);
         if idle.senders.is_empty() {
             idle.sweeping = false;
             return;
@@ -813,7 +823,7 @@ impl GiveBack {
             idle.senders.push((tokio::time::Instant::now(), sender));
             if !idle.sweeping {
                 idle.sweeping = true;
-                tokio::spawn(sweep(Arc::downgrade(&self.idle)));
+                tokio::spawn(sweep(Arc::downgrade(&self.idle), idle.limit));
             }
         }
     }
