@@ -78,9 +78,11 @@ const APP_MAX_HEAD: u32 = 8192 + 4096 * 100;
 /// Under half the app's header read timeout too, which the app's server
 /// closes an idle connection after (`Idle::limit`).
 const APP_IDLE: Duration = Duration::from_secs(1);
+/// ...and not at all when that would be under this.
+const APP_IDLE_FLOOR: Duration = Duration::from_millis(10);
 
-/// A request body past this (or of no declared length) waits for the app's
-/// `100 Continue`; smaller ones fit in the socket's buffer at once.
+/// The largest body of a routed call the door reads whole (it fits in the
+/// app's socket's buffer at once, when the call goes to the app).
 const LARGE_BODY: u64 = 64 * 1024;
 
 /// TLS 1.3 only, HTTP/2 or HTTP/1.1 by ALPN; with `client_ca`, every client
@@ -296,13 +298,14 @@ impl Edge {
                 let mut request = request.map(|body| body.map_err(BoxError::from).boxed());
                 // The door's verdict comes from the door alone.
                 request.headers_mut().remove(routed::VERDICT_HEADER);
-                if routable(&request, max_body) {
+                let routed = routable(&request, max_body);
+                if routed {
                     request = match route(&calls, request, &address).await {
                         Ok(answer) => return Ok::<_, Infallible>(answer),
-                        Err(request) => request,
+                        Err(request) => request, // its body read whole
                     };
                 }
-                Ok(forward(&app, request, peer, max_body).await)
+                Ok(forward(&app, request, routed, peer, max_body).await)
             }
         });
         match &self.tls {
@@ -387,11 +390,13 @@ async fn route(
     }
 }
 
-/// The app's answer to `request`, streamed; if the app cannot be reached
-/// (stopping, or gone), a 503 the caller can retry.
+/// The app's answer to `request` (its body `in_memory`, or still coming from
+/// the caller), streamed; if the app cannot be reached (stopping, or gone),
+/// a 503 the caller can retry.
 async fn forward(
     app: &AppLink,
     mut request: Request<Body>,
+    in_memory: bool,
     peer: HeaderValue,
     max_body: u64,
 ) -> Response<Body> {
@@ -446,11 +451,11 @@ async fn forward(
     } else {
         request
     };
-    let answer = match app.send(held_for_continue(request, declared)).await {
+    let answer = match app.send(held_for_continue(request, in_memory)).await {
         Err(e) if caused_by::<LengthLimitError>(&*e) => {
             let head = head.expect("kept for a body of no declared length");
             let over = declaring(head, max_body + 1);
-            app.send(held_for_continue(over, Some(max_body + 1))).await
+            app.send(held_for_continue(over, false)).await
         }
         answer => answer,
     };
@@ -480,7 +485,7 @@ async fn forward(
 
 /// A request with `head` and no body, which declares `length` bytes of one
 /// and expects to be asked for them: it never sends them, whatever `length`
-/// (under LARGE_BODY too, for a small limit), and the app's connection,
+/// (it expects to be asked), and the app's connection,
 /// which would owe them, is closed once the answer is read.
 fn declaring((method, uri, headers): (Method, Uri, HeaderMap), length: u64) -> Request<Body> {
     let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
@@ -507,18 +512,19 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
 }
 
-/// A large body (over LARGE_BODY, or of no declared length) goes to the app
-/// only once the app asks for it: an app that answers first (a 413) and
-/// closes would otherwise fail the door's write, and its answer be lost.
-fn held_for_continue(mut request: Request<Body>, declared: Option<u64>) -> AppRequest {
+/// A body still coming from the caller goes to the app only once the app
+/// asks for it: the app answers some requests without reading their body (a
+/// 404, a bad query, a 413) and closes the connection, and a body sent
+/// meanwhile would fail the door's write, and the answer be lost to a 503.
+/// A body `in_memory` (a routed call's, LARGE_BODY at most) goes with its
+/// head, in one write.
+fn held_for_continue(mut request: Request<Body>, in_memory: bool) -> AppRequest {
     let expects_continue = request
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let large = declared.map_or(!hyper::body::Body::is_end_stream(request.body()), |n| {
-        n > LARGE_BODY
-    });
-    if !(expects_continue || large) {
+    let coming = !in_memory && !hyper::body::Body::is_end_stream(request.body());
+    if !(expects_continue || coming) {
         return AppRequest {
             request,
             answer_read: None,
@@ -689,7 +695,8 @@ impl AppSocket {
 type AppSender = hyper::client::conn::http1::SendRequest<Body>;
 
 /// A caller's idle connections to the app, newest last, each with the time
-/// it went idle; `sweeping` while a task closes those idle for `limit`.
+/// its last answer came; `sweeping` while a task closes those idle for
+/// `limit`.
 struct Idle {
     senders: Vec<(tokio::time::Instant, AppSender)>,
     sweeping: bool,
@@ -697,21 +704,29 @@ struct Idle {
 }
 
 impl Idle {
-    /// For an app that closes connections idle for `header_read_timeout`.
+    /// For an app that closes connections idle for `header_read_timeout`:
+    /// under half of it, and none kept under a few milliseconds, which the
+    /// door's timers and scheduling could not keep to.
     fn new(header_read_timeout: Duration) -> Idle {
+        let limit = APP_IDLE.min(header_read_timeout / 2);
         Idle {
             senders: Vec::new(),
             sweeping: false,
-            limit: APP_IDLE.min(header_read_timeout / 2),
+            limit: if limit < APP_IDLE_FLOOR {
+                Duration::ZERO
+            } else {
+                limit
+            },
         }
     }
 }
 
 /// One caller's connection's connections to the app: HTTP/1.1, one request
 /// at a time each, kept while idle for the caller's next request, for
-/// `Idle::limit` at most. They close when the caller's connection does (they are
-/// dropped with it), or when an answer is not read to its end (the caller
-/// left).
+/// `Idle::limit` at most. They close when the caller's connection does (they
+/// are dropped with it), when an answer is not read to its end (the caller
+/// left), or after an answer other than a success to a request with a body
+/// (the app may not have read it).
 #[derive(Clone)]
 struct AppLink {
     socket: AppSocket,
@@ -753,14 +768,18 @@ impl AppLink {
             match sender.try_send_request(request).await {
                 Ok(answer) => {
                     let (head, body) = answer.into_parts();
-                    // The app answers an error (a 404, a bad query) without
+                    // The app answers some errors (a 404, a bad query) without
                     // reading the body, and then closes the connection unless
                     // it could drain what was left in one read: the door's
-                    // next request on it would fail (a 503).
+                    // next request on it would fail (a 503). It answers a
+                    // success only once it has read the body (app.py).
                     let unread = with_body && !head.status.is_success();
                     let mut body = GiveBack {
                         body,
                         sender: (!unread).then_some(sender),
+                        // The app's idle clock starts once it has written the
+                        // answer: no earlier than its head came.
+                        answered: tokio::time::Instant::now(),
                         idle: self.idle.clone(),
                         answer_read,
                     };
@@ -810,6 +829,7 @@ async fn sweep(idle: Weak<Mutex<Idle>>, limit: Duration) {
 struct GiveBack {
     body: Incoming,
     sender: Option<AppSender>,
+    answered: tokio::time::Instant,
     idle: Arc<Mutex<Idle>>,
     /// Dropped once the answer has been read: see `AfterContinue`.
     answer_read: Option<oneshot::Sender<()>>,
@@ -820,7 +840,10 @@ impl GiveBack {
         self.answer_read = None;
         if let Some(sender) = self.sender.take() {
             let mut idle = lock(&self.idle);
-            idle.senders.push((tokio::time::Instant::now(), sender));
+            if idle.limit.is_zero() {
+                return; // not kept: the sender is dropped, the connection closes
+            }
+            idle.senders.push((self.answered, sender));
             if !idle.sweeping {
                 idle.sweeping = true;
                 tokio::spawn(sweep(Arc::downgrade(&self.idle), idle.limit));

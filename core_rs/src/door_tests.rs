@@ -23,7 +23,21 @@ fn echo_app(path: &Path) {
                     seen.extend_from_slice(&buf[..n]);
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head: Vec<u8> = seen.drain(..end + 4).collect();
-                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\nApp-Connection: {number}\r\n\r\n", head.len());
+                        // As the app, which answers some errors without reading
+                        // the body (this app reads no bodies: one's bytes lead
+                        // the next head).
+                        let status = if head.windows(13).any(|w| w == b"POST /missing") {
+                            "404 Not Found"
+                        } else {
+                            "200 OK"
+                        };
+                        // Asked for a body, it asks for it (and reads it as the next head's start).
+                        let lower = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                        let interim = match lower.contains("expect: 100-continue") {
+                            true => "HTTP/1.1 100 Continue\r\n\r\n",
+                            false => "",
+                        };
+                        let answer = format!("{interim}HTTP/1.1 {status}\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\nApp-Connection: {number}\r\n\r\n", head.len());
                         if conn
                             .write_all(answer.as_bytes())
                             .and_then(|_| conn.write_all(&head))
@@ -154,6 +168,36 @@ fn a_callers_connection_keeps_its_own_connection_to_the_app() {
         "{a:?} {a_again:?}"
     );
     assert!(b.iter().all(|c| *c == b[0]) && b[0] != a[0], "{a:?} {b:?}");
+}
+
+/// The `App-Connection` of the answer to a POST of `path` with a small body.
+fn posted(client: &mut StdStream, path: &str) -> String {
+    let request = format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{{}}");
+    client.write_all(request.as_bytes()).unwrap();
+    let answer = read_answer(client);
+    let line = answer.lines().find(|l| l.starts_with("app-connection:"));
+    line.unwrap_or_else(|| panic!("{answer}")).to_string()
+}
+
+#[test]
+fn a_connection_whose_body_the_app_may_not_have_read_is_not_kept() {
+    let socket = scratch("unread");
+    echo_app(&socket);
+    let (_door, port) = door(socket);
+    let mut client = StdStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let read = posted(&mut client, "/created");
+    let missing = posted(&mut client, "/missing");
+    let after = app_connections(&mut client, 2);
+    // A success comes after the body was read: its connection is kept.
+    assert_eq!(read, missing);
+    // An error may have left it unread: the next request goes on another.
+    assert!(
+        after.iter().all(|c| *c == after[0]) && after[0] != missing,
+        "{missing} {after:?}"
+    );
 }
 
 #[test]

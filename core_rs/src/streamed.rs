@@ -207,7 +207,9 @@ async fn pump(
         let read = tokio::select! {
             biased;
             _ = sender.closed() => {
-                left = true;
+                // Once the final event went out (an SDK stops reading at
+                // `[DONE]`), the stream had ended.
+                left = !chunks.done;
                 break;
             }
             read = stream.next(by) => read,

@@ -323,6 +323,9 @@ class App:
                 "send the body as JSON (Content-Type: application/json)",
                 {"in": "header", "field": "content-type"},
             )
+        # Every success is answered after the body has been read: the door
+        # keeps the app's connection only after one (core_rs/src/door.rs,
+        # `AppLink::send`), as the server closes one whose body went unread.
         raw = await read_body(self.settings.max_body_bytes)
         request.raw_body = raw
         if route.body is not None and not route.raw_body:

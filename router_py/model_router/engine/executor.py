@@ -688,6 +688,9 @@ class Executor:
                 yield self._error_event(call)
         finally:
             usage = self._usage(call, state.tokens, state.text_chars)
+            # A caller that leaves once the final event went out (an SDK stops
+            # reading at `[DONE]`) left a stream that had ended.
+            finished = finished or (state.done and state.error is None)
             outcome = (
                 "success" if finished else ("cancelled" if state.error is None else "stream_error")
             )
