@@ -82,8 +82,12 @@ const APP_IDLE: Duration = Duration::from_secs(1);
 const APP_IDLE_FLOOR: Duration = Duration::from_millis(10);
 
 /// The largest body of a routed call the door reads whole (it fits in the
-/// app's socket's buffer at once, when the call goes to the app).
+/// app's socket's buffer at once, when the call goes to the app), and of
+/// one the app answered unread that the door reads to its end (`discard`).
 const LARGE_BODY: u64 = 64 * 1024;
+
+/// How long the rest of a body the app answered unread may take to come.
+const DISCARD_WAIT: Duration = Duration::from_secs(10);
 
 /// TLS 1.3 only, HTTP/2 or HTTP/1.1 by ALPN; with `client_ca`, every client
 /// must show a certificate it signed.
@@ -484,9 +488,8 @@ async fn forward(
 }
 
 /// A request with `head` and no body, which declares `length` bytes of one
-/// and expects to be asked for them: it never sends them, whatever `length`
-/// (it expects to be asked), and the app's connection,
-/// which would owe them, is closed once the answer is read.
+/// and expects to be asked for them: it never sends them, and the app's
+/// connection, which would owe them, is closed once the answer is read.
 fn declaring((method, uri, headers): (Method, Uri, HeaderMap), length: u64) -> Request<Body> {
     let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
     *request.method_mut() = method;
@@ -609,8 +612,11 @@ impl hyper::body::Body for AfterContinue {
                 Poll::Ready(Err(_)) => {
                     this.ask = None;
                     this.withheld = true;
-                    // The caller's body is let go: HTTP/2 tells it to stop.
-                    this.body = Empty::new().map_err(|never| match never {}).boxed();
+                    let body = std::mem::replace(
+                        &mut this.body,
+                        Empty::new().map_err(|never| match never {}).boxed(),
+                    );
+                    tokio::spawn(discard(body));
                 }
             }
         }
@@ -626,6 +632,26 @@ impl hyper::body::Body for AfterContinue {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Reads and drops what is left of a caller's body the app answered unread,
+/// up to LARGE_BODY and for DISCARD_WAIT at most: hyper closes a caller's
+/// connection whose body went unread past one read (with a reset, which may
+/// cost the caller the answer), where Granian alone drains about 32 KiB.
+/// Past either, the body is let go: HTTP/2 tells the caller to stop, and an
+/// HTTP/1.1 connection is closed.
+async fn discard(mut body: Body) {
+    let drained = async {
+        let mut left = LARGE_BODY;
+        while let Some(Ok(frame)) = body.frame().await {
+            let read = frame.data_ref().map_or(0, |data| data.len() as u64);
+            let Some(rest) = left.checked_sub(read) else {
+                return;
+            };
+            left = rest;
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_WAIT, drained).await;
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -840,7 +866,7 @@ impl GiveBack {
         self.answer_read = None;
         if let Some(sender) = self.sender.take() {
             let mut idle = lock(&self.idle);
-            if idle.limit.is_zero() {
+            if self.answered.elapsed() >= idle.limit {
                 return; // not kept: the sender is dropped, the connection closes
             }
             idle.senders.push((self.answered, sender));

@@ -23,17 +23,18 @@ fn echo_app(path: &Path) {
                     seen.extend_from_slice(&buf[..n]);
                     while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head: Vec<u8> = seen.drain(..end + 4).collect();
-                        // As the app, which answers some errors without reading
-                        // the body (this app reads no bodies: one's bytes lead
-                        // the next head).
-                        let status = if head.windows(13).any(|w| w == b"POST /missing") {
-                            "404 Not Found"
-                        } else {
-                            "200 OK"
-                        };
-                        // Asked for a body, it asks for it (and reads it as the next head's start).
+                        // As the app: asked to, it asks for a body (whose bytes
+                        // this app reads as the next head's start), but not one
+                        // it answers unread (a 404); one it read may be an error.
                         let lower = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                        let interim = match lower.contains("expect: 100-continue") {
+                        let (status, asks) = if lower.contains("post /missing") {
+                            ("404 Not Found", false)
+                        } else if lower.contains("post /invalid") {
+                            ("400 Bad Request", true)
+                        } else {
+                            ("200 OK", true)
+                        };
+                        let interim = match asks && lower.contains("expect: 100-continue") {
                             true => "HTTP/1.1 100 Continue\r\n\r\n",
                             false => "",
                         };
@@ -170,17 +171,20 @@ fn a_callers_connection_keeps_its_own_connection_to_the_app() {
     assert!(b.iter().all(|c| *c == b[0]) && b[0] != a[0], "{a:?} {b:?}");
 }
 
-/// The `App-Connection` of the answer to a POST of `path` with a small body.
-fn posted(client: &mut StdStream, path: &str) -> String {
-    let request = format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{{}}");
-    client.write_all(request.as_bytes()).unwrap();
+/// The answer (the head the app was sent, echoed) to a POST of `path` with
+/// a body of `length` bytes, and its `App-Connection`.
+fn posted(client: &mut StdStream, path: &str, length: usize) -> (String, String) {
+    let head = format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: {length}\r\n\r\n");
+    client.write_all(head.as_bytes()).unwrap();
+    client.write_all(&vec![b'x'; length]).unwrap();
     let answer = read_answer(client);
     let line = answer.lines().find(|l| l.starts_with("app-connection:"));
-    line.unwrap_or_else(|| panic!("{answer}")).to_string()
+    let connection = line.unwrap_or_else(|| panic!("{answer}")).to_string();
+    (answer, connection)
 }
 
 #[test]
-fn a_connection_whose_body_the_app_may_not_have_read_is_not_kept() {
+fn a_body_waits_to_be_asked_for_and_its_connection_is_kept_only_after_a_success() {
     let socket = scratch("unread");
     echo_app(&socket);
     let (_door, port) = door(socket);
@@ -188,16 +192,23 @@ fn a_connection_whose_body_the_app_may_not_have_read_is_not_kept() {
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let read = posted(&mut client, "/created");
-    let missing = posted(&mut client, "/missing");
-    let after = app_connections(&mut client, 2);
+    let (created, first) = posted(&mut client, "/created", 2);
+    // A body still coming from the caller goes once the app asks for it.
+    assert!(created.contains("expect: 100-continue"), "{created}");
     // A success comes after the body was read: its connection is kept.
-    assert_eq!(read, missing);
-    // An error may have left it unread: the next request goes on another.
+    let (_, invalid) = posted(&mut client, "/invalid", 2);
+    assert_eq!(first, invalid);
+    // An error may have left a body unread: the next request goes on another.
+    let (missing_answer, missing) = posted(&mut client, "/missing", 60_000);
     assert!(
-        after.iter().all(|c| *c == after[0]) && after[0] != missing,
-        "{missing} {after:?}"
+        missing_answer.starts_with("http/1.1 404"),
+        "{missing_answer}"
     );
+    assert_ne!(missing, invalid);
+    // That one the app did not ask for: it was not sent, and the caller's
+    // connection, its body read to its end, serves the next request.
+    let after = app_connections(&mut client, 1);
+    assert_ne!(after[0], missing);
 }
 
 #[test]
@@ -314,7 +325,7 @@ fn limited_app(path: &Path, limit: usize, seen: Arc<std::sync::atomic::AtomicUsi
 
 #[test]
 fn a_body_of_no_declared_length_is_cut_off_at_the_limit_and_refused_by_the_app() {
-    // A limit over the size the door asks the app about first, and one under.
+    // A limit over 64 KiB (a read of the body), and one under.
     for limit in [1 << 20, 1000] {
         let socket = scratch(&format!("limit-{limit}"));
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -221,7 +221,7 @@ async fn pump(
                     chunks.error = Some(unreadable);
                 }
                 if !out.is_empty() && sender.send(Bytes::from(out)).await.is_err() {
-                    left = chunks.error.is_none();
+                    left = chunks.error.is_none() && !chunks.done;
                     break;
                 }
                 if chunks.error.is_some() {
