@@ -5,11 +5,13 @@ router goes first.
 
     .venv/bin/python bench/plain_ab.py --a /work/main/router_py --b router_py \\
         [--rounds 7] [--seconds 5] [--connections 64] [--workers 2] \\
-        [--env-b MODEL_ROUTER_DOOR=on] [--path /health/live]
+        [--env-b MODEL_ROUTER_DOOR=on] [--path /health/live] [--https]
 
 `--env-a`, `--env-b` (repeatable) set the environment of one router: one
 checkout with two settings is compared the same way. `--path` GETs that
 path instead (with the admin key) to measure a request that is not routed.
+`--https`: the mock provider serves https:// with a certificate made for the
+run, which both routers trust (SSL_CERT_FILE).
 
 Each round runs `wrk -t2 -c<connections>` POST /v1/chat/completions against
 each router in turn. Prints, per router, the medians over rounds of req/s,
@@ -30,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from load import wrk, wrk_script  # noqa: E402
-from stack import Mock, Router  # noqa: E402
+from stack import Mock, Router, self_signed  # noqa: E402
 from stream_ab import cpu_ns  # noqa: E402
 
 FIGURES = ("rps", "p50", "p99", "cpu_us")
@@ -49,6 +51,7 @@ def main() -> int:
     parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--path", help="GET this path instead of routed calls")
+    parser.add_argument("--https", action="store_true", help="the provider over https://")
     args = parser.parse_args()
     envs = {
         "A": dict(pair.split("=", 1) for pair in args.env_a),
@@ -57,7 +60,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="mr-plain-ab-") as tmp:
         work = Path(tmp)
-        mock = Mock(work)
+        cert = self_signed(work) if args.https else None
+        if cert:
+            for env in envs.values():
+                env["SSL_CERT_FILE"] = str(cert)
+        mock = Mock(work, cert)
         routers: dict[str, Router] = {}
         try:
             for name, path in (("A", args.a), ("B", args.b)):

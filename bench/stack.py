@@ -9,6 +9,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -34,11 +35,13 @@ def ensure_tool(binary: str, package: str) -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
 
 
-def wait_up(url: str, seconds: float = 30, status: int | None = None) -> None:
+def wait_up(
+    url: str, seconds: float = 30, status: int | None = None, verify: ssl.SSLContext | bool = True
+) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, timeout=1)
+            r = httpx.get(url, timeout=1, verify=verify)
             if status is None or r.status_code == status:
                 return
         except httpx.HTTPError:
@@ -55,11 +58,13 @@ class Process:
                 args, env=env, stdout=out, stderr=out, start_new_session=True
             )
 
-    def wait_up(self, url: str, status: int | None = None) -> None:
+    def wait_up(
+        self, url: str, status: int | None = None, verify: ssl.SSLContext | bool = True
+    ) -> None:
         """Until `url` answers (with this status); a process that never does
         is stopped, its workers with it, before the error goes up."""
         try:
-            wait_up(url, status=status)
+            wait_up(url, status=status, verify=verify)
         except BaseException:
             self.stop()
             raise
@@ -85,17 +90,38 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-class Mock(Process):
-    """`model-router mock-provider`, OpenAI's format; flags as on its command line."""
+def self_signed(work: Path) -> Path:
+    """A certificate for 127.0.0.1 that is its own authority (trusted by
+    naming it in SSL_CERT_FILE), beside its key (`<cert>.key`)."""
+    cert = work / "upstream.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        + ["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext"]
+        + ["subjectAltName=IP:127.0.0.1", "-keyout", f"{cert}.key", "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert
 
-    def __init__(self, work: Path, **flags: object):
+
+class Mock(Process):
+    """`model-router mock-provider`, OpenAI's format; flags as on its command
+    line; with `cert` (`self_signed`), over https."""
+
+    def __init__(self, work: Path, cert: Path | None = None, **flags: object):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+        origin = f"{'https' if cert else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"{origin}/v1/chat/completions"
+        if cert:
+            flags |= {"tls_cert": cert, "tls_key": f"{cert}.key"}
         args = [str(BIN / "model-router"), "mock-provider", "--port", str(self.port)]
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
         super().__init__(args, work / f"mock-{self.port}.log")
-        self.wait_up(f"http://127.0.0.1:{self.port}/__mock/stats")
+        self.wait_up(
+            f"{origin}/__mock/stats",
+            verify=ssl.create_default_context(cafile=cert) if cert else True,
+        )
 
 
 class Router(Process):

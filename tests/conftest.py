@@ -10,11 +10,14 @@ its own: tests count the commands a Redis has served.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import os
 import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -24,6 +27,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from model_router.settings import Settings
 from model_router.store import open_store
@@ -279,13 +286,74 @@ def rule_body(*model_ids: str, **overrides: object) -> dict[str, object]:
     return body
 
 
-class MockProvider:
-    """A `model-router mock-provider` process on a free loopback port."""
+# --- certificates ---------------------------------------------------------
 
-    def __init__(self, flavor: str, workdir: Path, **flags: object):
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _issue(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple | None, server: bool = False
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    signer_name, signer_key = issuer or (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if server:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as files."""
+    out = tmp_path_factory.mktemp("pki")
+    files: dict[str, Path] = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _issue("test CA", ca_key, None)
+    for name, server in (("server", True), ("client", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(name, key, (ca.subject, ca_key), server=server)
+        files[f"{name}.crt"] = out / f"{name}.crt"
+        files[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{name}.key"] = out / f"{name}.key"
+        files[f"{name}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,  # Granian reads PKCS#8 only
+                serialization.NoEncryption(),
+            )
+        )
+    files["ca.crt"] = out / "ca.crt"
+    files["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+class MockProvider:
+    """A `model-router mock-provider` process on a free loopback port; with
+    `pki` (the fixture's files), over https with its server certificate."""
+
+    def __init__(
+        self, flavor: str, workdir: Path, pki: dict[str, Path] | None = None, **flags: object
+    ):
         self.flavor = flavor
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if pki else 'http'}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=pki["ca.crt"]) if pki else True
+        )
+        if pki:
+            flags |= {"tls_cert": pki["server.crt"], "tls_key": pki["server.key"]}
         args = [str(ROUTER), "mock-provider", "--port", str(self.port), "--flavor", flavor]
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
@@ -309,17 +377,21 @@ class MockProvider:
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                httpx.get(f"{self.url}/__mock/stats", timeout=1)
+                httpx.get(f"{self.url}/__mock/stats", timeout=1, verify=self.verify)
                 return self
             except httpx.HTTPError:
                 time.sleep(0.05)
         raise RuntimeError(f"mock did not start: {self.log_path.read_text()}")
 
     def behave(self, **changes: object) -> None:
-        httpx.post(f"{self.url}/__mock/behavior", json=changes, timeout=5).raise_for_status()
+        httpx.post(
+            f"{self.url}/__mock/behavior", json=changes, timeout=5, verify=self.verify
+        ).raise_for_status()
 
     def requests(self) -> int:
-        return httpx.get(f"{self.url}/__mock/stats", timeout=5).json()["requests"]
+        return httpx.get(f"{self.url}/__mock/stats", timeout=5, verify=self.verify).json()[
+            "requests"
+        ]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -332,8 +404,10 @@ class MockProvider:
 def make_mock(tmp_path: Path) -> Iterator:
     mocks: list[MockProvider] = []
 
-    def make(flavor: str = "openai", **flags: object) -> MockProvider:
-        mock = MockProvider(flavor, tmp_path, **flags)
+    def make(
+        flavor: str = "openai", pki: dict[str, Path] | None = None, **flags: object
+    ) -> MockProvider:
+        mock = MockProvider(flavor, tmp_path, pki, **flags)
         mocks.append(mock)
         return mock.start()
 

@@ -271,6 +271,48 @@ def test_after_a_reload_every_socket_of_the_port_is_served(make_server, make_moc
     _burst_until_replaced(server, before, replaced=2)
 
 
+def test_an_https_endpoint_is_called_and_accounted_alike_on_both_edges(
+    make_server, make_mock, pki, edge
+):
+    """Providers are called over https://: the door calls them itself,
+    trusting what the app's client trusts (here SSL_CERT_FILE), whole and
+    streamed."""
+    router = make_server(MOCK_PROVIDER_KEY="provider-secret", SSL_CERT_FILE=str(pki["ca.crt"]))
+    mock = make_mock("openai", pki)
+    serve_m1(router, mock)
+    for _ in range(2):  # the second on the kept-alive connection
+        r = chat(router)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "Mock reply to: hello door"
+    client = openai.OpenAI(base_url=f"{router.url}/v1", api_key=router.admin_key, max_retries=0)
+    stream = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hello door"}], stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+        "Mock reply to: hello door"
+    )
+    assert [r["outcome"] for r in records(router, 3)] == ["success"] * 3
+    assert mock.requests() == 3
+    time.sleep(1.2)  # the metrics beat
+    assert door_calls(router) == ({"200": 3.0} if edge == "door" else {})
+
+
+def test_an_https_endpoint_whose_certificate_is_not_trusted_is_not_called_on_either_edge(
+    router, make_mock, pki, edge
+):
+    """The router trusts the system's authorities only: the handshake fails
+    (TLS worked in the test above), the next endpoint serves."""
+    untrusted, trusted = make_mock("openai", pki), make_mock("openai")
+    serve_m1(router, untrusted, trusted)
+    r = chat(router)
+    assert r.status_code == 200, r.text
+    [record] = records(router, 1)
+    [failed, served] = record["attemptDetails"]
+    assert (failed["endpointId"], failed["outcome"]) == ("m1-ep0", "connect_error"), failed
+    assert (served["endpointId"], served["outcome"]) == ("m1-ep1", "success")
+    assert (untrusted.requests(), trusted.requests()) == (0, 1)
+
+
 def test_a_stream_is_relayed_and_accounted_alike_on_both_edges(router, make_mock, edge):
     """The official SDK's stream: the same content, headers and record
     whichever edge serves it."""

@@ -3,10 +3,14 @@ plain and streaming: proof that testing the router against it means something.""
 
 from __future__ import annotations
 
+import subprocess
+
 import anthropic
 import httpx
 import openai
 import pytest
+
+from conftest import ROUTER
 
 
 def test_openai_sdk_reads_the_openai_flavor(make_mock):
@@ -80,3 +84,16 @@ def test_anthropic_sdk_reads_the_anthropic_flavor(make_mock):
         headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
     )
     assert missing.status_code == 400 and "max_tokens" in missing.text
+
+
+def test_over_https_with_its_certificate_and_key_together(make_mock, pki):
+    mock = make_mock("openai", pki)
+    assert mock.url.startswith("https://") and mock.requests() == 0
+    alone = subprocess.run(
+        [str(ROUTER), "mock-provider", "--port", "1", "--tls-cert", str(pki["server.crt"])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert alone.returncode == 1
+    assert "--tls-cert and --tls-key go together" in alone.stderr

@@ -5,76 +5,19 @@ certificate."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import EDGES, ROUTER, free_port
 
 NO_CONNECTION = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _issue(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple | None, server: bool = False
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    signer_name, signer_key = issuer or (_name(subject), key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(signer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
-    )
-    if server:
-        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-        builder = builder.add_extension(san, critical=False)
-    return builder.sign(signer_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as files."""
-    out = tmp_path_factory.mktemp("pki")
-    files: dict[str, Path] = {}
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _issue("test CA", ca_key, None)
-    for name, server in (("server", True), ("client", False)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(name, key, (ca.subject, ca_key), server=server)
-        files[f"{name}.crt"] = out / f"{name}.crt"
-        files[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        files[f"{name}.key"] = out / f"{name}.key"
-        files[f"{name}.key"].write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,  # Granian reads PKCS#8 only
-                serialization.NoEncryption(),
-            )
-        )
-    files["ca.crt"] = out / "ca.crt"
-    files["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return files
 
 
 @pytest.fixture(params=EDGES)

@@ -32,8 +32,9 @@ use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::rustls::{self, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use crate::connection;
 use crate::routed::{self, Routing};
-use crate::upstream;
+use crate::trust::Trust;
 
 /// The caller's address, as the door saw it, for the app's per-address
 /// limits. The app trusts it only from its private socket; the door replaces
@@ -66,6 +67,8 @@ pub struct Settings {
     pub tls: Option<Arc<ServerConfig>>,
     /// The routed calls the door serves itself, shared with the app.
     pub routing: Arc<Routing>,
+    /// The authorities `https://` upstreams' certificates must chain to.
+    pub trust: Trust,
 }
 
 /// The largest head the app's server (Granian, HTTP/1.1: its default
@@ -159,8 +162,8 @@ impl Door {
                             let app = AppSocket {
                                 path: Arc::from(settings.app_socket),
                             };
-                            let pool = upstream::Pool::default();
-                            tokio::spawn(upstream::reap(pool.clone()));
+                            let pool = connection::Pool::new(settings.trust);
+                            tokio::spawn(connection::reap(pool.clone()));
                             let edge = Edge::new(
                                 app,
                                 settings.header_read_timeout,
@@ -256,7 +259,7 @@ struct Edge {
 /// The routed calls the door serves, and its connections to their upstreams.
 struct Calls {
     routing: Arc<Routing>,
-    pool: upstream::Pool,
+    pool: connection::Pool,
 }
 
 impl Edge {

@@ -68,6 +68,7 @@ fn door_with(app_socket: PathBuf, max_body: u64) -> (Door, u16) {
         max_body,
         tls: None,
         routing: Arc::new(crate::routed::Routing::new().unwrap()),
+        trust: crate::trust::Trust::default(),
     })
     .unwrap();
     (door, port)

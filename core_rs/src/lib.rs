@@ -4,6 +4,7 @@ pub mod announce;
 pub mod breaker;
 pub mod chat;
 pub mod clients;
+pub mod connection;
 pub mod cost;
 pub mod door;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod snapshot;
 pub mod sse;
 pub mod stats;
 pub mod streamed;
+pub mod trust;
 pub mod upstream;
 pub mod wire;
 

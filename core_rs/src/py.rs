@@ -4,6 +4,7 @@
 use crate::breaker::{self, CircuitBreaker, Transition};
 use crate::chat;
 use crate::clients;
+use crate::connection::Origin;
 use crate::cost::Tokens;
 use crate::door;
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
@@ -18,6 +19,7 @@ use crate::routed;
 use crate::rules::RequestFacts;
 use crate::shape;
 use crate::snapshot::{MetaValue, Snapshot};
+use crate::trust::Trust;
 use crate::upstream;
 use crate::wire;
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -499,8 +501,11 @@ impl Upstream {
     ) {
         self.client.submit(upstream::Job {
             token,
-            host,
-            port,
+            origin: Origin {
+                tls: false,
+                host,
+                port,
+            },
             request: request.to_vec(),
             connect: wait(connect_s),
             head: wait(head_s),
@@ -846,7 +851,7 @@ struct Door {
 /// first byte, attempt, first token, stream idle) ms).
 type PlanEndpoint = (
     String,
-    (String, u16, String, String),
+    (bool, String, u16, String, String),
     Option<PlanKey>,
     (u64, u64, u64, u64, u64),
 );
@@ -900,7 +905,7 @@ type DoorCall = (
 #[pymethods]
 impl Door {
     #[new]
-    #[pyo3(signature = (listen_fd, app_socket, max_connections, header_read_timeout_ms, max_body_bytes, tls_cert=None, tls_key=None, tls_client_ca=None))]
+    #[pyo3(signature = (listen_fd, app_socket, max_connections, header_read_timeout_ms, max_body_bytes, tls_cert=None, tls_key=None, tls_client_ca=None, trusted_file=None, trusted_dir=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         listen_fd: i32,
@@ -911,6 +916,8 @@ impl Door {
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         tls_client_ca: Option<PathBuf>,
+        trusted_file: Option<PathBuf>,
+        trusted_dir: Option<PathBuf>,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(
@@ -935,6 +942,10 @@ impl Door {
             max_body: max_body_bytes,
             tls,
             routing: routing.clone(),
+            trust: Trust {
+                file: trusted_file,
+                dir: trusted_dir,
+            },
         })?;
         Ok(Door { door, routing })
     }
@@ -977,22 +988,23 @@ impl Door {
             .map(|(id, version, drop, endpoints)| {
                 let endpoints = endpoints
                     .into_iter()
-                    .map(|(id, (host, port, target, authority), key, timeouts)| {
-                        let (connect, first_byte, attempt, first_token, stream_idle) = timeouts;
-                        let endpoint = routed::EndpointPlan {
-                            host,
-                            port,
-                            target,
-                            authority,
-                            key: key.and_then(provider_key),
-                            connect: ms(connect),
-                            first_byte: ms(first_byte),
-                            attempt: ms(attempt),
-                            first_token: ms(first_token),
-                            stream_idle: ms(stream_idle),
-                        };
-                        (id, endpoint)
-                    })
+                    .map(
+                        |(id, (tls, host, port, target, authority), key, timeouts)| {
+                            let (connect, first_byte, attempt, first_token, stream_idle) = timeouts;
+                            let endpoint = routed::EndpointPlan {
+                                origin: Origin { tls, host, port },
+                                target,
+                                authority,
+                                key: key.and_then(provider_key),
+                                connect: ms(connect),
+                                first_byte: ms(first_byte),
+                                attempt: ms(attempt),
+                                first_token: ms(first_token),
+                                stream_idle: ms(stream_idle),
+                            };
+                            (id, endpoint)
+                        },
+                    )
                     .collect();
                 let model = routed::ModelPlan {
                     version,

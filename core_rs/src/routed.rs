@@ -1,7 +1,7 @@
 //! The routed calls the door serves itself (docs/data-plane.md, step 3): an
-//! OpenAI chat completion, whole (not streamed), with an API key, to models
-//! whose endpoints speak OpenAI's format over `http://`. The door reads the
-//! call, spends the key's rate-limit lease, decides, calls the candidates in
+//! OpenAI chat completion, with an API key, to models whose endpoints speak
+//! OpenAI's format (over `http://` or `https://`). The door reads the call,
+//! spends the key's rate-limit lease, decides, calls the candidates in
 //! turn and answers a success, from the tables Python installs at each
 //! config load (`Plan`) and shares with its own path (keys, client
 //! addresses, leases, the engine).
@@ -35,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::announce::Announced;
 use crate::chat;
 use crate::clients::Clients;
+use crate::connection::{Origin, Pool};
 use crate::cost::{Nanos, Tokens};
 use crate::engine::{DecideInput, Engine, Outcome, RollupFacts};
 use crate::failover;
@@ -59,8 +60,7 @@ pub const VERDICT_HEADER: &str = "x-model-router-door-verdict";
 /// One endpoint the door may call: where, with which key, how long each
 /// wait may last.
 pub struct EndpointPlan {
-    pub host: String,
-    pub port: u16,
+    pub origin: Origin,
     /// The request's target (path and query) and its Host header.
     pub target: String,
     pub authority: String,
@@ -224,7 +224,7 @@ pub enum Account {
 pub struct Routing {
     plan: RwLock<Option<Arc<Plan>>>,
     pub accounts: Announced<Account>,
-    slots: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
+    slots: Mutex<HashMap<Origin, Arc<Semaphore>>>,
 }
 
 impl Routing {
@@ -247,9 +247,8 @@ impl Routing {
     ) -> Option<OwnedSemaphorePermit> {
         let slots = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let origin = (endpoint.host.clone(), endpoint.port);
             slots
-                .entry(origin)
+                .entry(endpoint.origin.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(size)))
                 .clone()
         };
@@ -673,7 +672,7 @@ fn ascii_json(doc: &serde_json::Value) -> String {
 }
 
 /// Serve the chat completion `asked`, or say it is the app's.
-pub async fn serve(routing: &Arc<Routing>, pool: &upstream::Pool, asked: Asked<'_>) -> Served {
+pub async fn serve(routing: &Arc<Routing>, pool: &Pool, asked: Asked<'_>) -> Served {
     let Some(plan) = routing.plan() else {
         return Served::ToApp(None);
     };
@@ -745,8 +744,7 @@ pub async fn serve(routing: &Arc<Routing>, pool: &upstream::Pool, asked: Asked<'
             // The attempt's waits run from its start: a wait for the slot counts.
             let job = Job {
                 token: 0,
-                host: endpoint.host.clone(),
-                port: endpoint.port,
+                origin: endpoint.origin.clone(),
                 request: request_bytes(endpoint, &body),
                 connect: endpoint.connect,
                 head: endpoint.first_byte,
@@ -780,7 +778,7 @@ pub(crate) enum Step {
 }
 
 /// An attempt at a whole answer.
-async fn whole(tries: &mut Tries, job: Job, pool: &upstream::Pool) -> Step {
+async fn whole(tries: &mut Tries, job: Job, pool: &Pool) -> Step {
     let (status, headers, answer) = match upstream::exchange(job, pool).await {
         upstream::Outcome::Failed { timeout, message } => {
             tries.unanswered(timeout, message);

@@ -103,7 +103,7 @@ fn model(id: &str, ports: &[u16]) -> Value {
 
 struct Setup {
     routing: Arc<Routing>,
-    pool: upstream::Pool,
+    pool: Pool,
     engine: Arc<Mutex<Engine>>,
     leases: Arc<Leases>,
     writes_file: tempfile_path::TempPath,
@@ -161,8 +161,11 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
         .enumerate()
         .map(|(i, port)| {
             let plan = EndpointPlan {
-                host: "127.0.0.1".into(),
-                port: *port,
+                origin: Origin {
+                    tls: false,
+                    host: "127.0.0.1".into(),
+                    port: *port,
+                },
                 target: "/v1/chat/completions".into(),
                 authority: format!("127.0.0.1:{port}"),
                 key: Some(ProviderKey::Fixed {
@@ -209,7 +212,7 @@ fn setup_with(ports: &[u16], lease: i64, pool_size: usize) -> Setup {
     }));
     Setup {
         routing,
-        pool: upstream::Pool::default(),
+        pool: Pool::default(),
         engine,
         leases,
         writes_file: tempfile_path::TempPath(path),
@@ -313,8 +316,11 @@ fn a_call_the_door_can_serve_is_answered_as_the_provider_sent_it_and_accounted()
 #[test]
 fn the_upstream_gets_the_callers_body_with_the_models_name_and_its_dropped_parameters_cut() {
     let endpoint = EndpointPlan {
-        host: "h".into(),
-        port: 1,
+        origin: Origin {
+            tls: false,
+            host: "h".into(),
+            port: 1,
+        },
         target: "/v1/chat/completions?x=1".into(),
         authority: "h:1".into(),
         key: Some(ProviderKey::Fixed {
@@ -812,12 +818,7 @@ fn a_caller_that_leaves_mid_stream_ends_the_upstream_call_and_is_accounted_cance
         (200, failover::Outcome::Cancelled)
     );
     // Its connection was closed, not parked for another call.
-    assert!(setup
-        .pool
-        .lock()
-        .unwrap()
-        .values()
-        .all(|parked| parked.is_empty()));
+    assert_eq!(setup.pool.parked(), 0);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::connection::Pool;
 use crate::cost::Tokens;
 use crate::failover::Outcome;
 use crate::routed::{self, since_ms, Step, Tries};
@@ -42,7 +43,7 @@ pub struct Started {
 pub(crate) async fn attempt(
     tries: &mut Tries,
     job: Job,
-    pool: &upstream::Pool,
+    pool: &Pool,
     first_token: Duration,
     idle: Duration,
 ) -> Step {

@@ -17,15 +17,14 @@
 //! client closes one; parked connections the upstream closed are let go.
 
 use crate::announce::Announced;
+use crate::connection::{lock, reap, Conn, Origin, Pool};
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
-use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
@@ -33,8 +32,7 @@ use tokio::time::{timeout_at, Instant};
 /// One exchange to carry out.
 pub struct Job {
     pub token: u64,
-    pub host: String,
-    pub port: u16,
+    pub origin: Origin,
     /// The whole request: head and body, as Python shaped them.
     pub request: Vec<u8>,
     pub connect: Duration,
@@ -56,23 +54,20 @@ pub enum Outcome {
     Failed { timeout: bool, message: String },
 }
 
-fn failed(message: String) -> Outcome {
+pub(crate) fn failed(message: String) -> Outcome {
     Outcome::Failed {
         timeout: false,
         message,
     }
 }
 
-fn timed_out(message: String) -> Outcome {
+pub(crate) fn timed_out(message: String) -> Outcome {
     Outcome::Failed {
         timeout: true,
         message,
     }
 }
 
-type Origin = (String, u16);
-/// Kept-alive connections, per origin.
-pub type Pool = Arc<Mutex<HashMap<Origin, Vec<TcpStream>>>>;
 /// The exchanges under way, so one the caller gave up on can be ended.
 type Carrying = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 
@@ -111,7 +106,7 @@ impl Client {
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
-                let pool: Pool = Arc::default();
+                let pool = Pool::default();
                 let carrying: Carrying = Arc::default();
                 runtime.block_on(async move {
                     tokio::spawn(reap(pool.clone()));
@@ -186,18 +181,17 @@ async fn carry(job: Job, pool: Pool, finished: Arc<Finished>, carrying: Carrying
     finished.push((token, outcome));
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// One exchange on a connection of `pool` (or a new one), which goes back
 /// to the pool when the answer leaves it reusable.
 pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
     let start = Instant::now();
     let (head_by, done_by) = (start + job.head.min(job.done), start + job.done);
-    let origin = (job.host, job.port);
-    let stream = match connection(pool, &origin, start + job.connect.min(job.done)).await {
-        Ok(stream) => stream,
+    let origin = job.origin;
+    let conn = match pool
+        .connection(&origin, start + job.connect.min(job.done))
+        .await
+    {
+        Ok(conn) => conn,
         Err(outcome) => return outcome,
     };
     // The answer is read while the request is sent, as the Python client
@@ -206,7 +200,7 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
     // that does not read is one that does not answer.
     let (outcome, reusable) = {
         let mut reader = Reader {
-            stream: &stream,
+            conn: &conn,
             buf: Vec::with_capacity(8192),
             deadline: head_by,
             phase: "head",
@@ -214,7 +208,7 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
         let mut sending = Sending::new(job.request);
         let mut answering = pin!(reader.answer(done_by, job.max_body));
         let (outcome, reusable) = poll_fn(|cx| {
-            let _ = sending.poll(&stream, cx);
+            let _ = sending.poll(&conn, cx);
             answering.as_mut().poll(cx)
         })
         .await;
@@ -222,7 +216,7 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
         (outcome, reusable && sending.done())
     };
     if reusable {
-        lock(pool).entry(origin).or_default().push(stream);
+        pool.park(origin, conn);
     }
     outcome
 }
@@ -234,7 +228,7 @@ pub async fn exchange(job: Job, pool: &Pool) -> Outcome {
 pub struct Streaming {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    stream: Option<TcpStream>,
+    conn: Option<Conn>,
     /// The request, still sent while the answer is read, as the app's client
     /// writes one through its transport.
     sending: Sending,
@@ -273,13 +267,15 @@ enum Chunk {
 pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
     let start = Instant::now();
     let head_by = start + job.head.min(job.done);
-    let origin = (job.host, job.port);
-    let stream = connection(pool, &origin, start + job.connect.min(job.done)).await?;
+    let origin = job.origin;
+    let conn = pool
+        .connection(&origin, start + job.connect.min(job.done))
+        .await?;
     // The head is read while the request is sent, as `exchange` does.
     let mut sending = Sending::new(job.request);
     let (head, buf) = {
         let mut reader = Reader {
-            stream: &stream,
+            conn: &conn,
             buf: Vec::with_capacity(8192),
             deadline: head_by,
             phase: "answer", // as the app's client says it of a stream
@@ -287,7 +283,7 @@ pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
         let head = {
             let mut heading = pin!(reader.head());
             poll_fn(|cx| {
-                let _ = sending.poll(&stream, cx);
+                let _ = sending.poll(&conn, cx);
                 heading.as_mut().poll(cx)
             })
             .await
@@ -306,7 +302,7 @@ pub async fn open(job: Job, pool: &Pool) -> Result<Streaming, Outcome> {
     Ok(Streaming {
         status,
         headers,
-        stream: Some(stream),
+        conn: Some(conn),
         sending,
         buf,
         body,
@@ -322,11 +318,11 @@ impl Streaming {
     /// The body's next bytes, all that one read brought (framing taken
     /// off), by `by`; None at its end.
     pub async fn next(&mut self, by: Instant) -> Result<Option<Vec<u8>>, Outcome> {
-        let Some(stream) = self.stream.as_ref() else {
+        let Some(conn) = self.conn.as_ref() else {
             return Ok(None);
         };
         let mut reader = Reader {
-            stream,
+            conn,
             buf: std::mem::take(&mut self.buf),
             deadline: by,
             phase: "answer",
@@ -342,7 +338,7 @@ impl Streaming {
             });
             let sending = &mut self.sending;
             poll_fn(|cx| {
-                let _ = sending.poll(stream, cx);
+                let _ = sending.poll(conn, cx);
                 reading.as_mut().poll(cx)
             })
             .await
@@ -367,7 +363,7 @@ impl Streaming {
         }
         self.received += data.len();
         if self.received > self.max_body {
-            self.stream = None;
+            self.conn = None;
             return Err(failed(format!("answer over {} bytes", self.max_body)));
         }
         Ok(Some(data))
@@ -385,14 +381,11 @@ impl Streaming {
     /// The body has ended: its connection goes back to the pool if it may
     /// carry another exchange.
     fn end(&mut self) {
-        let stream = self.stream.take();
+        let conn = self.conn.take();
         // A request not all sent leaves the connection mid-message.
         let reusable = self.keep_alive && self.sending.done() && self.buf.is_empty();
-        if let (true, Some(stream)) = (reusable, stream) {
-            lock(&self.pool)
-                .entry(self.origin.clone())
-                .or_default()
-                .push(stream);
+        if let (true, Some(conn)) = (reusable, conn) {
+            self.pool.park(self.origin.clone(), conn);
         }
     }
 }
@@ -500,6 +493,8 @@ async fn chunks(reader: &mut Reader<'_>, chunk: &mut Chunk) -> Read {
 struct Sending {
     request: Vec<u8>,
     written: usize,
+    /// All of it is on the socket (TLS holds records until flushed).
+    flushed: bool,
     failed: bool,
 }
 
@@ -508,24 +503,28 @@ impl Sending {
         Sending {
             request,
             written: 0,
+            flushed: false,
             failed: false,
         }
     }
 
-    /// Writes what the socket takes; Ready once all of it went, or a write failed.
-    fn poll(&mut self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<()> {
+    /// Writes what the connection takes; Ready once all of it went, or a write failed.
+    fn poll(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Poll<()> {
         while !self.failed && self.written < self.request.len() {
-            match stream.poll_write_ready(cx) {
+            match conn.poll_write(cx, &self.request[self.written..]) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => self.failed = true,
-                Poll::Ready(Ok(())) => match stream.try_write(&self.request[self.written..]) {
-                    Ok(n) => self.written += n,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    Err(_) => self.failed = true,
-                },
+                Poll::Ready(Ok(0) | Err(_)) => self.failed = true,
+                Poll::Ready(Ok(n)) => self.written += n,
             }
         }
-        if !self.failed && self.written > 0 {
+        if !self.failed && !self.flushed {
+            match conn.poll_flush(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => self.failed = true,
+                Poll::Ready(Ok(())) => self.flushed = true,
+            }
+        }
+        if self.flushed && self.written > 0 {
             // All of it went: a stream's prompt is not held for the stream's life.
             (self.request, self.written) = (Vec::new(), 0);
         }
@@ -534,72 +533,14 @@ impl Sending {
 
     /// All of the request went.
     fn done(&self) -> bool {
-        !self.failed && self.written == self.request.len()
-    }
-}
-
-/// A pooled connection still open: one the peer closed since it was
-/// parked is dropped.
-fn idle(pool: &Pool, origin: &Origin) -> Option<TcpStream> {
-    let mut pool = lock(pool);
-    let parked = pool.get_mut(origin)?;
-    while let Some(stream) = parked.pop() {
-        if quiet(&stream) {
-            return Some(stream);
-        }
-    }
-    None
-}
-
-/// Whether a parked connection is as it was left: not closed by the peer,
-/// nothing written to it unasked.
-fn quiet(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == ErrorKind::WouldBlock)
-}
-
-/// How often the pool lets go of connections the upstream closed: else each
-/// holds a descriptor (in CLOSE_WAIT) until its origin is called again.
-const REAP_EVERY: Duration = Duration::from_secs(1);
-
-/// Lets go of the pool's connections the upstream closed, every REAP_EVERY, for ever.
-pub async fn reap(pool: Pool) {
-    let mut every = tokio::time::interval(REAP_EVERY);
-    loop {
-        every.tick().await;
-        lock(&pool).retain(|_, parked| {
-            parked.retain(quiet);
-            !parked.is_empty()
-        });
-    }
-}
-
-/// A kept-alive connection to `origin`, else a new one by `by`.
-async fn connection(pool: &Pool, origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
-    match idle(pool, origin) {
-        Some(stream) => Ok(stream),
-        None => connect(origin, by).await,
-    }
-}
-
-async fn connect(origin: &Origin, by: Instant) -> Result<TcpStream, Outcome> {
-    let (host, port) = origin;
-    match timeout_at(by, TcpStream::connect((host.as_str(), *port))).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(failed(format!("cannot connect to {host}:{port}: {e}"))),
-        Err(_) => Err(timed_out(format!(
-            "could not connect to {host}:{port} in time"
-        ))),
+        self.flushed && !self.failed
     }
 }
 
 /// Reads one answer off a connection: the head by one deadline, the rest by
 /// another. `buf` holds what was read and not yet consumed.
 struct Reader<'a> {
-    stream: &'a TcpStream,
+    conn: &'a Conn,
     buf: Vec<u8>,
     deadline: Instant,
     phase: &'static str,
@@ -620,16 +561,8 @@ impl Reader<'_> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(8192);
         }
-        let (stream, buf) = (self.stream, &mut self.buf);
-        let read = async {
-            loop {
-                stream.readable().await?;
-                match stream.try_read_buf(buf) {
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    done => return done,
-                }
-            }
-        };
+        let (conn, buf) = (self.conn, &mut self.buf);
+        let read = poll_fn(|cx| conn.poll_read(cx, buf));
         match timeout_at(self.deadline, read).await {
             Ok(Ok(n)) => Ok(n > 0),
             Ok(Err(e)) => Err(failed(format!("connection closed by the upstream: {e}"))),

@@ -80,8 +80,11 @@ fn job(token: u64, port: u16, limit_ms: u64) -> Job {
     );
     Job {
         token,
-        host: "127.0.0.1".into(),
-        port,
+        origin: Origin {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+        },
         request: request.into_bytes(),
         connect: Duration::from_millis(limit_ms),
         head: Duration::from_millis(limit_ms),

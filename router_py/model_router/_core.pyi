@@ -354,6 +354,8 @@ class Door:
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         tls_client_ca: str | os.PathLike[str] | None = None,
+        trusted_file: str | os.PathLike[str] | None = None,
+        trusted_dir: str | os.PathLike[str] | None = None,
     ) -> Door: ...
     def drain(self) -> None:
         """Stop accepting; each connection closes once its requests are answered."""
@@ -393,12 +395,12 @@ class Door:
         saw cut short), and (key id, window, limit, now ms) of each lease to
         top up."""
 
-# An endpoint of the door's plan: (id, (host, port, target, authority),
+# An endpoint of the door's plan: (id, (https, host, port, target, authority),
 # (key header, prefix, key or None, key file or None) or None, (connect,
 # first byte, attempt, first token, stream idle) ms).
 _PlanKey = tuple[str, str, str | None, str | None]
 _PlanEndpoint = tuple[
-    str, tuple[str, int, str, str], _PlanKey | None, tuple[int, int, int, int, int]
+    str, tuple[bool, str, int, str, str], _PlanKey | None, tuple[int, int, int, int, int]
 ]
 
 # An attempt of a call the door served: (model, endpoint, outcome, status,

@@ -75,10 +75,12 @@ def _granian(
     shutdown_grace_s: int | None = None,
     settings: Settings | None = None,
     uds: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serve `target` with Granian; the router's `settings` add its limits
-    and TLS (the mock provider runs without). On `uds`, behind the door,
-    Granian serves only the door: the edge's TLS and timeouts are the door's."""
+    and TLS (the mock provider's `tls` is its certificate and key alone). On
+    `uds`, behind the door, Granian serves only the door: the edge's TLS and
+    timeouts are the door's."""
     from granian import Granian
     from granian.constants import Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
@@ -102,6 +104,8 @@ def _granian(
                 "ssl_ca": settings.tls_client_ca,
                 "ssl_client_verify": settings.tls_client_ca is not None,
             }
+    if tls is not None:
+        limits |= {"ssl_cert": tls[0], "ssl_key": tls[1]}
     where: dict[str, Any] = {"uds": uds} if uds is not None else {"address": host, "port": port}
     Granian(
         target,
@@ -187,6 +191,8 @@ def serve(settings: Settings) -> int:
 
 
 def mock_provider(args: argparse.Namespace) -> None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("mock-provider: --tls-cert and --tls-key go together")
     os.environ.update(
         MOCK_FLAVOR=args.flavor,
         MOCK_LATENCY_MS=str(args.latency_ms),
@@ -201,6 +207,7 @@ def mock_provider(args: argparse.Namespace) -> None:
         args.port,
         args.workers,
         "warning",
+        tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
     )
 
 
@@ -263,6 +270,8 @@ def parser() -> argparse.ArgumentParser:
     )
     mock.add_argument("--stream-chunks", type=int, default=8)
     mock.add_argument("--workers", type=int, default=1)
+    mock.add_argument("--tls-cert", type=Path, help="serve https:// with this certificate (PEM)")
+    mock.add_argument("--tls-key", type=Path, help="...and its key (PEM, PKCS#8)")
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", required=True
     )

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import tempfile
 import time
@@ -222,6 +223,8 @@ def start_door(settings: Settings) -> _core.Door | None:
     if fds is None:
         return None
     listeners = fds.split(",")
+    # The authorities the app's client trusts (`ssl.create_default_context`).
+    trusted = ssl.get_default_verify_paths()
     door = _core.Door(
         int(_claim(settings.port, listeners)),
         own_app_socket(os.environ[APP_SOCKET_ENV], settings.backlog),
@@ -231,6 +234,8 @@ def start_door(settings: Settings) -> _core.Door | None:
         settings.tls_cert,
         settings.tls_key,
         settings.tls_client_ca,
+        trusted.cafile,
+        trusted.capath,
     )
     # The door holds a copy of its own: the worker needs none of the
     # inherited sockets, and a process it started must not keep them open.

@@ -3,8 +3,9 @@ seen from the app: the plan it serves them from, installed after every
 config check, and the accounting of what it served, taken in batches.
 
 The door serves an OpenAI chat completion, whole, with an API key, when
-every model a chat call may be routed to speaks OpenAI's format over
-`http://` (core_rs/src/routed.rs says what else it leaves to the app). Its
+every model a chat call may be routed to speaks OpenAI's format (over
+`http://` or `https://`; core_rs/src/routed.rs says what else it leaves to
+the app). Its
 calls are accounted here exactly as the app's own: the same metrics, log
 line and record (`RequestObserver.account`). A call it admitted and could
 not answer comes to the app with its verdict (`DOOR_VERDICT_HEADER`), from
@@ -181,7 +182,7 @@ class DoorCalls:
             endpoints: list[_core._PlanEndpoint] = []
             for endpoint in model.endpoints:
                 (scheme, host, port), target, authority = _locate(endpoint.url)
-                if scheme != "http":
+                if scheme not in ("http", "https"):
                     return None
                 key = (
                     adapter.key_header,
@@ -197,7 +198,8 @@ class DoorCalls:
                     timeouts.first_token_ms,
                     timeouts.stream_idle_ms,
                 )
-                endpoints.append((endpoint.id, (host, port, target, authority), key, waits))
+                where = (scheme == "https", host, port, target, authority)
+                endpoints.append((endpoint.id, where, key, waits))
             models.append((model.id, model.version, list(model.drop_params), endpoints))
         return models
 

@@ -1,0 +1,329 @@
+//! `https://` upstreams: real TLS servers on loopback, with certificates of
+//! an authority made here.
+
+use super::*;
+use crate::trust::Trust;
+use crate::upstream::{exchange, open, Job};
+use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+/// An authority, and a server certificate it signed for `names`.
+struct Pki {
+    ca_pem: String,
+    server: Arc<ServerConfig>,
+}
+
+fn pki(names: &[&str]) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        server: server_config(&cert, &key),
+    }
+}
+
+fn server_config(cert: &Certificate, key: &KeyPair) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    Arc::new(config)
+}
+
+type Tls = StreamOwned<ServerConnection, std::net::TcpStream>;
+
+/// A TLS server on loopback: `script` gets each connection (its handshake
+/// done as it is first read) and its number; returns the port and the
+/// count of connections accepted.
+fn serve_tls<F>(config: Arc<ServerConfig>, script: F) -> (u16, Arc<AtomicUsize>)
+where
+    F: Fn(Tls, usize) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let script = Arc::new(script);
+    thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let (script, config) = (script.clone(), config.clone());
+            thread::spawn(move || {
+                let session = ServerConnection::new(config).unwrap();
+                script(StreamOwned::new(session, tcp), n)
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// One request's head and body, read off `tls`; None at its end.
+fn read_request(tls: &mut Tls) -> Option<String> {
+    let mut read = Vec::new();
+    let mut byte = [0u8; 1];
+    while !read.ends_with(b"\r\n\r\n") {
+        match tls.read(&mut byte) {
+            Ok(1) => read.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8(read).unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; length];
+    tls.read_exact(&mut body).ok()?;
+    Some(head + &String::from_utf8(body).unwrap())
+}
+
+fn trusting(dir: &Path, ca_pem: &str) -> Trust {
+    let file = dir.join("ca.pem");
+    std::fs::write(&file, ca_pem).unwrap();
+    Trust {
+        file: Some(file),
+        dir: None,
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mr-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+const REQUEST: &str =
+    "POST /v1/x HTTP/1.1\r\nhost: localhost\r\ncontent-length: 7\r\n\r\n{\"a\":1}";
+
+fn job(host: &str, port: u16, limit_ms: u64) -> Job {
+    let limit = Duration::from_millis(limit_ms);
+    Job {
+        token: 0,
+        origin: Origin {
+            tls: true,
+            host: host.into(),
+            port,
+        },
+        request: REQUEST.as_bytes().to_vec(),
+        connect: limit,
+        head: limit,
+        done: limit,
+        max_body: 1024,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn failure(outcome: Outcome) -> (bool, String) {
+    match outcome {
+        Outcome::Failed { timeout, message } => (timeout, message),
+        answer => panic!("not a failure: {answer:?}"),
+    }
+}
+
+#[test]
+fn an_https_origin_is_called_over_tls_and_its_connection_kept_until_the_upstream_closes_it() {
+    let pki = pki(&["localhost"]);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let heard = seen.clone();
+    // The first connection answers two requests and closes (close_notify);
+    // the rules of session tickets apply (rustls sends two after the handshake).
+    let (port, accepted) = serve_tls(pki.server.clone(), move |mut tls, n| {
+        let mut answered = 0;
+        while let Some(request) = read_request(&mut tls) {
+            lock(&heard).push(request);
+            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .unwrap();
+            answered += 1;
+            if n == 0 && answered == 2 {
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+                return;
+            }
+        }
+    });
+    let pool = Pool::new(trusting(&temp_dir("kept"), &pki.ca_pem));
+    let runtime = runtime();
+    let call = || runtime.block_on(exchange(job("localhost", port, 2000), &pool));
+    let ok = Outcome::Answer {
+        status: 200,
+        headers: vec![("content-length".into(), "2".into())],
+        body: b"ok".to_vec(),
+    };
+    assert_eq!(call(), ok);
+    assert_eq!(call(), ok);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "kept alive");
+    thread::sleep(Duration::from_millis(100)); // the close arrives
+    assert_eq!(call(), ok, "a closed connection is not taken");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(*lock(&seen), [REQUEST; 3], "sent as shaped");
+}
+
+#[test]
+fn a_stream_over_tls_comes_read_by_read() {
+    let pki = pki(&["localhost"]);
+    let (port, _) = serve_tls(pki.server.clone(), |mut tls, _| {
+        read_request(&mut tls);
+        let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        tls.write_all(format!("{head}3\r\nabc\r\n").as_bytes())
+            .unwrap();
+        thread::sleep(Duration::from_millis(50));
+        tls.write_all(b"2\r\nde\r\n0\r\n\r\n").unwrap();
+        thread::sleep(Duration::from_millis(500));
+    });
+    let pool = Pool::new(trusting(&temp_dir("stream"), &pki.ca_pem));
+    let reads = runtime().block_on(async {
+        let mut stream = open(job("localhost", port, 2000), &pool).await.unwrap();
+        let mut reads = Vec::new();
+        let by = Instant::now() + Duration::from_secs(2);
+        while let Some(data) = stream.next(by).await.unwrap() {
+            reads.push(String::from_utf8(data).unwrap());
+        }
+        reads
+    });
+    assert_eq!(reads, ["abc", "de"]);
+    assert_eq!(
+        pool.parked(),
+        1,
+        "read to its end, its connection went back"
+    );
+}
+
+#[test]
+fn an_upstream_not_trusted_or_not_named_by_its_certificate_is_refused() {
+    let pki = pki(&["localhost"]);
+    let (port, _) = serve_tls(pki.server.clone(), |mut tls, _| {
+        read_request(&mut tls);
+    });
+    let runtime = runtime();
+    let refusal = |trust: Trust, host: &str| {
+        failure(runtime.block_on(exchange(job(host, port, 2000), &Pool::new(trust))))
+    };
+    let stranger = self::pki(&["localhost"]).ca_pem;
+    let (timeout, message) = refusal(trusting(&temp_dir("stranger"), &stranger), "localhost");
+    assert!(!timeout);
+    assert!(
+        message.starts_with(&format!(
+            "cannot connect to localhost:{port}: invalid peer certificate"
+        )),
+        "{message}"
+    );
+    let dir = temp_dir("by-dir");
+    trusting(&dir, &pki.ca_pem); // a directory of authorities is read too
+    let (_, message) = refusal(
+        Trust {
+            file: None,
+            dir: Some(dir),
+        },
+        "127.0.0.1",
+    );
+    assert!(
+        message.contains("certificate not valid for name"),
+        "{message}"
+    );
+    let (_, message) = refusal(Trust::default(), "localhost");
+    assert!(message.contains("no certificate authority"), "{message}");
+}
+
+#[test]
+fn an_upstream_that_does_not_speak_tls_fails_by_the_connect_limit() {
+    let pki = pki(&["localhost"]);
+    let trust = trusting(&temp_dir("plain"), &pki.ca_pem);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, tcp) in listener.incoming().enumerate() {
+            let mut tcp = tcp.unwrap();
+            if n == 0 {
+                let _ = tcp.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            }
+            held.push(tcp); // the second says nothing at all
+        }
+    });
+    let runtime = runtime();
+    let pool = Pool::new(trust);
+    let (timeout, message) =
+        failure(runtime.block_on(exchange(job("localhost", port, 2000), &pool)));
+    assert!(
+        !timeout && message.starts_with("cannot connect to localhost:"),
+        "{message}"
+    );
+    let started = std::time::Instant::now();
+    let (timeout, message) =
+        failure(runtime.block_on(exchange(job("localhost", port, 200), &pool)));
+    assert!(timeout, "{message}");
+    assert_eq!(
+        message,
+        format!("could not connect to localhost:{port} in time")
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+/// A self-signed certificate for `localhost`, marked as an authority or
+/// not, expired or not, trusted by itself: the answer to a call, or its error.
+fn trusted_as_itself(authority: bool, expired: bool, host: &str) -> Result<u16, String> {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    if authority {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained); // `openssl req -x509`'s default
+    }
+    if expired {
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    }
+    let cert = params.self_signed(&key).unwrap();
+    let (port, _) = serve_tls(server_config(&cert, &key), |mut tls, _| {
+        read_request(&mut tls);
+        let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    });
+    let pool = Pool::new(trusting(&temp_dir("itself"), &cert.pem()));
+    match runtime().block_on(exchange(job(host, port, 2000), &pool)) {
+        Outcome::Answer { status, .. } => Ok(status),
+        failed => Err(failure(failed).1),
+    }
+}
+
+#[test]
+fn a_certificate_trusted_as_itself_is_accepted_for_its_names_and_dates_as_pythons_ssl_does() {
+    // webpki's words and ours differ in spacing and detail.
+    let says = |error: &str, what: &str| error.to_lowercase().replace(' ', "").contains(what);
+    for authority in [false, true] {
+        assert_eq!(trusted_as_itself(authority, false, "localhost"), Ok(200));
+        let wrong_name = trusted_as_itself(authority, false, "127.0.0.1").unwrap_err();
+        assert!(says(&wrong_name, "notvalidforname"), "{wrong_name}");
+        let expired = trusted_as_itself(authority, true, "localhost").unwrap_err();
+        assert!(says(&expired, "expired"), "{expired}");
+    }
+}
