@@ -4,7 +4,7 @@
 use super::*;
 use crate::trust::Trust;
 use crate::upstream::{exchange, open, Job};
-use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{Read, Write};
@@ -293,10 +293,15 @@ fn an_upstream_that_does_not_speak_tls_fails_by_the_connect_limit() {
 }
 
 /// A self-signed certificate for `localhost`, marked as an authority or
-/// not, expired or not, trusted by itself: the answer to a call, or its error.
-fn trusted_as_itself(authority: bool, expired: bool, host: &str) -> Result<u16, String> {
+/// not, expired or not, trusted by itself (else another authority is): the
+/// answer to a call, or its error.
+fn self_signed(authority: bool, expired: bool, host: &str, trusted: bool) -> Result<u16, String> {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    // Not the authority's name: a stranger of the same name would be its issuer.
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "upstream");
     if authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained); // `openssl req -x509`'s default
     }
@@ -308,7 +313,12 @@ fn trusted_as_itself(authority: bool, expired: bool, host: &str) -> Result<u16, 
         read_request(&mut tls);
         let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
     });
-    let pool = Pool::new(trusting(&temp_dir("itself"), &cert.pem()));
+    let trusted = if trusted {
+        cert.pem()
+    } else {
+        pki(&["localhost"]).ca_pem
+    };
+    let pool = Pool::new(trusting(&temp_dir("itself"), &trusted));
     match runtime().block_on(exchange(job(host, port, 2000), &pool)) {
         Outcome::Answer { status, .. } => Ok(status),
         failed => Err(failure(failed).1),
@@ -320,10 +330,16 @@ fn a_certificate_trusted_as_itself_is_accepted_for_its_names_and_dates_as_python
     // webpki's words and ours differ in spacing and detail.
     let says = |error: &str, what: &str| error.to_lowercase().replace(' ', "").contains(what);
     for authority in [false, true] {
-        assert_eq!(trusted_as_itself(authority, false, "localhost"), Ok(200));
-        let wrong_name = trusted_as_itself(authority, false, "127.0.0.1").unwrap_err();
+        assert_eq!(self_signed(authority, false, "localhost", true), Ok(200));
+        let wrong_name = self_signed(authority, false, "127.0.0.1", true).unwrap_err();
         assert!(says(&wrong_name, "notvalidforname"), "{wrong_name}");
-        let expired = trusted_as_itself(authority, true, "localhost").unwrap_err();
+        let expired = self_signed(authority, true, "localhost", true).unwrap_err();
         assert!(says(&expired, "expired"), "{expired}");
+        // Not trusted, it is an unknown issuer to OpenSSL and to the door alike.
+        let stranger = self_signed(authority, false, "localhost", false).unwrap_err();
+        assert!(
+            stranger.ends_with("invalid peer certificate: UnknownIssuer"),
+            "{stranger}"
+        );
     }
 }

@@ -477,8 +477,14 @@ fn wait(seconds: f64) -> Duration {
 #[pymethods]
 impl Upstream {
     #[new]
-    fn new() -> PyResult<Self> {
-        let client = upstream::Client::start().map_err(|e| PyOSError::new_err(e.to_string()))?;
+    #[pyo3(signature = (trusted_file=None, trusted_dir=None))]
+    fn new(trusted_file: Option<PathBuf>, trusted_dir: Option<PathBuf>) -> PyResult<Self> {
+        let trust = Trust {
+            file: trusted_file,
+            dir: trusted_dir,
+        };
+        let client =
+            upstream::Client::start(trust).map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(Upstream { client })
     }
 
@@ -487,10 +493,11 @@ impl Upstream {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (token, host, port, request, connect_s, head_s, done_s, max_body))]
+    #[pyo3(signature = (token, tls, host, port, request, connect_s, head_s, done_s, max_body))]
     fn submit(
         &self,
         token: u64,
+        tls: bool,
         host: String,
         port: u16,
         request: &[u8],
@@ -501,11 +508,7 @@ impl Upstream {
     ) {
         self.client.submit(upstream::Job {
             token,
-            origin: Origin {
-                tls: false,
-                host,
-                port,
-            },
+            origin: Origin { tls, host, port },
             request: request.to_vec(),
             connect: wait(connect_s),
             head: wait(head_s),

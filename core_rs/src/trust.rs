@@ -97,10 +97,20 @@ impl ServerCertVerifier for Verifier {
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         match verdict {
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
-                if other.0.downcast_ref() == Some(&webpki::Error::CaUsedAsEndEntity)
-                    && self.authorities.contains(end_entity.as_ref()) =>
+                if other.0.downcast_ref() == Some(&webpki::Error::CaUsedAsEndEntity) =>
             {
-                trusted_itself(end_entity, server_name, now)
+                if self.authorities.contains(end_entity.as_ref()) {
+                    trusted_itself(end_entity, server_name, now)
+                } else if self_issued(end_entity) {
+                    // What it is to OpenSSL: a self-signed certificate not trusted.
+                    Err(rustls::Error::InvalidCertificate(
+                        CertificateError::UnknownIssuer,
+                    ))
+                } else {
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                        other,
+                    )))
+                }
             }
             verdict => verdict,
         }
@@ -127,6 +137,11 @@ impl ServerCertVerifier for Verifier {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
     }
+}
+
+fn self_issued(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert)
+        .is_ok_and(|(_, parsed)| parsed.issuer() == parsed.subject())
 }
 
 /// A certificate that is one of the trusted authorities: no chain to

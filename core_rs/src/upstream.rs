@@ -18,6 +18,7 @@
 
 use crate::announce::Announced;
 use crate::connection::{lock, reap, Conn, Origin, Pool};
+use crate::trust::Trust;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::os::unix::net::UnixStream;
@@ -93,7 +94,7 @@ pub struct Client {
 type Finished = Announced<(u64, Outcome)>;
 
 impl Client {
-    pub fn start() -> std::io::Result<Client> {
+    pub fn start(trust: Trust) -> std::io::Result<Client> {
         let finished = Arc::new(Finished::new()?);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -106,7 +107,7 @@ impl Client {
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
-                let pool = Pool::default();
+                let pool = Pool::new(trust);
                 let carrying: Carrying = Arc::default();
                 runtime.block_on(async move {
                     tokio::spawn(reap(pool.clone()));

@@ -1,6 +1,7 @@
 //! Exchanges against real servers on loopback, each scripted per connection.
 
 use super::*;
+use crate::trust::Trust;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,7 +152,7 @@ fn a_sized_answer_arrives_whole_and_its_connection_is_reused() {
     let (port, accepted) = serve(answering(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\ncontent-length: 2\r\n\r\n{}",
     ));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..5 {
         let outcome = run(&client, job(token, port, 2000));
         let Outcome::Answer {
@@ -178,7 +179,7 @@ fn a_chunked_answer_is_joined_and_its_trailers_skipped() {
         "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n\
          3\r\nabc\r\n5;ext=1\r\ndefgh\r\n0\r\nX-Trailer: t\r\n\r\n",
     ));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..2 {
         assert_eq!(
             bare(run(&client, job(token, port, 2000))),
@@ -200,7 +201,7 @@ fn an_answer_delimited_by_the_close_is_read_to_the_end_and_not_reused() {
         thread::sleep(Duration::from_millis(20));
         let _ = stream.write_all(b"part two");
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..2 {
         assert_eq!(
             bare(run(&client, job(token, port, 2000))),
@@ -215,7 +216,7 @@ fn an_interim_answer_is_skipped() {
     let (port, _) = serve(answering(
         "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nx",
     ));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     assert_eq!(bare(run(&client, job(1, port, 2000))), answer(200, "x"));
 }
 
@@ -230,7 +231,7 @@ fn the_request_arrives_as_shaped() {
         let mut stream = stream;
         let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     let sent = job(1, port, 2000);
     let expected = String::from_utf8(sent.request.clone()).unwrap();
     assert_eq!(bare(run(&client, sent)), answer(204, ""));
@@ -243,7 +244,7 @@ fn no_head_in_time_is_a_timeout_within_its_limit() {
         thread::sleep(Duration::from_secs(3));
         drop(stream);
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     let mut slow = job(1, port, 2000);
     slow.head = Duration::from_millis(150);
     let started = StdInstant::now();
@@ -261,7 +262,7 @@ fn a_body_that_stalls_past_the_whole_limit_is_a_timeout() {
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
         thread::sleep(Duration::from_secs(3));
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     let (timeout, text) = message(run(&client, job(1, port, 200)));
     assert!(timeout);
     assert_eq!(text, "no answer from the upstream in time");
@@ -278,7 +279,7 @@ fn an_answer_over_the_limit_is_refused_sized_chunked_or_open_ended() {
     );
     let open: &'static str =
         Box::leak(format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{big}").into_boxed_str());
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (token, script) in [sized, chunked, open].into_iter().enumerate() {
         assert_eq!(
             refusal(&client, token as u64, script),
@@ -289,7 +290,7 @@ fn an_answer_over_the_limit_is_refused_sized_chunked_or_open_ended() {
 
 #[test]
 fn what_is_not_http_is_said_so() {
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (token, script) in [
         "SMTP ready\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: many\r\n\r\n",
@@ -309,7 +310,7 @@ fn a_connection_closed_mid_answer_fails_and_a_refused_one_names_the_origin() {
         let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc");
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     let (_, text) = message(run(&client, job(1, port, 2000)));
     assert_eq!(text, "connection closed by the upstream");
 
@@ -331,7 +332,7 @@ fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
         let mut stream = after_request(stream);
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..3 {
         assert_eq!(
             bare(run(&client, job(token, port, 2000))),
@@ -345,7 +346,7 @@ fn a_pooled_connection_the_upstream_closed_is_not_used_again() {
 #[test]
 fn many_exchanges_started_at_once_all_finish() {
     let (port, _) = serve(answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..200 {
         client.submit(job(token, port, 5000));
     }
@@ -385,7 +386,7 @@ fn a_chunk_size_near_the_top_of_u64_is_refused_not_buffered() {
         b'x',
         1 << 20,
     ));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     let (timeout, text) = message(run(&client, job(1, port, 2000)));
     assert!(!timeout, "{text}");
     assert_eq!(text, "answer over 1024 bytes");
@@ -393,7 +394,7 @@ fn a_chunk_size_near_the_top_of_u64_is_refused_not_buffered() {
 
 #[test]
 fn an_endless_chunk_size_line_or_trailer_is_refused_not_buffered() {
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (token, (prefix, fill)) in [
         (
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;ext=",
@@ -422,7 +423,7 @@ fn an_endless_chunk_size_line_or_trailer_is_refused_not_buffered() {
 
 #[test]
 fn a_length_that_is_not_one_plain_number_is_refused() {
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (token, script) in [
         "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 2\r\n\r\nok",
         "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
@@ -446,7 +447,7 @@ fn a_length_beside_chunked_is_ignored_and_the_connection_not_reused() {
     let (port, accepted) = serve(answering(
         "HTTP/1.1 200 OK\r\ncontent-length: 50\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     ));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..2 {
         assert_eq!(
             bare(run(&client, job(token, port, 2000))),
@@ -467,7 +468,7 @@ fn a_cancelled_exchange_closes_its_connection_and_is_not_taken() {
         let _ = reader.read_to_end(&mut rest); // until the client closes
         tx.lock().unwrap().send(StdInstant::now()).unwrap();
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     client.submit(job(1, port, 10_000));
     client.dispatch();
     thread::sleep(Duration::from_millis(100));
@@ -483,7 +484,7 @@ fn a_cancelled_exchange_closes_its_connection_and_is_not_taken() {
 #[test]
 fn an_exchange_cancelled_before_its_dispatch_never_goes_out() {
     let (port, accepted) = serve(answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     client.submit(job(1, port, 2000));
     client.submit(job(2, port, 2000));
     client.cancel(1);
@@ -523,7 +524,7 @@ fn an_answer_split_at_any_byte_arrives_whole_on_a_reused_connection() {
             n += 1;
         }
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..(ANSWERS.len() * 200) as u64 {
         let outcome = bare(run(&client, job(token, port, 2000)));
         assert_eq!(outcome, answer(200, "{\"ok\":true}"), "request {token}");
@@ -546,7 +547,7 @@ fn endless_interim_answers_or_a_trickled_body_end_at_their_deadlines() {
             thread::sleep(Duration::from_millis(5));
         }
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (token, port, phase) in [(1, interim, "head"), (2, trickle, "answer")] {
         let mut slow = job(token, port, 300);
         slow.head = Duration::from_millis(150);
@@ -576,7 +577,7 @@ fn a_head_over_64_kib_or_100_fields_is_refused_however_it_arrives() {
         )
         .into_boxed_str(),
     );
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (token, script) in [big, many].into_iter().enumerate() {
         let text = refusal(&client, token as u64, script); // one write: all in the first read
         assert!(text.starts_with("not an HTTP response"), "{text}");
@@ -590,7 +591,7 @@ fn a_request_the_upstream_does_not_read_ends_at_the_head_deadline() {
         thread::sleep(Duration::from_secs(3));
         drop(stream);
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     let mut stuck = job(1, port, 2000);
     stuck.request = vec![b'x'; 64 << 20]; // more than the socket buffers take
     stuck.head = Duration::from_millis(150);
@@ -615,7 +616,7 @@ fn an_answer_sent_before_the_request_was_read_is_the_answer() {
             .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large");
         thread::sleep(Duration::from_secs(3)); // reading none of the body
     });
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for token in 0..2 {
         let mut big = job(token, port, 2000);
         big.request = format!(
@@ -637,7 +638,7 @@ fn an_answer_sent_before_the_request_was_read_is_the_answer() {
 
 #[test]
 fn reuse_follows_the_version_keep_alive_and_leftovers() {
-    let client = Client::start().unwrap();
+    let client = Client::start(Trust::default()).unwrap();
     for (script, connections) in [
         ("HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", 3),
         (

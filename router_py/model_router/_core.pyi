@@ -175,15 +175,20 @@ class Engine:
 
 @final
 class Upstream:
-    """Plain HTTP/1.1 exchanges on a thread of the core's own
-    (engine/upstream.py carries them)."""
+    """Plain HTTP/1.1 exchanges, over TLS for https://, on a thread of the
+    core's own (engine/upstream.py carries them)."""
 
-    def __new__(cls) -> Upstream: ...
+    def __new__(
+        cls,
+        trusted_file: str | os.PathLike[str] | None = None,
+        trusted_dir: str | os.PathLike[str] | None = None,
+    ) -> Upstream: ...
     def fileno(self) -> int:
         """Readable when `take` has finished exchanges."""
     def submit(
         self,
         token: int,
+        tls: bool,
         host: str,
         port: int,
         request: bytes,
@@ -192,7 +197,8 @@ class Upstream:
         done_s: float,
         max_body: int,
     ) -> None:
-        """Queue `request` (head and body) for host:port until `dispatch`:
+        """Queue `request` (head and body) for host:port (over TLS when
+        `tls`, checked against the trusted authorities) until `dispatch`:
         connected within connect_s, the answer's head within head_s, all of
         it within done_s and at most max_body bytes of body."""
     def dispatch(self) -> None:
