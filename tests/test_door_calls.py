@@ -280,7 +280,7 @@ def test_an_https_endpoint_is_called_and_accounted_alike_on_both_edges(
     router = make_server(MOCK_PROVIDER_KEY="provider-secret", SSL_CERT_FILE=str(pki["ca.crt"]))
     mock = make_mock("openai", pki)
     serve_m1(router, mock)
-    for _ in range(2):  # the second on the kept-alive connection
+    for _ in range(2):
         r = chat(router)
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "Mock reply to: hello door"
@@ -311,6 +311,8 @@ def test_an_https_endpoint_whose_certificate_is_not_trusted_is_not_called_on_eit
     assert (failed["endpointId"], failed["outcome"]) == ("m1-ep0", "connect_error"), failed
     assert (served["endpointId"], served["outcome"]) == ("m1-ep1", "success")
     assert (untrusted.requests(), trusted.requests()) == (0, 1)
+    time.sleep(1.2)  # the metrics beat
+    assert door_calls(router) == ({"200": 1.0} if edge == "door" else {})
 
 
 def test_a_stream_is_relayed_and_accounted_alike_on_both_edges(router, make_mock, edge):

@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -47,12 +48,13 @@ impl Conn {
                 }
             },
             Conn::Tls(tls) => {
-                let start = buf.len();
-                buf.resize(buf.capacity(), 0);
-                let mut read = ReadBuf::new(&mut buf[start..]);
+                // No room would read as the end, for good (tokio-rustls).
+                debug_assert!(buf.capacity() > buf.len(), "a read needs room");
+                let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
                 let polled = Pin::new(&mut *lock(tls)).poll_read(cx, &mut read);
                 let n = read.filled().len();
-                buf.truncate(start + n);
+                // SAFETY: the session wrote `n` bytes from the spare capacity's start.
+                unsafe { buf.set_len(buf.len() + n) };
                 match polled {
                     Poll::Ready(Ok(())) => Poll::Ready(Ok(n)),
                     // An end with no close_notify, which many servers send
@@ -92,12 +94,24 @@ impl Conn {
     /// Whether a parked connection is as it was left: not closed by the
     /// peer, nothing written to it unasked (for TLS, not even a message of
     /// the session's own: one that comes after the answer is rare, and a
-    /// new connection is sure). Asked of the socket itself: Tokio's
-    /// readiness is only as fresh as the runtime's last look.
+    /// new connection is sure). Asked of the socket itself (Tokio's
+    /// readiness is only as fresh as the runtime's last look), and of a TLS
+    /// session what it read with the answer: bytes the answer did not
+    /// take, or a `close_notify`.
     fn quiet(&self) -> bool {
         let fd = match self {
             Conn::Plain(tcp) => tcp.as_raw_fd(),
-            Conn::Tls(tls) => lock(tls).get_ref().0.as_raw_fd(),
+            Conn::Tls(tls) => {
+                let mut tls = lock(tls);
+                let (tcp, session) = tls.get_mut();
+                let held = session
+                    .process_new_packets()
+                    .map(|state| state.plaintext_bytes_to_read() > 0 || state.peer_has_closed());
+                if held != Ok(false) {
+                    return false;
+                }
+                tcp.as_raw_fd()
+            }
         };
         let mut probe = [0u8; 1];
         // SAFETY: a peek into a buffer of ours, on a descriptor we hold open.
@@ -121,9 +135,10 @@ pub struct Pool(Arc<Parked>);
 struct Parked {
     idle: Mutex<HashMap<Origin, Vec<Conn>>>,
     trust: Trust,
-    /// Made at the first `https://` connection: reading the authorities
-    /// takes a few milliseconds.
-    connector: OnceLock<Result<TlsConnector, String>>,
+    /// Made at the first `https://` connection, on a blocking thread:
+    /// reading the authorities takes milliseconds (more on a cold disk), which
+    /// the runtime's other connections must not wait.
+    connector: OnceCell<Result<TlsConnector, String>>,
 }
 
 impl Pool {
@@ -180,12 +195,16 @@ impl Pool {
         if !tls {
             return Ok(Conn::Plain(tcp));
         }
-        let connector = self
-            .0
-            .connector
-            .get_or_init(|| self.0.trust.connector())
-            .as_ref()
-            .map_err(|e| refused(e))?;
+        let made = self.0.connector.get_or_init(|| async {
+            let trust = self.0.trust.clone();
+            tokio::task::spawn_blocking(move || trust.connector())
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+        });
+        let connector = match timeout_at(by, made).await {
+            Ok(made) => made.as_ref().map_err(|e| refused(e))?,
+            Err(_) => return Err(late()),
+        };
         let name = ServerName::try_from(host.clone()).map_err(|e| refused(&e))?;
         // The handshake is part of connecting, within the same limit.
         match timeout_at(by, connector.connect(name, tcp)).await {

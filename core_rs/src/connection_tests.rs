@@ -9,7 +9,7 @@ use rustls::pki_types::PrivateKeyDer;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
@@ -104,19 +104,37 @@ fn read_request(tls: &mut Tls) -> Option<String> {
     Some(head + &String::from_utf8(body).unwrap())
 }
 
-fn trusting(dir: &Path, ca_pem: &str) -> Trust {
-    let file = dir.join("ca.pem");
-    std::fs::write(&file, ca_pem).unwrap();
-    Trust {
-        file: Some(file),
-        dir: None,
+/// A directory of the test's own, removed with it.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("mr-tls-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mr-tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Trust in the authorities of `pem` alone, from a file in `scratch`.
+fn trusting(scratch: &Scratch, pem: &str) -> Trust {
+    Trust {
+        file: Some(scratch.write("ca.pem", pem)),
+        dir: None,
+    }
 }
 
 const REQUEST: &str =
@@ -174,7 +192,8 @@ fn an_https_origin_is_called_over_tls_and_its_connection_kept_until_the_upstream
             }
         }
     });
-    let pool = Pool::new(trusting(&temp_dir("kept"), &pki.ca_pem));
+    let scratch = Scratch::new();
+    let pool = Pool::new(trusting(&scratch, &pki.ca_pem));
     let runtime = runtime();
     let call = || runtime.block_on(exchange(job("localhost", port, 2000), &pool));
     let ok = Outcome::Answer {
@@ -203,7 +222,8 @@ fn a_stream_over_tls_comes_read_by_read() {
         tls.write_all(b"2\r\nde\r\n0\r\n\r\n").unwrap();
         thread::sleep(Duration::from_millis(500));
     });
-    let pool = Pool::new(trusting(&temp_dir("stream"), &pki.ca_pem));
+    let scratch = Scratch::new();
+    let pool = Pool::new(trusting(&scratch, &pki.ca_pem));
     let reads = runtime().block_on(async {
         let mut stream = open(job("localhost", port, 2000), &pool).await.unwrap();
         let mut reads = Vec::new();
@@ -232,7 +252,8 @@ fn an_upstream_not_trusted_or_not_named_by_its_certificate_is_refused() {
         failure(runtime.block_on(exchange(job(host, port, 2000), &Pool::new(trust))))
     };
     let stranger = self::pki(&["localhost"]).ca_pem;
-    let (timeout, message) = refusal(trusting(&temp_dir("stranger"), &stranger), "localhost");
+    let scratch = Scratch::new();
+    let (timeout, message) = refusal(trusting(&scratch, &stranger), "localhost");
     assert!(!timeout);
     assert!(
         message.starts_with(&format!(
@@ -240,15 +261,18 @@ fn an_upstream_not_trusted_or_not_named_by_its_certificate_is_refused() {
         )),
         "{message}"
     );
-    let dir = temp_dir("by-dir");
-    trusting(&dir, &pki.ca_pem); // a directory of authorities is read too
-    let (_, message) = refusal(
-        Trust {
-            file: None,
-            dir: Some(dir),
-        },
-        "127.0.0.1",
-    );
+    // A directory is read as OpenSSL reads it: its hash-named files only.
+    let dir = Scratch::new();
+    dir.write("ca.pem", &pki.ca_pem);
+    dir.write("0123abcd.1", "not a certificate");
+    let by_dir = || Trust {
+        file: None,
+        dir: Some(dir.0.clone()),
+    };
+    let (_, message) = refusal(by_dir(), "localhost");
+    assert!(message.contains("no certificate authority"), "{message}");
+    dir.write("0123abcd.0", &pki.ca_pem);
+    let (_, message) = refusal(by_dir(), "127.0.0.1");
     assert!(
         message.contains("certificate not valid for name"),
         "{message}"
@@ -260,7 +284,8 @@ fn an_upstream_not_trusted_or_not_named_by_its_certificate_is_refused() {
 #[test]
 fn an_upstream_that_does_not_speak_tls_fails_by_the_connect_limit() {
     let pki = pki(&["localhost"]);
-    let trust = trusting(&temp_dir("plain"), &pki.ca_pem);
+    let scratch = Scratch::new();
+    let trust = trusting(&scratch, &pki.ca_pem);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     thread::spawn(move || {
@@ -318,7 +343,8 @@ fn self_signed(authority: bool, expired: bool, host: &str, trusted: bool) -> Res
     } else {
         pki(&["localhost"]).ca_pem
     };
-    let pool = Pool::new(trusting(&temp_dir("itself"), &trusted));
+    let scratch = Scratch::new();
+    let pool = Pool::new(trusting(&scratch, &trusted));
     match runtime().block_on(exchange(job(host, port, 2000), &pool)) {
         Outcome::Answer { status, .. } => Ok(status),
         failed => Err(failure(failed).1),
@@ -342,4 +368,97 @@ fn a_certificate_trusted_as_itself_is_accepted_for_its_names_and_dates_as_python
             "{stranger}"
         );
     }
+}
+
+#[test]
+fn a_connection_whose_session_read_more_than_the_answer_is_not_taken_again() {
+    // The first connection sends, after its first answer, a close_notify
+    // with TCP kept open (a server waiting for ours), or a stray answer in a
+    // record of its own, after an answer that fills the reader's buffer to
+    // the byte: the socket is quiet, the session is not.
+    for stray in [false, true] {
+        let pki = pki(&["localhost"]);
+        let (port, accepted) = serve_tls(pki.server.clone(), move |mut tls, n| {
+            let mut answered = 0;
+            while read_request(&mut tls).is_some() {
+                let body_len = 8192 - "HTTP/1.1 200 OK\r\ncontent-length: 8155\r\n\r\n".len();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n{}",
+                    "o".repeat(body_len)
+                );
+                // One flush: all of it in one write, read with the answer.
+                tls.conn.writer().write_all(answer.as_bytes()).unwrap();
+                if n == 0 && answered == 0 {
+                    match stray {
+                        true => tls
+                            .conn
+                            .writer()
+                            .write_all(b"HTTP/1.1 500 Stale\r\ncontent-length: 5\r\n\r\nstale")
+                            .unwrap(),
+                        false => tls.conn.send_close_notify(),
+                    }
+                }
+                tls.flush().unwrap();
+                answered += 1;
+            }
+        });
+        let scratch = Scratch::new();
+        let pool = Pool::new(trusting(&scratch, &pki.ca_pem));
+        let runtime = runtime();
+        let call = || {
+            let mut job = job("localhost", port, 2000);
+            job.max_body = 1 << 20;
+            match runtime.block_on(exchange(job, &pool)) {
+                Outcome::Answer { status, body, .. } => Ok((status, body.len())),
+                failed => Err(failure(failed).1),
+            }
+        };
+        assert_eq!(call(), Ok((200, 8151)));
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(call(), Ok((200, 8151)), "stray: {stray}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "stray: {stray}");
+    }
+}
+
+/// A certificate for `names` in its subjectAltName (none: no such
+/// extension) and `common_name` as its subject's, signed by an authority
+/// trusted, called as `host`: the answer's status, or the error.
+fn named(names: &[&str], common_name: &str, host: &str) -> Result<u16, String> {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "authority");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let (port, _) = serve_tls(server_config(&cert, &key), |mut tls, _| {
+        read_request(&mut tls);
+        let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+    });
+    let scratch = Scratch::new();
+    let pool = Pool::new(trusting(&scratch, &ca.pem()));
+    match runtime().block_on(exchange(job(host, port, 2000), &pool)) {
+        Outcome::Answer { status, .. } => Ok(status),
+        failed => Err(failure(failed).1),
+    }
+}
+
+#[test]
+fn a_certificate_with_no_dns_name_in_its_alternative_names_is_named_by_its_common_name() {
+    // As OpenSSL for Python's client (`hostname_checks_common_name`).
+    assert_eq!(named(&[], "localhost", "localhost"), Ok(200));
+    assert_eq!(named(&[], "LocalHost", "localhost"), Ok(200));
+    assert_eq!(named(&["127.0.0.1"], "localhost", "localhost"), Ok(200));
+    // Not another name; not an address; not when a DNS name is listed.
+    for (names, host) in [(&[][..], "127.0.0.1"), (&["other.test"][..], "localhost")] {
+        let refused = named(names, "localhost", host).unwrap_err();
+        assert!(refused.contains("not valid for name"), "{refused}");
+    }
+    let refused = named(&[], "elsewhere", "localhost").unwrap_err();
+    assert!(refused.contains("not valid for name"), "{refused}");
 }

@@ -1,11 +1,14 @@
-//! Which certificates an `https://` upstream may show the door: as Python's
-//! `ssl` decides for the app's client. One chains to the authorities in the
-//! files `ssl.get_default_verify_paths()` names (SSL_CERT_FILE and
-//! SSL_CERT_DIR honoured alike), names the host called and is within its
-//! dates; TLS 1.2 at least. Or, as with OpenSSL, it is itself one of those
-//! authorities (a self-signed upstream trusted by naming its certificate),
-//! which webpki alone refuses when the certificate is marked as an
-//! authority, as `openssl req -x509` marks it by default.
+//! Which certificates an `https://` upstream may show the core's client: as
+//! Python's `ssl` decides for the app's event-loop client. One chains to the
+//! authorities in the files `ssl.get_default_verify_paths()` names
+//! (SSL_CERT_FILE and SSL_CERT_DIR honoured alike; in the directory, the
+//! hash-named files OpenSSL looks up), names the host called and is within
+//! its dates; TLS 1.2 at least. Two of OpenSSL's rules webpki alone lacks
+//! are kept, as `openssl req -x509 -subj /CN=host` makes such certificates
+//! by default: a certificate that is itself one of those authorities is
+//! accepted though it is marked as an authority, and a certificate with no
+//! DNS name in its subjectAltName names the host by its common name
+//! (Python's `hostname_checks_common_name`).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -18,6 +21,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_rustls::TlsConnector;
+use x509_parser::extensions::GeneralName;
 
 /// The certificate authorities an `https://` upstream must chain to: a
 /// file of them and a directory of such files (either may be missing).
@@ -56,26 +60,43 @@ impl Trust {
         Ok(TlsConnector::from(Arc::new(config)))
     }
 
+    /// The file's certificates, then the directory's, each once.
     fn authorities(&self) -> Vec<CertificateDer<'static>> {
         let in_dir = self.dir.iter().flat_map(|dir| {
             std::fs::read_dir(dir)
                 .into_iter()
                 .flatten()
                 .flatten()
+                .filter(|entry| hash_named(&entry.file_name().to_string_lossy()))
                 .map(|entry| entry.path())
         });
+        let mut seen = HashSet::new();
         self.file
             .iter()
             .cloned()
             .chain(in_dir)
             .filter_map(|path| CertificateDer::pem_file_iter(path).ok())
             .flat_map(|certs| certs.flatten())
+            .filter(|cert| seen.insert(cert.to_vec()))
             .collect()
     }
 }
 
-/// webpki's checks, and OpenSSL's acceptance of a certificate that is itself
-/// a trusted authority.
+/// A certificate's name in a directory OpenSSL looks up by hash (`c_rehash`,
+/// `openssl rehash`): eight hex digits, a dot and a number (`.rN` are CRLs).
+fn hash_named(name: &str) -> bool {
+    name.split_once('.').is_some_and(|(hash, n)| {
+        hash.len() == 8
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// webpki's checks, with OpenSSL's common name and its acceptance of a
+/// certificate that is itself a trusted authority.
 #[derive(Debug)]
 struct Verifier {
     webpki: Arc<WebPkiServerVerifier>,
@@ -96,6 +117,10 @@ impl ServerCertVerifier for Verifier {
             self.webpki
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         match verdict {
+            // webpki checks the name after the chain: the chain holds.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if common_name_is(end_entity, server_name) => Ok(ServerCertVerified::assertion()),
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
                 if other.0.downcast_ref() == Some(&webpki::Error::CaUsedAsEndEntity) =>
             {
@@ -139,6 +164,42 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
+/// OpenSSL's fallback to the subject's common name for a DNS name, taken
+/// only when the certificate has no DNS name in its subjectAltName; a
+/// wildcard only as a whole leftmost label, over two labels at least.
+fn common_name_is(cert: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bool {
+    let ServerName::DnsName(host) = server_name else {
+        return false; // an address is matched in the subjectAltName only
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    let names_dns = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .any(|name| matches!(name, GeneralName::DNSName(_))),
+        Ok(None) => false,
+        Err(_) => return false,
+    };
+    let host = host.as_ref().trim_end_matches('.');
+    !names_dns
+        && parsed
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .any(|cn| match cn.strip_prefix("*.") {
+                Some(parent) => {
+                    parent.contains('.')
+                        && host
+                            .split_once('.')
+                            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(parent))
+                }
+                None => cn.eq_ignore_ascii_case(host),
+            })
+}
+
 fn self_issued(cert: &CertificateDer<'_>) -> bool {
     x509_parser::parse_x509_certificate(cert)
         .is_ok_and(|(_, parsed)| parsed.issuer() == parsed.subject())
@@ -153,10 +214,13 @@ fn trusted_itself(
     now: UnixTime,
 ) -> Result<ServerCertVerified, rustls::Error> {
     let bad = |error: CertificateError| rustls::Error::InvalidCertificate(error);
-    webpki::EndEntityCert::try_from(cert)
+    let named = webpki::EndEntityCert::try_from(cert)
         .map_err(|_| bad(CertificateError::BadEncoding))?
         .verify_is_valid_for_subject_name(server_name)
-        .map_err(|_| bad(CertificateError::NotValidForName))?;
+        .is_ok();
+    if !named && !common_name_is(cert, server_name) {
+        return Err(bad(CertificateError::NotValidForName));
+    }
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|_| bad(CertificateError::BadEncoding))?;
     let dates = parsed.validity();
@@ -168,4 +232,47 @@ fn trusted_itself(
         return Err(bad(CertificateError::Expired));
     }
     Ok(ServerCertVerified::assertion())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    fn common_name(cn: &str, host: &str) -> bool {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        common_name_is(cert.der(), &ServerName::try_from(host.to_string()).unwrap())
+    }
+
+    #[test]
+    fn a_wildcard_common_name_stands_for_one_whole_leftmost_label() {
+        assert!(common_name("*.example.com", "api.example.com"));
+        assert!(common_name("*.example.com", "API.Example.com."));
+        assert!(!common_name("*.example.com", "example.com"));
+        assert!(!common_name("*.example.com", "a.b.example.com"));
+        assert!(!common_name("*.com", "example.com"), "two labels at least");
+        assert!(
+            !common_name("a*.example.com", "ab.example.com"),
+            "no partial wildcard"
+        );
+    }
+
+    #[test]
+    fn only_hash_named_files_of_a_directory_are_authorities() {
+        for name in ["0123abcd.0", "ffffffff.12"] {
+            assert!(hash_named(name), "{name}");
+        }
+        for name in [
+            "0123ABCD.0",
+            "0123abcd.r0",
+            "0123abcd.",
+            "0123abc.0",
+            "ca.pem",
+            "x",
+        ] {
+            assert!(!hash_named(name), "{name}");
+        }
+    }
 }
