@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::trust::Trust;
+use crate::upstream::tests::serve;
 use crate::upstream::{exchange, open, Job};
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::PrivateKeyDer;
@@ -52,30 +53,16 @@ fn server_config(cert: &Certificate, key: &KeyPair) -> Arc<ServerConfig> {
 
 type Tls = StreamOwned<ServerConnection, std::net::TcpStream>;
 
-/// A TLS server on loopback: `script` gets each connection (its handshake
-/// done as it is first read) and its number; returns the port and the
-/// count of connections accepted.
+/// A TLS server on loopback (`upstream_tests::serve`): `script` gets each
+/// connection (its handshake done as it is first read) and its number.
 fn serve_tls<F>(config: Arc<ServerConfig>, script: F) -> (u16, Arc<AtomicUsize>)
 where
     F: Fn(Tls, usize) + Send + Sync + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    let script = Arc::new(script);
-    thread::spawn(move || {
-        for tcp in listener.incoming() {
-            let Ok(tcp) = tcp else { return };
-            let n = count.fetch_add(1, Ordering::SeqCst);
-            let (script, config) = (script.clone(), config.clone());
-            thread::spawn(move || {
-                let session = ServerConnection::new(config).unwrap();
-                script(StreamOwned::new(session, tcp), n)
-            });
-        }
-    });
-    (port, accepted)
+    serve(move |tcp, n| {
+        let session = ServerConnection::new(config.clone()).unwrap();
+        script(StreamOwned::new(session, tcp), n)
+    })
 }
 
 /// One request's head and body, read off `tls`; None at its end.

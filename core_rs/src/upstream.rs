@@ -793,4 +793,4 @@ fn read_head(fields: &[httparse::Header<'_>], http11: bool) -> Result<Head, Outc
 
 #[cfg(test)]
 #[path = "upstream_tests.rs"]
-mod tests;
+pub(crate) mod tests; // its scripted servers serve connection_tests.rs too

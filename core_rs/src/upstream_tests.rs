@@ -11,7 +11,7 @@ use std::time::Instant as StdInstant;
 /// A server on loopback: for each connection accepted, `script` gets the
 /// stream and the connection's number; returns the port and the count of
 /// connections accepted.
-fn serve<F>(script: F) -> (u16, Arc<AtomicUsize>)
+pub(crate) fn serve<F>(script: F) -> (u16, Arc<AtomicUsize>)
 where
     F: Fn(std::net::TcpStream, usize) + Send + Sync + 'static,
 {
