@@ -135,9 +135,10 @@ pub struct Pool(Arc<Parked>);
 struct Parked {
     idle: Mutex<HashMap<Origin, Vec<Conn>>>,
     trust: Trust,
-    /// Made at the first `https://` connection, on a blocking thread:
-    /// reading the authorities takes milliseconds (more on a cold disk), which
-    /// the runtime's other connections must not wait.
+    /// Made once, at the first `https://` connection, on a blocking thread:
+    /// reading the authorities takes milliseconds (more on a cold disk),
+    /// which the runtime's other connections must not wait. A failure (no
+    /// authority) is kept too: a change to them needs a restart.
     connector: OnceCell<Result<TlsConnector, String>>,
 }
 
@@ -181,6 +182,17 @@ impl Pool {
         None
     }
 
+    async fn tls_connector(self) -> Result<TlsConnector, String> {
+        let load = || async {
+            let trust = self.0.trust.clone();
+            match tokio::task::spawn_blocking(move || trust.connector()).await {
+                Ok(made) => made,
+                Err(panicked) => Err(panicked.to_string()),
+            }
+        };
+        self.0.connector.get_or_init(load).await.clone()
+    }
+
     async fn connect(&self, origin: &Origin, by: Instant) -> Result<Conn, Outcome> {
         let Origin { tls, host, port } = origin;
         let refused =
@@ -195,16 +207,17 @@ impl Pool {
         if !tls {
             return Ok(Conn::Plain(tcp));
         }
-        let made = self.0.connector.get_or_init(|| async {
-            let trust = self.0.trust.clone();
-            tokio::task::spawn_blocking(move || trust.connector())
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-        });
-        let connector = match timeout_at(by, made).await {
-            Ok(made) => made.as_ref().map_err(|e| refused(e))?,
-            Err(_) => return Err(late()),
-        };
+        let connector = match self.0.connector.get() {
+            Some(made) => made.clone(),
+            // A task of its own: a caller whose wait ends first does not
+            // cancel it, and the next callers wait for the same one.
+            None => match timeout_at(by, tokio::spawn(self.clone().tls_connector())).await {
+                Ok(Ok(made)) => made,
+                Ok(Err(panicked)) => Err(panicked.to_string()),
+                Err(_) => return Err(late()),
+            },
+        }
+        .map_err(|e| refused(&e))?;
         let name = ServerName::try_from(host.clone()).map_err(|e| refused(&e))?;
         // The handshake is part of connecting, within the same limit.
         match timeout_at(by, connector.connect(name, tcp)).await {

@@ -5,7 +5,10 @@ use super::*;
 use crate::trust::Trust;
 use crate::upstream::tests::serve;
 use crate::upstream::{exchange, open, Job};
-use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, GeneralSubtree, IsCa, KeyPair,
+    NameConstraints,
+};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::io::{Read, Write};
@@ -409,11 +412,18 @@ fn a_connection_whose_session_read_more_than_the_answer_is_not_taken_again() {
 
 /// A certificate for `names` in its subjectAltName (none: no such
 /// extension) and `common_name` as its subject's, signed by an authority
-/// trusted, called as `host`: the answer's status, or the error.
-fn named(names: &[&str], common_name: &str, host: &str) -> Result<u16, String> {
+/// trusted (limited to names under `corp.example` when `constrained`),
+/// called as `host`: the answer's status, or the error.
+fn named(names: &[&str], common_name: &str, host: &str, constrained: bool) -> Result<u16, String> {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    if constrained {
+        ca.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::DnsName("corp.example".into())],
+            excluded_subtrees: vec![],
+        });
+    }
     ca.distinguished_name.push(DnType::CommonName, "authority");
     let ca = ca.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
@@ -438,14 +448,55 @@ fn named(names: &[&str], common_name: &str, host: &str) -> Result<u16, String> {
 #[test]
 fn a_certificate_with_no_dns_name_in_its_alternative_names_is_named_by_its_common_name() {
     // As OpenSSL for Python's client (`hostname_checks_common_name`).
-    assert_eq!(named(&[], "localhost", "localhost"), Ok(200));
-    assert_eq!(named(&[], "LocalHost", "localhost"), Ok(200));
-    assert_eq!(named(&["127.0.0.1"], "localhost", "localhost"), Ok(200));
+    assert_eq!(named(&[], "localhost", "localhost", false), Ok(200));
+    assert_eq!(named(&[], "LocalHost", "localhost", false), Ok(200));
+    assert_eq!(
+        named(&["127.0.0.1"], "localhost", "localhost", false),
+        Ok(200)
+    );
     // Not another name; not an address; not when a DNS name is listed.
     for (names, host) in [(&[][..], "127.0.0.1"), (&["other.test"][..], "localhost")] {
-        let refused = named(names, "localhost", host).unwrap_err();
+        let refused = named(names, "localhost", host, false).unwrap_err();
         assert!(refused.contains("not valid for name"), "{refused}");
     }
-    let refused = named(&[], "elsewhere", "localhost").unwrap_err();
+    let refused = named(&[], "elsewhere", "localhost", false).unwrap_err();
     assert!(refused.contains("not valid for name"), "{refused}");
+    // Nor under an authority with name constraints, which OpenSSL holds a
+    // common name to and webpki does not.
+    let refused = named(&[], "localhost", "localhost", true).unwrap_err();
+    assert!(refused.contains("not valid for name"), "{refused}");
+}
+
+#[test]
+fn authorities_slow_to_read_are_read_once_whatever_the_first_calls_waited() {
+    let pki = pki(&["localhost"]);
+    let (port, _) = serve_tls(pki.server.clone(), |mut tls, _| {
+        while read_request(&mut tls).is_some() {
+            let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    // A named pipe: its reading waits until something writes it.
+    let dir = Scratch::new();
+    let pipe = dir.0.join("0123abcd.0");
+    let path = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+    // SAFETY: a path of ours, NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let pool = Pool::new(Trust {
+        file: None,
+        dir: Some(dir.0.clone()),
+    });
+    let runtime = runtime();
+    let call = |limit_ms| runtime.block_on(exchange(job("localhost", port, limit_ms), &pool));
+    let first: Vec<bool> = (0..3).map(|_| failure(call(100)).0).collect();
+    // The first calls' reading was not given up with them: it takes the
+    // authorities now, and the next call has them.
+    std::fs::write(&pipe, &pki.ca_pem).unwrap();
+    let next = call(2000);
+    // Not for ever, should a reading still wait (a panic would).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    assert_eq!(first, [true; 3], "timed out");
+    assert!(
+        matches!(next, Outcome::Answer { status: 200, .. }),
+        "{next:?}"
+    );
 }

@@ -47,8 +47,15 @@ impl Trust {
         let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| e.to_string())?;
+        let parsed = authorities
+            .iter()
+            .filter_map(|cert| x509_parser::parse_x509_certificate(cert).ok());
         let verifier = Verifier {
             webpki,
+            constraining: parsed
+                .filter(|(_, authority)| !matches!(authority.name_constraints(), Ok(None)))
+                .map(|(_, authority)| authority.subject().as_raw().to_vec())
+                .collect(),
             authorities: authorities.iter().map(|cert| cert.to_vec()).collect(),
         };
         let config = ClientConfig::builder_with_provider(provider)
@@ -102,6 +109,25 @@ struct Verifier {
     webpki: Arc<WebPkiServerVerifier>,
     /// Each authority's certificate, as read.
     authorities: HashSet<Vec<u8>>,
+    /// The subjects of the authorities with name constraints.
+    constraining: HashSet<Vec<u8>>,
+}
+
+impl Verifier {
+    /// Whether name constraints may bear on the chain: OpenSSL holds a
+    /// common name to them, webpki reads none on it, so the fallback to it
+    /// is not taken.
+    fn constrained(&self, end_entity: &CertificateDer<'_>, chain: &[CertificateDer<'_>]) -> bool {
+        std::iter::once(end_entity).chain(chain).any(|cert| {
+            match x509_parser::parse_x509_certificate(cert) {
+                Ok((_, cert)) => {
+                    !matches!(cert.name_constraints(), Ok(None))
+                        || self.constraining.contains(cert.issuer().as_raw())
+                }
+                Err(_) => true,
+            }
+        })
+    }
 }
 
 impl ServerCertVerifier for Verifier {
@@ -120,7 +146,11 @@ impl ServerCertVerifier for Verifier {
             // webpki checks the name after the chain: the chain holds.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) if common_name_is(end_entity, server_name) => Ok(ServerCertVerified::assertion()),
+            )) if common_name_is(end_entity, server_name)
+                && !self.constrained(end_entity, intermediates) =>
+            {
+                Ok(ServerCertVerified::assertion())
+            }
             Err(rustls::Error::InvalidCertificate(CertificateError::Other(other)))
                 if other.0.downcast_ref() == Some(&webpki::Error::CaUsedAsEndEntity) =>
             {
@@ -166,7 +196,8 @@ impl ServerCertVerifier for Verifier {
 
 /// OpenSSL's fallback to the subject's common name for a DNS name, taken
 /// only when the certificate has no DNS name in its subjectAltName; a
-/// wildcard only as a whole leftmost label, over two labels at least.
+/// wildcard only as a whole leftmost label of letters, digits and hyphens,
+/// over two labels at least.
 fn common_name_is(cert: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bool {
     let ServerName::DnsName(host) = server_name else {
         return false; // an address is matched in the subjectAltName only
@@ -192,9 +223,13 @@ fn common_name_is(cert: &CertificateDer<'_>, server_name: &ServerName<'_>) -> bo
             .any(|cn| match cn.strip_prefix("*.") {
                 Some(parent) => {
                     parent.contains('.')
-                        && host
-                            .split_once('.')
-                            .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(parent))
+                        && host.split_once('.').is_some_and(|(label, rest)| {
+                            !label.is_empty()
+                                && label
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                                && rest.eq_ignore_ascii_case(parent)
+                        })
                 }
                 None => cn.eq_ignore_ascii_case(host),
             })
@@ -256,6 +291,10 @@ mod tests {
         assert!(
             !common_name("a*.example.com", "ab.example.com"),
             "no partial wildcard"
+        );
+        assert!(
+            !common_name("*.example.com", "a_b.example.com"),
+            "a name's letters"
         );
     }
 
