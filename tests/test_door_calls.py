@@ -10,11 +10,13 @@ import signal
 import socket
 import time
 from collections import Counter
+from datetime import datetime
 
 import httpx
 import openai
 import pytest
 from test_calls import add_model, prefer
+from test_log_lines import REQUEST_LINE_KEYS
 
 from conftest import EDGES, within_one_minute
 
@@ -91,6 +93,67 @@ def test_a_chat_completion_is_answered_and_accounted_alike_on_both_edges(router,
     time.sleep(1.2)  # the metrics beat
     served = door_calls(router)
     assert served == ({"200": 1.0} if edge == "door" else {})
+
+
+def request_lines(server, count: int) -> dict[str, dict]:
+    """The routed calls' log lines by request id, once `count` are written
+    (by a beat of their own)."""
+    deadline = time.monotonic() + 5
+    while True:
+        entries = [
+            json.loads(line)
+            for line in server.log_path.read_text().splitlines()
+            if line.startswith("{")
+        ]
+        routed = {e["requestId"]: e for e in entries if e.get("route") == "/v1/chat/completions"}
+        if len(routed) >= count or time.monotonic() > deadline:
+            return routed
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_a_calls_log_line_is_written_alike_on_both_edges(make_server, make_mock, edge, level):
+    """At INFO the door writes the line of a call it served itself
+    (core_rs/src/log_line.rs) when masking leaves its strings as they are,
+    and leaves the others to the app to mask; at DEBUG, where a line holds
+    the reply, the app writes them all."""
+    server = make_server(MOCK_PROVIDER_KEY="provider-secret", LOG_LEVEL=level)
+    serve_m1(server, make_mock("openai"))
+    for user, request_id in (("u-7", "rq-1"), ("jane.doe@example.com", "rq-2")):
+        headers = {"X-Agent-Type": "creative", "X-User-Id": user, "X-Request-Id": request_id}
+        assert chat(server, **headers).status_code == 200
+    lines = request_lines(server, 2)
+    plain, masked = lines["rq-1"], lines["rq-2"]
+    assert list(plain)[: len(REQUEST_LINE_KEYS)] == REQUEST_LINE_KEYS
+    assert plain | {"timestamp": None} == {
+        "timestamp": None,
+        "level": "info",
+        "service": "model-router",
+        "logger": "model_router.requests",
+        "message": "Request routed successfully",
+        "requestId": "rq-1",
+        "route": "/v1/chat/completions",
+        "workspaceId": None,
+        "agentType": "creative",
+        "userId": "u-7",
+        "modelId": "m1",
+        "endpointId": "m1-ep0",
+        "status": 200,
+        "latency": plain["latency"],
+        "upstreamMs": plain["upstreamMs"],
+        "tokens": plain["tokens"],
+        "cost": plain["cost"],
+        "attempts": 1,
+    } | ({"prompt": None, "response": plain.get("response")} if level == "debug" else {})
+    stamp = datetime.fromisoformat(plain["timestamp"])
+    assert abs(stamp.timestamp() - time.time()) < 30 and plain["timestamp"].endswith("Z")
+    assert isinstance(plain["latency"], float) and plain["latency"] >= plain["upstreamMs"] > 0
+    assert plain["tokens"] > 0 and isinstance(plain["cost"], float) and plain["cost"] > 0
+    if level == "debug":
+        assert plain["response"] == "Mock reply to: hello door"
+    assert masked["userId"] == "[EMAIL]" and "jane.doe" not in server.log_path.read_text()
+    time.sleep(1.2)  # the metrics beat
+    assert door_calls(server) == ({"200": 2.0} if edge == "door" else {})
 
 
 def test_when_every_attempt_fails_the_error_is_the_apps_and_nothing_is_tried_twice(

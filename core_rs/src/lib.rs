@@ -13,6 +13,7 @@ pub mod ids;
 pub mod key_files;
 pub mod keys;
 pub mod leases;
+pub mod log_line;
 pub mod rollouts;
 pub mod rollup;
 pub mod routed;

@@ -13,6 +13,7 @@ use crate::ids;
 use crate::key_files;
 use crate::keys;
 use crate::leases;
+use crate::log_line;
 use crate::rollouts;
 use crate::rollup::{self, Drained};
 use crate::routed;
@@ -903,6 +904,7 @@ type DoorCall = (
     (u16, &'static str, f64, f64, u64, u64, i64, bool, u64, bool),
     Vec<DoorAttempt>,
     Option<String>,
+    bool,
 );
 
 #[pymethods]
@@ -1052,14 +1054,28 @@ impl Door {
     }
 
     /// What the door queued since the last call: (the calls it served or
-    /// saw cut short, [(key id, window, limit, now ms) of a lease to top up]).
+    /// saw cut short, [(key id, window, limit, now ms) of a lease to top up],
+    /// and with `lines` the log lines of those calls it could write itself,
+    /// each call saying whether it was).
     #[allow(clippy::type_complexity)]
-    fn take(&self) -> (Vec<DoorCall>, Vec<(String, i64, i64, i64)>) {
-        let (mut calls, mut top_ups) = (Vec::new(), Vec::new());
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        lines: bool,
+    ) -> (
+        Vec<DoorCall>,
+        Vec<(String, i64, i64, i64)>,
+        Vec<Bound<'py, PyBytes>>,
+    ) {
+        let (mut calls, mut top_ups, mut written) = (Vec::new(), Vec::new(), Vec::new());
+        let now = std::time::SystemTime::now();
         for account in self.routing.accounts.take() {
             match account {
                 routed::Account::Call(c) => {
                     let c = *c;
+                    let line = lines.then(|| log_line::request_line(&c, now)).flatten();
+                    let logged = line.is_some();
+                    written.extend(line.map(|l| PyBytes::new(py, &l)));
                     let attempts = c
                         .attempts
                         .into_iter()
@@ -1100,6 +1116,7 @@ impl Door {
                         ),
                         attempts,
                         c.reply,
+                        logged,
                     ))
                 }
                 routed::Account::TopUp {
@@ -1110,7 +1127,7 @@ impl Door {
                 } => top_ups.push((key_id, window, limit, now_ms)),
             }
         }
-        (calls, top_ups)
+        (calls, top_ups, written)
     }
 
     /// Stops accepting; connections close once their requests are answered.
@@ -1122,6 +1139,12 @@ impl Door {
     fn wait(&self, py: Python<'_>, timeout_s: f64) -> bool {
         py.detach(|| self.door.wait(wait(timeout_s)))
     }
+}
+
+/// Whether masking leaves `text` as it is, for certain (`log_line.rs`).
+#[pyfunction]
+fn pii_plain(text: &str) -> bool {
+    log_line::plain(text)
 }
 
 /// The upstream body of a same-format request (`shape.rs`); ValueError when
@@ -1265,6 +1288,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DOOR_VERDICT_HEADER", routed::VERDICT_HEADER)?;
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
+    m.add_function(wrap_pyfunction!(pii_plain, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
     m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;
     m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;

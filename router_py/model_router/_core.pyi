@@ -34,6 +34,7 @@ __all__ = [
     "permissions",
     "sketch_quantiles",
     "same_format_body",
+    "pii_plain",
     "answer_outcome",
     "read_chat_call",
     "retry_after_ms",
@@ -396,10 +397,14 @@ class Door:
         """The door serves no routed call from now on."""
     def fileno(self) -> int:
         """The socket that turns readable when `take` has something."""
-    def take(self) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]]]:
+    def take(
+        self, lines: bool
+    ) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]], list[bytes]]:
         """What the door queued since the last call: the calls it served (or
-        saw cut short), and (key id, window, limit, now ms) of each lease to
-        top up."""
+        saw cut short), (key id, window, limit, now ms) of each lease to top
+        up, and with `lines` the log lines (with their newlines) of the calls
+        it could write itself (core_rs/src/log_line.rs), each call saying
+        whether it was one."""
 
 # An endpoint of the door's plan: (id, (https, host, port, target, authority),
 # (key header, prefix, key or None, key file or None) or None, (connect,
@@ -422,6 +427,7 @@ _DoorCall = tuple[
     tuple[int, str, float, float, int, int, int, bool, int, bool],
     list[_DoorAttempt],
     str | None,
+    bool,
 ]
 
 # The caller's address as the door saw it, for the app behind it.
@@ -432,6 +438,11 @@ DOOR_VERDICT_HEADER: str
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in
     ms, within 1% of the exact values; None when there are no values."""
+
+def pii_plain(text: str) -> bool:
+    """Whether masking (telemetry/pii.py) leaves `text` as it is, for certain:
+    a lowercase hex word with a letter, or letters, digits, `.`, `_`, `-`
+    with fewer than nine digits and none of the secret patterns' words."""
 
 def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
     """The upstream body of a request in the provider's own format: `body` as

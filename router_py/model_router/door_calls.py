@@ -29,7 +29,7 @@ from .engine.upstream import _locate
 from .engine.write_counter import counter_path
 from .http import new_id
 from .ratelimit import Verdict
-from .telemetry.logging import Timestamps
+from .telemetry.logging import STDERR, Timestamps
 
 if TYPE_CHECKING:
     from .service import Service
@@ -234,8 +234,9 @@ class DoorCalls:
 
     def account(self) -> None:
         """Account the calls the door finished, and top up the leases it half spent."""
-        calls, top_ups = self.door.take()
         service = self.service
+        calls, top_ups, lines = self.door.take(service.observer.door_writes_lines())
+        STDERR.extend(lines)
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)
         for call in calls:
@@ -245,7 +246,7 @@ class DoorCalls:
                 log.exception("a call the door served could not be accounted")
 
     def _account(self, call: _core._DoorCall) -> None:
-        names, figures, tried, reply = call
+        names, figures, tried, reply, logged = call
         service = self.service
         request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
         status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated = figures[:8]
@@ -277,4 +278,4 @@ class DoorCalls:
             user_id=user_id,
             attempt_details=details,
         )
-        service.observer.served_by_door(summary, attempts, reply)
+        service.observer.served_by_door(summary, attempts, reply, logged)

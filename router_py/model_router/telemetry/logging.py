@@ -163,6 +163,11 @@ class LineWriter:
         if full:
             self._wake.set()
 
+    def extend(self, lines: list[bytes]) -> None:
+        """Queue lines (each with its newline), as `add` does one."""
+        for line in lines:
+            self.add(line)
+
     def write(self, line: bytes = b"") -> None:
         """Write what is buffered, then `line` (with its newline), now."""
         with self._writing:

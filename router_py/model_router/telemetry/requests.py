@@ -70,6 +70,7 @@ class RequestObserver:
         prompt: str | None,
         reply: str | None,
         arm: Arm | None,
+        logged: bool = False,
     ) -> None:
         if arm is not None:
             self.arms.record(arm, summary)
@@ -86,15 +87,26 @@ class RequestObserver:
             m.inc(metrics.TOKENS, (model, "completion"), summary.completion_tokens)
             m.inc(metrics.COST, (model,), summary.cost)
         self._pending.append(msgspec.json.encode(summary))
-        if log.isEnabledFor(logging.INFO):
+        if not logged and log.isEnabledFor(logging.INFO):
             self._log_line(summary, prompt, reply, arm)
 
+    def door_writes_lines(self) -> bool:
+        """Whether the door writes the lines of the calls it serves itself
+        (those whose strings masking leaves as they are: `take`): at INFO,
+        where a line holds no prompt or reply."""
+        return log.isEnabledFor(logging.INFO) and not log.isEnabledFor(logging.DEBUG)
+
     def served_by_door(
-        self, summary: t.RecentRequest, attempts: list[t.AttemptReport], reply: str | None
+        self,
+        summary: t.RecentRequest,
+        attempts: list[t.AttemptReport],
+        reply: str | None,
+        logged: bool,
     ) -> None:
-        """Account a call the front door served itself (door_calls.py)."""
+        """Account a call the front door served itself (door_calls.py), and
+        write its line unless the door has (`logged`)."""
         self._metrics.inc(metrics.DOOR_CALLS, (str(summary.status),))
-        self.account(summary, attempts, None, reply, None)
+        self.account(summary, attempts, None, reply, None, logged)
 
     def _log_line(
         self, summary: t.RecentRequest, prompt: str | None, reply: str | None, arm: Arm | None
