@@ -65,7 +65,7 @@ class Settings:
     interface: str = "rsgi"
     # The core's front door owns the port and hands requests to Granian on a
     # private socket (docs/data-plane.md).
-    door: bool = False
+    door: bool = True
     # Active health monitoring of endpoints with a healthCheckUrl (issue 9).
     health_probe_interval_ms: int = 10_000
     health_probe_timeout_ms: int = 5_000
