@@ -6,7 +6,7 @@ nothing else), printed for reference: what the router adds beyond it is its
 own per-request work.
 
     .venv/bin/python bench/load.py [--seconds 5] [--rounds 3] [--only latency,streaming] \\
-        [--env MODEL_ROUTER_DOOR=on]
+        [--env MODEL_ROUTER_DOOR=off]
 
 Phases (all by default; --only picks some):
   throughput  wrk -c64 POST /v1/chat/completions; routed req/s >= 70% of nginx's
@@ -292,7 +292,7 @@ def main() -> int:
         default=[],
         type=lambda pair: tuple(pair.split("=", 1)),
         metavar="NAME=VALUE",
-        help="set in the router's environment (MODEL_ROUTER_DOOR=on: behind the door)",
+        help="set in the router's environment (MODEL_ROUTER_DOOR=off: without the door)",
     )
     args = parser.parse_args()
     only = args.only.split(",")

@@ -5,10 +5,11 @@ router goes first.
 
     .venv/bin/python bench/plain_ab.py --a /work/main/router_py --b router_py \\
         [--rounds 7] [--seconds 5] [--connections 64] [--workers 2] \\
-        [--env-b MODEL_ROUTER_DOOR=on] [--path /health/live] [--https]
+        [--env-a MODEL_ROUTER_DOOR=off] [--path /health/live] [--https]
 
 `--env-a`, `--env-b` (repeatable) set the environment of one router: one
-checkout with two settings is compared the same way. `--path` GETs that
+checkout with two settings is compared the same way (the door is on by
+default: `--env-a MODEL_ROUTER_DOOR=off` compares the app's path with it). `--path` GETs that
 path instead (with the admin key) to measure a request that is not routed.
 `--https`: the mock provider serves https:// with a certificate made for the
 run, which both routers trust (SSL_CERT_FILE).

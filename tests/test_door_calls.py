@@ -97,7 +97,7 @@ def test_a_chat_completion_is_answered_and_accounted_alike_on_both_edges(router,
 
 def request_lines(server, count: int) -> dict[str, dict]:
     """The routed calls' log lines by request id, once `count` are written
-    (by a beat of their own)."""
+    (by a beat of their own); one line a call."""
     deadline = time.monotonic() + 5
     while True:
         entries = [
@@ -105,9 +105,11 @@ def request_lines(server, count: int) -> dict[str, dict]:
             for line in server.log_path.read_text().splitlines()
             if line.startswith("{")
         ]
-        routed = {e["requestId"]: e for e in entries if e.get("route") == "/v1/chat/completions"}
+        routed = [e for e in entries if e.get("route") == "/v1/chat/completions"]
         if len(routed) >= count or time.monotonic() > deadline:
-            return routed
+            by_id = {e["requestId"]: e for e in routed}
+            assert len(by_id) == len(routed), "a call's line was written twice"
+            return by_id
         time.sleep(0.05)
 
 

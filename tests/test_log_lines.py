@@ -5,18 +5,27 @@ stderr does not take them (see docs/operations.md, "Logs")."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_calls import add_model, prefer
 
+from model_router import _core
+from model_router import types as t
+from model_router.telemetry import requests
 from model_router.telemetry.logging import MAX_BUFFERED_BYTES, LineWriter, Timestamps
+from model_router.telemetry.requests import RequestObserver
 
 REQUEST_LINE_KEYS = [
     "timestamp",
@@ -141,3 +150,98 @@ def test_timestamps_are_isoformat_to_the_millisecond():
         created = whole + rng.choice([rng.random(), 0.9999995, 0.99999949, 0.0005, 0.0004999])
         want = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert stamps(created) == want.replace("+00:00", "Z"), created
+
+
+IDS = st.sampled_from(["3f9a1c2b7d4e0000000001", "rq-1", "jane@example.com", "u 7", "sk-" + "a" * 20])
+NAMES = st.one_of(st.none(), st.sampled_from(["ws-1", "m1", "m1-ep0", "creative", "Ünïcode"]))
+MS = st.floats(0, 1e7, allow_nan=False).map(lambda ms: round(ms * 1000) / 1000)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    names=st.tuples(IDS, NAMES, st.sampled_from(["creative", "a b"]), NAMES, NAMES, NAMES),
+    ending=st.sampled_from([(200, "success"), (499, "cancelled")]),
+    latency_ms=MS,
+    upstream_ms=MS,
+    tokens=st.tuples(st.integers(0, 10**7), st.integers(0, 10**7)),
+    cost=st.integers(0, 10**15),
+    attempts=st.integers(1, 4),
+    now_s=st.floats(0, 4e9, allow_nan=False),
+)
+def test_the_door_writes_a_calls_line_as_the_app_does(
+    names, ending, latency_ms, upstream_ms, tokens, cost, attempts, now_s
+):
+    """`Door.take`'s line of a call (core_rs/src/log_line.rs) against the
+    app's (`RequestObserver._log_line`) for the same facts and clock: the
+    same bytes, or none when a string is not `pii_plain` (the app's line)."""
+    request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
+    status, outcome = ending
+    door = _core.request_line(
+        names, status, outcome, latency_ms, upstream_ms, tokens, cost, attempts, now_s
+    )
+    plain = all(_core.pii_plain(s) for s in names if s is not None)
+    assert (door is not None) == plain
+    if door is None:
+        return
+    summary = t.RecentRequest(
+        id="r",
+        request_id=request_id,
+        timestamp="2026-12-01T00:00:00.000Z",
+        route="/v1/chat/completions",
+        workspace_id=workspace_id,
+        agent_type=agent_type,
+        model_id=model_id,
+        endpoint_id=endpoint_id,
+        status=status,
+        outcome=outcome,
+        latency_ms=latency_ms,
+        upstream_ms=upstream_ms,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+        cost=cost / 1e9,
+        estimated=False,
+        attempts=attempts,
+        stream=False,
+        user_id=user_id,
+    )
+    written: list[bytes] = []
+    clock = types.SimpleNamespace(time=lambda: now_s)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(requests, "time", clock)
+        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
+        RequestObserver(None, None, 1)._log_line(summary, None, None, None)  # type: ignore[arg-type]
+    assert written == [door]
+
+
+def test_a_call_the_door_wrote_the_line_of_gets_no_second_line():
+    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
+    summary = t.RecentRequest(
+        id="r",
+        request_id="rq-1",
+        timestamp="2026-12-01T00:00:00.000Z",
+        route="/v1/chat/completions",
+        workspace_id=None,
+        agent_type="creative",
+        model_id="m1",
+        endpoint_id="m1-ep0",
+        status=200,
+        outcome="success",
+        latency_ms=2.5,
+        upstream_ms=1.0,
+        prompt_tokens=1,
+        completion_tokens=2,
+        cost=0.0,
+        estimated=False,
+        attempts=1,
+        stream=False,
+    )
+    written: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
+        assert observer.door_writes_lines()
+        observer.served_by_door(summary, [], None, logged=True)
+        assert written == []
+        observer.served_by_door(summary, [], None, logged=False)
+        assert len(written) == 1 and b'"requestId":"rq-1"' in written[0]

@@ -82,6 +82,13 @@ def test_the_fast_paths_mask_as_the_patterns_do():
 @example("AKIAABCDEFGHIJKLMNOP")
 @example("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_abcdef")
 @example("mr_0123456789ab_abcdefghijkl")
+@example("123456789")  # nine digits: a phone number
+@example("415-555-0132")
+@example("u-123456789")
+@example("bearer abcdefghijkl")
+@example("api_key=abcdefghijkl")
+@example("0123456789abcdef" * 6 + "0123456789")  # a long hex word
+@example("a" * 70 + "4111111111111111")
 def test_what_the_door_writes_unmasked_no_pattern_would_mask(text):
     """The door writes a call's line itself only when every string in it is
     `pii_plain` (core_rs/src/log_line.rs): masking, every pattern run,

@@ -1147,6 +1147,71 @@ fn pii_plain(text: &str) -> bool {
     log_line::plain(text)
 }
 
+/// The line `Door.take` writes for a call of these facts (`log_line.rs`),
+/// stamped `now_s` seconds after the epoch; None when it leaves the line to
+/// Python. What tests hold to the app's `_log_line`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn request_line<'py>(
+    py: Python<'py>,
+    names: (
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ),
+    status: u16,
+    outcome: &str,
+    latency_ms: f64,
+    upstream_ms: f64,
+    tokens: (u64, u64),
+    cost: i64,
+    attempts: usize,
+    now_s: f64,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let outcome = failover::Outcome::ALL
+        .into_iter()
+        .find(|o| o.label() == outcome)
+        .ok_or_else(|| PyValueError::new_err(format!("no outcome {outcome:?}")))?;
+    let (request_id, workspace_id, agent_type, user_id, model_id, endpoint_id) = names;
+    let attempt = routed::Attempt {
+        model_id: String::new(),
+        endpoint_id: String::new(),
+        outcome,
+        status: Some(status),
+        latency_ms,
+        error: None,
+        retry_after_ms: None,
+    };
+    let call = routed::CallRecord {
+        request_id,
+        workspace_id,
+        agent_type,
+        user_id,
+        model_id,
+        endpoint_id,
+        status,
+        outcome,
+        latency_ms,
+        upstream_ms,
+        tokens: Tokens {
+            prompt: tokens.0,
+            completion: tokens.1,
+            ..Tokens::default()
+        },
+        cost,
+        estimated: false,
+        attempts: vec![attempt; attempts],
+        reply: None,
+        ended_ms: 0,
+        stream: false,
+    };
+    let now = UNIX_EPOCH + Duration::from_secs_f64(now_s);
+    Ok(log_line::request_line(&call, now).map(|line| PyBytes::new(py, &line)))
+}
+
 /// The upstream body of a same-format request (`shape.rs`); ValueError when
 /// `body` is not one JSON object.
 #[pyfunction]
@@ -1289,6 +1354,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add_function(wrap_pyfunction!(pii_plain, m)?)?;
+    m.add_function(wrap_pyfunction!(request_line, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
     m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;
     m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;
