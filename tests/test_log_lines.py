@@ -152,7 +152,9 @@ def test_timestamps_are_isoformat_to_the_millisecond():
         assert stamps(created) == want.replace("+00:00", "Z"), created
 
 
-IDS = st.sampled_from(["3f9a1c2b7d4e0000000001", "rq-1", "jane@example.com", "u 7", "sk-" + "a" * 20])
+IDS = st.sampled_from(
+    ["3f9a1c2b7d4e0000000001", "rq-1", "jane@example.com", "u 7", "sk-" + "a" * 20]
+)
 NAMES = st.one_of(st.none(), st.sampled_from(["ws-1", "m1", "m1-ep0", "creative", "Ünïcode"]))
 MS = st.floats(0, 1e7, allow_nan=False).map(lambda ms: round(ms * 1000) / 1000)
 
