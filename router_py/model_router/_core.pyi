@@ -35,6 +35,7 @@ __all__ = [
     "sketch_quantiles",
     "same_format_body",
     "pii_plain",
+    "request_line",
     "answer_outcome",
     "read_chat_call",
     "retry_after_ms",
@@ -443,6 +444,22 @@ def pii_plain(text: str) -> bool:
     """Whether masking (telemetry/pii.py) leaves `text` as it is, for certain:
     a lowercase hex word with a letter, or letters, digits, `.`, `_`, `-`
     with fewer than nine digits and none of the secret patterns' words."""
+
+def request_line(
+    names: tuple[str, str | None, str, str | None, str | None, str | None],
+    status: int,
+    outcome: str,
+    latency_ms: float,
+    upstream_ms: float,
+    tokens: tuple[int, int],
+    cost: int,
+    attempts: int,
+    now_s: float,
+) -> bytes | None:
+    """The log line `Door.take` writes for a call of these facts (request id,
+    workspace, agent type, user, model, endpoint; cost in nano-dollars),
+    stamped `now_s` seconds after the epoch; None when the app writes it.
+    For tests holding it to the app's line."""
 
 def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
     """The upstream body of a request in the provider's own format: `body` as
