@@ -1056,12 +1056,14 @@ impl Door {
     /// What the door queued since the last call: (the calls it served or
     /// saw cut short, [(key id, window, limit, now ms) of a lease to top up],
     /// and with `lines` the log lines of those calls it could write itself,
-    /// each call saying whether it was).
+    /// each call saying whether it was). Each call's reply text only with
+    /// `replies` (a DEBUG line shows it; nothing else reads it).
     #[allow(clippy::type_complexity)]
     fn take<'py>(
         &self,
         py: Python<'py>,
         lines: bool,
+        replies: bool,
     ) -> (
         Vec<DoorCall>,
         Vec<(String, i64, i64, i64)>,
@@ -1115,7 +1117,7 @@ impl Door {
                             c.stream,
                         ),
                         attempts,
-                        c.reply,
+                        c.reply.filter(|_| replies),
                         logged,
                     ))
                 }

@@ -399,13 +399,13 @@ class Door:
     def fileno(self) -> int:
         """The socket that turns readable when `take` has something."""
     def take(
-        self, lines: bool
+        self, lines: bool, replies: bool
     ) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]], list[bytes]]:
         """What the door queued since the last call: the calls it served (or
         saw cut short), (key id, window, limit, now ms) of each lease to top
         up, and with `lines` the log lines (with their newlines) of the calls
         it could write itself (core_rs/src/log_line.rs), each call saying
-        whether it was one."""
+        whether it was one. A call's reply text only with `replies`."""
 
 # An endpoint of the door's plan: (id, (https, host, port, target, authority),
 # (key header, prefix, key or None, key file or None) or None, (connect,

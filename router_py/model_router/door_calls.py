@@ -235,7 +235,10 @@ class DoorCalls:
     def account(self) -> None:
         """Account the calls the door finished, and top up the leases it half spent."""
         service = self.service
-        calls, top_ups, lines = self.door.take(service.observer.door_writes_lines())
+        observer = service.observer
+        calls, top_ups, lines = self.door.take(
+            observer.door_writes_lines(), observer.logs_replies()
+        )
         STDERR.extend(lines)
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)

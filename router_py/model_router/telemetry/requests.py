@@ -94,7 +94,11 @@ class RequestObserver:
         """Whether the door writes the lines of the calls it serves itself
         (those whose strings masking leaves as they are: `take`): at INFO,
         where a line holds no prompt or reply."""
-        return log.isEnabledFor(logging.INFO) and not log.isEnabledFor(logging.DEBUG)
+        return log.isEnabledFor(logging.INFO) and not self.logs_replies()
+
+    def logs_replies(self) -> bool:
+        """Whether a request's line shows its reply (at DEBUG)."""
+        return log.isEnabledFor(logging.DEBUG)
 
     def served_by_door(
         self,
@@ -133,7 +137,7 @@ class RequestObserver:
             fields["experimentId"] = summary.experiment_id
             fields["canaryId"] = summary.canary_id
             fields["variant"] = summary.variant
-        if log.isEnabledFor(logging.DEBUG):
+        if self.logs_replies():
             fields |= {"prompt": prompt, "response": reply}
         if summary.status == 200:
             level, message = logging.INFO, "Request routed successfully"
