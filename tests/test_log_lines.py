@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_calls import add_model, prefer
 
 from model_router import _core
-from model_router import types as t
+from model_router.door_calls import summary_of
 from model_router.telemetry import requests
 from model_router.telemetry.logging import MAX_BUFFERED_BYTES, LineWriter, Timestamps
 from model_router.telemetry.requests import RequestObserver
@@ -159,6 +159,25 @@ NAMES = st.one_of(st.none(), st.sampled_from(["ws-1", "m1", "m1-ep0", "creative"
 MS = st.floats(0, 1e7, allow_nan=False).map(lambda ms: round(ms * 1000) / 1000)
 
 
+def door_call(names, ending, latency_ms, upstream_ms, tokens, cost, attempts):
+    """A call as `Door.take` hands it over (`_core._DoorCall`)."""
+    status, outcome = ending
+    figures = (status, outcome, latency_ms, upstream_ms, *tokens, cost, False, 0, False)
+    tried = [(names[4] or "m", names[5] or "e", outcome, status, latency_ms, None, None)]
+    return (names, figures, tried * attempts, None, False)
+
+
+def lines_written(observer: RequestObserver, act, now_s: float = 0.0) -> list[bytes]:
+    """The lines `act` has `observer` write at INFO, its clock at `now_s`."""
+    written: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(requests, "time", types.SimpleNamespace(time=lambda: now_s))
+        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
+        act()
+    return written
+
+
 @settings(max_examples=2000, deadline=None)
 @given(
     names=st.tuples(IDS, NAMES, st.sampled_from(["creative", "a b"]), NAMES, NAMES, NAMES),
@@ -174,76 +193,42 @@ def test_the_door_writes_a_calls_line_as_the_app_does(
     names, ending, latency_ms, upstream_ms, tokens, cost, attempts, now_s
 ):
     """`Door.take`'s line of a call (core_rs/src/log_line.rs) against the
-    app's (`RequestObserver._log_line`) for the same facts and clock: the
-    same bytes, or none when a string is not `pii_plain` (the app's line)."""
-    request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
-    status, outcome = ending
-    door = _core.request_line(
-        names, status, outcome, latency_ms, upstream_ms, tokens, cost, attempts, now_s
-    )
-    plain = all(_core.pii_plain(s) for s in names if s is not None)
-    assert (door is not None) == plain
-    if door is None:
-        return
-    summary = t.RecentRequest(
-        id="r",
-        request_id=request_id,
-        timestamp="2026-12-01T00:00:00.000Z",
-        route="/v1/chat/completions",
-        workspace_id=workspace_id,
-        agent_type=agent_type,
-        model_id=model_id,
-        endpoint_id=endpoint_id,
-        status=status,
-        outcome=outcome,
-        latency_ms=latency_ms,
-        upstream_ms=upstream_ms,
-        prompt_tokens=tokens[0],
-        completion_tokens=tokens[1],
-        cost=cost / 1e9,
-        estimated=False,
-        attempts=attempts,
-        stream=False,
-        user_id=user_id,
-    )
-    written: list[bytes] = []
-    clock = types.SimpleNamespace(time=lambda: now_s)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
-        patch.setattr(requests, "time", clock)
-        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
-        RequestObserver(None, None, 1)._log_line(summary, None, None, None)  # type: ignore[arg-type]
-    assert written == [door]
+    app's (`RequestObserver._log_line`, of the record `door_calls` makes)
+    for the same call and clock: the same bytes, or none when a string is
+    not `pii_plain` (the app writes that line)."""
+    facts = (ending[0], ending[1], latency_ms, upstream_ms, tokens, cost, attempts)
+    door = _core.request_line(names, *facts, now_s)
+    assert (door is not None) == all(_core.pii_plain(s) for s in names if s is not None)
+    if door is not None:
+        call = door_call(names, ending, latency_ms, upstream_ms, tokens, cost, attempts)
+        summary, _ = summary_of(call, Timestamps())
+        observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
+        assert lines_written(
+            observer, lambda: observer._log_line(summary, None, None, None), now_s
+        ) == [door]
 
 
 def test_a_call_the_door_wrote_the_line_of_gets_no_second_line():
     observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
-    summary = t.RecentRequest(
-        id="r",
-        request_id="rq-1",
-        timestamp="2026-12-01T00:00:00.000Z",
-        route="/v1/chat/completions",
-        workspace_id=None,
-        agent_type="creative",
-        model_id="m1",
-        endpoint_id="m1-ep0",
-        status=200,
-        outcome="success",
-        latency_ms=2.5,
-        upstream_ms=1.0,
-        prompt_tokens=1,
-        completion_tokens=2,
-        cost=0.0,
-        estimated=False,
-        attempts=1,
-        stream=False,
+    names = ("rq-1", None, "creative", None, "m1", "m1-ep0")
+    summary, attempts = summary_of(
+        door_call(names, (200, "success"), 2.5, 1.0, (1, 2), 0, 1), Timestamps()
     )
-    written: list[bytes] = []
+    logged = lines_written(observer, lambda: observer.served_by_door(summary, attempts, None, True))
+    assert logged == []
+    [line] = lines_written(
+        observer, lambda: observer.served_by_door(summary, attempts, None, False)
+    )
+    assert b'"requestId":"rq-1"' in line
+
+
+@pytest.mark.parametrize(
+    ("level", "door", "replies"),
+    [("info", True, False), ("debug", False, True), ("warning", False, False)],
+)
+def test_the_door_writes_lines_at_info_and_hands_replies_over_at_debug(level, door, replies):
+    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
+    threshold = logging.getLevelName(level.upper())
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
-        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
-        assert observer.door_writes_lines()
-        observer.served_by_door(summary, [], None, logged=True)
-        assert written == []
-        observer.served_by_door(summary, [], None, logged=False)
-        assert len(written) == 1 and b'"requestId":"rq-1"' in written[0]
+        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
+        assert (observer.door_writes_lines(), observer.logs_replies()) == (door, replies)

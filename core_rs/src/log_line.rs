@@ -10,6 +10,7 @@
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::engine::civil_from_days;
 use crate::failover::Outcome;
 use crate::routed::{CallRecord, ROUTE};
 
@@ -55,7 +56,7 @@ pub fn timestamp(since_epoch: std::time::Duration) -> String {
         micros -= 1_000_000;
     }
     let (days, in_day) = (second.div_euclid(86_400), second.rem_euclid(86_400));
-    let (year, month, day) = civil(days);
+    let (year, month, day) = civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         in_day / 3600,
@@ -63,21 +64,6 @@ pub fn timestamp(since_epoch: std::time::Duration) -> String {
         in_day % 60,
         micros / 1000
     )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (H. Hinnant's
-/// `civil_from_days`).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// `value` as msgspec writes a float: the shortest digits that read back

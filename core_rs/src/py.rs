@@ -892,15 +892,18 @@ type DoorAttempt = (
 /// (status, outcome, latency ms, upstream ms, prompt tokens, completion
 /// tokens, cost nanos, estimated, ended at ms), attempts, reply). Tuples: a
 /// batch is read once, where an object's fields would be made at each read.
+/// A door call's (request id, workspace, agent type, user, model, endpoint).
+type DoorNames = (
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 type DoorCall = (
-    (
-        String,
-        Option<String>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
+    DoorNames,
     (u16, &'static str, f64, f64, u64, u64, i64, bool, u64, bool),
     Vec<DoorAttempt>,
     Option<String>,
@@ -1156,14 +1159,7 @@ fn pii_plain(text: &str) -> bool {
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn request_line<'py>(
     py: Python<'py>,
-    names: (
-        String,
-        Option<String>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    ),
+    names: DoorNames,
     status: u16,
     outcome: &str,
     latency_ms: f64,

@@ -249,36 +249,45 @@ class DoorCalls:
                 log.exception("a call the door served could not be accounted")
 
     def _account(self, call: _core._DoorCall) -> None:
-        names, figures, tried, reply, logged = call
-        service = self.service
-        request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
-        status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated = figures[:8]
-        ended, stream = figures[8:]
-        attempts = [t.AttemptReport(*attempt) for attempt in tried]
-        # The record names no provider's message: the same reports when none has one.
-        details = attempts
-        if any(a.error is not None for a in attempts):
-            details = [msgspec.structs.replace(a, error=None) for a in attempts]
-        summary = t.RecentRequest(
-            id=new_id(),
-            request_id=request_id,
-            timestamp=self._timestamps(ended / 1000),
-            route=ROUTE,
-            workspace_id=workspace_id,
-            agent_type=agent_type,
-            model_id=model_id,
-            endpoint_id=endpoint_id,
-            status=status,
-            outcome=outcome,
-            latency_ms=latency_ms,
-            upstream_ms=upstream_ms,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cost=cost / 1e9,
-            estimated=estimated,
-            attempts=len(attempts),
-            stream=stream,
-            user_id=user_id,
-            attempt_details=details,
-        )
-        service.observer.served_by_door(summary, attempts, reply, logged)
+        summary, attempts = summary_of(call, self._timestamps)
+        _, _, _, reply, logged = call
+        self.service.observer.served_by_door(summary, attempts, reply, logged)
+
+
+def summary_of(
+    call: _core._DoorCall, timestamps: Timestamps
+) -> tuple[t.RecentRequest, list[t.AttemptReport]]:
+    """The record of a call the door served, as the app's path makes one
+    of a call it serves, and the call's attempts."""
+    names, figures, tried, _, _ = call
+    request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
+    status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated = figures[:8]
+    ended, stream = figures[8:]
+    attempts = [t.AttemptReport(*attempt) for attempt in tried]
+    # The record names no provider's message: the same reports when none has one.
+    details = attempts
+    if any(a.error is not None for a in attempts):
+        details = [msgspec.structs.replace(a, error=None) for a in attempts]
+    summary = t.RecentRequest(
+        id=new_id(),
+        request_id=request_id,
+        timestamp=timestamps(ended / 1000),
+        route=ROUTE,
+        workspace_id=workspace_id,
+        agent_type=agent_type,
+        model_id=model_id,
+        endpoint_id=endpoint_id,
+        status=status,
+        outcome=outcome,
+        latency_ms=latency_ms,
+        upstream_ms=upstream_ms,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost=cost / 1e9,
+        estimated=estimated,
+        attempts=len(attempts),
+        stream=stream,
+        user_id=user_id,
+        attempt_details=details,
+    )
+    return summary, attempts
