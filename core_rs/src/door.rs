@@ -136,20 +136,6 @@ pub fn tls_config(
     Ok(config)
 }
 
-/// glibc's thresholds held where they start (128 KiB), not raised by the
-/// first large block freed: raised, its arenas keep up to twice that much
-/// free at their tops and serve large blocks from the heap, where the
-/// door's per-call buffers fragment around them. -1.2 MiB of a worker's
-/// RSS after c=64, the same rate (docs/performance.md, "Memory").
-fn fixed_malloc_thresholds() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt takes two ints and only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-    }
-}
-
 /// A running door. `drain` stops it accepting; `wait` for its connections.
 pub struct Door {
     drain: watch::Sender<bool>,
@@ -159,7 +145,6 @@ pub struct Door {
 impl Door {
     pub fn start(settings: Settings) -> io::Result<Door> {
         settings.listener.set_nonblocking(true)?;
-        fixed_malloc_thresholds();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             // Upstream host names are resolved on blocking threads: a resolver
