@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_calls import add_model, prefer
 
-from model_router import _core
-from model_router.door_calls import summary_of
+from model_router import _core, door_calls
+from model_router.door_calls import DoorCalls, summary_of
 from model_router.telemetry import requests
 from model_router.telemetry.logging import MAX_BUFFERED_BYTES, LineWriter, Timestamps
 from model_router.telemetry.requests import RequestObserver
@@ -232,3 +232,40 @@ def test_the_door_writes_lines_at_info_and_hands_replies_over_at_debug(level, do
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
         assert (observer.door_writes_lines(), observer.logs_replies()) == (door, replies)
+
+
+class RecordingDoor:
+    """The door's side of `DoorCalls.account`: what it is asked to take,
+    and one plain call it served, with its line when asked for lines (the
+    real door: tests/test_door_calls.py)."""
+
+    def __init__(self, call, line: bytes):
+        self.call, self.line, self.asked = call, line, []
+
+    def take(self, lines: bool, replies: bool):
+        self.asked.append((lines, replies))
+        names, figures, tried, reply, _ = self.call
+        call = (names, figures, tried, reply if replies else None, lines)
+        return [call], [], [self.line] if lines else []
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_account_asks_the_door_for_lines_at_info_and_replies_at_debug(level):
+    names = ("rq-1", None, "creative", None, "m1", "m1-ep0")
+    _, figures, tried, _, _ = door_call(names, (200, "success"), 2.5, 1.0, (1, 2), 0, 1)
+    line = _core.request_line(names, 200, "success", 2.5, 1.0, (1, 2), 0, 1, 0.0)
+    door = RecordingDoor((names, figures, tried, "the reply", False), line)
+    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
+    service = types.SimpleNamespace(observer=observer)
+    calls = DoorCalls(door, service, None)  # type: ignore[arg-type]
+    threshold = logging.getLevelName(level.upper())
+    written: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(door_calls, "STDERR", types.SimpleNamespace(extend=written.extend))
+        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
+        calls.account()
+    assert door.asked == [(level == "info", level == "debug")]
+    [line] = written  # one line a call, whichever side wrote it
+    assert (line == door.line) == (level == "info")
+    assert (b'"response":"the reply"' in line) == (level == "debug")

@@ -422,7 +422,8 @@ _DoorAttempt = tuple[str, str, str, int | None, float, str | None, int | None]
 # A call the door served (or whose caller left: status 499): ((request id,
 # workspace, agent type, user, model, endpoint), (status, outcome, latency
 # ms, upstream ms, prompt tokens, completion tokens, cost nanos, estimated,
-# ended at ms, streamed), attempts, reply).
+# ended at ms, streamed), attempts, reply (None unless `take` was asked for
+# replies), whether the door wrote its log line).
 _DoorCall = tuple[
     tuple[str, str | None, str, str | None, str | None, str | None],
     tuple[int, str, float, float, int, int, int, bool, int, bool],

@@ -114,10 +114,10 @@ class SQLiteStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # 256 KiB of pages, not SQLite's 2 MiB, in each worker: the hot pages
-        # are the ends of the tables appended to (recent requests, rollups)
-        # and a few counters; the OS caches the rest of the file. -1.0 MiB of
-        # a worker's RSS after c=64 (docs/performance.md, "Memory").
+        # 256 KiB of pages per worker, not SQLite's 2,000 KiB: with several
+        # workers writing every 100 ms, another connection's commit empties
+        # this cache anyway, and the OS caches the file. -1.0 MiB of a
+        # worker's RSS after c=64 (docs/performance.md, "Memory").
         self._db.execute("PRAGMA cache_size=-256")
         self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         self._db.executescript(SCHEMA)  # idempotent; each statement commits itself
