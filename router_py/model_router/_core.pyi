@@ -444,7 +444,7 @@ def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> lis
 def pii_plain(text: str) -> bool:
     """Whether masking (telemetry/pii.py) leaves `text` as it is, for certain:
     a lowercase hex word with a letter, or letters, digits, `.`, `_`, `-`
-    with fewer than nine digits and none of the secret patterns' words."""
+    with fewer than nine digits and none of the vendor keys' prefixes."""
 
 def request_line(
     names: tuple[str, str | None, str, str | None, str | None, str | None],
