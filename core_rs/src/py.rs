@@ -1146,6 +1146,20 @@ impl Door {
     }
 }
 
+/// Hands the free pages of every glibc arena back to the system
+/// (`malloc_trim`); true when some were. glibc returns only an arena's top by
+/// itself, so the door's per-connection buffers, freed between blocks still
+/// in use, would stay resident after a burst (3.3 MiB of a worker's arena
+/// after 64 connections). Takes 0.2-2.4 ms at c=64, without the GIL.
+#[pyfunction]
+fn release_free_memory(py: Python<'_>) -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes each arena's lock; any thread may call it.
+    return py.detach(|| unsafe { libc::malloc_trim(0) } == 1);
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 /// Whether masking leaves `text` as it is, for certain (`log_line.rs`).
 #[pyfunction]
 fn pii_plain(text: &str) -> bool {
@@ -1352,6 +1366,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sketch_quantiles, m)?)?;
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add_function(wrap_pyfunction!(pii_plain, m)?)?;
+    m.add_function(wrap_pyfunction!(release_free_memory, m)?)?;
     m.add_function(wrap_pyfunction!(request_line, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
     m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;

@@ -35,6 +35,7 @@ __all__ = [
     "sketch_quantiles",
     "same_format_body",
     "pii_plain",
+    "release_free_memory",
     "request_line",
     "answer_outcome",
     "read_chat_call",
@@ -440,6 +441,10 @@ DOOR_VERDICT_HEADER: str
 def sketch_quantiles(bins: list[tuple[int, int]], quantiles: list[float]) -> list[float | None]:
     """Nearest-rank quantiles (0..1) of merged sketch bins (index, count), in
     ms, within 1% of the exact values; None when there are no values."""
+
+def release_free_memory() -> bool:
+    """Hands the free pages of every glibc arena back to the system
+    (`malloc_trim`); True when some were."""
 
 def pii_plain(text: str) -> bool:
     """Whether masking (telemetry/pii.py) leaves `text` as it is, for certain:

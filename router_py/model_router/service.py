@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import auth
 from . import types as t
-from ._core import Clients
+from ._core import Clients, release_free_memory
 from .audit import Auditor
 from .catalog import Catalog, utcnow
 from .engine.breakers import BreakerSync, Prober
@@ -53,6 +53,13 @@ STOP_TASKS_S = 2.0
 BREAKER_SYNC_MS = 100
 # How often each worker adds its outcome rollups to the store's buckets.
 ROLLUP_FLUSH_MS = 1000
+# How often the heap's free pages go back to the system: what a burst of
+# connections left free is returned within this.
+MEMORY_RELEASE_MS = 1000
+
+
+async def _release_free_memory() -> None:
+    release_free_memory()
 
 
 def jwt_verifier(settings: Settings) -> JwtVerifier | None:
@@ -166,6 +173,7 @@ class Service:
             every(ROLLUP_FLUSH_MS, "rollup flush", self.rollups.flush),
             every(ROLLUP_FLUSH_MS, "experiment outcomes flush", self.observer.arms.flush),
             every(CONTROL_MS, "canary and experiment control", self.controller.tick),
+            every(MEMORY_RELEASE_MS, "free memory release", _release_free_memory),
         ]
         self._tasks = [asyncio.create_task(beat) for beat in beats]
         self._tasks.append(asyncio.create_task(self.store.watch_config(self._store_changed.set)))
