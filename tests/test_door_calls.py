@@ -30,14 +30,21 @@ def router(make_server):
     return make_server(MOCK_PROVIDER_KEY="provider-secret")
 
 
-def door_calls(server) -> dict[str, float]:
-    """model_router_door_calls_total by status, from /metrics (merged)."""
-    counts = {}
+def samples(server, *names: str) -> dict[str, float]:
+    """The samples of these metrics (name and labels as written), from
+    /metrics (merged)."""
+    found = {}
     for line in httpx.get(f"{server.url}/metrics").text.splitlines():
-        if line.startswith("model_router_door_calls_total{"):
-            labels, value = line.rsplit(" ", 1)
-            counts[labels.split('"')[1]] = float(value)
-    return counts
+        if line.startswith(names):
+            sample, value = line.rsplit(" ", 1)
+            found[sample] = float(value)
+    return found
+
+
+def door_calls(server) -> dict[str, float]:
+    """model_router_door_calls_total by status."""
+    counted = samples(server, "model_router_door_calls_total{")
+    return {sample.split('"')[1]: value for sample, value in counted.items()}
 
 
 def serve_m1(server, *mocks) -> None:
@@ -93,6 +100,28 @@ def test_a_chat_completion_is_answered_and_accounted_alike_on_both_edges(router,
     time.sleep(1.2)  # the metrics beat
     served = door_calls(router)
     assert served == ({"200": 1.0} if edge == "door" else {})
+    # The same samples, whichever side took them (the door tallies its own).
+    sampled = samples(
+        router,
+        "model_router_requests_total{",
+        "model_router_upstream_attempts_total{",
+        "model_router_tokens_total{",
+        "model_router_request_duration_seconds_count{",
+        "model_router_upstream_duration_seconds_count{",
+        "model_router_overhead_seconds_count",
+    )
+    usage = r.json()["usage"]
+    assert sampled == {
+        'model_router_requests_total{model="m1",status="200"}': 1.0,
+        'model_router_upstream_attempts_total{endpoint="m1-ep0",model="m1",outcome="success"}': 1.0,
+        'model_router_tokens_total{kind="prompt",model="m1"}': usage["prompt_tokens"],
+        'model_router_tokens_total{kind="completion",model="m1"}': usage["completion_tokens"],
+        'model_router_request_duration_seconds_count{route="/v1/chat/completions"}': 1.0,
+        'model_router_upstream_duration_seconds_count{model="m1"}': 1.0,
+        "model_router_overhead_seconds_count": 1.0,
+    }
+    cost = samples(router, "model_router_cost_usd_total{")
+    assert cost == {'model_router_cost_usd_total{model="m1"}': record["cost"]}
 
 
 def request_lines(server, count: int) -> dict[str, dict]:

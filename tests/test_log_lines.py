@@ -5,27 +5,18 @@ stderr does not take them (see docs/operations.md, "Logs")."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from test_calls import add_model, prefer
 
-from model_router import _core, door_calls
-from model_router.door_calls import DoorCalls, summary_of
-from model_router.telemetry import requests
 from model_router.telemetry.logging import MAX_BUFFERED_BYTES, LineWriter, Timestamps
-from model_router.telemetry.requests import RequestObserver
 
 REQUEST_LINE_KEYS = [
     "timestamp",
@@ -150,122 +141,3 @@ def test_timestamps_are_isoformat_to_the_millisecond():
         created = whole + rng.choice([rng.random(), 0.9999995, 0.99999949, 0.0005, 0.0004999])
         want = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert stamps(created) == want.replace("+00:00", "Z"), created
-
-
-IDS = st.sampled_from(
-    ["3f9a1c2b7d4e0000000001", "rq-1", "jane@example.com", "u 7", "sk-" + "a" * 20]
-)
-NAMES = st.one_of(st.none(), st.sampled_from(["ws-1", "m1", "m1-ep0", "creative", "Ünïcode"]))
-MS = st.floats(0, 1e7, allow_nan=False).map(lambda ms: round(ms * 1000) / 1000)
-
-
-def door_call(names, ending, latency_ms, upstream_ms, tokens, cost, attempts):
-    """A call as `Door.take` hands it over (`_core._DoorCall`)."""
-    status, outcome = ending
-    figures = (status, outcome, latency_ms, upstream_ms, *tokens, cost, False, 0, False)
-    tried = [(names[4] or "m", names[5] or "e", outcome, status, latency_ms, None, None)]
-    return (names, figures, tried * attempts, None, False)
-
-
-def lines_written(observer: RequestObserver, act, now_s: float = 0.0) -> list[bytes]:
-    """The lines `act` has `observer` write at INFO, its clock at `now_s`."""
-    written: list[bytes] = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
-        patch.setattr(requests, "time", types.SimpleNamespace(time=lambda: now_s))
-        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
-        act()
-    return written
-
-
-@settings(max_examples=2000, deadline=None)
-@given(
-    names=st.tuples(IDS, NAMES, st.sampled_from(["creative", "a b"]), NAMES, NAMES, NAMES),
-    ending=st.sampled_from([(200, "success"), (499, "cancelled")]),
-    latency_ms=MS,
-    upstream_ms=MS,
-    tokens=st.tuples(st.integers(0, 10**7), st.integers(0, 10**7)),
-    cost=st.integers(0, 10**15),
-    attempts=st.integers(1, 4),
-    now_s=st.floats(0, 4e9, allow_nan=False),
-)
-def test_the_door_writes_a_calls_line_as_the_app_does(
-    names, ending, latency_ms, upstream_ms, tokens, cost, attempts, now_s
-):
-    """`Door.take`'s line of a call (core_rs/src/log_line.rs) against the
-    app's (`RequestObserver._log_line`, of the record `door_calls` makes)
-    for the same call and clock: the same bytes, or none when a string is
-    not `pii_plain` (the app writes that line)."""
-    facts = (ending[0], ending[1], latency_ms, upstream_ms, tokens, cost, attempts)
-    door = _core.request_line(names, *facts, now_s)
-    assert (door is not None) == all(_core.pii_plain(s) for s in names if s is not None)
-    if door is not None:
-        call = door_call(names, ending, latency_ms, upstream_ms, tokens, cost, attempts)
-        summary, _ = summary_of(call, Timestamps())
-        observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
-        assert lines_written(
-            observer, lambda: observer._log_line(summary, None, None, None), now_s
-        ) == [door]
-
-
-def test_a_call_the_door_wrote_the_line_of_gets_no_second_line():
-    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
-    names = ("rq-1", None, "creative", None, "m1", "m1-ep0")
-    summary, attempts = summary_of(
-        door_call(names, (200, "success"), 2.5, 1.0, (1, 2), 0, 1), Timestamps()
-    )
-    logged = lines_written(observer, lambda: observer.served_by_door(summary, attempts, None, True))
-    assert logged == []
-    [line] = lines_written(
-        observer, lambda: observer.served_by_door(summary, attempts, None, False)
-    )
-    assert b'"requestId":"rq-1"' in line
-
-
-@pytest.mark.parametrize(
-    ("level", "door", "replies"),
-    [("info", True, False), ("debug", False, True), ("warning", False, False)],
-)
-def test_the_door_writes_lines_at_info_and_hands_replies_over_at_debug(level, door, replies):
-    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
-    threshold = logging.getLevelName(level.upper())
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
-        assert (observer.door_writes_lines(), observer.logs_replies()) == (door, replies)
-
-
-class RecordingDoor:
-    """The door's side of `DoorCalls.account`: what it is asked to take,
-    and one plain call it served, with its line when asked for lines (the
-    real door: tests/test_door_calls.py)."""
-
-    def __init__(self, call, line: bytes):
-        self.call, self.line, self.asked = call, line, []
-
-    def take(self, lines: bool, replies: bool):
-        self.asked.append((lines, replies))
-        names, figures, tried, reply, _ = self.call
-        call = (names, figures, tried, reply if replies else None, lines)
-        return [call], [], [self.line] if lines else []
-
-
-@pytest.mark.parametrize("level", ["info", "debug"])
-def test_account_asks_the_door_for_lines_at_info_and_replies_at_debug(level):
-    names = ("rq-1", None, "creative", None, "m1", "m1-ep0")
-    _, figures, tried, _, _ = door_call(names, (200, "success"), 2.5, 1.0, (1, 2), 0, 1)
-    line = _core.request_line(names, 200, "success", 2.5, 1.0, (1, 2), 0, 1, 0.0)
-    door = RecordingDoor((names, figures, tried, "the reply", False), line)
-    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
-    service = types.SimpleNamespace(observer=observer)
-    calls = DoorCalls(door, service, None)  # type: ignore[arg-type]
-    threshold = logging.getLevelName(level.upper())
-    written: list[bytes] = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
-        patch.setattr(door_calls, "STDERR", types.SimpleNamespace(extend=written.extend))
-        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
-        calls.account()
-    assert door.asked == [(level == "info", level == "debug")]
-    [line] = written  # one line a call, whichever side wrote it
-    assert (line == door.line) == (level == "info")
-    assert (b'"response":"the reply"' in line) == (level == "debug")

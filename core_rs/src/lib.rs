@@ -14,6 +14,8 @@ pub mod key_files;
 pub mod keys;
 pub mod leases;
 pub mod log_line;
+pub mod metric_tally;
+pub mod recent_record;
 pub mod rollouts;
 pub mod rollup;
 pub mod routed;

@@ -45,6 +45,29 @@ pub fn plain(text: &str) -> bool {
     !KEY_PREFIXES.iter().any(|p| lower.contains(p))
 }
 
+/// Whether every string of the call, its attempts' too, is `plain`: what
+/// the door needs to write its line and record itself, with no masking and
+/// nothing to escape.
+pub fn plain_call(call: &CallRecord) -> bool {
+    let call_strings = [
+        Some(&call.request_id),
+        call.workspace_id.as_ref(),
+        Some(&call.agent_type),
+        call.user_id.as_ref(),
+        call.model_id.as_ref(),
+        call.endpoint_id.as_ref(),
+    ];
+    let attempt_strings = call
+        .attempts
+        .iter()
+        .flat_map(|a| [&a.model_id, &a.endpoint_id]);
+    call_strings
+        .into_iter()
+        .flatten()
+        .chain(attempt_strings)
+        .all(|s| plain(s))
+}
+
 /// `seconds` since the epoch as `Timestamps` writes it:
 /// `2026-11-29T18:26:38.672Z`, the fraction rounded to the microsecond
 /// (as `datetime.fromtimestamp`) and then cut to the millisecond.
@@ -105,20 +128,21 @@ pub fn float(value: f64, out: &mut String) -> Option<()> {
     Some(())
 }
 
-/// The call's line with its newline, stamped `now`; None when one of its
-/// strings is not `plain` (Python masks and writes that line).
-pub fn request_line(call: &CallRecord, now: SystemTime) -> Option<Vec<u8>> {
-    let strings = [
-        Some(&call.request_id),
-        call.workspace_id.as_ref(),
-        Some(&call.agent_type),
-        call.user_id.as_ref(),
-        call.model_id.as_ref(),
-        call.endpoint_id.as_ref(),
-    ];
-    if !strings.iter().flatten().all(|s| plain(s)) {
-        return None;
+/// A `plain` string in quotes (nothing in it needs escaping), or `null`.
+pub fn string(value: Option<&str>, out: &mut String) {
+    match value {
+        Some(text) => {
+            out.push('"');
+            out.push_str(text);
+            out.push('"');
+        }
+        None => out.push_str("null"),
     }
+}
+
+/// The line of a `plain_call` with its newline, stamped `now`; None for a
+/// float JSON cannot hold.
+pub fn request_line(call: &CallRecord, now: SystemTime) -> Option<Vec<u8>> {
     let (level, message) = match (call.status, call.outcome) {
         (200, _) => ("info", "Request routed successfully"),
         (_, Outcome::Cancelled) => ("info", "Request cancelled: the caller left"),
@@ -131,22 +155,18 @@ pub fn request_line(call: &CallRecord, now: SystemTime) -> Option<Vec<u8>> {
         line,
         r#"{{"timestamp":"{stamp}","level":"{level}","service":"{SERVICE}","logger":"{LOGGER}","message":"{message}""#
     );
-    let [request, workspace, agent, user, model, endpoint] = strings;
     let named = [
-        ("requestId", request),
-        ("route", Some(&ROUTE.to_owned())),
-        ("workspaceId", workspace),
-        ("agentType", agent),
-        ("userId", user),
-        ("modelId", model),
-        ("endpointId", endpoint),
+        ("requestId", Some(call.request_id.as_str())),
+        ("route", Some(ROUTE)),
+        ("workspaceId", call.workspace_id.as_deref()),
+        ("agentType", Some(call.agent_type.as_str())),
+        ("userId", call.user_id.as_deref()),
+        ("modelId", call.model_id.as_deref()),
+        ("endpointId", call.endpoint_id.as_deref()),
     ];
     for (name, value) in named {
-        match value {
-            Some(text) => write!(line, r#","{name}":"{text}""#),
-            None => write!(line, r#","{name}":null"#),
-        }
-        .ok()?;
+        write!(line, r#","{name}":"#).ok()?;
+        string(value, &mut line);
     }
     let tokens = call.tokens.prompt + call.tokens.completion;
     write!(line, r#","status":{},"latency":"#, call.status).ok()?;
@@ -258,8 +278,28 @@ mod tests {
         assert_eq!(level(200, Outcome::Success), "info");
         assert_eq!(level(400, Outcome::ClientError), "warning");
         assert_eq!(level(502, Outcome::UpstreamError), "error");
-        // Masking would change it: Python writes this line.
-        assert!(request_line(&call(200, Outcome::Success, Some("jane@example.com")), at).is_none());
+    }
+
+    #[test]
+    fn a_call_is_plain_when_its_attempts_strings_are_too() {
+        let mut plain_one = call(200, Outcome::Success, Some("u-7"));
+        assert!(plain_call(&plain_one));
+        // Masking would change it: Python writes this call's line.
+        assert!(!plain_call(&call(
+            200,
+            Outcome::Success,
+            Some("jane@example.com")
+        )));
+        plain_one.attempts.push(crate::routed::Attempt {
+            model_id: "m1".into(),
+            endpoint_id: "jane@example.com".into(),
+            outcome: Outcome::Success,
+            status: Some(200),
+            latency_ms: 1.0,
+            error: Some("not in the record: any text".into()),
+            retry_after_ms: None,
+        });
+        assert!(!plain_call(&plain_one));
     }
 
     #[test]

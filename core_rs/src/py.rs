@@ -14,6 +14,8 @@ use crate::key_files;
 use crate::keys;
 use crate::leases;
 use crate::log_line;
+use crate::metric_tally::{self, MetricTally};
+use crate::recent_record;
 use crate::rollouts;
 use crate::rollup::{self, Drained};
 use crate::routed;
@@ -877,21 +879,18 @@ fn provider_key((header, prefix, key, file): PlanKey) -> Option<routed::Provider
 }
 
 /// An attempt of a call the door served, as the app's `AttemptReport` has it.
-type DoorAttempt = (
+/// An attempt of a door call: (model, endpoint, outcome, status, latency
+/// ms, the provider's message, retry after ms).
+type DoorAttempt<L> = (
     String,
     String,
-    &'static str,
+    L,
     Option<u16>,
     f64,
     Option<String>,
     Option<u64>,
 );
 
-/// A call the door served (or saw its caller leave), for the app's
-/// accounting: ((request id, workspace, agent type, user, model, endpoint),
-/// (status, outcome, latency ms, upstream ms, prompt tokens, completion
-/// tokens, cost nanos, estimated, ended at ms), attempts, reply). Tuples: a
-/// batch is read once, where an object's fields would be made at each read.
 /// A door call's (request id, workspace, agent type, user, model, endpoint).
 type DoorNames = (
     String,
@@ -902,13 +901,169 @@ type DoorNames = (
     Option<String>,
 );
 
-type DoorCall = (
+/// A call the door served (or saw its caller leave), for the app's
+/// accounting: ((request id, workspace, agent type, user, model, endpoint),
+/// (status, outcome, latency ms, upstream ms, prompt tokens, completion
+/// tokens, cost nanos, estimated, ended at ms, stream), attempts, reply).
+/// Tuples: a batch is read once, where an object's fields would be made at
+/// each read. `L`: an outcome's label.
+type DoorCall<L = &'static str> = (
     DoorNames,
-    (u16, &'static str, f64, f64, u64, u64, i64, bool, u64, bool),
-    Vec<DoorAttempt>,
+    (u16, L, f64, f64, u64, u64, i64, bool, u64, bool),
+    Vec<DoorAttempt<L>>,
     Option<String>,
-    bool,
 );
+
+/// What the door accounted itself of the calls it took: their log lines
+/// (with their newlines), their records for the store, and their metric
+/// samples (`metric_tally.rs`): each counter's amount and each histogram's
+/// slots, per tuple of label values.
+type DoorAccounted<'py> = (
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyBytes>>,
+    Vec<Bound<'py, PyDict>>,
+    Vec<Bound<'py, PyDict>>,
+);
+
+fn door_call(c: routed::CallRecord, replies: bool) -> DoorCall {
+    let attempts = c
+        .attempts
+        .into_iter()
+        .map(|a| {
+            let label = a.outcome.label();
+            let (status, error) = (a.status, a.error);
+            let (latency, retry) = (a.latency_ms, a.retry_after_ms);
+            (
+                a.model_id,
+                a.endpoint_id,
+                label,
+                status,
+                latency,
+                error,
+                retry,
+            )
+        })
+        .collect();
+    let names = (
+        c.request_id,
+        c.workspace_id,
+        c.agent_type,
+        c.user_id,
+        c.model_id,
+        c.endpoint_id,
+    );
+    let figures = (
+        c.status,
+        c.outcome.label(),
+        c.latency_ms,
+        c.upstream_ms,
+        c.tokens.prompt,
+        c.tokens.completion,
+        c.cost,
+        c.estimated,
+        c.ended_ms,
+        c.stream,
+    );
+    (names, figures, attempts, c.reply.filter(|_| replies))
+}
+
+/// The call a `DoorCall` tuple of Python's describes (the test layer's way in).
+fn call_record(call: DoorCall<String>) -> PyResult<routed::CallRecord> {
+    let outcome = |label: &str| {
+        failover::Outcome::ALL
+            .into_iter()
+            .find(|o| o.label() == label)
+            .ok_or_else(|| PyValueError::new_err(format!("no outcome {label:?}")))
+    };
+    let (names, figures, tried, reply) = call;
+    let (request_id, workspace_id, agent_type, user_id, model_id, endpoint_id) = names;
+    let (
+        status,
+        label,
+        latency_ms,
+        upstream_ms,
+        prompt,
+        completion,
+        cost,
+        estimated,
+        ended_ms,
+        stream,
+    ) = figures;
+    let attempts = tried
+        .into_iter()
+        .map(
+            |(model_id, endpoint_id, label, status, latency_ms, error, retry_after_ms)| {
+                Ok(routed::Attempt {
+                    model_id,
+                    endpoint_id,
+                    outcome: outcome(&label)?,
+                    status,
+                    latency_ms,
+                    error,
+                    retry_after_ms,
+                })
+            },
+        )
+        .collect::<PyResult<_>>()?;
+    Ok(routed::CallRecord {
+        request_id,
+        workspace_id,
+        agent_type,
+        user_id,
+        model_id,
+        endpoint_id,
+        status,
+        outcome: outcome(&label)?,
+        latency_ms,
+        upstream_ms,
+        tokens: Tokens {
+            prompt,
+            completion,
+            ..Tokens::default()
+        },
+        cost,
+        estimated,
+        attempts,
+        reply,
+        ended_ms,
+        stream,
+    })
+}
+
+/// The door's own account of a `plain_call`: its line stamped `now`, its
+/// record under `id`, and its samples added to `tally`; None, adding
+/// nothing, when Python is to account it (a string to mask, or a float
+/// JSON cannot hold).
+fn account_plain_call(
+    call: &routed::CallRecord,
+    id: &str,
+    now: SystemTime,
+    tally: &mut MetricTally,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    if !log_line::plain_call(call) {
+        return None;
+    }
+    let line = log_line::request_line(call, now)?;
+    let record = recent_record::recent_request(call, id)?;
+    tally.add(call);
+    Some((line, record))
+}
+
+/// The tally's maps as Python dicts keyed by tuples of label values.
+fn tally_dicts<'py, V: IntoPyObject<'py> + Clone>(
+    py: Python<'py>,
+    maps: &[HashMap<metric_tally::Labels, V>],
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    maps.iter()
+        .map(|map| {
+            let dict = PyDict::new(py);
+            for (labels, value) in map {
+                dict.set_item(PyTuple::new(py, labels)?, value.clone())?;
+            }
+            Ok(dict)
+        })
+        .collect()
+}
 
 #[pymethods]
 impl Door {
@@ -1057,82 +1212,63 @@ impl Door {
     }
 
     /// What the door queued since the last call: (the calls it served or
-    /// saw cut short, [(key id, window, limit, now ms) of a lease to top up],
-    /// and with `lines` the log lines of those calls it could write itself,
-    /// each call saying whether it was). Each call's reply text only with
-    /// `replies` (a DEBUG line shows it; nothing else reads it).
+    /// saw cut short that Python is to account, [(key id, window, limit,
+    /// now ms) of a lease to top up], what the door accounted itself). With
+    /// `bounds` (the upper bounds of `metrics.DOOR_HISTOGRAMS`' buckets) the
+    /// door accounts each `plain_call` itself; without, Python accounts
+    /// every call. Each call's reply text only with `replies` (a DEBUG line
+    /// shows it; nothing else reads it).
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (bounds, replies))]
     fn take<'py>(
         &self,
         py: Python<'py>,
-        lines: bool,
+        bounds: Option<[Vec<f64>; 3]>,
         replies: bool,
-    ) -> (
+    ) -> PyResult<(
         Vec<DoorCall>,
         Vec<(String, i64, i64, i64)>,
-        Vec<Bound<'py, PyBytes>>,
-    ) {
-        let (mut calls, mut top_ups, mut written) = (Vec::new(), Vec::new(), Vec::new());
-        let now = std::time::SystemTime::now();
-        for account in self.routing.accounts.take() {
-            match account {
-                routed::Account::Call(c) => {
-                    let c = *c;
-                    let line = lines.then(|| log_line::request_line(&c, now)).flatten();
-                    let logged = line.is_some();
-                    written.extend(line.map(|l| PyBytes::new(py, &l)));
-                    let attempts = c
-                        .attempts
-                        .into_iter()
-                        .map(|a| {
-                            let label = a.outcome.label();
-                            let (status, error) = (a.status, a.error);
-                            (
-                                a.model_id,
-                                a.endpoint_id,
-                                label,
-                                status,
-                                a.latency_ms,
-                                error,
-                                a.retry_after_ms,
-                            )
-                        })
-                        .collect();
-                    calls.push((
-                        (
-                            c.request_id,
-                            c.workspace_id,
-                            c.agent_type,
-                            c.user_id,
-                            c.model_id,
-                            c.endpoint_id,
-                        ),
-                        (
-                            c.status,
-                            c.outcome.label(),
-                            c.latency_ms,
-                            c.upstream_ms,
-                            c.tokens.prompt,
-                            c.tokens.completion,
-                            c.cost,
-                            c.estimated,
-                            c.ended_ms,
-                            c.stream,
-                        ),
-                        attempts,
-                        c.reply.filter(|_| replies),
-                        logged,
-                    ))
+        DoorAccounted<'py>,
+    )> {
+        let accounts = self.routing.accounts.take();
+        let (calls, top_ups, lines, records, tally) = py.detach(|| {
+            let (mut calls, mut top_ups) = (Vec::new(), Vec::new());
+            let (mut lines, mut records) = (Vec::new(), Vec::new());
+            let accounting = bounds.is_some();
+            let mut tally = MetricTally::new(bounds.unwrap_or_default());
+            let now = SystemTime::now();
+            for account in accounts {
+                match account {
+                    routed::Account::Call(c) => {
+                        let own = accounting
+                            .then(|| account_plain_call(&c, &ids::new_id(), now, &mut tally))
+                            .flatten();
+                        match own {
+                            Some((line, record)) => {
+                                lines.push(line);
+                                records.push(record);
+                            }
+                            None => calls.push(door_call(*c, replies)),
+                        }
+                    }
+                    routed::Account::TopUp {
+                        key_id,
+                        window,
+                        limit,
+                        now_ms,
+                    } => top_ups.push((key_id, window, limit, now_ms)),
                 }
-                routed::Account::TopUp {
-                    key_id,
-                    window,
-                    limit,
-                    now_ms,
-                } => top_ups.push((key_id, window, limit, now_ms)),
             }
-        }
-        (calls, top_ups, written)
+            (calls, top_ups, lines, records, tally)
+        });
+        let bytes = |all: Vec<Vec<u8>>| all.iter().map(|b| PyBytes::new(py, b)).collect();
+        let counts = tally_dicts(py, &tally.counts)?;
+        let observed = tally_dicts(py, &tally.observed)?;
+        Ok((
+            calls,
+            top_ups,
+            (bytes(lines), bytes(records), counts, observed),
+        ))
     }
 
     /// Stops accepting; connections close once their requests are answered.
@@ -1166,62 +1302,32 @@ fn pii_plain(text: &str) -> bool {
     log_line::plain(text)
 }
 
-/// The line `Door.take` writes for a call of these facts (`log_line.rs`),
-/// stamped `now_s` seconds after the epoch; None when it leaves the line to
-/// Python. What tests hold to the app's `_log_line`.
+/// What `Door.take` makes of `call` (a tuple as it hands calls over) when
+/// it accounts it itself: (its log line stamped `now_s` seconds after the
+/// epoch, its record under `id`, its counters' and its histograms' samples
+/// with buckets of `bounds`); None when it leaves the call to Python. What
+/// tests hold to the app's accounting.
 #[pyfunction]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-fn request_line<'py>(
+#[allow(clippy::type_complexity)]
+fn account_door_call<'py>(
     py: Python<'py>,
-    names: DoorNames,
-    status: u16,
-    outcome: &str,
-    latency_ms: f64,
-    upstream_ms: f64,
-    tokens: (u64, u64),
-    cost: i64,
-    attempts: usize,
+    call: DoorCall<String>,
+    id: &str,
     now_s: f64,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    let outcome = failover::Outcome::ALL
-        .into_iter()
-        .find(|o| o.label() == outcome)
-        .ok_or_else(|| PyValueError::new_err(format!("no outcome {outcome:?}")))?;
-    let (request_id, workspace_id, agent_type, user_id, model_id, endpoint_id) = names;
-    let attempt = routed::Attempt {
-        model_id: String::new(),
-        endpoint_id: String::new(),
-        outcome,
-        status: Some(status),
-        latency_ms,
-        error: None,
-        retry_after_ms: None,
-    };
-    let call = routed::CallRecord {
-        request_id,
-        workspace_id,
-        agent_type,
-        user_id,
-        model_id,
-        endpoint_id,
-        status,
-        outcome,
-        latency_ms,
-        upstream_ms,
-        tokens: Tokens {
-            prompt: tokens.0,
-            completion: tokens.1,
-            ..Tokens::default()
-        },
-        cost,
-        estimated: false,
-        attempts: vec![attempt; attempts],
-        reply: None,
-        ended_ms: 0,
-        stream: false,
-    };
+    bounds: [Vec<f64>; 3],
+) -> PyResult<Option<DoorAccounted<'py>>> {
+    let call = call_record(call)?;
     let now = UNIX_EPOCH + Duration::from_secs_f64(now_s);
-    Ok(log_line::request_line(&call, now).map(|line| PyBytes::new(py, &line)))
+    let mut tally = MetricTally::new(bounds);
+    let Some((line, record)) = account_plain_call(&call, id, now, &mut tally) else {
+        return Ok(None);
+    };
+    Ok(Some((
+        vec![PyBytes::new(py, &line)],
+        vec![PyBytes::new(py, &record)],
+        tally_dicts(py, &tally.counts)?,
+        tally_dicts(py, &tally.observed)?,
+    )))
 }
 
 /// The upstream body of a same-format request (`shape.rs`); ValueError when
@@ -1367,7 +1473,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add_function(wrap_pyfunction!(pii_plain, m)?)?;
     m.add_function(wrap_pyfunction!(release_free_memory, m)?)?;
-    m.add_function(wrap_pyfunction!(request_line, m)?)?;
+    m.add_function(wrap_pyfunction!(account_door_call, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
     m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;
     m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;

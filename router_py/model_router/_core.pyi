@@ -1,7 +1,7 @@
 """Type stubs for the Rust extension (core_rs/src/py.rs)."""
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal, final
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "same_format_body",
     "pii_plain",
     "release_free_memory",
-    "request_line",
+    "account_door_call",
     "answer_outcome",
     "read_chat_call",
     "retry_after_ms",
@@ -400,13 +400,14 @@ class Door:
     def fileno(self) -> int:
         """The socket that turns readable when `take` has something."""
     def take(
-        self, lines: bool, replies: bool
-    ) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]], list[bytes]]:
+        self, bounds: Sequence[Sequence[float]] | None, replies: bool
+    ) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]], _DoorAccounted]:
         """What the door queued since the last call: the calls it served (or
-        saw cut short), (key id, window, limit, now ms) of each lease to top
-        up, and with `lines` the log lines (with their newlines) of the calls
-        it could write itself (core_rs/src/log_line.rs), each call saying
-        whether it was one. A call's reply text only with `replies`."""
+        saw cut short) that Python is to account, (key id, window, limit,
+        now ms) of each lease to top up, and what it accounted itself. With
+        `bounds` (the upper bounds of `metrics.DOOR_HISTOGRAMS`' buckets) it
+        accounts each call whose strings need no masking itself; without,
+        Python accounts every call. A call's reply text only with `replies`."""
 
 # An endpoint of the door's plan: (id, (https, host, port, target, authority),
 # (key header, prefix, key or None, key file or None) or None, (connect,
@@ -424,13 +425,23 @@ _DoorAttempt = tuple[str, str, str, int | None, float, str | None, int | None]
 # workspace, agent type, user, model, endpoint), (status, outcome, latency
 # ms, upstream ms, prompt tokens, completion tokens, cost nanos, estimated,
 # ended at ms, streamed), attempts, reply (None unless `take` was asked for
-# replies), whether the door wrote its log line).
+# replies)).
 _DoorCall = tuple[
     tuple[str, str | None, str, str | None, str | None, str | None],
     tuple[int, str, float, float, int, int, int, bool, int, bool],
     list[_DoorAttempt],
     str | None,
-    bool,
+]
+
+# What the door accounted itself of the calls it took: their log lines (with
+# their newlines), their records for the store, each of `metrics.DOOR_COUNTERS`'
+# amounts and each of `metrics.DOOR_HISTOGRAMS`' slots (counts per bucket, then
+# the sum), per tuple of label values (core_rs/src/metric_tally.rs).
+_DoorAccounted = tuple[
+    list[bytes],
+    list[bytes],
+    list[dict[tuple[str, ...], float]],
+    list[dict[tuple[str, ...], list[float]]],
 ]
 
 # The caller's address as the door saw it, for the app behind it.
@@ -451,21 +462,14 @@ def pii_plain(text: str) -> bool:
     a lowercase hex word with a letter, or letters, digits, `.`, `_`, `-`
     with fewer than nine digits and none of the vendor keys' prefixes."""
 
-def request_line(
-    names: tuple[str, str | None, str, str | None, str | None, str | None],
-    status: int,
-    outcome: str,
-    latency_ms: float,
-    upstream_ms: float,
-    tokens: tuple[int, int],
-    cost: int,
-    attempts: int,
-    now_s: float,
-) -> bytes | None:
-    """The log line `Door.take` writes for a call of these facts (request id,
-    workspace, agent type, user, model, endpoint; cost in nano-dollars),
-    stamped `now_s` seconds after the epoch; None when the app writes it.
-    For tests holding it to the app's line."""
+def account_door_call(
+    call: _DoorCall, id: str, now_s: float, bounds: Sequence[Sequence[float]]
+) -> _DoorAccounted | None:
+    """What `Door.take` makes of `call` when it accounts it itself: its log
+    line stamped `now_s` seconds after the epoch, its record under `id`, its
+    metric samples with buckets of `bounds`; None when it leaves the call to
+    Python. The test layer's view of core_rs/src/log_line.rs,
+    recent_record.rs and metric_tally.rs."""
 
 def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
     """The upstream body of a request in the provider's own format: `body` as

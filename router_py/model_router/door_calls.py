@@ -236,10 +236,11 @@ class DoorCalls:
         """Account the calls the door finished, and top up the leases it half spent."""
         service = self.service
         observer = service.observer
-        calls, top_ups, lines = self.door.take(
-            observer.door_writes_lines(), observer.logs_replies()
+        calls, top_ups, (lines, records, counts, observed) = self.door.take(
+            observer.door_buckets(), observer.logs_replies()
         )
         STDERR.extend(lines)
+        observer.accounted_by_door(records, counts, observed)
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)
         for call in calls:
@@ -250,8 +251,7 @@ class DoorCalls:
 
     def _account(self, call: _core._DoorCall) -> None:
         summary, attempts = summary_of(call, self._timestamps)
-        _, _, _, reply, logged = call
-        self.service.observer.served_by_door(summary, attempts, reply, logged)
+        self.service.observer.served_by_door(summary, attempts, call[3])
 
 
 def summary_of(
@@ -259,7 +259,7 @@ def summary_of(
 ) -> tuple[t.RecentRequest, list[t.AttemptReport]]:
     """The record of a call the door served, as the app's path makes one
     of a call it serves, and the call's attempts."""
-    names, figures, tried, _, _ = call
+    names, figures, tried, _ = call
     request_id, workspace_id, agent_type, user_id, model_id, endpoint_id = names
     status, outcome, latency_ms, upstream_ms, prompt, completion, cost, estimated = figures[:8]
     ended, stream = figures[8:]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -92,6 +92,13 @@ STORE_RESET = Gauge(
 )
 
 
+# What the door samples of the calls it accounts itself (core_rs/src/metric_tally.rs:
+# the same metrics, in this order, with these buckets).
+DOOR_COUNTERS = (ATTEMPTS, REQUESTS, DOOR_CALLS, TOKENS, COST)
+DOOR_HISTOGRAMS = (REQUEST_DURATION, OVERHEAD, UPSTREAM_DURATION)
+DOOR_BUCKETS = tuple(list(h._upper_bounds) for h in DOOR_HISTOGRAMS)
+
+
 # Read at scrape time from the fleet's shared figures (api/health.py), so they
 # are the same whichever worker answers and vanish with what they describe.
 OBSERVED_STATUS = {"healthy": 0, "degraded": 1, "unhealthy": 2, "unknown": 3}
@@ -166,6 +173,22 @@ class MetricBatch:
             slots = self._observed[key] = [0.0] * (len(histogram._upper_bounds) + 1)
         slots[bisect_left(histogram._upper_bounds, value)] += 1
         slots[-1] += value
+
+    def merge(
+        self,
+        counts: Sequence[Mapping[tuple[str, ...], float]],
+        observed: Sequence[Mapping[tuple[str, ...], list[float]]],
+    ) -> None:
+        """Add the door's tally (`Door.take`): `DOOR_COUNTERS`' amounts and
+        `DOOR_HISTOGRAMS`' slots, per label values."""
+        for counter, amounts in zip(DOOR_COUNTERS, counts, strict=True):
+            for labels, amount in amounts.items():
+                self.inc(counter, labels, amount)
+        for histogram, by_labels in zip(DOOR_HISTOGRAMS, observed, strict=True):
+            for labels, slots in by_labels.items():
+                mine = self._observed.setdefault((histogram, labels), [0.0] * len(slots))
+                for i, n in enumerate(slots):
+                    mine[i] += n
 
     def flush(self) -> None:
         counts, self._counts = self._counts, {}

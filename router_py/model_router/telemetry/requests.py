@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -70,7 +71,6 @@ class RequestObserver:
         prompt: str | None,
         reply: str | None,
         arm: Arm | None,
-        logged: bool = False,
     ) -> None:
         if arm is not None:
             self.arms.record(arm, summary)
@@ -87,30 +87,38 @@ class RequestObserver:
             m.inc(metrics.TOKENS, (model, "completion"), summary.completion_tokens)
             m.inc(metrics.COST, (model,), summary.cost)
         self._pending.append(msgspec.json.encode(summary))
-        if not logged and log.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.INFO):
             self._log_line(summary, prompt, reply, arm)
 
-    def door_writes_lines(self) -> bool:
-        """Whether the door writes the lines of the calls it serves itself
-        (those whose strings masking leaves as they are: `take`): at INFO,
-        where a line holds no prompt or reply."""
-        return log.isEnabledFor(logging.INFO) and not self.logs_replies()
+    def door_buckets(self) -> tuple[list[float], ...] | None:
+        """The buckets with which the door accounts the calls whose strings
+        need no masking itself (`Door.take`): at INFO, where their lines
+        hold no prompt or reply; None when Python accounts every call."""
+        if log.isEnabledFor(logging.INFO) and not self.logs_replies():
+            return metrics.DOOR_BUCKETS
+        return None
 
     def logs_replies(self) -> bool:
         """Whether a request's line shows its reply (at DEBUG)."""
         return log.isEnabledFor(logging.DEBUG)
 
     def served_by_door(
-        self,
-        summary: t.RecentRequest,
-        attempts: list[t.AttemptReport],
-        reply: str | None,
-        logged: bool,
+        self, summary: t.RecentRequest, attempts: list[t.AttemptReport], reply: str | None
     ) -> None:
-        """Account a call the front door served itself (door_calls.py), and
-        write its line unless the door has (`logged`)."""
+        """Account a call the front door served (door_calls.py) that it left to Python."""
         self._metrics.inc(metrics.DOOR_CALLS, (str(summary.status),))
-        self.account(summary, attempts, None, reply, None, logged)
+        self.account(summary, attempts, None, reply, None)
+
+    def accounted_by_door(
+        self,
+        records: list[bytes],
+        counts: Sequence[Mapping[tuple[str, ...], float]],
+        observed: Sequence[Mapping[tuple[str, ...], list[float]]],
+    ) -> None:
+        """Take in what the door accounted itself of the calls it served:
+        their records and metric samples (their lines it has written)."""
+        self._pending.extend(records)
+        self._metrics.merge(counts, observed)
 
     def _log_line(
         self, summary: t.RecentRequest, prompt: str | None, reply: str | None, arm: Arm | None

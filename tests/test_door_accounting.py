@@ -1,0 +1,172 @@
+"""The door's own account of the calls it serves (`Door.take`): each call's
+log line, its record for the store and its metric samples, made in the core
+(core_rs/src/log_line.rs, recent_record.rs, metric_tally.rs) for the calls
+whose strings need no masking, held here to what the app's accounting makes
+of the same call; and `DoorCalls.account`, which asks for it at INFO only.
+End to end, on both edges: tests/test_door_calls.py."""
+
+from __future__ import annotations
+
+import logging
+import types
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model_router import _core, door_calls
+from model_router.door_calls import DoorCalls, summary_of
+from model_router.telemetry import metrics, requests
+from model_router.telemetry.logging import Timestamps
+from model_router.telemetry.metrics import DOOR_BUCKETS, MetricBatch
+from model_router.telemetry.requests import RequestObserver
+
+IDS = st.sampled_from(
+    ["3f9a1c2b7d4e0000000001", "rq-1", "jane@example.com", "u 7", "sk-" + "a" * 20]
+)
+NAMES = st.one_of(st.none(), st.sampled_from(["ws-1", "m1", "m1-ep0", "creative", "", "Ünïcode"]))
+ENDPOINTS = st.sampled_from(["m1-ep0", "m2-ep1", "a b"])
+MS = st.floats(0, 1e7, allow_nan=False).map(lambda ms: round(ms * 1000) / 1000)
+OUTCOMES = st.sampled_from(["success", "rate_limited", "upstream_error", "timeout", "cancelled"])
+ATTEMPT = st.tuples(
+    st.sampled_from(["m1", "m2"]),
+    ENDPOINTS,
+    OUTCOMES,
+    st.one_of(st.none(), st.sampled_from([200, 429, 503])),
+    MS,
+    st.one_of(st.none(), st.just("the provider's message")),
+    st.one_of(st.none(), st.integers(0, 10**6)),
+)
+CALL = st.tuples(
+    st.tuples(IDS, NAMES, st.sampled_from(["creative", "a b"]), NAMES, NAMES, NAMES),
+    st.tuples(
+        st.sampled_from([200, 400, 499, 502, 503]),
+        OUTCOMES,
+        MS,
+        MS,
+        st.integers(0, 10**7),
+        st.integers(0, 10**7),
+        st.integers(0, 10**15),
+        st.booleans(),
+        st.integers(0, 4_000_000_000_000),
+        st.booleans(),
+    ),
+    st.lists(ATTEMPT, min_size=1, max_size=4),
+    st.none(),
+)
+
+
+def plain(call) -> bool:
+    names, _, tried, _ = call
+    strings = [s for s in names if s is not None] + [s for a in tried for s in a[:2]]
+    return all(_core.pii_plain(s) for s in strings)
+
+
+def accounted_by_app(call, record_id: str, now_s: float):
+    """What the app's accounting makes of a call the door left to it, at
+    INFO with its clock at `now_s`: (its lines, its records, its samples)."""
+    observer = RequestObserver(None, None, 10)  # type: ignore[arg-type]
+    written: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(requests, "time", types.SimpleNamespace(time=lambda: now_s))
+        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
+        patch.setattr(door_calls, "new_id", lambda: record_id)
+        summary, attempts = summary_of(call, Timestamps())
+        observer.served_by_door(summary, attempts, None)
+    return written, list(observer._pending), observer._metrics
+
+
+@settings(max_examples=1500, deadline=None)
+@given(call=CALL, record_id=st.sampled_from(["0f9135bc9aff0000030919", "a1"]), now_s=MS)
+def test_the_door_accounts_a_call_as_the_app_does(call, record_id, now_s):
+    """The same line, record and samples, byte for byte and sample for
+    sample; or nothing, when a string is not `pii_plain` (the app masks
+    and accounts that call)."""
+    door = _core.account_door_call(call, record_id, now_s, DOOR_BUCKETS)
+    assert (door is not None) == plain(call)
+    if door is None:
+        return
+    lines, records, counts, observed = door
+    app_lines, app_records, app_samples = accounted_by_app(call, record_id, now_s)
+    assert (lines, records) == (app_lines, app_records)
+    merged = MetricBatch()
+    merged.merge(counts, observed)
+    assert merged._counts == app_samples._counts
+    assert merged._observed == app_samples._observed
+
+
+def test_the_door_tallies_the_metrics_the_app_samples_with_their_buckets():
+    """DOOR_COUNTERS and DOOR_HISTOGRAMS are every metric a call of the
+    door's moves (the property test above holds their order and buckets)."""
+    names = ("rq-1", None, "creative", None, "m1", "m1-ep0")
+    tried = [("m1", "m1-ep0", "success", 200, 1.0, None, None)]
+    call = (names, (200, "success", 2.5, 1.0, 1, 2, 9, False, 0, False), tried, None)
+    _, _, samples = accounted_by_app(call, "a1", 0.0)
+    moved = {metric for metric, _ in samples._counts} | {h for h, _ in samples._observed}
+    assert moved == set(metrics.DOOR_COUNTERS) | set(metrics.DOOR_HISTOGRAMS)
+    assert metrics.DOOR_BUCKETS == tuple(list(h._upper_bounds) for h in metrics.DOOR_HISTOGRAMS)
+
+
+@pytest.mark.parametrize(
+    ("level", "door", "replies"),
+    [("info", True, False), ("debug", False, True), ("warning", False, False)],
+)
+def test_the_door_accounts_at_info_and_hands_replies_over_at_debug(level, door, replies):
+    observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
+    threshold = logging.getLevelName(level.upper())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
+        buckets = observer.door_buckets()
+        assert (buckets is not None, observer.logs_replies()) == (door, replies)
+
+
+class RecordingDoor:
+    """The door's side of `DoorCalls.account`: what it is asked to take, and
+    two calls it served, one plain (it accounts that one itself when asked)
+    and one with an email in it (always Python's). The real door:
+    tests/test_door_calls.py."""
+
+    PLAIN = ("rq-1", None, "creative", None, "m1", "m1-ep0")
+    MASKED = ("rq-2", None, "creative", "jane@example.com", "m1", "m1-ep0")
+
+    def __init__(self) -> None:
+        figures = (200, "success", 2.5, 1.0, 1, 2, 9, False, 0, False)
+        tried = [("m1", "m1-ep0", "success", 200, 1.0, None, None)]
+        self.calls = [(names, figures, tried, "the reply") for names in (self.PLAIN, self.MASKED)]
+        self.asked: list = []
+
+    def take(self, bounds, replies: bool):
+        self.asked.append((bounds, replies))
+        calls = [(n, f, t, reply if replies else None) for n, f, t, reply in self.calls]
+        if bounds is None:
+            return calls, [], ([], [], [{}] * 5, [{}] * 3)
+        plain_call, masked_call = calls
+        accounted = _core.account_door_call(plain_call, "a1", 0.0, bounds)
+        assert accounted is not None
+        return [masked_call], [], accounted
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_account_takes_in_what_the_door_accounted_and_accounts_the_rest(level):
+    door = RecordingDoor()
+    observer = RequestObserver(None, None, 10)  # type: ignore[arg-type]
+    service = types.SimpleNamespace(observer=observer)
+    calls = DoorCalls(door, service, None)  # type: ignore[arg-type]
+    threshold = logging.getLevelName(level.upper())
+    written: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(door_calls, "STDERR", types.SimpleNamespace(extend=written.extend))
+        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
+        calls.account()
+    info = level == "info"
+    assert door.asked == [(DOOR_BUCKETS if info else None, not info)]
+    # One line and one record a call, whichever side made them.
+    assert sorted(line.split(b'"requestId":"')[1][:4] for line in written) == [b"rq-1", b"rq-2"]
+    assert len(observer._pending) == 2
+    assert all((b'"response":"the reply"' in line) == (not info) for line in written)
+    assert b'"userId":"[EMAIL]"' in next(line for line in written if b"rq-2" in line)
+    requests_m1 = observer._metrics._counts[(metrics.REQUESTS, ("m1", "200"))]
+    door_200 = observer._metrics._counts[(metrics.DOOR_CALLS, ("200",))]
+    assert (requests_m1, door_200) == (2.0, 2.0)
