@@ -140,7 +140,7 @@ mod tests {
         let mut tally = MetricTally::new([vec![0.001, 0.01, inf], vec![0.001, inf], vec![inf]]);
         tally.add(&call(Some("m1"), 200, 2.0, 1.5));
         tally.add(&call(Some("m1"), 200, 0.5, 0.5));
-        // No model (the door answered before choosing one): no tokens, cost or upstream time.
+        // A call with no model, as the app counts one: no tokens, cost or upstream time.
         tally.add(&call(None, 503, 20.0, 0.0));
         let labels = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Labels>();
         assert_eq!(tally.counts[REQUESTS][&labels(&["m1", "200"])], 2.0);

@@ -878,9 +878,9 @@ fn provider_key((header, prefix, key, file): PlanKey) -> Option<routed::Provider
     }
 }
 
-/// An attempt of a call the door served, as the app's `AttemptReport` has it.
-/// An attempt of a door call: (model, endpoint, outcome, status, latency
-/// ms, the provider's message, retry after ms).
+/// An attempt of a call the door served, as the app's `AttemptReport` has
+/// it: (model, endpoint, outcome, status, latency ms, the provider's
+/// message, retry after ms).
 type DoorAttempt<L> = (
     String,
     String,
@@ -1030,23 +1030,56 @@ fn call_record(call: DoorCall<String>) -> PyResult<routed::CallRecord> {
     })
 }
 
-/// The door's own account of a `plain_call`: its line stamped `now`, its
-/// record under `id`, and its samples added to `tally`; None, adding
-/// nothing, when Python is to account it (a string to mask, or a float
-/// JSON cannot hold).
-fn account_plain_call(
-    call: &routed::CallRecord,
-    id: &str,
-    now: SystemTime,
-    tally: &mut MetricTally,
-) -> Option<(Vec<u8>, Vec<u8>)> {
-    if !log_line::plain_call(call) {
-        return None;
+/// What the door accounts itself of the calls it takes (`plain_call`s):
+/// their lines, their records and their metric samples.
+struct OwnAccount {
+    lines: Vec<Vec<u8>>,
+    records: Vec<Vec<u8>>,
+    tally: MetricTally,
+}
+
+impl OwnAccount {
+    fn new(bounds: [Vec<f64>; 3]) -> OwnAccount {
+        OwnAccount {
+            lines: Vec::new(),
+            records: Vec::new(),
+            tally: MetricTally::new(bounds),
+        }
     }
-    let line = log_line::request_line(call, now)?;
-    let record = recent_record::recent_request(call, id)?;
-    tally.add(call);
-    Some((line, record))
+
+    /// Accounts `call`, its line stamped `now`, its record under an id
+    /// from `id`; false, accounting nothing, when Python is to (a string
+    /// to mask, or a float JSON cannot hold).
+    fn add(
+        &mut self,
+        call: &routed::CallRecord,
+        id: impl FnOnce() -> String,
+        now: SystemTime,
+    ) -> bool {
+        if !log_line::plain_call(call) {
+            return false;
+        }
+        let Some(line) = log_line::request_line(call, now) else {
+            return false;
+        };
+        let Some(record) = recent_record::recent_request(call, &id()) else {
+            return false;
+        };
+        self.lines.push(line);
+        self.records.push(record);
+        self.tally.add(call);
+        true
+    }
+
+    fn into_py(self, py: Python<'_>) -> PyResult<DoorAccounted<'_>> {
+        let bytes = |all: Vec<Vec<u8>>| all.iter().map(|b| PyBytes::new(py, b)).collect();
+        Ok((
+            bytes(self.lines),
+            bytes(self.records),
+            tally_dicts(py, &self.tally.counts)?,
+            tally_dicts(py, &self.tally.observed)?,
+        ))
+    }
 }
 
 /// The tally's maps as Python dicts keyed by tuples of label values.
@@ -1231,24 +1264,16 @@ impl Door {
         DoorAccounted<'py>,
     )> {
         let accounts = self.routing.accounts.take();
-        let (calls, top_ups, lines, records, tally) = py.detach(|| {
+        let (calls, top_ups, own) = py.detach(|| {
             let (mut calls, mut top_ups) = (Vec::new(), Vec::new());
-            let (mut lines, mut records) = (Vec::new(), Vec::new());
             let accounting = bounds.is_some();
-            let mut tally = MetricTally::new(bounds.unwrap_or_default());
+            let mut own = OwnAccount::new(bounds.unwrap_or_default());
             let now = SystemTime::now();
             for account in accounts {
                 match account {
                     routed::Account::Call(c) => {
-                        let own = accounting
-                            .then(|| account_plain_call(&c, &ids::new_id(), now, &mut tally))
-                            .flatten();
-                        match own {
-                            Some((line, record)) => {
-                                lines.push(line);
-                                records.push(record);
-                            }
-                            None => calls.push(door_call(*c, replies)),
+                        if !(accounting && own.add(&c, ids::new_id, now)) {
+                            calls.push(door_call(*c, replies));
                         }
                     }
                     routed::Account::TopUp {
@@ -1259,16 +1284,9 @@ impl Door {
                     } => top_ups.push((key_id, window, limit, now_ms)),
                 }
             }
-            (calls, top_ups, lines, records, tally)
+            (calls, top_ups, own)
         });
-        let bytes = |all: Vec<Vec<u8>>| all.iter().map(|b| PyBytes::new(py, b)).collect();
-        let counts = tally_dicts(py, &tally.counts)?;
-        let observed = tally_dicts(py, &tally.observed)?;
-        Ok((
-            calls,
-            top_ups,
-            (bytes(lines), bytes(records), counts, observed),
-        ))
+        Ok((calls, top_ups, own.into_py(py)?))
     }
 
     /// Stops accepting; connections close once their requests are answered.
@@ -1293,7 +1311,10 @@ fn release_free_memory(py: Python<'_>) -> bool {
     // SAFETY: malloc_trim takes each arena's lock; any thread may call it.
     return py.detach(|| unsafe { libc::malloc_trim(0) } == 1);
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    false
+    {
+        let _ = py;
+        false
+    }
 }
 
 /// Whether masking leaves `text` as it is, for certain (`log_line.rs`).
@@ -1302,32 +1323,29 @@ fn pii_plain(text: &str) -> bool {
     log_line::plain(text)
 }
 
-/// What `Door.take` makes of `call` (a tuple as it hands calls over) when
-/// it accounts it itself: (its log line stamped `now_s` seconds after the
-/// epoch, its record under `id`, its counters' and its histograms' samples
-/// with buckets of `bounds`); None when it leaves the call to Python. What
-/// tests hold to the app's accounting.
+/// What `Door.take` makes of `calls` (tuples as it hands calls over): what
+/// it accounts itself, the lines stamped `now_s` seconds after the epoch,
+/// the records under the `ids` in turn, the histograms with buckets of
+/// `bounds`; and the positions of the calls it leaves to Python. What tests
+/// hold to the app's accounting.
 #[pyfunction]
-#[allow(clippy::type_complexity)]
-fn account_door_call<'py>(
+fn account_door_calls<'py>(
     py: Python<'py>,
-    call: DoorCall<String>,
-    id: &str,
+    calls: Vec<DoorCall<String>>,
+    ids: Vec<String>,
     now_s: f64,
     bounds: [Vec<f64>; 3],
-) -> PyResult<Option<DoorAccounted<'py>>> {
-    let call = call_record(call)?;
+) -> PyResult<(DoorAccounted<'py>, Vec<usize>)> {
     let now = UNIX_EPOCH + Duration::from_secs_f64(now_s);
-    let mut tally = MetricTally::new(bounds);
-    let Some((line, record)) = account_plain_call(&call, id, now, &mut tally) else {
-        return Ok(None);
-    };
-    Ok(Some((
-        vec![PyBytes::new(py, &line)],
-        vec![PyBytes::new(py, &record)],
-        tally_dicts(py, &tally.counts)?,
-        tally_dicts(py, &tally.observed)?,
-    )))
+    let mut own = OwnAccount::new(bounds);
+    let (mut ids, mut left) = (ids.into_iter(), Vec::new());
+    for (i, call) in calls.into_iter().enumerate() {
+        let call = call_record(call)?;
+        if !own.add(&call, || ids.next().unwrap_or_default(), now) {
+            left.push(i);
+        }
+    }
+    Ok((own.into_py(py)?, left))
 }
 
 /// The upstream body of a same-format request (`shape.rs`); ValueError when
@@ -1473,7 +1491,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(same_format_body, m)?)?;
     m.add_function(wrap_pyfunction!(pii_plain, m)?)?;
     m.add_function(wrap_pyfunction!(release_free_memory, m)?)?;
-    m.add_function(wrap_pyfunction!(account_door_call, m)?)?;
+    m.add_function(wrap_pyfunction!(account_door_calls, m)?)?;
     m.add_function(wrap_pyfunction!(answer_outcome, m)?)?;
     m.add_function(wrap_pyfunction!(read_chat_call, m)?)?;
     m.add_function(wrap_pyfunction!(retry_after_ms, m)?)?;

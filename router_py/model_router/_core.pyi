@@ -36,7 +36,7 @@ __all__ = [
     "same_format_body",
     "pii_plain",
     "release_free_memory",
-    "account_door_call",
+    "account_door_calls",
     "answer_outcome",
     "read_chat_call",
     "retry_after_ms",
@@ -462,14 +462,14 @@ def pii_plain(text: str) -> bool:
     a lowercase hex word with a letter, or letters, digits, `.`, `_`, `-`
     with fewer than nine digits and none of the vendor keys' prefixes."""
 
-def account_door_call(
-    call: _DoorCall, id: str, now_s: float, bounds: Sequence[Sequence[float]]
-) -> _DoorAccounted | None:
-    """What `Door.take` makes of `call` when it accounts it itself: its log
-    line stamped `now_s` seconds after the epoch, its record under `id`, its
-    metric samples with buckets of `bounds`; None when it leaves the call to
-    Python. The test layer's view of core_rs/src/log_line.rs,
-    recent_record.rs and metric_tally.rs."""
+def account_door_calls(
+    calls: list[_DoorCall], ids: list[str], now_s: float, bounds: Sequence[Sequence[float]]
+) -> tuple[_DoorAccounted, list[int]]:
+    """What `Door.take` makes of `calls`: what it accounts itself (the lines
+    stamped `now_s` seconds after the epoch, the records under the `ids` in
+    turn, the histograms with buckets of `bounds`), and the positions of
+    the calls it leaves to Python. The test layer's view of
+    core_rs/src/log_line.rs, recent_record.rs and metric_tally.rs."""
 
 def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
     """The upstream body of a request in the provider's own format: `body` as

@@ -5,9 +5,11 @@ config check, and the accounting of what it served, taken in batches.
 The door serves an OpenAI chat completion, whole, with an API key, when
 every model a chat call may be routed to speaks OpenAI's format (over
 `http://` or `https://`; core_rs/src/routed.rs says what else it leaves to
-the app). Its
-calls are accounted here exactly as the app's own: the same metrics, log
-line and record (`RequestObserver.account`). A call it admitted and could
+the app). It accounts the calls whose strings need no masking itself
+(`Door.take`: their log lines, records and metric samples, as the app's
+accounting makes them), and the app accounts the others here
+(`RequestObserver.account`): the same metrics, log line and record either
+way. A call it admitted and could
 not answer comes to the app with its verdict (`DOOR_VERDICT_HEADER`), from
 which the app renders the error (`failed_at_door`).
 """
@@ -239,10 +241,13 @@ class DoorCalls:
         calls, top_ups, (lines, records, counts, observed) = self.door.take(
             observer.door_buckets(), observer.logs_replies()
         )
-        STDERR.extend(lines)
-        observer.accounted_by_door(records, counts, observed)
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)
+        STDERR.extend(lines)
+        try:
+            observer.accounted_by_door(records, counts, observed)
+        except Exception:  # a bug here must not lose the calls left to Python
+            log.exception("the calls the door accounted could not be taken in")
         for call in calls:
             try:
                 self._account(call)
