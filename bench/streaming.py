@@ -85,6 +85,7 @@ def measure(
     headers = {**headers, "Content-Type": "application/json"}
     first_token: list[float] = []
     delivery: list[float] = []
+    later: list[float] = []  # the chunks after each stream's first
     for _ in range(requests):
         sent = time.monotonic_ns()
         conn.request("POST", parts.path, body, headers)
@@ -102,8 +103,11 @@ def measure(
                         continue
                     for stamp in texts(line[6:]):
                         if stamp and stamp.isdigit():
+                            delivered = (now - int(stamp)) / NS_PER_MS
+                            if first is not None:
+                                later.append(delivered)
                             first = first or now
-                            delivery.append((now - int(stamp)) / NS_PER_MS)
+                            delivery.append(delivered)
         if first is None:
             raise RuntimeError(f"{url}: a stream without a stamped chunk")
         first_token.append((first - sent) / NS_PER_MS)
@@ -112,5 +116,6 @@ def measure(
         "ttft_p50": statistics.median(first_token),
         "chunk_p50": statistics.median(delivery),
         "chunk_p99": quantile(delivery, 0.99),
+        "later_chunk_p99": quantile(later, 0.99),
         "chunks": float(len(delivery)),
     }
