@@ -19,14 +19,19 @@ $(STAMP): pyproject.toml
 
 # maturin installs the package (editable), its dependencies and the dev extras,
 # with uv: pip took 146 s to install them into a fresh venv from a warm cache,
-# uv 10 s.
+# uv 10 s. uv writes no bytecode unless asked (pip does, as the Dockerfile's
+# install), and with PYTHONDONTWRITEBYTECODE set nothing would: every worker
+# would compile each module it imports, at every start (docs/performance.md,
+# "Memory").
 $(EXT_STAMP): $(STAMP) Cargo.toml core_rs/Cargo.toml $(shell find core_rs/src -name '*.rs')
-	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH UV_COMPILE_BYTECODE=1 \
 		$(VENV)/bin/maturin develop --uv --release --extras dev
 	touch $@
 
 install: $(STAMP)
+# The router's own modules as bytecode too (only those changed are compiled again).
 build: $(EXT_STAMP)
+	$(PY) -m compileall -q router_py
 
 run: build
 	$(VENV)/bin/model-router serve
