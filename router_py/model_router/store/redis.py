@@ -397,7 +397,7 @@ class RedisStore:
 
     @_reachable
     async def put_state(self, kind: str, items: Mapping[str, bytes]) -> None:
-        await self._redis.hset(f"{self._prefix}:state:{kind}", mapping=dict(items))  # type: ignore[arg-type]
+        await self._redis.hset(f"{self._prefix}:state:{kind}", mapping=dict(items))
 
     @_reachable
     async def get_state(self, kind: str) -> dict[str, bytes]:
