@@ -29,6 +29,7 @@ $(EXT_STAMP): $(STAMP) Cargo.toml core_rs/Cargo.toml $(shell find core_rs/src -n
 	touch $@
 
 install: $(STAMP)
+
 # The router's own modules as bytecode too (only those changed are compiled again).
 build: $(EXT_STAMP)
 	$(PY) -m compileall -q router_py

@@ -116,6 +116,6 @@ def measure(
         "ttft_p50": statistics.median(first_token),
         "chunk_p50": statistics.median(delivery),
         "chunk_p99": quantile(delivery, 0.99),
-        "later_chunk_p99": quantile(later, 0.99),
+        "later_chunk_p99": quantile(later, 0.99) if later else 0.0,
         "chunks": float(len(delivery)),
     }

@@ -74,16 +74,16 @@ def plain(call) -> bool:
     return all(_core.pii_plain(s) for s in strings)
 
 
-def accounted_by_app(calls, record_ids, now_s: float):
+def accounted_by_app(calls, record_ids, now_s: float, level: int = logging.INFO):
     """What the app's accounting makes of calls the door left to it, at
-    INFO with its clock at `now_s`: (their lines, their records, their samples)."""
+    `level` with its clock at `now_s`: (their lines, their records, their samples)."""
     observer = RequestObserver(None, None, 10)  # type: ignore[arg-type]
     written: list[bytes] = []
     ids = iter(record_ids)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
         patch.setattr(requests, "time", types.SimpleNamespace(time=lambda: now_s))
-        patch.setattr(requests.log, "isEnabledFor", lambda level: level >= logging.INFO)
+        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= level)
         patch.setattr(door_calls, "new_id", lambda: next(ids))
         for call in calls:
             summary, attempts = summary_of(call, Timestamps())
@@ -97,19 +97,21 @@ def accounted_by_app(calls, record_ids, now_s: float):
 @given(
     calls=st.lists(CALL, min_size=1, max_size=4),
     now_s=st.floats(0, 4e9, allow_nan=False),
+    level=st.sampled_from([logging.INFO, logging.WARNING]),
 )
-def test_the_door_accounts_calls_as_the_app_does(calls, now_s):
-    """The same lines, records and samples, byte for byte and sample for
-    sample (a batch's sums added in the same order), for the calls whose
-    strings are all `pii_plain`; the others it leaves to the app, which
-    masks and accounts them."""
+def test_the_door_accounts_calls_as_the_app_does(calls, now_s, level):
+    """The same lines (none below INFO), records and samples, byte for byte
+    and sample for sample (a batch's sums added in the same order), for the
+    calls whose strings are all `pii_plain`; the others it leaves to the
+    app, which masks and accounts them."""
     ids = [f"{i:x}a0f9135bc9aff" for i in range(len(calls))]
+    lines_on = level <= logging.INFO
     (lines, records, counts, observed), left = _core.account_door_calls(
-        calls, ids, now_s, DOOR_BUCKETS
+        calls, ids, now_s, DOOR_BUCKETS, lines_on
     )
-    assert left == [i for i, call in enumerate(calls) if not plain(call)]
+    assert left == [call for call in calls if not plain(call)]
     mine = [call for call in calls if plain(call)]
-    app_lines, app_records, app_samples = accounted_by_app(mine, ids, now_s)
+    app_lines, app_records, app_samples = accounted_by_app(mine, ids, now_s, level)
     assert (lines, records) == (app_lines, app_records)
     merged = MetricBatch()
     merged.merge(counts, observed)
@@ -129,16 +131,21 @@ def test_the_door_tallies_every_metric_the_app_samples():
 
 
 @pytest.mark.parametrize(
-    ("level", "door", "replies"),
-    [("info", True, False), ("debug", False, True), ("warning", False, False)],
+    ("level", "door", "lines", "replies"),
+    [
+        ("info", True, True, False),
+        ("debug", False, True, True),
+        ("warning", True, False, False),
+        ("error", True, False, False),
+    ],
 )
-def test_the_door_accounts_at_info_and_hands_replies_over_at_debug(level, door, replies):
+def test_the_door_accounts_but_at_debug_and_hands_replies_over_then(level, door, lines, replies):
     observer = RequestObserver(None, None, 1)  # type: ignore[arg-type]
     threshold = logging.getLevelName(level.upper())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
-        buckets = observer.door_buckets()
-        assert (buckets is not None, observer.logs_replies()) == (door, replies)
+        asked = (observer.door_buckets(), observer.writes_lines(), observer.logs_replies())
+    assert asked == (DOOR_BUCKETS if door else None, lines, replies)
 
 
 class RecordingDoor:
@@ -156,13 +163,13 @@ class RecordingDoor:
         self.calls = [(names, figures, tried, "the reply") for names in (self.PLAIN, self.MASKED)]
         self.asked: list = []
 
-    def take(self, bounds, replies: bool):
-        self.asked.append((bounds, replies))
+    def take(self, bounds, lines: bool, replies: bool):
+        self.asked.append((bounds, lines, replies))
         calls = [(n, f, t, reply if replies else None) for n, f, t, reply in self.calls]
         if bounds is None:
             return calls, [], ([], [], [{}] * 5, [{}] * 3)
-        accounted, left = _core.account_door_calls(calls, ["a1"], 0.0, bounds)
-        return [calls[i] for i in left], [], accounted
+        accounted, left = _core.account_door_calls(calls, ["a1"], 0.0, bounds, lines)
+        return left, [], accounted
 
 
 @pytest.mark.parametrize("level", ["info", "debug"])
@@ -179,7 +186,7 @@ def test_account_takes_in_what_the_door_accounted_and_accounts_the_rest(level):
         patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= threshold)
         calls.account()
     info = level == "info"
-    assert door.asked == [(DOOR_BUCKETS if info else None, not info)]
+    assert door.asked == [(DOOR_BUCKETS if info else None, True, not info)]
     # One line and one record a call, whichever side made them.
     assert sorted(line.split(b'"requestId":"')[1][:4] for line in written) == [b"rq-1", b"rq-2"]
     assert len(observer._pending) == 2

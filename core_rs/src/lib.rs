@@ -7,6 +7,7 @@ pub mod clients;
 pub mod connection;
 pub mod cost;
 pub mod door;
+pub mod door_account;
 pub mod engine;
 pub mod failover;
 pub mod ids;

@@ -141,8 +141,11 @@ pub fn string(value: Option<&str>, out: &mut String) {
 }
 
 /// The line of a `plain_call` with its newline, stamped `now`; None for a
-/// float JSON cannot hold.
+/// float JSON cannot hold. Its latencies are written as they come: rounded
+/// to the microsecond already (routed.rs), as `_log_line`'s `round(x, 3)`
+/// writes them.
 pub fn request_line(call: &CallRecord, now: SystemTime) -> Option<Vec<u8>> {
+    debug_assert!(plain_call(call), "a string to mask is Python's to write");
     let (level, message) = match (call.status, call.outcome) {
         (200, _) => ("info", "Request routed successfully"),
         (_, Outcome::Cancelled) => ("info", "Request cancelled: the caller left"),

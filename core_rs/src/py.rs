@@ -7,6 +7,7 @@ use crate::clients;
 use crate::connection::Origin;
 use crate::cost::Tokens;
 use crate::door;
+use crate::door_account::{self, Accounting, OwnAccount};
 use crate::engine::{self, DecideInput, Outcome, RollupFacts, Source};
 use crate::failover;
 use crate::ids;
@@ -14,8 +15,7 @@ use crate::key_files;
 use crate::keys;
 use crate::leases;
 use crate::log_line;
-use crate::metric_tally::{self, MetricTally};
-use crate::recent_record;
+use crate::metric_tally;
 use crate::rollouts;
 use crate::rollup::{self, Drained};
 use crate::routed;
@@ -1030,56 +1030,15 @@ fn call_record(call: DoorCall<String>) -> PyResult<routed::CallRecord> {
     })
 }
 
-/// What the door accounts itself of the calls it takes (`plain_call`s):
-/// their lines, their records and their metric samples.
-struct OwnAccount {
-    lines: Vec<Vec<u8>>,
-    records: Vec<Vec<u8>>,
-    tally: MetricTally,
-}
-
-impl OwnAccount {
-    fn new(bounds: [Vec<f64>; 3]) -> OwnAccount {
-        OwnAccount {
-            lines: Vec::new(),
-            records: Vec::new(),
-            tally: MetricTally::new(bounds),
-        }
-    }
-
-    /// Accounts `call`, its line stamped `now`, its record under an id
-    /// from `id`; false, accounting nothing, when Python is to (a string
-    /// to mask, or a float JSON cannot hold).
-    fn add(
-        &mut self,
-        call: &routed::CallRecord,
-        id: impl FnOnce() -> String,
-        now: SystemTime,
-    ) -> bool {
-        if !log_line::plain_call(call) {
-            return false;
-        }
-        let Some(line) = log_line::request_line(call, now) else {
-            return false;
-        };
-        let Some(record) = recent_record::recent_request(call, &id()) else {
-            return false;
-        };
-        self.lines.push(line);
-        self.records.push(record);
-        self.tally.add(call);
-        true
-    }
-
-    fn into_py(self, py: Python<'_>) -> PyResult<DoorAccounted<'_>> {
-        let bytes = |all: Vec<Vec<u8>>| all.iter().map(|b| PyBytes::new(py, b)).collect();
-        Ok((
-            bytes(self.lines),
-            bytes(self.records),
-            tally_dicts(py, &self.tally.counts)?,
-            tally_dicts(py, &self.tally.observed)?,
-        ))
-    }
+/// What the door accounted itself, for Python.
+fn own_account(py: Python<'_>, own: OwnAccount) -> PyResult<DoorAccounted<'_>> {
+    let bytes = |all: Vec<Vec<u8>>| all.iter().map(|b| PyBytes::new(py, b)).collect();
+    Ok((
+        bytes(own.lines),
+        bytes(own.records),
+        tally_dicts(py, &own.tally.counts)?,
+        tally_dicts(py, &own.tally.observed)?,
+    ))
 }
 
 /// The tally's maps as Python dicts keyed by tuples of label values.
@@ -1244,19 +1203,21 @@ impl Door {
         self.routing.accounts.wake_socket().as_raw_fd()
     }
 
-    /// What the door queued since the last call: (the calls it served or
-    /// saw cut short that Python is to account, [(key id, window, limit,
-    /// now ms) of a lease to top up], what the door accounted itself). With
-    /// `bounds` (the upper bounds of `metrics.DOOR_HISTOGRAMS`' buckets) the
-    /// door accounts each `plain_call` itself; without, Python accounts
-    /// every call. Each call's reply text only with `replies` (a DEBUG line
-    /// shows it; nothing else reads it).
+    /// What the door queued since the last call (`door_account.rs`): (the
+    /// calls it served or saw cut short that Python is to account, [(key
+    /// id, window, limit, now ms) of a lease to top up], what the door
+    /// accounted itself). With `bounds` (the upper bounds of
+    /// `metrics.DOOR_HISTOGRAMS`' buckets) the door accounts each
+    /// `plain_call` itself, its line only with `lines`; without, Python
+    /// accounts every call. Each call's reply text only with `replies` (a
+    /// DEBUG line shows it; nothing else reads it).
     #[allow(clippy::type_complexity)]
-    #[pyo3(signature = (bounds, replies))]
+    #[pyo3(signature = (bounds, lines, replies))]
     fn take<'py>(
         &self,
         py: Python<'py>,
         bounds: Option<[Vec<f64>; 3]>,
+        lines: bool,
         replies: bool,
     ) -> PyResult<(
         Vec<DoorCall>,
@@ -1264,29 +1225,11 @@ impl Door {
         DoorAccounted<'py>,
     )> {
         let accounts = self.routing.accounts.take();
-        let (calls, top_ups, own) = py.detach(|| {
-            let (mut calls, mut top_ups) = (Vec::new(), Vec::new());
-            let accounting = bounds.is_some();
-            let mut own = OwnAccount::new(bounds.unwrap_or_default());
-            let now = SystemTime::now();
-            for account in accounts {
-                match account {
-                    routed::Account::Call(c) => {
-                        if !(accounting && own.add(&c, ids::new_id, now)) {
-                            calls.push(door_call(*c, replies));
-                        }
-                    }
-                    routed::Account::TopUp {
-                        key_id,
-                        window,
-                        limit,
-                        now_ms,
-                    } => top_ups.push((key_id, window, limit, now_ms)),
-                }
-            }
-            (calls, top_ups, own)
-        });
-        Ok((calls, top_ups, own.into_py(py)?))
+        let accounting = bounds.map(|bounds| Accounting { bounds, lines });
+        let taken =
+            py.detach(|| door_account::take(accounts, accounting, ids::new_id, SystemTime::now()));
+        let calls = taken.calls.into_iter().map(|c| door_call(c, replies));
+        Ok((calls.collect(), taken.top_ups, own_account(py, taken.own)?))
     }
 
     /// Stops accepting; connections close once their requests are answered.
@@ -1324,10 +1267,10 @@ fn pii_plain(text: &str) -> bool {
 }
 
 /// What `Door.take` makes of `calls` (tuples as it hands calls over): what
-/// it accounts itself, the lines stamped `now_s` seconds after the epoch,
-/// the records under the `ids` in turn, the histograms with buckets of
-/// `bounds`; and the positions of the calls it leaves to Python. What tests
-/// hold to the app's accounting.
+/// it accounts itself, the lines stamped `now_s` seconds after the epoch
+/// (with `lines`), the records under the `ids` in turn, the histograms with
+/// buckets of `bounds`; and the calls it leaves to Python. What tests hold
+/// to the app's accounting.
 #[pyfunction]
 fn account_door_calls<'py>(
     py: Python<'py>,
@@ -1335,17 +1278,22 @@ fn account_door_calls<'py>(
     ids: Vec<String>,
     now_s: f64,
     bounds: [Vec<f64>; 3],
-) -> PyResult<(DoorAccounted<'py>, Vec<usize>)> {
+    lines: bool,
+) -> PyResult<(DoorAccounted<'py>, Vec<DoorCall>)> {
+    let accounts = calls
+        .into_iter()
+        .map(|call| Ok(routed::Account::Call(Box::new(call_record(call)?))))
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut ids = ids.into_iter();
     let now = UNIX_EPOCH + Duration::from_secs_f64(now_s);
-    let mut own = OwnAccount::new(bounds);
-    let (mut ids, mut left) = (ids.into_iter(), Vec::new());
-    for (i, call) in calls.into_iter().enumerate() {
-        let call = call_record(call)?;
-        if !own.add(&call, || ids.next().unwrap_or_default(), now) {
-            left.push(i);
-        }
-    }
-    Ok((own.into_py(py)?, left))
+    let accounting = Some(Accounting { bounds, lines });
+    let taken = door_account::take(accounts, accounting, || ids.next().unwrap_or_default(), now);
+    let left = taken
+        .calls
+        .into_iter()
+        .map(|c| door_call(c, true))
+        .collect();
+    Ok((own_account(py, taken.own)?, left))
 }
 
 /// The upstream body of a same-format request (`shape.rs`); ValueError when

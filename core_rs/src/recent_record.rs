@@ -14,6 +14,10 @@ use crate::routed::{CallRecord, ROUTE};
 /// The record of a `plain_call` under the id `id`; None for a float JSON
 /// cannot hold. Its attempts name no provider's message, as the app's.
 pub fn recent_request(call: &CallRecord, id: &str) -> Option<Vec<u8>> {
+    debug_assert!(
+        crate::log_line::plain_call(call),
+        "a string to escape is Python's to write"
+    );
     let mut out = String::with_capacity(512 + 160 * call.attempts.len());
     write!(out, r#"{{"id":"{id}","requestId":"{}","#, call.request_id).ok()?;
     let stamp = timestamp(Duration::from_millis(call.ended_ms));

@@ -16,8 +16,9 @@
 //! attempt failed, the provider refused it) goes to the app with its
 //! verdict (`VERDICT_HEADER`): the app renders the error from what the door
 //! tried, and tries nothing again. Every finished call's facts are queued
-//! (`Account`) for the app's event loop, which accounts them in batches
-//! (metrics, the log line, the record): one definition of each.
+//! (`Account`) for the app's event loop, which takes them in batches: the
+//! door accounts the calls with nothing to mask itself, as the app would
+//! (`door_account.rs`), and the app the others.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;

@@ -400,14 +400,15 @@ class Door:
     def fileno(self) -> int:
         """The socket that turns readable when `take` has something."""
     def take(
-        self, bounds: Sequence[Sequence[float]] | None, replies: bool
+        self, bounds: Sequence[Sequence[float]] | None, lines: bool, replies: bool
     ) -> tuple[list[_DoorCall], list[tuple[str, int, int, int]], _DoorAccounted]:
         """What the door queued since the last call: the calls it served (or
         saw cut short) that Python is to account, (key id, window, limit,
         now ms) of each lease to top up, and what it accounted itself. With
         `bounds` (the upper bounds of `metrics.DOOR_HISTOGRAMS`' buckets) it
-        accounts each call whose strings need no masking itself; without,
-        Python accounts every call. A call's reply text only with `replies`."""
+        accounts each call whose strings need no masking itself, its line
+        only with `lines`; without, Python accounts every call. A call's
+        reply text only with `replies`."""
 
 # An endpoint of the door's plan: (id, (https, host, port, target, authority),
 # (key header, prefix, key or None, key file or None) or None, (connect,
@@ -463,13 +464,17 @@ def pii_plain(text: str) -> bool:
     with fewer than nine digits and none of the vendor keys' prefixes."""
 
 def account_door_calls(
-    calls: list[_DoorCall], ids: list[str], now_s: float, bounds: Sequence[Sequence[float]]
-) -> tuple[_DoorAccounted, list[int]]:
+    calls: list[_DoorCall],
+    ids: list[str],
+    now_s: float,
+    bounds: Sequence[Sequence[float]],
+    lines: bool,
+) -> tuple[_DoorAccounted, list[_DoorCall]]:
     """What `Door.take` makes of `calls`: what it accounts itself (the lines
-    stamped `now_s` seconds after the epoch, the records under the `ids` in
-    turn, the histograms with buckets of `bounds`), and the positions of
-    the calls it leaves to Python. The test layer's view of
-    core_rs/src/log_line.rs, recent_record.rs and metric_tally.rs."""
+    stamped `now_s` seconds after the epoch, with `lines`; the records under
+    the `ids` in turn; the histograms with buckets of `bounds`), and the
+    calls it leaves to Python. The test layer's view of
+    core_rs/src/door_account.rs."""
 
 def same_format_body(body: bytes, model: str, drop: list[str]) -> bytes:
     """The upstream body of a request in the provider's own format: `body` as

@@ -239,7 +239,7 @@ class DoorCalls:
         service = self.service
         observer = service.observer
         calls, top_ups, (lines, records, counts, observed) = self.door.take(
-            observer.door_buckets(), observer.logs_replies()
+            observer.door_buckets(), observer.writes_lines(), observer.logs_replies()
         )
         for key_id, window, limit, now_ms in top_ups if not self._finished else ():
             service.limiter.refill((key_id, window), limit, now_ms)

@@ -87,16 +87,18 @@ class RequestObserver:
             m.inc(metrics.TOKENS, (model, "completion"), summary.completion_tokens)
             m.inc(metrics.COST, (model,), summary.cost)
         self._pending.append(msgspec.json.encode(summary))
-        if log.isEnabledFor(logging.INFO):
+        if self.writes_lines():
             self._log_line(summary, prompt, reply, arm)
 
     def door_buckets(self) -> tuple[list[float], ...] | None:
         """The buckets with which the door accounts the calls whose strings
-        need no masking itself (`Door.take`): at INFO, where their lines
-        hold no prompt or reply; None when Python accounts every call."""
-        if log.isEnabledFor(logging.INFO) and not self.logs_replies():
-            return metrics.DOOR_BUCKETS
-        return None
+        need no masking itself (`Door.take`); None at DEBUG, where a line
+        shows the reply and Python accounts every call."""
+        return None if self.logs_replies() else metrics.DOOR_BUCKETS
+
+    def writes_lines(self) -> bool:
+        """Whether routed requests get a line (LOG_LEVEL info or debug)."""
+        return log.isEnabledFor(logging.INFO)
 
     def logs_replies(self) -> bool:
         """Whether a request's line shows its reply (at DEBUG)."""
