@@ -195,3 +195,31 @@ def test_account_takes_in_what_the_door_accounted_and_accounts_the_rest(level):
     requests_m1 = observer._metrics._counts[(metrics.REQUESTS, ("m1", "200"))]
     door_200 = observer._metrics._counts[(metrics.DOOR_CALLS, ("200",))]
     assert (requests_m1, door_200) == (2.0, 2.0)
+
+
+class BrokenTallyDoor(RecordingDoor):
+    """A door whose own account cannot be taken in (a tally of the wrong
+    shape, as a metric added on one side only would make)."""
+
+    def take(self, bounds, lines: bool, replies: bool):
+        left, _, (lines_, records, counts, observed) = super().take(bounds, lines, replies)
+        return left, [("k1", 60, 100, 5)], (lines_, records, counts[:-1], observed)
+
+
+def test_an_account_that_cannot_be_taken_in_loses_no_call_left_to_python():
+    refilled = []
+    observer = RequestObserver(None, None, 10)  # type: ignore[arg-type]
+    limiter = types.SimpleNamespace(refill=lambda *args: refilled.append(args))
+    service = types.SimpleNamespace(observer=observer, limiter=limiter)
+    calls = DoorCalls(BrokenTallyDoor(), service, None)  # type: ignore[arg-type]
+    written: list[bytes] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(requests, "STDERR", types.SimpleNamespace(add=written.append))
+        patch.setattr(door_calls, "STDERR", types.SimpleNamespace(extend=written.extend))
+        patch.setattr(requests.log, "isEnabledFor", lambda asked: asked >= logging.INFO)
+        calls.account()  # logs the failure, raises nothing
+    assert refilled == [(("k1", 60), 100, 5)]
+    # The call with an email in it is still accounted, by the app.
+    assert any(b'"requestId":"rq-2"' in line for line in written)
+    assert observer._metrics._counts[(metrics.DOOR_CALLS, ("200",))] == 1.0
+    assert len(observer._pending) == 1  # the door's part is refused whole, not halfway

@@ -180,7 +180,10 @@ class MetricBatch:
         observed: Sequence[Mapping[tuple[str, ...], list[float]]],
     ) -> None:
         """Add the door's tally (`Door.take`): `DOOR_COUNTERS`' amounts and
-        `DOOR_HISTOGRAMS`' slots, per label values."""
+        `DOOR_HISTOGRAMS`' slots, per label values; all of it, or nothing
+        (ValueError) when its shape is not theirs."""
+        if (len(counts), len(observed)) != (len(DOOR_COUNTERS), len(DOOR_HISTOGRAMS)):
+            raise ValueError(f"a door tally of {len(counts)} counters, {len(observed)} histograms")
         for counter, amounts in zip(DOOR_COUNTERS, counts, strict=True):
             for labels, amount in amounts.items():
                 self.inc(counter, labels, amount)

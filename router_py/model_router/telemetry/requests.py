@@ -119,8 +119,8 @@ class RequestObserver:
     ) -> None:
         """Take in what the door accounted itself of the calls it served:
         their records and metric samples (their lines it has written)."""
+        self._metrics.merge(counts, observed)  # first: it may refuse the lot
         self._pending.extend(records)
-        self._metrics.merge(counts, observed)
 
     def _log_line(
         self, summary: t.RecentRequest, prompt: str | None, reply: str | None, arm: Arm | None
