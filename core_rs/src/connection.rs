@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 use tokio::time::{timeout_at, Instant};
@@ -42,9 +42,24 @@ impl Conn {
         match self {
             Conn::Plain(tcp) => loop {
                 ready!(tcp.poll_read_ready(cx))?;
-                match tcp.try_read_buf(buf) {
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                    read => return Poll::Ready(read),
+                // A read that leaves room drained the socket (epoll reports
+                // what comes next): its readiness is cleared now, as Tokio's
+                // own reads do, so the next read waits for that report rather
+                // than costing a call that finds nothing, which would come
+                // before a streamed chunk is written on.
+                let room = buf.capacity() - buf.len();
+                let mut drained = None;
+                let read = tcp.try_io(Interest::READABLE, || match tcp.try_read_buf(buf) {
+                    Ok(n) if n > 0 && n < room => {
+                        drained = Some(n);
+                        Err(ErrorKind::WouldBlock.into())
+                    }
+                    read => read,
+                });
+                match (read, drained) {
+                    (_, Some(n)) => return Poll::Ready(Ok(n)),
+                    (Err(e), None) if e.kind() == ErrorKind::WouldBlock => {}
+                    (read, None) => return Poll::Ready(read),
                 }
             },
             Conn::Tls(tls) => {

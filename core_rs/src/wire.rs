@@ -9,7 +9,7 @@
 //! declares them.
 
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 
 /// A token count a provider may report for one call; more is a broken provider.
@@ -48,6 +48,35 @@ impl fmt::Display for Malformed {
 
 type Read<T> = Result<T, Malformed>;
 
+/// Where a value sits in its answer, as msgspec says it (`$.choices[0].delta`):
+/// written out only for a `Malformed`, never while an answer reads well.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Root,
+    Member(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl<'a> At<'a> {
+    fn member(&'a self, name: &'a str) -> At<'a> {
+        At::Member(self, name)
+    }
+
+    fn index(&'a self, i: usize) -> At<'a> {
+        At::Index(self, i)
+    }
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            At::Root => f.write_str("$"),
+            At::Member(at, name) => write!(f, "{at}.{name}"),
+            At::Index(at, i) => write!(f, "{at}[{i}]"),
+        }
+    }
+}
+
 /// A JSON value's type, as msgspec names it, from its first character.
 fn kind(value: &RawValue) -> &'static str {
     let text = value.get();
@@ -62,32 +91,90 @@ fn kind(value: &RawValue) -> &'static str {
     }
 }
 
-fn expected(what: &str, got: &RawValue, at: &str) -> Malformed {
+fn expected(what: &str, got: &RawValue, at: &At) -> Malformed {
     Malformed(format!(
         "Expected `{what}`, got `{}` - at `{at}`",
         kind(got)
     ))
 }
 
+/// A JSON string as sent, copied only when it has escapes to undo.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
 /// An object's members, their values as sent: members the router does not
 /// read are only skipped (any depth, any number). A name sent twice: the
-/// last value, as a decoder keeps it.
-type Members<'a> = HashMap<String, &'a RawValue>;
+/// last value, as a decoder keeps it. Objects are small: a list searched
+/// from its end costs less than a map of owned names.
+struct Members<'a>(Vec<(Text<'a>, &'a RawValue)>);
 
-fn object<'a>(value: &'a RawValue, at: &str) -> Read<Members<'a>> {
+impl<'a> Members<'a> {
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        let mut members = self.0.iter().rev();
+        members.find(|(n, _)| n.0 == name).map(|(_, value)| *value)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+fn object<'a>(value: &'a RawValue, at: &At) -> Read<Members<'a>> {
     typed(value, "object", at)
 }
 
-fn array<'a>(value: &'a RawValue, at: &str) -> Read<Vec<&'a RawValue>> {
+fn array<'a>(value: &'a RawValue, at: &At) -> Read<Vec<&'a RawValue>> {
     typed(value, "array", at)
 }
 
-fn string(value: &RawValue, at: &str) -> Read<String> {
-    typed(value, "str", at)
+fn string<'a>(value: &'a RawValue, at: &At) -> Read<Cow<'a, str>> {
+    typed(value, "str", at).map(|text: Text| text.0)
 }
 
 /// `value` read as a `T`, once its JSON type is `what`.
-fn typed<'a, T: serde::Deserialize<'a>>(value: &'a RawValue, what: &str, at: &str) -> Read<T> {
+fn typed<'a, T: serde::Deserialize<'a>>(value: &'a RawValue, what: &str, at: &At) -> Read<T> {
     if kind(value) != what {
         return Err(expected(what, value, at));
     }
@@ -95,8 +182,8 @@ fn typed<'a, T: serde::Deserialize<'a>>(value: &'a RawValue, what: &str, at: &st
 }
 
 /// A member wire.py requires.
-fn required<'a>(doc: &Members<'a>, name: &str, at: &str) -> Read<&'a RawValue> {
-    doc.get(name).copied().ok_or_else(|| {
+fn required<'a>(doc: &Members<'a>, name: &str, at: &At) -> Read<&'a RawValue> {
+    doc.get(name).ok_or_else(|| {
         Malformed(format!(
             "Object missing required field `{name}` - at `{at}`"
         ))
@@ -105,24 +192,24 @@ fn required<'a>(doc: &Members<'a>, name: &str, at: &str) -> Read<&'a RawValue> {
 
 /// A member that may be absent or null.
 fn member<'a>(doc: &Members<'a>, name: &str) -> Option<&'a RawValue> {
-    doc.get(name).copied().filter(|v| kind(v) != "null")
+    doc.get(name).filter(|v| kind(v) != "null")
 }
 
 /// An optional string member: absent, null or a string.
-fn optional_string(doc: &Members, name: &str, at: &str) -> Read<Option<String>> {
+fn optional_string<'a>(doc: &Members<'a>, name: &str, at: &At) -> Read<Option<Cow<'a, str>>> {
     member(doc, name)
-        .map(|v| string(v, &format!("{at}.{name}")))
+        .map(|v| string(v, &at.member(name)))
         .transpose()
 }
 
 /// A member wire.py declares `str` with a default: absent, or a string.
-fn defaulted_string(doc: &Members, name: &str, at: &str) -> Read<()> {
+fn defaulted_string(doc: &Members, name: &str, at: &At) -> Read<()> {
     doc.get(name)
-        .map_or(Ok(()), |v| string(v, &format!("{at}.{name}")).map(drop))
+        .map_or(Ok(()), |v| string(v, &at.member(name)).map(drop))
 }
 
 /// A token count: a JSON integer (`-0` is 0) in 0..=MAX_COUNT.
-fn count(value: &RawValue, at: &str) -> Read<u64> {
+fn count(value: &RawValue, at: &At) -> Read<u64> {
     if kind(value) != "int" {
         return Err(expected("int", value, at));
     }
@@ -142,15 +229,14 @@ fn count(value: &RawValue, at: &str) -> Read<u64> {
 }
 
 /// A count wire.py declares with a default of 0: absent, or a count (null is not one).
-fn defaulted_count(doc: &Members, name: &str, at: &str) -> Read<u64> {
-    doc.get(name)
-        .map_or(Ok(0), |v| count(v, &format!("{at}.{name}")))
+fn defaulted_count(doc: &Members, name: &str, at: &At) -> Read<u64> {
+    doc.get(name).map_or(Ok(0), |v| count(v, &at.member(name)))
 }
 
 /// A count that may be absent or null.
-fn optional_count(doc: &Members, name: &str, at: &str) -> Read<Option<u64>> {
+fn optional_count(doc: &Members, name: &str, at: &At) -> Read<Option<u64>> {
     member(doc, name)
-        .map(|v| count(v, &format!("{at}.{name}")))
+        .map(|v| count(v, &at.member(name)))
         .transpose()
 }
 
@@ -163,9 +249,11 @@ fn parse(body: &[u8]) -> Read<&RawValue> {
 
 /// An OpenAI chat completion (`OpenAICompletion` in wire.py).
 pub fn openai_chat(body: &[u8]) -> Read<Reading> {
-    let doc = object(parse(body)?, "$")?;
-    defaulted_string(&doc, "id", "$")?;
-    let choices = array(required(&doc, "choices", "$")?, "$.choices")?;
+    let root = At::Root;
+    let doc = object(parse(body)?, &root)?;
+    defaulted_string(&doc, "id", &root)?;
+    let at_choices = root.member("choices");
+    let choices = array(required(&doc, "choices", &root)?, &at_choices)?;
     if choices.is_empty() {
         return Err(Malformed(
             "Expected `array` of length >= 1 - at `$.choices`".into(),
@@ -173,15 +261,15 @@ pub fn openai_chat(body: &[u8]) -> Read<Reading> {
     }
     let mut first = None;
     for (i, choice) in choices.iter().enumerate() {
-        let at = format!("$.choices[{i}]");
+        let at = at_choices.index(i);
         let choice = object(choice, &at)?;
         let message = required(&choice, "message", &at)?;
-        let at_message = format!("{at}.message");
+        let at_message = at.member("message");
         let message = object(message, &at_message)?;
         let content = optional_string(&message, "content", &at_message)?;
         optional_string(&message, "refusal", &at_message)?;
         if let Some(calls) = member(&message, "tool_calls") {
-            tool_calls(calls, &format!("{at_message}.tool_calls"))?;
+            tool_calls(calls, &at_message.member("tool_calls"))?;
         }
         let finish_reason = optional_string(&choice, "finish_reason", &at)?;
         first.get_or_insert((content, finish_reason));
@@ -189,12 +277,12 @@ pub fn openai_chat(body: &[u8]) -> Read<Reading> {
     let (content, finish_reason) = first.expect("one choice at least");
     let mut tokens = Usage::default();
     if let Some(usage) = member(&doc, "usage") {
-        openai_usage(&mut tokens, usage, "$.usage")?;
+        openai_usage(&mut tokens, usage, &root.member("usage"))?;
     }
     Ok(Reading {
         tokens,
-        text: content.unwrap_or_default(),
-        finish_reason,
+        text: content.unwrap_or_default().into_owned(),
+        finish_reason: finish_reason.map(Cow::into_owned),
     })
 }
 
@@ -213,20 +301,22 @@ pub struct ChunkReading {
 /// `OpenAIChunks.feed` in exchanges.py reads it); its usage, if it has one,
 /// onto the stream's `tokens` (a malformed chunk leaves them as they were).
 pub fn openai_chunk(data: &[u8], tokens: &mut Usage) -> Read<ChunkReading> {
-    let doc = object(parse(data)?, "$")?;
-    defaulted_string(&doc, "id", "$")?;
+    let root = At::Root;
+    let doc = object(parse(data)?, &root)?;
+    defaulted_string(&doc, "id", &root)?;
     let mut reading = ChunkReading::default();
     if let Some(choices) = doc.get("choices") {
-        for (i, choice) in array(choices, "$.choices")?.into_iter().enumerate() {
-            let at = format!("$.choices[{i}]");
+        let at_choices = root.member("choices");
+        for (i, choice) in array(choices, &at_choices)?.into_iter().enumerate() {
+            let at = at_choices.index(i);
             let choice = object(choice, &at)?;
             if let Some(delta) = member(&choice, "delta") {
-                let at = format!("{at}.delta");
+                let at = at.member("delta");
                 let delta = object(delta, &at)?;
                 let content = optional_string(&delta, "content", &at)?.unwrap_or_default();
                 let refusal = optional_string(&delta, "refusal", &at)?.unwrap_or_default();
                 let calls = match member(&delta, "tool_calls") {
-                    Some(calls) => tool_calls(calls, &format!("{at}.tool_calls"))?,
+                    Some(calls) => tool_calls(calls, &at.member("tool_calls"))?,
                     None => 0,
                 };
                 if !content.is_empty() || calls > 0 || !refusal.is_empty() {
@@ -239,14 +329,14 @@ pub fn openai_chunk(data: &[u8], tokens: &mut Usage) -> Read<ChunkReading> {
             }
             if let Some(index) = choice.get("index") {
                 if kind(index) != "int" {
-                    return Err(expected("int", index, &format!("{at}.index")));
+                    return Err(expected("int", index, &at.member("index")));
                 }
             }
         }
     }
     let mut counted = *tokens;
     if let Some(usage) = member(&doc, "usage") {
-        openai_usage(&mut counted, usage, "$.usage")?;
+        openai_usage(&mut counted, usage, &root.member("usage"))?;
     }
     reading.error = member(&doc, "error").is_some();
     if !reading.error {
@@ -256,20 +346,20 @@ pub fn openai_chunk(data: &[u8], tokens: &mut Usage) -> Read<ChunkReading> {
 }
 
 /// The tool calls' count, once each is of its shape.
-fn tool_calls(value: &RawValue, at: &str) -> Read<usize> {
+fn tool_calls(value: &RawValue, at: &At) -> Read<usize> {
     let calls = array(value, at)?;
     for (i, call) in calls.iter().enumerate() {
-        let at = format!("{at}[{i}]");
+        let at = at.index(i);
         let call = object(call, &at)?;
         optional_string(&call, "id", &at)?;
         optional_string(&call, "type", &at)?;
         if let Some(index) = member(&call, "index") {
             if kind(index) != "int" {
-                return Err(expected("int", index, &format!("{at}.index")));
+                return Err(expected("int", index, &at.member("index")));
             }
         }
         if let Some(function) = member(&call, "function") {
-            let at = format!("{at}.function");
+            let at = at.member("function");
             let function = object(function, &at)?;
             optional_string(&function, "name", &at)?;
             optional_string(&function, "arguments", &at)?;
@@ -279,12 +369,12 @@ fn tool_calls(value: &RawValue, at: &str) -> Read<usize> {
 }
 
 /// OpenAI's usage (`Tokens.add_openai` in Python).
-fn openai_usage(tokens: &mut Usage, usage: &RawValue, at: &str) -> Read<()> {
+fn openai_usage(tokens: &mut Usage, usage: &RawValue, at: &At) -> Read<()> {
     let usage = object(usage, at)?;
     tokens.prompt = Some(defaulted_count(&usage, "prompt_tokens", at)?);
     tokens.completion = Some(defaulted_count(&usage, "completion_tokens", at)?);
     if let Some(details) = member(&usage, "prompt_tokens_details") {
-        let at = format!("{at}.prompt_tokens_details");
+        let at = at.member("prompt_tokens_details");
         let details = object(details, &at)?;
         tokens.cache_read = optional_count(&details, "cached_tokens", &at)?.unwrap_or(0);
         tokens.cache_write = optional_count(&details, "cache_creation_tokens", &at)?.unwrap_or(0);
@@ -294,14 +384,16 @@ fn openai_usage(tokens: &mut Usage, usage: &RawValue, at: &str) -> Read<()> {
 
 /// An Anthropic message (`AnthropicMessage` in wire.py).
 pub fn anthropic_message(body: &[u8]) -> Read<Reading> {
-    let doc = object(parse(body)?, "$")?;
-    defaulted_string(&doc, "id", "$")?;
-    let content = array(required(&doc, "content", "$")?, "$.content")?;
+    let root = At::Root;
+    let doc = object(parse(body)?, &root)?;
+    defaulted_string(&doc, "id", &root)?;
+    let at_content = root.member("content");
+    let content = array(required(&doc, "content", &root)?, &at_content)?;
     let mut text = String::new();
     for (i, block) in content.into_iter().enumerate() {
-        let at = format!("$.content[{i}]");
+        let at = at_content.index(i);
         let block = object(block, &at)?;
-        let block_type = string(required(&block, "type", &at)?, &format!("{at}.type"))?;
+        let block_type = string(required(&block, "type", &at)?, &at.member("type"))?;
         let block_text = optional_string(&block, "text", &at)?;
         for name in ["id", "name", "thinking"] {
             optional_string(&block, name, &at)?;
@@ -310,21 +402,21 @@ pub fn anthropic_message(body: &[u8]) -> Read<Reading> {
             text.push_str(&block_text.unwrap_or_default());
         }
     }
-    let stop_reason = optional_string(&doc, "stop_reason", "$")?;
+    let stop_reason = optional_string(&doc, "stop_reason", &root)?;
     let mut tokens = Usage::default();
     if let Some(usage) = member(&doc, "usage") {
-        anthropic_usage(&mut tokens, usage, "$.usage")?;
+        anthropic_usage(&mut tokens, usage, &root.member("usage"))?;
     }
     Ok(Reading {
         tokens,
         text,
-        finish_reason: stop_reason,
+        finish_reason: stop_reason.map(Cow::into_owned),
     })
 }
 
 /// Anthropic's usage (`Tokens.add_anthropic` in Python): input, cache reads
 /// and cache writes are counted apart; their sum is the prompt.
-fn anthropic_usage(tokens: &mut Usage, usage: &RawValue, at: &str) -> Read<()> {
+fn anthropic_usage(tokens: &mut Usage, usage: &RawValue, at: &At) -> Read<()> {
     let usage = object(usage, at)?;
     let usage = &usage;
     if let Some(read) = optional_count(usage, "cache_read_input_tokens", at)? {
@@ -506,5 +598,22 @@ mod tests {
             let err = anthropic_message(body.as_bytes()).unwrap_err();
             assert!(err.0.contains(says), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn member_names_with_escapes_are_read_and_a_name_sent_twice_keeps_its_last_value() {
+        let mut tokens = Usage::default();
+        let chunk = br#"{"choices":[{"delta":{"\u0063ontent":"h\u00e9"}}],"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#;
+        let reading = openai_chunk(chunk, &mut tokens).unwrap();
+        assert_eq!((reading.started, reading.text_chars), (true, 2));
+        assert_eq!(tokens.prompt, Some(2));
+        let body = r#"{"choices":[{"message":{"content":1,"content":"b"}}]}"#;
+        assert_eq!(openai(body).unwrap().text, "b");
+        let body = r#"{"choices":[{"message":{"content":"b","content":1}}]}"#;
+        let err = openai(body).unwrap_err();
+        assert!(
+            err.0.ends_with("at `$.choices[0].message.content`"),
+            "{err}"
+        );
     }
 }
