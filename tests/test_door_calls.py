@@ -11,16 +11,20 @@ import socket
 import time
 from collections import Counter
 from datetime import datetime
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
+import scripted_upstream
+from scripted_upstream import Sse, openai_stream
 from test_calls import add_model, prefer
 from test_log_lines import REQUEST_LINE_KEYS
 
 from conftest import EDGES, within_one_minute
 
 pytestmark = pytest.mark.parametrize("edge", EDGES)
+scripted = scripted_upstream.scripted  # the fixture
 
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello door"}]}
 
@@ -440,6 +444,24 @@ def test_a_stream_is_relayed_and_accounted_alike_on_both_edges(router, make_mock
     )
     time.sleep(1.2)  # the metrics beat
     assert door_calls(router) == ({"200": 1.0} if edge == "door" else {})
+
+
+def test_a_streams_overhead_leaves_out_the_providers_wait_for_its_first_content(
+    router, scripted, edge
+):
+    """A provider that thinks for 0.4 s before its first token: the head
+    comes after that wait, and its X-Model-Router-Overhead-Ms is the router's
+    own time only, on both edges."""
+    events = openai_stream("slow to start")
+    events[1] = (*events[1], 0.4)  # before the first content (events[0]: the role)
+    scripted.queue("/v1/chat/completions", Sse(events))
+    upstream = SimpleNamespace(flavor="openai", operation_url=f"{scripted.url}/v1/chat/completions")
+    serve_m1(router, upstream)
+    started = time.perf_counter()
+    r = chat(router, {**CHAT, "stream": True})
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    assert time.perf_counter() - started >= 0.4
+    assert 0 <= float(r.headers["x-model-router-overhead-ms"]) < 200
 
 
 def test_a_stream_that_fails_mid_way_ends_with_the_error_event_on_both_edges(

@@ -1073,7 +1073,13 @@ pub(crate) fn answered<B>(
 ) -> Response<B> {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
-    let overhead = (since_ms(tries.call.started) - tries.upstream_ms).max(0.0);
+    // The upstreams' time: the attempts made, and a stream's wait so far for
+    // its first content (its attempt is recorded when it ends).
+    let waiting = tries
+        .current
+        .as_ref()
+        .map_or(0.0, |(_, _, started, _)| since_ms(*started));
+    let overhead = (since_ms(tries.call.started) - tries.upstream_ms - waiting).max(0.0);
     let text = |value: &str| HeaderValue::from_str(value).ok();
     let headers = response.headers_mut();
     let ours = [

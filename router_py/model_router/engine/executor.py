@@ -625,12 +625,14 @@ class Executor:
                 self._record(call, attempt, tries, *failure)
                 continue
             attempt.ttft_ms = attempt.elapsed_ms()
+            # Until the stream ends, the upstreams' time so far: this attempt's
+            # wait for its first content is theirs, not the router's overhead.
             result = Result(
                 attempt.model_id,
                 attempt.endpoint.id,
                 tries.attempts,
                 Usage(),
-                tries.upstream_ms,
+                tries.upstream_ms + attempt.ttft_ms,
                 decision.rule_id,
             )
             idle_s = timeouts.stream_idle_ms / 1000
