@@ -462,6 +462,10 @@ def test_a_streams_overhead_leaves_out_the_providers_wait_for_its_first_content(
     assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
     assert time.perf_counter() - started >= 0.4
     assert 0 <= float(r.headers["x-model-router-overhead-ms"]) < 200
+    [record] = records(router, 1)
+    assert record["upstreamMs"] >= 400  # the wait counted once, as the upstream's
+    time.sleep(1.2)  # the metrics beat
+    assert door_calls(router) == ({"200": 1.0} if edge == "door" else {})
 
 
 def test_a_stream_that_fails_mid_way_ends_with_the_error_event_on_both_edges(

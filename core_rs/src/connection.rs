@@ -46,7 +46,8 @@ impl Conn {
                 // what comes next): its readiness is cleared now, as Tokio's
                 // own reads do, so the next read waits for that report rather
                 // than costing a call that finds nothing, which would come
-                // before a streamed chunk is written on.
+                // before a streamed chunk is written on. (Sound where mio's
+                // epoll is edge-triggered: Linux, what the router runs on.)
                 let room = buf.capacity() - buf.len();
                 let mut drained = None;
                 let read = tcp.try_io(Interest::READABLE, || match tcp.try_read_buf(buf) {
